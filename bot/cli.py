@@ -1,2 +1,87 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""The ``teambot`` command: parses arguments, builds Settings once, configures logging once, runs the app."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+from bot import texts
+from bot.config import Settings, load_settings
+from bot.errors import ConfigError
+from bot.redact import RedactingFilter
+from bot.runtime import open_core
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="teambot", description="An LLM in your team chat.")
+    parser.add_argument("--version", action="version", version=f"teambot {version('teambot')}")
+    parser.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default: ./.env)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", help="run every platform adapter whose credentials are set")
+    console = commands.add_parser("console", help="chat with the bot in this terminal")
+    console.add_argument("--name", default=None, help="your name in the conversation (default: your login)")
+    return parser
+
+
+def configure_logging(level: str, *, quiet: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # The console shares the terminal with the conversation: only problems go there unless DEBUG is asked for.
+    root.setLevel(level if not quiet or level == "DEBUG" else "WARNING")
+    # httpx logs every request URL at INFO; ours carry no secrets, but they are noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+async def _console(settings: Settings, name: str) -> None:
+    from adapters.console import run_console
+
+    async with open_core(settings) as core:
+        banner = texts.CONSOLE_BANNER.format(
+            model=settings.openai_model, base_url=settings.openai_base_url, key="console:local", db=settings.db
+        )
+        await run_console(core, user_name=name, banner=banner)
+
+
+async def _run(settings: Settings) -> None:
+    from adapters import registry
+
+    runners = registry.configured(settings)
+    if not runners:
+        raise ConfigError(texts.RUN_NOTHING_CONFIGURED)
+    async with open_core(settings) as core, asyncio.TaskGroup() as group:
+        for name, runner in runners:
+            log.info("starting the %s adapter", name)
+            group.create_task(runner(core, settings), name=name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+        configure_logging(settings.log_level, quiet=args.command == "console")
+        if args.command == "console":
+            asyncio.run(_console(settings, args.name or _login_name()))
+        else:
+            asyncio.run(_run(settings))
+    except ConfigError as exc:
+        print(f"teambot: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "you"

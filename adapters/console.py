@@ -1,0 +1,86 @@
+"""The console adapter: chat with the bot in a terminal, through the same core as Slack and Discord."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import TextIO
+
+from bot import texts
+from bot.conversation import ConversationCore
+from bot.messages import ConversationKey, IncomingMessage, ReplyKind
+
+CONSOLE_KEY = ConversationKey("console", "local", "")
+PROMPT = "you> "
+BOT = "teambot> "
+
+
+async def _stdin_lines() -> AsyncIterator[str]:
+    """Lines from stdin without blocking the loop; a regular file (``< input.txt``) cannot be watched, so it is
+    read directly, which is fine because reading a file never waits on a person."""
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if stat.S_ISREG(mode):
+        for line in sys.stdin:
+            yield line
+        return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        while line := await reader.readline():
+            yield line.decode("utf-8", errors="replace")
+    finally:
+        transport.close()
+
+
+async def run_console(
+    core: ConversationCore,
+    *,
+    user_name: str,
+    banner: str,
+    lines: AsyncIterator[str] | None = None,
+    out: TextIO = sys.stdout,
+) -> None:
+    """Read lines until ``/exit`` or end of input, answering each through the core."""
+
+    def show(text: str, end: str = "\n") -> None:
+        out.write(text + end)
+        out.flush()
+
+    show(banner)
+    show(PROMPT, end="")
+    async for raw in lines if lines is not None else _stdin_lines():
+        line = raw.strip()
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            count = await core.reset(CONSOLE_KEY)
+            show(BOT + texts.RESET_DONE.format(count=count, s=texts.plural(count)))
+        elif line.startswith("/"):
+            show(BOT + texts.CONSOLE_UNKNOWN_COMMAND.format(command=line.split()[0]))
+        elif line:
+            await _answer(core, line, user_name, show)
+        show(PROMPT, end="")
+    show("")
+
+
+async def _answer(core: ConversationCore, line: str, user_name: str, show: Callable[..., None]) -> None:
+    printed: list[str] = []
+
+    async def on_text(piece: str) -> None:
+        if not printed:
+            show(BOT, end="")
+        printed.append(piece)
+        show(piece, end="")
+
+    message = IncomingMessage(CONSOLE_KEY, f"console:{uuid.uuid4()}", user_name, user_name, line)
+    reply = await core.handle(message, on_text)
+    streamed = "".join(printed)
+    if streamed and reply.text.startswith(streamed):
+        show(reply.text[len(streamed) :])
+    elif reply.kind is not ReplyKind.DUPLICATE:
+        show(("\n" if streamed else "") + BOT + reply.text)

@@ -1,0 +1,116 @@
+"""Settings: every knob teambot has, read once from the environment and an optional ``.env`` file.
+
+Names are a public contract. The OpenAI ones are the names every OpenAI tool uses; Slack's and Discord's
+follow their SDK docs; everything else starts with ``TEAMBOT_``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are teambot, a helpful assistant in a team chat. Several people may talk to you in one "
+    "conversation. Answer concisely and use Markdown for code."
+)
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """Every setting; build it once in ``main()`` with :func:`load_settings` and pass it down."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, case_sensitive=False)
+
+    # The model endpoint
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_api_key_file: Path | None = Field(None, validation_alias=_env("OPENAI_API_KEY_FILE"))
+    openai_base_url: str = Field(OPENAI_DEFAULT_BASE_URL, validation_alias=_env("OPENAI_BASE_URL"))
+    openai_model: str = Field("gpt-4o-mini", validation_alias=_env("OPENAI_MODEL"))
+    temperature: float | None = Field(None, ge=0, le=2, validation_alias=_env("TEAMBOT_TEMPERATURE"))
+    max_output_tokens: int = Field(1024, ge=1, validation_alias=_env("TEAMBOT_MAX_OUTPUT_TOKENS"))
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens", validation_alias=_env("TEAMBOT_MAX_TOKENS_PARAM")
+    )
+    stream: bool = Field(True, validation_alias=_env("TEAMBOT_STREAM"))
+    request_timeout: float = Field(60.0, gt=0, validation_alias=_env("TEAMBOT_REQUEST_TIMEOUT"))
+    request_deadline: float = Field(120.0, gt=0, validation_alias=_env("TEAMBOT_REQUEST_DEADLINE"))
+    max_retries: int = Field(3, ge=0, le=10, validation_alias=_env("TEAMBOT_MAX_RETRIES"))
+    fallback_base_url: str | None = Field(None, validation_alias=_env("TEAMBOT_FALLBACK_BASE_URL"))
+    fallback_model: str | None = Field(None, validation_alias=_env("TEAMBOT_FALLBACK_MODEL"))
+    fallback_api_key: SecretStr | None = Field(None, validation_alias=_env("TEAMBOT_FALLBACK_API_KEY"))
+
+    # The conversation
+    db: str = Field("./teambot.db", min_length=1, validation_alias=_env("TEAMBOT_DB"))
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, validation_alias=_env("TEAMBOT_SYSTEM_PROMPT"))
+    history_tokens: int = Field(8000, ge=256, validation_alias=_env("TEAMBOT_HISTORY_TOKENS"))
+
+    # Operations
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("TEAMBOT_LOG_LEVEL"))
+
+    # Platforms
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
+    slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias=_env("SLACK_SIGNING_SECRET"))
+    slack_api_url: str = Field("https://slack.com/api/", validation_alias=_env("SLACK_API_URL"))
+    slack_reply_in_thread: bool = Field(False, validation_alias=_env("TEAMBOT_SLACK_REPLY_IN_THREAD"))
+    discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
+    discord_guild: int | None = Field(None, validation_alias=_env("TEAMBOT_DISCORD_GUILD"))
+    http_host: str = Field("0.0.0.0", validation_alias=_env("TEAMBOT_HTTP_HOST"))
+    http_port: int = Field(3000, ge=0, le=65535, validation_alias=_env("TEAMBOT_HTTP_PORT"))
+    reset_command: str = Field("reset", pattern=r"^[a-z0-9_-]{1,32}$", validation_alias=_env("TEAMBOT_RESET_COMMAND"))
+    ignore_bots: bool = Field(True, validation_alias=_env("TEAMBOT_IGNORE_BOTS"))
+    stream_edit_interval: float = Field(1.0, ge=0.2, validation_alias=_env("TEAMBOT_STREAM_EDIT_INTERVAL"))
+
+    @field_validator("openai_base_url", "fallback_base_url", "slack_api_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("openai_base_url", "fallback_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    def require_model_access(self) -> None:
+        """Fail start-up when the hosted API would certainly reject us for want of a key."""
+        hosted = self.openai_base_url.startswith(OPENAI_DEFAULT_BASE_URL)
+        if hosted and self.openai_api_key is None and self.openai_api_key_file is None:
+            raise ConfigError(
+                "OPENAI_API_KEY is not set: set it (or OPENAI_API_KEY_FILE), or point OPENAI_BASE_URL "
+                "at a local server such as Ollama"
+            )
+        if self.openai_api_key_file is not None and not self.openai_api_key_file.is_file():
+            raise ConfigError(f"OPENAI_API_KEY_FILE names {str(self.openai_api_key_file)!r}, which is not a file")
+        if self.fallback_base_url is None and (self.fallback_model or self.fallback_api_key):
+            raise ConfigError("TEAMBOT_FALLBACK_MODEL/TEAMBOT_FALLBACK_API_KEY need TEAMBOT_FALLBACK_BASE_URL")
+
+
+_ALIASES = {
+    name: str(field.validation_alias.choices[0])  # type: ignore[union-attr]
+    for name, field in Settings.model_fields.items()
+}
+
+
+def load_settings(env_file: Path | None = Path(".env")) -> Settings:
+    """Read the environment (and ``env_file`` if it exists); raise ConfigError naming the variable."""
+    try:
+        return Settings(_env_file=env_file if env_file and env_file.is_file() else None)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = str(first["loc"][0]) if first["loc"] else "?"
+        name = _ALIASES.get(loc, loc).upper()
+        raise ConfigError(f"invalid setting {name}: {first['msg']}") from None

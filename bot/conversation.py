@@ -1,0 +1,184 @@
+"""The turn: lock the conversation, record the message, build the prompt, call the model, store the reply."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from bot import errors, texts
+from bot.llm import ChatClient, ChatMessage, Completion
+from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, Usage
+from bot.store import Store, StoredMessage
+from bot.tokens import PER_MESSAGE_OVERHEAD, TokenCounter
+
+log = logging.getLogger(__name__)
+
+OnText = Callable[[str], Awaitable[None]]
+
+#: C0 control characters other than tab and newlines: models and some servers choke on them (NUL above all).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+SPEAKER_NOTE = "Each message from a person starts with their name and a colon."
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key, kept only while someone holds or waits for it, so the table stays bounded."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._entries.get(key) or (asyncio.Lock(), 0)
+        self._entries[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._entries[key]
+            if users == 1:
+                del self._entries[key]
+            else:
+                self._entries[key] = (lock, users - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSettings:
+    system_prompt: str
+    history_tokens: int
+    stream: bool = True
+
+
+class ConversationCore:
+    """What every adapter talks to: :meth:`handle` a message, :meth:`reset` a conversation."""
+
+    def __init__(self, store: Store, llm: ChatClient, counter: TokenCounter, settings: TurnSettings) -> None:
+        self._store = store
+        self._llm = llm
+        self._counter = counter
+        self._settings = settings
+        self._locks = KeyedLocks()
+
+    async def handle(self, msg: IncomingMessage, on_text: OnText | None = None) -> Reply:
+        """Answer ``msg``; ``on_text`` receives pieces of the reply as they stream in.
+
+        Known failures come back as a ``Reply`` of kind ERROR with a message for people; only bugs raise.
+        """
+        async with self._locks.hold(str(msg.key)), self._store.conversation_lock(msg.key):
+            return await self._turn(msg, on_text)
+
+    async def reset(self, key: ConversationKey) -> int:
+        async with self._locks.hold(str(key)), self._store.conversation_lock(key):
+            count = await self._store.reset(key)
+        log.info("conversation %s reset: %d messages deleted", key, count)
+        return count
+
+    async def _turn(self, msg: IncomingMessage, on_text: OnText | None) -> Reply:
+        system = self._system_message()
+        system_tokens = self._counter.count_message(system["content"])
+        budget = self._settings.history_tokens
+        # A single message may take at most half of what the system prompt leaves, so that the turns around it
+        # still fit next time; a longer one is cut, and stored as the model saw it.
+        single_cap = max(16, (budget - system_tokens) // 2 - PER_MESSAGE_OVERHEAD)
+        text = self._counter.truncate(_CONTROL.sub("", msg.text), single_cap)
+        content = f"{msg.author_name}: {text}"
+        new_tokens = self._counter.count_message(content)
+        row = await self._store.begin_turn(_with_text(msg, text), new_tokens)
+        if row is None:
+            log.info("message %s in %s was already handled; not answering again", msg.message_id, msg.key)
+            return Reply(ReplyKind.DUPLICATE, "")
+
+        streaming = on_text is not None and self._settings.stream
+        for attempt in (1, 2):
+            history_budget = max(0, budget - system_tokens - new_tokens)
+            history = await self._store.load_history(msg.key, history_budget, before=row)
+            prompt = [system, *map(_to_chat, history), {"role": "user", "content": content}]
+            log.debug("prompt for %s: %s", msg.key, prompt)
+            try:
+                completion = await (
+                    self._llm.stream(prompt, on_text) if streaming and on_text else self._llm.complete(prompt)
+                )
+                break
+            except errors.ContextTooLong:
+                if attempt == 2:
+                    log.warning("conversation %s: context too long even at %d tokens", msg.key, budget)
+                    return Reply(ReplyKind.ERROR, texts.CONTEXT_TOO_LONG)
+                # Our count is only an estimate for non-OpenAI models: trust the server and halve the budget.
+                budget //= 2
+                log.info("conversation %s: context too long; retrying with %d tokens", msg.key, budget)
+            except errors.StreamInterrupted as exc:
+                log.warning("conversation %s: stream interrupted after %d chars: %s", msg.key, len(exc.partial), exc)
+                return await self._keep_partial(msg, row, exc, prompt)
+            except errors.LLMError as exc:
+                log.warning("conversation %s message %s: model call failed: %s", msg.key, msg.message_id, exc)
+                return Reply(ReplyKind.ERROR, exc.user_message)
+
+        if not completion.text.strip():
+            log.warning("conversation %s: the model returned an empty completion", msg.key)
+            return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
+        usage = completion.usage or self._estimate_usage(prompt, completion.text)
+        await self._store.add_reply(
+            msg.key,
+            completion.text,
+            self._reply_tokens(completion),
+            reply_to=row,
+            usage=usage,
+            model=completion.model,
+            complete=True,
+        )
+        log.info(
+            "answered %s in %s via %s (%d+%d tokens)",
+            msg.message_id,
+            msg.key,
+            completion.endpoint,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        )
+        return Reply(ReplyKind.ANSWER, completion.text, usage, completion.model)
+
+    async def _keep_partial(
+        self, msg: IncomingMessage, row: int, exc: errors.StreamInterrupted, prompt: list[ChatMessage]
+    ) -> Reply:
+        reason = exc.cause.user_message if exc.cause else texts.UNAVAILABLE
+        text = exc.partial + texts.INTERRUPTED_MARK.format(reason=reason.rstrip("."))
+        usage = self._estimate_usage(prompt, exc.partial)
+        await self._store.add_reply(
+            msg.key,
+            text,
+            self._counter.count_message(text),
+            reply_to=row,
+            usage=usage,
+            model=None,
+            complete=False,
+        )
+        return Reply(ReplyKind.PARTIAL, text, usage)
+
+    def _system_message(self) -> ChatMessage:
+        return {"role": "system", "content": f"{self._settings.system_prompt}\n\n{SPEAKER_NOTE}"}
+
+    def _estimate_usage(self, prompt: list[ChatMessage], text: str) -> Usage:
+        prompt_tokens = sum(self._counter.count_message(m["content"]) for m in prompt)
+        return Usage(prompt_tokens, self._counter.count(text), exact=False)
+
+    def _reply_tokens(self, completion: Completion) -> int:
+        if completion.usage is not None and completion.usage.completion_tokens > 0:
+            return completion.usage.completion_tokens + PER_MESSAGE_OVERHEAD
+        return self._counter.count_message(completion.text)
+
+
+def _to_chat(message: StoredMessage) -> ChatMessage:
+    if message.role == "user":
+        return {"role": "user", "content": f"{message.author_name or 'someone'}: {message.content}"}
+    return {"role": "assistant", "content": message.content}
+
+
+def _with_text(msg: IncomingMessage, text: str) -> IncomingMessage:
+    if text == msg.text:
+        return msg
+    return IncomingMessage(msg.key, msg.message_id, msg.author_id, msg.author_name, text)

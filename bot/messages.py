@@ -1,0 +1,76 @@
+"""The data that crosses the seam between the adapters and the core."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """Where a conversation lives: ``slack:T1:C1``, ``slack:T1:C1:1700000000.000100``, ``discord:G1:C1``.
+
+    The console has no channel: its one conversation is ``console:local``.
+    """
+
+    platform: str
+    workspace: str
+    channel: str
+    thread: str | None = None
+
+    def __str__(self) -> str:
+        return ":".join(p for p in (self.platform, self.workspace, self.channel, self.thread) if p)
+
+    @classmethod
+    def parse(cls, text: str) -> ConversationKey:
+        parts = text.split(":", 3)
+        if len(parts) < 2 or not all(parts):
+            raise ValueError(f"not a conversation key: {text!r}")
+        platform, workspace, *rest = parts
+        return cls(platform, workspace, rest[0] if rest else "", rest[1] if len(rest) > 1 else None)
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A message addressed to the bot, already stripped of the bot's mention by the adapter.
+
+    ``message_id`` must be unique across platforms (the adapter prefixes it); a redelivered message
+    carries the same id and is answered once.
+    """
+
+    key: ConversationKey
+    message_id: str
+    author_id: str
+    author_name: str
+    text: str
+
+
+class ReplyKind(enum.Enum):
+    ANSWER = "answer"  # the model's reply
+    PARTIAL = "partial"  # the stream broke; text holds what arrived plus a marker
+    ERROR = "error"  # text is a message for people explaining what failed
+    DUPLICATE = "duplicate"  # already handled: the adapter posts nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    #: False when the server sent no usage (an interrupted stream) and these are our own estimate.
+    exact: bool = True
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    kind: ReplyKind
+    text: str
+    usage: Usage | None = None
+    model: str | None = None
+
+    @property
+    def should_post(self) -> bool:
+        return self.kind is not ReplyKind.DUPLICATE

@@ -1,0 +1,41 @@
+"""Masks anything that looks like a secret before it reaches a log line or a person."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+MASK = "[REDACTED]"
+
+_SECRET_PATTERNS = re.compile(
+    r"""
+    \bsk-[A-Za-z0-9_\-]{8,}                 # OpenAI and most OpenAI-compatible keys
+    | \bxox[abposr]-[A-Za-z0-9\-]{8,}       # Slack bot/user tokens
+    | \bxapp-[A-Za-z0-9\-]{8,}              # Slack app-level tokens
+    | \b[MN][A-Za-z\d_\-]{23,25}\.[A-Za-z\d_\-]{6}\.[A-Za-z\d_\-]{27,}  # Discord bot tokens
+    | (?<=Bearer\s)[A-Za-z0-9._~+/=\-]{8,}   # any bearer credential
+    """,
+    re.VERBOSE,
+)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, MASK)
+    return _SECRET_PATTERNS.sub(MASK, text)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites every record's message so a key that slipped into a log call is masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            # Exception text is rendered later by the formatter; render it now so it can be masked too.
+            formatted = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(formatted)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True

@@ -1,0 +1,56 @@
+"""Builds the running core from Settings: database, HTTP client, model client, token counter."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+
+from bot.config import Settings
+from bot.conversation import ConversationCore, TurnSettings
+from bot.keys import KeySource
+from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy
+from bot.store import open_store
+from bot.tokens import TokenCounter
+
+
+def endpoints(settings: Settings) -> tuple[Endpoint, Endpoint | None]:
+    primary = Endpoint(
+        "primary",
+        settings.openai_base_url,
+        settings.openai_model,
+        KeySource(settings.openai_api_key, settings.openai_api_key_file),
+    )
+    fallback = None
+    if settings.fallback_base_url:
+        fallback = Endpoint(
+            "fallback",
+            settings.fallback_base_url,
+            settings.fallback_model or settings.openai_model,
+            KeySource(settings.fallback_api_key),
+        )
+    return primary, fallback
+
+
+@contextlib.asynccontextmanager
+async def open_core(settings: Settings, counter: TokenCounter | None = None) -> AsyncIterator[ConversationCore]:
+    """The core and everything it owns, closed again on exit."""
+    settings.require_model_access()
+    store = await open_store(settings.db)
+    try:
+        timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+            primary, fallback = endpoints(settings)
+            llm = ChatClient(
+                http,
+                primary,
+                fallback=fallback,
+                params=GenerationParams(settings.temperature, settings.max_output_tokens, settings.max_tokens_param),
+                retry=RetryPolicy(max_retries=settings.max_retries, deadline=settings.request_deadline),
+            )
+            turn = TurnSettings(settings.system_prompt, settings.history_tokens, settings.stream)
+            yield ConversationCore(store, llm, counter or TokenCounter.load(), turn)
+    finally:
+        await store.close()

