@@ -29,7 +29,9 @@ def _env(name: str) -> AliasChoices:
 class Settings(BaseSettings):
     """Every setting; build it once in ``main()`` with :func:`load_settings` and pass it down."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, case_sensitive=False)
+    model_config = SettingsConfigDict(
+        extra="ignore", populate_by_name=True, case_sensitive=False, env_ignore_empty=True
+    )
 
     # The model endpoint
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))

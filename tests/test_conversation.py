@@ -1,0 +1,286 @@
+"""The turn, end to end: the real core, a real SQLite file and the loopback fake model server."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from bot import texts
+from bot.conversation import ConversationCore, KeyedLocks, TurnSettings
+from bot.keys import KeySource
+from bot.llm import ChatClient, Endpoint, RetryPolicy
+from bot.messages import ConversationKey, IncomingMessage, ReplyKind
+from bot.store import open_store
+from bot.tokens import TokenCounter
+from tests.fakes.openai import FakeOpenAI
+
+KEY = ConversationKey("slack", "T1", "C1")
+OTHER = ConversationKey("slack", "T1", "C2")
+
+
+@pytest.fixture(scope="session")
+def counter() -> TokenCounter:
+    return TokenCounter.load()
+
+
+@dataclass
+class Harness:
+    core: ConversationCore
+    fake: FakeOpenAI
+    db: Path
+    n: int = 0
+
+    def message(self, text: str, *, key: ConversationKey = KEY, author: str = "Ada", mid: str | None = None):
+        self.n += 1
+        return IncomingMessage(key, mid or f"m{self.n}", f"U-{author}", author, text)
+
+    async def say(self, text: str, **kw: object):
+        return await self.core.handle(self.message(text, **kw))  # type: ignore[arg-type]
+
+
+@dataclass
+class Knobs:
+    history_tokens: int = 4000
+    request_timeout: float = 5.0
+    max_retries: int = 2
+    deadline: float = 10.0
+
+
+@pytest.fixture
+def knobs(request: pytest.FixtureRequest) -> Knobs:
+    return getattr(request, "param", Knobs())
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(api_key="sk-test-key-123456") as server:
+        yield server
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter, knobs: Knobs) -> AsyncIterator[Harness]:
+    db = tmp_path / "teambot.db"
+    store = await open_store(str(db))
+    async with httpx.AsyncClient(timeout=knobs.request_timeout) as http:
+        llm = ChatClient(
+            http,
+            Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456"))),
+            retry=RetryPolicy(max_retries=knobs.max_retries, base_delay=0.01, deadline=knobs.deadline),
+        )
+        core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", knobs.history_tokens))
+        yield Harness(core, fake, db)
+    await store.close()
+
+
+def user_contents(request: dict) -> list[str]:
+    return [m["content"] for m in request["messages"] if m["role"] == "user"]
+
+
+async def test_multi_turn_memory_with_named_speakers(harness: Harness) -> None:
+    first = await harness.say("my favourite colour is teal")
+    assert first.kind is ReplyKind.ANSWER and first.text == "echo: Ada: my favourite colour is teal"
+    await harness.say("what is my favourite colour?", author="Grace")
+
+    messages = harness.fake.requests[-1]["messages"]
+    assert messages[0]["role"] == "system" and messages[0]["content"].startswith("You are a test bot.")
+    assert [(m["role"], m["content"]) for m in messages[1:]] == [
+        ("user", "Ada: my favourite colour is teal"),
+        ("assistant", "echo: Ada: my favourite colour is teal"),
+        ("user", "Grace: what is my favourite colour?"),
+    ]
+
+
+async def test_streaming_hands_out_pieces_that_add_up_to_the_reply(harness: Harness) -> None:
+    pieces: list[str] = []
+
+    async def on_text(piece: str) -> None:
+        pieces.append(piece)
+
+    reply = await harness.core.handle(harness.message("stream this long sentence please"), on_text)
+    assert reply.kind is ReplyKind.ANSWER
+    assert len(pieces) > 1 and "".join(pieces) == reply.text
+    assert harness.fake.requests[-1]["stream"] is True
+    assert reply.usage is not None and reply.usage.exact
+
+
+async def test_conversations_do_not_share_history(harness: Harness) -> None:
+    await harness.say("secret in C1")
+    await harness.say("hello from C2", key=OTHER)
+    assert user_contents(harness.fake.requests[-1]) == ["Ada: hello from C2"]
+
+
+async def test_redelivered_message_is_answered_once(harness: Harness) -> None:
+    first = await harness.say("hi", mid="slack:T1:C1:1.0")
+    again = await harness.say("hi", mid="slack:T1:C1:1.0")
+    assert first.kind is ReplyKind.ANSWER
+    assert again.kind is ReplyKind.DUPLICATE and not again.should_post
+    assert harness.fake.calls == 1
+
+
+async def test_concurrent_redeliveries_are_answered_once(harness: Harness) -> None:
+    msg = harness.message("twice at once", mid="dup")
+    replies = await asyncio.gather(*(harness.core.handle(msg) for _ in range(5)))
+    assert sorted(r.kind.value for r in replies) == ["answer"] + ["duplicate"] * 4
+    assert harness.fake.calls == 1
+
+
+async def test_turns_in_one_conversation_are_serialised_in_order(harness: Harness) -> None:
+    harness.fake.chunk_delay = 0.01
+    msgs = [harness.message(f"question {i}") for i in range(5)]
+    tasks = []
+    for m in msgs:
+        tasks.append(asyncio.create_task(harness.core.handle(m, _ignore)))
+        await asyncio.sleep(0)  # start them in order, as a platform delivers them
+    await asyncio.gather(*tasks)
+    # Each request saw every earlier question *and its answer*: no turn started before the previous ended.
+    for i, request in enumerate(harness.fake.requests):
+        assert user_contents(request) == [f"Ada: question {j}" for j in range(i + 1)]
+        assert sum(m["role"] == "assistant" for m in request["messages"]) == i
+
+
+async def test_different_conversations_run_in_parallel(harness: Harness) -> None:
+    harness.fake.first_byte_delay = 0.3
+    keys = [ConversationKey("discord", "G", str(c)) for c in range(4)]
+    await asyncio.gather(*(harness.say("hi", key=k) for k in keys))
+    assert harness.fake.max_in_flight == 4
+
+
+async def test_history_is_trimmed_to_the_budget_oldest_first(harness: Harness, knobs: Knobs) -> None:
+    for i in range(40):
+        await harness.say(f"turn {i} " + "word " * 40)
+    request = harness.fake.requests[-1]
+    users = user_contents(request)
+    assert users[-1].startswith("Ada: turn 39")
+    assert "turn 0 " not in " ".join(users)  # the oldest went first
+    assert request["messages"][0]["role"] == "system"
+    sent = sum(len(m["content"]) for m in request["messages"])
+    assert sent < knobs.history_tokens * 4  # far below what 40 turns would take
+
+
+async def test_a_message_larger_than_the_budget_is_truncated(harness: Harness, knobs: Knobs) -> None:
+    reply = await harness.say("x " * 100_000)
+    assert reply.kind is ReplyKind.ANSWER
+    sent = user_contents(harness.fake.requests[-1])[-1]
+    assert sent.endswith("[…]") and len(sent) < knobs.history_tokens * 4
+
+
+async def test_control_characters_and_nuls_are_dropped(harness: Harness) -> None:
+    await harness.say("a\x00b\x07c\td\ne ☃ שלום 🎉")
+    assert user_contents(harness.fake.requests[-1])[-1] == "Ada: abc\td\ne ☃ שלום 🎉"
+
+
+async def test_reset_forgets_and_counts(harness: Harness) -> None:
+    await harness.say("one")
+    await harness.say("two")
+    await harness.say("in the other channel", key=OTHER)
+    assert await harness.core.reset(KEY) == 4
+    await harness.say("fresh start")
+    assert user_contents(harness.fake.requests[-1]) == ["Ada: fresh start"]
+    with sqlite3.connect(harness.db) as db:
+        assert db.execute("SELECT count(*) FROM messages WHERE content LIKE '%two%'").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 3
+
+
+async def test_history_survives_a_restart(tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter) -> None:
+    db = str(tmp_path / "restart.db")
+    for text in ("remember 42", "what did I say?"):
+        store = await open_store(db)
+        async with httpx.AsyncClient() as http:
+            llm = ChatClient(http, Endpoint("primary", fake.base_url, "m"))
+            core = ConversationCore(store, llm, counter, TurnSettings("sys", 4000))
+            await core.handle(IncomingMessage(KEY, text, "U1", "Ada", text))
+        await store.close()
+    assert user_contents(fake.requests[-1]) == ["Ada: remember 42", "Ada: what did I say?"]
+
+
+@pytest.mark.parametrize("knobs", [Knobs(max_retries=0)], indirect=True)
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        ("[[401]]", texts.KEY_REJECTED),
+        ("[[quota]]", texts.QUOTA_EXHAUSTED),
+        ("[[500]]", texts.UNAVAILABLE),
+        ("[[403]]", texts.FORBIDDEN),
+        ("[[429]]", texts.RATE_LIMITED.format(seconds=1)),
+    ],
+)
+async def test_model_failures_become_clear_messages(harness: Harness, token: str, expected: str) -> None:
+    reply = await harness.say(f"please fail {token}")
+    assert reply.kind is ReplyKind.ERROR
+    assert reply.text == expected
+
+
+async def test_429_then_success_is_one_answer(harness: Harness) -> None:
+    reply = await harness.say("[[429:ra=0.2x1]] hello")
+    assert reply.kind is ReplyKind.ANSWER
+    assert harness.fake.calls == 2
+
+
+@pytest.mark.parametrize("knobs", [Knobs(request_timeout=0.2, max_retries=0)], indirect=True)
+async def test_a_slow_server_times_out_with_a_clear_message(harness: Harness) -> None:
+    reply = await harness.say("[[slow:1]] anyone?")
+    assert reply.kind is ReplyKind.ERROR and reply.text == texts.TIMED_OUT
+
+
+async def test_context_too_long_trims_harder_and_retries_once(harness: Harness) -> None:
+    for i in range(12):
+        await harness.say(f"filler {i} " + "lorem " * 60)
+    harness.fake.context_limit_chars = 4000
+    reply = await harness.say("final question")
+    assert reply.kind is ReplyKind.ANSWER
+    failed, succeeded = harness.fake.requests[-2:]
+    assert len(succeeded["messages"]) < len(failed["messages"])
+    assert user_contents(succeeded)[-1] == "Ada: final question"
+
+
+async def test_context_still_too_long_after_trimming_is_explained(harness: Harness) -> None:
+    reply = await harness.say("[[context]]")
+    assert reply.kind is ReplyKind.ERROR and reply.text == texts.CONTEXT_TOO_LONG
+    assert harness.fake.calls == 2
+
+
+async def test_a_cut_stream_keeps_the_partial_answer_marked(harness: Harness) -> None:
+    pieces: list[str] = []
+
+    async def on_text(piece: str) -> None:
+        pieces.append(piece)
+
+    reply = await harness.core.handle(harness.message("[[cut]] tell me a long story about the sea"), on_text)
+    assert reply.kind is ReplyKind.PARTIAL
+    streamed = "".join(pieces)
+    assert streamed and reply.text.startswith(streamed) and "cut off" in reply.text
+    with sqlite3.connect(harness.db) as db:
+        rows = db.execute("SELECT content, complete, usage_exact FROM messages WHERE role = 'assistant'").fetchall()
+    assert rows == [(reply.text, 0, 0)]
+    assert harness.fake.calls == 1  # text had reached the user: a retry would have said it twice
+
+
+async def test_an_empty_completion_is_explained_and_not_stored(harness: Harness) -> None:
+    reply = await harness.say("[[empty]]")
+    assert reply.kind is ReplyKind.ERROR and reply.text == texts.EMPTY_COMPLETION
+    with sqlite3.connect(harness.db) as db:
+        assert db.execute("SELECT count(*) FROM messages WHERE role = 'assistant'").fetchone()[0] == 0
+
+
+async def test_a_failed_turn_keeps_the_question(harness: Harness) -> None:
+    await harness.say("[[500]] first question")
+    await harness.say("second question")
+    assert user_contents(harness.fake.requests[-1]) == ["Ada: [[500]] first question", "Ada: second question"]
+
+
+async def test_lock_table_is_bounded_to_active_conversations() -> None:
+    locks = KeyedLocks()
+    async with locks.hold("a"), locks.hold("b"):
+        assert len(locks) == 2
+    assert len(locks) == 0
+
+
+async def _ignore(piece: str) -> None:
+    return None
