@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,13 @@ class TokenCounter:
     @classmethod
     def load(cls, encoding_name: str = "o200k_base") -> TokenCounter:
         try:
-            import bpe_openai
+            # bpe-openai loads its data with a deprecated importlib call; that is its business, not a fault.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import bpe_openai
 
-            return cls(bpe_openai.get_encoding(encoding_name))
-        except Exception:  # a missing wheel must not stop the bot: fall back to the estimate
+                return cls(bpe_openai.get_encoding(encoding_name))
+        except (ImportError, OSError, KeyError, ValueError):  # a missing wheel must not stop the bot
             log.warning("token encoding %s unavailable; estimating 4 characters per token", encoding_name)
             return cls(None)
 
