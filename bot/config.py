@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     slack_reply_in_thread: bool = Field(False, validation_alias=_env("TEAMBOT_SLACK_REPLY_IN_THREAD"))
     discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
     discord_guild: int | None = Field(None, validation_alias=_env("TEAMBOT_DISCORD_GUILD"))
+    discord_message_content: bool = Field(False, validation_alias=_env("TEAMBOT_DISCORD_MESSAGE_CONTENT"))
     http_host: str = Field("0.0.0.0", validation_alias=_env("TEAMBOT_HTTP_HOST"))
     http_port: int = Field(3000, ge=0, le=65535, validation_alias=_env("TEAMBOT_HTTP_PORT"))
     reset_command: str = Field("reset", pattern=r"^[a-z0-9_-]{1,32}$", validation_alias=_env("TEAMBOT_RESET_COMMAND"))

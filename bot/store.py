@@ -59,7 +59,10 @@ class Store(Protocol):
         ...
 
     async def reset(self, key: ConversationKey) -> int:
-        """Delete the conversation's history from disk; returns how many messages were deleted."""
+        """Delete the conversation's history from disk; returns how many messages were deleted.
+
+        A key without a thread covers the channel and every thread in it.
+        """
         ...
 
     async def count_messages(self, key: ConversationKey) -> int: ...

@@ -51,6 +51,7 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             created_at REAL NOT NULL
         )""",
         "CREATE INDEX messages_by_conversation ON messages (conversation_id, id)",
+        "CREATE INDEX conversations_by_channel ON conversations (platform, workspace, channel)",
         """CREATE TABLE handled_messages (
             message_id TEXT PRIMARY KEY,
             handled_at REAL NOT NULL
@@ -208,9 +209,15 @@ class SQLiteStore:
             cursor = rows[-1][0]
 
     async def reset(self, key: ConversationKey) -> int:
+        if key.thread:
+            where, args = "key = ?", (str(key),)
+        else:
+            # A channel's reset covers the threads under it: with reply-in-thread on, that is all there is.
+            where, args = "platform = ? AND workspace = ? AND channel = ?", (key.platform, key.workspace, key.channel)
         async with self._transaction() as db:
-            conversation = await self._conversation_id(db, key)
-            cur = await db.execute("DELETE FROM messages WHERE conversation_id = ?", (conversation,))
+            cur = await db.execute(
+                f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE {where})", args
+            )
             return max(cur.rowcount, 0)
 
     async def count_messages(self, key: ConversationKey) -> int:

@@ -123,13 +123,25 @@ async def test_reset_deletes_from_disk_and_counts(store: Store, tmp_path: Path) 
         row = await store.begin_turn(incoming(A, n), 10)
         assert row is not None
         await store.add_reply(A, f"reply {n}", 5, reply_to=row, usage=None, model=None, complete=True)
-    await store.begin_turn(incoming(B, 1), 10)
+    other = ConversationKey("slack", "T1", "C9")
+    await store.begin_turn(incoming(other, 1), 10)
     assert await store.reset(A) == 6
     assert await store.load_history(A, 10_000, before=10**9) == []
-    assert await store.count_messages(B) == 1
+    assert await store.count_messages(other) == 1
     assert await store.reset(A) == 0
     with sqlite3.connect(tmp_path / "teambot.db") as db:
         assert db.execute("SELECT count(*) FROM messages WHERE content LIKE 'reply %'").fetchone()[0] == 0
+
+
+async def test_resetting_a_thread_keeps_its_channel_and_resetting_the_channel_covers_threads(store: Store) -> None:
+    await store.begin_turn(incoming(A, 1), 10)
+    await store.begin_turn(incoming(B, 1), 10)
+    await store.begin_turn(incoming(B, 2), 10)
+    assert await store.reset(B) == 2
+    assert await store.count_messages(A) == 1
+    await store.begin_turn(incoming(B, 3), 10)
+    assert await store.reset(A) == 2
+    assert await store.count_messages(B) == 0
 
 
 async def test_a_reset_conversation_still_refuses_redelivered_messages(store: Store) -> None:
