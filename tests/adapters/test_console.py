@@ -1,0 +1,124 @@
+"""The console adapter as a person uses it: ``teambot console`` in a subprocess, typing into its stdin."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = b"you> "
+
+
+class Console:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.transcript = b""
+
+    async def until_prompt(self) -> str:
+        """Everything printed up to the next prompt."""
+        assert self.proc.stdout is not None
+        out = await asyncio.wait_for(self.proc.stdout.readuntil(PROMPT), 20)
+        self.transcript += out
+        return out[: -len(PROMPT)].decode()
+
+    async def say(self, line: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+        return await self.until_prompt()
+
+    async def close(self) -> tuple[int, str]:
+        assert self.proc.stdin is not None and self.proc.stderr is not None
+        self.proc.stdin.close()
+        code = await asyncio.wait_for(self.proc.wait(), 20)
+        return code, (await self.proc.stderr.read()).decode()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(api_key="sk-console-test-key", chunk_delay=0.001) as server:
+        yield server
+
+
+async def start(fake: FakeOpenAI, db: Path, *extra_env: tuple[str, str]) -> Console:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": "sk-console-test-key",
+        "TEAMBOT_DB": str(db),
+        "TEAMBOT_MAX_RETRIES": "1",
+        **dict(extra_env),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "console",
+        "--name",
+        "Ada",
+        cwd=db.parent,
+        env=env | {"PYTHONPATH": str(ROOT)},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    console = Console(proc)
+    banner = await console.until_prompt()
+    assert "console:local" in banner and fake.base_url in banner
+    return console
+
+
+async def test_a_conversation_survives_a_restart_and_reset_forgets_it(fake: FakeOpenAI, tmp_path: Path) -> None:
+    db = tmp_path / "teambot.db"
+    console = await start(fake, db)
+    assert await console.say("my name is Ada and I like teal") == "teambot> echo: Ada: my name is Ada and I like teal\n"
+    assert (await console.close())[0] == 0
+
+    console = await start(fake, db)  # a new process: only the database remembers
+    await console.say("what colour do I like?")
+    sent = [m["content"] for m in fake.requests[-1]["messages"] if m["role"] != "system"]
+    assert sent == [
+        "Ada: my name is Ada and I like teal",
+        "echo: Ada: my name is Ada and I like teal",
+        "Ada: what colour do I like?",
+    ]
+    assert (
+        await console.say("/reset")
+        == "teambot> Forgot 4 messages of this conversation. The next mention starts fresh.\n"
+    )
+    await console.say("hello again")
+    assert [m["content"] for m in fake.requests[-1]["messages"] if m["role"] == "user"] == ["Ada: hello again"]
+    assert console.proc.stdin is not None
+    console.proc.stdin.write(b"/exit\n")
+    code = await asyncio.wait_for(console.proc.wait(), 20)  # /exit ends it while stdin is still open
+    assert console.proc.stderr is not None
+    stderr = (await console.proc.stderr.read()).decode()
+    assert code == 0 and "Traceback" not in stderr
+    assert fake.headers[-1]["Authorization"] == "Bearer sk-console-test-key"
+
+
+async def test_model_errors_reach_the_user_without_a_traceback(fake: FakeOpenAI, tmp_path: Path) -> None:
+    console = await start(fake, tmp_path / "t.db")
+    assert await console.say("[[quota]] hi") == (
+        "teambot> The AI service's quota or credit is used up; an admin must check the provider account.\n"
+    )
+    out = await console.say("[[cut]] tell me a story about a lighthouse keeper")
+    assert out.startswith("teambot> echo: Ada: [[cut]]") and "The answer was cut off" in out
+    assert "Unknown command" in await console.say("/nope")
+    code, stderr = await console.close()
+    assert code == 0 and "Traceback" not in stderr
+    assert "sk-console-test-key" not in stderr + console.transcript.decode()
+
+
+async def test_a_wrong_key_is_explained(fake: FakeOpenAI, tmp_path: Path) -> None:
+    console = await start(fake, tmp_path / "t.db", ("OPENAI_API_KEY", "sk-wrong-key-0000000"))
+    assert await console.say("hi") == "teambot> The API key was rejected; an admin must check OPENAI_API_KEY.\n"
+    code, stderr = await console.close()
+    assert code == 0 and "sk-wrong-key-0000000" not in stderr
