@@ -1,0 +1,167 @@
+"""Showing a reply as it streams: post the first text at once, then edit at most once per interval.
+
+Platform-agnostic; each adapter gives a :class:`MessageSink` (how to post and edit on its platform), a
+``render`` function (Markdown to the platform's format) and its message length limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar
+
+from adapters.text_split import split_message
+from bot import texts
+from bot.conversation import ConversationCore
+from bot.messages import IncomingMessage
+
+log = logging.getLogger(__name__)
+
+H = TypeVar("H")
+
+
+class MessageSink(Protocol[H]):
+    """Where a reply goes: the adapter posts and edits messages; rate limits are waited out inside."""
+
+    async def post(self, text: str) -> H: ...
+
+    async def edit(self, handle: H, text: str) -> None: ...
+
+
+class StreamingReply(Generic[H]):
+    """Feeds pieces of text to a sink: first post as soon as there is text, edits no faster than ``interval``.
+
+    A reply that is complete before the first post went out is posted once, whole, so streaming never makes a
+    fast answer slower or noisier. Text longer than ``limit`` continues in further messages.
+    """
+
+    def __init__(
+        self,
+        sink: MessageSink[H],
+        *,
+        interval: float,
+        limit: int,
+        render: Callable[[str], str] = lambda text: text,
+        on_first_post: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._sink = sink
+        self._interval = interval
+        self._limit = limit
+        self._render = render
+        self._on_first_post = on_first_post
+        self._text = ""
+        self._final: str | None = None
+        self._wake = asyncio.Event()
+        self._handles: list[H] = []
+        self._shown: list[str] = []
+        self._last_send = 0.0
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def text_so_far(self) -> str:
+        return self._text
+
+    @property
+    def handles(self) -> list[H]:
+        return list(self._handles)
+
+    async def feed(self, piece: str) -> None:
+        self._text += piece
+        self._wake.set()
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._run(), name="stream-pump")
+
+    async def finish(self, final_text: str) -> None:
+        """Make the platform show exactly ``final_text``, then stop."""
+        self._final = final_text
+        self._wake.set()
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._run(), name="stream-pump")
+        await self._pump
+
+    async def cancel(self) -> None:
+        """Stop updating; whatever failed in the pump was already reported by ``finish``."""
+        pump, self._pump = self._pump, None
+        if pump is None:
+            return
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._final is not None:
+                await self._show(self._final, final=True)
+                return
+            if self._handles:
+                # Throttle edits; a finish arriving during the wait is shown at once.
+                wait = self._last_send + self._interval - time.monotonic()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                        self._wake.set()
+                        continue
+                    except TimeoutError:
+                        pass
+            if self._text.strip():
+                await self._show(self._text, final=False)
+
+    async def _show(self, text: str, *, final: bool) -> None:
+        chunks = split_message(self._render(text), self._limit) or [self._render(text)]
+        for index, chunk in enumerate(chunks):
+            if not chunk.strip():
+                continue
+            try:
+                if index < len(self._handles):
+                    if self._shown[index] != chunk:
+                        await self._sink.edit(self._handles[index], chunk)
+                        self._shown[index] = chunk
+                else:
+                    self._handles.append(await self._sink.post(chunk))
+                    self._shown.append(chunk)
+                    if len(self._handles) == 1 and self._on_first_post is not None:
+                        await self._on_first_post()
+            except Exception:
+                if final:
+                    raise
+                # A failed intermediate edit is not worth a lost reply: the next one, or the final, catches up.
+                log.warning("streaming update failed; the next update will carry the text", exc_info=True)
+                break
+        self._last_send = time.monotonic()
+
+
+async def deliver(
+    core: ConversationCore,
+    msg: IncomingMessage,
+    sink: MessageSink[H],
+    *,
+    interval: float,
+    limit: int,
+    render: Callable[[str], str] = lambda text: text,
+    on_first_post: Callable[[], Awaitable[None]] | None = None,
+) -> StreamingReply[H]:
+    """Run one turn and show its reply: the one top-level handler per event that every adapter uses.
+
+    Known failures arrive as a reply with a message for people; anything else is a bug, logged with its
+    traceback, and the people in the channel get a short apology instead of silence.
+    """
+    reply_stream: StreamingReply[H] = StreamingReply(
+        sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post
+    )
+    try:
+        reply = await core.handle(msg, reply_stream.feed)
+        if reply.should_post:
+            await reply_stream.finish(reply.text)
+        else:
+            await reply_stream.cancel()
+    except Exception:
+        log.exception("answering %s in %s failed", msg.message_id, msg.key)
+        await reply_stream.cancel()
+        try:
+            await sink.post(render(texts.APOLOGY))
+        except Exception:
+            log.exception("could not post the apology for %s in %s either", msg.message_id, msg.key)
+    return reply_stream

@@ -1,0 +1,70 @@
+"""Splitting a long reply into messages a platform accepts, at the most natural boundary that fits.
+
+Paragraphs first, then lines, then spaces, then a hard cut. A code fence that a split falls inside is closed at
+the end of its chunk and reopened, with the same language tag, at the start of the next, so every chunk renders
+as the model meant it.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FENCE = re.compile(r"^\s*(```+|~~~+)(.*)$")
+_CLOSE = "\n```"
+
+
+def _open_fence_after(text: str, fence: str | None) -> str | None:
+    """The opening line of the fence still open at the end of ``text``, given the one open at its start."""
+    for line in text.split("\n"):
+        match = _FENCE.match(line)
+        if match is None:
+            continue
+        if fence is None:
+            fence = line.strip()
+        elif not match.group(2).strip():
+            fence = None
+    return fence
+
+
+def _cut_point(text: str, limit: int) -> int:
+    """Where to cut ``text`` so the head is at most ``limit`` characters, preferring natural boundaries."""
+    window = text[:limit]
+    for separator in ("\n\n", "\n", " "):
+        at = window.rfind(separator)
+        if at > limit // 4:  # a boundary too near the start would make a uselessly short message
+            return at + len(separator)
+    return limit
+
+
+def split_message(text: str, limit: int) -> list[str]:
+    """Chunks of at most ``limit`` characters that together say ``text``; ``[]`` for empty text."""
+    if limit < 40:
+        raise ValueError("limit too small to keep code fences balanced")
+    chunks: list[str] = []
+    rest = text
+    fence: str | None = None  # the fence line to reopen at the start of the next chunk
+    while rest:
+        # An absurdly long info string would leave no room for content: reopen with a bare fence then.
+        prefix = (f"{fence}\n" if len(fence) < limit // 4 else "```\n") if fence else ""
+        room = limit - len(prefix)
+        if len(rest) <= room:
+            chunk = prefix + rest
+            rest = ""
+            closing = _open_fence_after(chunk, None)
+            if closing and len(chunk) + len(_CLOSE) <= limit:
+                chunk += _CLOSE  # the model left a fence open; close it so the message renders
+            chunks.append(chunk)
+            break
+        cut = _cut_point(rest, room)
+        fence = _open_fence_after(prefix + rest[:cut], None)
+        if fence:  # the cut lands inside a fence: make room to close it
+            cut = _cut_point(rest, room - len(_CLOSE))
+            fence = _open_fence_after(prefix + rest[:cut], None)
+        head, rest = rest[:cut], rest[cut:]
+        chunk = prefix + head.rstrip("\n")
+        if fence:
+            chunk += _CLOSE
+        if chunk.strip():
+            chunks.append(chunk)
+        rest = rest.lstrip("\n") if not fence else rest
+    return chunks
