@@ -229,6 +229,7 @@ async def test_a_slow_server_times_out_with_a_clear_message(harness: Harness) ->
     assert reply.kind is ReplyKind.ERROR and reply.text == texts.TIMED_OUT
 
 
+@pytest.mark.parametrize("knobs", [Knobs(history_tokens=1000)], indirect=True)
 async def test_context_too_long_trims_harder_and_retries_once(harness: Harness) -> None:
     for i in range(12):
         await harness.say(f"filler {i} " + "lorem " * 60)
