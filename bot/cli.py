@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import signal
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -58,10 +59,19 @@ async def _run(settings: Settings) -> None:
     runners = registry.configured(settings)
     if not runners:
         raise ConfigError(texts.RUN_NOTHING_CONFIGURED)
-    async with open_core(settings) as core, asyncio.TaskGroup() as group:
-        for name, runner in runners:
-            log.info("starting the %s adapter", name)
-            group.create_task(runner(core, settings), name=name)
+    # SIGTERM (docker stop, systemd) cancels the run, so adapters disconnect and the database closes cleanly.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main_task.cancel)
+    try:
+        async with open_core(settings) as core, asyncio.TaskGroup() as group:
+            for name, runner in runners:
+                log.info("starting the %s adapter", name)
+                group.create_task(runner(core, settings), name=name)
+    except asyncio.CancelledError:
+        log.info("stopped by signal")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,240 @@
+"""Slack adapter: translates mentions, DMs and slash commands into core calls, and replies back.
+
+Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP mode (``POST /slack/events``, signature-checked by
+Bolt). Bolt acknowledges each event before our listener runs, so Slack's 3-second limit never waits on the
+model; a redelivered event carries the same message ``ts`` and the core answers it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack_format import markdown_to_mrkdwn, unescape_slack
+from adapters.streaming import deliver
+from bot import texts
+from bot.config import Settings
+from bot.conversation import ConversationCore
+from bot.messages import ConversationKey, IncomingMessage
+
+log = logging.getLogger(__name__)
+
+#: Slack accepts 40,000 characters of text, but long messages are collapsed and hard to read; 3,900 keeps each
+#: message whole on screen and within the section-block limit should we move to blocks.
+TEXT_LIMIT = 3900
+_NAME_CACHE_SIZE = 10_000
+
+_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
+_CHANNEL_MENTION = re.compile(r"<#([CG][A-Z0-9]+)(?:\|([^>]*))?>")
+_SPECIAL_MENTION = re.compile(r"<!(here|channel|everyone)(?:\|[^>]*)?>")
+_GROUP_MENTION = re.compile(r"<!subteam\^[A-Z0-9]+(?:\|([^>]*))?>")
+_LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
+
+
+class SlackSink:
+    """Posts and edits one reply's messages in a channel or thread."""
+
+    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str | None) -> None:
+        self._client = client
+        self._channel = channel
+        self._thread_ts = thread_ts
+
+    async def post(self, text: str) -> str:
+        response = await self._client.chat_postMessage(
+            channel=self._channel, thread_ts=self._thread_ts, text=text, unfurl_links=False, unfurl_media=False
+        )
+        return str(response["ts"])
+
+    async def edit(self, handle: str, text: str) -> None:
+        await self._client.chat_update(channel=self._channel, ts=handle, text=text)
+
+
+class SlackAdapter:
+    """One Bolt app wired to the core; :meth:`start` connects it, :meth:`stop` disconnects it."""
+
+    def __init__(self, core: ConversationCore, settings: Settings) -> None:
+        if settings.slack_bot_token is None:
+            raise ValueError("SLACK_BOT_TOKEN is required for the Slack adapter")
+        self._core = core
+        self._settings = settings
+        self.client = AsyncWebClient(
+            token=settings.slack_bot_token.get_secret_value(),
+            base_url=settings.slack_api_url,
+            retry_handlers=[AsyncConnectionErrorRetryHandler(), AsyncRateLimitErrorRetryHandler(max_retry_count=5)],
+        )
+        socket_mode = settings.slack_app_token is not None
+        signing = settings.slack_signing_secret
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=signing.get_secret_value() if signing else None,
+            request_verification_enabled=not socket_mode,
+            process_before_response=False,
+            logger=logging.getLogger("slack_bolt"),
+        )
+        self.app.event("app_mention")(self._on_mention)
+        self.app.event("message")(self._on_message)
+        self.app.command(f"/{settings.reset_command}")(self._on_reset)
+        self._names: OrderedDict[str, str] = OrderedDict()
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._socket: AsyncSocketModeHandler | None = None
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+
+    # --- transports -------------------------------------------------------------------------------------
+
+    def web_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/slack/events", self._on_http)
+        app.router.add_get("/healthz", _healthz)
+        return app
+
+    async def start(self) -> None:
+        if self._settings.slack_app_token is not None:
+            self._socket = AsyncSocketModeHandler(
+                self.app, self._settings.slack_app_token.get_secret_value(), web_client=self.client
+            )
+            await self._socket.connect_async()
+            log.info("Slack adapter connected in Socket Mode")
+            return
+        self._runner = web.AppRunner(self.web_app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.http_host, self._settings.http_port)
+        await site.start()
+        self.http_port = self._runner.addresses[0][1]
+        log.info("Slack adapter serving POST /slack/events on %s:%s", self._settings.http_host, self.http_port)
+
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        """Stop taking events, then let the turns under way finish (up to ``drain_seconds``)."""
+        if self._socket is not None:
+            await self._socket.close_async()
+            self._socket = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._inflight:
+            log.info("waiting for %d Slack replies in progress", len(self._inflight))
+            _, pending = await asyncio.wait(self._inflight, timeout=drain_seconds)
+            for task in pending:
+                task.cancel()
+
+    async def _on_http(self, request: web.Request) -> web.Response:
+        bolt_request = await to_bolt_request(request)
+        bolt_response = await self.app.async_dispatch(bolt_request)
+        return await to_aiohttp_response(bolt_response)
+
+    # --- events -----------------------------------------------------------------------------------------
+
+    async def _on_mention(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
+        if self._ignored(event):
+            return
+        thread_ts = event.get("thread_ts")
+        if thread_ts is None and self._settings.slack_reply_in_thread:
+            thread_ts = event["ts"]
+        await self._answer(body, event, context, thread_ts)
+
+    async def _on_message(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
+        # Channel messages reach the bot as app_mention; only direct messages are for it without a mention.
+        if event.get("channel_type") != "im" or self._ignored(event):
+            return
+        await self._answer(body, event, context, event.get("thread_ts"))
+
+    def _ignored(self, event: dict[str, Any]) -> bool:
+        # Edits, deletions, joins and the like carry a subtype; they are not questions.
+        if event.get("subtype") is not None:
+            return True
+        return bool(event.get("bot_id")) and self._settings.ignore_bots
+
+    async def _answer(
+        self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any], thread_ts: str | None
+    ) -> None:
+        # Bolt runs listeners as detached tasks after the ack; remembering them lets stop() drain them.
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        team = str(body.get("team_id") or event.get("team") or context.get("team_id") or "-")
+        channel = str(event["channel"])
+        key = ConversationKey("slack", team, channel, thread_ts)
+        sink = SlackSink(self.client, channel, thread_ts)
+        text = await self._text_in(str(event.get("text") or ""), context.get("bot_user_id"))
+        if not text.strip():
+            await sink.post(texts.EMPTY_MENTION)
+            return
+        user = str(event.get("user") or "")
+        msg = IncomingMessage(key, f"slack:{team}:{channel}:{event['ts']}", user, await self._name(user), text)
+        await deliver(
+            self._core,
+            msg,
+            sink,
+            interval=self._settings.stream_edit_interval,
+            limit=TEXT_LIMIT,
+            render=markdown_to_mrkdwn,
+        )
+
+    async def _on_reset(self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        key = ConversationKey("slack", str(command.get("team_id") or "-"), str(command["channel_id"]))
+        count = await self._core.reset(key)
+        await respond(text=texts.RESET_DONE.format(count=count, s=texts.plural(count)), response_type="ephemeral")
+
+    # --- text in ----------------------------------------------------------------------------------------
+
+    async def _text_in(self, text: str, bot_user_id: str | None) -> str:
+        if bot_user_id:
+            text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", "", text)
+        names = {uid: await self._name(uid) for uid, _ in _USER_MENTION.findall(text)}
+        text = _USER_MENTION.sub(lambda m: "@" + names.get(m.group(1), m.group(2) or m.group(1)), text)
+        text = _CHANNEL_MENTION.sub(lambda m: "#" + (m.group(2) or m.group(1)), text)
+        text = _SPECIAL_MENTION.sub(lambda m: "@" + m.group(1), text)
+        text = _GROUP_MENTION.sub(lambda m: "@" + (m.group(1) or "group").lstrip("@"), text)
+        text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})" if m.group(2) else m.group(1), text)
+        return unescape_slack(text).strip()
+
+    async def _name(self, user_id: str) -> str:
+        if not user_id:
+            return "someone"
+        if user_id in self._names:
+            self._names.move_to_end(user_id)
+            return self._names[user_id]
+        try:
+            response = await self.client.users_info(user=user_id)
+            user = response["user"] or {}
+            profile = user.get("profile") or {}
+            name = profile.get("display_name") or profile.get("real_name") or user.get("name") or user_id
+        except SlackApiError as exc:
+            log.warning("users.info for %s failed: %s", user_id, exc.response.get("error"))
+            return user_id
+        self._names[user_id] = str(name)
+        if len(self._names) > _NAME_CACHE_SIZE:
+            self._names.popitem(last=False)
+        return str(name)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def run_slack(core: ConversationCore, settings: Settings) -> None:
+    """Run until cancelled."""
+    adapter = SlackAdapter(core, settings)
+    await adapter.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await adapter.stop()

@@ -1,0 +1,323 @@
+"""The Slack adapter through the real slack-bolt and slack_sdk, against the loopback fake Slack and model."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.slack import TEXT_LIMIT, SlackAdapter
+from bot import texts
+from bot.config import Settings
+from bot.runtime import open_core
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.slack import (
+    FakeSlack,
+    direct_message,
+    event_envelope,
+    form_body,
+    mention,
+    signed_headers,
+    slash_command_form,
+)
+
+SECRET = "test-signing-secret"
+USERS = {"U1": {"display_name": "Ada"}, "U2": {"display_name": "", "real_name": "Grace Hopper"}}
+
+
+@dataclass
+class Slack:
+    fake: FakeSlack
+    model: FakeOpenAI
+    adapter: SlackAdapter
+    http: httpx.AsyncClient
+
+    @property
+    def events_url(self) -> str:
+        return f"http://127.0.0.1:{self.adapter.http_port}/slack/events"
+
+    async def send(self, payload: dict[str, Any], *, retry: int | None = None, secret: str = SECRET, **kw: Any):
+        body = json.dumps(payload)
+        headers = {"Content-Type": "application/json", **signed_headers(secret, body, **kw)}
+        if retry is not None:
+            headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
+        return await self.http.post(self.events_url, content=body, headers=headers)
+
+    async def event(self, event: dict[str, Any], **kw: Any) -> httpx.Response:
+        response = await self.send(event_envelope(event), **kw)
+        assert response.status_code == 200
+        return response
+
+    def posts(self) -> list[dict[str, Any]]:
+        return self.fake.calls_to("chat.postMessage")
+
+    async def wait_posts(self, n: int) -> None:
+        await self.fake.wait_for(lambda: len(self.posts()) >= n)
+
+
+def settings_for(fake: FakeSlack, model: FakeOpenAI, db: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "openai_base_url": model.base_url,
+        "openai_model": "fake-model",
+        "db": str(db),
+        "max_retries": 0,
+        "slack_bot_token": fake.bot_token,
+        "slack_signing_secret": SECRET,
+        "slack_api_url": fake.api_url,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "stream_edit_interval": 0.2,
+    }
+    return Settings(**(values | overrides))
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack(users=USERS) as server:
+        yield server
+
+
+@pytest.fixture
+def overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def slack(fake: FakeSlack, model: FakeOpenAI, tmp_path: Path, overrides: dict[str, Any]) -> AsyncIterator[Slack]:
+    settings = settings_for(fake, model, tmp_path / "teambot.db", **overrides)
+    async with open_core(settings) as core, httpx.AsyncClient() as http:
+        adapter = SlackAdapter(core, settings)
+        await adapter.start()
+        try:
+            yield Slack(fake, model, adapter, http)
+        finally:
+            await adapter.stop()
+
+
+def final_text(slack: Slack, post_index: int = 0) -> str:
+    post = slack.fake.posted[post_index]
+    return post.text
+
+
+async def test_channel_mention_is_answered_in_the_channel(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT> what is *HTTP* 429?", ts="1700000000.000100"))
+    await slack.wait_posts(1)
+    post = slack.posts()[0]
+    assert post["channel"] == "C1" and "thread_ts" not in post
+    assert final_text(slack) == "echo: Ada: what is _HTTP_ 429?"  # the model's Markdown italics, in mrkdwn
+    prompt = slack.model.requests[0]["messages"]
+    assert prompt[-1] == {"role": "user", "content": "Ada: what is *HTTP* 429?"}
+
+
+async def test_thread_mention_is_answered_in_the_thread_with_its_own_history(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT> in the channel", ts="1700000000.000100"))
+    await slack.wait_posts(1)
+    await slack.event(mention("<@UBOT> in the thread", ts="1700000000.000300", thread_ts="1700000000.000200"))
+    await slack.wait_posts(2)
+    assert slack.posts()[1]["thread_ts"] == "1700000000.000200"
+    thread_prompt = [m["content"] for m in slack.model.requests[1]["messages"][1:]]
+    assert thread_prompt == ["Ada: in the thread"]
+    await slack.event(mention("<@UBOT> channel again", ts="1700000000.000400"))
+    await slack.wait_posts(3)
+    channel_prompt = [m["content"] for m in slack.model.requests[2]["messages"][1:]]
+    assert channel_prompt == ["Ada: in the channel", "echo: Ada: in the channel", "Ada: channel again"]
+
+
+@pytest.mark.parametrize("overrides", [{"slack_reply_in_thread": True}])
+async def test_reply_in_thread_starts_a_thread_per_mention(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT> hi", ts="1700000000.000100"))
+    await slack.wait_posts(1)
+    assert slack.posts()[0]["thread_ts"] == "1700000000.000100"
+
+
+async def test_direct_messages_need_no_mention(slack: Slack) -> None:
+    await slack.event(direct_message("hello <@U2>", ts="1700000000.000100"))
+    await slack.wait_posts(1)
+    assert slack.posts()[0]["channel"] == "D1"
+    assert final_text(slack) == "echo: Ada: hello @Grace Hopper"
+
+
+async def test_bots_self_and_subtypes_are_ignored(slack: Slack) -> None:
+    await slack.event(direct_message("from another bot", ts="1.1", bot_id="B2"))
+    await slack.event(direct_message("edited", ts="1.2", subtype="message_changed"))
+    await slack.event(direct_message("joined", ts="1.3", subtype="channel_join"))
+    await slack.event(direct_message("from myself", ts="1.4", user="UBOT", bot_id="B1"))
+    await slack.event(mention("<@UBOT> a mention from a bot", ts="1.5") | {"bot_id": "B2"})
+    await slack.event(direct_message("a person", ts="1.6"))
+    await slack.wait_posts(1)
+    await slack.model.wait_for_requests(1)
+    assert [m["content"] for m in slack.model.requests[0]["messages"][1:]] == ["Ada: a person"]
+    assert slack.model.calls == 1 and len(slack.posts()) == 1
+
+
+async def test_an_empty_mention_gets_a_hint_without_a_model_call(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT>   ", ts="1.1"))
+    await slack.wait_posts(1)
+    assert final_text(slack) == texts.EMPTY_MENTION and slack.model.calls == 0
+
+
+async def test_a_redelivered_event_is_answered_once_also_after_a_restart(
+    fake: FakeSlack, model: FakeOpenAI, tmp_path: Path
+) -> None:
+    db = tmp_path / "teambot.db"
+    envelope = event_envelope(mention("<@UBOT> once please", ts="1700000000.000100"), event_id="Ev1")
+    for _restart in range(2):  # the second process is a restart on the same database
+        settings = settings_for(fake, model, db)
+        async with open_core(settings) as core, httpx.AsyncClient() as http:
+            adapter = SlackAdapter(core, settings)
+            await adapter.start()
+            slack = Slack(fake, model, adapter, http)
+            try:
+                assert (await slack.send(envelope)).status_code == 200
+                assert (await slack.send(envelope, retry=1)).status_code == 200
+                await slack.wait_posts(1)
+                # Every delivery has been acked and processed once the fake has seen auth.test for it.
+                await fake.wait_for(lambda: len(fake.calls_to("auth.test")) >= 1)
+            finally:
+                await adapter.stop()
+    assert model.calls == 1 and len(fake.calls_to("chat.postMessage")) == 1
+
+
+async def test_reset_forgets_the_channel_and_answers_ephemerally(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT> remember me", ts="1.1"))
+    await slack.wait_posts(1)
+    form = slash_command_form("/reset", response_url=slack.fake.response_url("r1"))
+    body = form_body(form)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", **signed_headers(SECRET, body)}
+    response = await slack.http.post(slack.events_url, content=body, headers=headers)
+    assert response.status_code == 200
+    await slack.fake.wait_for(lambda: len(slack.fake.responses) == 1)
+    answer = slack.fake.responses[0]
+    assert answer["response_type"] == "ephemeral"
+    assert answer["text"] == texts.RESET_DONE.format(count=2, s="s")
+    await slack.event(mention("<@UBOT> who am I?", ts="1.2"))
+    await slack.wait_posts(2)
+    assert [m["content"] for m in slack.model.requests[-1]["messages"][1:]] == ["Ada: who am I?"]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "kw"),
+    [("bad signature", {"secret": "not-the-secret"}), ("stale", {"timestamp": int(time.time()) - 600})],
+)
+async def test_unsigned_or_stale_requests_are_refused(slack: Slack, tamper: str, kw: dict[str, Any]) -> None:
+    response = await slack.send(event_envelope(mention("<@UBOT> hi", ts="1.1")), **kw)
+    assert response.status_code == 401
+    assert slack.model.calls == 0
+
+
+async def test_streaming_posts_once_then_throttled_updates_hold_the_whole_reply(slack: Slack) -> None:
+    words = " ".join(f"word{i}" for i in range(60))
+    slack.model.chunk_delay = 0.02  # about 1.2 s of streaming
+    await slack.event(mention(f"<@UBOT> {words}", ts="1.1"))
+    await slack.fake.wait_for(lambda: bool(slack.fake.posted) and slack.fake.posted[0].text.endswith("word59"))
+    updates = slack.fake.calls_to("chat.update")
+    assert len(slack.posts()) == 1
+    assert 2 <= len(updates) <= 10  # about one per 0.2 s, not one per token
+    assert final_text(slack) == f"echo: Ada: {words}"
+
+
+async def test_a_fast_reply_is_posted_once_without_updates(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT> quick", ts="1.1"))
+    await slack.fake.wait_for(lambda: bool(slack.fake.posted) and slack.fake.posted[0].text == "echo: Ada: quick")
+    assert len(slack.posts()) == 1
+    assert len(slack.fake.calls_to("chat.update")) <= 1  # an instant model: at most the final edit
+
+
+async def test_a_429_on_update_is_waited_out(slack: Slack) -> None:
+    slack.model.chunk_delay = 0.02
+    slack.fake.rate_limit("chat.update", times=2, retry_after=0.3)
+    words = " ".join(f"w{i}" for i in range(40))
+    await slack.event(mention(f"<@UBOT> {words}", ts="1.1"))
+    await slack.fake.wait_for(lambda: bool(slack.fake.posted) and slack.fake.posted[0].text.endswith("w39"), 10)
+    assert len(slack.fake.limited) == 2
+    assert final_text(slack) == f"echo: Ada: {words}"
+
+
+async def test_a_429_on_post_is_waited_out(slack: Slack) -> None:
+    slack.fake.rate_limit("chat.postMessage", times=1, retry_after=0.2)
+    await slack.event(mention("<@UBOT> hi", ts="1.1"))
+    await slack.wait_posts(1)
+    assert len(slack.fake.limited) == 1 and final_text(slack) == "echo: Ada: hi"
+
+
+def long_reply(messages: list[dict[str, Any]]) -> str:
+    paragraphs = [f"Paragraph {i}: " + "lorem ipsum dolor sit amet " * 20 for i in range(90)]
+    code = "```python\n" + "\n".join(f"print({i})" for i in range(300)) + "\n```"
+    return "\n\n".join([*paragraphs[:45], code, *paragraphs[45:]])
+
+
+async def test_a_50000_character_reply_is_split_cleanly(slack: Slack) -> None:
+    slack.model.reply = long_reply
+    assert len(long_reply([])) > 50_000
+    expected = long_reply([]).replace("```python", " ").replace("```", " ").split()
+
+    def shown() -> list[str]:
+        return " ".join(p.text for p in slack.fake.posted).replace("```", " ").split()
+
+    await slack.event(mention("<@UBOT> essay please", ts="1.1"))
+    await slack.fake.wait_for(lambda: shown() == expected, 15)
+    texts_posted = [p.text for p in slack.fake.posted]
+    assert len(texts_posted) >= 13
+    assert all(len(t) <= TEXT_LIMIT for t in texts_posted)
+    assert all(t.count("```") % 2 == 0 for t in texts_posted)
+
+
+async def test_mass_mentions_in_model_output_are_neutralised(slack: Slack) -> None:
+    slack.model.reply = lambda messages: "<!channel> <!here> <@U1> <!subteam^S1> **ping**"
+    await slack.event(mention("<@UBOT> hi", ts="1.1"))
+    await slack.wait_posts(1)
+    text = final_text(slack)
+    assert "<!" not in text and "<@" not in text
+    assert text == "&lt;!channel&gt; &lt;!here&gt; &lt;@U1&gt; &lt;!subteam^S1&gt; *ping*"
+
+
+async def test_model_failure_is_explained_in_the_thread(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT> [[401]]", ts="1.2", thread_ts="1.1"))
+    await slack.wait_posts(1)
+    assert slack.posts()[0]["thread_ts"] == "1.1"
+    assert final_text(slack) == texts.KEY_REJECTED
+
+
+async def test_healthz(slack: Slack) -> None:
+    response = await slack.http.get(f"http://127.0.0.1:{slack.adapter.http_port}/healthz")
+    assert response.status_code == 200
+
+
+@pytest.fixture
+def socket_settings(fake: FakeSlack, model: FakeOpenAI, tmp_path: Path) -> Callable[[], Settings]:
+    return lambda: settings_for(
+        fake, model, tmp_path / "s.db", slack_app_token="xapp-1-A1-123-abc", slack_signing_secret=None
+    )
+
+
+async def test_socket_mode_acks_the_envelope_and_answers(
+    fake: FakeSlack, model: FakeOpenAI, socket_settings: Callable[[], Settings]
+) -> None:
+    settings = socket_settings()
+    async with open_core(settings) as core:
+        adapter = SlackAdapter(core, settings)
+        await adapter.start()
+        try:
+            await fake.wait_for_socket()
+            envelope_id = await fake.send_envelope(
+                "events_api", event_envelope(mention("<@UBOT> over the socket", ts="1.1"))
+            )
+            ack = await fake.wait_for_ack(envelope_id)
+            assert ack["envelope_id"] == envelope_id
+            await fake.wait_for(lambda: len(fake.calls_to("chat.postMessage")) == 1)
+            assert fake.posted[0].text == "echo: Ada: over the socket"
+            assert adapter.http_port is None  # no HTTP endpoint in Socket Mode
+        finally:
+            await adapter.stop()

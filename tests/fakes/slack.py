@@ -1,0 +1,333 @@
+"""A loopback fake Slack: the Web API, a Socket Mode WebSocket and slash-command response URLs.
+
+Started in the test's own loop on 127.0.0.1, port 0; the real ``AsyncWebClient`` talks to it through
+``base_url=fake.api_url``. It records every call (``calls``), keeps posted messages with their latest text
+(``message_text``), and fails on demand (``rate_limit``). Helpers build what Slack sends to an app:
+``event_envelope`` and ``slash_command_form``, signed with ``signed_headers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import WSMsgType, web
+from slack_sdk.signature import SignatureVerifier
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
+
+
+@dataclass
+class Posted:
+    channel: str
+    ts: str
+    text: str
+    thread_ts: str | None
+    edits: list[str] = field(default_factory=list)
+
+
+class FakeSlack:
+    """The fake Slack; ``async with FakeSlack() as slack``, then point clients at ``slack.api_url``."""
+
+    def __init__(
+        self,
+        *,
+        bot_token: str = "xoxb-test-token",
+        bot_user_id: str = "UBOT",
+        team_id: str = "T1",
+        users: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.bot_token = bot_token
+        self.bot_user_id = bot_user_id
+        self.team_id = team_id
+        self.users = users if users is not None else {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.limited: list[tuple[str, dict[str, Any]]] = []
+        self.responses: list[dict[str, Any]] = []
+        self.posted: list[Posted] = []
+        self.acks: dict[str, dict[str, Any]] = {}
+        self.api_url = ""
+        self.url = ""
+        self._limits: dict[str, list[float]] = {}
+        self._ts = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._socket: web.WebSocketResponse | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> FakeSlack:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_get("/link", self._link)
+        app.router.add_post("/response/{rid}", self._response)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.api_url = f"{self.url}/api/"
+
+    async def stop(self) -> None:
+        if self._socket is not None and not self._socket.closed:
+            await self._socket.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- what tests read ---------------------------------------------------------------------------------
+
+    def calls_to(self, method: str) -> list[dict[str, Any]]:
+        return [args for name, args in self.calls if name == method]
+
+    def message_text(self, channel: str, ts: str) -> str:
+        for message in self.posted:
+            if message.channel == channel and message.ts == ts:
+                return message.text
+        raise KeyError((channel, ts))
+
+    def messages_in(self, channel: str, thread_ts: str | None = None) -> list[Posted]:
+        return [m for m in self.posted if m.channel == channel and m.thread_ts == thread_ts]
+
+    async def wait_for(self, condition: Callable[[], bool], within: float = 5.0) -> None:
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(condition)
+
+    def rate_limit(self, method: str, times: int = 1, retry_after: float = 1) -> None:
+        """The next ``times`` calls of ``method`` get HTTP 429 with ``Retry-After`` and change nothing."""
+        self._limits.setdefault(method, []).extend([retry_after] * times)
+
+    def response_url(self, rid: str = "r1") -> str:
+        return f"{self.url}/response/{rid}"
+
+    # --- Socket Mode -------------------------------------------------------------------------------------
+
+    async def wait_for_socket(self, within: float = 5.0) -> None:
+        await self.wait_for(lambda: self._socket is not None and not self._socket.closed, within)
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any], *, accepts_response_payload: bool = False) -> str:
+        assert self._socket is not None, "no Socket Mode client is connected"
+        envelope_id = str(uuid.uuid4())
+        await self._socket.send_str(
+            json.dumps(
+                {
+                    "envelope_id": envelope_id,
+                    "type": kind,
+                    "payload": payload,
+                    "accepts_response_payload": accepts_response_payload,
+                    "retry_attempt": 0,
+                    "retry_reason": "",
+                }
+            )
+        )
+        return envelope_id
+
+    async def wait_for_ack(self, envelope_id: str, within: float = 5.0) -> dict[str, Any]:
+        await self.wait_for(lambda: envelope_id in self.acks, within)
+        return self.acks[envelope_id]
+
+    # --- the server --------------------------------------------------------------------------------------
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args: dict[str, Any] = dict(request.query)
+        if request.can_read_body:
+            if request.content_type == "application/json":
+                args.update(await request.json())
+            else:
+                args.update(dict(await request.post()))
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ") or args.pop("token", "")
+        pending = self._limits.get(method)
+        if pending:
+            retry_after = pending.pop(0)
+            self.limited.append((method, args))
+            await self._notify()
+            return _json({"ok": False, "error": "ratelimited"}, 429, {"Retry-After": f"{retry_after:g}"})
+        self.calls.append((method, args))
+        try:
+            if method == "apps.connections.open":
+                return _json({"ok": True, "url": f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/link"})
+            if token != self.bot_token:
+                return _json({"ok": False, "error": "invalid_auth"})
+            return _json(self._answer(method, args))
+        finally:
+            await self._notify()
+
+    def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "url": "https://test.slack.com/",
+                "team": "Test Team",
+                "user": "teambot",
+                "team_id": self.team_id,
+                "user_id": self.bot_user_id,
+                "bot_id": "B1",
+                "is_enterprise_install": False,
+            }
+        if method == "users.info":
+            user = self.users.get(str(args.get("user")))
+            if user is None:
+                return {"ok": False, "error": "user_not_found"}
+            profile = {"display_name": user.get("display_name", ""), "real_name": user.get("real_name", "")}
+            return {
+                "ok": True,
+                "user": {
+                    "id": args["user"],
+                    "name": user.get("name", str(args["user"]).lower()),
+                    "is_bot": user.get("is_bot", False),
+                    "is_admin": user.get("is_admin", False),
+                    "is_owner": user.get("is_owner", False),
+                    "profile": profile,
+                },
+            }
+        if method == "chat.postMessage":
+            ts = f"{1700000100 + next(self._ts)}.000100"
+            message = Posted(str(args["channel"]), ts, str(args.get("text", "")), args.get("thread_ts"))
+            self.posted.append(message)
+            return {"ok": True, "channel": message.channel, "ts": ts, "message": {"text": message.text, "ts": ts}}
+        if method == "chat.update":
+            for message in self.posted:
+                if message.channel == args.get("channel") and message.ts == args.get("ts"):
+                    message.text = str(args.get("text", ""))
+                    message.edits.append(message.text)
+                    return {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text}
+            return {"ok": False, "error": "message_not_found"}
+        if method == "chat.postEphemeral":
+            return {"ok": True, "message_ts": f"{time.time():.6f}"}
+        if method == "conversations.info":
+            return {"ok": True, "channel": {"id": args.get("channel"), "name": "general", "is_im": False}}
+        return {"ok": True}
+
+    async def _response(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.responses.append({"rid": request.match_info["rid"], **body})
+        await self._notify()
+        return web.Response(text="ok")
+
+    async def _link(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._socket = socket
+        await socket.send_str(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "num_connections": 1,
+                    "debug_info": {"host": "fake", "approximate_connection_time": 18060},
+                    "connection_info": {"app_id": "A1"},
+                }
+            )
+        )
+        await self._notify()
+        async for message in socket:
+            if message.type == WSMsgType.TEXT:
+                data = json.loads(message.data)
+                if "envelope_id" in data:
+                    self.acks[data["envelope_id"]] = data
+                    await self._notify()
+        return socket
+
+
+def signed_headers(signing_secret: str, body: str, timestamp: int | None = None) -> dict[str, str]:
+    """The headers Slack signs a request with (``v0=`` HMAC-SHA256 of ``v0:ts:body``)."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    signature = SignatureVerifier(signing_secret).generate_signature(timestamp=ts, body=body)
+    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature}
+
+
+_event_ids = itertools.count(1)
+
+
+def event_envelope(event: dict[str, Any], *, team_id: str = "T1", event_id: str | None = None) -> dict[str, Any]:
+    """The Events API ``event_callback`` around one event, as Slack posts it."""
+    return {
+        "token": "legacy-verification-token",
+        "team_id": team_id,
+        "api_app_id": "A1",
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id or f"Ev{next(_event_ids):08d}",
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": team_id, "user_id": "UBOT", "is_bot": True}],
+    }
+
+
+def mention(
+    text: str, *, channel: str = "C1", user: str = "U1", ts: str, thread_ts: str | None = None
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "app_mention",
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "channel": channel,
+        "event_ts": ts,
+    }
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event
+
+
+def direct_message(text: str, *, channel: str = "D1", user: str = "U1", ts: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "channel_type": "im",
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "channel": channel,
+        "event_ts": ts,
+        **extra,
+    }
+
+
+def slash_command_form(
+    command: str = "/reset",
+    text: str = "",
+    *,
+    channel_id: str = "C1",
+    user_id: str = "U1",
+    team_id: str = "T1",
+    response_url: str = "",
+) -> dict[str, str]:
+    return {
+        "token": "legacy-verification-token",
+        "team_id": team_id,
+        "team_domain": "test",
+        "channel_id": channel_id,
+        "channel_name": "general",
+        "user_id": user_id,
+        "user_name": "ada",
+        "command": command,
+        "text": text,
+        "api_app_id": "A1",
+        "response_url": response_url,
+        "trigger_id": "1.2.3",
+    }
+
+
+def form_body(form: dict[str, str]) -> str:
+    return urlencode(form)
