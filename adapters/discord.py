@@ -1,0 +1,185 @@
+"""Discord adapter: translates mentions, DMs, replies to the bot and ``/reset`` into core calls.
+
+Mentions and DMs carry their text without the privileged Message Content intent, so the bot asks for none by
+default. ``AllowedMentions.none()`` on the client (discord.py merges it into every send and edit) means no model
+output can ping @everyone, @here, a role or a person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import discord
+from discord import app_commands
+
+from adapters.streaming import deliver
+from bot import texts
+from bot.config import Settings
+from bot.conversation import ConversationCore
+from bot.messages import ConversationKey, IncomingMessage
+
+log = logging.getLogger(__name__)
+
+TEXT_LIMIT = 2000
+_USER_MENTION = re.compile(r"<@!?(\d+)>")
+_ROLE_MENTION = re.compile(r"<@&(\d+)>")
+_CHANNEL_MENTION = re.compile(r"<#(\d+)>")
+
+
+class DiscordSink:
+    """The first message answers the trigger as a reply; longer answers continue in the channel."""
+
+    def __init__(self, trigger: discord.Message, typing: asyncio.Task[None] | None = None) -> None:
+        self._trigger = trigger
+        self._typing = typing
+
+    async def post(self, text: str) -> discord.Message:
+        none = discord.AllowedMentions.none()
+        if self._typing is not None:
+            self._typing.cancel()
+            self._typing = None
+            return await self._trigger.reply(text, mention_author=False, allowed_mentions=none)
+        return await self._trigger.channel.send(text, allowed_mentions=none)
+
+    async def edit(self, handle: discord.Message, text: str) -> None:
+        await handle.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
+
+    def stop_typing(self) -> None:
+        if self._typing is not None:
+            self._typing.cancel()
+
+
+class _Client(discord.Client):
+    def __init__(self, adapter: DiscordAdapter, intents: discord.Intents, guild_ready_timeout: float) -> None:
+        super().__init__(
+            intents=intents, allowed_mentions=discord.AllowedMentions.none(), guild_ready_timeout=guild_ready_timeout
+        )
+        self._adapter = adapter
+
+    async def setup_hook(self) -> None:
+        # Runs once per start, unlike on_ready, which fires again after every reconnect.
+        await self._adapter.sync_commands()
+
+
+class DiscordAdapter:
+    """A discord.py client wired to the core."""
+
+    def __init__(self, core: ConversationCore, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
+        self._core = core
+        self._settings = settings
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        intents.dm_messages = True
+        intents.message_content = settings.discord_message_content
+        self.client = _Client(self, intents, guild_ready_timeout)
+        self.tree = app_commands.CommandTree(self.client)
+        self.tree.add_command(
+            app_commands.Command(
+                name=settings.reset_command,
+                description="Forget this channel's conversation with the bot",
+                callback=self._on_reset,
+            )
+        )
+        self.client.event(self.on_message)
+        self._inflight: set[asyncio.Task[object]] = set()
+
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        """Disconnect, then let the turns under way finish (up to ``drain_seconds``)."""
+        await self.client.close()
+        if self._inflight:
+            log.info("waiting for %d Discord replies in progress", len(self._inflight))
+            _, pending = await asyncio.wait(self._inflight, timeout=drain_seconds)
+            for task in pending:
+                task.cancel()
+
+    async def sync_commands(self) -> None:
+        if self._settings.discord_guild is not None:
+            guild = discord.Object(id=self._settings.discord_guild)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+        else:
+            synced = await self.tree.sync()
+        log.info("Discord application commands synced: %s", ", ".join(c.name for c in synced))
+
+    def _addressed(self, message: discord.Message) -> bool:
+        me = self.client.user
+        if me is None:
+            return False
+        if message.guild is None or me in message.mentions:
+            return True
+        resolved = message.reference.resolved if message.reference else None
+        return isinstance(resolved, discord.Message) and resolved.author.id == me.id
+
+    async def on_message(self, message: discord.Message) -> None:
+        me = self.client.user
+        if me is None or message.author.id == me.id:
+            return
+        if message.author.bot and self._settings.ignore_bots:
+            return
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return
+        if not self._addressed(message):
+            return
+        guild = str(message.guild.id) if message.guild else "dm"
+        key = ConversationKey("discord", guild, str(message.channel.id))
+        text = self._text_in(message)
+        if not text:
+            await message.reply(texts.EMPTY_MENTION, mention_author=False)
+            return
+        msg = IncomingMessage(key, f"discord:{message.id}", str(message.author.id), message.author.display_name, text)
+        # discord.py runs each event handler as a detached task; remembering them lets stop() drain them.
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        typing = asyncio.create_task(self._keep_typing(message.channel))
+        sink = DiscordSink(message, typing)
+        try:
+            await deliver(self._core, msg, sink, interval=self._settings.stream_edit_interval, limit=TEXT_LIMIT)
+        finally:
+            sink.stop_typing()
+
+    @staticmethod
+    async def _keep_typing(channel: discord.abc.Messageable) -> None:
+        try:
+            async with channel.typing():
+                await asyncio.Event().wait()
+        except discord.HTTPException as exc:
+            log.debug("typing indicator failed: %s", exc)
+
+    def _text_in(self, message: discord.Message) -> str:
+        me = self.client.user
+        text = message.content
+        if me is not None:
+            text = re.sub(rf"<@!?{me.id}>", "", text)
+        users = {str(u.id): u.display_name for u in message.mentions}
+        roles = {str(r.id): r.name for r in message.role_mentions}
+        text = _USER_MENTION.sub(lambda m: "@" + users.get(m.group(1), "someone"), text)
+        text = _ROLE_MENTION.sub(lambda m: "@" + roles.get(m.group(1), "role"), text)
+        text = _CHANNEL_MENTION.sub(lambda m: "#" + self._channel_name(message, int(m.group(1))), text)
+        return text.strip()
+
+    def _channel_name(self, message: discord.Message, channel_id: int) -> str:
+        channel = message.guild.get_channel_or_thread(channel_id) if message.guild else None
+        return channel.name if channel is not None else "channel"
+
+    async def _on_reset(self, interaction: discord.Interaction) -> None:
+        guild = str(interaction.guild_id) if interaction.guild_id else "dm"
+        key = ConversationKey("discord", guild, str(interaction.channel_id))
+        count = await self._core.reset(key)
+        await interaction.response.send_message(
+            texts.RESET_DONE.format(count=count, s=texts.plural(count)), ephemeral=True
+        )
+
+
+async def run_discord(core: ConversationCore, settings: Settings) -> None:
+    """Run until cancelled."""
+    assert settings.discord_token is not None
+    adapter = DiscordAdapter(core, settings)
+    try:
+        await adapter.client.start(settings.discord_token.get_secret_value())
+    finally:
+        await adapter.stop()

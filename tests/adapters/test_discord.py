@@ -1,0 +1,236 @@
+"""The Discord adapter through the real discord.py client, against the loopback fake Discord and model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.discord import TEXT_LIMIT, DiscordAdapter
+from bot import texts
+from bot.config import Settings
+from bot.runtime import open_core
+from tests.fakes.discord import (
+    ADMIN_ROLE_ID,
+    BOT_USER,
+    CHANNEL_ID,
+    GRACE,
+    GUILD_ID,
+    OTHER_BOT,
+    OTHER_CHANNEL_ID,
+    THREAD_ID,
+    FakeDiscord,
+)
+from tests.fakes.openai import FakeOpenAI
+
+BOT_MENTION = f"<@{BOT_USER['id']}>"
+DM_CHANNEL = "7001"
+
+
+@dataclass
+class Discord:
+    fake: FakeDiscord
+    model: FakeOpenAI
+    adapter: DiscordAdapter
+
+    def sent(self, channel: str = CHANNEL_ID) -> list[Any]:
+        return self.fake.channel_messages(channel)
+
+    async def wait_text(self, expected: str, channel: str = CHANNEL_ID, within: float = 5.0) -> None:
+        await self.fake.wait_for(lambda: any(m.content == expected for m in self.sent(channel)), within)
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def discord_bot(model: FakeOpenAI, tmp_path: Path, overrides: dict[str, Any]) -> AsyncIterator[Discord]:
+    values: dict[str, Any] = {
+        "openai_base_url": model.base_url,
+        "db": str(tmp_path / "teambot.db"),
+        "max_retries": 0,
+        "discord_token": "fake-discord-token",
+        "stream_edit_interval": 0.2,
+    }
+    settings = Settings(**(values | overrides))
+    async with FakeDiscord() as fake, open_core(settings) as core:
+        with fake.patch_discord():
+            adapter = DiscordAdapter(core, settings, guild_ready_timeout=0.05)
+            runner = asyncio.create_task(adapter.client.start("fake-discord-token"))
+            try:
+                await fake.wait_ready()
+                await asyncio.wait_for(adapter.client.wait_until_ready(), 10)
+                yield Discord(fake, model, adapter)
+            finally:
+                await adapter.stop()
+                await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_a_mention_in_a_guild_is_answered_as_a_reply(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    trigger = fake.message_create(f"{BOT_MENTION} what is a 429?", mentions=(BOT_USER,))
+    await fake.dispatch("MESSAGE_CREATE", trigger)
+    await discord_bot.wait_text("echo: Ada: what is a 429?")
+    first = discord_bot.sent()[0]
+    assert str(first.payload["message_reference"]["message_id"]) == trigger["id"]
+    assert first.payload["allowed_mentions"]["parse"] == []
+    assert all(edit["allowed_mentions"]["parse"] == [] for m in discord_bot.sent() for edit in m.edits)
+    assert fake.typing_calls == [CHANNEL_ID]
+
+
+async def test_direct_messages_need_no_mention(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create("hello there", channel_id=DM_CHANNEL, guild_id=None))
+    await discord_bot.wait_text("echo: Ada: hello there", channel=DM_CHANNEL)
+
+
+async def test_a_reply_to_the_bot_addresses_it(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    bots_message = fake.message_create("an earlier answer", author=BOT_USER)
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create("tell me more", referenced=bots_message))
+    await discord_bot.wait_text("echo: Ada: tell me more")
+
+
+async def test_messages_not_for_the_bot_and_from_bots_are_ignored(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    someone_else = fake.message_create("not for the bot", author=GRACE)
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create("chatting", referenced=someone_else))
+    await fake.dispatch(
+        "MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} hi", author=OTHER_BOT, mentions=(BOT_USER,))
+    )
+    await fake.dispatch(
+        "MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} me", author=BOT_USER, mentions=(BOT_USER,))
+    )
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} a person", mentions=(BOT_USER,)))
+    await discord_bot.wait_text("echo: Ada: a person")
+    assert discord_bot.model.calls == 1
+
+
+async def test_mentions_become_names(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    text = f"{BOT_MENTION} ask <@!{GRACE['id']}> and <@&{ADMIN_ROLE_ID}> in <#{OTHER_CHANNEL_ID}>"
+    await fake.dispatch(
+        "MESSAGE_CREATE", fake.message_create(text, mentions=(BOT_USER, GRACE), mention_roles=(ADMIN_ROLE_ID,))
+    )
+    await discord_bot.wait_text("echo: Ada: ask @Grace and @Admins in #random")
+
+
+async def test_an_empty_mention_gets_a_hint(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"  {BOT_MENTION} ", mentions=(BOT_USER,)))
+    await discord_bot.wait_text(texts.EMPTY_MENTION)
+    assert discord_bot.model.calls == 0
+
+
+async def test_a_thread_is_its_own_conversation(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} in the channel", mentions=(BOT_USER,)))
+    await discord_bot.wait_text("echo: Ada: in the channel")
+    in_thread = fake.message_create(f"{BOT_MENTION} in the thread", channel_id=THREAD_ID, mentions=(BOT_USER,))
+    await fake.dispatch("MESSAGE_CREATE", in_thread)
+    await discord_bot.wait_text("echo: Ada: in the thread", channel=THREAD_ID)
+    assert [m["content"] for m in discord_bot.model.requests[-1]["messages"][1:]] == ["Ada: in the thread"]
+
+
+async def test_streaming_edits_are_throttled_and_the_final_edit_is_whole(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    discord_bot.model.chunk_delay = 0.02
+    words = " ".join(f"word{i}" for i in range(60))
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} {words}", mentions=(BOT_USER,)))
+    await discord_bot.wait_text(f"echo: Ada: {words}", within=10)
+    [message] = discord_bot.sent()
+    assert 2 <= len(message.edits) <= 10
+
+
+async def test_a_429_on_edit_is_waited_out(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    discord_bot.model.chunk_delay = 0.02
+    fake.rate_limit("PATCH", r"channels/\d+/messages/\d+", times=1, retry_after=0.3)
+    words = " ".join(f"w{i}" for i in range(40))
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} {words}", mentions=(BOT_USER,)))
+    await discord_bot.wait_text(f"echo: Ada: {words}", within=10)
+    assert len(fake.limited) == 1
+
+
+async def test_a_long_answer_is_split_with_fences_balanced(discord_bot: Discord) -> None:
+    code = "```python\n" + "\n".join(f"print({i})" for i in range(300)) + "\n```"
+    answer = "\n\n".join(["Intro " + "blah " * 100, code, "Outro " + "blah " * 100])
+    discord_bot.model.reply = lambda messages: answer
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} code please", mentions=(BOT_USER,)))
+    expected = answer.replace("```python", " ").replace("```", " ").split()
+
+    def shown() -> list[str]:
+        return " ".join(m.content for m in discord_bot.sent()).replace("```python", " ").replace("```", " ").split()
+
+    await fake.wait_for(lambda: shown() == expected, 10)
+    contents = [m.content for m in discord_bot.sent()]
+    assert len(contents) >= 3
+    assert all(len(c) <= TEXT_LIMIT and c.count("```") % 2 == 0 for c in contents)
+
+
+async def test_model_output_cannot_ping_anyone(discord_bot: Discord) -> None:
+    discord_bot.model.reply = lambda messages: f"@everyone @here <@{GRACE['id']}> <@&{ADMIN_ROLE_ID}>"
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} ping them", mentions=(BOT_USER,)))
+    await discord_bot.wait_text(f"@everyone @here <@{GRACE['id']}> <@&{ADMIN_ROLE_ID}>")
+    for message in discord_bot.sent():
+        assert message.payload["allowed_mentions"] == {"parse": [], "replied_user": False}
+        assert all(edit["allowed_mentions"]["parse"] == [] for edit in message.edits)
+
+
+async def test_model_failure_is_the_reply(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} [[quota]]", mentions=(BOT_USER,)))
+    await discord_bot.wait_text(texts.QUOTA_EXHAUSTED)
+
+
+async def test_reset_is_an_ephemeral_slash_command(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} remember", mentions=(BOT_USER,)))
+    await discord_bot.wait_text("echo: Ada: remember")
+    await fake.dispatch("INTERACTION_CREATE", fake.interaction_create("reset"))
+    await fake.wait_for(lambda: len(fake.interaction_responses) == 1)
+    response = fake.interaction_responses[0]
+    assert response["type"] == 4
+    assert response["data"]["flags"] & 64  # ephemeral
+    assert response["data"]["content"] == texts.RESET_DONE.format(count=2, s="s")
+
+
+async def test_commands_are_synced_once_at_start_globally(discord_bot: Discord) -> None:
+    assert [(scope, [c["name"] for c in body]) for scope, body in discord_bot.fake.command_syncs] == [
+        ("global", ["reset"])
+    ]
+
+
+@pytest.mark.parametrize("overrides", [{"discord_guild": int(GUILD_ID), "reset_command": "forget"}], indirect=False)
+async def test_commands_sync_to_the_configured_guild(discord_bot: Discord) -> None:
+    assert [(scope, [c["name"] for c in body]) for scope, body in discord_bot.fake.command_syncs] == [
+        (f"guild:{GUILD_ID}", ["forget"])
+    ]
+
+
+async def test_a_gateway_disconnect_resumes_without_losing_or_doubling_a_mention(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    await fake.disconnect(code=4000)
+    await fake.wait_for(lambda: fake.resume_count == 1, 15)
+    trigger = fake.message_create(f"{BOT_MENTION} after the hiccup", mentions=(BOT_USER,))
+    await fake.dispatch("MESSAGE_CREATE", trigger)
+    await fake.dispatch("MESSAGE_CREATE", trigger)  # delivered again, as a replay after a resume can
+    await discord_bot.wait_text("echo: Ada: after the hiccup")
+    await discord_bot.model.wait_for_requests(1)
+    assert len([m for m in discord_bot.sent() if m.content == "echo: Ada: after the hiccup"]) == 1
+    assert discord_bot.model.calls == 1
+    assert fake.identify_count == 1 and len(fake.command_syncs) == 1  # resumed, not re-identified or re-synced

@@ -1,0 +1,531 @@
+"""A loopback fake Discord: REST under ``/api/v10`` and a gateway WebSocket at ``/gw``, for the real discord.py.
+
+Point the client at it with ``fake.patch_discord()`` (sets ``discord.http.Route.BASE`` and
+``DiscordWebSocket.DEFAULT_GATEWAY``, restored on exit). The gateway says HELLO, answers IDENTIFY with READY and a
+GUILD_CREATE per guild, acknowledges heartbeats, and replays missed events on RESUME. ``dispatch`` sends an event;
+``message_create`` and ``interaction_create`` build payloads discord.py parses. REST calls are recorded
+(``rest_calls``); messages keep their latest content (``channel_messages``); ``rate_limit`` answers 429 on demand.
+
+Tested against discord.py 2.7.1 (pinned in pyproject.toml: these are internals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import discord
+import discord.gateway
+import discord.http
+import yarl
+from aiohttp import WSMsgType, web
+
+BOT_ID = "1000"
+APP_ID = "1000"
+GUILD_ID = "2000"
+CHANNEL_ID = "3000"
+OTHER_CHANNEL_ID = "3001"
+THREAD_ID = "3500"
+ADMIN_ROLE_ID = "2100"
+MANAGE_GUILD = 1 << 5
+EVERYONE_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 16)  # view channel, send messages, read history
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # discord.py parses JSON only when the content type is exactly application/json.
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
+
+
+def user_payload(user_id: str, username: str, *, bot: bool = False, global_name: str | None = None) -> dict[str, Any]:
+    return {
+        "id": user_id,
+        "username": username,
+        "discriminator": "0",
+        "global_name": global_name,
+        "avatar": None,
+        "bot": bot,
+        "public_flags": 0,
+    }
+
+
+BOT_USER = user_payload(BOT_ID, "teambot", bot=True)
+ADA = user_payload("4001", "ada", global_name="Ada")
+GRACE = user_payload("4002", "grace", global_name="Grace")
+OTHER_BOT = user_payload("4009", "otherbot", bot=True)
+
+
+@dataclass
+class StoredMessage:
+    id: str
+    channel_id: str
+    content: str
+    payload: dict[str, Any]
+    edits: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FakeDiscord:
+    """The fake; ``async with FakeDiscord() as fake, fake.patch_discord(): ...``."""
+
+    def __init__(self) -> None:
+        self.rest_calls: list[tuple[str, str, Any]] = []
+        self.limited: list[tuple[str, str]] = []
+        self.messages: dict[str, StoredMessage] = {}
+        self.interaction_responses: list[dict[str, Any]] = []
+        self.command_syncs: list[tuple[str, list[dict[str, Any]]]] = []
+        self.typing_calls: list[str] = []
+        self.identify_count = 0
+        self.resume_count = 0
+        self.identify_payloads: list[dict[str, Any]] = []
+        self.url = ""
+        self._ids = itertools.count(900_000)
+        self._sequence = 0
+        self._sent: list[dict[str, Any]] = []  # every dispatch, for replay on RESUME
+        self._socket: web.WebSocketResponse | None = None
+        self._ready = False
+        self._limits: list[tuple[str, re.Pattern[str], float]] = []
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> FakeDiscord:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/gw", self._gateway)
+        app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._socket is not None and not self._socket.closed:
+            await self._socket.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @contextlib.contextmanager
+    def patch_discord(self) -> Iterator[None]:
+        old_base, old_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+        discord.http.Route.BASE = f"{self.url}/api/v10"
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"ws{self.url[4:]}/gw")
+        try:
+            yield
+        finally:
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_base, old_gateway
+
+    # --- what tests read and do ----------------------------------------------------------------------------
+
+    async def wait_for(self, condition: Callable[[], bool], within: float = 5.0) -> None:
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(condition)
+
+    async def wait_ready(self, within: float = 10.0) -> None:
+        await self.wait_for(lambda: self._ready, within)
+
+    def channel_messages(self, channel_id: str) -> list[StoredMessage]:
+        return [m for m in self.messages.values() if m.channel_id == channel_id]
+
+    def calls(self, method: str, pattern: str) -> list[Any]:
+        return [body for m, path, body in self.rest_calls if m == method and re.fullmatch(pattern, path)]
+
+    def rate_limit(self, method: str, pattern: str, times: int = 1, retry_after: float = 0.2) -> None:
+        """The next ``times`` matching requests get 429 and change nothing."""
+        self._limits.extend([(method, re.compile(pattern), retry_after)] * times)
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        self._sequence += 1
+        frame = {"op": 0, "t": event, "s": self._sequence, "d": data}
+        self._sent.append(frame)
+        if self._socket is not None and not self._socket.closed:
+            await self._socket.send_str(json.dumps(frame))
+
+    async def disconnect(self, code: int = 4000) -> None:
+        """Drop the connection as Discord does on a hiccup; the client should come back with RESUME."""
+        socket, self._socket = self._socket, None
+        self._ready = False
+        if socket is not None:
+            await socket.close(code=code)
+
+    def new_id(self) -> str:
+        return str(next(self._ids))
+
+    def message_create(
+        self,
+        content: str,
+        *,
+        author: dict[str, Any] = ADA,
+        channel_id: str = CHANNEL_ID,
+        guild_id: str | None = GUILD_ID,
+        mentions: tuple[dict[str, Any], ...] = (),
+        mention_roles: tuple[str, ...] = (),
+        referenced: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        payload = self._message(content, author, channel_id, guild_id, message_id or self.new_id())
+        payload["mentions"] = list(mentions)
+        payload["mention_roles"] = list(mention_roles)
+        if guild_id is not None:
+            payload["member"] = {"roles": [], "joined_at": _now(), "deaf": False, "mute": False, "flags": 0}
+        if referenced is not None:
+            payload["type"] = 19
+            payload["referenced_message"] = referenced
+            payload["message_reference"] = {
+                "message_id": referenced["id"],
+                "channel_id": channel_id,
+                "guild_id": guild_id,
+                "type": 0,
+            }
+        return payload
+
+    def interaction_create(
+        self,
+        name: str,
+        *,
+        user: dict[str, Any] = ADA,
+        channel_id: str = CHANNEL_ID,
+        guild_id: str | None = GUILD_ID,
+        roles: tuple[str, ...] = (),
+        options: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        interaction_id = self.new_id()
+        data: dict[str, Any] = {
+            "id": interaction_id,
+            "application_id": APP_ID,
+            "type": 2,
+            "data": {"id": self.new_id(), "name": name, "type": 1, "options": options or []},
+            "channel_id": channel_id,
+            "channel": {"id": channel_id, "type": 0 if guild_id else 1, "name": "general", "guild_id": guild_id},
+            "token": f"itoken-{interaction_id}",
+            "version": 1,
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "app_permissions": str((1 << 11) | (1 << 10)),
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": guild_id or "0"},
+            "context": 0 if guild_id else 1,
+            "attachment_size_limit": 10 * 1024 * 1024,
+        }
+        if guild_id is not None:
+            data["guild_id"] = guild_id
+            permissions = EVERYONE_PERMISSIONS | (MANAGE_GUILD if ADMIN_ROLE_ID in roles else 0)
+            data["member"] = {
+                "user": user,
+                "roles": list(roles),
+                "joined_at": _now(),
+                "deaf": False,
+                "mute": False,
+                "flags": 0,
+                "permissions": str(permissions),
+            }
+        else:
+            data["user"] = user
+        return data
+
+    # --- payloads ------------------------------------------------------------------------------------------
+
+    def _message(
+        self, content: str, author: dict[str, Any], channel_id: str, guild_id: str | None, message_id: str
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "id": message_id,
+            "channel_id": channel_id,
+            "author": author,
+            "content": content,
+            "timestamp": _now(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+        }
+        if guild_id is not None:
+            payload["guild_id"] = guild_id
+        return payload
+
+    def _guild(self) -> dict[str, Any]:
+        def text_channel(cid: str, name: str, position: int) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "type": 0,
+                "guild_id": GUILD_ID,
+                "name": name,
+                "position": position,
+                "permission_overwrites": [],
+                "nsfw": False,
+                "parent_id": None,
+                "topic": None,
+                "last_message_id": None,
+                "rate_limit_per_user": 0,
+            }
+
+        member = {"roles": [], "joined_at": _now(), "deaf": False, "mute": False, "flags": 0}
+        return {
+            "id": GUILD_ID,
+            "name": "Test Guild",
+            "icon": None,
+            "owner_id": "4001",
+            "unavailable": False,
+            "member_count": 3,
+            "large": False,
+            "features": [],
+            "emojis": [],
+            "stickers": [],
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "nsfw_level": 0,
+            "system_channel_flags": 0,
+            "roles": [
+                {
+                    "id": GUILD_ID,
+                    "name": "@everyone",
+                    "permissions": str(EVERYONE_PERMISSIONS),
+                    "position": 0,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                    "flags": 0,
+                },
+                {
+                    "id": ADMIN_ROLE_ID,
+                    "name": "Admins",
+                    "permissions": str(EVERYONE_PERMISSIONS | MANAGE_GUILD),
+                    "position": 1,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": True,
+                    "flags": 0,
+                },
+            ],
+            "channels": [text_channel(CHANNEL_ID, "general", 0), text_channel(OTHER_CHANNEL_ID, "random", 1)],
+            "threads": [
+                {
+                    "id": THREAD_ID,
+                    "type": 11,
+                    "guild_id": GUILD_ID,
+                    "parent_id": CHANNEL_ID,
+                    "owner_id": "4001",
+                    "name": "a thread",
+                    "last_message_id": None,
+                    "rate_limit_per_user": 0,
+                    "message_count": 0,
+                    "member_count": 1,
+                    "thread_metadata": {
+                        "archived": False,
+                        "auto_archive_duration": 1440,
+                        "archive_timestamp": _now(),
+                        "locked": False,
+                    },
+                }
+            ],
+            "members": [
+                member | {"user": BOT_USER},
+                member | {"user": ADA},
+                member | {"user": GRACE, "roles": [ADMIN_ROLE_ID]},
+            ],
+            "voice_states": [],
+            "presences": [],
+        }
+
+    # --- the gateway ---------------------------------------------------------------------------------------
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._socket = socket
+        await socket.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))
+        async for message in socket:
+            if message.type != WSMsgType.TEXT:
+                continue
+            frame = json.loads(message.data)
+            op = frame.get("op")
+            if op == 1:
+                await socket.send_str(json.dumps({"op": 11}))
+            elif op == 2:
+                await self._identify(socket, frame["d"])
+            elif op == 6:
+                await self._resume(socket, frame["d"])
+        return socket
+
+    async def _identify(self, socket: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        self.identify_count += 1
+        self.identify_payloads.append(data)
+        self._sent.clear()
+        self._sequence = 0
+        ready = {
+            "v": 10,
+            "user": BOT_USER,
+            "guilds": [{"id": GUILD_ID, "unavailable": True}],
+            "session_id": f"session-{self.identify_count}",
+            "resume_gateway_url": f"ws{self.url[4:]}/gw",
+            "application": {"id": APP_ID, "flags": 0},
+            "private_channels": [],
+            "relationships": [],
+        }
+        await self.dispatch("READY", ready)
+        await self.dispatch("GUILD_CREATE", self._guild())
+        self._ready = True
+        await self._notify()
+
+    async def _resume(self, socket: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        self.resume_count += 1
+        missed = [f for f in self._sent if f["s"] > int(data.get("seq") or 0)]
+        for frame in missed:
+            await socket.send_str(json.dumps(frame))
+        await self.dispatch("RESUMED", {})
+        self._ready = True
+        await self._notify()
+
+    # --- REST ----------------------------------------------------------------------------------------------
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        body: Any = None
+        if request.can_read_body and request.content_type == "application/json":
+            body = await request.json()
+        for index, (method, pattern, retry_after) in enumerate(self._limits):
+            if method == request.method and pattern.fullmatch(path):
+                del self._limits[index]
+                self.limited.append((request.method, path))
+                await self._notify()
+                return _json(
+                    {"message": "You are being rate limited.", "retry_after": retry_after, "global": False},
+                    429,
+                    {
+                        "Retry-After": f"{retry_after:g}",
+                        "X-RateLimit-Limit": "5",
+                        "X-RateLimit-Remaining": "0",
+                        "X-RateLimit-Reset-After": f"{retry_after:g}",
+                        "X-RateLimit-Bucket": "fake-bucket",
+                        "X-RateLimit-Scope": "user",
+                    },
+                )
+        self.rest_calls.append((request.method, path, body))
+        try:
+            return self._answer(request.method, path, body)
+        finally:
+            await self._notify()
+
+    def _answer(self, method: str, path: str, body: Any) -> web.Response:
+        route = (method, path)
+        if route == ("GET", "users/@me"):
+            return _json(BOT_USER)
+        if route == ("GET", "oauth2/applications/@me"):
+            return _json(
+                {
+                    "id": APP_ID,
+                    "name": "teambot",
+                    "icon": None,
+                    "description": "",
+                    "bot_public": True,
+                    "bot_require_code_grant": False,
+                    "owner": ADA,
+                    "verify_key": "0" * 64,
+                    "flags": 0,
+                    "team": None,
+                    "summary": "",
+                }
+            )
+        if route in (("GET", "gateway"), ("GET", "gateway/bot")):
+            return _json(
+                {
+                    "url": f"ws{self.url[4:]}/gw",
+                    "shards": 1,
+                    "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
+                }
+            )
+        if match := re.fullmatch(r"channels/(\d+)/typing", path):
+            self.typing_calls.append(match.group(1))
+            return web.Response(status=204)
+        if method == "POST" and (match := re.fullmatch(r"channels/(\d+)/messages", path)):
+            channel_id = match.group(1)
+            guild_id = None if channel_id.startswith("7") else GUILD_ID
+            payload = self._message(body.get("content", ""), BOT_USER, channel_id, guild_id, self.new_id())
+            if body.get("message_reference"):
+                payload["message_reference"] = body["message_reference"]
+            self.messages[payload["id"]] = StoredMessage(payload["id"], channel_id, payload["content"], body)
+            return _json(payload)
+        if method == "PATCH" and (match := re.fullmatch(r"channels/(\d+)/messages/(\d+)", path)):
+            stored = self.messages[match.group(2)]
+            stored.edits.append(body)
+            stored.content = body.get("content", stored.content)
+            guild_id = None if stored.channel_id.startswith("7") else GUILD_ID
+            return _json(self._message(stored.content, BOT_USER, stored.channel_id, guild_id, stored.id))
+        if method == "POST" and (match := re.fullmatch(r"interactions/(\d+)/([^/]+)/callback", path)):
+            self.interaction_responses.append(body)
+            message = body.get("data") or {}
+            return _json(
+                {
+                    "interaction": {
+                        "id": match.group(1),
+                        "type": 2,
+                        "response_message_id": self.new_id(),
+                        "response_message_loading": False,
+                        "response_message_ephemeral": bool(message.get("flags", 0) & 64),
+                    },
+                    "resource": {
+                        "type": body.get("type", 4),
+                        "message": self._message(
+                            message.get("content", ""), BOT_USER, CHANNEL_ID, GUILD_ID, self.new_id()
+                        )
+                        | {"flags": message.get("flags", 0)},
+                    },
+                }
+            )
+        if method == "PUT" and (match := re.fullmatch(r"applications/(\d+)(?:/guilds/(\d+))?/commands", path)):
+            scope = f"guild:{match.group(2)}" if match.group(2) else "global"
+            self.command_syncs.append((scope, body))
+            return _json(
+                [
+                    command
+                    | {
+                        "id": self.new_id(),
+                        "application_id": APP_ID,
+                        "version": "1",
+                        "type": command.get("type", 1),
+                        "guild_id": match.group(2),
+                        "default_member_permissions": None,
+                        "dm_permission": True,
+                        "nsfw": False,
+                    }
+                    for command in body
+                ]
+            )
+        if method == "GET" and re.fullmatch(r"applications/(\d+)(?:/guilds/(\d+))?/commands", path):
+            return _json([])
+        return _json({"message": f"fake Discord has no route {method} {path}", "code": 0}, 404)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
