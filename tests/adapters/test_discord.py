@@ -154,7 +154,7 @@ async def test_streaming_edits_are_throttled_and_the_final_edit_is_whole(discord
     assert 2 <= len(message.edits) <= 10
 
 
-async def test_a_429_on_edit_is_waited_out(discord_bot: Discord) -> None:
+async def test_a_429_on_edit_is_waited_out(discord_bot: Discord, caplog: pytest.LogCaptureFixture) -> None:
     fake = discord_bot.fake
     discord_bot.model.chunk_delay = 0.02
     fake.rate_limit("PATCH", r"channels/\d+/messages/\d+", times=1, retry_after=0.3)
@@ -162,6 +162,7 @@ async def test_a_429_on_edit_is_waited_out(discord_bot: Discord) -> None:
     await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} {words}", mentions=(BOT_USER,)))
     await discord_bot.wait_text(f"echo: Ada: {words}", within=10)
     assert len(fake.limited) == 1
+    assert "streaming update failed" not in caplog.text  # waited out, not dropped and caught up later
 
 
 async def test_a_long_answer_is_split_with_fences_balanced(discord_bot: Discord) -> None:

@@ -235,21 +235,23 @@ async def test_a_fast_reply_is_posted_once_without_updates(slack: Slack) -> None
     assert len(slack.fake.calls_to("chat.update")) <= 1  # an instant model: at most the final edit
 
 
-async def test_a_429_on_update_is_waited_out(slack: Slack) -> None:
+async def test_a_429_on_update_is_waited_out(slack: Slack, caplog: pytest.LogCaptureFixture) -> None:
     slack.model.chunk_delay = 0.02
-    slack.fake.rate_limit("chat.update", times=2, retry_after=0.3)
+    slack.fake.rate_limit("chat.update", times=2, retry_after=1)
     words = " ".join(f"w{i}" for i in range(40))
     await slack.event(mention(f"<@UBOT> {words}", ts="1.1"))
     await slack.fake.wait_for(lambda: bool(slack.fake.posted) and slack.fake.posted[0].text.endswith("w39"), 10)
     assert len(slack.fake.limited) == 2
     assert final_text(slack) == f"echo: Ada: {words}"
+    assert "streaming update failed" not in caplog.text  # waited out, not dropped and caught up later
 
 
-async def test_a_429_on_post_is_waited_out(slack: Slack) -> None:
-    slack.fake.rate_limit("chat.postMessage", times=1, retry_after=0.2)
+async def test_a_429_on_post_is_waited_out(slack: Slack, caplog: pytest.LogCaptureFixture) -> None:
+    slack.fake.rate_limit("chat.postMessage", times=1, retry_after=1)
     await slack.event(mention("<@UBOT> hi", ts="1.1"))
     await slack.wait_posts(1)
     assert len(slack.fake.limited) == 1 and final_text(slack) == "echo: Ada: hi"
+    assert "streaming update failed" not in caplog.text
 
 
 def long_reply(messages: list[dict[str, Any]]) -> str:

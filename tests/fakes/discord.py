@@ -133,8 +133,13 @@ class FakeDiscord:
     # --- what tests read and do ----------------------------------------------------------------------------
 
     async def wait_for(self, condition: Callable[[], bool], within: float = 5.0) -> None:
-        async with asyncio.timeout(within), self._changed:
-            await self._changed.wait_for(condition)
+        """Until ``condition()`` holds: re-checked on every request here, and every 20 ms for conditions on
+        the client's side, which this server never hears about."""
+        async with asyncio.timeout(within):
+            while not condition():
+                async with self._changed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 0.02)
 
     async def wait_ready(self, within: float = 10.0) -> None:
         await self.wait_for(lambda: self._ready, within)
@@ -429,6 +434,8 @@ class FakeDiscord:
                         "X-RateLimit-Reset-After": f"{retry_after:g}",
                         "X-RateLimit-Bucket": "fake-bucket",
                         "X-RateLimit-Scope": "user",
+                        # discord.py treats a 429 without Discord's Via header as a Cloudflare ban and gives up.
+                        "Via": "1.1 google",
                     },
                 )
         self.rest_calls.append((request.method, path, body))

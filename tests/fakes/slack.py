@@ -9,8 +9,10 @@ Started in the test's own loop on 127.0.0.1, port 0; the real ``AsyncWebClient``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -108,8 +110,13 @@ class FakeSlack:
         return [m for m in self.posted if m.channel == channel and m.thread_ts == thread_ts]
 
     async def wait_for(self, condition: Callable[[], bool], within: float = 5.0) -> None:
-        async with asyncio.timeout(within), self._changed:
-            await self._changed.wait_for(condition)
+        """Until ``condition()`` holds: re-checked on every request here, and every 20 ms for conditions on
+        the client's side, which this server never hears about."""
+        async with asyncio.timeout(within):
+            while not condition():
+                async with self._changed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 0.02)
 
     def rate_limit(self, method: str, times: int = 1, retry_after: float = 1) -> None:
         """The next ``times`` calls of ``method`` get HTTP 429 with ``Retry-After`` and change nothing."""
@@ -164,7 +171,8 @@ class FakeSlack:
             retry_after = pending.pop(0)
             self.limited.append((method, args))
             await self._notify()
-            return _json({"ok": False, "error": "ratelimited"}, 429, {"Retry-After": f"{retry_after:g}"})
+            # Slack sends whole seconds, and slack_sdk parses nothing else.
+            return _json({"ok": False, "error": "ratelimited"}, 429, {"Retry-After": str(math.ceil(retry_after))})
         self.calls.append((method, args))
         try:
             if method == "apps.connections.open":
