@@ -29,9 +29,10 @@ def _open_fence_after(text: str, fence: str | None) -> str | None:
 def _cut_point(text: str, limit: int) -> int:
     """Where to cut ``text`` so the head is at most ``limit`` characters, preferring natural boundaries."""
     window = text[:limit]
-    for separator in ("\n\n", "\n", " "):
+    # A paragraph break is best, but not at the price of a half-empty message; a line or a space will do then.
+    for separator, not_before in (("\n\n", limit // 2), ("\n", limit // 4), (" ", limit // 4)):
         at = window.rfind(separator)
-        if at > limit // 4:  # a boundary too near the start would make a uselessly short message
+        if at > not_before:
             return at + len(separator)
     return limit
 

@@ -31,10 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str, *, quiet: bool = False) -> None:
+def configure_logging(level: str, *, secrets: tuple[str, ...] = (), quiet: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # The console shares the terminal with the conversation: only problems go there unless DEBUG is asked for.
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.env_file)
-        configure_logging(settings.log_level, quiet=args.command == "console")
+        configure_logging(settings.log_level, secrets=settings.secret_values(), quiet=args.command == "console")
         if args.command == "console":
             asyncio.run(_console(settings, args.name or _login_name()))
         else:

@@ -88,6 +88,18 @@ class Settings(BaseSettings):
     def _no_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
 
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured secret, for the log filter to mask wherever it shows up."""
+        secrets = (
+            self.openai_api_key,
+            self.fallback_api_key,
+            self.slack_bot_token,
+            self.slack_app_token,
+            self.slack_signing_secret,
+            self.discord_token,
+        )
+        return tuple(s.get_secret_value() for s in secrets if s is not None)
+
     def require_model_access(self) -> None:
         """Fail start-up when the hosted API would certainly reject us for want of a key."""
         hosted = self.openai_base_url.startswith(OPENAI_DEFAULT_BASE_URL)

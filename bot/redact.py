@@ -27,15 +27,22 @@ def redact(text: str, *secrets: str | None) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Rewrites every record's message so a key that slipped into a log call is masked."""
+    """Rewrites every record's message so a key that slipped into a log call is masked.
+
+    ``secrets`` are the configured values (any shape: a local server's key need not look like one).
+    """
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self._secrets = tuple(s for s in secrets if s)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = redact(message, *self._secrets)
         if record.exc_info and record.exc_info[1] is not None:
             # Exception text is rendered later by the formatter; render it now so it can be masked too.
             formatted = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = redact(formatted)
+            record.exc_text = redact(formatted, *self._secrets)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True

@@ -70,3 +70,14 @@ def test_logging_filter_masks_messages_args_and_tracebacks(caplog: pytest.LogCap
     text = caplog.text + "".join(r.exc_text or "" for r in caplog.records)
     assert "sk-live-0123456789abcdef" not in text and "xoxb-1234567890-abcdefghij" not in text
     assert text.count(MASK) >= 2
+
+
+def test_logging_filter_masks_configured_values_of_any_shape(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("teambot.test.configured")
+    log.addFilter(RedactingFilter(("local-key-without-prefix",)))
+    try:
+        with caplog.at_level(logging.INFO):
+            log.info("the key is %s", "local-key-without-prefix")
+    finally:
+        log.filters.clear()
+    assert "local-key-without-prefix" not in caplog.text and MASK in caplog.text

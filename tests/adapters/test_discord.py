@@ -134,7 +134,7 @@ async def test_an_empty_mention_gets_a_hint(discord_bot: Discord) -> None:
     assert discord_bot.model.calls == 0
 
 
-async def test_a_thread_is_its_own_conversation(discord_bot: Discord) -> None:
+async def test_history_is_kept_per_channel_and_thread(discord_bot: Discord) -> None:
     fake = discord_bot.fake
     await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} in the channel", mentions=(BOT_USER,)))
     await discord_bot.wait_text("echo: Ada: in the channel")
@@ -142,6 +142,16 @@ async def test_a_thread_is_its_own_conversation(discord_bot: Discord) -> None:
     await fake.dispatch("MESSAGE_CREATE", in_thread)
     await discord_bot.wait_text("echo: Ada: in the thread", channel=THREAD_ID)
     assert [m["content"] for m in discord_bot.model.requests[-1]["messages"][1:]] == ["Ada: in the thread"]
+    elsewhere = fake.message_create(f"{BOT_MENTION} other channel", channel_id=OTHER_CHANNEL_ID, mentions=(BOT_USER,))
+    await fake.dispatch("MESSAGE_CREATE", elsewhere)
+    await discord_bot.wait_text("echo: Ada: other channel", channel=OTHER_CHANNEL_ID)
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} back again", mentions=(BOT_USER,)))
+    await discord_bot.wait_text("echo: Ada: back again")
+    assert [m["content"] for m in discord_bot.model.requests[-1]["messages"][1:]] == [
+        "Ada: in the channel",
+        "echo: Ada: in the channel",
+        "Ada: back again",
+    ]
 
 
 async def test_streaming_edits_are_throttled_and_the_final_edit_is_whole(discord_bot: Discord) -> None:
@@ -165,9 +175,10 @@ async def test_a_429_on_edit_is_waited_out(discord_bot: Discord, caplog: pytest.
     assert "streaming update failed" not in caplog.text  # waited out, not dropped and caught up later
 
 
-async def test_a_long_answer_is_split_with_fences_balanced(discord_bot: Discord) -> None:
-    code = "```python\n" + "\n".join(f"print({i})" for i in range(300)) + "\n```"
-    answer = "\n\n".join(["Intro " + "blah " * 100, code, "Outro " + "blah " * 100])
+async def test_a_5000_character_answer_is_split_in_three_with_fences_balanced(discord_bot: Discord) -> None:
+    code = "```python\n" + "\n".join(f"print({i})" for i in range(320)) + "\n```"
+    answer = "\n\n".join(["Intro " + "blah " * 160, code, "Outro " + "blah " * 150])
+    assert 4950 <= len(answer) <= 5050
     discord_bot.model.reply = lambda messages: answer
     fake = discord_bot.fake
     await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} code please", mentions=(BOT_USER,)))
@@ -178,8 +189,9 @@ async def test_a_long_answer_is_split_with_fences_balanced(discord_bot: Discord)
 
     await fake.wait_for(lambda: shown() == expected, 10)
     contents = [m.content for m in discord_bot.sent()]
-    assert len(contents) >= 3
+    assert len(contents) == 3
     assert all(len(c) <= TEXT_LIMIT and c.count("```") % 2 == 0 for c in contents)
+    assert contents[1].startswith("```python\n")  # the fence reopened with its language
 
 
 async def test_model_output_cannot_ping_anyone(discord_bot: Discord) -> None:
