@@ -1,23 +1,30 @@
 """A loopback OpenAI-compatible chat completions server that can fail on demand.
 
-Started in the test's own event loop on 127.0.0.1, port 0. It answers ``echo: <last user message>`` (or what
-``reply`` returns), plain or as SSE, and records every request.
+Started in the test's own event loop on 127.0.0.1, port 0. ``POST /v1/chat/completions`` answers
+``echo: <last user message>`` (or what ``reply`` returns), plain or as SSE, and records every request;
+``GET /v1/models`` lists one model.
 
-Faults are driven by the input, so a subprocess test can trigger them by typing: a token in the *last user
-message* applies to that request. ``[[FAULT]]`` applies every time; ``[[FAULTxN]]`` only to the first N requests
-with that same last message, after which it succeeds (so a client's retry can).
+Faults are driven by the input, so a subprocess test can trigger them by typing: a token in the content of the
+*last user message* applies to that request. ``[[FAULT]]`` applies every time; ``[[FAULTxN]]`` only to the first
+N requests with that same last message, after which the request succeeds (so a client's retry can). Several tokens
+may share one message (``[[slow:0.2]] [[cut]]``); each keeps its own count. Unknown tokens are plain text.
 
-    [[429]]  [[429:ra=0.2]]     429 rate_limit_exceeded with Retry-After (default 1 s)
-    [[quota]]                   429 insufficient_quota (waiting will not help)
-    [[500]] [[502]] [[503]] [[504]]   that status, OpenAI's server_error body
+    [[429]]  [[429:ra=S]]       429 rate_limit_exceeded, ``Retry-After: S`` (default 1; S may be fractional)
+    [[quota]]                   429 insufficient_quota, no Retry-After (waiting will not help)
+    [[500]] [[502]] [[503]] [[504]]   that status with OpenAI's server_error body
     [[401]] [[403]] [[404]]     invalid_api_key / unsupported_country_region_territory / model_not_found
-    [[context]]                 400 context_length_exceeded;  [[llamactx]]: llama.cpp's exceed_context_size_error
-    [[slow:S]]                  wait S seconds before the first byte
-    [[stall:S]]                 stream: first text chunk, then S seconds of silence, then the rest
-    [[cut]]                     stream: about half the text, then the connection is dropped (no [DONE])
-    [[midstream]]               stream: some text, then an error event with HTTP 200
-    [[malformed]]               a body (or an SSE event) that is not JSON
-    [[empty]]                   a successful, empty completion
+    [[context]]                 400 context_length_exceeded (param "messages")
+    [[llamactx]]                400 in llama.cpp's shape: numeric code, type exceed_context_size_error
+    [[slow:S]]                  wait S seconds before the first byte, then answer normally
+    [[stall:S]]                 stream: role chunk and first text chunk, S seconds of silence, then the rest
+    [[cut]]                     stream: role chunk and about half the text, then the connection drops (no finish,
+                                no usage, no [DONE]); plain: a truncated JSON body, then the connection drops
+    [[midstream]]               stream: some text, then an error event with HTTP 200, then the stream ends
+    [[malformed]]               plain: 200 with body ``{not json``; stream: a ``data: {not json`` event after the
+                                role chunk
+    [[empty]]                   a successful completion whose content is "" (stream: no text chunks)
+
+Examples: ``[[500x2]]`` fails twice then succeeds; ``[[429:ra=0.2x1]]`` is rate limited once for 0.2 s.
 
 Run standalone for manual trying: ``python -m tests.fakes.openai --port 8081``.
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -37,24 +45,92 @@ from typing import Any
 
 from aiohttp import web
 
-_TOKEN = re.compile(r"\[\[(?P<name>[a-z0-9]+)(?::(?P<arg>[a-z]+=)?(?P<value>[0-9.]+))?(?:x(?P<times>\d+))?\]\]")
+_FAULTS = (
+    "429",
+    "quota",
+    "500",
+    "502",
+    "503",
+    "504",
+    "401",
+    "403",
+    "404",
+    "context",
+    "llamactx",
+    "slow",
+    "stall",
+    "cut",
+    "midstream",
+    "malformed",
+    "empty",
+)
+# The name is an explicit alternation so that "x" in "[[500x2]]" can never be swallowed into the name.
+_TOKEN = re.compile(
+    r"\[\[(?P<name>" + "|".join(_FAULTS) + r")"
+    r"(?::(?:ra=)?(?P<value>\d+(?:\.\d+)?))?"
+    r"(?:x(?P<times>\d+))?\]\]"
+)
+_SERVER_ERRORS = {
+    500: "The server had an error while processing your request. Sorry about that!",
+    502: "Bad gateway.",
+    503: "The engine is currently overloaded, please try again later.",
+    504: "Gateway timeout.",
+}
+_MODEL = "fake-model"
 
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
-    # Exactly application/json: some clients reject a charset suffix.
+    # Exactly "application/json": json_response would add "; charset=utf-8", which is not what OpenAI sends.
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
 
 
-def _error(status: int, message: str, kind: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+def _error(
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return _json(status, {"error": {"message": message, "type": kind, "param": param, "code": code}}, headers)
 
 
-def _tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
+def _bad_key() -> web.Response:
+    # The real message quotes a masked key; ours quotes none, so a test can assert no secret is ever echoed.
+    return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+
+
+def _context_exceeded() -> web.Response:
+    return _error(
+        400,
+        "This model's maximum context length is 4096 tokens. However, your messages resulted in more tokens. "
+        "Please reduce the length of the messages.",
+        "invalid_request_error",
+        "context_length_exceeded",
+        "messages",
+    )
+
+
+def _tokens(chars: int) -> int:
+    # A deterministic stand-in for a tokenizer, so tests can predict the numbers.
+    return math.ceil(chars / 4)
+
+
+def _content(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    return content if isinstance(content, str) else json.dumps(content) if content is not None else ""
+
+
+def _sse(payload: object) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
 
 
 class FakeOpenAI:
-    """The fake server; use ``async with FakeOpenAI() as fake`` and point a client at ``fake.base_url``."""
+    """A fake OpenAI-compatible server; ``async with FakeOpenAI() as fake`` and point a client at ``fake.base_url``.
+
+    ``requests`` and ``headers`` record every chat completion request in order; ``calls`` counts them, failed ones
+    included; ``in_flight`` and ``max_in_flight`` show how many were being answered at once.
+    """
 
     def __init__(
         self,
@@ -70,13 +146,13 @@ class FakeOpenAI:
         self.first_byte_delay = first_byte_delay
         self.context_limit_chars = context_limit_chars
         self.reply = reply
+        self.base_url = ""
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.calls = 0
         self.in_flight = 0
         self.max_in_flight = 0
-        self.base_url = ""
-        self._seen: Counter[str] = Counter()
+        self._seen: Counter[tuple[str, str]] = Counter()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -89,144 +165,167 @@ class FakeOpenAI:
     ) -> None:
         await self.stop()
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    async def start(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        # A short shutdown timeout: a test that leaves a [[stall]] stream open must not hold stop() for a minute.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = self._runner.addresses[0][1]
-        self.base_url = f"http://{host}:{bound}/v1"
+        await web.TCPSite(self._runner, host, port).start()
+        bound_port = self._runner.addresses[0][1]
+        self.base_url = f"http://{host}:{bound_port}/v1"
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
-    async def wait_for_requests(self, n: int, within: float = 5.0) -> None:
-        async with asyncio.timeout(within), self._changed:
+    # The parameter is named `timeout` because it is part of the fake's agreed API; ASYNC109 would rename it.
+    async def wait_for_requests(self, n: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Return once ``n`` chat completion requests have arrived; TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: self.calls >= n)
 
     async def _models(self, request: web.Request) -> web.Response:
-        return _json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "tests"}]})
+        model = {"id": _MODEL, "object": "model", "created": 0, "owned_by": "teambot-tests"}
+        return _json(200, {"object": "list", "data": [model]})
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
         self.calls += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        async with self._changed:
-            self._changed.notify_all()
         try:
+            try:
+                body = await request.json()
+            except json.JSONDecodeError:
+                body = None
+            if isinstance(body, dict):
+                self.requests.append(body)
+                self.headers.append(dict(request.headers))
+            async with self._changed:
+                self._changed.notify_all()
+            if self.first_byte_delay:
+                await asyncio.sleep(self.first_byte_delay)
+            if not isinstance(body, dict):
+                return _error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None)
             return await self._answer(request, body)
         finally:
             self.in_flight -= 1
 
     async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return _json(401, _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"))
+            return _bad_key()
         messages: list[dict[str, Any]] = body.get("messages") or []
-        last_user = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
-        fault, value = self._fault(last_user)
-        delay = self.first_byte_delay + (value if fault == "slow" else 0.0)
-        if delay:
-            await asyncio.sleep(delay)
-        total_chars = sum(len(str(m.get("content", ""))) for m in messages)
-        over_limit = self.context_limit_chars is not None and total_chars > self.context_limit_chars
-        if over_limit or fault == "context":
-            return _json(
-                400,
-                _error(
-                    400,
-                    "This model's maximum context length is 4096 tokens.",
-                    "invalid_request_error",
-                    "context_length_exceeded",
-                    "messages",
-                ),
-            )
-        if fault is not None and (early := self._early_fault(fault, value)) is not None:
-            return early
-        text = "" if fault == "empty" else (self.reply(messages) if self.reply else f"echo: {last_user}")
+        last_user = next((_content(m) for m in reversed(messages) if m.get("role") == "user"), "")
+        faults = self._faults(last_user)
+        if "slow" in faults:
+            await asyncio.sleep(faults["slow"])
+        prompt_chars = sum(len(_content(m)) for m in messages)
+        if "context" in faults or (self.context_limit_chars is not None and prompt_chars > self.context_limit_chars):
+            return _context_exceeded()
+        model = str(body.get("model") or _MODEL)
+        if (failure := self._failure(faults, model)) is not None:
+            return failure
+        text = "" if "empty" in faults else self.reply(messages) if self.reply else f"echo: {last_user}"
+        prompt_tokens, completion_tokens = _tokens(prompt_chars), _tokens(len(text))
         usage = {
-            "prompt_tokens": _tokens(json.dumps(messages)),
-            "completion_tokens": _tokens(text),
-            "total_tokens": _tokens(json.dumps(messages)) + _tokens(text),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
         }
-        model = str(body.get("model", "fake-model"))
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self._stream(request, model, text, usage if include_usage else None, fault, value)
-        if fault == "malformed":
+            return await self._stream(request, model, text, usage if include_usage else None, faults)
+        if "malformed" in faults:
             return web.Response(status=200, body=b"{not json", content_type="application/json")
-        if fault == "cut":
-            response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        if "cut" in faults:
+            # Promise more bytes than we send, so the client sees a truncated body rather than a short valid one.
+            response = web.StreamResponse(status=200)
+            response.content_type = "application/json"
             response.content_length = 1000
             await response.prepare(request)
-            await response.write(b'{"id": "chatcmpl-cut", "choices": [{"mess')
-            assert request.transport is not None
-            request.transport.close()
+            await response.write(b'{"id": "chatcmpl-cut", "object": "chat.completion", "choices": [{"mess')
+            self._drop(request)
             return response
         return _json(
             200,
             {
-                "id": f"chatcmpl-{self.calls}",
+                "id": f"chatcmpl-fake{self.calls}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
                 "usage": usage,
             },
         )
 
-    def _fault(self, text: str) -> tuple[str | None, float]:
-        match = _TOKEN.search(text)
-        if match is None:
-            return None, 0.0
-        times = match.group("times")
-        self._seen[text] += 1
-        if times is not None and self._seen[text] > int(times):
-            return None, 0.0
-        value = match.group("value")
-        return match.group("name"), float(value) if value else 0.0
+    def _faults(self, text: str) -> dict[str, float]:
+        faults: dict[str, float] = {}
+        for match in _TOKEN.finditer(text):
+            # Counted per message text, so "[[500x2]] hi" and "[[500x2]] bye" each fail twice on their own.
+            seen = (text, match.group(0))
+            self._seen[seen] += 1
+            times = match.group("times")
+            if times is not None and self._seen[seen] > int(times):
+                continue
+            value = match.group("value")
+            faults[match.group("name")] = float(value) if value else 0.0
+        return faults
 
-    def _early_fault(self, fault: str, value: float) -> web.Response | None:
-        if fault == "429":
-            retry_after = value if value else 1
-            return _json(
+    def _failure(self, faults: dict[str, float], model: str) -> web.Response | None:
+        if "429" in faults:
+            retry_after = faults["429"] or 1.0
+            return _error(
                 429,
-                _error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded"),
+                f"Rate limit reached for {model} on requests per min (RPM): Limit 3, Used 3, Requested 1. "
+                f"Please try again in {retry_after:g}s.",
+                "requests",
+                "rate_limit_exceeded",
                 headers={"Retry-After": f"{retry_after:g}"},
             )
-        if fault == "quota":
-            return _json(
-                429, _error(429, "You exceeded your current quota.", "insufficient_quota", "insufficient_quota")
+        if "quota" in faults:
+            return _error(
+                429,
+                "You exceeded your current quota, please check your plan and billing details.",
+                "insufficient_quota",
+                "insufficient_quota",
             )
-        if fault in ("500", "502", "503", "504"):
-            return _json(int(fault), _error(int(fault), "The server had an error.", "server_error", None))
-        if fault == "401":
-            return _json(401, _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"))
-        if fault == "403":
-            return _json(
+        for status, message in _SERVER_ERRORS.items():
+            if str(status) in faults:
+                return _error(status, message, "server_error", None)
+        if "401" in faults:
+            return _bad_key()
+        if "403" in faults:
+            return _error(
                 403,
-                _error(403, "Country not supported.", "request_forbidden", "unsupported_country_region_territory"),
+                "Country, region, or territory not supported",
+                "request_forbidden",
+                "unsupported_country_region_territory",
             )
-        if fault == "404":
-            return _json(404, _error(404, "The model does not exist.", "invalid_request_error", "model_not_found"))
-        if fault == "llamactx":
-            return _json(
-                400,
-                {
-                    "error": {
-                        "code": 400,
-                        "message": "the request exceeds the available context size, try increasing it",
-                        "type": "exceed_context_size_error",
-                    }
-                },
+        if "404" in faults:
+            return _error(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
             )
+        if "llamactx" in faults:
+            body = {
+                "error": {
+                    "code": 400,
+                    "message": "the request exceeds the available context size, try increasing it",
+                    "type": "exceed_context_size_error",
+                }
+            }
+            return _json(400, body)
         return None
 
     async def _stream(
@@ -235,62 +334,101 @@ class FakeOpenAI:
         model: str,
         text: str,
         usage: dict[str, int] | None,
-        fault: str | None,
-        value: float,
+        faults: dict[str, float],
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache"})
+        response.content_type = "text/event-stream"
         await response.prepare(request)
         created = int(time.time())
+        ident = f"chatcmpl-fake{self.calls}"
 
         def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
-            payload = {
-                "id": f"chatcmpl-{self.calls}",
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            return f"data: {json.dumps(payload)}\n\n".encode()
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return _sse(
+                {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [choice],
+                }
+            )
 
         await response.write(chunk({"role": "assistant", "content": ""}))
-        pieces = re.findall(r"\S+\s*|\s+", text)
-        if fault == "malformed":
+        if "malformed" in faults:
             await response.write(b"data: {not json\n\n")
+        # Words with their trailing whitespace: the pieces concatenate back to exactly the text.
+        pieces = re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
+        half = len(pieces) // 2
         for index, piece in enumerate(pieces):
-            if fault in ("cut", "midstream") and index >= max(1, len(pieces) // 2):
-                if fault == "midstream":
-                    error = _error(500, "The server had an error while processing your request.", "server_error", None)
-                    await response.write(f"data: {json.dumps(error)}\n\n".encode())
-                    await response.write_eof()
-                    return response
-                assert request.transport is not None
-                request.transport.close()
-                return response
-            await response.write(chunk({"content": piece}))
-            if index == len(pieces) // 2:
+            if index == half:
                 await response.write(b": keep-alive\n\n")
-            if fault == "stall" and index == 0:
-                await asyncio.sleep(value)
-            if self.chunk_delay:
+                if "cut" in faults:
+                    self._drop(request)
+                    return response
+                if "midstream" in faults and index > 0:
+                    return await self._midstream_error(response)
+            await response.write(chunk({"content": piece}))
+            if "stall" in faults and index == 0:
+                await asyncio.sleep(faults["stall"])
+            elif self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
+        if not pieces:
+            await response.write(b": keep-alive\n\n")
+        if "cut" in faults:
+            self._drop(request)
+            return response
+        if "midstream" in faults:
+            # Too few pieces to split: the error still arrives after whatever text there was.
+            return await self._midstream_error(response)
         await response.write(chunk({}, "stop"))
         if usage is not None:
-            payload = {"id": f"chatcmpl-{self.calls}", "object": "chat.completion.chunk", "created": created}
-            payload |= {"model": model, "choices": [], "usage": usage}
-            await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+            await response.write(
+                _sse(
+                    {
+                        "id": ident,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            )
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    @staticmethod
+    async def _midstream_error(response: web.StreamResponse) -> web.StreamResponse:
+        error = {
+            "error": {
+                "message": "The server had an error while processing your request.",
+                "type": "server_error",
+                "code": None,
+            }
+        }
+        await response.write(_sse(error))
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _drop(request: web.Request) -> None:
+        # close(), not abort(): what was already written is flushed, then the socket goes away without the
+        # terminating chunk, which is what a client sees when a proxy or the upstream dies mid-answer.
+        if request.transport is not None:
+            request.transport.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the fake OpenAI-compatible API on loopback.")
     parser.add_argument("--port", type=int, default=8081)
-    parser.add_argument("--chunk-delay", type=float, default=0.02)
+    parser.add_argument("--api-key", default=None, help="require this bearer key (default: accept any)")
+    parser.add_argument("--chunk-delay", type=float, default=0.02, help="seconds between streamed chunks")
     args = parser.parse_args()
 
     async def serve() -> None:
-        fake = FakeOpenAI(chunk_delay=args.chunk_delay)
+        fake = FakeOpenAI(api_key=args.api_key, chunk_delay=args.chunk_delay)
         await fake.start(port=args.port)
         print(f"fake OpenAI API at {fake.base_url}", flush=True)
         try:
@@ -298,7 +436,8 @@ def main() -> None:
         finally:
             await fake.stop()
 
-    asyncio.run(serve())
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
 if __name__ == "__main__":
