@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
 from bot import texts
+from bot.commands import COMMANDS, CommandContext, Commands
 from bot.conversation import ConversationCore
-from bot.messages import ConversationKey, IncomingMessage, ReplyKind
+from bot.messages import ConversationKey, IncomingMessage
 
 CONSOLE_KEY = ConversationKey("console", "local", "")
 PROMPT = "you> "
@@ -39,6 +40,7 @@ async def _stdin_lines() -> AsyncIterator[str]:
 
 async def run_console(
     core: ConversationCore,
+    commands: Commands,
     *,
     user_name: str,
     banner: str,
@@ -57,11 +59,14 @@ async def run_console(
         line = raw.strip()
         if line in ("/exit", "/quit"):
             break
-        if line == "/reset":
-            count = await core.reset(CONSOLE_KEY)
-            show(BOT + texts.RESET_DONE.format(count=count, s=texts.plural(count)))
-        elif line.startswith("/"):
-            show(BOT + texts.CONSOLE_UNKNOWN_COMMAND.format(command=line.split()[0]))
+        if line.startswith("/"):
+            name, _, arg = line[1:].partition(" ")
+            if name in COMMANDS:
+                # The person at the terminal runs the bot, so they are its admin.
+                ctx = CommandContext(CONSOLE_KEY, user_name, platform_admin=True)
+                show(BOT + await commands.run(name, ctx, arg))
+            else:
+                show(BOT + texts.CONSOLE_UNKNOWN_COMMAND.format(command=f"/{name}"))
         elif line:
             await _answer(core, line, user_name, show)
         show(PROMPT, end="")
@@ -82,5 +87,7 @@ async def _answer(core: ConversationCore, line: str, user_name: str, show: Calla
     streamed = "".join(printed)
     if streamed and reply.text.startswith(streamed):
         show(reply.text[len(streamed) :])
-    elif reply.kind is not ReplyKind.DUPLICATE:
+    elif reply.should_post:
         show(("\n" if streamed else "") + BOT + reply.text)
+    if reply.notice:
+        show(BOT + reply.notice)

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from typing import Any
 
 import discord
 from discord import app_commands
 
 from adapters.streaming import deliver
 from bot import texts
+from bot.commands import CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
 from bot.messages import ConversationKey, IncomingMessage
+from bot.runtime import commands
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +79,9 @@ class DiscordAdapter:
         intents.message_content = settings.discord_message_content
         self.client = _Client(self, intents, guild_ready_timeout)
         self.tree = app_commands.CommandTree(self.client)
-        self.tree.add_command(
-            app_commands.Command(
-                name=settings.reset_command,
-                description="Forget this channel's conversation with the bot",
-                callback=self._on_reset,
-            )
-        )
+        self._commands = commands(settings, core)
+        for command in self._app_commands(settings.reset_command):
+            self.tree.add_command(command)
         self.client.event(self.on_message)
         self._inflight: set[asyncio.Task[object]] = set()
 
@@ -166,13 +165,40 @@ class DiscordAdapter:
         channel = message.guild.get_channel_or_thread(channel_id) if message.guild else None
         return channel.name if channel is not None else "channel"
 
-    async def _on_reset(self, interaction: discord.Interaction) -> None:
+    def _app_commands(self, reset_name: str) -> list[app_commands.Command[Any, Any, None]]:
+        async def reset(interaction: discord.Interaction) -> None:
+            await self._answer_command(interaction, "reset", "")
+
+        async def usage(interaction: discord.Interaction) -> None:
+            await self._answer_command(interaction, "usage", "")
+
+        @app_commands.describe(prompt="the new system prompt, or 'reset'; empty shows the current one")
+        async def system(interaction: discord.Interaction, prompt: str = "") -> None:
+            await self._answer_command(interaction, "system", prompt)
+
+        @app_commands.describe(name="a model from the allowed list, or 'reset'; empty shows the current one")
+        async def model(interaction: discord.Interaction, name: str = "") -> None:
+            await self._answer_command(interaction, "model", name)
+
+        return [
+            app_commands.Command(name=reset_name, description="Forget this channel's conversation", callback=reset),
+            app_commands.Command(
+                name="usage", description="Tokens and cost, and what is left of the budgets", callback=usage
+            ),
+            app_commands.Command(
+                name="system", description="Show or set this channel's system prompt", callback=system
+            ),
+            app_commands.Command(name="model", description="Show or pick this channel's model", callback=model),
+        ]
+
+    async def _answer_command(self, interaction: discord.Interaction, name: str, arg: str) -> None:
         guild = str(interaction.guild_id) if interaction.guild_id else "dm"
         key = ConversationKey("discord", guild, str(interaction.channel_id))
-        count = await self._core.reset(key)
-        await interaction.response.send_message(
-            texts.RESET_DONE.format(count=count, s=texts.plural(count)), ephemeral=True
-        )
+        member = interaction.user
+        admin = isinstance(member, discord.Member) and member.guild_permissions.manage_guild
+        ctx = CommandContext(key, str(member.id), platform_admin=admin)
+        answer = await self._commands.run(name, ctx, arg)
+        await interaction.response.send_message(answer[:TEXT_LIMIT], ephemeral=True)
 
 
 async def run_discord(core: ConversationCore, settings: Settings) -> None:

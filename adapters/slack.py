@@ -29,9 +29,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack_format import markdown_to_mrkdwn, unescape_slack
 from adapters.streaming import deliver
 from bot import texts
+from bot.commands import COMMANDS, CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
 from bot.messages import ConversationKey, IncomingMessage
+from bot.runtime import commands
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,10 @@ class SlackAdapter:
         )
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
-        self.app.command(f"/{settings.reset_command}")(self._on_reset)
+        self._commands = commands(settings, core)
+        self._command_names = {f"/{settings.reset_command}": "reset"} | {f"/{n}": n for n in COMMANDS if n != "reset"}
+        for slash in self._command_names:
+            self.app.command(slash)(self._on_command)
         self._names: OrderedDict[str, str] = OrderedDict()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._socket: AsyncSocketModeHandler | None = None
@@ -187,11 +192,24 @@ class SlackAdapter:
             render=markdown_to_mrkdwn,
         )
 
-    async def _on_reset(self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
+    async def _on_command(self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
-        key = ConversationKey("slack", str(command.get("team_id") or "-"), str(command["channel_id"]))
-        count = await self._core.reset(key)
-        await respond(text=texts.RESET_DONE.format(count=count, s=texts.plural(count)), response_type="ephemeral")
+        team = str(command.get("team_id") or "-")
+        user = str(command.get("user_id") or "")
+        name = self._command_names.get(str(command.get("command")), "")
+        key = ConversationKey("slack", team, str(command["channel_id"]))
+        needs_admin = name in ("system", "model") and bool(str(command.get("text") or "").strip())
+        ctx = CommandContext(key, user, platform_admin=needs_admin and await self._is_admin(user))
+        answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
+        await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
+
+    async def _is_admin(self, user_id: str) -> bool:
+        try:
+            user = (await self.client.users_info(user=user_id))["user"] or {}
+        except SlackApiError as exc:
+            log.warning("users.info for %s failed: %s", user_id, exc.response.get("error"))
+            return False
+        return bool(user.get("is_admin") or user.get("is_owner"))
 
     # --- text in ----------------------------------------------------------------------------------------
 

@@ -157,6 +157,8 @@ async def deliver(
             await reply_stream.finish(reply.text)
         else:
             await reply_stream.cancel()
+        if reply.notice:
+            await sink.post(render(reply.notice))
     except Exception:
         log.exception("answering %s in %s failed", msg.message_id, msg.key)
         await reply_stream.cancel()

@@ -11,7 +11,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from bot import texts
+from bot import runtime, texts
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.redact import RedactingFilter
@@ -50,7 +50,7 @@ async def _console(settings: Settings, name: str) -> None:
         banner = texts.CONSOLE_BANNER.format(
             model=settings.openai_model, base_url=settings.openai_base_url, key="console:local", db=settings.db
         )
-        await run_console(core, user_name=name, banner=banner)
+        await run_console(core, runtime.commands(settings, core), user_name=name, banner=banner)
 
 
 async def _run(settings: Settings) -> None:

@@ -7,10 +7,10 @@ follow their SDK docs; everything else starts with ``TEAMBOT_``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
 
@@ -24,6 +24,10 @@ DEFAULT_SYSTEM_PROMPT = (
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
+
+
+#: A comma-separated list in the environment (``U1,U2``), not JSON.
+IdList = Annotated[frozenset[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -56,6 +60,29 @@ class Settings(BaseSettings):
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, validation_alias=_env("TEAMBOT_SYSTEM_PROMPT"))
     history_tokens: int = Field(8000, ge=256, validation_alias=_env("TEAMBOT_HISTORY_TOKENS"))
 
+    # Costs, budgets and abuse controls
+    prices: dict[str, tuple[float, float]] = Field(default_factory=dict, validation_alias=_env("TEAMBOT_PRICES"))
+    budget_unit: Literal["tokens", "usd"] = Field("tokens", validation_alias=_env("TEAMBOT_BUDGET_UNIT"))
+    budget_workspace_monthly: float | None = Field(
+        None, gt=0, validation_alias=_env("TEAMBOT_BUDGET_WORKSPACE_MONTHLY")
+    )
+    budget_user_daily: float | None = Field(None, gt=0, validation_alias=_env("TEAMBOT_BUDGET_USER_DAILY"))
+    budget_channel_daily: float | None = Field(None, gt=0, validation_alias=_env("TEAMBOT_BUDGET_CHANNEL_DAILY"))
+    budget_soft_percent: float = Field(80, gt=0, le=100, validation_alias=_env("TEAMBOT_BUDGET_SOFT_PERCENT"))
+    user_rate_per_minute: int = Field(10, ge=0, validation_alias=_env("TEAMBOT_USER_RATE_PER_MINUTE"))
+    channel_rate_per_minute: int = Field(30, ge=0, validation_alias=_env("TEAMBOT_CHANNEL_RATE_PER_MINUTE"))
+    max_concurrent_calls: int = Field(8, ge=1, validation_alias=_env("TEAMBOT_MAX_CONCURRENT_CALLS"))
+    max_queued_calls: int = Field(64, ge=0, validation_alias=_env("TEAMBOT_MAX_QUEUED_CALLS"))
+    admin_users: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_ADMIN_USERS"))
+    models: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_MODELS"))
+    allow_workspaces: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_ALLOW_WORKSPACES"))
+    deny_workspaces: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_DENY_WORKSPACES"))
+    allow_channels: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_ALLOW_CHANNELS"))
+    deny_channels: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_DENY_CHANNELS"))
+    allow_users: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_ALLOW_USERS"))
+    deny_users: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_DENY_USERS"))
+    refuse_silently: bool = Field(False, validation_alias=_env("TEAMBOT_REFUSE_SILENTLY"))
+
     # Operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("TEAMBOT_LOG_LEVEL"))
 
@@ -73,6 +100,23 @@ class Settings(BaseSettings):
     reset_command: str = Field("reset", pattern=r"^[a-z0-9_-]{1,32}$", validation_alias=_env("TEAMBOT_RESET_COMMAND"))
     ignore_bots: bool = Field(True, validation_alias=_env("TEAMBOT_IGNORE_BOTS"))
     stream_edit_interval: float = Field(1.0, ge=0.2, validation_alias=_env("TEAMBOT_STREAM_EDIT_INTERVAL"))
+
+    @field_validator(
+        "admin_users",
+        "models",
+        "allow_workspaces",
+        "deny_workspaces",
+        "allow_channels",
+        "deny_channels",
+        "allow_users",
+        "deny_users",
+        mode="before",
+    )
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("openai_base_url", "fallback_base_url", "slack_api_url")
     @classmethod

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from bot import errors, texts
+from bot.guards import Guards
+from bot.limits import Busy
 from bot.llm import ChatClient, ChatMessage, Completion
 from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, Usage
 from bot.store import Store, StoredMessage
@@ -58,53 +60,133 @@ class TurnSettings:
 class ConversationCore:
     """What every adapter talks to: :meth:`handle` a message, :meth:`reset` a conversation."""
 
-    def __init__(self, store: Store, llm: ChatClient, counter: TokenCounter, settings: TurnSettings) -> None:
-        self._store = store
+    def __init__(
+        self,
+        store: Store,
+        llm: ChatClient,
+        counter: TokenCounter,
+        settings: TurnSettings,
+        guards: Guards | None = None,
+    ) -> None:
+        self.store = store
         self._llm = llm
         self._counter = counter
-        self._settings = settings
+        self.settings = settings
+        self.guards = guards or Guards()
         self._locks = KeyedLocks()
+
+    @property
+    def default_model(self) -> str:
+        return self._llm.primary.model
 
     async def handle(self, msg: IncomingMessage, on_text: OnText | None = None) -> Reply:
         """Answer ``msg``; ``on_text`` receives pieces of the reply as they stream in.
 
         Known failures come back as a ``Reply`` of kind ERROR with a message for people; only bugs raise.
         """
-        async with self._locks.hold(str(msg.key)), self._store.conversation_lock(msg.key):
+        if not self.guards.access.allows(msg):
+            log.info("message %s in %s refused by the access lists", msg.message_id, msg.key)
+            if self.guards.access.refuse_silently:
+                return Reply(ReplyKind.IGNORED, "")
+            return Reply(ReplyKind.REFUSED, texts.NOT_ALLOWED)
+        async with self._locks.hold(str(msg.key)), self.store.conversation_lock(msg.key):
             return await self._turn(msg, on_text)
 
     async def reset(self, key: ConversationKey) -> int:
-        async with self._locks.hold(str(key)), self._store.conversation_lock(key):
-            count = await self._store.reset(key)
+        async with self._locks.hold(str(key)), self.store.conversation_lock(key):
+            count = await self.store.reset(key)
         log.info("conversation %s reset: %d messages deleted", key, count)
         return count
 
     async def _turn(self, msg: IncomingMessage, on_text: OnText | None) -> Reply:
-        system = self._system_message()
+        channel = await self.store.channel_settings(msg.key)
+        system = self._system_message(channel.system_prompt)
         system_tokens = self._counter.count_message(system["content"])
-        budget = self._settings.history_tokens
+        budget = self.settings.history_tokens
         # A single message may take at most half of what the system prompt leaves, so that the turns around it
         # still fit next time; a longer one is cut, and stored as the model saw it.
         single_cap = max(16, (budget - system_tokens) // 2 - PER_MESSAGE_OVERHEAD)
         text = self._counter.truncate(_CONTROL.sub("", msg.text), single_cap)
         content = f"{msg.author_name}: {text}"
         new_tokens = self._counter.count_message(content)
-        row = await self._store.begin_turn(_with_text(msg, text), new_tokens)
+        row = await self.store.begin_turn(_with_text(msg, text), new_tokens)
         if row is None:
             log.info("message %s in %s was already handled; not answering again", msg.message_id, msg.key)
             return Reply(ReplyKind.DUPLICATE, "")
 
-        streaming = on_text is not None and self._settings.stream
+        refusal = await self._refusal(msg)
+        if refusal is not None:
+            # A refused question costs nothing and leaves no trace in the history; its id stays handled.
+            await self.store.forget_message(row)
+            return Reply(ReplyKind.REFUSED, refusal)
+
+        try:
+            async with self.guards.gate.slot():
+                result = await self._call_model(msg, row, system, channel.model, content, new_tokens, on_text)
+        except Busy as exc:
+            log.warning("conversation %s: %s", msg.key, exc)
+            await self.store.forget_message(row)
+            return Reply(ReplyKind.REFUSED, exc.user_message)
+        if isinstance(result, Reply):
+            return result
+        completion, prompt = result
+
+        if not completion.text.strip():
+            log.warning("conversation %s: the model returned an empty completion", msg.key)
+            return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
+        usage = completion.usage or self._estimate_usage(prompt, completion.text)
+        await self.store.add_reply(
+            msg.key,
+            completion.text,
+            self._reply_tokens(completion),
+            reply_to=row,
+            usage=usage,
+            model=completion.model,
+            complete=True,
+        )
+        notice = await self._account(msg, completion.model, usage)
+        log.info(
+            "answered %s in %s via %s (%d+%d tokens)",
+            msg.message_id,
+            msg.key,
+            completion.endpoint,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        )
+        return Reply(ReplyKind.ANSWER, completion.text, usage, completion.model, notice)
+
+    async def _refusal(self, msg: IncomingMessage) -> str | None:
+        wait = self.guards.rate_wait(msg)
+        if wait > 0:
+            log.info("message %s in %s rate-limited for %d s", msg.message_id, msg.key, wait)
+            return texts.SLOW_DOWN.format(seconds=wait)
+        if self.guards.accounting is not None:
+            return await self.guards.accounting.refusal(msg.key, msg.author_id)
+        return None
+
+    async def _call_model(
+        self,
+        msg: IncomingMessage,
+        row: int,
+        system: ChatMessage,
+        model: str | None,
+        content: str,
+        new_tokens: int,
+        on_text: OnText | None,
+    ) -> tuple[Completion, list[ChatMessage]] | Reply:
+        """The model's completion and the prompt it answered, or the Reply that explains why there is none."""
+        system_tokens = self._counter.count_message(system["content"])
+        budget = self.settings.history_tokens
+        streaming = on_text is not None and self.settings.stream
         for attempt in (1, 2):
             history_budget = max(0, budget - system_tokens - new_tokens)
-            history = await self._store.load_history(msg.key, history_budget, before=row)
+            history = await self.store.load_history(msg.key, history_budget, before=row)
             prompt = [system, *map(_to_chat, history), {"role": "user", "content": content}]
             log.debug("prompt for %s: %s", msg.key, prompt)
             try:
-                completion = await (
-                    self._llm.stream(prompt, on_text) if streaming and on_text else self._llm.complete(prompt)
-                )
-                break
+                if streaming and on_text is not None:
+                    return await self._llm.stream(prompt, on_text, model=model), prompt
+                return await self._llm.complete(prompt, model=model), prompt
             except errors.ContextTooLong:
                 if attempt == 2:
                     log.warning("conversation %s: context too long even at %d tokens", msg.key, budget)
@@ -114,41 +196,29 @@ class ConversationCore:
                 log.info("conversation %s: context too long; retrying with %d tokens", msg.key, budget)
             except errors.StreamInterrupted as exc:
                 log.warning("conversation %s: stream interrupted after %d chars: %s", msg.key, len(exc.partial), exc)
-                return await self._keep_partial(msg, row, exc, prompt)
+                return await self._keep_partial(msg, row, exc, prompt, model)
             except errors.LLMError as exc:
                 log.warning("conversation %s message %s: model call failed: %s", msg.key, msg.message_id, exc)
                 return Reply(ReplyKind.ERROR, exc.user_message)
+        raise AssertionError("unreachable: the second attempt returns")
 
-        if not completion.text.strip():
-            log.warning("conversation %s: the model returned an empty completion", msg.key)
-            return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
-        usage = completion.usage or self._estimate_usage(prompt, completion.text)
-        await self._store.add_reply(
-            msg.key,
-            completion.text,
-            self._reply_tokens(completion),
-            reply_to=row,
-            usage=usage,
-            model=completion.model,
-            complete=True,
-        )
-        log.info(
-            "answered %s in %s via %s (%d+%d tokens)",
-            msg.message_id,
-            msg.key,
-            completion.endpoint,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-        )
-        return Reply(ReplyKind.ANSWER, completion.text, usage, completion.model)
+    async def _account(self, msg: IncomingMessage, model: str | None, usage: Usage) -> str | None:
+        if self.guards.accounting is None:
+            return None
+        return await self.guards.accounting.record(msg.key, msg.author_id, model or self.default_model, usage)
 
     async def _keep_partial(
-        self, msg: IncomingMessage, row: int, exc: errors.StreamInterrupted, prompt: list[ChatMessage]
+        self,
+        msg: IncomingMessage,
+        row: int,
+        exc: errors.StreamInterrupted,
+        prompt: list[ChatMessage],
+        model: str | None,
     ) -> Reply:
         reason = exc.cause.user_message if exc.cause else texts.UNAVAILABLE
         text = exc.partial + texts.INTERRUPTED_MARK.format(reason=reason.rstrip("."))
         usage = self._estimate_usage(prompt, exc.partial)
-        await self._store.add_reply(
+        await self.store.add_reply(
             msg.key,
             text,
             self._counter.count_message(text),
@@ -157,10 +227,11 @@ class ConversationCore:
             model=None,
             complete=False,
         )
-        return Reply(ReplyKind.PARTIAL, text, usage)
+        notice = await self._account(msg, model, usage)
+        return Reply(ReplyKind.PARTIAL, text, usage, notice=notice)
 
-    def _system_message(self) -> ChatMessage:
-        return {"role": "system", "content": f"{self._settings.system_prompt}\n\n{SPEAKER_NOTE}"}
+    def _system_message(self, override: str | None = None) -> ChatMessage:
+        return {"role": "system", "content": f"{override or self.settings.system_prompt}\n\n{SPEAKER_NOTE}"}
 
     def _estimate_usage(self, prompt: list[ChatMessage], text: str) -> Usage:
         prompt_tokens = sum(self._counter.count_message(m["content"]) for m in prompt)

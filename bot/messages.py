@@ -49,7 +49,9 @@ class ReplyKind(enum.Enum):
     ANSWER = "answer"  # the model's reply
     PARTIAL = "partial"  # the stream broke; text holds what arrived plus a marker
     ERROR = "error"  # text is a message for people explaining what failed
+    REFUSED = "refused"  # not answered on purpose (access, rate limit, budget, busy); text says why
     DUPLICATE = "duplicate"  # already handled: the adapter posts nothing
+    IGNORED = "ignored"  # refused silently, as configured: the adapter posts nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,9 @@ class Reply:
     text: str
     usage: Usage | None = None
     model: str | None = None
+    #: A separate message to post after the reply (a budget's soft-cap warning).
+    notice: str | None = None
 
     @property
     def should_post(self) -> bool:
-        return self.kind is not ReplyKind.DUPLICATE
+        return self.kind not in (ReplyKind.DUPLICATE, ReplyKind.IGNORED)

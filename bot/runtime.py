@@ -7,11 +7,16 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from bot.budgets import Accounting, Budget, Period, ScopeKind, Unit
+from bot.commands import CommandPolicy, Commands
 from bot.config import Settings
 from bot.conversation import ConversationCore, TurnSettings
+from bot.guards import AccessPolicy, Guards
 from bot.keys import KeySource
+from bot.limits import ConcurrencyGate, RateLimiter
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy
-from bot.store import open_store
+from bot.pricing import PriceTable
+from bot.store import Store, open_store
 from bot.tokens import TokenCounter
 
 
@@ -33,6 +38,43 @@ def endpoints(settings: Settings) -> tuple[Endpoint, Endpoint | None]:
     return primary, fallback
 
 
+def budgets(settings: Settings) -> list[Budget]:
+    configured = (
+        (ScopeKind.WORKSPACE, Period.MONTH, settings.budget_workspace_monthly),
+        (ScopeKind.USER, Period.DAY, settings.budget_user_daily),
+        (ScopeKind.CHANNEL, Period.DAY, settings.budget_channel_daily),
+    )
+    return [Budget(kind, period, limit) for kind, period, limit in configured if limit is not None]
+
+
+def guards(settings: Settings, store: Store) -> Guards:
+    return Guards(
+        access=AccessPolicy(
+            settings.allow_workspaces,
+            settings.deny_workspaces,
+            settings.allow_channels,
+            settings.deny_channels,
+            settings.allow_users,
+            settings.deny_users,
+            settings.refuse_silently,
+        ),
+        user_rate=RateLimiter(settings.user_rate_per_minute),
+        channel_rate=RateLimiter(settings.channel_rate_per_minute),
+        gate=ConcurrencyGate(settings.max_concurrent_calls, settings.max_queued_calls),
+        accounting=Accounting(
+            store,
+            PriceTable(settings.prices),
+            budgets(settings),
+            unit=Unit(settings.budget_unit),
+            soft_percent=settings.budget_soft_percent,
+        ),
+    )
+
+
+def commands(settings: Settings, core: ConversationCore) -> Commands:
+    return Commands(core, CommandPolicy(settings.admin_users, settings.models))
+
+
 @contextlib.asynccontextmanager
 async def open_core(settings: Settings, counter: TokenCounter | None = None) -> AsyncIterator[ConversationCore]:
     """The core and everything it owns, closed again on exit."""
@@ -51,6 +93,6 @@ async def open_core(settings: Settings, counter: TokenCounter | None = None) -> 
                 retry=RetryPolicy(max_retries=settings.max_retries, deadline=settings.request_deadline),
             )
             turn = TurnSettings(settings.system_prompt, settings.history_tokens, settings.stream)
-            yield ConversationCore(store, llm, counter or TokenCounter.load(), turn)
+            yield ConversationCore(store, llm, counter or TokenCounter.load(), turn, guards(settings, store))
     finally:
         await store.close()

@@ -26,6 +26,48 @@ class StoredMessage:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One model call, for the ledger."""
+
+    at: float
+    key: ConversationKey
+    user_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    exact: bool
+    cost: float
+    priced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UsageScope:
+    """Whose usage: a workspace/guild, narrowed to a channel and/or a user."""
+
+    platform: str
+    workspace: str
+    channel: str | None = None
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    calls: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    #: False when some calls used a model missing from the price table (counted at cost 0).
+    all_priced: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """What an admin changed for one channel (and its threads); None means the configured default."""
+
+    system_prompt: str | None = None
+    model: str | None = None
+
+
 class Store(Protocol):
     """Conversation history and the record of which platform messages were already handled."""
 
@@ -66,6 +108,22 @@ class Store(Protocol):
         ...
 
     async def count_messages(self, key: ConversationKey) -> int: ...
+
+    async def forget_message(self, row: int) -> None:
+        """Delete one stored message (a refused question), keeping its id marked as handled."""
+        ...
+
+    async def record_usage(self, record: UsageRecord) -> None: ...
+
+    async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal: ...
+
+    async def claim_warning(self, scope: str, period_start: float) -> bool:
+        """True for the first caller per scope and period: the one that posts the soft-cap warning."""
+        ...
+
+    async def channel_settings(self, key: ConversationKey) -> ChannelSettings: ...
+
+    async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None: ...
 
     def conversation_lock(self, key: ConversationKey) -> AbstractAsyncContextManager[None]:
         """A lock that serialises turns of one conversation across processes sharing this database.

@@ -17,7 +17,7 @@ import aiosqlite
 
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage, Usage
-from bot.store import StoredMessage
+from bot.store import ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,38 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             handled_at REAL NOT NULL
         ) WITHOUT ROWID""",
         "CREATE INDEX handled_messages_by_age ON handled_messages (handled_at)",
+    ),
+    (
+        """CREATE TABLE usage (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            platform TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            exact INTEGER NOT NULL,
+            cost REAL NOT NULL,
+            priced INTEGER NOT NULL
+        )""",
+        "CREATE INDEX usage_by_workspace ON usage (platform, workspace, at)",
+        "CREATE INDEX usage_by_channel ON usage (platform, workspace, channel, at)",
+        "CREATE INDEX usage_by_user ON usage (platform, workspace, user_id, at)",
+        """CREATE TABLE channel_settings (
+            platform TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            system_prompt TEXT,
+            model TEXT,
+            PRIMARY KEY (platform, workspace, channel)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE budget_warnings (
+            scope TEXT NOT NULL,
+            period_start REAL NOT NULL,
+            PRIMARY KEY (scope, period_start)
+        ) WITHOUT ROWID""",
     ),
 )
 
@@ -229,6 +261,73 @@ class SQLiteStore:
         ) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def forget_message(self, row: int) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM messages WHERE id = ?", (row,))
+
+    async def record_usage(self, record: UsageRecord) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO usage (at, platform, workspace, channel, user_id, model, prompt_tokens, "
+                "completion_tokens, exact, cost, priced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.at,
+                    record.key.platform,
+                    record.key.workspace,
+                    record.key.channel,
+                    record.user_id,
+                    record.model,
+                    record.prompt_tokens,
+                    record.completion_tokens,
+                    int(record.exact),
+                    record.cost,
+                    int(record.priced),
+                ),
+            )
+
+    async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
+        where = ["platform = ?", "workspace = ?", "at >= ?"]
+        args: list[object] = [scope.platform, scope.workspace, since]
+        if scope.channel is not None:
+            where.append("channel = ?")
+            args.append(scope.channel)
+        if scope.user_id is not None:
+            where.append("user_id = ?")
+            args.append(scope.user_id)
+        query = (
+            "SELECT count(*), coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost), 0), "
+            f"coalesce(min(priced), 1) FROM usage WHERE {' AND '.join(where)}"
+        )
+        async with self._reader.execute(query, args) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return UsageTotal(calls=int(row[0]), tokens=int(row[1]), cost=float(row[2]), all_priced=bool(row[3]))
+
+    async def claim_warning(self, scope: str, period_start: float) -> bool:
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "INSERT INTO budget_warnings (scope, period_start) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (scope, period_start),
+            )
+            return cur.rowcount == 1
+
+    async def channel_settings(self, key: ConversationKey) -> ChannelSettings:
+        async with self._reader.execute(
+            "SELECT system_prompt, model FROM channel_settings WHERE platform = ? AND workspace = ? AND channel = ?",
+            (key.platform, key.workspace, key.channel),
+        ) as cur:
+            row = await cur.fetchone()
+        return ChannelSettings(row[0], row[1]) if row else ChannelSettings()
+
+    async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (platform, workspace, channel) "
+                "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model",
+                (key.platform, key.workspace, key.channel, settings.system_prompt, settings.model),
+            )
 
     def conversation_lock(self, key: ConversationKey) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()

@@ -25,9 +25,10 @@ RESET_DONE = "Forgot {count} message{s} of this conversation. The next mention s
 
 CONSOLE_BANNER = (
     "teambot console: talking to {model} at {base_url}. Conversation {key!r} is kept in {db}.\n"
-    "Type a message and press Enter. /reset forgets the conversation, /exit quits."
+    "Type a message and press Enter. /reset forgets the conversation, /usage shows what it cost, "
+    "/system and /model change the prompt and model, /exit quits."
 )
-CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}. Commands: /reset, /exit."
+CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}. Commands: /reset, /usage, /system, /model, /exit."
 
 RUN_NOTHING_CONFIGURED = (
     "run: no platform is configured. Set SLACK_BOT_TOKEN with SLACK_APP_TOKEN (Socket Mode) "
@@ -38,3 +39,30 @@ RUN_NOTHING_CONFIGURED = (
 
 def plural(count: int) -> str:
     return "" if count == 1 else "s"
+
+
+BUSY = "I'm answering a lot of questions right now; please try again in a minute."
+SLOW_DOWN = "Slow down a little: try again in {seconds} s."
+NOT_ALLOWED = "Sorry, I'm not enabled here."
+BUDGET_REACHED = "Sorry, {budget} is used up; it resets at {resets}."
+BUDGET_SOFT_WARNING = (
+    "Heads-up: {budget} is {percent}% used ({spent} of {limit}); new questions are refused once it is all "
+    "used. It resets at {resets}."
+)
+USAGE_HEADER = "*Usage* (cost is an estimate, in US dollars):"
+USAGE_LINE = (
+    "• {who}: today {day_tokens:,} tokens (${day_cost:,.4f}), this month {month_tokens:,} tokens (${month_cost:,.4f})"
+)
+USAGE_BUDGET_LINE = "• {budget}: {spent} of {limit} used, {left} left; resets at {resets}"
+USAGE_NO_BUDGETS = "• No budgets are set."
+USAGE_UNPRICED = "Some calls used a model missing from the price table; they are counted at $0."
+
+ADMIN_ONLY = "Sorry, only workspace admins can change that: it changes the bot for everyone in this channel."
+SYSTEM_SHOW = "The system prompt here is:\n{prompt}"
+SYSTEM_SET = "Done: this channel now uses the new system prompt."
+SYSTEM_RESET = "Done: this channel is back to the default system prompt."
+MODEL_SHOW = "This channel uses the model {model}. Allowed: {allowed}."
+MODEL_SET = "Done: this channel now uses {model}."
+MODEL_RESET = "Done: this channel is back to the default model, {model}."
+MODEL_NOT_ALLOWED = "{model} is not on the list of allowed models: {allowed}."
+UNKNOWN_COMMAND = "Unknown command {command!r}."

@@ -122,3 +122,19 @@ async def test_a_wrong_key_is_explained(fake: FakeOpenAI, tmp_path: Path) -> Non
     assert await console.say("hi") == "teambot> The API key was rejected; an admin must check OPENAI_API_KEY.\n"
     code, stderr = await console.close()
     assert code == 0 and "sk-wrong-key-0000000" not in stderr
+
+
+async def test_usage_system_and_model_in_the_console(fake: FakeOpenAI, tmp_path: Path) -> None:
+    console = await start(fake, tmp_path / "t.db", ("TEAMBOT_MODELS", "other-model"))
+    await console.say("hello")
+    usage = await console.say("/usage")
+    assert "• This channel: today" in usage and "• You: today" in usage
+    assert (
+        await console.say("/system Reply in haiku.") == "teambot> Done: this channel now uses the new system prompt.\n"
+    )
+    assert await console.say("/model other-model") == "teambot> Done: this channel now uses other-model.\n"
+    await console.say("and now?")
+    assert fake.requests[-1]["model"] == "other-model"
+    assert fake.requests[-1]["messages"][0]["content"].startswith("Reply in haiku.")
+    code, stderr = await console.close()
+    assert code == 0 and "Traceback" not in stderr

@@ -224,14 +224,14 @@ async def test_reset_is_an_ephemeral_slash_command(discord_bot: Discord) -> None
 
 async def test_commands_are_synced_once_at_start_globally(discord_bot: Discord) -> None:
     assert [(scope, [c["name"] for c in body]) for scope, body in discord_bot.fake.command_syncs] == [
-        ("global", ["reset"])
+        ("global", ["reset", "usage", "system", "model"])
     ]
 
 
 @pytest.mark.parametrize("overrides", [{"discord_guild": int(GUILD_ID), "reset_command": "forget"}], indirect=False)
 async def test_commands_sync_to_the_configured_guild(discord_bot: Discord) -> None:
     assert [(scope, [c["name"] for c in body]) for scope, body in discord_bot.fake.command_syncs] == [
-        (f"guild:{GUILD_ID}", ["forget"])
+        (f"guild:{GUILD_ID}", ["forget", "usage", "system", "model"])
     ]
 
 
@@ -247,3 +247,32 @@ async def test_a_gateway_disconnect_resumes_without_losing_or_doubling_a_mention
     assert len([m for m in discord_bot.sent() if m.content == "echo: Ada: after the hiccup"]) == 1
     assert discord_bot.model.calls == 1
     assert fake.identify_count == 1 and len(fake.command_syncs) == 1  # resumed, not re-identified or re-synced
+
+
+async def command(discord_bot: Discord, name: str, *, roles: tuple[str, ...] = (), **options: str) -> dict[str, Any]:
+    fake = discord_bot.fake
+    before = len(fake.interaction_responses)
+    opts = [{"name": k, "type": 3, "value": v} for k, v in options.items()]
+    await fake.dispatch("INTERACTION_CREATE", fake.interaction_create(name, roles=roles, options=opts))
+    await fake.wait_for(lambda: len(fake.interaction_responses) > before)
+    response = fake.interaction_responses[-1]
+    assert response["data"]["flags"] & 64  # every command answers privately
+    return response["data"]
+
+
+async def test_system_needs_manage_server(discord_bot: Discord) -> None:
+    assert (await command(discord_bot, "system", prompt="Be terse."))["content"] == texts.ADMIN_ONLY
+    done = await command(discord_bot, "system", roles=(ADMIN_ROLE_ID,), prompt="Be terse.")
+    assert done["content"] == texts.SYSTEM_SET
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} hi", mentions=(BOT_USER,)))
+    await discord_bot.wait_text("echo: Ada: hi")
+    assert discord_bot.model.requests[-1]["messages"][0]["content"].startswith("Be terse.")
+
+
+async def test_usage_is_ephemeral(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} hi", mentions=(BOT_USER,)))
+    await discord_bot.wait_text("echo: Ada: hi")
+    answer = await command(discord_bot, "usage")
+    assert "• This channel: today" in answer["content"] and "No budgets are set." in answer["content"]

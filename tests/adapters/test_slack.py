@@ -323,3 +323,48 @@ async def test_socket_mode_acks_the_envelope_and_answers(
             assert adapter.http_port is None  # no HTTP endpoint in Socket Mode
         finally:
             await adapter.stop()
+
+
+async def slash(slack: Slack, command: str, text: str = "", *, user_id: str = "U1", rid: str = "r1") -> dict[str, Any]:
+    form = slash_command_form(command, text, user_id=user_id, response_url=slack.fake.response_url(rid))
+    body = form_body(form)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", **signed_headers(SECRET, body)}
+    assert (await slack.http.post(slack.events_url, content=body, headers=headers)).status_code == 200
+    await slack.fake.wait_for(lambda: any(r["rid"] == rid for r in slack.fake.responses))
+    return next(r for r in slack.fake.responses if r["rid"] == rid)
+
+
+async def test_system_prompt_is_for_workspace_admins_only(slack: Slack) -> None:
+    slack.fake.users["U9"] = {"display_name": "Boss", "is_admin": True}
+    refused = await slash(slack, "/system", "Answer in French.", user_id="U1", rid="r1")
+    assert refused["text"] == texts.ADMIN_ONLY and refused["response_type"] == "ephemeral"
+    done = await slash(slack, "/system", "Answer in French.", user_id="U9", rid="r2")
+    assert done["text"] == texts.SYSTEM_SET
+    await slack.event(mention("<@UBOT> bonjour", ts="1.1"))
+    await slack.wait_posts(1)
+    assert slack.model.requests[-1]["messages"][0]["content"].startswith("Answer in French.")
+    shown = await slash(slack, "/system", user_id="U1", rid="r3")  # anyone may look
+    assert "Answer in French." in shown["text"]
+
+
+@pytest.mark.parametrize("overrides", [{"admin_users": frozenset({"U1"}), "models": frozenset({"big-model"})}])
+async def test_model_command_honours_the_admin_list_and_the_allowlist(slack: Slack) -> None:
+    assert (await slash(slack, "/model", "huge", rid="r1"))["text"].startswith("huge is not on the list")
+    assert (await slash(slack, "/model", "big-model", rid="r2"))["text"] == texts.MODEL_SET.format(model="big-model")
+    await slack.event(mention("<@UBOT> hi", ts="1.1"))
+    await slack.wait_posts(1)
+    assert slack.model.requests[-1]["model"] == "big-model"
+
+
+@pytest.mark.parametrize("overrides", [{"budget_user_daily": 60, "budget_soft_percent": 50}])
+async def test_usage_is_private_and_budgets_warn_then_refuse_in_the_channel(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT> " + "word " * 30, ts="1.1"))
+    await slack.fake.wait_for(lambda: len(slack.fake.posted) == 2)  # the answer, then the one warning
+    assert slack.fake.posted[1].text.startswith("Heads-up: your daily budget is")
+    await slack.event(mention("<@UBOT> again", ts="1.2"))
+    await slack.fake.wait_for(lambda: len(slack.fake.posted) == 3)
+    assert slack.fake.posted[2].text.startswith("Sorry, your daily budget is used up; it resets at")
+    assert slack.model.calls == 1
+    usage = await slash(slack, "/usage", rid="u1")
+    assert usage["response_type"] == "ephemeral"
+    assert "• You: today" in usage["text"] and "Your daily budget:" in usage["text"]

@@ -290,7 +290,7 @@ class FakeDiscord:
             "id": GUILD_ID,
             "name": "Test Guild",
             "icon": None,
-            "owner_id": "4001",
+            "owner_id": "4099",  # nobody in the tests: an owner holds every permission
             "unavailable": False,
             "member_count": 3,
             "large": False,

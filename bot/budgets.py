@@ -1,0 +1,197 @@
+"""Usage accounting: the ledger of model calls, budgets with soft and hard caps, and the ``/usage`` report.
+
+Periods are UTC calendar days and months. Spending is counted in the database, not in memory, so caps hold
+across restarts (and across replicas sharing one database).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bot import texts
+from bot.messages import ConversationKey, Usage
+from bot.pricing import PriceTable
+from bot.store import Store, UsageRecord, UsageScope, UsageTotal
+
+Clock = Callable[[], float]
+
+
+class Unit(enum.Enum):
+    TOKENS = "tokens"
+    USD = "usd"
+
+
+class Period(enum.Enum):
+    DAY = "day"
+    MONTH = "month"
+
+    def start(self, now: float) -> datetime:
+        moment = datetime.fromtimestamp(now, UTC)
+        if self is Period.DAY:
+            return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+    def next_start(self, now: float) -> datetime:
+        start = self.start(now)
+        if self is Period.DAY:
+            return datetime.fromtimestamp(start.timestamp() + 86_400, UTC)
+        return (
+            start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+        )
+
+
+class ScopeKind(enum.Enum):
+    WORKSPACE = "workspace"
+    CHANNEL = "channel"
+    USER = "user"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    kind: ScopeKind
+    period: Period
+    limit: float
+
+    @property
+    def label(self) -> str:
+        period = "daily" if self.period is Period.DAY else "monthly"
+        return {
+            ScopeKind.WORKSPACE: f"this workspace's {period} budget",
+            ScopeKind.CHANNEL: f"this channel's {period} budget",
+            ScopeKind.USER: f"your {period} budget",
+        }[self.kind]
+
+
+def scope_for(kind: ScopeKind, key: ConversationKey, user_id: str) -> UsageScope:
+    if kind is ScopeKind.WORKSPACE:
+        return UsageScope(key.platform, key.workspace)
+    if kind is ScopeKind.CHANNEL:
+        return UsageScope(key.platform, key.workspace, channel=key.channel)
+    return UsageScope(key.platform, key.workspace, user_id=user_id)
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+class Accounting:
+    """Records every model call and enforces the configured budgets."""
+
+    def __init__(
+        self,
+        store: Store,
+        prices: PriceTable,
+        budgets: list[Budget],
+        *,
+        unit: Unit = Unit.TOKENS,
+        soft_percent: float = 80.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self._store = store
+        self._prices = prices
+        self._budgets = budgets
+        self._unit = unit
+        self._soft = soft_percent / 100.0
+        self._clock = clock
+
+    def _amount(self, total: UsageTotal) -> float:
+        return float(total.tokens) if self._unit is Unit.TOKENS else total.cost
+
+    def _format(self, amount: float) -> str:
+        return f"{amount:,.0f} tokens" if self._unit is Unit.TOKENS else f"${amount:,.4f}"
+
+    async def _spent(self, budget: Budget, key: ConversationKey, user_id: str, now: float) -> float:
+        total = await self._store.usage_since(
+            scope_for(budget.kind, key, user_id), budget.period.start(now).timestamp()
+        )
+        return self._amount(total)
+
+    async def refusal(self, key: ConversationKey, user_id: str) -> str | None:
+        """A message for people when a hard cap is reached; None when the call may go ahead."""
+        now = self._clock()
+        for budget in self._budgets:
+            if await self._spent(budget, key, user_id, now) >= budget.limit:
+                return texts.BUDGET_REACHED.format(budget=budget.label, resets=_when(budget.period.next_start(now)))
+        return None
+
+    async def record(self, key: ConversationKey, user_id: str, model: str, usage: Usage) -> str | None:
+        """Add a call to the ledger; returns the soft-cap warning when this call crossed one first."""
+        now = self._clock()
+        before = {b: await self._spent(b, key, user_id, now) for b in self._budgets}
+        price = self._prices.cost(model, usage.prompt_tokens, usage.completion_tokens)
+        await self._store.record_usage(
+            UsageRecord(
+                now,
+                key,
+                user_id,
+                model,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.exact,
+                price.cost,
+                price.known,
+            )
+        )
+        warnings: list[str] = []
+        for budget, spent_before in before.items():
+            threshold = budget.limit * self._soft
+            spent = spent_before + (usage.total_tokens if self._unit is Unit.TOKENS else price.cost)
+            if spent_before < threshold <= spent:
+                scope = scope_for(budget.kind, key, user_id)
+                name = f"{budget.kind.value}:{budget.period.value}:{scope.platform}:{scope.workspace}:"
+                name += scope.channel or scope.user_id or ""
+                if await self._store.claim_warning(name, budget.period.start(now).timestamp()):
+                    warnings.append(
+                        texts.BUDGET_SOFT_WARNING.format(
+                            budget=budget.label,
+                            percent=round(100 * spent / budget.limit),
+                            spent=self._format(spent),
+                            limit=self._format(budget.limit),
+                            resets=_when(budget.period.next_start(now)),
+                        )
+                    )
+        return "\n".join(warnings) or None
+
+    async def report(self, key: ConversationKey, user_id: str) -> str:
+        now = self._clock()
+        day, month = Period.DAY.start(now).timestamp(), Period.MONTH.start(now).timestamp()
+        lines = [texts.USAGE_HEADER]
+        unpriced = False
+        for kind, label in (
+            (ScopeKind.CHANNEL, "This channel"),
+            (ScopeKind.USER, "You"),
+            (ScopeKind.WORKSPACE, "This workspace"),
+        ):
+            scope = scope_for(kind, key, user_id)
+            today = await self._store.usage_since(scope, day)
+            this_month = await self._store.usage_since(scope, month)
+            unpriced = unpriced or not this_month.all_priced
+            lines.append(
+                texts.USAGE_LINE.format(
+                    who=label,
+                    day_tokens=today.tokens,
+                    day_cost=today.cost,
+                    month_tokens=this_month.tokens,
+                    month_cost=this_month.cost,
+                )
+            )
+        for budget in self._budgets:
+            spent = await self._spent(budget, key, user_id, now)
+            lines.append(
+                texts.USAGE_BUDGET_LINE.format(
+                    budget=budget.label[0].upper() + budget.label[1:],
+                    spent=self._format(spent),
+                    limit=self._format(budget.limit),
+                    left=self._format(max(0.0, budget.limit - spent)),
+                    resets=_when(budget.period.next_start(now)),
+                )
+            )
+        if not self._budgets:
+            lines.append(texts.USAGE_NO_BUDGETS)
+        if unpriced:
+            lines.append(texts.USAGE_UNPRICED)
+        return "\n".join(lines)
