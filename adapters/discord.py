@@ -13,10 +13,12 @@ import re
 from typing import Any
 
 import discord
+import httpx
 from discord import app_commands
 
 from adapters.streaming import deliver
 from bot import texts
+from bot.check import CheckResult
 from bot.commands import CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
@@ -209,3 +211,17 @@ async def run_discord(core: ConversationCore, settings: Settings) -> None:
         await adapter.client.start(settings.discord_token.get_secret_value())
     finally:
         await adapter.stop()
+
+
+async def check_discord(settings: Settings) -> list[CheckResult]:
+    """``teambot check``: is the bot token accepted?"""
+    assert settings.discord_token is not None
+    headers = {"Authorization": f"Bot {settings.discord_token.get_secret_value()}"}
+    try:
+        async with httpx.AsyncClient(timeout=20) as http:
+            response = await http.get(f"{discord.http.Route.BASE}/users/@me", headers=headers)
+    except httpx.HTTPError as exc:
+        return [CheckResult("discord token", False, f"cannot reach Discord: {type(exc).__name__}")]
+    if response.status_code != 200:
+        return [CheckResult("discord token", False, f"DISCORD_TOKEN rejected (HTTP {response.status_code})")]
+    return [CheckResult("discord token", True, f"accepted: {response.json().get('username')}")]

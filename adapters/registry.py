@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from bot.check import CheckResult
 from bot.config import Settings
 from bot.conversation import ConversationCore
 from bot.errors import ConfigError
@@ -31,3 +32,17 @@ def configured(settings: Settings) -> list[tuple[str, Runner]]:
 
         runners.append(("discord", run_discord))
     return runners
+
+
+async def check(settings: Settings) -> list[CheckResult]:
+    """Every configured platform's ``teambot check`` lines."""
+    results: list[CheckResult] = []
+    if settings.slack_bot_token is not None:
+        from adapters.slack import check_slack
+
+        results += await check_slack(settings)
+    if settings.discord_token is not None:
+        from adapters.discord import check_discord
+
+        results += await check_discord(settings)
+    return results

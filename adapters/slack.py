@@ -13,6 +13,7 @@ import re
 from collections import OrderedDict
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -29,6 +30,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack_format import markdown_to_mrkdwn, unescape_slack
 from adapters.streaming import deliver
 from bot import texts
+from bot.check import CheckResult
 from bot.commands import COMMANDS, CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
@@ -256,3 +258,29 @@ async def run_slack(core: ConversationCore, settings: Settings) -> None:
         await asyncio.Event().wait()
     finally:
         await adapter.stop()
+
+
+async def check_slack(settings: Settings) -> list[CheckResult]:
+    """``teambot check``: is the bot token accepted, and the app token where Socket Mode is used?"""
+    assert settings.slack_bot_token is not None
+    results = []
+    client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url)
+    try:
+        me = await client.auth_test()
+        results.append(CheckResult("slack bot token", True, f"accepted: @{me.get('user')} in {me.get('team')}"))
+    except SlackApiError as exc:
+        results.append(CheckResult("slack bot token", False, f"SLACK_BOT_TOKEN rejected ({exc.response.get('error')})"))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        detail = f"cannot reach {settings.slack_api_url}: {type(exc).__name__}"
+        results.append(CheckResult("slack bot token", False, detail))
+    if settings.slack_app_token is not None:
+        app = AsyncWebClient(token=settings.slack_app_token.get_secret_value(), base_url=settings.slack_api_url)
+        try:
+            await app.apps_connections_open(app_token=settings.slack_app_token.get_secret_value())
+            results.append(CheckResult("slack app token", True, "accepted: Socket Mode can connect"))
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            results.append(CheckResult("slack app token", False, f"SLACK_APP_TOKEN rejected ({error})"))
+    elif settings.slack_signing_secret is not None:
+        results.append(CheckResult("slack signing secret", True, "set (Slack checks it when you save the URL)"))
+    return results

@@ -12,6 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bot import runtime, texts
+from bot.check import CheckResult, check_model
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.redact import RedactingFilter
@@ -26,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default: ./.env)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="run every platform adapter whose credentials are set")
+    commands.add_parser("check", help="check the settings, the model endpoint and the platform tokens")
     console = commands.add_parser("console", help="chat with the bot in this terminal")
     console.add_argument("--name", default=None, help="your name in the conversation (default: your login)")
     return parser
@@ -74,16 +76,35 @@ async def _run(settings: Settings) -> None:
         log.info("stopped by signal")
 
 
+async def _check(settings: Settings) -> bool:
+    from adapters import registry
+
+    results = [CheckResult("configuration", True, "every setting is valid")]
+    try:
+        settings.require_model_access()
+        results += await check_model(settings)
+    except ConfigError as exc:
+        results.append(CheckResult("configuration", False, str(exc)))
+    results += await registry.check(settings)
+    for result in results:
+        print(result.line(), flush=True)
+    return all(r.ok for r in results)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.env_file)
-        configure_logging(settings.log_level, secrets=settings.secret_values(), quiet=args.command == "console")
+        configure_logging(settings.log_level, secrets=settings.secret_values(), quiet=args.command != "run")
         if args.command == "console":
             asyncio.run(_console(settings, args.name or _login_name()))
+        elif args.command == "check":
+            raise SystemExit(0 if asyncio.run(_check(settings)) else 1)
         else:
             asyncio.run(_run(settings))
     except ConfigError as exc:
+        if args.command == "check":
+            print(CheckResult("configuration", False, str(exc)).line())
         print(f"teambot: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

@@ -74,7 +74,8 @@ class StoredMessage:
 class FakeDiscord:
     """The fake; ``async with FakeDiscord() as fake, fake.patch_discord(): ...``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, token: str | None = None) -> None:
+        self.token = token
         self.rest_calls: list[tuple[str, str, Any]] = []
         self.limited: list[tuple[str, str]] = []
         self.messages: dict[str, StoredMessage] = {}
@@ -85,6 +86,7 @@ class FakeDiscord:
         self.resume_count = 0
         self.identify_payloads: list[dict[str, Any]] = []
         self.url = ""
+        self._authorization = ""
         self._ids = itertools.count(900_000)
         self._sequence = 0
         self._sent: list[dict[str, Any]] = []  # every dispatch, for replay on RESUME
@@ -439,6 +441,7 @@ class FakeDiscord:
                     },
                 )
         self.rest_calls.append((request.method, path, body))
+        self._authorization = request.headers.get("Authorization", "")
         try:
             return self._answer(request.method, path, body)
         finally:
@@ -447,6 +450,8 @@ class FakeDiscord:
     def _answer(self, method: str, path: str, body: Any) -> web.Response:
         route = (method, path)
         if route == ("GET", "users/@me"):
+            if self.token is not None and self._authorization != f"Bot {self.token}":
+                return _json({"message": "401: Unauthorized", "code": 0}, 401)
             return _json(BOT_USER)
         if route == ("GET", "oauth2/applications/@me"):
             return _json(

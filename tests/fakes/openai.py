@@ -188,6 +188,9 @@ class FakeOpenAI:
             await self._changed.wait_for(lambda: self.calls >= n)
 
     async def _models(self, request: web.Request) -> web.Response:
+        # Like OpenAI, listing models needs the key too: `teambot check` relies on that.
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _bad_key()
         model = {"id": _MODEL, "object": "model", "created": 0, "owned_by": "teambot-tests"}
         return _json(200, {"object": "list", "data": [model]})
 

@@ -94,9 +94,10 @@ async def test_reply_callable_sees_the_messages(client: httpx.AsyncClient) -> No
 
 
 async def test_models_list(fake: FakeOpenAI, client: httpx.AsyncClient) -> None:
-    response = await client.get(f"{fake.base_url}/models")
+    response = await client.get(f"{fake.base_url}/models", headers={"Authorization": f"Bearer {KEY}"})
     assert response.headers["content-type"] == "application/json"
     assert response.json()["data"][0]["id"] == "fake-model"
+    assert (await client.get(f"{fake.base_url}/models")).status_code == 401  # no key, no list
 
 
 async def test_stream_reassembles_exactly_and_ends_with_done(fake: FakeOpenAI, client: httpx.AsyncClient) -> None:

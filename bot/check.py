@@ -1,0 +1,50 @@
+"""``teambot check``: is every configured piece reachable and accepted? One pass/fail line each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from bot import errors
+from bot.config import Settings
+from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy
+from bot.runtime import endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+
+
+async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckResult:
+    """Listing models costs nothing; where the list does not show the model, one token settles it."""
+    name = f"model endpoint ({endpoint.name})"
+    key = endpoint.keys.get()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = await http.get(f"{endpoint.base_url}/models", headers=headers)
+        listed = response.status_code == 200 and endpoint.model in {
+            m.get("id") for m in (response.json().get("data") or []) if isinstance(m, dict)
+        }
+    except (httpx.HTTPError, ValueError, AttributeError):
+        listed = False
+    if listed:
+        return CheckResult(name, True, f"{endpoint.base_url} lists {endpoint.model}")
+    client = ChatClient(http, endpoint, params=GenerationParams(max_output_tokens=1), retry=RetryPolicy(max_retries=0))
+    try:
+        await client.complete([{"role": "user", "content": "Say OK."}])
+    except errors.LLMError as exc:
+        return CheckResult(name, False, f"{endpoint.base_url} with model {endpoint.model}: {exc.user_message}")
+    return CheckResult(name, True, f"{endpoint.base_url} answered a one-token request with {endpoint.model}")
+
+
+async def check_model(settings: Settings) -> list[CheckResult]:
+    primary, fallback = endpoints(settings)
+    async with httpx.AsyncClient(timeout=min(settings.request_timeout, 20.0)) as http:
+        return [await check_endpoint(e, http) for e in (primary, fallback) if e is not None]

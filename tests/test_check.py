@@ -1,0 +1,120 @@
+"""``teambot check`` against good and bad endpoints and tokens, on the loopback fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters import registry
+from bot.check import check_model
+from bot.config import Settings
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.slack import FakeSlack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(**values)
+
+
+async def test_a_good_endpoint_passes_by_listing_models() -> None:
+    async with FakeOpenAI(api_key="sk-good-key-0000") as fake:
+        [result] = await check_model(
+            settings(openai_base_url=fake.base_url, openai_api_key="sk-good-key-0000", openai_model="fake-model")
+        )
+    assert result.ok and "lists fake-model" in result.detail and fake.calls == 0
+
+
+async def test_a_model_missing_from_the_list_is_tried_with_one_token() -> None:
+    async with FakeOpenAI() as fake:
+        [result] = await check_model(settings(openai_base_url=fake.base_url, openai_model="other"))
+    assert result.ok and "one-token" in result.detail
+    assert fake.requests[0]["max_tokens"] == 1
+
+
+async def test_a_bad_key_and_an_unreachable_fallback_fail() -> None:
+    async with FakeOpenAI(api_key="sk-good-key-0000") as fake:
+        results = await check_model(
+            settings(
+                openai_base_url=fake.base_url,
+                openai_api_key="sk-bad-key-1111",
+                fallback_base_url="http://127.0.0.1:9/v1",
+            )
+        )
+    assert [r.ok for r in results] == [False, False]
+    assert "OPENAI_API_KEY" in results[0].detail and "sk-bad" not in results[0].detail
+    assert "cannot reach" in results[1].detail
+
+
+async def test_slack_tokens_good_and_bad() -> None:
+    async with FakeSlack() as slack:
+        good = await registry.check(
+            settings(slack_bot_token=slack.bot_token, slack_app_token="xapp-1", slack_api_url=slack.api_url)
+        )
+        bad = await registry.check(
+            settings(slack_bot_token="xoxb-wrong", slack_signing_secret="s", slack_api_url=slack.api_url)
+        )
+    assert [(r.name, r.ok) for r in good] == [("slack bot token", True), ("slack app token", True)]
+    assert [(r.name, r.ok) for r in bad] == [("slack bot token", False), ("slack signing secret", True)]
+    assert "invalid_auth" in bad[0].detail
+
+
+async def test_discord_token_good_and_bad() -> None:
+    async with FakeDiscord(token="the-right-token") as fake:
+        with fake.patch_discord():
+            good = await registry.check(settings(discord_token="the-right-token"))
+            bad = await registry.check(settings(discord_token="a-wrong-token"))
+    assert [r.ok for r in good] == [True] and [r.ok for r in bad] == [False]
+    assert "a-wrong-token" not in bad[0].line()
+
+
+@pytest.mark.parametrize(("key", "code"), [("sk-good-key-0000", 0), ("sk-bad-key-1111", 1)])
+async def test_the_command_prints_a_line_each_and_sets_the_exit_code(tmp_path: Path, key: str, code: int) -> None:
+    async with FakeOpenAI(api_key="sk-good-key-0000") as fake:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(ROOT),
+            "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_API_KEY": key,
+            "OPENAI_MODEL": "fake-model",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            "check",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = out.decode().splitlines()
+    assert proc.returncode == code
+    assert lines[0].startswith("PASS  configuration")
+    assert lines[1].startswith("PASS  model endpoint" if code == 0 else "FAIL  model endpoint")
+    assert key not in out.decode() + err.decode()
+
+
+async def test_an_invalid_setting_fails_the_check(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "TEAMBOT_BUDGET_UNIT": "euros"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "check",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert out.decode().startswith("FAIL  configuration: invalid setting TEAMBOT_BUDGET_UNIT")
