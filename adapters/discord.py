@@ -14,6 +14,7 @@ from typing import Any
 
 import discord
 import httpx
+from aiohttp import web
 from discord import app_commands
 
 from adapters.streaming import deliver
@@ -22,6 +23,7 @@ from bot.check import CheckResult
 from bot.commands import CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
+from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage
 from bot.runtime import commands
 
@@ -71,6 +73,8 @@ class _Client(discord.Client):
 class DiscordAdapter:
     """A discord.py client wired to the core."""
 
+    name = "discord"
+
     def __init__(self, core: ConversationCore, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
         self._core = core
         self._settings = settings
@@ -86,10 +90,34 @@ class DiscordAdapter:
             self.tree.add_command(command)
         self.client.event(self.on_message)
         self._inflight: set[asyncio.Task[object]] = set()
+        self._runner: asyncio.Task[None] | None = None
+
+    def mount(self, app: web.Application) -> None:
+        """Discord needs no HTTP route: everything arrives over the gateway."""
+
+    @property
+    def connected(self) -> bool:
+        return self.client.is_ready() and not self.client.is_closed()
+
+    async def start(self) -> None:
+        """Log in and connect; returns once the gateway is ready, raises if the login fails."""
+        assert self._settings.discord_token is not None
+        self._runner = asyncio.create_task(self.client.start(self._settings.discord_token.get_secret_value()))
+        ready = asyncio.create_task(self.client.wait_until_ready())
+        await asyncio.wait({self._runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if self._runner.done():
+            ready.cancel()
+            exc = self._runner.exception()
+            if isinstance(exc, discord.LoginFailure):
+                raise ConfigError("DISCORD_TOKEN was rejected by Discord") from None
+            raise RuntimeError("the Discord client stopped while connecting") from exc
+        log.info("Discord adapter connected as %s", self.client.user)
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Disconnect, then let the turns under way finish (up to ``drain_seconds``)."""
         await self.client.close()
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
         if self._inflight:
             log.info("waiting for %d Discord replies in progress", len(self._inflight))
             _, pending = await asyncio.wait(self._inflight, timeout=drain_seconds)
@@ -201,16 +229,6 @@ class DiscordAdapter:
         ctx = CommandContext(key, str(member.id), platform_admin=admin)
         answer = await self._commands.run(name, ctx, arg)
         await interaction.response.send_message(answer[:TEXT_LIMIT], ephemeral=True)
-
-
-async def run_discord(core: ConversationCore, settings: Settings) -> None:
-    """Run until cancelled."""
-    assert settings.discord_token is not None
-    adapter = DiscordAdapter(core, settings)
-    try:
-        await adapter.client.start(settings.discord_token.get_secret_value())
-    finally:
-        await adapter.stop()
 
 
 async def check_discord(settings: Settings) -> list[CheckResult]:

@@ -1,20 +1,39 @@
-"""Which platform adapters ``teambot run`` starts: each one whose credentials are set."""
+"""Which platform adapters ``teambot run`` starts (each one whose credentials are set), and their lifecycle."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Protocol
+
+from aiohttp import web
 
 from bot.check import CheckResult
 from bot.config import Settings
 from bot.conversation import ConversationCore
 from bot.errors import ConfigError
 
-Runner = Callable[[ConversationCore, Settings], Awaitable[None]]
+
+class Adapter(Protocol):
+    """A platform connection: routes on the shared HTTP server, then start, then stop with a drain."""
+
+    name: str
+
+    def mount(self, app: web.Application) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, drain_seconds: float) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
 
 
-def configured(settings: Settings) -> list[tuple[str, Runner]]:
+AdapterFactory = Callable[[ConversationCore, Settings], Adapter]
+
+
+def configured(settings: Settings) -> list[AdapterFactory]:
     """The adapters to start; raises ConfigError for a half-configured platform."""
-    runners: list[tuple[str, Runner]] = []
+    factories: list[AdapterFactory] = []
     slack_transport = settings.slack_app_token or settings.slack_signing_secret
     if settings.slack_bot_token is not None:
         if not slack_transport:
@@ -22,16 +41,16 @@ def configured(settings: Settings) -> list[tuple[str, Runner]]:
                 "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN (Socket Mode) "
                 "nor SLACK_SIGNING_SECRET (HTTP mode) is"
             )
-        from adapters.slack import run_slack
+        from adapters.slack import SlackAdapter
 
-        runners.append(("slack", run_slack))
+        factories.append(SlackAdapter)
     elif slack_transport:
         raise ConfigError("SLACK_APP_TOKEN or SLACK_SIGNING_SECRET is set but SLACK_BOT_TOKEN is not")
     if settings.discord_token is not None:
-        from adapters.discord import run_discord
+        from adapters.discord import DiscordAdapter
 
-        runners.append(("discord", run_discord))
-    return runners
+        factories.append(DiscordAdapter)
+    return factories
 
 
 async def check(settings: Settings) -> list[CheckResult]:

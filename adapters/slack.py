@@ -72,6 +72,8 @@ class SlackSink:
 class SlackAdapter:
     """One Bolt app wired to the core; :meth:`start` connects it, :meth:`stop` disconnects it."""
 
+    name = "slack"
+
     def __init__(self, core: ConversationCore, settings: Settings) -> None:
         if settings.slack_bot_token is None:
             raise ValueError("SLACK_BOT_TOKEN is required for the Slack adapter")
@@ -101,9 +103,21 @@ class SlackAdapter:
         self._inflight: set[asyncio.Task[Any]] = set()
         self._socket: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None
+        self._mounted = False
+        self._started = False
         self.http_port: int | None = None
 
     # --- transports -------------------------------------------------------------------------------------
+
+    def mount(self, app: web.Application) -> None:
+        """In HTTP mode, serve ``POST /slack/events`` on the shared HTTP server."""
+        if self._settings.slack_app_token is None:
+            app.router.add_post("/slack/events", self._on_http)
+            self._mounted = True
+
+    @property
+    def connected(self) -> bool:
+        return self._started
 
     def web_app(self) -> web.Application:
         app = web.Application()
@@ -112,6 +126,7 @@ class SlackAdapter:
         return app
 
     async def start(self) -> None:
+        self._started = True
         if self._settings.slack_app_token is not None:
             self._socket = AsyncSocketModeHandler(
                 self.app, self._settings.slack_app_token.get_secret_value(), web_client=self.client
@@ -119,6 +134,9 @@ class SlackAdapter:
             await self._socket.connect_async()
             log.info("Slack adapter connected in Socket Mode")
             return
+        if self._mounted:
+            return
+        # Not mounted on a shared server (as in tests): serve the events endpoint on its own.
         self._runner = web.AppRunner(self.web_app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.http_host, self._settings.http_port)
@@ -128,6 +146,7 @@ class SlackAdapter:
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Stop taking events, then let the turns under way finish (up to ``drain_seconds``)."""
+        self._started = False
         if self._socket is not None:
             await self._socket.close_async()
             self._socket = None
@@ -248,16 +267,6 @@ class SlackAdapter:
 
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
-
-
-async def run_slack(core: ConversationCore, settings: Settings) -> None:
-    """Run until cancelled."""
-    adapter = SlackAdapter(core, settings)
-    await adapter.start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await adapter.stop()
 
 
 async def check_slack(settings: Settings) -> list[CheckResult]:

@@ -78,6 +78,12 @@ def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
+@dataclass(frozen=True, slots=True)
+class Charge:
+    cost: float
+    notice: str | None
+
+
 class Accounting:
     """Records every model call and enforces the configured budgets."""
 
@@ -118,8 +124,8 @@ class Accounting:
                 return texts.BUDGET_REACHED.format(budget=budget.label, resets=_when(budget.period.next_start(now)))
         return None
 
-    async def record(self, key: ConversationKey, user_id: str, model: str, usage: Usage) -> str | None:
-        """Add a call to the ledger; returns the soft-cap warning when this call crossed one first."""
+    async def record(self, key: ConversationKey, user_id: str, model: str, usage: Usage) -> Charge:
+        """Add a call to the ledger; the charge carries the soft-cap warning when this call crossed one first."""
         now = self._clock()
         before = {b: await self._spent(b, key, user_id, now) for b in self._budgets}
         price = self._prices.cost(model, usage.prompt_tokens, usage.completion_tokens)
@@ -154,7 +160,7 @@ class Accounting:
                             resets=_when(budget.period.next_start(now)),
                         )
                     )
-        return "\n".join(warnings) or None
+        return Charge(price.cost, "\n".join(warnings) or None)
 
     async def report(self, key: ConversationKey, user_id: str) -> str:
         now = self._clock()

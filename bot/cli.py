@@ -15,6 +15,7 @@ from bot import runtime, texts
 from bot.check import CheckResult, check_model
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
+from bot.logcontext import TurnFilter
 from bot.redact import RedactingFilter
 from bot.runtime import open_core
 
@@ -35,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def configure_logging(level: str, *, secrets: tuple[str, ...] = (), quiet: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(turn)s] %(message)s"))
+    handler.addFilter(TurnFilter())
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -57,23 +59,40 @@ async def _console(settings: Settings, name: str) -> None:
 
 async def _run(settings: Settings) -> None:
     from adapters import registry
+    from adapters.http_server import OpsServer
 
-    runners = registry.configured(settings)
-    if not runners:
+    factories = registry.configured(settings)
+    if not factories:
         raise ConfigError(texts.RUN_NOTHING_CONFIGURED)
-    # SIGTERM (docker stop, systemd) cancels the run, so adapters disconnect and the database closes cleanly.
-    main_task = asyncio.current_task()
-    assert main_task is not None
+    # SIGTERM (docker stop, systemd) and Ctrl-C stop taking new messages, let replies in progress finish up to
+    # TEAMBOT_DRAIN_SECONDS, then close the adapters and the database cleanly.
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main_task.cancel)
-    try:
-        async with open_core(settings) as core, asyncio.TaskGroup() as group:
-            for name, runner in runners:
-                log.info("starting the %s adapter", name)
-                group.create_task(runner(core, settings), name=name)
-    except asyncio.CancelledError:
-        log.info("stopped by signal")
+        loop.add_signal_handler(sig, stop.set)
+    async with open_core(settings) as core:
+        adapters = [factory(core, settings) for factory in factories]
+
+        async def readiness() -> dict[str, bool]:
+            return {"database": await core.store.ping()} | {a.name: a.connected for a in adapters}
+
+        ops = OpsServer(settings.http_host, settings.http_port, core.metrics, readiness)
+        for adapter in adapters:
+            adapter.mount(ops.app)
+        await ops.start()
+        started: list[registry.Adapter] = []
+        try:
+            for adapter in adapters:
+                await adapter.start()
+                started.append(adapter)
+            log.info("teambot is running: %s", ", ".join(a.name for a in adapters))
+            await stop.wait()
+            log.info("stopping: letting replies in progress finish (up to %.0f s)", settings.drain_seconds)
+        finally:
+            for adapter in started:
+                await adapter.stop(settings.drain_seconds)
+            await ops.stop()
+    log.info("stopped")
 
 
 async def _check(settings: Settings) -> bool:

@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     http_port: int = Field(3000, ge=0, le=65535, validation_alias=_env("TEAMBOT_HTTP_PORT"))
     reset_command: str = Field("reset", pattern=r"^[a-z0-9_-]{1,32}$", validation_alias=_env("TEAMBOT_RESET_COMMAND"))
     ignore_bots: bool = Field(True, validation_alias=_env("TEAMBOT_IGNORE_BOTS"))
+    drain_seconds: float = Field(10.0, ge=0, validation_alias=_env("TEAMBOT_DRAIN_SECONDS"))
     stream_edit_interval: float = Field(1.0, ge=0.2, validation_alias=_env("TEAMBOT_STREAM_EDIT_INTERVAL"))
 
     @field_validator(

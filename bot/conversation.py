@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from bot import errors, texts
+from bot import errors, logcontext, texts
 from bot.guards import Guards
 from bot.limits import Busy
 from bot.llm import ChatClient, ChatMessage, Completion
 from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, Usage
+from bot.metrics import Metrics
 from bot.store import Store, StoredMessage
 from bot.tokens import PER_MESSAGE_OVERHEAD, TokenCounter
 
@@ -67,12 +69,15 @@ class ConversationCore:
         counter: TokenCounter,
         settings: TurnSettings,
         guards: Guards | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self._llm = llm
         self._counter = counter
         self.settings = settings
         self.guards = guards or Guards()
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_queue(lambda: self.guards.gate.waiting)
         self._locks = KeyedLocks()
 
     @property
@@ -84,6 +89,13 @@ class ConversationCore:
 
         Known failures come back as a ``Reply`` of kind ERROR with a message for people; only bugs raise.
         """
+        with logcontext.turn(str(msg.key), msg.message_id):
+            self.metrics.mentions.labels(msg.key.platform).inc()
+            reply = await self._handle(msg, on_text)
+            self.metrics.replies.labels(msg.key.platform, reply.kind.value).inc()
+            return reply
+
+    async def _handle(self, msg: IncomingMessage, on_text: OnText | None) -> Reply:
         if not self.guards.access.allows(msg):
             log.info("message %s in %s refused by the access lists", msg.message_id, msg.key)
             if self.guards.access.refuse_silently:
@@ -178,34 +190,52 @@ class ConversationCore:
         system_tokens = self._counter.count_message(system["content"])
         budget = self.settings.history_tokens
         streaming = on_text is not None and self.settings.stream
+        started = time.monotonic()
+        first_text: list[float] = []
+
+        async def timed(piece: str) -> None:
+            if not first_text:
+                first_text.append(time.monotonic())
+                self.metrics.first_token.observe(first_text[0] - started)
+            assert on_text is not None
+            await on_text(piece)
+
         for attempt in (1, 2):
             history_budget = max(0, budget - system_tokens - new_tokens)
             history = await self.store.load_history(msg.key, history_budget, before=row)
             prompt = [system, *map(_to_chat, history), {"role": "user", "content": content}]
             log.debug("prompt for %s: %s", msg.key, prompt)
             try:
-                if streaming and on_text is not None:
-                    return await self._llm.stream(prompt, on_text, model=model), prompt
-                return await self._llm.complete(prompt, model=model), prompt
-            except errors.ContextTooLong:
+                if streaming:
+                    completion = await self._llm.stream(prompt, timed, model=model)
+                else:
+                    completion = await self._llm.complete(prompt, model=model)
+                self.metrics.model_latency.observe(time.monotonic() - started)
+                return completion, prompt
+            except errors.LLMError as exc:
+                self.metrics.errors.labels(type(exc).__name__).inc()
+                if isinstance(exc, errors.StreamInterrupted):
+                    log.warning("stream interrupted after %d chars: %s", len(exc.partial), exc)
+                    return await self._keep_partial(msg, row, exc, prompt, model)
+                if not isinstance(exc, errors.ContextTooLong):
+                    log.warning("conversation %s message %s: model call failed: %s", msg.key, msg.message_id, exc)
+                    return Reply(ReplyKind.ERROR, exc.user_message)
                 if attempt == 2:
                     log.warning("conversation %s: context too long even at %d tokens", msg.key, budget)
                     return Reply(ReplyKind.ERROR, texts.CONTEXT_TOO_LONG)
                 # Our count is only an estimate for non-OpenAI models: trust the server and halve the budget.
                 budget //= 2
                 log.info("conversation %s: context too long; retrying with %d tokens", msg.key, budget)
-            except errors.StreamInterrupted as exc:
-                log.warning("conversation %s: stream interrupted after %d chars: %s", msg.key, len(exc.partial), exc)
-                return await self._keep_partial(msg, row, exc, prompt, model)
-            except errors.LLMError as exc:
-                log.warning("conversation %s message %s: model call failed: %s", msg.key, msg.message_id, exc)
-                return Reply(ReplyKind.ERROR, exc.user_message)
         raise AssertionError("unreachable: the second attempt returns")
 
     async def _account(self, msg: IncomingMessage, model: str | None, usage: Usage) -> str | None:
+        self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
+        self.metrics.tokens.labels("completion").inc(usage.completion_tokens)
         if self.guards.accounting is None:
             return None
-        return await self.guards.accounting.record(msg.key, msg.author_id, model or self.default_model, usage)
+        charge = await self.guards.accounting.record(msg.key, msg.author_id, model or self.default_model, usage)
+        self.metrics.cost.inc(charge.cost)
+        return charge.notice
 
     async def _keep_partial(
         self,

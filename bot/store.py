@@ -132,6 +132,10 @@ class Store(Protocol):
         """
         ...
 
+    async def ping(self) -> bool:
+        """True while the database answers (for ``/readyz``)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -121,6 +122,13 @@ class SQLiteStore:
         store = cls(writer, reader, path)
         await store._forget_old_handled()
         return store
+
+    async def ping(self) -> bool:
+        try:
+            async with self._reader.execute("SELECT 1") as cur:
+                return await cur.fetchone() == (1,)
+        except (sqlite3.Error, ValueError):
+            return False
 
     async def close(self) -> None:
         await self._reader.close()

@@ -1,0 +1,38 @@
+"""Prometheus metrics, in a registry of their own so nothing is registered at import time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80)
+
+
+class Metrics:
+    """What ``GET /metrics`` shows: traffic, outcomes, model latency, tokens, cost and the call queue."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.mentions = Counter("teambot_mentions", "Messages addressed to the bot", ["platform"], registry=r)
+        self.replies = Counter("teambot_replies", "Turns by outcome", ["platform", "kind"], registry=r)
+        self.errors = Counter("teambot_model_errors", "Failed model calls by error kind", ["kind"], registry=r)
+        self.model_latency = Histogram(
+            "teambot_model_latency_seconds", "Model call duration", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.first_token = Histogram(
+            "teambot_time_to_first_token_seconds",
+            "Streaming: time to the first text",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("teambot_tokens", "Tokens used by model calls", ["direction"], registry=r)
+        self.cost = Counter("teambot_cost_usd", "Estimated cost of model calls, US dollars", registry=r)
+        self.queue_depth = Gauge("teambot_queue_depth", "Model calls waiting for a slot", registry=r)
+
+    def watch_queue(self, depth: Callable[[], float]) -> None:
+        self.queue_depth.set_function(depth)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

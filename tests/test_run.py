@@ -1,0 +1,169 @@
+"""``teambot run`` as a process: health, readiness and metrics, log context, SIGTERM drain, SIGKILL and restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.slack import FakeSlack, event_envelope, mention, signed_headers
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "run-test-signing-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Bot:
+    """A ``teambot run`` subprocess in Slack HTTP mode, with its stderr collected as it comes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.url = f"http://127.0.0.1:{port}"
+        self.stderr: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr.append(line.decode())
+
+    async def up(self, http: httpx.AsyncClient) -> None:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    if (await http.get(f"{self.url}/healthz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                assert self.proc.returncode is None, "".join(self.stderr)
+                await asyncio.sleep(0.05)
+
+    async def send(self, http: httpx.AsyncClient, envelope: dict) -> None:
+        body = json.dumps(envelope)
+        headers = {"Content-Type": "application/json", **signed_headers(SECRET, body)}
+        assert (await http.post(f"{self.url}/slack/events", content=body, headers=headers)).status_code == 200
+
+    async def wait(self) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), 30)
+        await self._reader
+        return code
+
+
+async def scrape(http: httpx.AsyncClient, url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families((await http.get(f"{url}/metrics")).text)
+        for sample in family.samples
+    }
+
+
+async def start_bot(fake: FakeOpenAI, slack: FakeSlack, db: Path, http: httpx.AsyncClient) -> Bot:
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "OPENAI_BASE_URL": fake.base_url,
+        "TEAMBOT_DB": str(db),
+        "SLACK_BOT_TOKEN": slack.bot_token,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "TEAMBOT_HTTP_HOST": "127.0.0.1",
+        "TEAMBOT_HTTP_PORT": str(port),
+        "TEAMBOT_STREAM_EDIT_INTERVAL": "0.2",
+        "TEAMBOT_LOG_LEVEL": "INFO",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", cwd=db.parent, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    bot = Bot(proc, port)
+    await bot.up(http)
+    return bot
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[FakeOpenAI, FakeSlack, httpx.AsyncClient]]:
+    slack_users = {"U1": {"display_name": "Ada"}}
+    async with FakeOpenAI() as fake, FakeSlack(users=slack_users) as slack, httpx.AsyncClient() as http:
+        yield fake, slack, http
+
+
+async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http)
+    try:
+        ready = await http.get(f"{bot.url}/readyz")
+        assert ready.status_code == 200 and ready.json() == {"database": True, "slack": True}
+        await bot.send(http, event_envelope(mention("<@UBOT> count me", ts="1.1")))
+        await slack.wait_for(lambda: bool(slack.posted) and slack.posted[0].text == "echo: Ada: count me", 15)
+        answered = ("teambot_replies_total", (("kind", "answer"), ("platform", "slack")))
+        async with asyncio.timeout(10):  # the text streams out before the turn has finished its bookkeeping
+            while answered not in (samples := await scrape(http, bot.url)):  # noqa: ASYNC110 - another process
+                await asyncio.sleep(0.05)
+        assert samples[("teambot_mentions_total", (("platform", "slack"),))] == 1
+        assert samples[("teambot_replies_total", (("kind", "answer"), ("platform", "slack")))] == 1
+        assert samples[("teambot_model_latency_seconds_count", ())] == 1
+        assert samples[("teambot_time_to_first_token_seconds_count", ())] == 1
+        assert samples[("teambot_tokens_total", (("direction", "completion"),))] > 0
+        assert samples[("teambot_queue_depth", ())] == 0
+    finally:
+        bot.proc.send_signal(signal.SIGTERM)
+        assert await bot.wait() == 0
+    turn_lines = [line for line in bot.stderr if "[slack:T1:C1 slack:T1:C1:1.1]" in line]
+    assert any("answered slack:T1:C1:1.1" in line for line in turn_lines)
+
+
+async def test_sigterm_lets_the_reply_in_progress_finish(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    fake.chunk_delay = 0.05
+    words = " ".join(f"w{i}" for i in range(40))  # about two seconds of streaming
+    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http)
+    await bot.send(http, event_envelope(mention(f"<@UBOT> {words}", ts="1.1")))
+    await slack.wait_for(lambda: bool(slack.posted), 15)  # the reply has started streaming
+    bot.proc.send_signal(signal.SIGTERM)
+    assert await bot.wait() == 0
+    assert slack.posted[0].text == f"echo: Ada: {words}"  # finished, not cut off
+    assert any("letting replies in progress finish" in line for line in bot.stderr)
+
+
+async def test_sigkill_mid_reply_then_restart_is_consistent(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    fake.chunk_delay = 0.1
+    db = tmp_path / "teambot.db"
+    envelope = event_envelope(mention("<@UBOT> " + " ".join(f"w{i}" for i in range(50)), ts="1.1"), event_id="Ev1")
+    bot = await start_bot(fake, slack, db, http)
+    await bot.send(http, envelope)
+    await slack.wait_for(lambda: bool(slack.posted), 15)
+    bot.proc.kill()
+    assert await bot.wait() == -signal.SIGKILL
+
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    fake.chunk_delay = 0.0
+    bot = await start_bot(fake, slack, db, http)
+    try:
+        await bot.send(http, envelope)  # Slack redelivers the event the dead process never finished
+        await bot.send(http, event_envelope(mention("<@UBOT> still there?", ts="1.2")))
+        await slack.wait_for(lambda: any(p.text == "echo: Ada: still there?" for p in slack.posted), 15)
+    finally:
+        bot.proc.send_signal(signal.SIGTERM)
+        assert await bot.wait() == 0
+    assert fake.calls == 2  # the redelivery was not answered a second time
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT role, platform_message_id FROM messages ORDER BY id").fetchall()
+    assert rows == [("user", "slack:T1:C1:1.1"), ("user", "slack:T1:C1:1.2"), ("assistant", None)]
