@@ -78,12 +78,6 @@ def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
-    cost: float
-    notice: str | None
-
-
 class Accounting:
     """Records every model call and enforces the configured budgets."""
 
@@ -124,43 +118,43 @@ class Accounting:
                 return texts.BUDGET_REACHED.format(budget=budget.label, resets=_when(budget.period.next_start(now)))
         return None
 
-    async def record(self, key: ConversationKey, user_id: str, model: str, usage: Usage) -> Charge:
-        """Add a call to the ledger; the charge carries the soft-cap warning when this call crossed one first."""
-        now = self._clock()
-        before = {b: await self._spent(b, key, user_id, now) for b in self._budgets}
+    def charge(self, key: ConversationKey, user_id: str, model: str, usage: Usage) -> UsageRecord:
+        """The ledger entry for one call, priced; the store writes it with the reply."""
         price = self._prices.cost(model, usage.prompt_tokens, usage.completion_tokens)
-        await self._store.record_usage(
-            UsageRecord(
-                now,
-                key,
-                user_id,
-                model,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.exact,
-                price.cost,
-                price.known,
-            )
+        return UsageRecord(
+            self._clock(),
+            key,
+            user_id,
+            model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.exact,
+            price.cost,
+            price.known,
         )
+
+    async def notice(self, record: UsageRecord) -> str | None:
+        """The soft-cap warning, when the call in ``record`` (already stored) crossed one first this period."""
         warnings: list[str] = []
-        for budget, spent_before in before.items():
+        this_call = float(record.prompt_tokens + record.completion_tokens) if self._unit is Unit.TOKENS else record.cost
+        for budget in self._budgets:
+            spent = await self._spent(budget, record.key, record.user_id, record.at)
             threshold = budget.limit * self._soft
-            spent = spent_before + (usage.total_tokens if self._unit is Unit.TOKENS else price.cost)
-            if spent_before < threshold <= spent:
-                scope = scope_for(budget.kind, key, user_id)
+            if spent - this_call < threshold <= spent:
+                scope = scope_for(budget.kind, record.key, record.user_id)
                 name = f"{budget.kind.value}:{budget.period.value}:{scope.platform}:{scope.workspace}:"
                 name += scope.channel or scope.user_id or ""
-                if await self._store.claim_warning(name, budget.period.start(now).timestamp()):
+                if await self._store.claim_warning(name, budget.period.start(record.at).timestamp()):
                     warnings.append(
                         texts.BUDGET_SOFT_WARNING.format(
                             budget=budget.label,
                             percent=round(100 * spent / budget.limit),
                             spent=self._format(spent),
                             limit=self._format(budget.limit),
-                            resets=_when(budget.period.next_start(now)),
+                            resets=_when(budget.period.next_start(record.at)),
                         )
                     )
-        return Charge(price.cost, "\n".join(warnings) or None)
+        return "\n".join(warnings) or None
 
     async def report(self, key: ConversationKey, user_id: str) -> str:
         now = self._clock()

@@ -16,7 +16,7 @@ from bot.limits import Busy
 from bot.llm import ChatClient, ChatMessage, Completion
 from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, Usage
 from bot.metrics import Metrics
-from bot.store import Store, StoredMessage
+from bot.store import Store, StoredMessage, UsageRecord
 from bot.tokens import PER_MESSAGE_OVERHEAD, TokenCounter
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ class ConversationCore:
             log.warning("conversation %s: the model returned an empty completion", msg.key)
             return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
         usage = completion.usage or self._estimate_usage(prompt, completion.text)
+        ledger = self._charge(msg, completion.model, usage)
         await self.store.add_reply(
             msg.key,
             completion.text,
@@ -155,8 +156,9 @@ class ConversationCore:
             usage=usage,
             model=completion.model,
             complete=True,
+            ledger=ledger,
         )
-        notice = await self._account(msg, completion.model, usage)
+        notice = await self._notice(ledger)
         log.info(
             "answered %s in %s via %s (%d+%d tokens)",
             msg.message_id,
@@ -228,14 +230,19 @@ class ConversationCore:
                 log.info("conversation %s: context too long; retrying with %d tokens", msg.key, budget)
         raise AssertionError("unreachable: the second attempt returns")
 
-    async def _account(self, msg: IncomingMessage, model: str | None, usage: Usage) -> str | None:
+    def _charge(self, msg: IncomingMessage, model: str | None, usage: Usage) -> UsageRecord | None:
         self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
         self.metrics.tokens.labels("completion").inc(usage.completion_tokens)
         if self.guards.accounting is None:
             return None
-        charge = await self.guards.accounting.record(msg.key, msg.author_id, model or self.default_model, usage)
-        self.metrics.cost.inc(charge.cost)
-        return charge.notice
+        record = self.guards.accounting.charge(msg.key, msg.author_id, model or self.default_model, usage)
+        self.metrics.cost.inc(record.cost)
+        return record
+
+    async def _notice(self, ledger: UsageRecord | None) -> str | None:
+        if ledger is None or self.guards.accounting is None:
+            return None
+        return await self.guards.accounting.notice(ledger)
 
     async def _keep_partial(
         self,
@@ -248,6 +255,7 @@ class ConversationCore:
         reason = exc.cause.user_message if exc.cause else texts.UNAVAILABLE
         text = exc.partial + texts.INTERRUPTED_MARK.format(reason=reason.rstrip("."))
         usage = self._estimate_usage(prompt, exc.partial)
+        ledger = self._charge(msg, model, usage)
         await self.store.add_reply(
             msg.key,
             text,
@@ -256,8 +264,9 @@ class ConversationCore:
             usage=usage,
             model=None,
             complete=False,
+            ledger=ledger,
         )
-        notice = await self._account(msg, model, usage)
+        notice = await self._notice(ledger)
         return Reply(ReplyKind.PARTIAL, text, usage, notice=notice)
 
     def _system_message(self, override: str | None = None) -> ChatMessage:

@@ -89,8 +89,10 @@ class Store(Protocol):
         usage: Usage | None,
         model: str | None,
         complete: bool,
+        ledger: UsageRecord | None = None,
     ) -> int:
-        """Store the assistant's reply to the message ``reply_to``; ``complete`` is False for a cut-off one."""
+        """Store the assistant's reply to the message ``reply_to``, and its ``ledger`` entry in the same transaction;
+        ``complete`` is False for a cut-off one."""
         ...
 
     async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
@@ -112,8 +114,6 @@ class Store(Protocol):
     async def forget_message(self, row: int) -> None:
         """Delete one stored message (a refused question), keeping its id marked as handled."""
         ...
-
-    async def record_usage(self, record: UsageRecord) -> None: ...
 
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal: ...
 

@@ -95,7 +95,9 @@ MIGRATIONS: Sequence[Sequence[str]] = (
 
 #: How long a handled message id is remembered; platforms redeliver within minutes, not days.
 HANDLED_RETENTION_S = 7 * 24 * 3600
-_PAGE = 64
+#: No stored message counts fewer tokens than the chat format's own overhead plus one.
+MIN_MESSAGE_TOKENS = 5
+_SETTINGS_CACHE_SIZE = 10_000
 
 
 class SQLiteStore:
@@ -106,6 +108,7 @@ class SQLiteStore:
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self._conversation_ids: dict[str, int] = {}
+        self._channel_settings: dict[tuple[str, str, str], ChannelSettings] = {}
         self.path = path
 
     @classmethod
@@ -125,8 +128,7 @@ class SQLiteStore:
 
     async def ping(self) -> bool:
         try:
-            async with self._reader.execute("SELECT 1") as cur:
-                return await cur.fetchone() == (1,)
+            return list(await self._reader.execute_fetchall("SELECT 1")) == [(1,)]
         except (sqlite3.Error, ValueError):
             return False
 
@@ -167,9 +169,11 @@ class SQLiteStore:
         text = str(key)
         if text in self._conversation_ids:
             return self._conversation_ids[text]
-        async with self._reader.execute("SELECT id FROM conversations WHERE key = ?", (text,)) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else None
+        rows = list(await self._reader.execute_fetchall("SELECT id FROM conversations WHERE key = ?", (text,)))
+        if not rows:
+            return None
+        self._conversation_ids[text] = int(rows[0][0])
+        return int(rows[0][0])
 
     async def begin_turn(self, msg: IncomingMessage, tokens: int) -> int | None:
         now = time.time()
@@ -200,6 +204,7 @@ class SQLiteStore:
         usage: Usage | None,
         model: str | None,
         complete: bool,
+        ledger: UsageRecord | None = None,
     ) -> int:
         async with self._transaction() as db:
             conversation = await self._conversation_id(db, key)
@@ -220,33 +225,44 @@ class SQLiteStore:
                     time.time(),
                 ),
             )
+            if ledger is not None:
+                await db.execute(
+                    "INSERT INTO usage (at, platform, workspace, channel, user_id, model, prompt_tokens, "
+                    "completion_tokens, exact, cost, priced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        ledger.at,
+                        ledger.key.platform,
+                        ledger.key.workspace,
+                        ledger.key.channel,
+                        ledger.user_id,
+                        ledger.model,
+                        ledger.prompt_tokens,
+                        ledger.completion_tokens,
+                        int(ledger.exact),
+                        ledger.cost,
+                        int(ledger.priced),
+                    ),
+                )
             assert cur.lastrowid is not None
             return cur.lastrowid
 
     async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
         conversation = await self._existing_conversation_id(key)
-        if conversation is None:
+        if conversation is None or token_budget <= 0:
             return []
-        picked: list[StoredMessage] = []
-        used = 0
-        cursor = before
-        while True:
-            async with self._reader.execute(
-                "SELECT id, role, author_name, content, tokens, created_at FROM messages "
-                "WHERE conversation_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-                (conversation, cursor, _PAGE),
-            ) as cur:
-                rows = list(await cur.fetchall())
-            for row in rows:
-                if used + row[4] > token_budget:
-                    picked.reverse()
-                    return picked
-                used += row[4]
-                picked.append(StoredMessage(row[0], row[1], row[2], row[3], row[4], row[5]))
-            if len(rows) < _PAGE:
-                picked.reverse()
-                return picked
-            cursor = rows[-1][0]
+        # Every message costs at least MIN_MESSAGE_TOKENS, so the newest budget/MIN rows are all that can fit: the
+        # index walk stops there however long the conversation is. The running sum then keeps the newest run that
+        # fits, without a hole.
+        rows = await self._reader.execute_fetchall(
+            "SELECT id, role, author_name, content, tokens, created_at FROM ("
+            "  SELECT *, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running FROM ("
+            "    SELECT id, role, author_name, content, tokens, created_at FROM messages"
+            "    WHERE conversation_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
+            "  )"
+            ") WHERE running <= ? ORDER BY id",
+            (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget),
+        )
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def reset(self, key: ConversationKey) -> int:
         if key.thread:
@@ -264,35 +280,16 @@ class SQLiteStore:
         conversation = await self._existing_conversation_id(key)
         if conversation is None:
             return 0
-        async with self._reader.execute(
-            "SELECT count(*) FROM messages WHERE conversation_id = ?", (conversation,)
-        ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = list(
+            await self._reader.execute_fetchall(
+                "SELECT count(*) FROM messages WHERE conversation_id = ?", (conversation,)
+            )
+        )
+        return int(rows[0][0])
 
     async def forget_message(self, row: int) -> None:
         async with self._transaction() as db:
             await db.execute("DELETE FROM messages WHERE id = ?", (row,))
-
-    async def record_usage(self, record: UsageRecord) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO usage (at, platform, workspace, channel, user_id, model, prompt_tokens, "
-                "completion_tokens, exact, cost, priced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.at,
-                    record.key.platform,
-                    record.key.workspace,
-                    record.key.channel,
-                    record.user_id,
-                    record.model,
-                    record.prompt_tokens,
-                    record.completion_tokens,
-                    int(record.exact),
-                    record.cost,
-                    int(record.priced),
-                ),
-            )
 
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
         where = ["platform = ?", "workspace = ?", "at >= ?"]
@@ -307,9 +304,7 @@ class SQLiteStore:
             "SELECT count(*), coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost), 0), "
             f"coalesce(min(priced), 1) FROM usage WHERE {' AND '.join(where)}"
         )
-        async with self._reader.execute(query, args) as cur:
-            row = await cur.fetchone()
-        assert row is not None
+        [row] = list(await self._reader.execute_fetchall(query, args))
         return UsageTotal(calls=int(row[0]), tokens=int(row[1]), cost=float(row[2]), all_priced=bool(row[3]))
 
     async def claim_warning(self, scope: str, period_start: float) -> bool:
@@ -321,12 +316,23 @@ class SQLiteStore:
             return cur.rowcount == 1
 
     async def channel_settings(self, key: ConversationKey) -> ChannelSettings:
-        async with self._reader.execute(
-            "SELECT system_prompt, model FROM channel_settings WHERE platform = ? AND workspace = ? AND channel = ?",
-            (key.platform, key.workspace, key.channel),
-        ) as cur:
-            row = await cur.fetchone()
-        return ChannelSettings(row[0], row[1]) if row else ChannelSettings()
+        # Read on every turn and changed by hand: a cache that this process's own writes keep fresh.
+        channel = (key.platform, key.workspace, key.channel)
+        cached = self._channel_settings.get(channel)
+        if cached is not None:
+            return cached
+        rows = list(
+            await self._reader.execute_fetchall(
+                "SELECT system_prompt, model FROM channel_settings "
+                "WHERE platform = ? AND workspace = ? AND channel = ?",
+                channel,
+            )
+        )
+        found = ChannelSettings(rows[0][0], rows[0][1]) if rows else ChannelSettings()
+        if len(self._channel_settings) >= _SETTINGS_CACHE_SIZE:
+            self._channel_settings.clear()
+        self._channel_settings[channel] = found
+        return found
 
     async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None:
         async with self._transaction() as db:
@@ -336,6 +342,7 @@ class SQLiteStore:
                 "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model",
                 (key.platform, key.workspace, key.channel, settings.system_prompt, settings.model),
             )
+        self._channel_settings[(key.platform, key.workspace, key.channel)] = settings
 
     def conversation_lock(self, key: ConversationKey) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()

@@ -1,0 +1,1 @@
+"""teambot's benchmark: ``python -m bench`` (``--quick`` for a smoke run). Figures, not pass/fail."""

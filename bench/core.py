@@ -1,0 +1,208 @@
+"""Benchmarks of the core itself: overhead per mention, throughput, history loading, memory, bytes per message."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+
+from bench.model import ModelProcess
+from bot.budgets import Accounting
+from bot.conversation import ConversationCore, TurnSettings
+from bot.guards import Guards
+from bot.limits import ConcurrencyGate
+from bot.llm import ChatClient, Endpoint
+from bot.messages import ConversationKey, IncomingMessage
+from bot.pricing import PriceTable
+from bot.store import open_store
+from bot.store_sqlite import SQLiteStore
+from bot.tokens import TokenCounter
+
+COUNTER = TokenCounter.load()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@asynccontextmanager
+async def bench_core(db: str, model: ModelProcess) -> AsyncIterator[ConversationCore]:
+    """The production core: real store, real client, ledger on; no rate limits, a gate wide enough not to queue."""
+    store = await open_store(db)
+    try:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+            llm = ChatClient(http, Endpoint("bench", model.base_url, "bench"))
+            guards = Guards(gate=ConcurrencyGate(10_000, 10_000), accounting=Accounting(store, PriceTable(), []))
+            yield ConversationCore(store, llm, COUNTER, TurnSettings("You are a benchmark.", 4000), guards)
+    finally:
+        await store.close()
+
+
+async def _noop(piece: str) -> None:
+    return None
+
+
+async def overhead(concurrency: int, turns: int, workdir: Path) -> dict[str, float]:
+    """Per turn: time from handle() to the request reaching the model, plus from the model's last byte to the
+    reply being returned. The model waits 50 ms, then streams 20 tokens at 400 tokens/s."""
+    samples: list[float] = []
+    async with ModelProcess(first_byte=0.05, tokens_per_second=400, reply_tokens=20) as model:
+        spans: dict[str, tuple[float, float]] = {}
+        async with bench_core(str(workdir / f"overhead-{concurrency}.db"), model) as core:
+
+            async def conversation(c: int) -> None:
+                key = ConversationKey("bench", "W", f"C{c}")
+                for t in range(turns):
+                    tag = f"c{c}-t{t}"
+                    started = time.monotonic()
+                    await core.handle(IncomingMessage(key, tag, "U", "u", tag), _noop)
+                    spans[f"u: {tag}"] = (started, time.monotonic())
+
+            await asyncio.gather(*(conversation(c) for c in range(concurrency)))
+        async with httpx.AsyncClient() as http:
+            timings = await model.timings(http)
+    for tag, (started, finished) in spans.items():
+        arrived, last_byte = timings[tag]
+        samples.append((arrived - started) + (finished - last_byte))
+    ms = [s * 1000 for s in samples]
+    return {"p50": percentile(ms, 50), "p99": percentile(ms, 99), "n": len(ms)}
+
+
+async def throughput(conversations: int, turns: int, workdir: Path) -> float:
+    """Mentions per second through the core with an instant model."""
+    async with ModelProcess(reply_tokens=5) as model, bench_core(str(workdir / "throughput.db"), model) as core:
+        # A warm-up turn, so the first connection and the tokenizer are not counted.
+        key = ConversationKey("bench", "W", "warm")
+        await core.handle(IncomingMessage(key, "warm", "U", "u", "warm"), _noop)
+
+        async def conversation(c: int) -> None:
+            key = ConversationKey("bench", "W", f"C{c}")
+            for t in range(turns):
+                await core.handle(IncomingMessage(key, f"{c}-{t}", "U", "u", "hello"), _noop)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(conversation(c) for c in range(conversations)))
+        elapsed = time.perf_counter() - started
+    return conversations * turns / elapsed
+
+
+def _fill(db: Path, messages: int) -> None:
+    """``messages`` messages in one conversation, written directly: the store's own path is measured elsewhere."""
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO conversations (id, key, platform, workspace, channel, created_at) "
+            "VALUES (1, 'bench:W:C', 'bench', 'W', 'C', 0)"
+        )
+        batch = 100_000
+        for start in range(0, messages, batch):
+            rows = [
+                (
+                    1,
+                    "user" if i % 2 == 0 else "assistant",
+                    "U",
+                    "u",
+                    f"message number {i} with some words",
+                    12,
+                    f"m{i}",
+                    float(i),
+                )
+                for i in range(start, min(messages, start + batch))
+            ]
+            conn.executemany(
+                "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
+                "platform_message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+
+async def history_load(messages: int, workdir: Path, repeats: int = 300) -> tuple[float, float]:
+    """Mean milliseconds to load an 8,000-token context; and the database's bytes per stored message."""
+    db = workdir / f"history-{messages}.db"
+    store = await SQLiteStore.open(str(db))
+    await store.close()
+    _fill(db, messages)
+    store = await SQLiteStore.open(str(db))
+    key = ConversationKey("bench", "W", "C")
+    try:
+        await store.load_history(key, 8000, before=messages + 1)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            history = await store.load_history(key, 8000, before=messages + 1)
+        elapsed = time.perf_counter() - started
+        assert len(history) == 8000 // 12
+    finally:
+        await store.close()
+    return elapsed / repeats * 1000, _bytes_per_message(db, messages)
+
+
+def _bytes_per_message(db: Path, messages: int) -> float:
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return os.path.getsize(db) / messages
+
+
+async def memory(conversations: int, workdir: Path) -> tuple[float, float]:
+    """RSS growth (MB) after one turn in each of ``conversations`` conversations, and per conversation (KB)."""
+    async with ModelProcess(reply_tokens=5) as model, bench_core(str(workdir / "memory.db"), model) as core:
+        await core.handle(IncomingMessage(ConversationKey("bench", "W", "warm"), "w", "U", "u", "hi"), _noop)
+        gc.collect()
+        before = rss_mb()
+        for start in range(0, conversations, 500):
+            await asyncio.gather(
+                *(
+                    core.handle(IncomingMessage(ConversationKey("bench", "W", f"C{c}"), f"m{c}", "U", "u", "hi"), _noop)
+                    for c in range(start, min(conversations, start + 500))
+                )
+            )
+        gc.collect()
+        grown = rss_mb() - before
+    return grown, grown * 1024 / conversations
+
+
+async def run_core(quick: bool) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for concurrency in (1, 50) if quick else (1, 50, 500):
+            turns = 3 if quick else max(4, 2000 // concurrency)
+            result = await overhead(concurrency, turns, workdir)
+            rows.append(
+                (
+                    f"bot overhead per mention, {concurrency} concurrent conversation(s)",
+                    f"p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms (n={result['n']:.0f})",
+                )
+            )
+        rate = await throughput(20 if quick else 200, 5 if quick else 25, workdir)
+        rows.append(("throughput through the core, instant model", f"{rate:,.0f} mentions/s"))
+        small = await history_load(1_000, workdir)
+        big = await history_load(10_000 if quick else 1_000_000, workdir)
+        label = "10k" if quick else "1M"
+        rows.append(
+            (
+                f"context load (8,000 tokens), 1k vs {label} stored messages",
+                f"{small[0]:.3f} ms vs {big[0]:.3f} ms ({big[0] / small[0]:.2f}x)",
+            )
+        )
+        rows.append(("database bytes per stored message", f"{big[1]:.0f} B"))
+        conversations = 1_000 if quick else 10_000
+        grown, per = await memory(conversations, workdir)
+        rows.append((f"RSS growth, {conversations:,} active conversations", f"{grown:.1f} MB ({per:.2f} KB each)"))
+    return rows

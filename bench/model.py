@@ -1,0 +1,106 @@
+"""A loopback OpenAI-compatible model for the benchmark: fixed latency and token rate, timestamps per request.
+
+It runs in a process of its own (``python -m bench.model``), so its work does not land on the bot's event loop.
+The timestamps (``time.monotonic``: on Linux one clock for every process) mark when a request arrived and when
+its last byte was written, so the benchmark can subtract the model's own time from a turn and keep only what the
+bot adds. ``GET /timings`` hands them over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import httpx
+from aiohttp import web
+
+
+class BenchModel:
+    def __init__(self, *, first_byte: float = 0.0, tokens_per_second: float = 0.0, reply_tokens: int = 20) -> None:
+        self.first_byte = first_byte
+        self.tokens_per_second = tokens_per_second
+        self.reply_tokens = reply_tokens
+        #: request tag (the last user message) -> (arrived, last byte written)
+        self.timings: dict[str, tuple[float, float]] = {}
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._complete)
+        app.router.add_get("/timings", self._timings)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _timings(self, request: web.Request) -> web.Response:
+        return web.json_response(self.timings)
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
+        body = await request.json()
+        tag = str(body["messages"][-1]["content"])
+        if self.first_byte:
+            await asyncio.sleep(self.first_byte)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        gap = 1 / self.tokens_per_second if self.tokens_per_second else 0.0
+        for i in range(self.reply_tokens):
+            chunk = {"model": "bench", "choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if gap:
+                await asyncio.sleep(gap)
+        done = {"model": "bench", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        usage = {
+            "model": "bench",
+            "choices": [],
+            "usage": {"prompt_tokens": 50, "completion_tokens": self.reply_tokens},
+        }
+        await response.write(f"data: {json.dumps(done)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        self.timings[tag] = (arrived, time.monotonic())
+        await response.write_eof()
+        return response
+
+
+class ModelProcess:
+    """A BenchModel in a subprocess; ``async with ModelProcess(...) as model`` gives its base_url and timings."""
+
+    def __init__(self, *, first_byte: float = 0.0, tokens_per_second: float = 0.0, reply_tokens: int = 20) -> None:
+        self._args = [str(first_byte), str(tokens_per_second), str(reply_tokens)]
+        self.base_url = ""
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> ModelProcess:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.model", *self._args, stdout=asyncio.subprocess.PIPE
+        )
+        assert self._proc.stdout is not None
+        self.base_url = (await self._proc.stdout.readline()).decode().strip()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            await self._proc.wait()
+
+    async def timings(self, http: httpx.AsyncClient) -> dict[str, tuple[float, float]]:
+        data = (await http.get(self.base_url.removesuffix("/v1") + "/timings")).json()
+        return {tag: (pair[0], pair[1]) for tag, pair in data.items()}
+
+
+async def _serve(first_byte: float, tokens_per_second: float, reply_tokens: int) -> None:
+    model = BenchModel(first_byte=first_byte, tokens_per_second=tokens_per_second, reply_tokens=reply_tokens)
+    await model.start()
+    print(model.base_url, flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve(float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])))
