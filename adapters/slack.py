@@ -79,6 +79,9 @@ class SlackAdapter:
             raise ValueError("SLACK_BOT_TOKEN is required for the Slack adapter")
         self._core = core
         self._settings = settings
+        # One HTTP session for every Web API call: slack_sdk otherwise opens a new one (and a new TCP and TLS
+        # connection) per request. Created on start, inside the running loop.
+        self._session: aiohttp.ClientSession | None = None
         self.client = AsyncWebClient(
             token=settings.slack_bot_token.get_secret_value(),
             base_url=settings.slack_api_url,
@@ -127,6 +130,8 @@ class SlackAdapter:
 
     async def start(self) -> None:
         self._started = True
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self.client.session = self._session
         if self._settings.slack_app_token is not None:
             self._socket = AsyncSocketModeHandler(
                 self.app, self._settings.slack_app_token.get_secret_value(), web_client=self.client
@@ -158,6 +163,10 @@ class SlackAdapter:
             _, pending = await asyncio.wait(self._inflight, timeout=drain_seconds)
             for task in pending:
                 task.cancel()
+        if self._session is not None:
+            self.client.session = None
+            await self._session.close()
+            self._session = None
 
     async def _on_http(self, request: web.Request) -> web.Response:
         bolt_request = await to_bolt_request(request)
@@ -257,8 +266,9 @@ class SlackAdapter:
             profile = user.get("profile") or {}
             name = profile.get("display_name") or profile.get("real_name") or user.get("name") or user_id
         except SlackApiError as exc:
+            # Remembered like a name, so an unknown id does not cost a call on every message.
             log.warning("users.info for %s failed: %s", user_id, exc.response.get("error"))
-            return user_id
+            name = user_id
         self._names[user_id] = str(name)
         if len(self._names) > _NAME_CACHE_SIZE:
             self._names.popitem(last=False)

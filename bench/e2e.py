@@ -1,7 +1,141 @@
-"""End-to-end latency through the real SDKs: filled in below."""
+"""End to end through the real SDKs: from a Slack event or a Discord MESSAGE_CREATE to the final reply text at the
+fake platform, with an instant model in its own process. Uses the loopback fakes from ``tests/fakes``."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from adapters.discord import DiscordAdapter
+from adapters.slack import SlackAdapter
+from bench.core import percentile
+from bench.model import ModelProcess
+from bot.config import Settings
+from bot.runtime import open_core
+from tests.fakes.discord import BOT_USER, CHANNEL_ID, GUILD_ID, FakeDiscord
+from tests.fakes.slack import FakeSlack, event_envelope, mention, signed_headers
+
+SECRET = "bench-secret"
+Send = Callable[[int, str], Awaitable[None]]
+
+
+def _settings(model: ModelProcess, db: Path, **platform: Any) -> Settings:
+    return Settings(
+        openai_base_url=model.base_url,
+        openai_model="bench",
+        db=str(db),
+        user_rate_per_minute=0,
+        channel_rate_per_minute=0,
+        max_concurrent_calls=1000,
+        max_queued_calls=10_000,
+        stream_edit_interval=1.0,
+        **platform,
+    )
+
+
+async def _measure(
+    send: Send, arrived: Callable[[int], bool], wait: Callable[..., Awaitable[None]], single: int, burst: int
+) -> tuple[list[float], float]:
+    latencies = []
+    for i in range(single):
+        started = time.perf_counter()
+        await send(i, f"C{i % 100}")
+        await wait(lambda i=i: arrived(i), 30)
+        latencies.append((time.perf_counter() - started) * 1000)
+    first = single
+    started = time.perf_counter()
+    await asyncio.gather(*(send(first + i, f"C{i % 100}") for i in range(burst)))
+    await wait(lambda: all(arrived(first + i) for i in range(burst)), 120)
+    return latencies, burst / (time.perf_counter() - started)
+
+
+async def slack(
+    model: ModelProcess, workdir: Path, socket_mode: bool, single: int, burst: int
+) -> tuple[list[float], float]:
+    async with FakeSlack() as fake, httpx.AsyncClient() as http:
+        transport = {"slack_app_token": "xapp-bench"} if socket_mode else {"slack_signing_secret": SECRET}
+        settings = _settings(
+            model,
+            workdir / f"slack-{socket_mode}.db",
+            slack_bot_token=fake.bot_token,
+            slack_api_url=fake.api_url,
+            http_host="127.0.0.1",
+            http_port=0,
+            **transport,
+        )
+        async with open_core(settings) as core:
+            adapter = SlackAdapter(core, settings)
+            await adapter.start()
+            try:
+                if socket_mode:
+                    await fake.wait_for_socket()
+
+                async def send(i: int, channel: str) -> None:
+                    envelope = event_envelope(mention(f"<@UBOT> q{i}", channel=channel, ts=f"{i}.1"))
+                    if socket_mode:
+                        await fake.send_envelope("events_api", envelope)
+                        return
+                    body = json.dumps(envelope)
+                    headers = {"Content-Type": "application/json", **signed_headers(SECRET, body)}
+                    await http.post(f"http://127.0.0.1:{adapter.http_port}/slack/events", content=body, headers=headers)
+
+                def arrived(i: int) -> bool:
+                    # One final message per mention: the i-th mention has its answer once i+1 replies are whole.
+                    return sum(p.text.rstrip().endswith("tok4") for p in fake.posted) >= i + 1
+
+                return await _measure(send, arrived, fake.wait_for, single, burst)
+            finally:
+                await adapter.stop()
+
+
+async def discord(model: ModelProcess, workdir: Path, single: int, burst: int) -> tuple[list[float], float]:
+    async with FakeDiscord() as fake:
+        with fake.patch_discord():
+            settings = _settings(model, workdir / "discord.db", discord_token="bench-token")
+            async with open_core(settings) as core:
+                adapter = DiscordAdapter(core, settings, guild_ready_timeout=0.05)
+                await adapter.start()
+                try:
+
+                    async def send(i: int, channel: str) -> None:
+                        payload = fake.message_create(
+                            f"<@{BOT_USER['id']}> q{i}", mentions=(BOT_USER,), channel_id=CHANNEL_ID, guild_id=GUILD_ID
+                        )
+                        await fake.dispatch("MESSAGE_CREATE", payload)
+
+                    def arrived(i: int) -> bool:
+                        return sum(m.content.rstrip().endswith("tok4") for m in fake.messages.values()) >= i + 1
+
+                    return await _measure(send, arrived, fake.wait_for, single, burst)
+                finally:
+                    await adapter.stop()
+
+
+def _row(name: str, latencies: list[float], rate: float) -> tuple[str, str]:
+    return (
+        name,
+        f"p50 {percentile(latencies, 50):.1f} ms, p99 {percentile(latencies, 99):.1f} ms; burst {rate:,.0f} mentions/s",
+    )
+
 
 async def run_e2e(quick: bool) -> list[tuple[str, str]]:
-    return []
+    single, burst = (20, 100) if quick else (200, 1000)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        async with ModelProcess(reply_tokens=5) as model:
+            rows.append(
+                _row("Slack HTTP mode, event to final reply", *await slack(model, workdir, False, single, burst))
+            )
+            rows.append(
+                _row("Slack Socket Mode, envelope to final reply", *await slack(model, workdir, True, single, burst))
+            )
+            rows.append(_row("Discord, MESSAGE_CREATE to final reply", *await discord(model, workdir, single, burst)))
+    return rows
