@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import sqlite3
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,12 @@ from bot.store_sqlite import SQLiteStore
 from bot.tokens import TokenCounter
 
 COUNTER = TokenCounter.load()
+
+
+def add_row(rows: list[tuple[str, str]], row: tuple[str, str]) -> None:
+    """Keep the row and show it at once, so a long run reports as it goes."""
+    rows.append(row)
+    print(f"| {row[0]} | {row[1]} |", file=sys.stderr, flush=True)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -184,25 +191,27 @@ async def run_core(quick: bool) -> list[tuple[str, str]]:
         for concurrency in (1, 50) if quick else (1, 50, 500):
             turns = 3 if quick else max(4, 2000 // concurrency)
             result = await overhead(concurrency, turns, workdir)
-            rows.append(
+            add_row(
+                rows,
                 (
                     f"bot overhead per mention, {concurrency} concurrent conversation(s)",
                     f"p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms (n={result['n']:.0f})",
-                )
+                ),
             )
         rate = await throughput(20 if quick else 200, 5 if quick else 25, workdir)
-        rows.append(("throughput through the core, instant model", f"{rate:,.0f} mentions/s"))
+        add_row(rows, ("throughput through the core, instant model", f"{rate:,.0f} mentions/s"))
         small = await history_load(1_000, workdir)
         big = await history_load(10_000 if quick else 1_000_000, workdir)
         label = "10k" if quick else "1M"
-        rows.append(
+        add_row(
+            rows,
             (
                 f"context load (8,000 tokens), 1k vs {label} stored messages",
                 f"{small[0]:.3f} ms vs {big[0]:.3f} ms ({big[0] / small[0]:.2f}x)",
-            )
+            ),
         )
-        rows.append(("database bytes per stored message", f"{big[1]:.0f} B"))
+        add_row(rows, ("database bytes per stored message", f"{big[1]:.0f} B"))
         conversations = 1_000 if quick else 10_000
         grown, per = await memory(conversations, workdir)
-        rows.append((f"RSS growth, {conversations:,} active conversations", f"{grown:.1f} MB ({per:.2f} KB each)"))
+        add_row(rows, (f"RSS growth, {conversations:,} active conversations", f"{grown:.1f} MB ({per:.2f} KB each)"))
     return rows
