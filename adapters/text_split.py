@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import re
 
-_FENCE = re.compile(r"^\s*(```+|~~~+)(.*)$")
+_FENCE = re.compile(r"```([^\n`]*)")
 _CLOSE = "\n```"
 
 
 def _open_fence_after(text: str, fence: str | None) -> str | None:
-    """The opening line of the fence still open at the end of ``text``, given the one open at its start."""
-    for line in text.split("\n"):
-        match = _FENCE.match(line)
-        if match is None:
-            continue
-        if fence is None:
-            fence = line.strip()
-        elif not match.group(2).strip():
-            fence = None
+    """The opening of the fence still open at the end of ``text`` (given the one open at its start), or None.
+
+    Every run of three backticks toggles, wherever it stands on its line: Slack and Discord both open a code
+    block at a fence in mid-line, as a model writes after "Here it is: ```python".
+    """
+    for match in _FENCE.finditer(text):
+        fence = "```" + match.group(1).strip() if fence is None else None
     return fence
 
 

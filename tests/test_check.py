@@ -20,6 +20,23 @@ from tests.fakes.slack import FakeSlack
 ROOT = Path(__file__).resolve().parents[1]
 
 
+async def teambot_check(cwd: Path, **env: str) -> tuple[int | None, str, str]:
+    """``teambot check`` in a subprocess with only ``env`` set: exit code, stdout, stderr."""
+    base = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "check",
+        cwd=cwd,
+        env=base | env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
 def settings(**values: Any) -> Settings:
     return Settings(**values)
 
@@ -78,43 +95,17 @@ async def test_discord_token_good_and_bad() -> None:
 @pytest.mark.parametrize(("key", "code"), [("sk-good-key-0000", 0), ("sk-bad-key-1111", 1)])
 async def test_the_command_prints_a_line_each_and_sets_the_exit_code(tmp_path: Path, key: str, code: int) -> None:
     async with FakeOpenAI(api_key="sk-good-key-0000") as fake:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(ROOT),
-            "OPENAI_BASE_URL": fake.base_url,
-            "OPENAI_API_KEY": key,
-            "OPENAI_MODEL": "fake-model",
-        }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "check",
-            cwd=tmp_path,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        code_seen, out, err = await teambot_check(
+            tmp_path, OPENAI_BASE_URL=fake.base_url, OPENAI_API_KEY=key, OPENAI_MODEL="fake-model"
         )
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    lines = out.decode().splitlines()
-    assert proc.returncode == code
+    lines = out.splitlines()
+    assert code_seen == code
     assert lines[0].startswith("PASS  configuration")
     assert lines[1].startswith("PASS  model endpoint" if code == 0 else "FAIL  model endpoint")
-    assert key not in out.decode() + err.decode()
+    assert key not in out + err
 
 
 async def test_an_invalid_setting_fails_the_check(tmp_path: Path) -> None:
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "TEAMBOT_BUDGET_UNIT": "euros"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "check",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 2
-    assert out.decode().startswith("FAIL  configuration: invalid setting TEAMBOT_BUDGET_UNIT")
+    code, out, _ = await teambot_check(tmp_path, TEAMBOT_BUDGET_UNIT="euros")
+    assert code == 2
+    assert out.startswith("FAIL  configuration: invalid setting TEAMBOT_BUDGET_UNIT")

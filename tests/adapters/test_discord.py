@@ -13,6 +13,7 @@ import pytest
 from adapters.discord import TEXT_LIMIT, DiscordAdapter
 from bot import texts
 from bot.config import Settings
+from bot.errors import ConfigError
 from bot.runtime import open_core
 from tests.fakes.discord import (
     ADMIN_ROLE_ID,
@@ -68,14 +69,13 @@ async def discord_bot(model: FakeOpenAI, tmp_path: Path, overrides: dict[str, An
     async with FakeDiscord() as fake, open_core(settings) as core:
         with fake.patch_discord():
             adapter = DiscordAdapter(core, settings, guild_ready_timeout=0.05)
-            runner = asyncio.create_task(adapter.client.start("fake-discord-token"))
+            await asyncio.wait_for(adapter.start(), 10)
             try:
-                await fake.wait_ready()
-                await asyncio.wait_for(adapter.client.wait_until_ready(), 10)
+                assert adapter.connected
                 yield Discord(fake, model, adapter)
             finally:
                 await adapter.stop()
-                await asyncio.gather(runner, return_exceptions=True)
+            assert not adapter.connected
 
 
 async def test_a_mention_in_a_guild_is_answered_as_a_reply(discord_bot: Discord) -> None:
@@ -276,3 +276,13 @@ async def test_usage_is_ephemeral(discord_bot: Discord) -> None:
     await discord_bot.wait_text("echo: Ada: hi")
     answer = await command(discord_bot, "usage")
     assert "• This channel: today" in answer["content"] and "No budgets are set." in answer["content"]
+
+
+async def test_a_rejected_token_stops_start_up_with_a_clear_error(model: FakeOpenAI, tmp_path: Path) -> None:
+    settings = Settings(openai_base_url=model.base_url, db=str(tmp_path / "t.db"), discord_token="wrong-token")
+    async with FakeDiscord(token="right-token") as fake, open_core(settings) as core:
+        with fake.patch_discord():
+            adapter = DiscordAdapter(core, settings, guild_ready_timeout=0.05)
+            with pytest.raises(ConfigError, match="DISCORD_TOKEN was rejected"):
+                await asyncio.wait_for(adapter.start(), 10)
+            await adapter.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from adapters.slack import TEXT_LIMIT, SlackAdapter
+from adapters.slack_format import markdown_to_mrkdwn
 from bot import texts
 from bot.config import Settings
 from bot.runtime import open_core
@@ -37,6 +39,7 @@ class Slack:
     model: FakeOpenAI
     adapter: SlackAdapter
     http: httpx.AsyncClient
+    db: Path = Path()
 
     @property
     def events_url(self) -> str:
@@ -101,7 +104,7 @@ async def slack(fake: FakeSlack, model: FakeOpenAI, tmp_path: Path, overrides: d
         adapter = SlackAdapter(core, settings)
         await adapter.start()
         try:
-            yield Slack(fake, model, adapter, http)
+            yield Slack(fake, model, adapter, http, tmp_path / "teambot.db")
         finally:
             await adapter.stop()
 
@@ -368,3 +371,31 @@ async def test_usage_is_private_and_budgets_warn_then_refuse_in_the_channel(slac
     usage = await slash(slack, "/usage", rid="u1")
     assert usage["response_type"] == "ephemeral"
     assert "• You: today" in usage["text"] and "Your daily budget:" in usage["text"]
+
+
+def stored(slack: Slack) -> list[tuple[str, str]]:
+    with sqlite3.connect(slack.db) as db:
+        return db.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * 100_000,
+        "nul\x00 and bell\x07 and escape\x1b[31m",
+        "emoji 🎉👩‍💻 and right-to-left שלום عليكم",
+        "```python\nprint('only code')\n```",
+        "@everyone <!everyone> <!here> ping them all",
+    ],
+    ids=["100k-chars", "control-chars", "emoji-rtl", "only-code", "everyone"],
+)
+async def test_bad_input_gets_a_clear_answer_and_nothing_is_lost(slack: Slack, text: str) -> None:
+    await slack.event(mention(f"<@UBOT> {text}", ts="1.1"))
+    await slack.fake.wait_for(lambda: [role for role, _ in stored(slack)] == ["user", "assistant"], 10)
+    [(_, question), (_, answer)] = stored(slack)
+    assert question and "\x00" not in question and "\x07" not in question
+    shown = " ".join(p.text for p in slack.fake.posted)
+    rendered = markdown_to_mrkdwn(answer)
+    await slack.fake.wait_for(lambda: " ".join(p.text for p in slack.fake.posted).endswith(rendered[-20:].rstrip()), 10)
+    assert "<!" not in shown and "<@" not in shown  # nothing in the answer can ping anyone
+    assert all(len(p.text) <= TEXT_LIMIT for p in slack.fake.posted)

@@ -71,3 +71,12 @@ def test_unicode_and_emoji_survive() -> None:
 def test_a_tiny_limit_is_refused() -> None:
     with pytest.raises(ValueError):
         split_message("text", 10)
+
+
+def test_a_fence_opened_mid_line_counts() -> None:
+    code = "\n".join(f"x = {i}" for i in range(200))
+    text = f"Here it is: ```python\n{code}\n``` and that is all."
+    chunks = split_message(text, 500)
+    assert len(chunks) > 1 and all(c.count("```") % 2 == 0 for c in chunks)
+    assert chunks[1].startswith("```python\n")
+    assert split_message("echo: ```python\nprint(1)\n```", 2000) == ["echo: ```python\nprint(1)\n```"]

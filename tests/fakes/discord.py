@@ -11,15 +11,13 @@ Tested against discord.py 2.7.1 (pinned in pyproject.toml: these are internals).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
 import discord
@@ -27,6 +25,8 @@ import discord.gateway
 import discord.http
 import yarl
 from aiohttp import WSMsgType, web
+
+from tests.fakes.loopback import LoopbackServer
 
 BOT_ID = "1000"
 APP_ID = "1000"
@@ -71,10 +71,11 @@ class StoredMessage:
     edits: list[dict[str, Any]] = field(default_factory=list)
 
 
-class FakeDiscord:
+class FakeDiscord(LoopbackServer):
     """The fake; ``async with FakeDiscord() as fake, fake.patch_discord(): ...``."""
 
     def __init__(self, *, token: str | None = None) -> None:
+        super().__init__()
         self.token = token
         self.rest_calls: list[tuple[str, str, Any]] = []
         self.limited: list[tuple[str, str]] = []
@@ -85,42 +86,16 @@ class FakeDiscord:
         self.identify_count = 0
         self.resume_count = 0
         self.identify_payloads: list[dict[str, Any]] = []
-        self.url = ""
         self._authorization = ""
         self._ids = itertools.count(900_000)
         self._sequence = 0
         self._sent: list[dict[str, Any]] = []  # every dispatch, for replay on RESUME
-        self._socket: web.WebSocketResponse | None = None
         self._ready = False
         self._limits: list[tuple[str, re.Pattern[str], float]] = []
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> FakeDiscord:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/gw", self._gateway)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def stop(self) -> None:
-        if self._socket is not None and not self._socket.closed:
-            await self._socket.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     @contextlib.contextmanager
     def patch_discord(self) -> Iterator[None]:
@@ -133,15 +108,6 @@ class FakeDiscord:
             discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_base, old_gateway
 
     # --- what tests read and do ----------------------------------------------------------------------------
-
-    async def wait_for(self, condition: Callable[[], bool], within: float = 5.0) -> None:
-        """Until ``condition()`` holds: re-checked on every request here, and every 20 ms for conditions on
-        the client's side, which this server never hears about."""
-        async with asyncio.timeout(within):
-            while not condition():
-                async with self._changed:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 0.02)
 
     async def wait_ready(self, within: float = 10.0) -> None:
         await self.wait_for(lambda: self._ready, within)
@@ -362,10 +328,6 @@ class FakeDiscord:
         }
 
     # --- the gateway ---------------------------------------------------------------------------------------
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()

@@ -8,21 +8,19 @@ Started in the test's own loop on 127.0.0.1, port 0; the real ``AsyncWebClient``
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import json
 import math
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 from slack_sdk.signature import SignatureVerifier
+
+from tests.fakes.loopback import LoopbackServer
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -38,7 +36,7 @@ class Posted:
     edits: list[str] = field(default_factory=list)
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     """The fake Slack; ``async with FakeSlack() as slack``, then point clients at ``slack.api_url``."""
 
     def __init__(
@@ -49,6 +47,7 @@ class FakeSlack:
         team_id: str = "T1",
         users: dict[str, dict[str, Any]] | None = None,
     ) -> None:
+        super().__init__()
         self.bot_token = bot_token
         self.bot_user_id = bot_user_id
         self.team_id = team_id
@@ -59,41 +58,17 @@ class FakeSlack:
         self.posted: list[Posted] = []
         self.acks: dict[str, dict[str, Any]] = {}
         self.api_url = ""
-        self.url = ""
         self._limits: dict[str, list[float]] = {}
         self._ts = itertools.count(1)
-        self._changed = asyncio.Condition()
-        self._socket: web.WebSocketResponse | None = None
-        self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> FakeSlack:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/link", self._link)
         app.router.add_post("/response/{rid}", self._response)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.api_url = f"{self.url}/api/"
 
-    async def stop(self) -> None:
-        if self._socket is not None and not self._socket.closed:
-            await self._socket.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    async def start(self) -> None:
+        await super().start()
+        self.api_url = f"{self.url}/api/"
 
     # --- what tests read ---------------------------------------------------------------------------------
 
@@ -108,15 +83,6 @@ class FakeSlack:
 
     def messages_in(self, channel: str, thread_ts: str | None = None) -> list[Posted]:
         return [m for m in self.posted if m.channel == channel and m.thread_ts == thread_ts]
-
-    async def wait_for(self, condition: Callable[[], bool], within: float = 5.0) -> None:
-        """Until ``condition()`` holds: re-checked on every request here, and every 20 ms for conditions on
-        the client's side, which this server never hears about."""
-        async with asyncio.timeout(within):
-            while not condition():
-                async with self._changed:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 0.02)
 
     def rate_limit(self, method: str, times: int = 1, retry_after: float = 1) -> None:
         """The next ``times`` calls of ``method`` get HTTP 429 with ``Retry-After`` and change nothing."""
@@ -152,10 +118,6 @@ class FakeSlack:
         return self.acks[envelope_id]
 
     # --- the server --------------------------------------------------------------------------------------
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]

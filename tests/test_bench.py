@@ -1,0 +1,44 @@
+"""The benchmark keeps running: ``python -m bench --quick`` completes and prints its table (figures unchecked)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(300)
+async def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.md"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--out",
+        str(out),
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 240)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    table = out.read_text()
+    for measure in (
+        "bot overhead per mention",
+        "throughput",
+        "context load",
+        "bytes per stored message",
+        "RSS growth",
+        "Slack HTTP mode",
+        "Slack Socket Mode",
+        "Discord",
+    ):
+        assert measure in table
+    assert table == stdout.decode()
