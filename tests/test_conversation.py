@@ -223,6 +223,20 @@ async def test_429_then_success_is_one_answer(harness: Harness) -> None:
     assert harness.fake.calls == 2
 
 
+async def test_a_burst_of_5xx_then_success_is_one_answer(harness: Harness) -> None:
+    reply = await harness.say("[[503x2]] hello")
+    assert reply.kind is ReplyKind.ANSWER and reply.text == "echo: Ada: [[503x2]] hello"
+    assert harness.fake.calls == 3
+
+
+async def test_malformed_sse_is_retried_into_one_answer(harness: Harness) -> None:
+    async def ignore(piece: str) -> None:
+        return None
+
+    reply = await harness.core.handle(harness.message("[[malformedx1]] hi"), ignore)
+    assert reply.kind is ReplyKind.ANSWER and harness.fake.calls == 2
+
+
 @pytest.mark.parametrize("knobs", [Knobs(request_timeout=0.2, max_retries=0)], indirect=True)
 async def test_a_slow_server_times_out_with_a_clear_message(harness: Harness) -> None:
     reply = await harness.say("[[slow:1]] anyone?")

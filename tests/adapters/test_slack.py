@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -191,6 +192,15 @@ async def test_a_redelivered_event_is_answered_once_also_after_a_restart(
             finally:
                 await adapter.stop()
     assert model.calls == 1 and len(fake.calls_to("chat.postMessage")) == 1
+
+
+async def test_the_same_event_delivered_twice_at_once_is_answered_once(slack: Slack) -> None:
+    envelope = event_envelope(mention("<@UBOT> twice", ts="1.1"), event_id="EvTwice")
+    responses = await asyncio.gather(slack.send(envelope), slack.send(envelope, retry=1))
+    assert [r.status_code for r in responses] == [200, 200]
+    await slack.wait_posts(1)
+    await slack.fake.wait_for(lambda: len(stored(slack)) == 2)
+    assert slack.model.calls == 1 and len(slack.posts()) == 1
 
 
 async def test_reset_forgets_the_channel_and_answers_ephemerally(slack: Slack) -> None:
