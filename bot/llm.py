@@ -193,7 +193,9 @@ class ChatClient:
                     content_type = response.headers.get("content-type", "")
                     if on_delta is not None and content_type.startswith("text/event-stream"):
                         # Once text flows, the read timeout between chunks governs, not the call deadline.
-                        await _consume_sse(response.aiter_lines(), result, on_delta, scope.reschedule)
+                        lines = response.aiter_lines()
+                        await _consume_sse(lines, result, on_delta, scope.reschedule)
+                        await _drain(lines)
                     else:
                         await response.aread()
                         _read_plain(response, result)
@@ -250,6 +252,17 @@ async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
             data.append(value.removeprefix(" "))
     if data:
         yield "\n".join(data)
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read what follows ``[DONE]`` to the end of the body, so the connection goes back to the pool instead of
+    being closed; a server that keeps the stream open after ``[DONE]`` gets a second, then is left alone."""
+    try:
+        async with asyncio.timeout(1.0):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass  # the answer is already whole; only the connection's reuse is lost
 
 
 async def _consume_sse(

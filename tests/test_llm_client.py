@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
 from bot import errors
@@ -348,3 +349,31 @@ async def test_key_never_reaches_logs_or_errors(caplog: pytest.LogCaptureFixture
         await client(script).complete(PROMPT)
     assert KEY not in str(caught.value)
     assert KEY not in caplog.text
+
+
+async def test_a_stream_is_read_to_its_end_so_the_connection_is_reused() -> None:
+    peers: list[object] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse(chunk("whole", "stop"), done=True))
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    try:
+        async with httpx.AsyncClient() as http:
+            c = ChatClient(http, Endpoint("primary", base, "m"))
+            for _ in range(3):
+                assert (await collect(c))[0] == "whole"
+    finally:
+        await runner.cleanup()
+    assert len(peers) == 3 and len(set(peers)) == 1  # one TCP connection served all three
