@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
+from bot.store import is_postgres
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -57,6 +59,7 @@ class Settings(BaseSettings):
 
     # The conversation
     db: str = Field("./teambot.db", min_length=1, validation_alias=_env("TEAMBOT_DB"))
+    db_pool_size: int = Field(10, ge=1, le=1000, validation_alias=_env("TEAMBOT_DB_POOL_SIZE"))
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, validation_alias=_env("TEAMBOT_SYSTEM_PROMPT"))
     history_tokens: int = Field(8000, ge=256, validation_alias=_env("TEAMBOT_HISTORY_TOKENS"))
 
@@ -95,6 +98,10 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
     discord_guild: int | None = Field(None, validation_alias=_env("TEAMBOT_DISCORD_GUILD"))
     discord_message_content: bool = Field(False, validation_alias=_env("TEAMBOT_DISCORD_MESSAGE_CONTENT"))
+    discord_shards: int | None = Field(None, ge=1, validation_alias=_env("TEAMBOT_DISCORD_SHARDS"))
+    discord_shard_ids: Annotated[tuple[int, ...], NoDecode] = Field(
+        (), validation_alias=_env("TEAMBOT_DISCORD_SHARD_IDS")
+    )
     http_host: str = Field("0.0.0.0", validation_alias=_env("TEAMBOT_HTTP_HOST"))
     http_port: int = Field(3000, ge=0, le=65535, validation_alias=_env("TEAMBOT_HTTP_PORT"))
     reset_command: str = Field("reset", pattern=r"^[a-z0-9_-]{1,32}$", validation_alias=_env("TEAMBOT_RESET_COMMAND"))
@@ -118,6 +125,23 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("discord_shard_ids", mode="before")
+    @classmethod
+    def _int_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("discord_shard_ids")
+    @classmethod
+    def _shards_in_range(cls, value: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        total = info.data.get("discord_shards")
+        if value and total is None:
+            raise ValueError("needs TEAMBOT_DISCORD_SHARDS, the total number of shards")
+        if any(not 0 <= shard < (total or 0) for shard in value):
+            raise ValueError("every shard id must be from 0 to TEAMBOT_DISCORD_SHARDS - 1")
+        return tuple(sorted(set(value)))
 
     @field_validator("openai_base_url", "fallback_base_url", "slack_api_url")
     @classmethod
@@ -143,7 +167,9 @@ class Settings(BaseSettings):
             self.slack_signing_secret,
             self.discord_token,
         )
-        return tuple(s.get_secret_value() for s in secrets if s is not None)
+        found = tuple(s.get_secret_value() for s in secrets if s is not None)
+        password = urlsplit(self.db).password if is_postgres(self.db) else None
+        return found + ((password,) if password else ())
 
     def require_model_access(self) -> None:
         """Fail start-up when the hosted API would certainly reject us for want of a key."""

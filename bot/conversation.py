@@ -170,7 +170,7 @@ class ConversationCore:
         return Reply(ReplyKind.ANSWER, completion.text, usage, completion.model, notice)
 
     async def _refusal(self, msg: IncomingMessage) -> str | None:
-        wait = self.guards.rate_wait(msg)
+        wait = await self.guards.rate_wait(msg)
         if wait > 0:
             log.info("message %s in %s rate-limited for %d s", msg.message_id, msg.key, wait)
             return texts.SLOW_DOWN.format(seconds=wait)

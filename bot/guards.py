@@ -41,9 +41,9 @@ class Guards:
     gate: ConcurrencyGate = field(default_factory=lambda: ConcurrencyGate(1_000_000, 0))
     accounting: Accounting | None = None
 
-    def rate_wait(self, msg: IncomingMessage) -> int:
+    async def rate_wait(self, msg: IncomingMessage) -> int:
         """Whole seconds until this person and channel may ask again; 0 when they may now."""
         key = msg.key
-        user = self.user_rate.take(f"{key.platform}:{key.workspace}:{msg.author_id}")
-        channel = self.channel_rate.take(f"{key.platform}:{key.workspace}:{key.channel}")
+        user = await self.user_rate.take(f"{key.platform}:{key.workspace}:{msg.author_id}")
+        channel = await self.channel_rate.take(f"{key.platform}:{key.workspace}:{key.channel}")
         return math.ceil(max(user, channel))

@@ -58,8 +58,9 @@ def guards(settings: Settings, store: Store) -> Guards:
             settings.deny_users,
             settings.refuse_silently,
         ),
-        user_rate=RateLimiter(settings.user_rate_per_minute),
-        channel_rate=RateLimiter(settings.channel_rate_per_minute),
+        # Buckets live in the store, so replicas sharing a database share the caps.
+        user_rate=RateLimiter(settings.user_rate_per_minute, name="user", buckets=store),
+        channel_rate=RateLimiter(settings.channel_rate_per_minute, name="channel", buckets=store),
         gate=ConcurrencyGate(settings.max_concurrent_calls, settings.max_queued_calls),
         accounting=Accounting(
             store,

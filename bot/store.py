@@ -1,7 +1,8 @@
 """The storage seam: what the core needs from a database, whichever engine holds it.
 
-SQLite (``bot.store_sqlite``) is the embedded default. A second engine implements the same
-:class:`Store` protocol and passes the same contract tests (``tests/test_store.py``).
+SQLite (``bot.store_sqlite``) is the embedded default; PostgreSQL (``bot.store_postgres``) serves several replicas
+sharing one database. Both implement the :class:`Store` protocol and pass the same contract tests
+(``tests/test_store.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 
 Role = Literal["user", "assistant"]
@@ -125,6 +125,13 @@ class Store(Protocol):
 
     async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None: ...
 
+    async def take_token(self, bucket: str, capacity: float, per_second: float) -> float:
+        """Spend one token of a rate-limit bucket that refills ``per_second`` up to ``capacity``.
+
+        Returns 0 when there was one, else the seconds until there is.
+        """
+        ...
+
     def conversation_lock(self, key: ConversationKey) -> AbstractAsyncContextManager[None]:
         """A lock that serialises turns of one conversation across processes sharing this database.
 
@@ -139,11 +146,24 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-async def open_store(url: str) -> Store:
-    """Open the database ``TEAMBOT_DB`` names: a SQLite path (or ``sqlite:///path``)."""
-    if url.startswith(("postgres://", "postgresql://")):
-        raise ConfigError("TEAMBOT_DB: PostgreSQL is not supported yet; use a SQLite file path")
+async def open_store(url: str, *, pool_size: int = 10, migrate: bool = True) -> Store:
+    """Open the database ``TEAMBOT_DB`` names: a SQLite path (or ``sqlite:///path``), or a PostgreSQL URL.
+
+    ``migrate`` brings the schema up to date first; without it, an out-of-date PostgreSQL schema is refused
+    (SQLite, embedded and single-process, always migrates).
+    """
+    if is_postgres(url):
+        from bot.store_postgres import PostgresStore
+
+        return await PostgresStore.open(url, pool_size=pool_size, migrate=migrate)
     from bot.store_sqlite import SQLiteStore
 
-    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
-    return await SQLiteStore.open(path)
+    return await SQLiteStore.open(sqlite_path(url))
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgres://", "postgresql://"))
+
+
+def sqlite_path(url: str) -> str:
+    return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url

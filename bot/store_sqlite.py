@@ -17,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 
 from bot.errors import ConfigError
+from bot.limits import TokenBuckets
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store import ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal
 
@@ -109,6 +110,8 @@ class SQLiteStore:
         self._write_lock = asyncio.Lock()
         self._conversation_ids: dict[str, int] = {}
         self._channel_settings: dict[tuple[str, str, str], ChannelSettings] = {}
+        # A SQLite file has one process (its writer lock is per machine): rate buckets need not be written down.
+        self._buckets = TokenBuckets()
         self.path = path
 
     @classmethod
@@ -343,6 +346,9 @@ class SQLiteStore:
                 (key.platform, key.workspace, key.channel, settings.system_prompt, settings.model),
             )
         self._channel_settings[(key.platform, key.workspace, key.channel)] = settings
+
+    async def take_token(self, bucket: str, capacity: float, per_second: float) -> float:
+        return await self._buckets.take_token(bucket, capacity, per_second)
 
     def conversation_lock(self, key: ConversationKey) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()

@@ -20,7 +20,7 @@ from bot.commands import CommandContext, CommandPolicy, Commands
 from bot.conversation import ConversationCore, TurnSettings
 from bot.guards import AccessPolicy, Guards
 from bot.keys import KeySource
-from bot.limits import ConcurrencyGate, RateLimiter
+from bot.limits import ConcurrencyGate, RateLimiter, TokenBuckets
 from bot.llm import ChatClient, Endpoint, RetryPolicy
 from bot.messages import ConversationKey, IncomingMessage, ReplyKind
 from bot.pricing import PriceTable
@@ -218,7 +218,7 @@ async def test_usage_report_for_channel_person_and_workspace(tmp_path, fake, cou
 
 async def test_rate_limit_per_user_with_an_injected_clock(tmp_path, fake, counter) -> None:
     clock = Clock(0)
-    async with make_bot(tmp_path, fake, counter, user_rate=RateLimiter(2, clock=clock)) as b:
+    async with make_bot(tmp_path, fake, counter, user_rate=RateLimiter(2, buckets=TokenBuckets(clock=clock))) as b:
         assert [(await b.ask()).kind for _ in range(2)] == [ReplyKind.ANSWER] * 2
         slowed = await b.ask()
         assert slowed.kind is ReplyKind.REFUSED and slowed.text == texts.SLOW_DOWN.format(seconds=30)
@@ -230,7 +230,7 @@ async def test_rate_limit_per_user_with_an_injected_clock(tmp_path, fake, counte
 
 async def test_rate_limit_per_channel(tmp_path, fake, counter) -> None:
     clock = Clock(0)
-    async with make_bot(tmp_path, fake, counter, channel_rate=RateLimiter(1, clock=clock)) as b:
+    async with make_bot(tmp_path, fake, counter, channel_rate=RateLimiter(1, buckets=TokenBuckets(clock=clock))) as b:
         await b.ask(user="U1")
         assert (await b.ask(user="U2")).kind is ReplyKind.REFUSED
         assert (await b.ask(user="U2", key=ConversationKey("slack", "T1", "C2"))).kind is ReplyKind.ANSWER

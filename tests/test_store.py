@@ -1,4 +1,7 @@
-"""The storage contract, on real SQLite files. A second engine must pass the same tests."""
+"""The storage contract, run against both engines: a real SQLite file and a real PostgreSQL database.
+
+Tests that take ``store`` run on both; the few about one engine's own files and schema bookkeeping say so.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,15 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage, Usage
-from bot.store import Store, open_store
-from bot.store_sqlite import MIGRATIONS
+from bot.store import ChannelSettings, Store, UsageRecord, UsageScope, UsageTotal, open_store
+from bot.store_postgres import PostgresStore
+from bot.store_sqlite import MIGRATIONS, SQLiteStore
 
 A = ConversationKey("slack", "T1", "C1")
 B = ConversationKey("slack", "T1", "C1", "1700000000.000100")
@@ -22,11 +27,29 @@ def incoming(key: ConversationKey, n: int, text: str = "") -> IncomingMessage:
     return IncomingMessage(key, f"{key}:{n}", "U1", "Ada", text or f"message {n}")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a database lives, on each engine in turn."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "teambot.db")
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await open_store(str(tmp_path / "teambot.db"))
+async def store(url: str) -> AsyncIterator[Store]:
+    s = await open_store(url)
     yield s
     await s.close()
+
+
+async def rows(store: Store, query: str) -> list[tuple[Any, ...]]:
+    """Read the engine's tables directly, past the store, to see what really is on disk."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as db:
+            return [tuple(r) for r in db.execute(query)]
+    assert isinstance(store, PostgresStore)
+    async with store.connection() as conn:
+        return [tuple(r) for r in await conn.fetch(query)]
 
 
 async def test_migrates_an_empty_file_to_the_latest_version(tmp_path: Path) -> None:
@@ -40,15 +63,14 @@ async def test_migrates_an_empty_file_to_the_latest_version(tmp_path: Path) -> N
     assert {"conversations", "messages", "handled_messages"} <= tables
 
 
-async def test_reopening_does_not_migrate_again_and_keeps_data(tmp_path: Path) -> None:
-    path = str(tmp_path / "t.db")
-    s = await open_store(path)
+async def test_reopening_does_not_migrate_again_and_keeps_data(url: str) -> None:
+    s = await open_store(url)
     row = await s.begin_turn(incoming(A, 1), 10)
     assert row is not None
     await s.add_reply(A, "hi Ada", 5, reply_to=row, usage=Usage(10, 3), model="m", complete=True)
     await s.close()
 
-    s = await open_store(path)
+    s = await open_store(url)
     try:
         history = await s.load_history(A, 10_000, before=10**9)
         assert [(m.role, m.author_name, m.content) for m in history] == [
@@ -118,7 +140,7 @@ async def test_history_excludes_the_current_message_and_pages_past_one_query(sto
     assert history[0].content == "message 0" and history[-1].content == "message 198"
 
 
-async def test_reset_deletes_from_disk_and_counts(store: Store, tmp_path: Path) -> None:
+async def test_reset_deletes_from_disk_and_counts(store: Store) -> None:
     for n in range(3):
         row = await store.begin_turn(incoming(A, n), 10)
         assert row is not None
@@ -129,8 +151,7 @@ async def test_reset_deletes_from_disk_and_counts(store: Store, tmp_path: Path) 
     assert await store.load_history(A, 10_000, before=10**9) == []
     assert await store.count_messages(other) == 1
     assert await store.reset(A) == 0
-    with sqlite3.connect(tmp_path / "teambot.db") as db:
-        assert db.execute("SELECT count(*) FROM messages WHERE content LIKE 'reply %'").fetchone()[0] == 0
+    assert await rows(store, "SELECT count(*) FROM messages WHERE content LIKE 'reply %'") == [(0,)]
 
 
 async def test_resetting_a_thread_keeps_its_channel_and_resetting_the_channel_covers_threads(store: Store) -> None:
@@ -150,16 +171,17 @@ async def test_a_reset_conversation_still_refuses_redelivered_messages(store: St
     assert await store.begin_turn(incoming(A, 1), 10) is None
 
 
-async def test_reply_records_usage_and_completeness(store: Store, tmp_path: Path) -> None:
+async def test_reply_records_usage_and_completeness(store: Store) -> None:
     row = await store.begin_turn(incoming(A, 1), 10)
     assert row is not None
     await store.add_reply(A, "partial", 3, reply_to=row, usage=Usage(12, 2, exact=False), model=None, complete=False)
-    with sqlite3.connect(tmp_path / "teambot.db") as db:
-        got = db.execute(
-            "SELECT role, reply_to, complete, prompt_tokens, completion_tokens, usage_exact FROM messages "
-            "WHERE role = 'assistant'"
-        ).fetchone()
-    assert got == ("assistant", row, 0, 12, 2, 0)
+    [got] = await rows(
+        store,
+        "SELECT role, reply_to, complete, prompt_tokens, completion_tokens, usage_exact FROM messages "
+        "WHERE role = 'assistant'",
+    )
+    role, reply_to, complete, prompt, completion, exact = got
+    assert (role, reply_to, bool(complete), prompt, completion, bool(exact)) == ("assistant", row, False, 12, 2, False)
 
 
 async def test_concurrent_writers_from_many_coroutines_all_land(store: Store) -> None:
@@ -169,7 +191,8 @@ async def test_concurrent_writers_from_many_coroutines_all_land(store: Store) ->
     assert counts == [10] * 20
 
 
-async def test_a_second_process_holding_the_write_lock_is_waited_out(store: Store, tmp_path: Path) -> None:
+async def test_a_second_process_holding_the_write_lock_is_waited_out(tmp_path: Path) -> None:
+    store = await open_store(str(tmp_path / "teambot.db"))
     other = sqlite3.connect(tmp_path / "teambot.db", isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     pending = asyncio.ensure_future(store.begin_turn(incoming(A, 1), 10))
@@ -178,3 +201,55 @@ async def test_a_second_process_holding_the_write_lock_is_waited_out(store: Stor
     other.execute("COMMIT")
     other.close()
     assert await asyncio.wait_for(pending, 5) is not None
+    await store.close()
+
+
+async def test_usage_is_summed_per_scope_since_a_time(store: Store) -> None:
+    def record(at: float, channel: str, user: str, tokens: int, *, priced: bool = True) -> UsageRecord:
+        return UsageRecord(
+            at, ConversationKey("slack", "T1", channel), user, "m", tokens, 1, True, tokens / 100, priced
+        )
+
+    ledger = [record(10, "C1", "U1", 9), record(20, "C1", "U2", 19), record(30, "C2", "U1", 29, priced=False)]
+    for n, entry in enumerate(ledger):
+        row = await store.begin_turn(incoming(entry.key, n), 1)
+        assert row is not None
+        await store.add_reply(entry.key, "ok", 1, reply_to=row, usage=None, model="m", complete=True, ledger=entry)
+    workspace = UsageScope("slack", "T1")
+    assert await store.usage_since(workspace, 0) == UsageTotal(3, 60, pytest.approx(0.57), all_priced=False)
+    assert await store.usage_since(workspace, 15) == UsageTotal(2, 50, pytest.approx(0.48), all_priced=False)
+    assert await store.usage_since(UsageScope("slack", "T1", channel="C1"), 0) == UsageTotal(2, 30, pytest.approx(0.28))
+    assert await store.usage_since(UsageScope("slack", "T1", user_id="U1"), 0) == UsageTotal(
+        2, 40, pytest.approx(0.38), all_priced=False
+    )
+    assert await store.usage_since(UsageScope("slack", "T2"), 0) == UsageTotal()
+
+
+async def test_the_soft_cap_warning_is_claimed_once_per_scope_and_period(store: Store) -> None:
+    claims = await asyncio.gather(*(store.claim_warning("slack:T1", 1000.0) for _ in range(5)))
+    assert sorted(claims) == [False] * 4 + [True]
+    assert await store.claim_warning("slack:T1", 2000.0) is True
+    assert await store.claim_warning("slack:T2", 1000.0) is True
+
+
+async def test_channel_settings_are_kept_per_channel_and_cover_threads(store: Store) -> None:
+    assert await store.channel_settings(A) == ChannelSettings()
+    await store.set_channel_settings(A, ChannelSettings("Be brief.", "gpt-x"))
+    assert await store.channel_settings(B) == ChannelSettings("Be brief.", "gpt-x")
+    await store.set_channel_settings(A, ChannelSettings(None, "gpt-y"))
+    assert await store.channel_settings(A) == ChannelSettings(None, "gpt-y")
+    assert await store.channel_settings(ConversationKey("slack", "T1", "C2")) == ChannelSettings()
+
+
+async def test_rate_buckets_allow_a_burst_then_say_how_long_to_wait(store: Store) -> None:
+    per_second = 2 / 60
+    assert [await store.take_token("user:U1", 2, per_second) for _ in range(2)] == [0, 0]
+    wait = await store.take_token("user:U1", 2, per_second)
+    assert 29 < wait <= 30
+    assert await store.take_token("user:U2", 2, per_second) == 0
+
+
+async def test_the_conversation_lock_can_be_taken_again_once_released(store: Store) -> None:
+    for _ in range(3):
+        async with store.conversation_lock(A), store.conversation_lock(B):
+            pass

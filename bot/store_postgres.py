@@ -1,0 +1,494 @@
+"""PostgreSQL storage (asyncpg), for several replicas sharing one database.
+
+The same tables and behaviour as SQLite. What a single process could decide in memory, the database decides here:
+which platform message ids were handled (a primary key), whose turn it is in a conversation (an advisory lock),
+and how many requests a person or channel has left (a token bucket row updated in one statement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from bot.errors import ConfigError
+from bot.messages import ConversationKey, IncomingMessage, Usage
+from bot.store import ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal
+
+log = logging.getLogger(__name__)
+
+#: Each entry moves the schema one version up; the ``schema_version`` table records how far a database is.
+#: Versions 1 and 2 hold the same tables as SQLite's; version 3 adds what only replicas need.
+MIGRATIONS: Sequence[Sequence[str]] = (
+    (
+        """CREATE TABLE conversations (
+            id BIGSERIAL PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,
+            platform TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            thread TEXT,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE messages (
+            id BIGSERIAL PRIMARY KEY,
+            conversation_id BIGINT NOT NULL REFERENCES conversations(id),
+            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            author_id TEXT,
+            author_name TEXT,
+            content TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            platform_message_id TEXT,
+            reply_to BIGINT,
+            complete BOOLEAN NOT NULL DEFAULT TRUE,
+            model TEXT,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            usage_exact BOOLEAN,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX messages_by_conversation ON messages (conversation_id, id)",
+        "CREATE INDEX conversations_by_channel ON conversations (platform, workspace, channel)",
+        """CREATE TABLE handled_messages (
+            message_id TEXT PRIMARY KEY,
+            handled_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX handled_messages_by_age ON handled_messages (handled_at)",
+    ),
+    (
+        """CREATE TABLE usage (
+            id BIGSERIAL PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            platform TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            exact BOOLEAN NOT NULL,
+            cost DOUBLE PRECISION NOT NULL,
+            priced BOOLEAN NOT NULL
+        )""",
+        "CREATE INDEX usage_by_workspace ON usage (platform, workspace, at)",
+        "CREATE INDEX usage_by_channel ON usage (platform, workspace, channel, at)",
+        "CREATE INDEX usage_by_user ON usage (platform, workspace, user_id, at)",
+        """CREATE TABLE channel_settings (
+            platform TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            system_prompt TEXT,
+            model TEXT,
+            PRIMARY KEY (platform, workspace, channel)
+        )""",
+        """CREATE TABLE budget_warnings (
+            scope TEXT NOT NULL,
+            period_start DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (scope, period_start)
+        )""",
+    ),
+    (
+        """CREATE TABLE rate_buckets (
+            key TEXT PRIMARY KEY,
+            tokens DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        # One statement per request: the row lock of the upsert makes the read-refill-spend atomic across replicas,
+        # and the server's clock is the only clock, so replicas whose clocks differ still count alike.
+        """CREATE FUNCTION teambot_take_token(bucket TEXT, capacity DOUBLE PRECISION, per_second DOUBLE PRECISION)
+        RETURNS DOUBLE PRECISION LANGUAGE plpgsql AS $$
+        DECLARE
+            now_s DOUBLE PRECISION := extract(epoch FROM clock_timestamp());
+            have DOUBLE PRECISION;
+        BEGIN
+            INSERT INTO rate_buckets AS b (key, tokens, updated_at) VALUES (bucket, capacity, now_s)
+            ON CONFLICT (key) DO UPDATE
+                SET tokens = least(capacity, b.tokens + greatest(0, now_s - b.updated_at) * per_second),
+                    updated_at = now_s
+            RETURNING tokens INTO have;
+            IF have >= 1 THEN
+                UPDATE rate_buckets SET tokens = have - 1 WHERE key = bucket;
+                RETURN 0;
+            END IF;
+            RETURN (1 - have) / per_second;
+        END
+        $$""",
+        "CREATE INDEX rate_buckets_by_age ON rate_buckets (updated_at)",
+    ),
+)
+
+#: How long a handled message id is remembered; platforms redeliver within minutes, not days.
+HANDLED_RETENTION_S = 7 * 24 * 3600
+#: No stored message counts fewer tokens than the chat format's own overhead plus one.
+MIN_MESSAGE_TOKENS = 5
+#: advisory lock namespaces (the first key of pg_advisory_lock(int, int)), so ours never meet another app's.
+_MIGRATION_LOCK = 0x7EB0
+_CONVERSATION_LOCK = 0x7EB1
+#: How long a turn waits between tries for a conversation another replica is answering: short first, then longer.
+_LOCK_POLL_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+_CONNECT_TIMEOUT_S = 10.0
+
+
+class PostgresStore:
+    """The :class:`bot.store.Store` on a PostgreSQL database shared by any number of teambot processes."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._conversation_ids: dict[str, int] = {}
+        # Conversation locks live on one connection of their own: a turn holds its lock while it waits for the
+        # model, and a pooled connection held that long would starve the queries of the turns it waits for.
+        self._lock_conn: asyncpg.Connection | None = None
+        self._lock_conn_guard = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True) -> PostgresStore:
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=pool_size, timeout=_CONNECT_TIMEOUT_S, command_timeout=60
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise ConfigError(f"TEAMBOT_DB: cannot connect to PostgreSQL at {describe(dsn)}: {_reason(exc)}") from None
+        store = cls(pool, dsn)
+        try:
+            if migrate:
+                await store.migrate()
+            else:
+                await store._require_current_schema()
+            await store._forget_old_handled()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def schema_version(self) -> int:
+        async with self._pool.acquire() as conn:
+            return await _version(conn)
+
+    async def migrate(self) -> int:
+        """Bring the schema up to date; returns the version. Replicas starting together migrate once."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = await _version(conn)
+            _refuse_newer(version, len(MIGRATIONS))
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute("DELETE FROM schema_version")
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
+                log.info("database migrated to schema version %d", number)
+            return len(MIGRATIONS)
+
+    async def _require_current_schema(self) -> None:
+        version = await self.schema_version()
+        _refuse_newer(version, len(MIGRATIONS))
+        if version < len(MIGRATIONS):
+            raise ConfigError(
+                f"TEAMBOT_DB: the database is at schema version {version}, this teambot needs {len(MIGRATIONS)}; "
+                "run 'teambot db migrate'"
+            )
+
+    async def ping(self) -> bool:
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                return await conn.fetchval("SELECT 1") == 1
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+
+    async def close(self) -> None:
+        if self._lock_conn is not None and not self._lock_conn.is_closed():
+            await self._lock_conn.close()
+        await self._pool.close()
+
+    async def _conversation_id(self, conn: asyncpg.Connection, key: ConversationKey) -> int:
+        text = str(key)
+        cached = self._conversation_ids.get(text)
+        if cached is not None:
+            return cached
+        # DO UPDATE (a no-op change) rather than DO NOTHING so RETURNING yields the row that already exists.
+        found = await conn.fetchval(
+            "INSERT INTO conversations (key, platform, workspace, channel, thread, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO UPDATE SET key = excluded.key RETURNING id",
+            text,
+            key.platform,
+            key.workspace,
+            key.channel,
+            key.thread,
+            time.time(),
+        )
+        self._conversation_ids[text] = int(found)
+        return int(found)
+
+    async def _existing_conversation_id(self, conn: asyncpg.Connection, key: ConversationKey) -> int | None:
+        text = str(key)
+        if text in self._conversation_ids:
+            return self._conversation_ids[text]
+        found = await conn.fetchval("SELECT id FROM conversations WHERE key = $1", text)
+        if found is None:
+            return None
+        self._conversation_ids[text] = int(found)
+        return int(found)
+
+    async def begin_turn(self, msg: IncomingMessage, tokens: int) -> int | None:
+        now = time.time()
+        async with self._pool.acquire() as conn:
+            conversation = await self._conversation_id(conn, msg.key)
+            # One statement, so one transaction: the message is stored only if this process claimed its id. A
+            # second replica inserting the same id waits for this one to commit, then claims nothing.
+            row = await conn.fetchval(
+                "WITH claimed AS ("
+                "  INSERT INTO handled_messages (message_id, handled_at) VALUES ($1, $2)"
+                "  ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
+                ") INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
+                "platform_message_id, created_at) "
+                "SELECT $3, 'user', $4, $5, $6, $7, message_id, $2 FROM claimed RETURNING id",
+                msg.message_id,
+                now,
+                conversation,
+                msg.author_id,
+                msg.author_name,
+                msg.text,
+                tokens,
+            )
+        return None if row is None else int(row)
+
+    async def add_reply(
+        self,
+        key: ConversationKey,
+        text: str,
+        tokens: int,
+        *,
+        reply_to: int,
+        usage: Usage | None,
+        model: str | None,
+        complete: bool,
+        ledger: UsageRecord | None = None,
+    ) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            conversation = await self._conversation_id(conn, key)
+            row = await conn.fetchval(
+                "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
+                "prompt_tokens, completion_tokens, usage_exact, created_at) "
+                "VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                conversation,
+                text,
+                tokens,
+                reply_to,
+                complete,
+                model,
+                usage.prompt_tokens if usage else None,
+                usage.completion_tokens if usage else None,
+                usage.exact if usage else None,
+                time.time(),
+            )
+            if ledger is not None:
+                await conn.execute(
+                    "INSERT INTO usage (at, platform, workspace, channel, user_id, model, prompt_tokens, "
+                    "completion_tokens, exact, cost, priced) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    ledger.at,
+                    ledger.key.platform,
+                    ledger.key.workspace,
+                    ledger.key.channel,
+                    ledger.user_id,
+                    ledger.model,
+                    ledger.prompt_tokens,
+                    ledger.completion_tokens,
+                    ledger.exact,
+                    ledger.cost,
+                    ledger.priced,
+                )
+            return int(row)
+
+    async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
+        if token_budget <= 0:
+            return []
+        async with self._pool.acquire() as conn:
+            conversation = await self._existing_conversation_id(conn, key)
+            if conversation is None:
+                return []
+            # As in SQLite: only the newest budget/MIN rows can fit, so the index walk stops there, and the
+            # running sum keeps the newest run that fits, without a hole.
+            rows = await conn.fetch(
+                "SELECT id, role, author_name, content, tokens, created_at FROM ("
+                "  SELECT *, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running FROM ("
+                "    SELECT id, role, author_name, content, tokens, created_at FROM messages"
+                "    WHERE conversation_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+                "  ) newest"
+                ") fitted WHERE running <= $4 ORDER BY id",
+                conversation,
+                before,
+                token_budget // MIN_MESSAGE_TOKENS + 1,
+                token_budget,
+            )
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def reset(self, key: ConversationKey) -> int:
+        if key.thread:
+            where, args = "key = $1", (str(key),)
+        else:
+            # A channel's reset covers the threads under it.
+            where, args = (
+                "platform = $1 AND workspace = $2 AND channel = $3",
+                (key.platform, key.workspace, key.channel),
+            )
+        async with self._pool.acquire() as conn:
+            status = await conn.execute(
+                f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE {where})", *args
+            )
+        return _count(status)
+
+    async def count_messages(self, key: ConversationKey) -> int:
+        async with self._pool.acquire() as conn:
+            conversation = await self._existing_conversation_id(conn, key)
+            if conversation is None:
+                return 0
+            return int(await conn.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", conversation))
+
+    async def forget_message(self, row: int) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute("DELETE FROM messages WHERE id = $1", row)
+
+    async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
+        where = ["platform = $1", "workspace = $2", "at >= $3"]
+        args: list[object] = [scope.platform, scope.workspace, since]
+        if scope.channel is not None:
+            args.append(scope.channel)
+            where.append(f"channel = ${len(args)}")
+        if scope.user_id is not None:
+            args.append(scope.user_id)
+            where.append(f"user_id = ${len(args)}")
+        query = (
+            "SELECT count(*), coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost), 0), "
+            f"coalesce(bool_and(priced), true) FROM usage WHERE {' AND '.join(where)}"
+        )
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(query, *args)
+        assert row is not None
+        return UsageTotal(calls=int(row[0]), tokens=int(row[1]), cost=float(row[2]), all_priced=bool(row[3]))
+
+    async def claim_warning(self, scope: str, period_start: float) -> bool:
+        async with self._pool.acquire() as conn:
+            status = await conn.execute(
+                "INSERT INTO budget_warnings (scope, period_start) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                scope,
+                period_start,
+            )
+        return _count(status) == 1
+
+    async def channel_settings(self, key: ConversationKey) -> ChannelSettings:
+        # Not cached, unlike SQLite: another replica may have changed them.
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT system_prompt, model FROM channel_settings WHERE platform = $1 AND workspace = $2 "
+                "AND channel = $3",
+                key.platform,
+                key.workspace,
+                key.channel,
+            )
+        return ChannelSettings(row[0], row[1]) if row else ChannelSettings()
+
+    async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (platform, workspace, channel) "
+                "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model",
+                key.platform,
+                key.workspace,
+                key.channel,
+                settings.system_prompt,
+                settings.model,
+            )
+
+    async def take_token(self, bucket: str, capacity: float, per_second: float) -> float:
+        async with self._pool.acquire() as conn:
+            return float(await conn.fetchval("SELECT teambot_take_token($1, $2, $3)", bucket, capacity, per_second))
+
+    @contextlib.asynccontextmanager
+    async def conversation_lock(self, key: ConversationKey) -> AsyncIterator[None]:
+        name = str(key)
+        # Polling with try-lock, not a blocking pg_advisory_lock: every turn of this process shares one lock
+        # connection, and a blocking call would hold it for all of them.
+        for delay in itertools.chain(_LOCK_POLL_S, itertools.repeat(_LOCK_POLL_S[-1])):
+            if await self._lock_call("SELECT pg_try_advisory_lock($1, hashtext($2))", name):
+                break
+            await asyncio.sleep(delay)
+        try:
+            yield
+        finally:
+            try:
+                await self._lock_call("SELECT pg_advisory_unlock($1, hashtext($2))", name)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # The lock went with its connection (the server releases a closed session's locks).
+                log.warning("could not release the lock of %s: %s", name, _reason(exc))
+
+    async def _lock_call(self, query: str, name: str) -> bool:
+        async with self._lock_conn_guard:
+            for attempt in (1, 2):
+                if self._lock_conn is None or self._lock_conn.is_closed():
+                    self._lock_conn = await asyncpg.connect(self._dsn, timeout=_CONNECT_TIMEOUT_S)
+                try:
+                    return bool(await self._lock_conn.fetchval(query, _CONVERSATION_LOCK, name))
+                except (OSError, asyncpg.InterfaceError, asyncpg.AdminShutdownError) as exc:
+                    # The session ended (server restart, a terminated backend): its locks are gone with it, and
+                    # a new session is as good as the old one. Once; a second failure is the caller's to see.
+                    log.warning("the lock connection to PostgreSQL was lost (%s); reconnecting", _reason(exc))
+                    self._lock_conn.terminate()
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    async def _forget_old_handled(self) -> None:
+        async with self._pool.acquire() as conn:
+            cutoff = time.time() - HANDLED_RETENTION_S
+            await conn.execute("DELETE FROM handled_messages WHERE handled_at < $1", cutoff)
+            # A bucket idle for a day is full again; its row says nothing a missing row would not.
+            await conn.execute("DELETE FROM rate_buckets WHERE updated_at < $1", time.time() - 86_400)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, for ``teambot db`` commands that move data in bulk."""
+        async with self._pool.acquire() as conn:
+            yield conn
+
+
+async def _version(conn: asyncpg.Connection) -> int:
+    exists = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+
+
+def _refuse_newer(version: int, known: int) -> None:
+    if version > known:
+        raise ConfigError(
+            f"TEAMBOT_DB: the database is at schema version {version}, newer than this teambot ({known}); "
+            "upgrade teambot"
+        )
+
+
+def _count(status: str) -> int:
+    """The row count of a command tag such as ``DELETE 3`` or ``INSERT 0 1``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def describe(dsn: str) -> str:
+    """Host, port and database of a connection URL, never its user or password."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path or ''}"
+
+
+def _reason(exc: BaseException) -> str:
+    # asyncpg's messages name the user and database, never the password; OSError's name the address.
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

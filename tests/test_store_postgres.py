@@ -1,0 +1,157 @@
+"""What only PostgreSQL has to get right: its schema bookkeeping, and several processes sharing one database.
+
+Each "replica" here is a store of its own with its own pool and lock connection, as a second process would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from bot.errors import ConfigError
+from bot.messages import ConversationKey, IncomingMessage
+from bot.store import Store, open_store
+from bot.store_postgres import MIGRATIONS
+from tests.postgres_server import PostgresServer
+
+A = ConversationKey("slack", "T1", "C1")
+
+
+def incoming(n: int) -> IncomingMessage:
+    return IncomingMessage(A, f"m{n}", "U1", "Ada", f"message {n}")
+
+
+@pytest.fixture
+async def replicas(postgres_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    first, second = await asyncio.gather(open_store(postgres_url), open_store(postgres_url))
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+async def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
+    stores = await asyncio.gather(*(open_store(postgres_url) for _ in range(4)))
+    for s in stores:
+        await s.close()
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        assert await conn.fetch("SELECT version FROM schema_version") == [(len(MIGRATIONS),)]
+    finally:
+        await conn.close()
+
+
+async def test_a_newer_schema_is_refused_with_a_clear_message(postgres_url: str) -> None:
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        await conn.execute("INSERT INTO schema_version VALUES ($1)", len(MIGRATIONS) + 1)
+    finally:
+        await conn.close()
+    with pytest.raises(ConfigError, match="newer than this teambot"):
+        await open_store(postgres_url)
+
+
+async def test_without_migrating_an_old_schema_is_refused_and_names_the_command(postgres_url: str) -> None:
+    with pytest.raises(ConfigError, match="teambot db migrate"):
+        await open_store(postgres_url, migrate=False)
+    store = await open_store(postgres_url)
+    await store.close()
+    store = await open_store(postgres_url, migrate=False)
+    await store.close()
+
+
+async def test_an_unreachable_server_is_one_clear_line_without_the_password(postgres_server: PostgresServer) -> None:
+    closed_port = postgres_server.port + 1 if postgres_server.port < 65535 else 1
+    url = f"postgresql://teambot:hunter2secret@127.0.0.1:{closed_port}/teambot"
+    with pytest.raises(ConfigError) as caught:
+        await open_store(url)
+    message = str(caught.value)
+    assert message.startswith("TEAMBOT_DB: cannot connect to PostgreSQL at 127.0.0.1:")
+    assert "hunter2secret" not in message and "\n" not in message
+
+
+async def test_a_message_reaching_two_replicas_at_once_is_claimed_by_one(replicas: tuple[Store, Store]) -> None:
+    first, second = replicas
+    for n in range(50):
+        results = await asyncio.gather(first.begin_turn(incoming(n), 10), second.begin_turn(incoming(n), 10))
+        assert sum(r is not None for r in results) == 1, f"message {n} was claimed {results}"
+    assert await first.count_messages(A) == 50
+
+
+async def test_a_conversation_locked_by_one_replica_waits_in_the_other(replicas: tuple[Store, Store]) -> None:
+    first, second = replicas
+    order: list[str] = []
+    held, released = asyncio.Event(), asyncio.Event()
+
+    async def hold_in_first() -> None:
+        async with first.conversation_lock(A):
+            order.append("first in")
+            held.set()
+            await released.wait()
+            order.append("first out")
+
+    holder = asyncio.create_task(hold_in_first())
+    await asyncio.wait_for(held.wait(), 5)
+
+    async def enter_second() -> None:
+        async with second.conversation_lock(A):
+            order.append("second in")
+
+    waiter = asyncio.create_task(enter_second())
+    # Another conversation is not held up by it.
+    async with asyncio.timeout(2), second.conversation_lock(ConversationKey("slack", "T1", "C2")):
+        pass
+    await asyncio.sleep(0.3)
+    assert order == ["first in"], "the second replica entered a conversation the first one held"
+    released.set()
+    await asyncio.wait_for(asyncio.gather(holder, waiter), 5)
+    assert order == ["first in", "first out", "second in"]
+
+
+async def test_a_replica_whose_session_dies_holding_a_lock_releases_it_and_recovers(
+    replicas: tuple[Store, Store], postgres_url: str
+) -> None:
+    doomed, survivor = replicas
+    holding = asyncio.Event()
+
+    async def turn_in_doomed() -> None:
+        async with doomed.conversation_lock(A):
+            holding.set()
+            await asyncio.Event().wait()
+
+    turn = asyncio.create_task(turn_in_doomed())
+    await asyncio.wait_for(holding.wait(), 5)
+    waiter = asyncio.create_task(_enter(survivor))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    # As when a replica is SIGKILLed or its network drops: the server ends the session and its locks with it.
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        ended = await admin.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+    finally:
+        await admin.close()
+    assert [tuple(r) for r in ended] == [(True,)]
+    await asyncio.wait_for(waiter, 5)
+    turn.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await turn
+    # The replica whose session died takes locks again on a new one.
+    await asyncio.wait_for(_enter(doomed), 5)
+
+
+async def _enter(store: Store) -> None:
+    async with store.conversation_lock(A):
+        pass
+
+
+async def test_rate_buckets_are_shared_by_replicas(replicas: tuple[Store, Store]) -> None:
+    first, second = replicas
+    per_second = 3 / 60
+    waits = [await store.take_token("user:slack:T1:U1", 3, per_second) for store in (first, second, first, second)]
+    assert waits[:3] == [0, 0, 0]
+    assert 19 < waits[3] <= 20
