@@ -18,6 +18,7 @@ from bot.errors import ConfigError
 from bot.logcontext import TurnFilter
 from bot.redact import RedactingFilter
 from bot.runtime import open_core
+from bot.store import describe_db, is_postgres, open_store
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("check", help="check the settings, the model endpoint and the platform tokens")
     console = commands.add_parser("console", help="chat with the bot in this terminal")
     console.add_argument("--name", default=None, help="your name in the conversation (default: your login)")
+    db = commands.add_parser("db", help="database upkeep: migrate the schema, copy SQLite history into PostgreSQL")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    db_commands.add_parser("migrate", help="bring the schema of TEAMBOT_DB up to date")
+    copy = db_commands.add_parser("copy", help="copy a SQLite file's history into the PostgreSQL of TEAMBOT_DB")
+    copy.add_argument("--from", dest="source", required=True, type=Path, help="the SQLite file to copy")
+    copy.add_argument("--to", dest="target", default=None, help="a PostgreSQL URL (default: TEAMBOT_DB)")
     return parser
 
 
@@ -110,6 +117,31 @@ async def _check(settings: Settings) -> bool:
     return all(r.ok for r in results)
 
 
+async def _db(settings: Settings, args: argparse.Namespace) -> None:
+    if args.db_command == "migrate":
+        store = await open_store(settings.db, pool_size=1)
+        try:
+            version = await store.schema_version()
+        finally:
+            await store.close()
+        print(f"teambot: database {describe_db(settings.db)} is at schema version {version}", flush=True)
+        return
+    from bot.db_copy import copy_sqlite_to_postgres
+    from bot.store_postgres import PostgresStore
+
+    target = args.target or settings.db
+    if not is_postgres(target):
+        raise ConfigError("db copy: the target (--to or TEAMBOT_DB) must be a postgresql:// URL")
+    store = await open_store(target, pool_size=2)
+    assert isinstance(store, PostgresStore)
+    try:
+        counts = await copy_sqlite_to_postgres(str(args.source), store)
+    finally:
+        await store.close()
+    summary = ", ".join(f"{count:,} {table}" for table, count in counts.items())
+    print(f"teambot: copied {summary} from {args.source} to {describe_db(target)}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
@@ -119,6 +151,10 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(_console(settings, args.name or _login_name()))
         elif args.command == "check":
             raise SystemExit(0 if asyncio.run(_check(settings)) else 1)
+        elif args.command == "db":
+            if args.db_command == "copy" and not args.source.is_file():
+                raise ConfigError(f"db copy: {str(args.source)!r} is not a SQLite file")
+            asyncio.run(_db(settings, args))
         else:
             asyncio.run(_run(settings))
     except ConfigError as exc:

@@ -80,7 +80,7 @@ def commands(settings: Settings, core: ConversationCore) -> Commands:
 async def open_core(settings: Settings, counter: TokenCounter | None = None) -> AsyncIterator[ConversationCore]:
     """The core and everything it owns, closed again on exit."""
     settings.require_model_access()
-    store = await open_store(settings.db)
+    store = await open_store(settings.db, pool_size=settings.db_pool_size)
     try:
         timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
 from bot.messages import ConversationKey, IncomingMessage, Usage
 
@@ -139,6 +140,10 @@ class Store(Protocol):
         """
         ...
 
+    async def schema_version(self) -> int:
+        """How far the database's schema has been migrated."""
+        ...
+
     async def ping(self) -> bool:
         """True while the database answers (for ``/readyz``)."""
         ...
@@ -167,3 +172,12 @@ def is_postgres(url: str) -> bool:
 
 def sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+
+
+def describe_db(url: str) -> str:
+    """Where the database is, for messages: a file path, or host, port and name, never a password."""
+    if not is_postgres(url):
+        return sqlite_path(url)
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.hostname or 'localhost'}{port}{parts.path}"

@@ -13,13 +13,12 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from urllib.parse import urlsplit
 
 import asyncpg
 
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage, Usage
-from bot.store import ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal
+from bot.store import ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal, describe_db
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +153,9 @@ class PostgresStore:
                 dsn, min_size=1, max_size=pool_size, timeout=_CONNECT_TIMEOUT_S, command_timeout=60
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise ConfigError(f"TEAMBOT_DB: cannot connect to PostgreSQL at {describe(dsn)}: {_reason(exc)}") from None
+            raise ConfigError(
+                f"TEAMBOT_DB: cannot connect to PostgreSQL at {describe_db(dsn)}: {_reason(exc)}"
+            ) from None
         store = cls(pool, dsn)
         try:
             if migrate:
@@ -477,14 +478,6 @@ def _refuse_newer(version: int, known: int) -> None:
 def _count(status: str) -> int:
     """The row count of a command tag such as ``DELETE 3`` or ``INSERT 0 1``."""
     return int(status.rsplit(" ", 1)[-1])
-
-
-def describe(dsn: str) -> str:
-    """Host, port and database of a connection URL, never its user or password."""
-    parts = urlsplit(dsn)
-    host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{host}{port}{parts.path or ''}"
 
 
 def _reason(exc: BaseException) -> str:

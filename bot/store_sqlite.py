@@ -129,6 +129,11 @@ class SQLiteStore:
         await store._forget_old_handled()
         return store
 
+    async def schema_version(self) -> int:
+        async with self._reader.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def ping(self) -> bool:
         try:
             return list(await self._reader.execute_fetchall("SELECT 1")) == [(1,)]

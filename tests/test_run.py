@@ -3,97 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import socket
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.bot_process import scrape, start_bot
 from tests.fakes.openai import FakeOpenAI
-from tests.fakes.slack import FakeSlack, event_envelope, mention, signed_headers
-
-ROOT = Path(__file__).resolve().parents[1]
-SECRET = "run-test-signing-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Bot:
-    """A ``teambot run`` subprocess in Slack HTTP mode, with its stderr collected as it comes."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
-        self.proc = proc
-        self.url = f"http://127.0.0.1:{port}"
-        self.stderr: list[str] = []
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.stderr.append(line.decode())
-
-    async def up(self, http: httpx.AsyncClient) -> None:
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    if (await http.get(f"{self.url}/healthz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                assert self.proc.returncode is None, "".join(self.stderr)
-                await asyncio.sleep(0.05)
-
-    async def send(self, http: httpx.AsyncClient, envelope: dict) -> None:
-        body = json.dumps(envelope)
-        headers = {"Content-Type": "application/json", **signed_headers(SECRET, body)}
-        assert (await http.post(f"{self.url}/slack/events", content=body, headers=headers)).status_code == 200
-
-    async def wait(self) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), 30)
-        await self._reader
-        return code
-
-
-async def scrape(http: httpx.AsyncClient, url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families((await http.get(f"{url}/metrics")).text)
-        for sample in family.samples
-    }
-
-
-async def start_bot(fake: FakeOpenAI, slack: FakeSlack, db: Path, http: httpx.AsyncClient) -> Bot:
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": str(ROOT),
-        "OPENAI_BASE_URL": fake.base_url,
-        "TEAMBOT_DB": str(db),
-        "SLACK_BOT_TOKEN": slack.bot_token,
-        "SLACK_SIGNING_SECRET": SECRET,
-        "SLACK_API_URL": slack.api_url,
-        "TEAMBOT_HTTP_HOST": "127.0.0.1",
-        "TEAMBOT_HTTP_PORT": str(port),
-        "TEAMBOT_STREAM_EDIT_INTERVAL": "0.2",
-        "TEAMBOT_LOG_LEVEL": "INFO",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", cwd=db.parent, env=env, stderr=asyncio.subprocess.PIPE
-    )
-    bot = Bot(proc, port)
-    await bot.up(http)
-    return bot
+from tests.fakes.slack import FakeSlack, event_envelope, mention
 
 
 @pytest.fixture
