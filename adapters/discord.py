@@ -59,15 +59,38 @@ class DiscordSink:
 
 
 class _Client(discord.Client):
-    def __init__(self, adapter: DiscordAdapter, intents: discord.Intents, guild_ready_timeout: float) -> None:
-        super().__init__(
-            intents=intents, allowed_mentions=discord.AllowedMentions.none(), guild_ready_timeout=guild_ready_timeout
-        )
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(**options)
         self._adapter = adapter
 
     async def setup_hook(self) -> None:
         # Runs once per start, unlike on_ready, which fires again after every reconnect.
         await self._adapter.sync_commands()
+
+
+class _ShardedClient(discord.AutoShardedClient):
+    """Several gateway connections in one process: the shards this replica runs (DMs come on shard 0)."""
+
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(**options)
+        self._adapter = adapter
+
+    async def setup_hook(self) -> None:
+        await self._adapter.sync_commands()
+
+
+def _client(
+    adapter: DiscordAdapter, settings: Settings, intents: discord.Intents, ready_timeout: float
+) -> discord.Client:
+    options: dict[str, Any] = {
+        "intents": intents,
+        "allowed_mentions": discord.AllowedMentions.none(),
+        "guild_ready_timeout": ready_timeout,
+    }
+    if settings.discord_shards is None:
+        return _Client(adapter, **options)
+    shard_ids = list(settings.discord_shard_ids) or None
+    return _ShardedClient(adapter, shard_count=settings.discord_shards, shard_ids=shard_ids, **options)
 
 
 class DiscordAdapter:
@@ -83,7 +106,7 @@ class DiscordAdapter:
         intents.guild_messages = True
         intents.dm_messages = True
         intents.message_content = settings.discord_message_content
-        self.client = _Client(self, intents, guild_ready_timeout)
+        self.client = _client(self, settings, intents, guild_ready_timeout)
         self.tree = app_commands.CommandTree(self.client)
         self._commands = commands(settings, core)
         for command in self._app_commands(settings.reset_command):

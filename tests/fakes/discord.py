@@ -2,9 +2,12 @@
 
 Point the client at it with ``fake.patch_discord()`` (sets ``discord.http.Route.BASE`` and
 ``DiscordWebSocket.DEFAULT_GATEWAY``, restored on exit). The gateway says HELLO, answers IDENTIFY with READY and a
-GUILD_CREATE per guild, acknowledges heartbeats, and replays missed events on RESUME. ``dispatch`` sends an event;
-``message_create`` and ``interaction_create`` build payloads discord.py parses. REST calls are recorded
-(``rest_calls``); messages keep their latest content (``channel_messages``); ``rate_limit`` answers 429 on demand.
+GUILD_CREATE per guild, acknowledges heartbeats, and replays missed events on RESUME. With ``shards=N`` it accepts
+one connection per shard, as Discord does: each IDENTIFY names its shard, gets the guilds whose
+``(guild_id >> 22) % N`` is that shard, and an event goes only to the connection of its guild's shard (DMs: 0).
+``dispatch`` sends an event; ``message_create`` and ``interaction_create`` build payloads discord.py parses. REST
+calls are recorded (``rest_calls``); messages keep their latest content (``channel_messages``); ``rate_limit``
+answers 429 on demand.
 
 Tested against discord.py 2.7.1 (pinned in pyproject.toml: these are internals).
 """
@@ -32,6 +35,9 @@ BOT_ID = "1000"
 APP_ID = "1000"
 GUILD_ID = "2000"
 CHANNEL_ID = "3000"
+#: A second guild, there only when the fake runs several shards: its id puts it on shard 1 of 2.
+SECOND_GUILD_ID = str(1 << 22)
+SECOND_CHANNEL_ID = str((1 << 22) + 1)
 OTHER_CHANNEL_ID = "3001"
 THREAD_ID = "3500"
 ADMIN_ROLE_ID = "2100"
@@ -74,9 +80,11 @@ class StoredMessage:
 class FakeDiscord(LoopbackServer):
     """The fake; ``async with FakeDiscord() as fake, fake.patch_discord(): ...``."""
 
-    def __init__(self, *, token: str | None = None) -> None:
+    def __init__(self, *, token: str | None = None, shards: int = 1) -> None:
         super().__init__()
         self.token = token
+        self.shards = shards
+        self.identified_shards: list[int] = []
         self.rest_calls: list[tuple[str, str, Any]] = []
         self.limited: list[tuple[str, str]] = []
         self.messages: dict[str, StoredMessage] = {}
@@ -88,9 +96,12 @@ class FakeDiscord(LoopbackServer):
         self.identify_payloads: list[dict[str, Any]] = []
         self._authorization = ""
         self._ids = itertools.count(900_000)
-        self._sequence = 0
-        self._sent: list[dict[str, Any]] = []  # every dispatch, for replay on RESUME
-        self._ready = False
+        # Per shard: its connection, its sequence numbers and what it was sent (for replay on RESUME).
+        self._sockets: dict[int, web.WebSocketResponse] = {}
+        self._sequence: dict[int, int] = {}
+        self._sent: dict[int, list[dict[str, Any]]] = {}
+        self._ready_shards: set[int] = set()
+        self._session_shards: dict[str, int] = {}
         self._limits: list[tuple[str, re.Pattern[str], float]] = []
 
     def routes(self, app: web.Application) -> None:
@@ -109,8 +120,18 @@ class FakeDiscord(LoopbackServer):
 
     # --- what tests read and do ----------------------------------------------------------------------------
 
+    @property
+    def _ready(self) -> bool:
+        return len(self._ready_shards) == self.shards
+
     async def wait_ready(self, within: float = 10.0) -> None:
         await self.wait_for(lambda: self._ready, within)
+
+    def shard_of(self, guild_id: str | None) -> int:
+        return 0 if guild_id is None else (int(guild_id) >> 22) % self.shards
+
+    def guild_ids(self) -> list[str]:
+        return [GUILD_ID, SECOND_GUILD_ID] if self.shards > 1 else [GUILD_ID]
 
     def channel_messages(self, channel_id: str) -> list[StoredMessage]:
         return [m for m in self.messages.values() if m.channel_id == channel_id]
@@ -122,19 +143,28 @@ class FakeDiscord(LoopbackServer):
         """The next ``times`` matching requests get 429 and change nothing."""
         self._limits.extend([(method, re.compile(pattern), retry_after)] * times)
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        self._sequence += 1
-        frame = {"op": 0, "t": event, "s": self._sequence, "d": data}
-        self._sent.append(frame)
-        if self._socket is not None and not self._socket.closed:
-            await self._socket.send_str(json.dumps(frame))
+    async def dispatch(self, event: str, data: dict[str, Any], *, shard: int | None = None) -> None:
+        """Send an event on its shard's connection: the one its ``guild_id`` falls on, unless ``shard`` says."""
+        shard = self.shard_of(data.get("guild_id")) if shard is None else shard
+        self._sequence[shard] = self._sequence.get(shard, 0) + 1
+        frame = {"op": 0, "t": event, "s": self._sequence[shard], "d": data}
+        self._sent.setdefault(shard, []).append(frame)
+        socket = self._sockets.get(shard)
+        if socket is not None and not socket.closed:
+            await socket.send_str(json.dumps(frame))
 
-    async def disconnect(self, code: int = 4000) -> None:
+    async def disconnect(self, code: int = 4000, *, shard: int = 0) -> None:
         """Drop the connection as Discord does on a hiccup; the client should come back with RESUME."""
-        socket, self._socket = self._socket, None
-        self._ready = False
+        socket = self._sockets.pop(shard, None)
+        self._ready_shards.discard(shard)
         if socket is not None:
             await socket.close(code=code)
+
+    async def stop(self) -> None:
+        for socket in list(self._sockets.values()):
+            if not socket.closed:
+                await socket.close()
+        await super().stop()
 
     def new_id(self) -> str:
         return str(next(self._ids))
@@ -237,12 +267,12 @@ class FakeDiscord(LoopbackServer):
             payload["guild_id"] = guild_id
         return payload
 
-    def _guild(self) -> dict[str, Any]:
+    def _guild(self, guild_id: str = GUILD_ID) -> dict[str, Any]:
         def text_channel(cid: str, name: str, position: int) -> dict[str, Any]:
             return {
                 "id": cid,
                 "type": 0,
-                "guild_id": GUILD_ID,
+                "guild_id": guild_id,
                 "name": name,
                 "position": position,
                 "permission_overwrites": [],
@@ -254,7 +284,7 @@ class FakeDiscord(LoopbackServer):
             }
 
         member = {"roles": [], "joined_at": _now(), "deaf": False, "mute": False, "flags": 0}
-        return {
+        guild = {
             "id": GUILD_ID,
             "name": "Test Guild",
             "icon": None,
@@ -326,13 +356,21 @@ class FakeDiscord(LoopbackServer):
             "voice_states": [],
             "presences": [],
         }
+        if guild_id == GUILD_ID:
+            return guild
+        return guild | {
+            "id": guild_id,
+            "name": "Second Guild",
+            "roles": [role | {"id": guild_id} for role in guild["roles"][:1]],
+            "channels": [text_channel(SECOND_CHANNEL_ID, "general", 0)],
+            "threads": [],
+        }
 
     # --- the gateway ---------------------------------------------------------------------------------------
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
-        self._socket = socket
         await socket.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None}))
         async for message in socket:
             if message.type != WSMsgType.TEXT:
@@ -350,30 +388,43 @@ class FakeDiscord(LoopbackServer):
     async def _identify(self, socket: web.WebSocketResponse, data: dict[str, Any]) -> None:
         self.identify_count += 1
         self.identify_payloads.append(data)
-        self._sent.clear()
-        self._sequence = 0
+        shard, count = data.get("shard") or (0, 1)
+        if count != self.shards or not 0 <= shard < count:
+            await socket.close(code=4010)  # Discord's "invalid shard"
+            return
+        self.identified_shards.append(shard)
+        self._sockets[shard] = socket
+        self._sent[shard] = []
+        self._sequence[shard] = 0
+        session = f"session-{self.identify_count}"
+        self._session_shards[session] = shard
+        guilds = [g for g in self.guild_ids() if self.shard_of(g) == shard]
         ready = {
             "v": 10,
             "user": BOT_USER,
-            "guilds": [{"id": GUILD_ID, "unavailable": True}],
-            "session_id": f"session-{self.identify_count}",
+            "guilds": [{"id": g, "unavailable": True} for g in guilds],
+            "session_id": session,
+            "shard": [shard, count],
             "resume_gateway_url": f"ws{self.url[4:]}/gw",
             "application": {"id": APP_ID, "flags": 0},
             "private_channels": [],
             "relationships": [],
         }
-        await self.dispatch("READY", ready)
-        await self.dispatch("GUILD_CREATE", self._guild())
-        self._ready = True
+        await self.dispatch("READY", ready, shard=shard)
+        for guild in guilds:
+            await self.dispatch("GUILD_CREATE", self._guild(guild), shard=shard)
+        self._ready_shards.add(shard)
         await self._notify()
 
     async def _resume(self, socket: web.WebSocketResponse, data: dict[str, Any]) -> None:
         self.resume_count += 1
-        missed = [f for f in self._sent if f["s"] > int(data.get("seq") or 0)]
+        shard = self._session_shards.get(str(data.get("session_id")), 0)
+        self._sockets[shard] = socket
+        missed = [f for f in self._sent.get(shard, []) if f["s"] > int(data.get("seq") or 0)]
         for frame in missed:
             await socket.send_str(json.dumps(frame))
-        await self.dispatch("RESUMED", {})
-        self._ready = True
+        await self.dispatch("RESUMED", {}, shard=shard)
+        self._ready_shards.add(shard)
         await self._notify()
 
     # --- REST ----------------------------------------------------------------------------------------------
@@ -409,6 +460,12 @@ class FakeDiscord(LoopbackServer):
         finally:
             await self._notify()
 
+    @staticmethod
+    def _guild_of(channel_id: str) -> str | None:
+        if channel_id.startswith("7"):  # the fake's DM channels
+            return None
+        return SECOND_GUILD_ID if channel_id == SECOND_CHANNEL_ID else GUILD_ID
+
     def _answer(self, method: str, path: str, body: Any) -> web.Response:
         route = (method, path)
         if route == ("GET", "users/@me"):
@@ -435,7 +492,7 @@ class FakeDiscord(LoopbackServer):
             return _json(
                 {
                     "url": f"ws{self.url[4:]}/gw",
-                    "shards": 1,
+                    "shards": self.shards,
                     "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
                 }
             )
@@ -444,7 +501,7 @@ class FakeDiscord(LoopbackServer):
             return web.Response(status=204)
         if method == "POST" and (match := re.fullmatch(r"channels/(\d+)/messages", path)):
             channel_id = match.group(1)
-            guild_id = None if channel_id.startswith("7") else GUILD_ID
+            guild_id = self._guild_of(channel_id)
             payload = self._message(body.get("content", ""), BOT_USER, channel_id, guild_id, self.new_id())
             if body.get("message_reference"):
                 payload["message_reference"] = body["message_reference"]
@@ -454,7 +511,7 @@ class FakeDiscord(LoopbackServer):
             stored = self.messages[match.group(2)]
             stored.edits.append(body)
             stored.content = body.get("content", stored.content)
-            guild_id = None if stored.channel_id.startswith("7") else GUILD_ID
+            guild_id = self._guild_of(stored.channel_id)
             return _json(self._message(stored.content, BOT_USER, stored.channel_id, guild_id, stored.id))
         if method == "POST" and (match := re.fullmatch(r"interactions/(\d+)/([^/]+)/callback", path)):
             self.interaction_responses.append(body)
