@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -10,6 +11,7 @@ from bot import errors
 from bot.config import Settings
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy
 from bot.runtime import endpoints
+from bot.store import describe_db, is_postgres, open_store, sqlite_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +50,23 @@ async def check_model(settings: Settings) -> list[CheckResult]:
     primary, fallback = endpoints(settings)
     async with httpx.AsyncClient(timeout=min(settings.request_timeout, 20.0)) as http:
         return [await check_endpoint(e, http) for e in (primary, fallback) if e is not None]
+
+
+async def check_database(settings: Settings) -> CheckResult:
+    """Reachable, and at the schema this teambot expects; nothing is created or migrated by checking."""
+    name, where = "database", describe_db(settings.db)
+    if not is_postgres(settings.db) and not _file_exists(sqlite_path(settings.db)):
+        return CheckResult(name, True, f"{where} does not exist yet; 'teambot run' creates it")
+    try:
+        store = await open_store(settings.db, pool_size=1, migrate=False)
+    except errors.ConfigError as exc:
+        return CheckResult(name, False, str(exc))
+    try:
+        version = await store.schema_version()
+    finally:
+        await store.close()
+    return CheckResult(name, True, f"{where} answers, schema version {version}")
+
+
+def _file_exists(path: str) -> bool:
+    return Path(path).is_file()

@@ -12,7 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bot import runtime, texts
-from bot.check import CheckResult, check_model
+from bot.check import CheckResult, check_database, check_model
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.logcontext import TurnFilter
@@ -109,6 +109,7 @@ async def _check(settings: Settings) -> bool:
     try:
         settings.require_model_access()
         results += await check_model(settings)
+        results.append(await check_database(settings))
     except ConfigError as exc:
         results.append(CheckResult("configuration", False, str(exc)))
     results += await registry.check(settings)

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from adapters import registry
-from bot.check import check_model
+from bot.check import check_database, check_model
 from bot.config import Settings
+from bot.store import open_store
+from bot.store_postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
@@ -109,3 +111,21 @@ async def test_an_invalid_setting_fails_the_check(tmp_path: Path) -> None:
     code, out, _ = await teambot_check(tmp_path, TEAMBOT_BUDGET_UNIT="euros")
     assert code == 2
     assert out.startswith("FAIL  configuration: invalid setting TEAMBOT_BUDGET_UNIT")
+
+
+async def test_the_database_line_on_each_engine(tmp_path: Path, postgres_url: str) -> None:
+    missing = await check_database(settings(db=str(tmp_path / "new.db")))
+    assert missing.ok and "does not exist yet" in missing.detail
+    assert not (tmp_path / "new.db").exists()  # checking creates nothing
+
+    not_migrated = await check_database(settings(db=postgres_url))
+    assert not not_migrated.ok and "teambot db migrate" in not_migrated.detail
+    store = await open_store(postgres_url)
+    await store.close()
+    migrated = await check_database(settings(db=postgres_url))
+    assert migrated.ok and migrated.detail.endswith(f"schema version {len(POSTGRES_MIGRATIONS)}")
+
+    password_url = postgres_url.replace("teambot@", "teambot:pw-never-shown@").rsplit(":", 1)[0] + ":1/x"
+    unreachable = await check_database(settings(db=password_url))
+    assert not unreachable.ok and "cannot connect" in unreachable.line()
+    assert "pw-never-shown" not in unreachable.line()
