@@ -7,10 +7,11 @@ import asyncio
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from bench.core import run_core
+from bench.core import PostgresEngine, SQLiteEngine, run_core
 
 
 def machine() -> str:
@@ -23,11 +24,24 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
-async def run(quick: bool) -> list[tuple[str, str]]:
-    rows = await run_core(quick)
-    from bench.e2e import run_e2e
+Row = tuple[str, str, str]
 
-    rows += await run_e2e(quick)
+
+async def run(quick: bool) -> list[Row]:
+    """Every measure on SQLite; the core's measures again on PostgreSQL where a server can be started."""
+    from bench.e2e import run_e2e
+    from tests.postgres_server import Unavailable, running_server
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sqlite = await run_core(quick, SQLiteEngine(Path(tmp)))
+    try:
+        with running_server() as server:
+            postgres = dict(await run_core(quick, PostgresEngine(server.url())))
+        missing = "n/a"
+    except Unavailable as exc:
+        postgres, missing = {}, f"not measured: {exc}"
+    rows: list[Row] = [(name, value, postgres.get(name, missing)) for name, value in sqlite]
+    rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_e2e(quick)]
     return rows
 
 
@@ -42,9 +56,9 @@ def main() -> None:
         f"Machine: {machine()}",
         f"Command: python -m bench{' --quick' if args.quick else ''}  ({time.time() - started:.0f} s)",
         "",
-        "| measure | result |",
-        "| --- | --- |",
-        *(f"| {name} | {value} |" for name, value in rows),
+        "| measure | SQLite | PostgreSQL |",
+        "| --- | --- | --- |",
+        *(f"| {name} | {lite} | {postgres} |" for name, lite, postgres in rows),
     ]
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)

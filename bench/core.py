@@ -7,12 +7,12 @@ import gc
 import os
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from bench.model import ModelProcess
@@ -24,7 +24,6 @@ from bot.llm import ChatClient, Endpoint
 from bot.messages import ConversationKey, IncomingMessage
 from bot.pricing import PriceTable
 from bot.store import open_store
-from bot.store_sqlite import SQLiteStore
 from bot.tokens import TokenCounter
 
 COUNTER = TokenCounter.load()
@@ -67,13 +66,88 @@ async def _noop(piece: str) -> None:
     return None
 
 
-async def overhead(concurrency: int, turns: int, workdir: Path) -> dict[str, float]:
+class SQLiteEngine:
+    """Databases as files in a scratch folder."""
+
+    name = "SQLite"
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+
+    async def new_db(self, label: str) -> str:
+        return str(self._workdir / f"{label}.db")
+
+    async def fill(self, db: str, messages: int) -> None:
+        _fill(Path(db), messages)
+
+    async def bytes_per_message(self, db: str, messages: int) -> float:
+        return _bytes_per_message(Path(db), messages)
+
+
+class PostgresEngine:
+    """A new database per measure on one PostgreSQL server."""
+
+    name = "PostgreSQL"
+
+    def __init__(self, admin_url: str) -> None:
+        self._admin_url = admin_url
+
+    async def new_db(self, label: str) -> str:
+        name = f"bench_{label.replace('-', '_')}"
+        admin = await asyncpg.connect(self._admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        return self._admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    async def fill(self, db: str, messages: int) -> None:
+        conn = await asyncpg.connect(db)
+        try:
+            await conn.execute(
+                "INSERT INTO conversations (id, key, platform, workspace, channel, created_at) "
+                "VALUES (1, 'bench:W:C', 'bench', 'W', 'C', 0)"
+            )
+            for start in range(0, messages, 100_000):
+                await conn.copy_records_to_table(
+                    "messages",
+                    records=_rows(start, min(messages, start + 100_000)),
+                    columns=[
+                        "conversation_id",
+                        "role",
+                        "author_id",
+                        "author_name",
+                        "content",
+                        "tokens",
+                        "platform_message_id",
+                        "created_at",
+                    ],
+                )
+            await conn.execute("SELECT setval(pg_get_serial_sequence('messages', 'id'), $1)", messages)
+            await conn.execute("VACUUM ANALYZE messages")
+        finally:
+            await conn.close()
+
+    async def bytes_per_message(self, db: str, messages: int) -> float:
+        conn = await asyncpg.connect(db)
+        try:
+            size = await conn.fetchval("SELECT pg_total_relation_size('messages')")
+        finally:
+            await conn.close()
+        return float(size) / messages
+
+
+Engine = SQLiteEngine | PostgresEngine
+
+
+async def overhead(concurrency: int, turns: int, engine: Engine) -> dict[str, float]:
     """Per turn: time from handle() to the request reaching the model, plus from the model's last byte to the
     reply being returned. The model waits 50 ms, then streams 20 tokens at 400 tokens/s."""
     samples: list[float] = []
     async with ModelProcess(first_byte=0.05, tokens_per_second=400, reply_tokens=20) as model:
         spans: dict[str, tuple[float, float]] = {}
-        async with bench_core(str(workdir / f"overhead-{concurrency}.db"), model) as core:
+        async with bench_core(await engine.new_db(f"overhead-{concurrency}"), model) as core:
 
             async def conversation(c: int) -> None:
                 key = ConversationKey("bench", "W", f"C{c}")
@@ -93,9 +167,10 @@ async def overhead(concurrency: int, turns: int, workdir: Path) -> dict[str, flo
     return {"p50": percentile(ms, 50), "p99": percentile(ms, 99), "n": len(ms)}
 
 
-async def throughput(conversations: int, turns: int, workdir: Path) -> float:
+async def throughput(conversations: int, turns: int, engine: Engine) -> float:
     """Mentions per second through the core with an instant model."""
-    async with ModelProcess(reply_tokens=5) as model, bench_core(str(workdir / "throughput.db"), model) as core:
+    db = await engine.new_db("throughput")
+    async with ModelProcess(reply_tokens=5) as model, bench_core(db, model) as core:
         # A warm-up turn, so the first connection and the tokenizer are not counted.
         key = ConversationKey("bench", "W", "warm")
         await core.handle(IncomingMessage(key, "warm", "U", "u", "warm"), _noop)
@@ -120,33 +195,36 @@ def _fill(db: Path, messages: int) -> None:
         )
         batch = 100_000
         for start in range(0, messages, batch):
-            rows = [
-                (
-                    1,
-                    "user" if i % 2 == 0 else "assistant",
-                    "U",
-                    "u",
-                    f"message number {i} with some words",
-                    12,
-                    f"m{i}",
-                    float(i),
-                )
-                for i in range(start, min(messages, start + batch))
-            ]
             conn.executemany(
                 "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
                 "platform_message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                _rows(start, min(messages, start + batch)),
             )
 
 
-async def history_load(messages: int, workdir: Path, repeats: int = 300) -> tuple[float, float]:
+def _rows(start: int, stop: int) -> list[tuple[object, ...]]:
+    return [
+        (
+            1,
+            "user" if i % 2 == 0 else "assistant",
+            "U",
+            "u",
+            f"message number {i} with some words",
+            12,
+            f"m{i}",
+            float(i),
+        )
+        for i in range(start, stop)
+    ]
+
+
+async def history_load(messages: int, engine: Engine, repeats: int = 300) -> tuple[float, float]:
     """Mean milliseconds to load an 8,000-token context; and the database's bytes per stored message."""
-    db = workdir / f"history-{messages}.db"
-    store = await SQLiteStore.open(str(db))
+    db = await engine.new_db(f"history-{messages}")
+    store = await open_store(db)
     await store.close()
-    _fill(db, messages)
-    store = await SQLiteStore.open(str(db))
+    await engine.fill(db, messages)
+    store = await open_store(db)
     key = ConversationKey("bench", "W", "C")
     try:
         await store.load_history(key, 8000, before=messages + 1)
@@ -157,7 +235,7 @@ async def history_load(messages: int, workdir: Path, repeats: int = 300) -> tupl
         assert len(history) == 8000 // 12
     finally:
         await store.close()
-    return elapsed / repeats * 1000, _bytes_per_message(db, messages)
+    return elapsed / repeats * 1000, await engine.bytes_per_message(db, messages)
 
 
 def _bytes_per_message(db: Path, messages: int) -> float:
@@ -166,9 +244,10 @@ def _bytes_per_message(db: Path, messages: int) -> float:
     return os.path.getsize(db) / messages
 
 
-async def memory(conversations: int, workdir: Path) -> tuple[float, float]:
+async def memory(conversations: int, engine: Engine) -> tuple[float, float]:
     """RSS growth (MB) after one turn in each of ``conversations`` conversations, and per conversation (KB)."""
-    async with ModelProcess(reply_tokens=5) as model, bench_core(str(workdir / "memory.db"), model) as core:
+    db = await engine.new_db("memory")
+    async with ModelProcess(reply_tokens=5) as model, bench_core(db, model) as core:
         await core.handle(IncomingMessage(ConversationKey("bench", "W", "warm"), "w", "U", "u", "hi"), _noop)
         gc.collect()
         before = rss_mb()
@@ -184,34 +263,32 @@ async def memory(conversations: int, workdir: Path) -> tuple[float, float]:
     return grown, grown * 1024 / conversations
 
 
-async def run_core(quick: bool) -> list[tuple[str, str]]:
+async def run_core(quick: bool, engine: Engine) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        for concurrency in (1, 50) if quick else (1, 50, 500):
-            turns = 3 if quick else max(4, 2000 // concurrency)
-            result = await overhead(concurrency, turns, workdir)
-            add_row(
-                rows,
-                (
-                    f"bot overhead per mention, {concurrency} concurrent conversation(s)",
-                    f"p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms (n={result['n']:.0f})",
-                ),
-            )
-        rate = await throughput(20 if quick else 200, 5 if quick else 25, workdir)
-        add_row(rows, ("throughput through the core, instant model", f"{rate:,.0f} mentions/s"))
-        small = await history_load(1_000, workdir)
-        big = await history_load(10_000 if quick else 1_000_000, workdir)
-        label = "10k" if quick else "1M"
+    for concurrency in (1, 50) if quick else (1, 50, 500):
+        turns = 3 if quick else max(4, 2000 // concurrency)
+        result = await overhead(concurrency, turns, engine)
         add_row(
             rows,
             (
-                f"context load (8,000 tokens), 1k vs {label} stored messages",
-                f"{small[0]:.3f} ms vs {big[0]:.3f} ms ({big[0] / small[0]:.2f}x)",
+                f"bot overhead per mention, {concurrency} concurrent conversation(s)",
+                f"p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms (n={result['n']:.0f})",
             ),
         )
-        add_row(rows, ("database bytes per stored message", f"{big[1]:.0f} B"))
-        conversations = 1_000 if quick else 10_000
-        grown, per = await memory(conversations, workdir)
-        add_row(rows, (f"RSS growth, {conversations:,} active conversations", f"{grown:.1f} MB ({per:.2f} KB each)"))
+    rate = await throughput(20 if quick else 200, 5 if quick else 25, engine)
+    add_row(rows, ("throughput through the core, instant model", f"{rate:,.0f} mentions/s"))
+    small = await history_load(1_000, engine)
+    big = await history_load(10_000 if quick else 1_000_000, engine)
+    label = "10k" if quick else "1M"
+    add_row(
+        rows,
+        (
+            f"context load (8,000 tokens), 1k vs {label} stored messages",
+            f"{small[0]:.3f} ms vs {big[0]:.3f} ms ({big[0] / small[0]:.2f}x)",
+        ),
+    )
+    add_row(rows, ("database bytes per stored message", f"{big[1]:.0f} B"))
+    conversations = 1_000 if quick else 10_000
+    grown, per = await memory(conversations, engine)
+    add_row(rows, (f"RSS growth, {conversations:,} active conversations", f"{grown:.1f} MB ({per:.2f} KB each)"))
     return rows
