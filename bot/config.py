@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot import texts
 from bot.errors import ConfigError
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -28,6 +29,8 @@ def _env(name: str) -> AliasChoices:
 
 #: A comma-separated list in the environment (``U1,U2``), not JSON.
 IdList = Annotated[frozenset[str], NoDecode]
+#: A ``|``-separated list in the environment: prompts are sentences, and sentences have commas.
+PromptList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -92,6 +95,10 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(None, validation_alias=_env("SLACK_SIGNING_SECRET"))
     slack_api_url: str = Field("https://slack.com/api/", validation_alias=_env("SLACK_API_URL"))
     slack_reply_in_thread: bool = Field(False, validation_alias=_env("TEAMBOT_SLACK_REPLY_IN_THREAD"))
+    slack_native_streaming: bool = Field(True, validation_alias=_env("TEAMBOT_SLACK_NATIVE_STREAMING"))
+    slack_suggested_prompts: PromptList = Field(
+        texts.SUGGESTED_PROMPTS, validation_alias=_env("TEAMBOT_SLACK_SUGGESTED_PROMPTS")
+    )
     discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
     discord_guild: int | None = Field(None, validation_alias=_env("TEAMBOT_DISCORD_GUILD"))
     discord_message_content: bool = Field(False, validation_alias=_env("TEAMBOT_DISCORD_MESSAGE_CONTENT"))
@@ -117,6 +124,15 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("slack_suggested_prompts", mode="before")
+    @classmethod
+    def _prompt_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split("|") if part.strip())
+        if isinstance(value, tuple | list) and len(value) > 4:
+            raise ValueError("Slack shows at most 4 suggested prompts")
         return value
 
     @field_validator("openai_base_url", "fallback_base_url", "slack_api_url")
