@@ -68,6 +68,12 @@ def neutralise_mentions(markdown: str) -> str:
     return _MENTION.sub(lambda m: m.group(0) + _JOINER, markdown)
 
 
+def _neutralise_after(before: str, piece: str) -> str:
+    """``piece`` neutralised as it reads after ``before`` (already sent): an address like ``a@here.com`` split
+    after the ``a`` is still an address."""
+    return neutralise_mentions(before + piece)[len(before) :]
+
+
 def _safe_end(text: str, start: int) -> int:
     """How much of ``text`` can go out now: all but a tail that might still grow into a mention."""
     tail_from = max(start, len(text) - _HOLD)
@@ -166,6 +172,7 @@ class NativeReply:
         self._sent = 0  # characters of _text that Slack has been given
         self._ts: str | None = None  # the streamed message still open
         self._message = ""  # the Markdown in the current message, for its length and open fences
+        self._before = ""  # the last character of the model's text in the current message
         self._reopen = ""  # the fence line that starts the next message
         self._posted = False
         self._fallback: ReplyStream | None = None
@@ -263,7 +270,10 @@ class NativeReply:
             pending = rest
 
     async def _write(self, piece: str, *, stop: bool, closing: str = "") -> None:
-        markdown = neutralise_mentions(piece) + closing
+        if self._ts is None:
+            self._before = ""
+        markdown = _neutralise_after(self._before, piece) + closing
+        self._before = (self._before + piece)[-1:]
         if self._ts is None:
             markdown = self._reopen + markdown
             try:
