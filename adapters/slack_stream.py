@@ -169,6 +169,7 @@ class NativeReply:
         self._on_first_post = on_first_post
         self._text = ""  # the model's text so far
         self._final: str | None = None
+        self._closing = False
         self._sent = 0  # characters of _text that Slack has been given
         self._ts: str | None = None  # the streamed message still open
         self._message = ""  # the Markdown in the current message, for its length and open fences
@@ -202,10 +203,12 @@ class NativeReply:
             await self._fallback.finish(self._unsent(final_text))
 
     async def cancel(self) -> None:
-        pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
+        # The pump is told to stop rather than cancelled: cut off inside chat.startStream, it would never learn
+        # the ts of a stream Slack has opened, and could not close it.
+        self._closing = True
+        self._wake.set()
+        if self._pump is not None:
+            await asyncio.gather(self._pump, return_exceptions=True)
         if self._fallback is not None:
             await self._fallback.cancel()
         await self._close_open_stream()
@@ -228,6 +231,8 @@ class NativeReply:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                if self._closing:
+                    return
                 if self._final is not None:
                     await self._flush(self._final, final=True)
                     return
