@@ -278,3 +278,13 @@ async def test_the_assistant_pane_over_socket_mode(
             assert fake.calls_to("assistant.threads.setTitle")[0]["title"] == "over the socket"
         finally:
             await adapter.stop()
+
+
+def test_the_manifest_switches_the_pane_on_with_its_scope_events_and_prompts() -> None:
+    manifest = (Path(__file__).resolve().parents[2] / "deploy" / "slack-app-manifest.yml").read_text()
+    for needed in ("assistant_view:", "assistant_description:", "- assistant:write", "- message.im"):
+        assert needed in manifest
+    for event in ("assistant_thread_started", "assistant_thread_context_changed"):
+        assert f"- {event} " in manifest
+    for prompt in texts.SUGGESTED_PROMPTS:
+        assert f"message: {prompt}\n" in manifest
