@@ -232,7 +232,8 @@ class SlackAdapter:
         # default handler would store the context by re-reading the thread, a call Slack rate-limits hard.
         thread = event["assistant_thread"]
         team = _team(body, event, {})
-        self._remember_thread(team, str(thread["channel_id"]), str(thread.get("user_id") or ""), thread["thread_ts"])
+        channel, user = str(thread["channel_id"]), str(thread.get("user_id") or "")
+        self._remember_thread(team, channel, user, str(thread["thread_ts"]))
 
     async def _on_assistant_message(
         self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any], set_title: AsyncSetTitle
@@ -291,12 +292,12 @@ class SlackAdapter:
             return
         user = str(event.get("user") or "")
         msg = IncomingMessage(key, f"slack:{team}:{channel}:{event['ts']}", user, await self._name(user), text)
-        if set_title is not None:
-            await self._title(key, set_title, text)
         status = None
         if thread_ts is not None and self._refusals.allows(team, STATUS):
             status = ThinkingStatus(self.client, channel, thread_ts, lambda error: self._refused(team, STATUS, error))
             status.start()
+        if set_title is not None:
+            await self._title(key, set_title, text)
         on_first_post = status.clear if status is not None else None
 
         def post_and_edit() -> StreamingReply[str]:
