@@ -3,6 +3,10 @@
 Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP mode (``POST /slack/events``, signature-checked by
 Bolt). Bolt acknowledges each event before our listener runs, so Slack's 3-second limit never waits on the
 model; a redelivered event carries the same message ``ts`` and the core answers it once.
+
+Replies in a thread use Slack's AI-app surface (see :mod:`adapters.slack_stream`): the "is thinking..." status
+until the first words, then native streaming; elsewhere, and where Slack refuses, a message is posted and
+edited. Bolt's ``AsyncAssistant`` middleware brings the assistant pane: each of its threads is a conversation.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_bolt.context.set_suggested_prompts.async_set_suggested_prompts import AsyncSetSuggestedPrompts
+from slack_bolt.context.set_title.async_set_title import AsyncSetTitle
+from slack_bolt.middleware.assistant.async_assistant import AsyncAssistant
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -28,7 +35,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_format import markdown_to_mrkdwn, unescape_slack
-from adapters.streaming import deliver
+from adapters.slack_stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus
+from adapters.streaming import ReplyStream, StreamingReply, deliver
 from bot import texts
 from bot.check import CheckResult
 from bot.commands import COMMANDS, CommandContext
@@ -43,6 +51,7 @@ log = logging.getLogger(__name__)
 #: message whole on screen and within the section-block limit should we move to blocks.
 TEXT_LIMIT = 3900
 _NAME_CACHE_SIZE = 10_000
+_THREAD_CACHE_SIZE = 10_000
 
 _USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
 _CHANNEL_MENTION = re.compile(r"<#([CG][A-Z0-9]+)(?:\|([^>]*))?>")
@@ -96,6 +105,7 @@ class SlackAdapter:
             process_before_response=False,
             logger=logging.getLogger("slack_bolt"),
         )
+        self.app.assistant(self._assistant())
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self._commands = commands(settings, core)
@@ -103,6 +113,9 @@ class SlackAdapter:
         for slash in self._command_names:
             self.app.command(slash)(self._on_command)
         self._names: OrderedDict[str, str] = OrderedDict()
+        self._refusals = Refusals()
+        # The assistant thread each person last used, per DM: slash commands there carry no thread.
+        self._assistant_threads: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._socket: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None
@@ -185,9 +198,69 @@ class SlackAdapter:
 
     async def _on_message(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
         # Channel messages reach the bot as app_mention; only direct messages are for it without a mention.
+        # Those inside a thread are the assistant middleware's (see _on_assistant_message).
         if event.get("channel_type") != "im" or self._ignored(event):
             return
         await self._answer(body, event, context, event.get("thread_ts"))
+
+    # --- the assistant pane -------------------------------------------------------------------------------
+
+    def _assistant(self) -> AsyncAssistant:
+        assistant = AsyncAssistant(logger=logging.getLogger("slack_bolt"))
+        assistant.thread_started(self._on_assistant_thread_started)
+        assistant.thread_context_changed(self._on_assistant_context_changed)
+        assistant.user_message(self._on_assistant_message)
+        return assistant
+
+    async def _on_assistant_thread_started(
+        self, body: dict[str, Any], event: dict[str, Any], set_suggested_prompts: AsyncSetSuggestedPrompts
+    ) -> None:
+        thread = event["assistant_thread"]
+        channel, thread_ts = str(thread["channel_id"]), str(thread["thread_ts"])
+        self._remember_thread(_team(body, event, {}), channel, str(thread.get("user_id") or ""), thread_ts)
+        await SlackSink(self.client, channel, thread_ts).post(markdown_to_mrkdwn(texts.ASSISTANT_GREETING))
+        prompts = list(self._settings.slack_suggested_prompts)
+        if not prompts:
+            return
+        try:
+            await set_suggested_prompts(prompts=prompts, title=texts.ASSISTANT_PROMPTS_TITLE)
+        except SlackApiError as exc:
+            log.warning("setting suggested prompts in %s failed: %s", channel, exc.response.get("error"))
+
+    async def _on_assistant_context_changed(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        # The person moved to another channel with the pane open. The conversation stays the thread's own; Bolt's
+        # default handler would store the context by re-reading the thread, a call Slack rate-limits hard.
+        thread = event["assistant_thread"]
+        team = _team(body, event, {})
+        channel, user = str(thread["channel_id"]), str(thread.get("user_id") or "")
+        self._remember_thread(team, channel, user, str(thread["thread_ts"]))
+
+    async def _on_assistant_message(
+        self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any], set_title: AsyncSetTitle
+    ) -> None:
+        if self._ignored(event):
+            return
+        thread_ts = str(event["thread_ts"])
+        self._remember_thread(_team(body, event, context), str(event["channel"]), str(event.get("user")), thread_ts)
+        await self._answer(body, event, context, thread_ts, set_title=set_title)
+
+    def _remember_thread(self, team: str, channel: str, user: str, thread_ts: str) -> None:
+        self._assistant_threads[(team, channel, user)] = thread_ts
+        self._assistant_threads.move_to_end((team, channel, user))
+        if len(self._assistant_threads) > _THREAD_CACHE_SIZE:
+            self._assistant_threads.popitem(last=False)
+
+    async def _title(self, key: ConversationKey, set_title: AsyncSetTitle, question: str) -> None:
+        """The thread list shows the first question as the thread's title."""
+        if await self._core.store.count_messages(key):
+            return
+        title = question.split("\n", 1)[0].strip()
+        if len(title) > texts.TITLE_LENGTH:
+            title = title[: texts.TITLE_LENGTH - 1].rsplit(" ", 1)[0].rstrip(",.;:") + "…"
+        try:
+            await set_title(title)
+        except SlackApiError as exc:
+            log.info("setting the title of %s failed: %s", key, exc.response.get("error"))
 
     def _ignored(self, event: dict[str, Any]) -> bool:
         # Edits, deletions, joins and the like carry a subtype; they are not questions.
@@ -196,14 +269,20 @@ class SlackAdapter:
         return bool(event.get("bot_id")) and self._settings.ignore_bots
 
     async def _answer(
-        self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any], thread_ts: str | None
+        self,
+        body: dict[str, Any],
+        event: dict[str, Any],
+        context: dict[str, Any],
+        thread_ts: str | None,
+        *,
+        set_title: AsyncSetTitle | None = None,
     ) -> None:
         # Bolt runs listeners as detached tasks after the ack; remembering them lets stop() drain them.
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        team = str(body.get("team_id") or event.get("team") or context.get("team_id") or "-")
+        team = _team(body, event, context)
         channel = str(event["channel"])
         key = ConversationKey("slack", team, channel, thread_ts)
         sink = SlackSink(self.client, channel, thread_ts)
@@ -213,21 +292,62 @@ class SlackAdapter:
             return
         user = str(event.get("user") or "")
         msg = IncomingMessage(key, f"slack:{team}:{channel}:{event['ts']}", user, await self._name(user), text)
-        await deliver(
-            self._core,
-            msg,
-            sink,
-            interval=self._settings.stream_edit_interval,
-            limit=TEXT_LIMIT,
-            render=markdown_to_mrkdwn,
-        )
+        status = None
+        if thread_ts is not None and self._refusals.allows(team, STATUS):
+            status = ThinkingStatus(self.client, channel, thread_ts, lambda error: self._refused(team, STATUS, error))
+            status.start()
+        if set_title is not None:
+            await self._title(key, set_title, text)
+        on_first_post = status.clear if status is not None else None
+
+        def post_and_edit() -> StreamingReply[str]:
+            return StreamingReply(
+                sink,
+                interval=self._settings.stream_edit_interval,
+                limit=TEXT_LIMIT,
+                render=markdown_to_mrkdwn,
+                on_first_post=on_first_post,
+            )
+
+        reply_stream: ReplyStream = post_and_edit()
+        if thread_ts is not None and self._settings.slack_native_streaming and self._refusals.allows(team, STREAM):
+            reply_stream = NativeReply(
+                self.client,
+                channel=channel,
+                thread_ts=thread_ts,
+                recipient_team=str(event.get("user_team") or team),
+                recipient_user=user,
+                interval=self._settings.stream_edit_interval,
+                fallback=post_and_edit,
+                on_refused=lambda error: self._refused(team, STREAM, error),
+                on_first_post=on_first_post,
+            )
+        try:
+            await deliver(
+                self._core,
+                msg,
+                sink,
+                interval=self._settings.stream_edit_interval,
+                limit=TEXT_LIMIT,
+                render=markdown_to_mrkdwn,
+                reply_stream=reply_stream,
+            )
+        finally:
+            if status is not None:
+                await status.clear()
+
+    def _refused(self, team: str, feature: str, error: str) -> None:
+        self._refusals.refused(team, feature, error)
 
     async def _on_command(self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
         team = str(command.get("team_id") or "-")
         user = str(command.get("user_id") or "")
         name = self._command_names.get(str(command.get("command")), "")
-        key = ConversationKey("slack", team, str(command["channel_id"]))
+        channel = str(command["channel_id"])
+        # In the assistant pane a command is about the thread in view, the one the person last used there.
+        thread = command.get("thread_ts") or self._assistant_threads.get((team, channel, user))
+        key = ConversationKey("slack", team, channel, str(thread) if thread else None)
         needs_admin = name in ("system", "model") and bool(str(command.get("text") or "").strip())
         ctx = CommandContext(key, user, platform_admin=needs_admin and await self._is_admin(user))
         answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
@@ -273,6 +393,10 @@ class SlackAdapter:
         if len(self._names) > _NAME_CACHE_SIZE:
             self._names.popitem(last=False)
         return str(name)
+
+
+def _team(body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> str:
+    return str(body.get("team_id") or event.get("team") or context.get("team_id") or "-")
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -30,6 +30,16 @@ class MessageSink(Protocol[H]):
     async def edit(self, handle: H, text: str) -> None: ...
 
 
+class ReplyStream(Protocol):
+    """How one reply reaches the platform as it is written: pieces in, then the whole text, or nothing."""
+
+    async def feed(self, piece: str) -> None: ...
+
+    async def finish(self, final_text: str) -> None: ...
+
+    async def cancel(self) -> None: ...
+
+
 class StreamingReply(Generic[H]):
     """Feeds pieces of text to a sink: first post as soon as there is text, edits no faster than ``interval``.
 
@@ -142,15 +152,16 @@ async def deliver(
     limit: int,
     render: Callable[[str], str] = lambda text: text,
     on_first_post: Callable[[], Awaitable[None]] | None = None,
-) -> StreamingReply[H]:
+    reply_stream: ReplyStream | None = None,
+) -> ReplyStream:
     """Run one turn and show its reply: the one top-level handler per event that every adapter uses.
 
-    Known failures arrive as a reply with a message for people; anything else is a bug, logged with its
-    traceback, and the people in the channel get a short apology instead of silence.
+    The reply streams through ``reply_stream`` when given (a platform's own streaming), else as posts and edits
+    of ``sink``. Known failures arrive as a reply with a message for people; anything else is a bug, logged with
+    its traceback, and the people in the channel get a short apology instead of silence.
     """
-    reply_stream: StreamingReply[H] = StreamingReply(
-        sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post
-    )
+    if reply_stream is None:
+        reply_stream = StreamingReply(sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post)
     try:
         reply = await core.handle(msg, reply_stream.feed)
         if reply.should_post:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 
 _FENCE = re.compile(r"```([^\n`]*)")
-_CLOSE = "\n```"
+FENCE_CLOSE = "\n```"
 
 
-def _open_fence_after(text: str, fence: str | None) -> str | None:
+def open_fence_after(text: str, fence: str | None) -> str | None:
     """The opening of the fence still open at the end of ``text`` (given the one open at its start), or None.
 
     Every run of three backticks toggles, wherever it stands on its line: Slack and Discord both open a code
@@ -24,7 +24,7 @@ def _open_fence_after(text: str, fence: str | None) -> str | None:
     return fence
 
 
-def _cut_point(text: str, limit: int) -> int:
+def cut_point(text: str, limit: int) -> int:
     """Where to cut ``text`` so the head is at most ``limit`` characters, preferring natural boundaries."""
     window = text[:limit]
     # A paragraph break is best, but not at the price of a half-empty message; a line or a space will do then.
@@ -49,20 +49,20 @@ def split_message(text: str, limit: int) -> list[str]:
         if len(rest) <= room:
             chunk = prefix + rest
             rest = ""
-            closing = _open_fence_after(chunk, None)
-            if closing and len(chunk) + len(_CLOSE) <= limit:
-                chunk += _CLOSE  # the model left a fence open; close it so the message renders
+            closing = open_fence_after(chunk, None)
+            if closing and len(chunk) + len(FENCE_CLOSE) <= limit:
+                chunk += FENCE_CLOSE  # the model left a fence open; close it so the message renders
             chunks.append(chunk)
             break
-        cut = _cut_point(rest, room)
-        fence = _open_fence_after(prefix + rest[:cut], None)
+        cut = cut_point(rest, room)
+        fence = open_fence_after(prefix + rest[:cut], None)
         if fence:  # the cut lands inside a fence: make room to close it
-            cut = _cut_point(rest, room - len(_CLOSE))
-            fence = _open_fence_after(prefix + rest[:cut], None)
+            cut = cut_point(rest, room - len(FENCE_CLOSE))
+            fence = open_fence_after(prefix + rest[:cut], None)
         head, rest = rest[:cut], rest[cut:]
         chunk = prefix + head.rstrip("\n")
         if fence:
-            chunk += _CLOSE
+            chunk += FENCE_CLOSE
         if chunk.strip():
             chunks.append(chunk)
         rest = rest.lstrip("\n") if not fence else rest

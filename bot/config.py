@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot import texts
 from bot.errors import ConfigError
 from bot.store import is_postgres
 
@@ -30,6 +31,8 @@ def _env(name: str) -> AliasChoices:
 
 #: A comma-separated list in the environment (``U1,U2``), not JSON.
 IdList = Annotated[frozenset[str], NoDecode]
+#: A ``|``-separated list in the environment: prompts are sentences, and sentences have commas.
+PromptList = Annotated[tuple[str, ...], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -95,6 +98,10 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(None, validation_alias=_env("SLACK_SIGNING_SECRET"))
     slack_api_url: str = Field("https://slack.com/api/", validation_alias=_env("SLACK_API_URL"))
     slack_reply_in_thread: bool = Field(False, validation_alias=_env("TEAMBOT_SLACK_REPLY_IN_THREAD"))
+    slack_native_streaming: bool = Field(True, validation_alias=_env("TEAMBOT_SLACK_NATIVE_STREAMING"))
+    slack_suggested_prompts: PromptList = Field(
+        texts.SUGGESTED_PROMPTS, validation_alias=_env("TEAMBOT_SLACK_SUGGESTED_PROMPTS")
+    )
     discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
     discord_guild: int | None = Field(None, validation_alias=_env("TEAMBOT_DISCORD_GUILD"))
     discord_message_content: bool = Field(False, validation_alias=_env("TEAMBOT_DISCORD_MESSAGE_CONTENT"))
@@ -142,6 +149,15 @@ class Settings(BaseSettings):
         if any(not 0 <= shard < (total or 0) for shard in value):
             raise ValueError("every shard id must be from 0 to TEAMBOT_DISCORD_SHARDS - 1")
         return tuple(sorted(set(value)))
+
+    @field_validator("slack_suggested_prompts", mode="before")
+    @classmethod
+    def _prompt_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split("|") if part.strip())
+        if isinstance(value, tuple | list) and len(value) > 4:
+            raise ValueError("Slack shows at most 4 suggested prompts")
+        return value
 
     @field_validator("openai_base_url", "fallback_base_url", "slack_api_url")
     @classmethod

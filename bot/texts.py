@@ -5,6 +5,18 @@ from __future__ import annotations
 APOLOGY = "Sorry, something went wrong on my side while answering. The team running me has the details."
 EMPTY_MENTION = "Hi! Mention me with a question, for example: @teambot what does HTTP 429 mean?"
 
+# Slack's assistant pane
+ASSISTANT_GREETING = "Hi! Ask me anything. Each thread here is its own conversation; /reset forgets this one."
+ASSISTANT_PROMPTS_TITLE = "Try asking:"
+SUGGESTED_PROMPTS = (
+    "Summarise this text for me",
+    "Explain what HTTP 429 means",
+    "Help me write a polite reply",
+)
+THINKING_STATUS = "is thinking..."
+#: A thread title is a line in a list: the first question, cut to this many characters.
+TITLE_LENGTH = 60
+
 RATE_LIMITED = "The AI service is busy, try again in {seconds} s."
 RATE_LIMITED_NO_WAIT = "The AI service is busy right now, try again in a moment."
 QUOTA_EXHAUSTED = "The AI service's quota or credit is used up; an admin must check the provider account."

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot import texts
 from bot.config import OPENAI_DEFAULT_BASE_URL, load_settings
 from bot.errors import ConfigError
 
@@ -66,12 +67,24 @@ def test_env_file_is_read_and_empty_values_mean_default(tmp_path: Path) -> None:
         ("OPENAI_BASE_URL", "api.openai.com"),
         ("TEAMBOT_HTTP_PORT", "70000"),
         ("TEAMBOT_STREAM", "maybe"),
+        ("TEAMBOT_SLACK_SUGGESTED_PROMPTS", "a|b|c|d|e"),
     ],
 )
 def test_an_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=f"^invalid setting {name}: "):
         load_settings(None)
+
+
+def test_slack_ai_settings_default_on_and_split_prompts_at_bars(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = load_settings(None)
+    assert defaults.slack_native_streaming is True
+    assert defaults.slack_suggested_prompts == texts.SUGGESTED_PROMPTS
+    monkeypatch.setenv("TEAMBOT_SLACK_NATIVE_STREAMING", "false")
+    monkeypatch.setenv("TEAMBOT_SLACK_SUGGESTED_PROMPTS", "Explain this error, briefly | Write a haiku |")
+    s = load_settings(None)
+    assert s.slack_native_streaming is False
+    assert s.slack_suggested_prompts == ("Explain this error, briefly", "Write a haiku")
 
 
 def test_every_setting_is_documented_in_env_example() -> None:

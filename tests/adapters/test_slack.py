@@ -64,6 +64,10 @@ class Slack:
     async def wait_posts(self, n: int) -> None:
         await self.fake.wait_for(lambda: len(self.posts()) >= n)
 
+    async def wait_replies(self, n: int) -> None:
+        """Until ``n`` messages are out, posted or natively streamed (and no stream is still open)."""
+        await self.fake.wait_for(lambda: len(self.fake.posted) >= n and not any(m.streaming for m in self.fake.posted))
+
 
 def settings_for(fake: FakeSlack, model: FakeOpenAI, db: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
@@ -127,14 +131,14 @@ async def test_channel_mention_is_answered_in_the_channel(slack: Slack) -> None:
 
 async def test_thread_mention_is_answered_in_the_thread_with_its_own_history(slack: Slack) -> None:
     await slack.event(mention("<@UBOT> in the channel", ts="1700000000.000100"))
-    await slack.wait_posts(1)
+    await slack.wait_replies(1)
     await slack.event(mention("<@UBOT> in the thread", ts="1700000000.000300", thread_ts="1700000000.000200"))
-    await slack.wait_posts(2)
-    assert slack.posts()[1]["thread_ts"] == "1700000000.000200"
+    await slack.wait_replies(2)
+    assert slack.fake.posted[1].thread_ts == "1700000000.000200"
     thread_prompt = [m["content"] for m in slack.model.requests[1]["messages"][1:]]
     assert thread_prompt == ["Ada: in the thread"]
     await slack.event(mention("<@UBOT> channel again", ts="1700000000.000400"))
-    await slack.wait_posts(3)
+    await slack.wait_replies(3)
     channel_prompt = [m["content"] for m in slack.model.requests[2]["messages"][1:]]
     assert channel_prompt == ["Ada: in the channel", "echo: Ada: in the channel", "Ada: channel again"]
 
@@ -142,8 +146,8 @@ async def test_thread_mention_is_answered_in_the_thread_with_its_own_history(sla
 @pytest.mark.parametrize("overrides", [{"slack_reply_in_thread": True}])
 async def test_reply_in_thread_starts_a_thread_per_mention(slack: Slack) -> None:
     await slack.event(mention("<@UBOT> hi", ts="1700000000.000100"))
-    await slack.wait_posts(1)
-    assert slack.posts()[0]["thread_ts"] == "1700000000.000100"
+    await slack.wait_replies(1)
+    assert slack.fake.posted[0].thread_ts == "1700000000.000100"
 
 
 async def test_direct_messages_need_no_mention(slack: Slack) -> None:
@@ -300,8 +304,8 @@ async def test_mass_mentions_in_model_output_are_neutralised(slack: Slack) -> No
 
 async def test_model_failure_is_explained_in_the_thread(slack: Slack) -> None:
     await slack.event(mention("<@UBOT> [[401]]", ts="1.2", thread_ts="1.1"))
-    await slack.wait_posts(1)
-    assert slack.posts()[0]["thread_ts"] == "1.1"
+    await slack.wait_replies(1)
+    assert slack.fake.posted[0].thread_ts == "1.1"
     assert final_text(slack) == texts.KEY_REJECTED
 
 

@@ -1,9 +1,11 @@
 """A loopback fake Slack: the Web API, a Socket Mode WebSocket and slash-command response URLs.
 
 Started in the test's own loop on 127.0.0.1, port 0; the real ``AsyncWebClient`` talks to it through
-``base_url=fake.api_url``. It records every call (``calls``), keeps posted messages with their latest text
-(``message_text``), and fails on demand (``rate_limit``). Helpers build what Slack sends to an app:
-``event_envelope`` and ``slash_command_form``, signed with ``signed_headers``.
+``base_url=fake.api_url``. It records every call (``calls``), keeps posted and streamed messages with their latest
+text (``message_text``), and fails on demand (``rate_limit``, ``refuse``). It checks the arguments Slack requires of
+the AI-app methods (``assistant.threads.*``, ``chat.startStream``/``appendStream``/``stopStream``) and answers
+``invalid_arguments`` without them. Helpers build what Slack sends to an app: ``event_envelope``,
+``assistant_thread_started``, ``slash_command_form``, signed with ``signed_headers``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from slack_sdk.signature import SignatureVerifier
 
 from tests.fakes.loopback import LoopbackServer
 
+#: Slack's limit on ``markdown_text`` in one call of the chat.*Stream methods.
+MARKDOWN_LIMIT = 12_000
+
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
@@ -34,6 +39,13 @@ class Posted:
     text: str
     thread_ts: str | None
     edits: list[str] = field(default_factory=list)
+    #: Set for a message made by chat.startStream: each call's markdown_text, and whether it is still open.
+    appends: list[str] = field(default_factory=list)
+    streaming: bool = False
+
+    @property
+    def streamed(self) -> bool:
+        return bool(self.appends)
 
 
 class FakeSlack(LoopbackServer):
@@ -59,6 +71,7 @@ class FakeSlack(LoopbackServer):
         self.acks: dict[str, dict[str, Any]] = {}
         self.api_url = ""
         self._limits: dict[str, list[float]] = {}
+        self._refusals: dict[str, list[str]] = {}
         self._ts = itertools.count(1)
 
     def routes(self, app: web.Application) -> None:
@@ -87,6 +100,13 @@ class FakeSlack(LoopbackServer):
     def rate_limit(self, method: str, times: int = 1, retry_after: float = 1) -> None:
         """The next ``times`` calls of ``method`` get HTTP 429 with ``Retry-After`` and change nothing."""
         self._limits.setdefault(method, []).extend([retry_after] * times)
+
+    def refuse(self, method: str, error: str, times: int = 1_000_000) -> None:
+        """The next ``times`` calls of ``method`` (by default all) answer ``{"ok": false, "error": error}``."""
+        self._refusals[method] = [error] * times
+
+    def streamed(self) -> list[Posted]:
+        return [m for m in self.posted if m.streamed]
 
     def response_url(self, rid: str = "r1") -> str:
         return f"{self.url}/response/{rid}"
@@ -141,6 +161,9 @@ class FakeSlack(LoopbackServer):
                 return _json({"ok": True, "url": f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/link"})
             if token != self.bot_token:
                 return _json({"ok": False, "error": "invalid_auth"})
+            refusals = self._refusals.get(method)
+            if refusals:
+                return _json({"ok": False, "error": refusals.pop(0)})
             return _json(self._answer(method, args))
         finally:
             await self._notify()
@@ -185,11 +208,70 @@ class FakeSlack(LoopbackServer):
                     message.edits.append(message.text)
                     return {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text}
             return {"ok": False, "error": "message_not_found"}
+        if method.startswith("assistant.threads."):
+            return self._assistant(method, args)
+        if method in ("chat.startStream", "chat.appendStream", "chat.stopStream"):
+            return self._stream(method, args)
         if method == "chat.postEphemeral":
             return {"ok": True, "message_ts": f"{time.time():.6f}"}
         if method == "conversations.info":
             return {"ok": True, "channel": {"id": args.get("channel"), "name": "general", "is_im": False}}
         return {"ok": True}
+
+    @staticmethod
+    def _assistant(method: str, args: dict[str, Any]) -> dict[str, Any]:
+        required = {
+            "assistant.threads.setStatus": ("channel_id", "thread_ts"),
+            "assistant.threads.setTitle": ("channel_id", "thread_ts", "title"),
+            "assistant.threads.setSuggestedPrompts": ("channel_id", "prompts"),
+        }.get(method)
+        if required is None:
+            return {"ok": False, "error": "unknown_method"}
+        if any(not args.get(name) for name in required):
+            return {"ok": False, "error": "invalid_arguments"}
+        if method == "assistant.threads.setStatus" and "status" not in args:  # "" clears the status
+            return {"ok": False, "error": "invalid_arguments"}
+        if method == "assistant.threads.setSuggestedPrompts":
+            prompts = args["prompts"]
+            if not isinstance(prompts, list) or not 1 <= len(prompts) <= 4:
+                return {"ok": False, "error": "invalid_arguments"}
+            if not all(isinstance(p, dict) and p.get("title") and p.get("message") for p in prompts):
+                return {"ok": False, "error": "invalid_arguments"}
+        return {"ok": True}
+
+    def _stream(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
+        text = args.get("markdown_text")
+        for chunk in args.get("chunks") or []:
+            if chunk.get("type") == "markdown_text":
+                text = (text or "") + str(chunk.get("text", ""))
+        if text is not None and len(text) > MARKDOWN_LIMIT:
+            return {"ok": False, "error": "msg_too_long"}
+        channel = str(args.get("channel") or "")
+        if method == "chat.startStream":
+            # Streamed messages are replies to a person: Slack needs the thread, and outside a DM the recipient.
+            in_dm = channel.startswith("D")
+            needed = (
+                ("channel", "thread_ts")
+                if in_dm
+                else ("channel", "thread_ts", "recipient_team_id", "recipient_user_id")
+            )
+            if any(not args.get(name) for name in needed):
+                return {"ok": False, "error": "invalid_arguments"}
+            ts = f"{1700000100 + next(self._ts)}.000100"
+            message = Posted(channel, ts, text or "", str(args["thread_ts"]), appends=[text or ""], streaming=True)
+            self.posted.append(message)
+            return {"ok": True, "channel": channel, "ts": ts}
+        if not channel or not args.get("ts") or (method == "chat.appendStream" and not text):
+            return {"ok": False, "error": "invalid_arguments"}
+        for message in self.posted:
+            if message.channel == channel and message.ts == args["ts"]:
+                if not message.streaming:
+                    return {"ok": False, "error": "message_not_in_streaming_state"}
+                message.text += text or ""
+                message.appends.append(text or "")
+                message.streaming = method == "chat.appendStream"
+                return {"ok": True, "channel": channel, "ts": message.ts}
+        return {"ok": False, "error": "message_not_found"}
 
     async def _response(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -272,6 +354,27 @@ def direct_message(text: str, *, channel: str = "D1", user: str = "U1", ts: str,
         "event_ts": ts,
         **extra,
     }
+
+
+def assistant_thread_started(
+    *, channel: str = "D1", thread_ts: str, user: str = "U1", team_id: str = "T1", context_channel: str = "C1"
+) -> dict[str, Any]:
+    """What Slack sends when someone opens a new thread in the assistant pane."""
+    return {
+        "type": "assistant_thread_started",
+        "assistant_thread": {
+            "user_id": user,
+            "context": {"channel_id": context_channel, "team_id": team_id, "enterprise_id": None},
+            "channel_id": channel,
+            "thread_ts": thread_ts,
+        },
+        "event_ts": thread_ts,
+    }
+
+
+def assistant_message(text: str, *, thread_ts: str, ts: str, channel: str = "D1", user: str = "U1") -> dict[str, Any]:
+    """A person's message in an assistant thread: a DM message inside the thread."""
+    return direct_message(text, channel=channel, user=user, ts=ts, thread_ts=thread_ts, team="T1")
 
 
 def slash_command_form(

@@ -78,3 +78,63 @@ def test_signed_headers_verify() -> None:
     verifier = SignatureVerifier("secret")
     assert verifier.is_valid('{"a": 1}', headers["X-Slack-Request-Timestamp"], headers["X-Slack-Signature"])
     assert not verifier.is_valid('{"a": 2}', headers["X-Slack-Request-Timestamp"], headers["X-Slack-Signature"])
+
+
+async def test_native_streaming_keeps_the_text_and_checks_its_arguments() -> None:
+    async with FakeSlack() as fake:
+        client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+        with pytest.raises(SlackApiError) as caught:  # a channel needs the recipient, every stream a thread
+            await client.chat_startStream(channel="C1", thread_ts="1.1", markdown_text="x")
+        assert caught.value.response["error"] == "invalid_arguments"
+        ts = (
+            await client.chat_startStream(
+                channel="C1", thread_ts="1.1", markdown_text="**Hel", recipient_team_id="T1", recipient_user_id="U1"
+            )
+        )["ts"]
+        await client.chat_appendStream(channel="C1", ts=ts, markdown_text="lo**")
+        await client.chat_stopStream(channel="C1", ts=ts, markdown_text=" world")
+        assert fake.message_text("C1", ts) == "**Hello** world"
+        assert fake.streamed()[0].appends == ["**Hel", "lo**", " world"] and fake.streamed()[0].thread_ts == "1.1"
+        with pytest.raises(SlackApiError) as caught:
+            await client.chat_appendStream(channel="C1", ts=ts, markdown_text="late")
+        assert caught.value.response["error"] == "message_not_in_streaming_state"
+        with pytest.raises(SlackApiError) as caught:
+            await client.chat_startStream(channel="D1", thread_ts="1.1", markdown_text="x" * 12_001)
+        assert caught.value.response["error"] == "msg_too_long"
+
+
+async def test_the_sdk_chat_stream_helper_works_against_the_fake() -> None:
+    async with FakeSlack() as fake:
+        client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+        stream = await client.chat_stream(channel="D1", thread_ts="1.1", buffer_size=4)
+        await stream.append(markdown_text="one ")
+        await stream.append(markdown_text="two")
+        await stream.stop()
+        assert [m.text for m in fake.streamed()] == ["one two"]
+
+
+async def test_refuse_makes_a_method_fail_until_told_otherwise() -> None:
+    async with FakeSlack() as fake:
+        client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+        fake.refuse("chat.startStream", "not_allowed_token_type")
+        for _ in range(2):
+            with pytest.raises(SlackApiError) as caught:
+                await client.chat_startStream(channel="D1", thread_ts="1.1", markdown_text="x")
+            assert caught.value.response["error"] == "not_allowed_token_type"
+        assert fake.posted == [] and len(fake.calls_to("chat.startStream")) == 2
+
+
+async def test_assistant_thread_methods_are_recorded_and_checked() -> None:
+    async with FakeSlack() as fake:
+        client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+        await client.assistant_threads_setStatus(channel_id="D1", thread_ts="1.1", status="is thinking...")
+        await client.assistant_threads_setStatus(channel_id="D1", thread_ts="1.1", status="")
+        await client.assistant_threads_setTitle(channel_id="D1", thread_ts="1.1", title="HTTP 429")
+        prompts = [{"title": "Explain", "message": "Explain HTTP 429"}]
+        await client.assistant_threads_setSuggestedPrompts(channel_id="D1", thread_ts="1.1", prompts=prompts)
+        assert [c["status"] for c in fake.calls_to("assistant.threads.setStatus")] == ["is thinking...", ""]
+        assert fake.calls_to("assistant.threads.setTitle")[0]["title"] == "HTTP 429"
+        assert fake.calls_to("assistant.threads.setSuggestedPrompts")[0]["prompts"] == prompts
+        with pytest.raises(SlackApiError) as caught:
+            await client.assistant_threads_setSuggestedPrompts(channel_id="D1", prompts=prompts * 5)
+        assert caught.value.response["error"] == "invalid_arguments"

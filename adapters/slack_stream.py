@@ -1,0 +1,340 @@
+"""Slack's own AI-app surface for replies: native streaming and the "is thinking..." status.
+
+A natively streamed reply is one message made with ``chat.startStream``, grown with ``chat.appendStream`` and
+closed with ``chat.stopStream``. Slack renders its ``markdown_text`` as Markdown, so the model's text goes out
+as written, except that mention syntax is broken up invisibly so it can never ping anyone. Slack streams only
+replies in a thread. Text is appended no faster than once per ``interval``; a reply longer than
+:data:`MESSAGE_LIMIT` continues in a further streamed message, an open code fence closed and reopened.
+
+Where Slack refuses to stream (a missing scope, a token or a context it does not support), the reply goes out
+once through the adapter's post-then-edit path instead, and the workspace is remembered, so later replies there
+do not ask again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.streaming import ReplyStream
+from adapters.text_split import FENCE_CLOSE, cut_point, open_fence_after
+from bot import texts
+
+log = logging.getLogger(__name__)
+
+#: Slack takes at most 12,000 characters of ``markdown_text`` per call. Each streamed message stays below that in
+#: total, leaving room for the invisible characters that break up mentions and for a closing fence.
+MESSAGE_LIMIT = 11_000
+
+STREAM = "native streaming"
+STATUS = "thinking status"
+
+# A word joiner is invisible and keeps Slack from reading the characters around it as one token.
+_JOINER = "\u2060"
+_MENTION = re.compile(
+    r"<(?=!(?:here|channel|everyone|subteam\^)|@[UW])|(?<![\w@])@(?=(?:here|channel|everyone)\b)", re.IGNORECASE
+)
+#: Longer than any mention's opening ("<!everyone" and the character after it): text this close to the end
+#: that starts with "<" or "@" may still grow into one, so it waits for the next append.
+_HOLD = 12
+
+#: Errors about this one message or thread, not about streaming in the workspace: nothing to remember.
+_THIS_MESSAGE_ONLY = frozenset(
+    {
+        "channel_not_found",
+        "is_archived",
+        "thread_not_found",
+        "invalid_thread_ts",
+        "message_not_found",
+        "msg_too_long",
+        "ratelimited",
+        "message_not_in_streaming_state",
+    }
+)
+
+
+def neutralise_mentions(markdown: str) -> str:
+    """``markdown`` with ``<!here>``, ``<!channel>``, ``<!everyone>``, ``<!subteam^..>``, ``<@U..>``, ``@here``,
+    ``@channel`` and ``@everyone`` broken up by an invisible word joiner: it reads the same and pings nobody."""
+    return _MENTION.sub(lambda m: m.group(0) + _JOINER, markdown)
+
+
+def _neutralise_after(before: str, piece: str) -> str:
+    """``piece`` neutralised as it reads after ``before`` (already sent): an address like ``a@here.com`` split
+    after the ``a`` is still an address."""
+    return neutralise_mentions(before + piece)[len(before) :]
+
+
+def _safe_end(text: str, start: int) -> int:
+    """How much of ``text`` can go out now: all but a tail that might still grow into a mention."""
+    tail_from = max(start, len(text) - _HOLD)
+    held = max(text.rfind("<", tail_from), text.rfind("@", tail_from))
+    return held if held >= start else len(text)
+
+
+class Refusals:
+    """Workspaces where Slack refused one of its AI features: each is asked once, then left alone."""
+
+    def __init__(self) -> None:
+        self._refused: set[tuple[str, str]] = set()
+
+    def allows(self, workspace: str, feature: str) -> bool:
+        return (workspace, feature) not in self._refused
+
+    def refused(self, workspace: str, feature: str, error: str) -> None:
+        if error in _THIS_MESSAGE_ONLY:
+            return
+        if (workspace, feature) not in self._refused:
+            log.warning("Slack refused %s in workspace %s (%s); not trying it there again", feature, workspace, error)
+        self._refused.add((workspace, feature))
+
+
+class ThinkingStatus:
+    """Slack's "is thinking..." under the question, from the start of the turn until the answer shows.
+
+    Set in the background so the model call does not wait for it; a status Slack refuses is only decoration,
+    so failures are logged and the reply goes on.
+    """
+
+    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str, on_refused: Callable[[str], None]) -> None:
+        self._client = client
+        self._channel = channel
+        self._thread_ts = thread_ts
+        self._on_refused = on_refused
+        self._setting: asyncio.Task[bool] | None = None
+        self._cleared = False
+
+    def start(self) -> None:
+        self._setting = asyncio.create_task(self._set(texts.THINKING_STATUS), name="slack-status")
+
+    async def clear(self) -> None:
+        if self._setting is None or self._cleared:
+            return
+        self._cleared = True
+        if await self._setting:
+            await self._set("")
+
+    async def _set(self, status: str) -> bool:
+        try:
+            await self._client.assistant_threads_setStatus(
+                channel_id=self._channel, thread_ts=self._thread_ts, status=status
+            )
+            return True
+        except SlackApiError as exc:
+            error = str(exc.response.get("error"))
+            log.info("assistant.threads.setStatus in %s failed: %s", self._channel, error)
+            self._on_refused(error)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("assistant.threads.setStatus in %s failed: %s", self._channel, type(exc).__name__)
+        return False
+
+
+class NativeReply:
+    """One reply streamed with Slack's chat.*Stream methods; a :class:`ReplyStream` for ``deliver``.
+
+    ``fallback`` builds the post-then-edit stream that takes over if Slack refuses to start a stream (then
+    ``on_refused`` hears the error) or a stream breaks off: it gets whatever text Slack has not shown yet, so
+    the reply appears once, never twice.
+    """
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        *,
+        channel: str,
+        thread_ts: str,
+        recipient_team: str,
+        recipient_user: str,
+        interval: float,
+        fallback: Callable[[], ReplyStream],
+        on_refused: Callable[[str], None],
+        on_first_post: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._client = client
+        self._channel = channel
+        self._thread_ts = thread_ts
+        self._recipient = {"recipient_team_id": recipient_team, "recipient_user_id": recipient_user}
+        self._interval = interval
+        self._make_fallback = fallback
+        self._on_refused = on_refused
+        self._on_first_post = on_first_post
+        self._text = ""  # the model's text so far
+        self._final: str | None = None
+        self._closing = False
+        self._sent = 0  # characters of _text that Slack has been given
+        self._ts: str | None = None  # the streamed message still open
+        self._message = ""  # the Markdown in the current message, for its length and open fences
+        self._before = ""  # the last character of the model's text in the current message
+        self._reopen = ""  # the fence line that starts the next message
+        self._posted = False
+        self._fallback: ReplyStream | None = None
+        self._wake = asyncio.Event()
+        self._last_send = 0.0
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def fell_back(self) -> bool:
+        return self._fallback is not None
+
+    async def feed(self, piece: str) -> None:
+        self._text += piece
+        if self._fallback is not None:
+            await self._fallback.feed(piece)
+            return
+        self._wake.set()
+        self._ensure_pump()
+
+    async def finish(self, final_text: str) -> None:
+        self._final = final_text
+        if self._fallback is None:
+            self._wake.set()
+            pump = self._ensure_pump()
+            await pump
+        if self._fallback is not None:
+            await self._fallback.finish(self._unsent(final_text))
+
+    async def cancel(self) -> None:
+        # The pump is told to stop rather than cancelled: cut off inside chat.startStream, it would never learn
+        # the ts of a stream Slack has opened, and could not close it.
+        self._closing = True
+        self._wake.set()
+        if self._pump is not None:
+            await asyncio.gather(self._pump, return_exceptions=True)
+        if self._fallback is not None:
+            await self._fallback.cancel()
+        await self._close_open_stream()
+
+    def _ensure_pump(self) -> asyncio.Task[None]:
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._run(), name="slack-native-stream")
+        return self._pump
+
+    def _unsent(self, final_text: str) -> str:
+        shown = self._text[: self._sent]
+        if final_text.startswith(shown):
+            return final_text[self._sent :]
+        # The reply is not what streamed (a failure after some text): show all of it rather than lose any.
+        log.warning("the final reply in %s differs from the streamed text; posting it whole", self._channel)
+        return final_text
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._closing:
+                    return
+                if self._final is not None:
+                    await self._flush(self._final, final=True)
+                    return
+                wait = self._last_send + self._interval - time.monotonic()
+                if self._ts is not None and wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                        self._wake.set()  # new text or the end came early: look again, the wait shrinks
+                        continue
+                await self._flush(self._text, final=False)
+        except _FellBack:
+            return
+
+    async def _flush(self, text: str, *, final: bool) -> None:
+        if final and not text.startswith(self._text[: self._sent]):
+            await self._fall_back(None)
+        end = len(text) if final else _safe_end(text, self._sent)
+        pending = text[self._sent : end]
+        if self._ts is None and not pending.strip():
+            return  # nothing to show yet; Slack would show an empty message
+        await self._send(pending, final=final)
+        self._last_send = time.monotonic()
+
+    async def _send(self, pending: str, *, final: bool) -> None:
+        while True:
+            room = MESSAGE_LIMIT - len(self._reopen if self._ts is None else self._message)
+            if len(pending) <= room:
+                await self._write(pending, stop=final)
+                return
+            cut = cut_point(pending, max(room - len(FENCE_CLOSE), 0))
+            piece = pending[:cut]
+            fence = open_fence_after((self._reopen if self._ts is None else self._message) + piece, None)
+            await self._write(piece, stop=True, closing=FENCE_CLOSE if fence else "")
+            rest = pending[cut:]
+            if not fence:
+                skipped = len(rest) - len(rest.lstrip("\n"))
+                self._sent += skipped  # a paragraph break between two messages needs no characters
+                rest = rest[skipped:]
+            self._reopen = f"{fence}\n" if fence else ""
+            pending = rest
+
+    async def _write(self, piece: str, *, stop: bool, closing: str = "") -> None:
+        if self._ts is None:
+            self._before = ""
+        markdown = _neutralise_after(self._before, piece) + closing
+        self._before = (self._before + piece)[-1:]
+        if self._ts is None:
+            markdown = self._reopen + markdown
+            try:
+                response = await self._client.chat_startStream(
+                    channel=self._channel, thread_ts=self._thread_ts, markdown_text=markdown, **self._recipient
+                )
+            except SlackApiError as exc:
+                error = str(exc.response.get("error"))
+                self._on_refused(error)
+                await self._fall_back(error)
+            self._ts = str(response["ts"])
+            self._message, self._reopen = markdown, ""
+            self._sent += len(piece)
+            if not self._posted:
+                self._posted = True
+                if self._on_first_post is not None:
+                    await self._on_first_post()
+            if stop:
+                await self._stop(None)
+            return
+        try:
+            if stop:
+                await self._stop(markdown or None)
+            elif markdown:
+                await self._client.chat_appendStream(channel=self._channel, ts=self._ts, markdown_text=markdown)
+                self._message += markdown
+        except SlackApiError as exc:
+            await self._fall_back(str(exc.response.get("error")))
+        self._sent += len(piece)
+
+    async def _stop(self, markdown: str | None) -> None:
+        assert self._ts is not None
+        await self._client.chat_stopStream(channel=self._channel, ts=self._ts, markdown_text=markdown)
+        self._ts, self._message = None, ""
+
+    async def _close_open_stream(self) -> None:
+        # An open stream shows as still being written until Slack times it out.
+        if self._ts is None:
+            return
+        ts, self._ts = self._ts, None
+        try:
+            await self._client.chat_stopStream(channel=self._channel, ts=ts)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError):
+            log.warning("could not stop the stream %s in %s", ts, self._channel, exc_info=True)
+
+    async def _fall_back(self, error: str | None) -> NoReturn:
+        """Hand what Slack has not shown to the post-then-edit stream, and stop here."""
+        log.info("native streaming in %s gave way to post-and-edit (%s)", self._channel, error or "text changed")
+        await self._close_open_stream()
+        fallback = self._make_fallback()
+        self._fallback = fallback
+        unsent = self._text[self._sent :]
+        if unsent.strip() and self._final is None:
+            await fallback.feed(unsent)
+        raise _FellBack
+
+
+class _FellBack(Exception):
+    """Raised inside the pump once the fallback stream has taken over."""
