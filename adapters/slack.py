@@ -4,9 +4,10 @@ Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP mode (``POST /slack/
 Bolt). Bolt acknowledges each event before our listener runs, so Slack's 3-second limit never waits on the
 model; a redelivered event carries the same message ``ts`` and the core answers it once.
 
-Replies in a thread use Slack's AI-app surface (see :mod:`adapters.slack_stream`): the "is thinking..." status
-until the first words, then native streaming; elsewhere, and where Slack refuses, a message is posted and
-edited. Bolt's ``AsyncAssistant`` middleware brings the assistant pane: each of its threads is a conversation.
+Replies use Slack's AI-app surface (see :mod:`adapters.slack_stream`): in a thread the "is thinking..." status
+until the first words; native streaming in threads and at the top of channels; at the top of a DM, and where
+Slack refuses, a message is posted and edited. Bolt's ``AsyncAssistant`` middleware brings the assistant pane:
+each of its threads is a conversation.
 """
 
 from __future__ import annotations
@@ -310,7 +311,9 @@ class SlackAdapter:
             )
 
         reply_stream: ReplyStream = post_and_edit()
-        if thread_ts is not None and self._settings.slack_native_streaming and self._refusals.allows(team, STREAM):
+        # Slack streams replies in threads, and top-level messages in channels, but not top-level in a DM.
+        streamable = thread_ts is not None or not _is_dm(event)
+        if streamable and self._settings.slack_native_streaming and self._refusals.allows(team, STREAM):
             reply_stream = NativeReply(
                 self.client,
                 channel=channel,
@@ -393,6 +396,10 @@ class SlackAdapter:
         if len(self._names) > _NAME_CACHE_SIZE:
             self._names.popitem(last=False)
         return str(name)
+
+
+def _is_dm(event: dict[str, Any]) -> bool:
+    return event.get("channel_type") == "im" or str(event.get("channel", "")).startswith("D")
 
 
 def _team(body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> str:

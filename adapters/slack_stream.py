@@ -151,7 +151,7 @@ class NativeReply:
         client: AsyncWebClient,
         *,
         channel: str,
-        thread_ts: str,
+        thread_ts: str | None,
         recipient_team: str,
         recipient_user: str,
         interval: float,
@@ -282,9 +282,12 @@ class NativeReply:
         if self._ts is None:
             markdown = self._reopen + markdown
             try:
-                response = await self._client.chat_startStream(
-                    channel=self._channel, thread_ts=self._thread_ts, markdown_text=markdown, **self._recipient
-                )
+                # Without thread_ts Slack streams a top-level message (in channels only; DMs need a thread). The
+                # SDK's chat_startStream still insists on thread_ts, so the call is made by name.
+                args = {"channel": self._channel, "markdown_text": markdown, **self._recipient}
+                if self._thread_ts is not None:
+                    args["thread_ts"] = self._thread_ts
+                response = await self._client.api_call("chat.startStream", json=args)
             except SlackApiError as exc:
                 error = str(exc.response.get("error"))
                 self._on_refused(error)

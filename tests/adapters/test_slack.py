@@ -81,6 +81,7 @@ def settings_for(fake: FakeSlack, model: FakeOpenAI, db: Path, **overrides: Any)
         "http_host": "127.0.0.1",
         "http_port": 0,
         "stream_edit_interval": 0.2,
+        "slack_native_streaming": False,  # see the ``native`` fixture
     }
     return Settings(**(values | overrides))
 
@@ -103,8 +104,18 @@ def overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def slack(fake: FakeSlack, model: FakeOpenAI, tmp_path: Path, overrides: dict[str, Any]) -> AsyncIterator[Slack]:
-    settings = settings_for(fake, model, tmp_path / "teambot.db", **overrides)
+def native() -> bool:
+    """Native streaming is off here: these tests hold the post-then-edit path, which is also its fallback.
+    ``test_slack_assistant`` switches it on for the whole AI-app surface."""
+    return False
+
+
+@pytest.fixture
+async def slack(
+    fake: FakeSlack, model: FakeOpenAI, tmp_path: Path, overrides: dict[str, Any], native: bool
+) -> AsyncIterator[Slack]:
+    values = {"slack_native_streaming": native} | overrides
+    settings = settings_for(fake, model, tmp_path / "teambot.db", **values)
     async with open_core(settings) as core, httpx.AsyncClient() as http:
         adapter = SlackAdapter(core, settings)
         await adapter.start()

@@ -22,6 +22,7 @@ from tests.fakes.slack import (
     FakeSlack,
     assistant_message,
     assistant_thread_started,
+    direct_message,
     event_envelope,
     form_body,
     mention,
@@ -31,6 +32,12 @@ from tests.fakes.slack import (
 
 # The Slack fixtures of test_slack: a fake Slack and model, and the adapter started against them over HTTP.
 fake, model, overrides, slack = base.fake, base.model, base.overrides, base.slack
+
+
+@pytest.fixture
+def native() -> bool:
+    return True
+
 
 THREAD = "1700000000.000100"
 OTHER_THREAD = "1700000000.000900"
@@ -140,11 +147,26 @@ async def test_a_top_level_mention_streams_natively_when_replies_go_in_a_thread(
     assert replies(slack)[0].text == "echo: Ada: hello"
 
 
-async def test_a_top_level_channel_reply_is_posted_and_edited(slack: Slack) -> None:
-    # Slack streams only replies in a thread, and sets a status only on a thread.
-    await slack.event(mention("<@UBOT> hello", ts="1.1"))
+async def test_a_top_level_mention_in_a_channel_streams_natively_in_place(slack: Slack) -> None:
+    words = " ".join(f"w{i}" for i in range(30))
+    slack.model.chunk_delay = 0.02
+    await slack.event(mention(f"<@UBOT> {words}", ts="1.1"))
+    await answered(slack)
+    [start] = slack.fake.calls_to("chat.startStream")
+    assert "thread_ts" not in start  # a top-level message in the channel, where the question was
+    assert (start["channel"], start["recipient_team_id"], start["recipient_user_id"]) == ("C1", "T1", "U1")
+    [reply] = replies(slack)
+    assert reply.streamed and reply.thread_ts is None and reply.text == f"echo: Ada: {words}"
+    assert slack.fake.calls_to("chat.postMessage") == [] and slack.fake.calls_to("chat.update") == []
+    assert statuses(slack) == []  # Slack sets a status only on a thread
+
+
+async def test_a_top_level_direct_message_is_posted_and_edited(slack: Slack) -> None:
+    # In a DM Slack streams only into a thread (the assistant pane's are threads).
+    await slack.event(direct_message("hello", ts="1.1"))
     await slack.wait_posts(1)
     assert slack.fake.calls_to("chat.startStream") == [] and statuses(slack) == []
+    assert slack.fake.posted[0].text == "echo: Ada: hello" and not slack.fake.posted[0].streamed
 
 
 @pytest.mark.parametrize("overrides", [{"slack_native_streaming": False}])
@@ -253,7 +275,12 @@ async def test_reset_in_the_pane_forgets_the_thread_in_view(slack: Slack) -> Non
 @pytest.fixture
 def socket_settings(fake: FakeSlack, model: FakeOpenAI, tmp_path: Path) -> Callable[[], Settings]:
     return lambda: settings_for(
-        fake, model, tmp_path / "s.db", slack_app_token="xapp-1-A1-123-abc", slack_signing_secret=None
+        fake,
+        model,
+        tmp_path / "s.db",
+        slack_app_token="xapp-1-A1-123-abc",
+        slack_signing_secret=None,
+        slack_native_streaming=True,
     )
 
 

@@ -248,17 +248,15 @@ class FakeSlack(LoopbackServer):
             return {"ok": False, "error": "msg_too_long"}
         channel = str(args.get("channel") or "")
         if method == "chat.startStream":
-            # Streamed messages are replies to a person: Slack needs the thread, and outside a DM the recipient.
+            # Streamed messages answer a person: in a DM Slack needs the thread; in a channel the recipient, and
+            # without thread_ts the message is top-level.
             in_dm = channel.startswith("D")
-            needed = (
-                ("channel", "thread_ts")
-                if in_dm
-                else ("channel", "thread_ts", "recipient_team_id", "recipient_user_id")
-            )
+            needed = ("channel", "thread_ts") if in_dm else ("channel", "recipient_team_id", "recipient_user_id")
             if any(not args.get(name) for name in needed):
                 return {"ok": False, "error": "invalid_arguments"}
             ts = f"{1700000100 + next(self._ts)}.000100"
-            message = Posted(channel, ts, text or "", str(args["thread_ts"]), appends=[text or ""], streaming=True)
+            thread = str(args["thread_ts"]) if args.get("thread_ts") else None
+            message = Posted(channel, ts, text or "", thread, appends=[text or ""], streaming=True)
             self.posted.append(message)
             return {"ok": True, "channel": channel, "ts": ts}
         if not channel or not args.get("ts") or (method == "chat.appendStream" and not text):
