@@ -58,7 +58,9 @@ class DiscordSink:
             self._typing.cancel()
 
 
-class _Client(discord.Client):
+class _SyncsCommands:
+    """What both client kinds add: the adapter, and the command sync once per start."""
+
     def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
         super().__init__(**options)
         self._adapter = adapter
@@ -68,15 +70,12 @@ class _Client(discord.Client):
         await self._adapter.sync_commands()
 
 
-class _ShardedClient(discord.AutoShardedClient):
+class _Client(_SyncsCommands, discord.Client):
+    """One gateway connection."""
+
+
+class _ShardedClient(_SyncsCommands, discord.AutoShardedClient):
     """Several gateway connections in one process: the shards this replica runs (DMs come on shard 0)."""
-
-    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
-        super().__init__(**options)
-        self._adapter = adapter
-
-    async def setup_hook(self) -> None:
-        await self._adapter.sync_commands()
 
 
 def _client(
