@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -79,6 +80,8 @@ class ConversationCore:
         self.metrics = metrics or Metrics()
         self.metrics.watch_queue(lambda: self.guards.gate.waiting)
         self._locks = KeyedLocks()
+        # A handful of system prompts (the default and those set per channel) are counted on every turn.
+        self._count_system = functools.lru_cache(maxsize=256)(counter.count_message)
 
     @property
     def default_model(self) -> str:
@@ -113,7 +116,7 @@ class ConversationCore:
     async def _turn(self, msg: IncomingMessage, on_text: OnText | None) -> Reply:
         channel = await self.store.channel_settings(msg.key)
         system = self._system_message(channel.system_prompt)
-        system_tokens = self._counter.count_message(system["content"])
+        system_tokens = self._count_system(system["content"])
         budget = self.settings.history_tokens
         # A single message may take at most half of what the system prompt leaves, so that the turns around it
         # still fit next time; a longer one is cut, and stored as the model saw it.
@@ -189,7 +192,7 @@ class ConversationCore:
         on_text: OnText | None,
     ) -> tuple[Completion, list[ChatMessage]] | Reply:
         """The model's completion and the prompt it answered, or the Reply that explains why there is none."""
-        system_tokens = self._counter.count_message(system["content"])
+        system_tokens = self._count_system(system["content"])
         budget = self.settings.history_tokens
         streaming = on_text is not None and self.settings.stream
         started = time.monotonic()
