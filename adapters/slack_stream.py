@@ -2,9 +2,10 @@
 
 A natively streamed reply is one message made with ``chat.startStream``, grown with ``chat.appendStream`` and
 closed with ``chat.stopStream``. Slack renders its ``markdown_text`` as Markdown, so the model's text goes out
-as written, except that mention syntax is broken up invisibly so it can never ping anyone. Slack streams only
-replies in a thread. Text is appended no faster than once per ``interval``; a reply longer than
-:data:`MESSAGE_LIMIT` continues in a further streamed message, an open code fence closed and reopened.
+as written, except that mention syntax is broken up invisibly so it can never ping anyone. Slack streams replies
+in threads and top-level messages in channels (not at the top of a DM). Text is appended no faster than once
+per ``interval``; a reply longer than :data:`MESSAGE_LIMIT` continues in a further streamed message, an open
+code fence closed and reopened.
 
 Where Slack refuses to stream (a missing scope, a token or a context it does not support), the reply goes out
 once through the adapter's post-then-edit path instead, and the workspace is remembered, so later replies there

@@ -136,3 +136,21 @@ async def test_rate_limits_hold_across_replicas(fakes, postgres_url: str, tmp_pa
     slow_down = texts.SLOW_DOWN.split("{")[0]
     assert all(t.startswith(slow_down) for t in texts_posted[3:]), texts_posted
     assert fake.calls == 3
+
+
+async def test_a_budget_spent_on_one_replica_is_spent_on_the_other(fakes, postgres_url: str, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    budget = {"TEAMBOT_BUDGET_USER_DAILY": "1", "TEAMBOT_BUDGET_UNIT": "tokens"}
+    replicas = await start_replicas(fake, slack, http, postgres_url, tmp_path, budget)
+    used_up = texts.BUDGET_REACHED.split("{")[0]
+    try:
+        # The same person, first on one replica, then on the other.
+        await replicas[0].send(http, event_envelope(mention("<@UBOT> q0", channel="C0", ts="1700000000.000001")))
+        await slack.wait_for(lambda: any(_ANSWER.fullmatch(p.text) for p in slack.posted), 20)
+        await replicas[1].send(http, event_envelope(mention("<@UBOT> q1", channel="C1", ts="1700000000.000002")))
+        await slack.wait_for(lambda: any(p.text.startswith(used_up) for p in slack.posted), 20)
+    finally:
+        await stop(replicas)
+    in_second_channel = [p.text for p in slack.posted if p.channel == "C1"]
+    assert len(in_second_channel) == 1 and in_second_channel[0].startswith(used_up), in_second_channel
+    assert fake.calls == 1
