@@ -41,6 +41,39 @@ class UsageRecord:
     cost: float
     priced: bool
 
+    def values(self) -> tuple[object, ...]:
+        """The record in the order of :data:`USAGE_COLUMNS`."""
+        key = self.key
+        return (
+            self.at,
+            key.platform,
+            key.workspace,
+            key.channel,
+            self.user_id,
+            self.model,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.exact,
+            self.cost,
+            self.priced,
+        )
+
+
+#: The ledger's columns, in the order of :meth:`UsageRecord.values`.
+USAGE_COLUMNS = (
+    "at",
+    "platform",
+    "workspace",
+    "channel",
+    "user_id",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "exact",
+    "cost",
+    "priced",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class UsageScope:
@@ -50,6 +83,16 @@ class UsageScope:
     workspace: str
     channel: str | None = None
     user_id: str | None = None
+
+    def conditions(self, since: float) -> list[tuple[str, object]]:
+        """``(column and operator, value)`` pairs that select this scope's ledger rows since ``since``."""
+        found: list[tuple[str, object]] = [("platform =", self.platform), ("workspace =", self.workspace)]
+        found.append(("at >=", since))
+        if self.channel is not None:
+            found.append(("channel =", self.channel))
+        if self.user_id is not None:
+            found.append(("user_id =", self.user_id))
+        return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import asyncpg
 
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage, Usage
-from bot.store import ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal, describe_db
+from bot.store import USAGE_COLUMNS, ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal, describe_db
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,10 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     ),
 )
 
+_INSERT_USAGE = (
+    f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${n}' for n in range(1, len(USAGE_COLUMNS) + 1))})"
+)
 #: How long a handled message id is remembered; platforms redeliver within minutes, not days.
 HANDLED_RETENTION_S = 7 * 24 * 3600
 #: No stored message counts fewer tokens than the chat format's own overhead plus one.
@@ -290,21 +294,7 @@ class PostgresStore:
                 time.time(),
             )
             if ledger is not None:
-                await conn.execute(
-                    "INSERT INTO usage (at, platform, workspace, channel, user_id, model, prompt_tokens, "
-                    "completion_tokens, exact, cost, priced) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                    ledger.at,
-                    ledger.key.platform,
-                    ledger.key.workspace,
-                    ledger.key.channel,
-                    ledger.user_id,
-                    ledger.model,
-                    ledger.prompt_tokens,
-                    ledger.completion_tokens,
-                    ledger.exact,
-                    ledger.cost,
-                    ledger.priced,
-                )
+                await conn.execute(_INSERT_USAGE, *ledger.values())
             return int(row)
 
     async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
@@ -357,20 +347,14 @@ class PostgresStore:
             await conn.execute("DELETE FROM messages WHERE id = $1", row)
 
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
-        where = ["platform = $1", "workspace = $2", "at >= $3"]
-        args: list[object] = [scope.platform, scope.workspace, since]
-        if scope.channel is not None:
-            args.append(scope.channel)
-            where.append(f"channel = ${len(args)}")
-        if scope.user_id is not None:
-            args.append(scope.user_id)
-            where.append(f"user_id = ${len(args)}")
+        conditions = scope.conditions(since)
+        where = " AND ".join(f"{c} ${n}" for n, (c, _) in enumerate(conditions, start=1))
         query = (
             "SELECT count(*), coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost), 0), "
-            f"coalesce(bool_and(priced), true) FROM usage WHERE {' AND '.join(where)}"
+            f"coalesce(bool_and(priced), true) FROM usage WHERE {where}"
         )
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(query, *args)
+            row = await conn.fetchrow(query, *(value for _, value in conditions))
         assert row is not None
         return UsageTotal(calls=int(row[0]), tokens=int(row[1]), cost=float(row[2]), all_priced=bool(row[3]))
 

@@ -19,7 +19,7 @@ import aiosqlite
 from bot.errors import ConfigError
 from bot.limits import TokenBuckets
 from bot.messages import ConversationKey, IncomingMessage, Usage
-from bot.store import ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal
+from bot.store import USAGE_COLUMNS, ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     ),
 )
 
+_INSERT_USAGE = f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})"
 #: How long a handled message id is remembered; platforms redeliver within minutes, not days.
 HANDLED_RETENTION_S = 7 * 24 * 3600
 #: No stored message counts fewer tokens than the chat format's own overhead plus one.
@@ -234,23 +235,7 @@ class SQLiteStore:
                 ),
             )
             if ledger is not None:
-                await db.execute(
-                    "INSERT INTO usage (at, platform, workspace, channel, user_id, model, prompt_tokens, "
-                    "completion_tokens, exact, cost, priced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        ledger.at,
-                        ledger.key.platform,
-                        ledger.key.workspace,
-                        ledger.key.channel,
-                        ledger.user_id,
-                        ledger.model,
-                        ledger.prompt_tokens,
-                        ledger.completion_tokens,
-                        int(ledger.exact),
-                        ledger.cost,
-                        int(ledger.priced),
-                    ),
-                )
+                await db.execute(_INSERT_USAGE, ledger.values())
             assert cur.lastrowid is not None
             return cur.lastrowid
 
@@ -300,19 +285,12 @@ class SQLiteStore:
             await db.execute("DELETE FROM messages WHERE id = ?", (row,))
 
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
-        where = ["platform = ?", "workspace = ?", "at >= ?"]
-        args: list[object] = [scope.platform, scope.workspace, since]
-        if scope.channel is not None:
-            where.append("channel = ?")
-            args.append(scope.channel)
-        if scope.user_id is not None:
-            where.append("user_id = ?")
-            args.append(scope.user_id)
+        conditions = scope.conditions(since)
         query = (
             "SELECT count(*), coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost), 0), "
-            f"coalesce(min(priced), 1) FROM usage WHERE {' AND '.join(where)}"
+            f"coalesce(min(priced), 1) FROM usage WHERE {' AND '.join(f'{c} ?' for c, _ in conditions)}"
         )
-        [row] = list(await self._reader.execute_fetchall(query, args))
+        [row] = list(await self._reader.execute_fetchall(query, [value for _, value in conditions]))
         return UsageTotal(calls=int(row[0]), tokens=int(row[1]), cost=float(row[2]), all_priced=bool(row[3]))
 
     async def claim_warning(self, scope: str, period_start: float) -> bool:
