@@ -11,6 +11,7 @@ from typing import Any
 import aiosqlite
 
 from bot.errors import ConfigError
+from bot.store import USAGE_COLUMNS
 from bot.store_postgres import PostgresStore
 from bot.store_sqlite import SQLiteStore
 
@@ -70,25 +71,7 @@ TABLES = (
         serial="id",
     ),
     _Table("handled_messages", ("message_id", "handled_at")),
-    _Table(
-        "usage",
-        (
-            "id",
-            "at",
-            "platform",
-            "workspace",
-            "channel",
-            "user_id",
-            "model",
-            "prompt_tokens",
-            "completion_tokens",
-            "exact",
-            "cost",
-            "priced",
-        ),
-        flags=("exact", "priced"),
-        serial="id",
-    ),
+    _Table("usage", ("id", *USAGE_COLUMNS), flags=("exact", "priced"), serial="id"),
     _Table("channel_settings", ("platform", "workspace", "channel", "system_prompt", "model")),
     _Table("budget_warnings", ("scope", "period_start")),
 )
