@@ -321,6 +321,7 @@ class PostgresStore:
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def reset(self, key: ConversationKey) -> int:
+        args: tuple[str, ...]
         if key.thread:
             where, args = "key = $1", (str(key),)
         else:
