@@ -20,7 +20,7 @@ from bot.budgets import Accounting
 from bot.conversation import ConversationCore, TurnSettings
 from bot.guards import Guards
 from bot.limits import ConcurrencyGate
-from bot.llm import ChatClient, Endpoint
+from bot.llm import ChatClient, Endpoint, model_http_client
 from bot.messages import ConversationKey, IncomingMessage
 from bot.pricing import PriceTable
 from bot.store import open_store
@@ -53,8 +53,7 @@ async def bench_core(db: str, model: ModelProcess) -> AsyncIterator[Conversation
     """The production core: real store, real client, ledger on; no rate limits, a gate wide enough not to queue."""
     store = await open_store(db)
     try:
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        async with model_http_client(60, max_connections=1000) as http:
             llm = ChatClient(http, Endpoint("bench", model.base_url, "bench"))
             guards = Guards(gate=ConcurrencyGate(10_000, 10_000), accounting=Accounting(store, PriceTable(), []))
             yield ConversationCore(store, llm, COUNTER, TurnSettings("You are a benchmark.", 4000), guards)

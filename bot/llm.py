@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from bot import errors
 from bot.keys import KeySource
@@ -31,6 +32,17 @@ Sleep = Callable[[float], Awaitable[None]]
 
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error", "context_window_exceeded"})
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
+
+
+def model_http_client(timeout: httpx.Timeout | float, *, max_connections: int = 256) -> httpx.AsyncClient:
+    """The one HTTP client for model calls: httpx's API over aiohttp's connection pool.
+
+    httpcore's own pool looks at every open connection for every request (and polls the idle ones), so its cost
+    per request grows with the number of concurrent calls; measured through the core with 200 concurrent
+    conversations it took over half the process's time (``python -m bench``, BENCHMARKS.md).
+    """
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return HttpxAiohttpClient(timeout=timeout, limits=limits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from bot.conversation import ConversationCore, TurnSettings
 from bot.guards import AccessPolicy, Guards
 from bot.keys import KeySource
 from bot.limits import ConcurrencyGate, RateLimiter
-from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy
+from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, model_http_client
 from bot.pricing import PriceTable
 from bot.store import Store, open_store
 from bot.tokens import TokenCounter
@@ -83,8 +83,7 @@ async def open_core(settings: Settings, counter: TokenCounter | None = None) -> 
     store = await open_store(settings.db, pool_size=settings.db_pool_size)
     try:
         timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+        async with model_http_client(timeout) as http:
             primary, fallback = endpoints(settings)
             llm = ChatClient(
                 http,

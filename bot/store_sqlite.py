@@ -1,17 +1,16 @@
-"""SQLite storage (aiosqlite): schema, migrations and queries.
+"""SQLite storage: schema, migrations and queries.
 
-One connection writes, guarded by an asyncio lock, because aiosqlite interleaves transactions of different
-coroutines on one connection; a second connection reads, which WAL lets run beside the writer.
+One connection writes, each transaction a single call on its own thread (:mod:`bot.sqlite_writer`); a second
+connection (aiosqlite) reads, which WAL lets run beside the writer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -19,6 +18,7 @@ import aiosqlite
 from bot.errors import ConfigError
 from bot.limits import TokenBuckets
 from bot.messages import ConversationKey, IncomingMessage, Usage
+from bot.sqlite_writer import PRAGMAS, SQLiteWriter
 from bot.store import USAGE_COLUMNS, ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,9 @@ _SETTINGS_CACHE_SIZE = 10_000
 class SQLiteStore:
     """The :class:`bot.store.Store` on a SQLite file."""
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: str) -> None:
+    def __init__(self, writer: SQLiteWriter, reader: aiosqlite.Connection, path: str) -> None:
         self._writer = writer
         self._reader = reader
-        self._write_lock = asyncio.Lock()
         self._conversation_ids: dict[str, int] = {}
         self._channel_settings: dict[tuple[str, str, str], ChannelSettings] = {}
         # A SQLite file has one process (its writer lock is per machine): rate buckets need not be written down.
@@ -119,10 +118,10 @@ class SQLiteStore:
     async def open(cls, path: str) -> SQLiteStore:
         if path != ":memory:":
             _check_folder(path)
-        writer = await _connect(path)
+        writer = await SQLiteWriter.open(path)
         try:
             await _migrate(writer)
-            reader = await _connect(path)
+            reader = await _connect_reader(path)
         except BaseException:
             await writer.close()
             raise
@@ -145,34 +144,21 @@ class SQLiteStore:
         await self._reader.close()
         await self._writer.close()
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        # IMMEDIATE takes the write lock up front: a deferred transaction that reads then writes can fail
-        # with SQLITE_BUSY at once instead of waiting out busy_timeout.
-        async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            await self._writer.execute("COMMIT")
-
-    async def _conversation_id(self, db: aiosqlite.Connection, key: ConversationKey) -> int:
+    def _conversation_id(self, db: sqlite3.Connection, key: ConversationKey) -> int:
+        """The conversation's row id, created if new; runs on the writer's thread."""
         text = str(key)
         cached = self._conversation_ids.get(text)
         if cached is not None:
             return cached
-        await db.execute(
+        db.execute(
             "INSERT INTO conversations (key, platform, workspace, channel, thread, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
             (text, key.platform, key.workspace, key.channel, key.thread, time.time()),
         )
-        async with db.execute("SELECT id FROM conversations WHERE key = ?", (text,)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        self._conversation_ids[text] = row[0]
-        return int(row[0])
+        [(conversation,)] = db.execute("SELECT id FROM conversations WHERE key = ?", (text,)).fetchall()
+        # A plain dict store is atomic, and the id of a key never changes: the event loop may read it at any time.
+        self._conversation_ids[text] = int(conversation)
+        return int(conversation)
 
     async def _existing_conversation_id(self, key: ConversationKey) -> int | None:
         text = str(key)
@@ -185,23 +171,31 @@ class SQLiteStore:
         return int(rows[0][0])
 
     async def begin_turn(self, msg: IncomingMessage, tokens: int) -> int | None:
-        now = time.time()
-        async with self._transaction() as db:
-            cur = await db.execute(
+        def work(db: sqlite3.Connection) -> int | None:
+            now = time.time()
+            cur = db.execute(
                 "INSERT INTO handled_messages (message_id, handled_at) VALUES (?, ?) "
                 "ON CONFLICT (message_id) DO NOTHING",
                 (msg.message_id, now),
             )
             if cur.rowcount == 0:
                 return None
-            conversation = await self._conversation_id(db, msg.key)
-            cur = await db.execute(
+            cur = db.execute(
                 "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
                 "platform_message_id, created_at) VALUES (?, 'user', ?, ?, ?, ?, ?, ?)",
-                (conversation, msg.author_id, msg.author_name, msg.text, tokens, msg.message_id, now),
+                (
+                    self._conversation_id(db, msg.key),
+                    msg.author_id,
+                    msg.author_name,
+                    msg.text,
+                    tokens,
+                    msg.message_id,
+                    now,
+                ),
             )
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+            return _row_id(cur)
+
+        return await self._writer.transaction(work)
 
     async def add_reply(
         self,
@@ -215,14 +209,13 @@ class SQLiteStore:
         complete: bool,
         ledger: UsageRecord | None = None,
     ) -> int:
-        async with self._transaction() as db:
-            conversation = await self._conversation_id(db, key)
-            cur = await db.execute(
+        def work(db: sqlite3.Connection) -> int:
+            cur = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
                 "prompt_tokens, completion_tokens, usage_exact, created_at) "
                 "VALUES (?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    conversation,
+                    self._conversation_id(db, key),
                     text,
                     tokens,
                     reply_to,
@@ -235,9 +228,10 @@ class SQLiteStore:
                 ),
             )
             if ledger is not None:
-                await db.execute(_INSERT_USAGE, ledger.values())
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+                db.execute(_INSERT_USAGE, ledger.values())
+            return _row_id(cur)
+
+        return await self._writer.transaction(work)
 
     async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
         conversation = await self._existing_conversation_id(key)
@@ -264,11 +258,8 @@ class SQLiteStore:
         else:
             # A channel's reset covers the threads under it: with reply-in-thread on, that is all there is.
             where, args = "platform = ? AND workspace = ? AND channel = ?", (key.platform, key.workspace, key.channel)
-        async with self._transaction() as db:
-            cur = await db.execute(
-                f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE {where})", args
-            )
-            return max(cur.rowcount, 0)
+        statement = f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE {where})"
+        return await self._writer.transaction(lambda db: max(db.execute(statement, args).rowcount, 0))
 
     async def count_messages(self, key: ConversationKey) -> int:
         conversation = await self._existing_conversation_id(key)
@@ -282,8 +273,7 @@ class SQLiteStore:
         return int(rows[0][0])
 
     async def forget_message(self, row: int) -> None:
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM messages WHERE id = ?", (row,))
+        await self._writer.transaction(lambda db: db.execute("DELETE FROM messages WHERE id = ?", (row,)))
 
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
         conditions = scope.conditions(since)
@@ -295,12 +285,8 @@ class SQLiteStore:
         return UsageTotal(calls=int(row[0]), tokens=int(row[1]), cost=float(row[2]), all_priced=bool(row[3]))
 
     async def claim_warning(self, scope: str, period_start: float) -> bool:
-        async with self._transaction() as db:
-            cur = await db.execute(
-                "INSERT INTO budget_warnings (scope, period_start) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (scope, period_start),
-            )
-            return cur.rowcount == 1
+        statement = "INSERT INTO budget_warnings (scope, period_start) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        return await self._writer.transaction(lambda db: db.execute(statement, (scope, period_start)).rowcount == 1)
 
     async def channel_settings(self, key: ConversationKey) -> ChannelSettings:
         # Read on every turn and changed by hand: a cache that this process's own writes keep fresh.
@@ -322,13 +308,13 @@ class SQLiteStore:
         return found
 
     async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None:
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (platform, workspace, channel) "
-                "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model",
-                (key.platform, key.workspace, key.channel, settings.system_prompt, settings.model),
-            )
+        statement = (
+            "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (platform, workspace, channel) "
+            "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model"
+        )
+        values = (key.platform, key.workspace, key.channel, settings.system_prompt, settings.model)
+        await self._writer.transaction(lambda db: db.execute(statement, values))
         self._channel_settings[(key.platform, key.workspace, key.channel)] = settings
 
     async def take_token(self, bucket: str, capacity: float, per_second: float) -> float:
@@ -338,8 +324,10 @@ class SQLiteStore:
         return contextlib.nullcontext()
 
     async def _forget_old_handled(self) -> None:
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM handled_messages WHERE handled_at < ?", (time.time() - HANDLED_RETENTION_S,))
+        cutoff = time.time() - HANDLED_RETENTION_S
+        await self._writer.transaction(
+            lambda db: db.execute("DELETE FROM handled_messages WHERE handled_at < ?", (cutoff,))
+        )
 
 
 def _check_folder(path: str) -> None:
@@ -348,38 +336,36 @@ def _check_folder(path: str) -> None:
         raise ConfigError(f"TEAMBOT_DB: the folder {str(parent)!r} does not exist")
 
 
-async def _connect(path: str) -> aiosqlite.Connection:
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves instead of sqlite3's implicit transactions.
+def _row_id(cur: sqlite3.Cursor) -> int:
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+async def _connect_reader(path: str) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA busy_timeout = 5000")
-        await db.execute("PRAGMA foreign_keys = ON")
+        for pragma in PRAGMAS:
+            await db.execute(pragma)
     except BaseException:
         await db.close()
         raise
     return db
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    version = int(row[0]) if row else 0
-    if version > len(MIGRATIONS):
-        raise ConfigError(
-            f"TEAMBOT_DB: the database is at schema version {version}, newer than this teambot "
-            f"({len(MIGRATIONS)}); upgrade teambot"
-        )
-    for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+async def _migrate(writer: SQLiteWriter) -> None:
+    def work(db: sqlite3.Connection) -> None:
+        [(version,)] = db.execute("PRAGMA user_version").fetchall()
+        if version > len(MIGRATIONS):
+            raise ConfigError(
+                f"TEAMBOT_DB: the database is at schema version {version}, newer than this teambot "
+                f"({len(MIGRATIONS)}); upgrade teambot"
+            )
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in statements:
-                await db.execute(statement)
+                db.execute(statement)
             # PRAGMA takes no parameters; the number is ours, not input.
-            await db.execute(f"PRAGMA user_version = {number}")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        await db.execute("COMMIT")
-        log.info("database migrated to schema version %d", number)
+            db.execute(f"PRAGMA user_version = {number}")
+            log.info("database migrated to schema version %d", number)
+
+    # One transaction for all the steps: a file is at one version or the next, never in between.
+    await writer.transaction(work)

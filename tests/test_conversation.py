@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
 from bot import texts
 from bot.conversation import ConversationCore, KeyedLocks, TurnSettings
 from bot.keys import KeySource
-from bot.llm import ChatClient, Endpoint, RetryPolicy
+from bot.llm import ChatClient, Endpoint, RetryPolicy, model_http_client
 from bot.messages import ConversationKey, IncomingMessage, ReplyKind
 from bot.store import open_store
 from bot.tokens import TokenCounter
@@ -68,7 +67,7 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 async def harness(tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter, knobs: Knobs) -> AsyncIterator[Harness]:
     db = tmp_path / "teambot.db"
     store = await open_store(str(db))
-    async with httpx.AsyncClient(timeout=knobs.request_timeout) as http:
+    async with model_http_client(knobs.request_timeout) as http:
         llm = ChatClient(
             http,
             Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456"))),
@@ -192,7 +191,7 @@ async def test_history_survives_a_restart(tmp_path: Path, fake: FakeOpenAI, coun
     db = str(tmp_path / "restart.db")
     for text in ("remember 42", "what did I say?"):
         store = await open_store(db)
-        async with httpx.AsyncClient() as http:
+        async with model_http_client(30) as http:
             llm = ChatClient(http, Endpoint("primary", fake.base_url, "m"))
             core = ConversationCore(store, llm, counter, TurnSettings("sys", 4000))
             await core.handle(IncomingMessage(KEY, text, "U1", "Ada", text))

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from bot import errors
 from bot.keys import KeySource
-from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy
+from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, model_http_client
 
 KEY = "sk-test-0123456789abcdef"
 PROMPT = [{"role": "user", "content": "Ada: hi"}]
@@ -370,7 +370,7 @@ async def test_a_stream_is_read_to_its_end_so_the_connection_is_reused() -> None
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     try:
-        async with httpx.AsyncClient() as http:
+        async with model_http_client(30) as http:
             c = ChatClient(http, Endpoint("primary", base, "m"))
             for _ in range(3):
                 assert (await collect(c))[0] == "whole"
