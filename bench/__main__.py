@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.core import PostgresEngine, SQLiteEngine, run_core
+from bench.core import ModelPace, PostgresEngine, SQLiteEngine, run_core
 
 
 def machine() -> str:
@@ -27,16 +27,16 @@ def machine() -> str:
 Row = tuple[str, str, str]
 
 
-async def run(quick: bool) -> list[Row]:
+async def run(quick: bool, pace: ModelPace) -> list[Row]:
     """Every measure on SQLite; the core's measures again on PostgreSQL where a server can be started."""
     from bench.e2e import run_e2e
     from tests.postgres_server import Unavailable, running_server
 
     with tempfile.TemporaryDirectory() as tmp:
-        sqlite = await run_core(quick, SQLiteEngine(Path(tmp)))
+        sqlite = await run_core(quick, SQLiteEngine(Path(tmp)), pace)
     try:
         with running_server() as server:
-            postgres = dict(await run_core(quick, PostgresEngine(server.url())))
+            postgres = dict(await run_core(quick, PostgresEngine(server.url()), pace))
         missing = "n/a"
     except Unavailable as exc:
         postgres, missing = {}, f"not measured: {exc}"
@@ -49,12 +49,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks that it runs, in seconds")
     parser.add_argument("--out", type=Path, default=Path("bench-results/latest.md"))
+    default = ModelPace()
+    parser.add_argument(
+        "--first-byte", type=float, default=default.first_byte, help="overhead rows: model's seconds to first token"
+    )
+    parser.add_argument(
+        "--tokens-per-second", type=float, default=default.tokens_per_second, help="overhead rows: model's pace"
+    )
+    parser.add_argument("--reply-tokens", type=int, default=default.reply_tokens, help="overhead rows: reply length")
     args = parser.parse_args()
+    pace = ModelPace(args.first_byte, args.tokens_per_second, args.reply_tokens)
     started = time.time()
-    rows = asyncio.run(run(args.quick))
+    rows = asyncio.run(run(args.quick, pace))
     lines = [
         f"Machine: {machine()}",
         f"Command: python -m bench{' --quick' if args.quick else ''}  ({time.time() - started:.0f} s)",
+        f"Model in the overhead rows: {pace.describe()}",
         "",
         "| measure | SQLite | PostgreSQL |",
         "| --- | --- | --- |",

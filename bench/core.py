@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -140,17 +141,47 @@ class PostgresEngine:
 Engine = SQLiteEngine | PostgresEngine
 
 
-async def overhead(concurrency: int, turns: int, engine: Engine) -> dict[str, float]:
+@dataclass(frozen=True, slots=True)
+class ModelPace:
+    """How the benchmark's model answers: seconds to the first token, then tokens at a steady rate."""
+
+    first_byte: float = 0.2
+    tokens_per_second: float = 50.0
+    reply_tokens: int = 20
+
+    @property
+    def turn_seconds(self) -> float:
+        return self.first_byte + self.reply_tokens / self.tokens_per_second
+
+    def describe(self) -> str:
+        return (
+            f"{self.first_byte * 1000:.0f} ms to the first token, then {self.reply_tokens} tokens "
+            f"at {self.tokens_per_second:g}/s"
+        )
+
+
+async def overhead(
+    concurrency: int, turns: int, engine: Engine, pace: ModelPace, pause: float = 0.0
+) -> dict[str, float]:
     """Per turn: time from handle() to the request reaching the model, plus from the model's last byte to the
-    reply being returned. The model waits 50 ms, then streams 20 tokens at 400 tokens/s."""
+    reply being returned. ``concurrency`` conversations each ask ``turns`` questions, the next one ``pause``
+    seconds after the last answer, as a person who reads it first would; they start spread over one such cycle,
+    not all in the same millisecond.
+    """
     samples: list[float] = []
-    async with ModelProcess(first_byte=0.05, tokens_per_second=400, reply_tokens=20) as model:
+    model_args = {"first_byte": pace.first_byte, "tokens_per_second": pace.tokens_per_second}
+    async with ModelProcess(**model_args, reply_tokens=pace.reply_tokens) as model:
         spans: dict[str, tuple[float, float]] = {}
-        async with bench_core(await engine.new_db(f"overhead-{concurrency}"), model) as core:
+        async with bench_core(
+            await engine.new_db(f"overhead-{concurrency}-{pause:g}".replace(".", "_")), model
+        ) as core:
 
             async def conversation(c: int) -> None:
+                await asyncio.sleep((pace.turn_seconds + pause) * c / concurrency)
                 key = ConversationKey("bench", "W", f"C{c}")
                 for t in range(turns):
+                    if t:
+                        await asyncio.sleep(pause)
                     tag = f"c{c}-t{t}"
                     started = time.monotonic()
                     await core.handle(IncomingMessage(key, tag, "U", "u", tag), _noop)
@@ -262,15 +293,20 @@ async def memory(conversations: int, engine: Engine) -> tuple[float, float]:
     return grown, grown * 1024 / conversations
 
 
-async def run_core(quick: bool, engine: Engine) -> list[tuple[str, str]]:
+#: (conversations, turns each, seconds a person pauses after an answer) for the overhead rows; the last row is
+#: the stress case: 500 people who all ask again the moment an answer arrives.
+OVERHEAD_LOADS = ((1, 100, 0.0), (50, 8, 3.0), (500, 4, 3.0), (500, 3, 0.0))
+
+
+async def run_core(quick: bool, engine: Engine, pace: ModelPace) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    for concurrency in (1, 50) if quick else (1, 50, 500):
-        turns = 3 if quick else max(4, 2000 // concurrency)
-        result = await overhead(concurrency, turns, engine)
+    for concurrency, turns, pause in OVERHEAD_LOADS:
+        result = await overhead(concurrency, 2 if quick else turns, engine, pace, pause)
+        people = f"{pause:g} s pause after each answer" if pause else "no pause"
         add_row(
             rows,
             (
-                f"bot overhead per mention, {concurrency} concurrent conversation(s)",
+                f"bot overhead per mention, {concurrency} concurrent conversation(s), {people}",
                 f"p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms (n={result['n']:.0f})",
             ),
         )

@@ -205,9 +205,9 @@ class ChatClient:
                     content_type = response.headers.get("content-type", "")
                     if on_delta is not None and content_type.startswith("text/event-stream"):
                         # Once text flows, the read timeout between chunks governs, not the call deadline.
-                        lines = response.aiter_lines()
-                        await _consume_sse(lines, result, on_delta, scope.reschedule)
-                        await _drain(lines)
+                        chunks = response.aiter_bytes()
+                        await _consume_sse(chunks, result, on_delta, scope.reschedule)
+                        await _drain(chunks)
                     else:
                         await response.aread()
                         _read_plain(response, result)
@@ -248,67 +248,104 @@ def _interrupted_or(result: _StreamResult, exc: errors.LLMError) -> errors.LLMEr
     return exc
 
 
-async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event; comment lines (``: keep-alive``) are skipped."""
-    data: list[str] = []
-    async for line in lines:
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            data.append(value.removeprefix(" "))
-    if data:
-        yield "\n".join(data)
+class SSEDecoder:
+    """Splits a byte stream into the ``data`` of its server-sent events; comment lines (``: keep-alive``) are
+    skipped. Fed raw chunks, not lines: every token of a stream is a chunk, and one pass over its bytes costs a
+    fraction of httpx's text and line iterators stacked on each other."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[str]:
+        buffer = self._buffer + chunk
+        # A CR at the very end may be the first half of a CRLF: keep it for the next chunk.
+        keep_cr = buffer.endswith(b"\r")
+        if keep_cr:
+            buffer = buffer[:-1]
+        lines = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        self._buffer = lines.pop() + (b"\r" if keep_cr else b"")
+        return self._events(lines)
+
+    def close(self) -> list[str]:
+        """The last event, where a stream ended without the blank line that closes it."""
+        rest, self._buffer = self._buffer.rstrip(b"\r"), b""
+        return self._events([rest, b""] if rest else [b""])
+
+    def _events(self, lines: list[bytes]) -> list[str]:
+        events = []
+        for raw in lines:
+            if not raw:
+                if self._data:
+                    events.append("\n".join(self._data))
+                    self._data = []
+                continue
+            line = raw.decode("utf-8", "replace")
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            if name == "data":
+                self._data.append(value.removeprefix(" "))
+        return events
 
 
-async def _drain(lines: AsyncIterator[str]) -> None:
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
     """Read what follows ``[DONE]`` to the end of the body, so the connection goes back to the pool instead of
     being closed; a server that keeps the stream open after ``[DONE]`` gets a second, then is left alone."""
     try:
         async with asyncio.timeout(1.0):
-            async for _ in lines:
+            async for _ in chunks:
                 pass
     except (TimeoutError, httpx.HTTPError):
         pass  # the answer is already whole; only the connection's reuse is lost
 
 
 async def _consume_sse(
-    lines: AsyncIterator[str],
+    chunks: AsyncIterator[bytes],
     result: _StreamResult,
     on_delta: OnDelta,
     reschedule: Callable[[float | None], None],
 ) -> None:
-    async for data in _sse_events(lines):
-        if data.strip() == "[DONE]":
-            result.done = True
+    decoder = SSEDecoder()
+    async for chunk in chunks:
+        for data in decoder.feed(chunk):
+            if await _take_event(data, result, on_delta, reschedule):
+                return
+    for data in decoder.close():
+        if await _take_event(data, result, on_delta, reschedule):
             return
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
-            raise errors.MalformedResponse("an SSE event was not JSON") from None
-        if not isinstance(chunk, dict):
-            raise errors.MalformedResponse("an SSE event was not a JSON object")
-        if "error" in chunk:
-            # Errors after the stream started arrive as data with HTTP 200 (OpenRouter, vLLM).
-            raise _error_from_body(None, chunk, model=result.model or "", retry_after=None)
-        result.model = chunk.get("model") or result.model
-        if isinstance(chunk.get("usage"), dict):
-            result.usage = _usage(chunk["usage"])
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            piece = delta.get("content")
-            if isinstance(piece, str) and piece:
-                if not result.text:
-                    reschedule(None)
-                result.text += piece
-                await on_delta(piece)
-            if choice.get("finish_reason"):
-                result.finish_reason = choice["finish_reason"]
+
+
+async def _take_event(
+    data: str, result: _StreamResult, on_delta: OnDelta, reschedule: Callable[[float | None], None]
+) -> bool:
+    """Apply one event's data to ``result``; True once the stream says ``[DONE]``."""
+    if data.strip() == "[DONE]":
+        result.done = True
+        return True
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError:
+        raise errors.MalformedResponse("an SSE event was not JSON") from None
+    if not isinstance(chunk, dict):
+        raise errors.MalformedResponse("an SSE event was not a JSON object")
+    if "error" in chunk:
+        # Errors after the stream started arrive as data with HTTP 200 (OpenRouter, vLLM).
+        raise _error_from_body(None, chunk, model=result.model or "", retry_after=None)
+    result.model = chunk.get("model") or result.model
+    if isinstance(chunk.get("usage"), dict):
+        result.usage = _usage(chunk["usage"])
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        piece = delta.get("content")
+        if isinstance(piece, str) and piece:
+            if not result.text:
+                reschedule(None)
+            result.text += piece
+            await on_delta(piece)
+        if choice.get("finish_reason"):
+            result.finish_reason = choice["finish_reason"]
+    return False
 
 
 def _read_plain(response: httpx.Response, result: _StreamResult) -> None:

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from bot import errors
 from bot.keys import KeySource
-from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, model_http_client
+from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, SSEDecoder, model_http_client
 
 KEY = "sk-test-0123456789abcdef"
 PROMPT = [{"role": "user", "content": "Ada: hi"}]
@@ -158,6 +158,30 @@ async def test_multiline_sse_data_is_joined() -> None:
     body = f"data: {event[:cut]}\ndata: {event[cut + 1 :]}\n\ndata: [DONE]\n\n".encode()
     script = Script(httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}))
     assert (await collect(client(script)))[0] == "x"
+
+
+STREAM = (
+    ": keep-alive\r\n\r\n"
+    'data: {"a": "h\u00e9llo \u05e9\u05dc\u05d5\u05dd \U0001f600"}\r\n\r\n'
+    "event: ignored\ndata: line one\ndata:line two\n\n"
+    "data: cr only\r\r"
+    "data: [DONE]\n\n"
+).encode()
+EVENTS = ['{"a": "h\u00e9llo \u05e9\u05dc\u05d5\u05dd \U0001f600"}', "line one\nline two", "cr only", "[DONE]"]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, len(STREAM)])
+def test_the_sse_decoder_gives_the_same_events_however_the_bytes_are_cut(size: int) -> None:
+    # Cut every `size` bytes: through CRLF pairs, multi-byte characters and field names alike.
+    decoder = SSEDecoder()
+    events = [e for start in range(0, len(STREAM), size) for e in decoder.feed(STREAM[start : start + size])]
+    assert events + decoder.close() == EVENTS
+
+
+def test_the_sse_decoder_keeps_an_event_the_stream_did_not_close() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: first\n\ndata: last") == ["first"]
+    assert decoder.close() == ["last"]
 
 
 @pytest.mark.parametrize(
