@@ -16,6 +16,26 @@ from bot.messages import ConversationKey, IncomingMessage, Usage
 
 Role = Literal["user", "assistant"]
 
+#: No stored message counts fewer tokens than the chat format's own overhead plus one.
+MIN_MESSAGE_TOKENS = 5
+
+#: The newest messages before ``{before}`` that fit ``{budget}`` tokens together, oldest first, without a hole.
+#: Every message costs at least MIN_MESSAGE_TOKENS, so only the newest ``{rows}`` (budget / MIN) can fit: the walk
+#: down the (conversation_id, id, tokens) index stops there however long the conversation is, and reads the index
+#: alone. The running sum over it finds the oldest message that still fits; only the rows from there on are read
+#: whole. Placeholders are filled with each engine's parameter markers.
+HISTORY_QUERY = (
+    "SELECT id, role, author_name, content, tokens, created_at FROM messages "
+    "WHERE conversation_id = {conversation} AND id < {before} AND id >= ("
+    "  SELECT coalesce(min(id), {before}) FROM ("
+    "    SELECT id, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running FROM ("
+    "      SELECT id, tokens FROM messages WHERE conversation_id = {conversation} AND id < {before}"
+    "      ORDER BY id DESC LIMIT {rows}"
+    "    ) newest"
+    "  ) fitted WHERE running <= {budget}"
+    ") ORDER BY id"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:

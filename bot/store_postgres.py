@@ -18,7 +18,17 @@ import asyncpg
 
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage, Usage
-from bot.store import USAGE_COLUMNS, ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal, describe_db
+from bot.store import (
+    HISTORY_QUERY,
+    MIN_MESSAGE_TOKENS,
+    USAGE_COLUMNS,
+    ChannelSettings,
+    StoredMessage,
+    UsageRecord,
+    UsageScope,
+    UsageTotal,
+    describe_db,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +130,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         $$""",
         "CREATE INDEX rate_buckets_by_age ON rate_buckets (updated_at)",
     ),
+    (
+        # With the token counts in the index, loading a turn's context finds where it starts from the index alone.
+        "CREATE INDEX messages_by_conversation_tokens ON messages (conversation_id, id, tokens)",
+        "DROP INDEX messages_by_conversation",
+    ),
 )
 
 _INSERT_USAGE = (
@@ -128,8 +143,7 @@ _INSERT_USAGE = (
 )
 #: How long a handled message id is remembered; platforms redeliver within minutes, not days.
 HANDLED_RETENTION_S = 7 * 24 * 3600
-#: No stored message counts fewer tokens than the chat format's own overhead plus one.
-MIN_MESSAGE_TOKENS = 5
+_HISTORY = HISTORY_QUERY.format(conversation="$1", before="$2", rows="$3", budget="$4")
 #: advisory lock namespaces (the first key of pg_advisory_lock(int, int)), so ours never meet another app's.
 _MIGRATION_LOCK = 0x7EB0
 _CONVERSATION_LOCK = 0x7EB1
@@ -304,19 +318,8 @@ class PostgresStore:
             conversation = await self._existing_conversation_id(conn, key)
             if conversation is None:
                 return []
-            # As in SQLite: only the newest budget/MIN rows can fit, so the index walk stops there, and the
-            # running sum keeps the newest run that fits, without a hole.
             rows = await conn.fetch(
-                "SELECT id, role, author_name, content, tokens, created_at FROM ("
-                "  SELECT *, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running FROM ("
-                "    SELECT id, role, author_name, content, tokens, created_at FROM messages"
-                "    WHERE conversation_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
-                "  ) newest"
-                ") fitted WHERE running <= $4 ORDER BY id",
-                conversation,
-                before,
-                token_budget // MIN_MESSAGE_TOKENS + 1,
-                token_budget,
+                _HISTORY, conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget
             )
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 

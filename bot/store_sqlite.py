@@ -19,7 +19,16 @@ from bot.errors import ConfigError
 from bot.limits import TokenBuckets
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.sqlite_writer import PRAGMAS, SQLiteWriter
-from bot.store import USAGE_COLUMNS, ChannelSettings, StoredMessage, UsageRecord, UsageScope, UsageTotal
+from bot.store import (
+    HISTORY_QUERY,
+    MIN_MESSAGE_TOKENS,
+    USAGE_COLUMNS,
+    ChannelSettings,
+    StoredMessage,
+    UsageRecord,
+    UsageScope,
+    UsageTotal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +101,17 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             PRIMARY KEY (scope, period_start)
         ) WITHOUT ROWID""",
     ),
+    (
+        # With the token counts in the index, loading a turn's context finds where it starts from the index alone.
+        "CREATE INDEX messages_by_conversation_tokens ON messages (conversation_id, id, tokens)",
+        "DROP INDEX messages_by_conversation",
+    ),
 )
 
 _INSERT_USAGE = f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})"
 #: How long a handled message id is remembered; platforms redeliver within minutes, not days.
 HANDLED_RETENTION_S = 7 * 24 * 3600
-#: No stored message counts fewer tokens than the chat format's own overhead plus one.
-MIN_MESSAGE_TOKENS = 5
+HISTORY_SQL = HISTORY_QUERY.format(conversation="?1", before="?2", rows="?3", budget="?4")
 _SETTINGS_CACHE_SIZE = 10_000
 
 
@@ -237,17 +250,8 @@ class SQLiteStore:
         conversation = await self._existing_conversation_id(key)
         if conversation is None or token_budget <= 0:
             return []
-        # Every message costs at least MIN_MESSAGE_TOKENS, so the newest budget/MIN rows are all that can fit: the
-        # index walk stops there however long the conversation is. The running sum then keeps the newest run that
-        # fits, without a hole.
         rows = await self._reader.execute_fetchall(
-            "SELECT id, role, author_name, content, tokens, created_at FROM ("
-            "  SELECT *, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running FROM ("
-            "    SELECT id, role, author_name, content, tokens, created_at FROM messages"
-            "    WHERE conversation_id = ? AND id < ? ORDER BY id DESC LIMIT ?"
-            "  )"
-            ") WHERE running <= ? ORDER BY id",
-            (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget),
+            HISTORY_SQL, (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget)
         )
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 

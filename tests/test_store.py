@@ -17,6 +17,7 @@ from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store import ChannelSettings, Store, UsageRecord, UsageScope, UsageTotal, open_store
 from bot.store_postgres import PostgresStore
+from bot.store_sqlite import HISTORY_SQL as SQLITE_HISTORY
 from bot.store_sqlite import MIGRATIONS, SQLiteStore
 
 A = ConversationKey("slack", "T1", "C1")
@@ -129,6 +130,23 @@ async def test_history_stops_at_the_first_message_that_does_not_fit(store: Store
     history = await store.load_history(A, 100, before=10**9)
     # The small message 1 would fit, but skipping message 2 would show the model a conversation with a hole.
     assert [m.content for m in history] == ["message 3"]
+
+
+async def test_history_is_empty_when_even_the_newest_message_does_not_fit(store: Store) -> None:
+    await store.begin_turn(incoming(A, 1), 10)
+    await store.begin_turn(incoming(A, 2), 500)
+    assert await store.load_history(A, 100, before=10**9) == []
+
+
+async def test_history_is_found_from_the_index_alone_however_long_the_conversation(tmp_path: Path) -> None:
+    path = tmp_path / "plan.db"
+    s = await open_store(str(path))
+    await s.close()
+    with sqlite3.connect(path) as db:
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {SQLITE_HISTORY}", (1, 10**9, 1601, 8000))]
+    # The walk that decides where the context starts reads the index only; no step scans the table.
+    assert any("COVERING INDEX messages_by_conversation_tokens (conversation_id=? AND id<?)" in p for p in plan)
+    assert not any(p.startswith("SCAN messages") for p in plan)
 
 
 async def test_history_excludes_the_current_message_and_pages_past_one_query(store: Store) -> None:
