@@ -18,7 +18,7 @@ from aiohttp import web
 from discord import app_commands
 
 from adapters.streaming import deliver
-from bot import texts
+from bot import logcontext, texts
 from bot.check import CheckResult
 from bot.commands import CommandContext
 from bot.config import Settings
@@ -132,6 +132,12 @@ class DiscordAdapter:
             exc = self._runner.exception()
             if isinstance(exc, discord.LoginFailure):
                 raise ConfigError("DISCORD_TOKEN was rejected by Discord") from None
+            if isinstance(exc, discord.PrivilegedIntentsRequired):
+                # The only privileged intent the bot can ask for is Message Content.
+                raise ConfigError(
+                    "Discord refused the Message Content intent: switch it on in the Developer Portal "
+                    "(Bot, Privileged Gateway Intents) or unset TEAMBOT_DISCORD_MESSAGE_CONTENT"
+                ) from None
             raise RuntimeError("the Discord client stopped while connecting") from exc
         log.info("Discord adapter connected as %s", self.client.user)
 
@@ -151,6 +157,9 @@ class DiscordAdapter:
             guild = discord.Object(id=self._settings.discord_guild)
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
+            # Global commands left by an earlier start without a guild would show twice in that guild.
+            self.tree.clear_commands(guild=None)
+            await self.tree.sync()
         else:
             synced = await self.tree.sync()
         log.info("Discord application commands synced: %s", ", ".join(c.name for c in synced))
@@ -176,16 +185,26 @@ class DiscordAdapter:
             return
         guild = str(message.guild.id) if message.guild else "dm"
         key = ConversationKey("discord", guild, str(message.channel.id))
-        text = self._text_in(message)
-        if not text:
-            await message.reply(texts.EMPTY_MENTION, mention_author=False)
-            return
-        msg = IncomingMessage(key, f"discord:{message.id}", str(message.author.id), message.author.display_name, text)
+        message_id = f"discord:{message.id}"
         # discord.py runs each event handler as a detached task; remembering them lets stop() drain them.
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
+        with logcontext.turn(str(key), message_id):
+            await self._answer(message, key, message_id)
+
+    async def _answer(self, message: discord.Message, key: ConversationKey, message_id: str) -> None:
+        text = self._text_in(message)
+        if not text:
+            if message.guild is not None and self.client.user not in message.mentions and not message.content:
+                # A reply that does not ping the bot arrives blank without the Message Content intent: the
+                # person did write something, so a hint to "mention me with a question" would be wrong.
+                log.debug("reply to the bot without readable content: not answered")
+                return
+            await message.reply(texts.EMPTY_MENTION, mention_author=False)
+            return
+        msg = IncomingMessage(key, message_id, str(message.author.id), message.author.display_name, text)
         typing = asyncio.create_task(self._keep_typing(message.channel))
         sink = DiscordSink(message, typing)
         try:
@@ -244,13 +263,19 @@ class DiscordAdapter:
         ]
 
     async def _answer_command(self, interaction: discord.Interaction, name: str, arg: str) -> None:
+        # Discord drops an interaction not answered within 3 s (10062), and a command can wait for the
+        # conversation's lock behind a slow answer: acknowledge first, answer as a followup (15 min allowed).
+        await interaction.response.defer(ephemeral=True, thinking=True)
         guild = str(interaction.guild_id) if interaction.guild_id else "dm"
         key = ConversationKey("discord", guild, str(interaction.channel_id))
         member = interaction.user
         admin = isinstance(member, discord.Member) and member.guild_permissions.manage_guild
         ctx = CommandContext(key, str(member.id), platform_admin=admin)
         answer = await self._commands.run(name, ctx, arg)
-        await interaction.response.send_message(answer[:TEXT_LIMIT], ephemeral=True)
+        if answer == texts.ADMIN_ONLY:
+            # Discord has no workspace admins: the core's refusal names the permission that counts here.
+            answer = texts.ADMIN_ONLY_DISCORD
+        await interaction.followup.send(answer[:TEXT_LIMIT], ephemeral=True)
 
 
 async def check_discord(settings: Settings) -> list[CheckResult]:

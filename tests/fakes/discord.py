@@ -9,11 +9,20 @@ one connection per shard, as Discord does: each IDENTIFY names its shard, gets t
 calls are recorded (``rest_calls``); messages keep their latest content (``channel_messages``); ``rate_limit``
 answers 429 on demand.
 
+Like Discord, it holds the client to the gateway's rules: IDENTIFY's intents are recorded (``intents``) and a
+privileged intent the app was not granted (``privileged_intents``) closes the socket with 4014; without the
+Message Content intent a guild message's content, embeds and attachments arrive empty unless it mentions the bot
+or is the bot's own. ``invalidate_session`` sends op 9 (not resumable), so the client must IDENTIFY again;
+``disconnect(queued=...)`` dispatches events while the client is away, replayed on RESUME (``replayed``).
+Interactions must be answered within ``interaction_deadline`` seconds of their dispatch (else 10062) and only
+once (else 40060); followups (``followups``) go to ``POST webhooks/{application_id}/{token}`` once acknowledged.
+
 Tested against discord.py 2.7.1 (pinned in pyproject.toml: these are internals).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -42,6 +51,14 @@ OTHER_CHANNEL_ID = "3001"
 THREAD_ID = "3500"
 ADMIN_ROLE_ID = "2100"
 MANAGE_GUILD = 1 << 5
+INTENT_GUILDS = 1 << 0
+INTENT_GUILD_MEMBERS = 1 << 1
+INTENT_GUILD_PRESENCES = 1 << 8
+INTENT_GUILD_MESSAGES = 1 << 9
+INTENT_DM_MESSAGES = 1 << 12
+INTENT_MESSAGE_CONTENT = 1 << 15
+PRIVILEGED_INTENTS = INTENT_GUILD_MEMBERS | INTENT_GUILD_PRESENCES | INTENT_MESSAGE_CONTENT
+EPHEMERAL = 1 << 6
 EVERYONE_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 16)  # view channel, send messages, read history
 
 
@@ -77,13 +94,32 @@ class StoredMessage:
     edits: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class Interaction:
+    """An interaction the fake dispatched: when, and whether it has had its one initial response."""
+
+    id: str
+    token: str
+    dispatched_at: float
+    acknowledged: bool = False
+
+
 class FakeDiscord(LoopbackServer):
     """The fake; ``async with FakeDiscord() as fake, fake.patch_discord(): ...``."""
 
-    def __init__(self, *, token: str | None = None, shards: int = 1) -> None:
+    def __init__(self, *, token: str | None = None, shards: int = 1, privileged_intents: int = 0) -> None:
         super().__init__()
         self.token = token
         self.shards = shards
+        #: The privileged intents switched on for the app in the Developer Portal.
+        self.privileged_intents = privileged_intents
+        #: Per shard, the intents its last IDENTIFY asked for.
+        self.intents: dict[int, int] = {}
+        self.interaction_deadline = 3.0
+        self.followups: list[dict[str, Any]] = []
+        self.replayed: list[dict[str, Any]] = []
+        self.invalidated_sessions = 0
+        self._interactions: dict[str, Interaction] = {}
         self.identified_shards: list[int] = []
         self.rest_calls: list[tuple[str, str, Any]] = []
         self.limited: list[tuple[str, str]] = []
@@ -121,11 +157,12 @@ class FakeDiscord(LoopbackServer):
     # --- what tests read and do ----------------------------------------------------------------------------
 
     @property
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
+        """Every shard has had its READY (or RESUMED) since it last lost its connection or session."""
         return len(self._ready_shards) == self.shards
 
     async def wait_ready(self, within: float = 10.0) -> None:
-        await self.wait_for(lambda: self._ready, within)
+        await self.wait_for(lambda: self.ready, within)
 
     def shard_of(self, guild_id: str | None) -> int:
         return 0 if guild_id is None else (int(guild_id) >> 22) % self.shards
@@ -146,6 +183,11 @@ class FakeDiscord(LoopbackServer):
     async def dispatch(self, event: str, data: dict[str, Any], *, shard: int | None = None) -> None:
         """Send an event on its shard's connection: the one its ``guild_id`` falls on, unless ``shard`` says."""
         shard = self.shard_of(data.get("guild_id")) if shard is None else shard
+        if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE"):
+            data = self._as_seen(data, self.intents.get(shard, 0))
+        elif event == "INTERACTION_CREATE":
+            now = asyncio.get_running_loop().time()
+            self._interactions[data["id"]] = Interaction(data["id"], data["token"], now)
         self._sequence[shard] = self._sequence.get(shard, 0) + 1
         frame = {"op": 0, "t": event, "s": self._sequence[shard], "d": data}
         self._sent.setdefault(shard, []).append(frame)
@@ -153,12 +195,30 @@ class FakeDiscord(LoopbackServer):
         if socket is not None and not socket.closed:
             await socket.send_str(json.dumps(frame))
 
-    async def disconnect(self, code: int = 4000, *, shard: int = 0) -> None:
-        """Drop the connection as Discord does on a hiccup; the client should come back with RESUME."""
+    async def disconnect(
+        self, code: int = 4000, *, shard: int = 0, queued: tuple[tuple[str, dict[str, Any]], ...] = ()
+    ) -> None:
+        """Drop the connection as Discord does on a hiccup; the client should come back with RESUME.
+
+        ``queued`` events are dispatched after the connection is gone and before the client can be back, so they
+        reach it only as a replay on RESUME.
+        """
         socket = self._sockets.pop(shard, None)
         self._ready_shards.discard(shard)
+        for event, data in queued:
+            await self.dispatch(event, data, shard=shard)
         if socket is not None:
             await socket.close(code=code)
+
+    async def invalidate_session(self, *, shard: int = 0) -> None:
+        """Op 9 with ``d: false``: the session is gone, so the client must IDENTIFY afresh (and gets a new READY)."""
+        socket = self._sockets.get(shard)
+        for session in [s for s, on in self._session_shards.items() if on == shard]:
+            del self._session_shards[session]
+        self._ready_shards.discard(shard)
+        self.invalidated_sessions += 1
+        if socket is not None and not socket.closed:
+            await socket.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
 
     async def stop(self) -> None:
         for socket in list(self._sockets.values()):
@@ -242,6 +302,23 @@ class FakeDiscord(LoopbackServer):
         return data
 
     # --- payloads ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _as_seen(message: dict[str, Any], intents: int) -> dict[str, Any]:
+        """What a connection with these intents receives: without Message Content, a guild message that neither
+        mentions the bot nor is its own comes with empty content, embeds, attachments and components."""
+        seen = dict(message)
+        if seen.get("referenced_message"):
+            seen["referenced_message"] = FakeDiscord._as_seen(seen["referenced_message"], intents)
+        readable = (
+            intents & INTENT_MESSAGE_CONTENT
+            or seen.get("guild_id") is None
+            or seen["author"]["id"] == BOT_ID
+            or any(user["id"] == BOT_ID for user in seen.get("mentions", []))
+        )
+        if not readable:
+            seen |= {"content": "", "embeds": [], "attachments": [], "components": []}
+        return seen
 
     def _message(
         self, content: str, author: dict[str, Any], channel_id: str, guild_id: str | None, message_id: str
@@ -392,6 +469,12 @@ class FakeDiscord(LoopbackServer):
         if count != self.shards or not 0 <= shard < count:
             await socket.close(code=4010)  # Discord's "invalid shard"
             return
+        intents = int(data.get("intents", 0))
+        self.intents[shard] = intents
+        if intents & PRIVILEGED_INTENTS & ~self.privileged_intents:
+            await socket.close(code=4014)  # Discord's "disallowed intents"
+            await self._notify()
+            return
         self.identified_shards.append(shard)
         self._sockets[shard] = socket
         self._sent[shard] = []
@@ -418,11 +501,16 @@ class FakeDiscord(LoopbackServer):
 
     async def _resume(self, socket: web.WebSocketResponse, data: dict[str, Any]) -> None:
         self.resume_count += 1
-        shard = self._session_shards.get(str(data.get("session_id")), 0)
+        shard = self._session_shards.get(str(data.get("session_id")))
+        if shard is None:
+            # An unknown or invalidated session cannot be resumed: the client must IDENTIFY.
+            await socket.send_str(json.dumps({"op": 9, "d": False, "s": None, "t": None}))
+            return
         self._sockets[shard] = socket
         missed = [f for f in self._sent.get(shard, []) if f["s"] > int(data.get("seq") or 0)]
         for frame in missed:
             await socket.send_str(json.dumps(frame))
+        self.replayed.extend(missed)
         await self.dispatch("RESUMED", {}, shard=shard)
         self._ready_shards.add(shard)
         await self._notify()
@@ -514,6 +602,13 @@ class FakeDiscord(LoopbackServer):
             guild_id = self._guild_of(stored.channel_id)
             return _json(self._message(stored.content, BOT_USER, stored.channel_id, guild_id, stored.id))
         if method == "POST" and (match := re.fullmatch(r"interactions/(\d+)/([^/]+)/callback", path)):
+            interaction = self._interactions.get(match.group(1))
+            now = asyncio.get_running_loop().time()
+            if interaction is None or now - interaction.dispatched_at > self.interaction_deadline:
+                return _json({"message": "Unknown interaction", "code": 10062}, 404)
+            if interaction.acknowledged:
+                return _json({"message": "Interaction has already been acknowledged.", "code": 40060}, 400)
+            interaction.acknowledged = True
             self.interaction_responses.append(body)
             message = body.get("data") or {}
             return _json(
@@ -522,7 +617,7 @@ class FakeDiscord(LoopbackServer):
                         "id": match.group(1),
                         "type": 2,
                         "response_message_id": self.new_id(),
-                        "response_message_loading": False,
+                        "response_message_loading": body.get("type") == 5,
                         "response_message_ephemeral": bool(message.get("flags", 0) & 64),
                     },
                     "resource": {
@@ -534,6 +629,14 @@ class FakeDiscord(LoopbackServer):
                     },
                 }
             )
+        if method == "POST" and (match := re.fullmatch(rf"webhooks/{APP_ID}/([^/]+)", path)):
+            token = match.group(1)
+            if not any(i.token == token and i.acknowledged for i in self._interactions.values()):
+                return _json({"message": "Unknown Webhook", "code": 10015}, 404)
+            self.followups.append(body)
+            flags = body.get("flags", 0)
+            message = self._message(body.get("content", ""), BOT_USER, CHANNEL_ID, GUILD_ID, self.new_id())
+            return _json(message | {"flags": flags, "webhook_id": APP_ID, "application_id": APP_ID})
         if method == "PUT" and (match := re.fullmatch(r"applications/(\d+)(?:/guilds/(\d+))?/commands", path)):
             scope = f"guild:{match.group(2)}" if match.group(2) else "global"
             self.command_syncs.append((scope, body))
