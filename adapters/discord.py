@@ -270,11 +270,8 @@ class DiscordAdapter:
         key = ConversationKey("discord", guild, str(interaction.channel_id))
         member = interaction.user
         admin = isinstance(member, discord.Member) and member.guild_permissions.manage_guild
-        ctx = CommandContext(key, str(member.id), platform_admin=admin)
+        ctx = CommandContext(key, str(member.id), platform_admin=admin, admins=texts.ADMINS_DISCORD)
         answer = await self._commands.run(name, ctx, arg)
-        if answer == texts.ADMIN_ONLY:
-            # Discord has no workspace admins: the core's refusal names the permission that counts here.
-            answer = texts.ADMIN_ONLY_DISCORD
         await interaction.followup.send(answer[:TEXT_LIMIT], ephemeral=True)
 
 

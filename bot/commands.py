@@ -20,11 +20,13 @@ COMMANDS = ("reset", "usage", "system", "model")
 
 @dataclass(frozen=True, slots=True)
 class CommandContext:
-    """Where and by whom a command was given; ``platform_admin`` is the platform's own verdict."""
+    """Where and by whom a command was given; ``platform_admin`` is the platform's own verdict, and ``admins``
+    says who counts as an admin there, in the platform's words, for a refusal."""
 
     key: ConversationKey
     user_id: str
     platform_admin: bool = False
+    admins: str = texts.ADMINS_SLACK
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,7 @@ class Commands:
         if not arg:
             return texts.SYSTEM_SHOW.format(prompt=current.system_prompt or self._core.settings.system_prompt)
         if not self._admin(ctx):
-            return texts.ADMIN_ONLY
+            return texts.ADMIN_ONLY.format(admins=ctx.admins)
         if arg == "reset":
             await store.set_channel_settings(ctx.key, ChannelSettings(None, current.model))
             log.info("system prompt of %s reset by %s", ctx.key, ctx.user_id)
@@ -80,7 +82,7 @@ class Commands:
         if not arg:
             return texts.MODEL_SHOW.format(model=current.model or default, allowed=", ".join(allowed))
         if not self._admin(ctx):
-            return texts.ADMIN_ONLY
+            return texts.ADMIN_ONLY.format(admins=ctx.admins)
         if arg == "reset":
             await store.set_channel_settings(ctx.key, ChannelSettings(current.system_prompt, None))
             return texts.MODEL_RESET.format(model=default)

@@ -69,9 +69,10 @@ USAGE_BUDGET_LINE = "• {budget}: {spent} of {limit} used, {left} left; resets 
 USAGE_NO_BUDGETS = "• No budgets are set."
 USAGE_UNPRICED = "Some calls used a model missing from the price table; they are counted at $0."
 
-_ADMIN_ONLY = "Sorry, only {who} can change that: it changes the bot for everyone in this channel."
-ADMIN_ONLY = _ADMIN_ONLY.format(who="workspace admins")
-ADMIN_ONLY_DISCORD = _ADMIN_ONLY.format(who="people with Manage Server")
+ADMIN_ONLY = "Sorry, only {admins} can change that: it changes the bot for everyone in this channel."
+#: Who counts as an admin, as each platform names it, for ADMIN_ONLY.
+ADMINS_SLACK = "workspace admins"
+ADMINS_DISCORD = "people with Manage Server"
 SYSTEM_SHOW = "The system prompt here is:\n{prompt}"
 SYSTEM_SET = "Done: this channel now uses the new system prompt."
 SYSTEM_RESET = "Done: this channel is back to the default system prompt."

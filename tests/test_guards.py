@@ -268,8 +268,10 @@ async def test_system_and_model_commands_are_for_admins(tmp_path, fake, counter)
     async with make_bot(tmp_path, fake, counter) as b:
         commands = Commands(b.core, CommandPolicy(admin_users=frozenset({"U-listed"}), models=frozenset({"big"})))
         someone = CommandContext(KEY, "U1")
-        assert await commands.run("system", someone, "Talk like a pirate.") == texts.ADMIN_ONLY
-        assert await commands.run("model", someone, "big") == texts.ADMIN_ONLY
+        assert await commands.run("system", someone, "Talk like a pirate.") == texts.ADMIN_ONLY.format(
+            admins=texts.ADMINS_SLACK
+        )
+        assert await commands.run("model", someone, "big") == texts.ADMIN_ONLY.format(admins=texts.ADMINS_SLACK)
         assert "You are a test bot." in await commands.run("system", someone)  # looking is for everyone
         listed = CommandContext(KEY, "U-listed")
         assert await commands.run("system", listed, "Talk like a pirate.") == texts.SYSTEM_SET

@@ -379,7 +379,9 @@ async def command(
 
 
 async def test_system_needs_manage_server(discord_bot: Discord) -> None:
-    assert (await command(discord_bot, "system", prompt="Be terse."))["content"] == texts.ADMIN_ONLY_DISCORD
+    assert (await command(discord_bot, "system", prompt="Be terse."))["content"] == texts.ADMIN_ONLY.format(
+        admins=texts.ADMINS_DISCORD
+    )
     done = await command(discord_bot, "system", roles=(ADMIN_ROLE_ID,), prompt="Be terse.")
     assert done["content"] == texts.SYSTEM_SET
     fake = discord_bot.fake
@@ -390,7 +392,7 @@ async def test_system_needs_manage_server(discord_bot: Discord) -> None:
 
 async def test_model_needs_manage_server(discord_bot: Discord) -> None:
     refused = await command(discord_bot, "model", name="some-other-model")
-    assert refused["content"] == texts.ADMIN_ONLY_DISCORD
+    assert refused["content"] == texts.ADMIN_ONLY.format(admins=texts.ADMINS_DISCORD)
     assert "Manage Server" in refused["content"]
 
 

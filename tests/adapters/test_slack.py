@@ -365,7 +365,10 @@ async def slash(slack: Slack, command: str, text: str = "", *, user_id: str = "U
 async def test_system_prompt_is_for_workspace_admins_only(slack: Slack) -> None:
     slack.fake.users["U9"] = {"display_name": "Boss", "is_admin": True}
     refused = await slash(slack, "/system", "Answer in French.", user_id="U1", rid="r1")
-    assert refused["text"] == texts.ADMIN_ONLY and refused["response_type"] == "ephemeral"
+    assert (
+        refused["text"] == texts.ADMIN_ONLY.format(admins=texts.ADMINS_SLACK)
+        and refused["response_type"] == "ephemeral"
+    )
     done = await slash(slack, "/system", "Answer in French.", user_id="U9", rid="r2")
     assert done["text"] == texts.SYSTEM_SET
     await slack.event(mention("<@UBOT> bonjour", ts="1.1"))
