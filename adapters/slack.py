@@ -36,7 +36,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_format import markdown_to_mrkdwn, unescape_slack
-from adapters.slack_stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus
+from adapters.slack_stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus, error_code
 from adapters.streaming import ReplyStream, StreamingReply, deliver
 from bot import texts
 from bot.check import CheckResult
@@ -226,7 +226,7 @@ class SlackAdapter:
         try:
             await set_suggested_prompts(prompts=prompts, title=texts.ASSISTANT_PROMPTS_TITLE)
         except SlackApiError as exc:
-            log.warning("setting suggested prompts in %s failed: %s", channel, exc.response.get("error"))
+            log.warning("setting suggested prompts in %s failed: %s", channel, error_code(exc))
 
     async def _on_assistant_context_changed(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         # The person moved to another channel with the pane open. The conversation stays the thread's own; Bolt's
@@ -261,7 +261,7 @@ class SlackAdapter:
         try:
             await set_title(title)
         except SlackApiError as exc:
-            log.info("setting the title of %s failed: %s", key, exc.response.get("error"))
+            log.info("setting the title of %s failed: %s", key, error_code(exc))
 
     def _ignored(self, event: dict[str, Any]) -> bool:
         # Edits, deletions, joins and the like carry a subtype; they are not questions.
@@ -360,7 +360,7 @@ class SlackAdapter:
         try:
             user = (await self.client.users_info(user=user_id))["user"] or {}
         except SlackApiError as exc:
-            log.warning("users.info for %s failed: %s", user_id, exc.response.get("error"))
+            log.warning("users.info for %s failed: %s", user_id, error_code(exc))
             return False
         return bool(user.get("is_admin") or user.get("is_owner"))
 
@@ -389,8 +389,11 @@ class SlackAdapter:
             profile = user.get("profile") or {}
             name = profile.get("display_name") or profile.get("real_name") or user.get("name") or user_id
         except SlackApiError as exc:
-            # Remembered like a name, so an unknown id does not cost a call on every message.
-            log.warning("users.info for %s failed: %s", user_id, exc.response.get("error"))
+            error = error_code(exc)
+            log.warning("users.info for %s failed: %s", user_id, error)
+            if error.startswith("http_"):
+                return user_id  # Slack or a proxy in between had trouble: ask again next time
+            # Slack's own answer (an unknown id) is remembered like a name, so it does not cost a call every time.
             name = user_id
         self._names[user_id] = str(name)
         if len(self._names) > _NAME_CACHE_SIZE:
@@ -419,7 +422,7 @@ async def check_slack(settings: Settings) -> list[CheckResult]:
         me = await client.auth_test()
         results.append(CheckResult("slack bot token", True, f"accepted: @{me.get('user')} in {me.get('team')}"))
     except SlackApiError as exc:
-        results.append(CheckResult("slack bot token", False, f"SLACK_BOT_TOKEN rejected ({exc.response.get('error')})"))
+        results.append(CheckResult("slack bot token", False, f"SLACK_BOT_TOKEN rejected ({error_code(exc)})"))
     except (aiohttp.ClientError, TimeoutError) as exc:
         detail = f"cannot reach {settings.slack_api_url}: {type(exc).__name__}"
         results.append(CheckResult("slack bot token", False, detail))
@@ -429,7 +432,7 @@ async def check_slack(settings: Settings) -> list[CheckResult]:
             await app.apps_connections_open(app_token=settings.slack_app_token.get_secret_value())
             results.append(CheckResult("slack app token", True, "accepted: Socket Mode can connect"))
         except SlackApiError as exc:
-            error = exc.response.get("error")
+            error = error_code(exc)
             results.append(CheckResult("slack app token", False, f"SLACK_APP_TOKEN rejected ({error})"))
     elif settings.slack_signing_secret is not None:
         results.append(CheckResult("slack signing secret", True, "set (Slack checks it when you save the URL)"))

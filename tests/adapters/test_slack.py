@@ -181,6 +181,22 @@ async def test_bots_self_and_subtypes_are_ignored(slack: Slack) -> None:
     assert slack.model.calls == 1 and len(slack.posts()) == 1
 
 
+@pytest.mark.parametrize("content_type", ["text/html", "text/plain", "application/json"])
+async def test_an_error_page_from_users_info_still_gets_an_answer(
+    slack: Slack, content_type: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack.fake.error_page("users.info", content_type=content_type)
+    await slack.event(mention("<@UBOT> hello", ts="1.1"))
+    await slack.wait_posts(1)
+    assert final_text(slack) == "echo: U1: hello"  # the id stands in for the name
+    assert "users.info for U1 failed: http_500" in caplog.text
+    # A passing failure is not remembered as the name: the next message asks again.
+    await slack.event(mention("<@UBOT> again", ts="1.2"))
+    await slack.wait_posts(2)
+    assert slack.fake.posted[1].text == "echo: Ada: again"
+    assert len(slack.fake.calls_to("users.info")) == 2
+
+
 async def test_an_empty_mention_gets_a_hint_without_a_model_call(slack: Slack) -> None:
     await slack.event(mention("<@UBOT>   ", ts="1.1"))
     await slack.wait_posts(1)
