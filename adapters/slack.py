@@ -38,7 +38,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack_format import markdown_to_mrkdwn, unescape_slack
 from adapters.slack_stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus, error_code
 from adapters.streaming import ReplyStream, StreamingReply, deliver
-from bot import texts
+from bot import logcontext, texts
 from bot.check import CheckResult
 from bot.commands import COMMANDS, CommandContext
 from bot.config import Settings
@@ -286,13 +286,28 @@ class SlackAdapter:
         team = _team(body, event, context)
         channel = str(event["channel"])
         key = ConversationKey("slack", team, channel, thread_ts)
+        message_id = f"slack:{team}:{channel}:{event['ts']}"
+        # From here on every log line names the turn: the name lookups and the thinking status included, not
+        # only what the core logs.
+        with logcontext.turn(str(key), message_id):
+            await self._turn(event, context, key, message_id, set_title)
+
+    async def _turn(
+        self,
+        event: dict[str, Any],
+        context: dict[str, Any],
+        key: ConversationKey,
+        message_id: str,
+        set_title: AsyncSetTitle | None,
+    ) -> None:
+        team, channel, thread_ts = key.workspace, key.channel, key.thread
         sink = SlackSink(self.client, channel, thread_ts)
         text = await self._text_in(str(event.get("text") or ""), context.get("bot_user_id"))
         if not text.strip():
             await sink.post(texts.EMPTY_MENTION)
             return
         user = str(event.get("user") or "")
-        msg = IncomingMessage(key, f"slack:{team}:{channel}:{event['ts']}", user, await self._name(user), text)
+        msg = IncomingMessage(key, message_id, user, await self._name(user), text)
         status = None
         if thread_ts is not None and self._refusals.allows(team, STATUS):
             status = ThinkingStatus(self.client, channel, thread_ts, lambda error: self._refused(team, STATUS, error))
@@ -352,9 +367,16 @@ class SlackAdapter:
         thread = command.get("thread_ts") or self._assistant_threads.get((team, channel, user))
         key = ConversationKey("slack", team, channel, str(thread) if thread else None)
         needs_admin = name in ("system", "model") and bool(str(command.get("text") or "").strip())
-        ctx = CommandContext(key, user, platform_admin=needs_admin and await self._is_admin(user))
-        answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
-        await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
+        with logcontext.turn(str(key), f"slack:{team}:{channel}:command:{command.get('trigger_id') or '-'}"):
+            # The one top-level handler for a command: a bug is logged with its traceback, and the person who
+            # typed it hears a short apology instead of Slack's "failed with the error operation_timeout".
+            try:
+                ctx = CommandContext(key, user, platform_admin=needs_admin and await self._is_admin(user))
+                answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
+            except Exception:
+                log.exception("the command %s in %s failed", command.get("command"), key)
+                answer = texts.APOLOGY
+            await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
 
     async def _is_admin(self, user_id: str) -> bool:
         try:

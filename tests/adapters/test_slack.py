@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ from adapters.slack_format import markdown_to_mrkdwn
 from bot import texts
 from bot.config import Settings
 from bot.conversation import ConversationCore
+from bot.logcontext import TurnFilter
 from bot.runtime import open_core
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import (
@@ -495,3 +497,23 @@ async def test_bad_input_gets_a_clear_answer_and_nothing_is_lost(slack: Slack, t
     await slack.fake.wait_for(lambda: " ".join(p.text for p in slack.fake.posted).endswith(rendered[-20:].rstrip()), 10)
     assert "<!" not in shown and "<@" not in shown  # nothing in the answer can ping anyone
     assert all(len(p.text) <= TEXT_LIMIT for p in slack.fake.posted)
+
+
+async def test_every_log_line_of_a_turn_names_it(slack: Slack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(TurnFilter())  # what cli.py puts on the real handler
+    slack.fake.error_page("users.info")  # logged before the core sees the message
+    slack.fake.refuse("assistant.threads.setStatus", "internal_error", times=1)  # logged in a background task
+    await slack.event(mention("<@UBOT> hi", ts="1.2", thread_ts="1.1"))
+    await slack.wait_replies(1)
+    loggers = {"adapters.slack", "adapters.slack_stream", "bot.conversation"}
+    await slack.fake.wait_for(lambda: loggers <= {r.name for r in caplog.records})
+    ours = [r for r in caplog.records if r.name.startswith(("adapters.", "bot."))]
+    assert {getattr(r, "turn", None) for r in ours} == {"slack:T1:C1:1.1 slack:T1:C1:1.2"}
+
+
+async def test_a_command_that_fails_gets_a_private_apology(slack: Slack) -> None:
+    with sqlite3.connect(slack.db) as db:
+        db.execute("DROP TABLE messages")  # the database breaks under the bot
+    answer = await slash(slack, "/reset", rid="x1")
+    assert answer["text"] == markdown_to_mrkdwn(texts.APOLOGY) and answer["response_type"] == "ephemeral"
