@@ -256,6 +256,18 @@ async def test_a_refused_status_is_not_asked_for_again(slack: Slack) -> None:
     assert [m.text for m in slack.fake.posted] == ["echo: Ada: one", "echo: Ada: two"]
 
 
+async def test_a_429_on_append_stream_is_waited_out(slack: Slack) -> None:
+    words = " ".join(f"w{i}" for i in range(40))
+    slack.model.chunk_delay = 0.02
+    slack.fake.rate_limit("chat.appendStream", times=1, retry_after=1)
+    await slack.event(mention(f"<@UBOT> {words}", ts="1.2", thread_ts="1.1"))
+    await answered(slack, 1, within=10)
+    assert [name for name, _ in slack.fake.limited] == ["chat.appendStream"]
+    [reply] = replies(slack)  # still the one streamed message: no fallback post
+    assert reply.streamed and reply.text == f"echo: Ada: {words}"
+    assert slack.fake.calls_to("chat.postMessage") == []
+
+
 async def test_a_long_streamed_reply_continues_in_further_messages(slack: Slack) -> None:
     slack.model.reply = long_reply
     expected = long_reply([]).replace("```python", " ").replace("```", " ").split()
