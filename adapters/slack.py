@@ -36,9 +36,9 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack_format import markdown_to_mrkdwn, unescape_slack
-from adapters.slack_stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus
+from adapters.slack_stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus, error_code
 from adapters.streaming import ReplyStream, StreamingReply, deliver
-from bot import texts
+from bot import logcontext, texts
 from bot.check import CheckResult
 from bot.commands import COMMANDS, CommandContext
 from bot.config import Settings
@@ -226,7 +226,7 @@ class SlackAdapter:
         try:
             await set_suggested_prompts(prompts=prompts, title=texts.ASSISTANT_PROMPTS_TITLE)
         except SlackApiError as exc:
-            log.warning("setting suggested prompts in %s failed: %s", channel, exc.response.get("error"))
+            log.warning("setting suggested prompts in %s failed: %s", channel, error_code(exc))
 
     async def _on_assistant_context_changed(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         # The person moved to another channel with the pane open. The conversation stays the thread's own; Bolt's
@@ -261,7 +261,7 @@ class SlackAdapter:
         try:
             await set_title(title)
         except SlackApiError as exc:
-            log.info("setting the title of %s failed: %s", key, exc.response.get("error"))
+            log.info("setting the title of %s failed: %s", key, error_code(exc))
 
     def _ignored(self, event: dict[str, Any]) -> bool:
         # Edits, deletions, joins and the like carry a subtype; they are not questions.
@@ -286,13 +286,28 @@ class SlackAdapter:
         team = _team(body, event, context)
         channel = str(event["channel"])
         key = ConversationKey("slack", team, channel, thread_ts)
+        message_id = f"slack:{team}:{channel}:{event['ts']}"
+        # From here on every log line names the turn: the name lookups and the thinking status included, not
+        # only what the core logs.
+        with logcontext.turn(str(key), message_id):
+            await self._turn(event, context, key, message_id, set_title)
+
+    async def _turn(
+        self,
+        event: dict[str, Any],
+        context: dict[str, Any],
+        key: ConversationKey,
+        message_id: str,
+        set_title: AsyncSetTitle | None,
+    ) -> None:
+        team, channel, thread_ts = key.workspace, key.channel, key.thread
         sink = SlackSink(self.client, channel, thread_ts)
         text = await self._text_in(str(event.get("text") or ""), context.get("bot_user_id"))
         if not text.strip():
             await sink.post(texts.EMPTY_MENTION)
             return
         user = str(event.get("user") or "")
-        msg = IncomingMessage(key, f"slack:{team}:{channel}:{event['ts']}", user, await self._name(user), text)
+        msg = IncomingMessage(key, message_id, user, await self._name(user), text)
         status = None
         if thread_ts is not None and self._refusals.allows(team, STATUS):
             status = ThinkingStatus(self.client, channel, thread_ts, lambda error: self._refused(team, STATUS, error))
@@ -352,15 +367,22 @@ class SlackAdapter:
         thread = command.get("thread_ts") or self._assistant_threads.get((team, channel, user))
         key = ConversationKey("slack", team, channel, str(thread) if thread else None)
         needs_admin = name in ("system", "model") and bool(str(command.get("text") or "").strip())
-        ctx = CommandContext(key, user, platform_admin=needs_admin and await self._is_admin(user))
-        answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
-        await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
+        with logcontext.turn(str(key), f"slack:{team}:{channel}:command:{command.get('trigger_id') or '-'}"):
+            # The one top-level handler for a command: a bug is logged with its traceback, and the person who
+            # typed it hears a short apology instead of Slack's "failed with the error operation_timeout".
+            try:
+                ctx = CommandContext(key, user, platform_admin=needs_admin and await self._is_admin(user))
+                answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
+            except Exception:
+                log.exception("the command %s in %s failed", command.get("command"), key)
+                answer = texts.APOLOGY
+            await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
 
     async def _is_admin(self, user_id: str) -> bool:
         try:
             user = (await self.client.users_info(user=user_id))["user"] or {}
         except SlackApiError as exc:
-            log.warning("users.info for %s failed: %s", user_id, exc.response.get("error"))
+            log.warning("users.info for %s failed: %s", user_id, error_code(exc))
             return False
         return bool(user.get("is_admin") or user.get("is_owner"))
 
@@ -389,8 +411,11 @@ class SlackAdapter:
             profile = user.get("profile") or {}
             name = profile.get("display_name") or profile.get("real_name") or user.get("name") or user_id
         except SlackApiError as exc:
-            # Remembered like a name, so an unknown id does not cost a call on every message.
-            log.warning("users.info for %s failed: %s", user_id, exc.response.get("error"))
+            error = error_code(exc)
+            log.warning("users.info for %s failed: %s", user_id, error)
+            if error.startswith("http_"):
+                return user_id  # Slack or a proxy in between had trouble: ask again next time
+            # Slack's own answer (an unknown id) is remembered like a name, so it does not cost a call every time.
             name = user_id
         self._names[user_id] = str(name)
         if len(self._names) > _NAME_CACHE_SIZE:
@@ -419,7 +444,7 @@ async def check_slack(settings: Settings) -> list[CheckResult]:
         me = await client.auth_test()
         results.append(CheckResult("slack bot token", True, f"accepted: @{me.get('user')} in {me.get('team')}"))
     except SlackApiError as exc:
-        results.append(CheckResult("slack bot token", False, f"SLACK_BOT_TOKEN rejected ({exc.response.get('error')})"))
+        results.append(CheckResult("slack bot token", False, f"SLACK_BOT_TOKEN rejected ({error_code(exc)})"))
     except (aiohttp.ClientError, TimeoutError) as exc:
         detail = f"cannot reach {settings.slack_api_url}: {type(exc).__name__}"
         results.append(CheckResult("slack bot token", False, detail))
@@ -429,7 +454,7 @@ async def check_slack(settings: Settings) -> list[CheckResult]:
             await app.apps_connections_open(app_token=settings.slack_app_token.get_secret_value())
             results.append(CheckResult("slack app token", True, "accepted: Socket Mode can connect"))
         except SlackApiError as exc:
-            error = exc.response.get("error")
+            error = error_code(exc)
             results.append(CheckResult("slack app token", False, f"SLACK_APP_TOKEN rejected ({error})"))
     elif settings.slack_signing_secret is not None:
         results.append(CheckResult("slack signing secret", True, "set (Slack checks it when you save the URL)"))

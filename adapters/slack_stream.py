@@ -9,7 +9,7 @@ code fence closed and reopened.
 
 Where Slack refuses to stream (a missing scope, a token or a context it does not support), the reply goes out
 once through the adapter's post-then-edit path instead, and the workspace is remembered, so later replies there
-do not ask again.
+do not ask again. Any other failure (Slack's own trouble, a 5xx) costs only that one reply its native path.
 """
 
 from __future__ import annotations
@@ -48,19 +48,49 @@ _MENTION = re.compile(
 #: that starts with "<" or "@" may still grow into one, so it waits for the next append.
 _HOLD = 12
 
-#: Errors about this one message or thread, not about streaming in the workspace: nothing to remember.
-_THIS_MESSAGE_ONLY = frozenset(
+#: Slack's answers that mean "not in this workspace, not with this app": a token, scope, plan or context that
+#: does not allow the feature. Only these are remembered. Anything else (``internal_error``, ``fatal_error``,
+#: ``request_timeout``, a 5xx page, an error about one thread) may pass, so it costs that one reply its native
+#: path and nothing more: remembering it would switch the feature off for the whole workspace until a restart.
+REFUSALS = frozenset(
     {
-        "channel_not_found",
-        "is_archived",
-        "thread_not_found",
-        "invalid_thread_ts",
-        "message_not_found",
-        "msg_too_long",
-        "ratelimited",
-        "message_not_in_streaming_state",
+        # the token or the app may not use the method
+        "not_allowed_token_type",
+        "missing_scope",
+        "no_permission",
+        "not_allowed",
+        "not_authed",
+        "access_denied",
+        "restricted_action",
+        "team_access_not_granted",
+        "ekm_access_denied",
+        # the workspace, its plan or this kind of conversation does not offer it
+        "feature_not_enabled",
+        "not_supported",
+        "unsupported_context",
+        "invalid_context",
+        "context_not_supported",
+        "method_not_supported_for_channel_type",
+        # the method itself is gone or unknown here
+        "method_deprecated",
+        "unknown_method",
     }
 )
+
+
+def error_code(exc: SlackApiError) -> str:
+    """Slack's error code, or ``http_<status>`` when the answer was not Slack's JSON.
+
+    A load balancer's or proxy's error page reaches slack_sdk as text (``response.data`` is a ``str``), as an
+    empty dict, or, when it claims to be JSON and is not, as the raw aiohttp response; none of them has an
+    ``error`` to read.
+    """
+    response = exc.response
+    data = getattr(response, "data", None)
+    if isinstance(data, dict) and data.get("error"):
+        return str(data["error"])
+    status = getattr(response, "status_code", None) or getattr(response, "status", None)
+    return f"http_{status}" if status else "unknown_error"
 
 
 def neutralise_mentions(markdown: str) -> str:
@@ -92,7 +122,8 @@ class Refusals:
         return (workspace, feature) not in self._refused
 
     def refused(self, workspace: str, feature: str, error: str) -> None:
-        if error in _THIS_MESSAGE_ONLY:
+        if error not in REFUSALS:
+            log.info("Slack could not give %s in workspace %s this time (%s)", feature, workspace, error)
             return
         if (workspace, feature) not in self._refused:
             log.warning("Slack refused %s in workspace %s (%s); not trying it there again", feature, workspace, error)
@@ -131,7 +162,7 @@ class ThinkingStatus:
             )
             return True
         except SlackApiError as exc:
-            error = str(exc.response.get("error"))
+            error = error_code(exc)
             log.info("assistant.threads.setStatus in %s failed: %s", self._channel, error)
             self._on_refused(error)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -290,7 +321,7 @@ class NativeReply:
                     args["thread_ts"] = self._thread_ts
                 response = await self._client.api_call("chat.startStream", json=args)
             except SlackApiError as exc:
-                error = str(exc.response.get("error"))
+                error = error_code(exc)
                 self._on_refused(error)
                 await self._fall_back(error)
             self._ts = str(response["ts"])
@@ -310,7 +341,7 @@ class NativeReply:
                 await self._client.chat_appendStream(channel=self._channel, ts=self._ts, markdown_text=markdown)
                 self._message += markdown
         except SlackApiError as exc:
-            await self._fall_back(str(exc.response.get("error")))
+            await self._fall_back(error_code(exc))
         self._sent += len(piece)
 
     async def _stop(self, markdown: str | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,8 @@ from adapters.slack import TEXT_LIMIT, SlackAdapter
 from adapters.slack_format import markdown_to_mrkdwn
 from bot import texts
 from bot.config import Settings
+from bot.conversation import ConversationCore
+from bot.logcontext import TurnFilter
 from bot.runtime import open_core
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import (
@@ -181,6 +184,67 @@ async def test_bots_self_and_subtypes_are_ignored(slack: Slack) -> None:
     assert slack.model.calls == 1 and len(slack.posts()) == 1
 
 
+@pytest.mark.parametrize("content_type", ["text/html", "text/plain", "application/json"])
+async def test_an_error_page_from_users_info_still_gets_an_answer(
+    slack: Slack, content_type: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack.fake.error_page("users.info", content_type=content_type)
+    await slack.event(mention("<@UBOT> hello", ts="1.1"))
+    await slack.wait_posts(1)
+    assert final_text(slack) == "echo: U1: hello"  # the id stands in for the name
+    assert "users.info for U1 failed: http_500" in caplog.text
+    # A passing failure is not remembered as the name: the next message asks again.
+    await slack.event(mention("<@UBOT> again", ts="1.2"))
+    await slack.wait_posts(2)
+    assert slack.fake.posted[1].text == "echo: Ada: again"
+    assert len(slack.fake.calls_to("users.info")) == 2
+
+
+async def test_the_event_is_acknowledged_before_the_work_is_done(slack: Slack) -> None:
+    response = await slack.event(mention("<@UBOT> [[slow:1.5]] take your time", ts="1.1"))
+    # Slack's 3-second limit must never wait on the model: the 200 is back while nothing is posted yet.
+    assert response.status_code == 200 and slack.fake.posted == []
+    await slack.model.wait_for_requests(1)
+    assert slack.fake.posted == []  # the model is still thinking, after the acknowledgement
+    await slack.wait_posts(1)
+    assert final_text(slack).endswith("take your time")
+
+
+async def test_names_are_looked_up_once_per_person(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT> one", ts="1.1"))
+    await slack.wait_posts(1)
+    await slack.event(mention("<@UBOT> two, ask <@U1>", ts="1.2"))
+    await slack.wait_posts(2)
+    assert slack.fake.posted[1].text == "echo: Ada: two, ask @Ada"
+    assert [c["user"] for c in slack.fake.calls_to("users.info")] == ["U1"]
+
+
+@pytest.mark.parametrize(("overrides", "answered"), [({"ignore_bots": False}, True), ({}, False)])
+async def test_other_bots_are_answered_only_when_configured(slack: Slack, answered: bool) -> None:
+    await slack.event(mention("<@UBOT> from a bot", ts="1.1", user="U2") | {"bot_id": "B2"})
+    await slack.event(mention("<@UBOT> from a person", ts="1.2"))
+    await slack.fake.wait_for(lambda: any(p.text == "echo: Ada: from a person" for p in slack.fake.posted))
+    await slack.fake.wait_for(lambda: len(stored(slack)) == (4 if answered else 2))
+    from_bot = [p.text for p in slack.fake.posted if "from a bot" in p.text]
+    assert from_bot == (["echo: Grace Hopper: from a bot"] if answered else [])
+
+
+@pytest.mark.parametrize("overrides", [{"reset_command": "forget"}])
+async def test_the_reset_command_can_be_renamed(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT> remember me", ts="1.1"))
+    await slack.wait_posts(1)
+    answer = await slash(slack, "/forget", rid="f1")
+    assert answer["text"] == texts.RESET_DONE.format(count=2, s="s") and answer["response_type"] == "ephemeral"
+    assert stored(slack) == []
+
+
+async def test_slack_escapes_reach_the_model_unescaped(slack: Slack) -> None:
+    await slack.event(mention("<@UBOT> is a &amp;&amp; b &lt;= c &gt; d?", ts="1.1"))
+    await slack.wait_posts(1)
+    assert slack.model.requests[0]["messages"][-1]["content"] == "Ada: is a && b <= c > d?"
+    assert final_text(slack) == "echo: Ada: is a &amp;&amp; b &lt;= c &gt; d?"  # escaped again on the way out
+
+
 async def test_an_empty_mention_gets_a_hint_without_a_model_call(slack: Slack) -> None:
     await slack.event(mention("<@UBOT>   ", ts="1.1"))
     await slack.wait_posts(1)
@@ -192,7 +256,7 @@ async def test_a_redelivered_event_is_answered_once_also_after_a_restart(
 ) -> None:
     db = tmp_path / "teambot.db"
     envelope = event_envelope(mention("<@UBOT> once please", ts="1700000000.000100"), event_id="Ev1")
-    for _restart in range(2):  # the second process is a restart on the same database
+    for run in (1, 2):  # the second process is a restart on the same database
         settings = settings_for(fake, model, db)
         async with open_core(settings) as core, httpx.AsyncClient() as http:
             adapter = SlackAdapter(core, settings)
@@ -201,12 +265,21 @@ async def test_a_redelivered_event_is_answered_once_also_after_a_restart(
             try:
                 assert (await slack.send(envelope)).status_code == 200
                 assert (await slack.send(envelope, retry=1)).status_code == 200
+                # Each process asks Slack who it is once, on its first request: this one's call is new.
+                await fake.wait_for(lambda: len(fake.calls_to("auth.test")) == run)  # noqa: B023
+                # Both deliveries reached this process's core: the first run answers one and skips the other,
+                # the restarted one skips both, because the database remembers the message.
+                await fake.wait_for(lambda: duplicates(core) == run)  # noqa: B023
                 await slack.wait_posts(1)
-                # Every delivery has been acked and processed once the fake has seen auth.test for it.
-                await fake.wait_for(lambda: len(fake.calls_to("auth.test")) >= 1)
             finally:
                 await adapter.stop()
     assert model.calls == 1 and len(fake.calls_to("chat.postMessage")) == 1
+
+
+def duplicates(core: ConversationCore) -> float:
+    """How many deliveries this process's core recognised as already answered."""
+    value = core.metrics.registry.get_sample_value("teambot_replies_total", {"platform": "slack", "kind": "duplicate"})
+    return value or 0.0
 
 
 async def test_the_same_event_delivered_twice_at_once_is_answered_once(slack: Slack) -> None:
@@ -259,8 +332,12 @@ async def test_streaming_posts_once_then_throttled_updates_hold_the_whole_reply(
 async def test_a_fast_reply_is_posted_once_without_updates(slack: Slack) -> None:
     await slack.event(mention("<@UBOT> quick", ts="1.1"))
     await slack.fake.wait_for(lambda: bool(slack.fake.posted) and slack.fake.posted[0].text == "echo: Ada: quick")
-    assert len(slack.posts()) == 1
-    assert len(slack.fake.calls_to("chat.update")) <= 1  # an instant model: at most the final edit
+    [post] = slack.posts()
+    updates = slack.fake.calls_to("chat.update")
+    # An instant model: the whole reply in the post, or, when the first words raced ahead of the rest, those
+    # words and one final edit; never a series of edits.
+    assert [post["text"], *[u["text"] for u in updates]][-1] == "echo: Ada: quick"
+    assert len(updates) <= 1 and "echo: Ada: quick".startswith(post["text"])
 
 
 async def test_a_429_on_update_is_waited_out(slack: Slack, caplog: pytest.LogCaptureFixture) -> None:
@@ -427,3 +504,23 @@ async def test_bad_input_gets_a_clear_answer_and_nothing_is_lost(slack: Slack, t
     await slack.fake.wait_for(lambda: " ".join(p.text for p in slack.fake.posted).endswith(rendered[-20:].rstrip()), 10)
     assert "<!" not in shown and "<@" not in shown  # nothing in the answer can ping anyone
     assert all(len(p.text) <= TEXT_LIMIT for p in slack.fake.posted)
+
+
+async def test_every_log_line_of_a_turn_names_it(slack: Slack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    caplog.handler.addFilter(TurnFilter())  # what cli.py puts on the real handler
+    slack.fake.error_page("users.info")  # logged before the core sees the message
+    slack.fake.refuse("assistant.threads.setStatus", "internal_error", times=1)  # logged in a background task
+    await slack.event(mention("<@UBOT> hi", ts="1.2", thread_ts="1.1"))
+    await slack.wait_replies(1)
+    loggers = {"adapters.slack", "adapters.slack_stream", "bot.conversation"}
+    await slack.fake.wait_for(lambda: loggers <= {r.name for r in caplog.records})
+    ours = [r for r in caplog.records if r.name.startswith(("adapters.", "bot."))]
+    assert {getattr(r, "turn", None) for r in ours} == {"slack:T1:C1:1.1 slack:T1:C1:1.2"}
+
+
+async def test_a_command_that_fails_gets_a_private_apology(slack: Slack) -> None:
+    with sqlite3.connect(slack.db) as db:
+        db.execute("DROP TABLE messages")  # the database breaks under the bot
+    answer = await slash(slack, "/reset", rid="x1")
+    assert answer["text"] == markdown_to_mrkdwn(texts.APOLOGY) and answer["response_type"] == "ephemeral"

@@ -208,6 +208,44 @@ async def test_a_failure_about_one_thread_falls_back_but_is_not_remembered(slack
     assert slack.fake.posted[1].streamed and slack.fake.posted[1].text == "echo: Ada: two"
 
 
+def fail(slack: Slack, method: str, failure: str) -> None:
+    """``failure`` is an error code Slack answers once, or the content type of an HTML error page."""
+    if "/" in failure:
+        slack.fake.error_page(method, content_type=failure)
+    else:
+        slack.fake.refuse(method, failure, times=1)
+
+
+@pytest.mark.parametrize("method", ["chat.startStream", "assistant.threads.setStatus"])
+@pytest.mark.parametrize("failure", ["internal_error", "fatal_error", "request_timeout", "text/html", "text/plain"])
+async def test_a_passing_failure_costs_only_that_reply_its_native_path(slack: Slack, method: str, failure: str) -> None:
+    fail(slack, method, failure)
+    await slack.event(mention("<@UBOT> one", ts="1.2", thread_ts="1.1"))
+    await answered(slack, 1)
+    await slack.event(mention("<@UBOT> two", ts="1.3", thread_ts="1.1"))
+    await answered(slack, 2)
+    assert [m.text for m in slack.fake.posted] == ["echo: Ada: one", "echo: Ada: two"]  # each answered once
+    assert slack.fake.posted[1].streamed
+    if method == "chat.startStream":
+        assert not slack.fake.posted[0].streamed  # that one reply was posted and edited
+        assert len(slack.fake.calls_to("chat.startStream")) == 2
+    else:
+        # Asked again for the second reply, and cleared once it started.
+        await slack.fake.wait_for(lambda: statuses(slack) == [texts.THINKING_STATUS, texts.THINKING_STATUS, ""])
+
+
+@pytest.mark.parametrize("method", ["chat.startStream", "assistant.threads.setStatus"])
+@pytest.mark.parametrize("error", ["missing_scope", "no_permission", "method_deprecated", "unknown_method"])
+async def test_a_real_refusal_is_remembered_for_the_workspace(slack: Slack, method: str, error: str) -> None:
+    fail(slack, method, error)
+    await slack.event(mention("<@UBOT> one", ts="1.2", thread_ts="1.1"))
+    await answered(slack, 1)
+    await slack.event(mention("<@UBOT> two", ts="1.3", thread_ts="1.1"))
+    await answered(slack, 2)
+    assert [m.text for m in slack.fake.posted] == ["echo: Ada: one", "echo: Ada: two"]
+    assert len(slack.fake.calls_to(method)) == 1
+
+
 async def test_a_refused_status_is_not_asked_for_again(slack: Slack) -> None:
     slack.fake.refuse("assistant.threads.setStatus", "missing_scope")
     await slack.event(mention("<@UBOT> one", ts="1.2", thread_ts="1.1"))
@@ -216,6 +254,18 @@ async def test_a_refused_status_is_not_asked_for_again(slack: Slack) -> None:
     await answered(slack, 2)
     assert len(slack.fake.calls_to("assistant.threads.setStatus")) == 1
     assert [m.text for m in slack.fake.posted] == ["echo: Ada: one", "echo: Ada: two"]
+
+
+async def test_a_429_on_append_stream_is_waited_out(slack: Slack) -> None:
+    words = " ".join(f"w{i}" for i in range(40))
+    slack.model.chunk_delay = 0.02
+    slack.fake.rate_limit("chat.appendStream", times=1, retry_after=1)
+    await slack.event(mention(f"<@UBOT> {words}", ts="1.2", thread_ts="1.1"))
+    await answered(slack, 1, within=10)
+    assert [name for name, _ in slack.fake.limited] == ["chat.appendStream"]
+    [reply] = replies(slack)  # still the one streamed message: no fallback post
+    assert reply.streamed and reply.text == f"echo: Ada: {words}"
+    assert slack.fake.calls_to("chat.postMessage") == []
 
 
 async def test_a_long_streamed_reply_continues_in_further_messages(slack: Slack) -> None:

@@ -2,10 +2,10 @@
 
 Started in the test's own loop on 127.0.0.1, port 0; the real ``AsyncWebClient`` talks to it through
 ``base_url=fake.api_url``. It records every call (``calls``), keeps posted and streamed messages with their latest
-text (``message_text``), and fails on demand (``rate_limit``, ``refuse``). It checks the arguments Slack requires of
-the AI-app methods (``assistant.threads.*``, ``chat.startStream``/``appendStream``/``stopStream``) and answers
-``invalid_arguments`` without them. Helpers build what Slack sends to an app: ``event_envelope``,
-``assistant_thread_started``, ``slash_command_form``, signed with ``signed_headers``.
+text (``message_text``), and fails on demand (``rate_limit``, ``refuse``, ``error_page``). It checks the
+arguments Slack requires of the AI-app methods (``assistant.threads.*``, ``chat.startStream``/``appendStream``/
+``stopStream``) and answers ``invalid_arguments`` without them. Helpers build what Slack sends to an app:
+``event_envelope``, ``assistant_thread_started``, ``slash_command_form``, signed with ``signed_headers``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from tests.fakes.loopback import LoopbackServer
 
 #: Slack's limit on ``markdown_text`` in one call of the chat.*Stream methods.
 MARKDOWN_LIMIT = 12_000
+
+
+_ERROR_PAGE = "<html><head><title>500 Internal Server Error</title></head><body>Server Error</body></html>"
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -72,6 +75,7 @@ class FakeSlack(LoopbackServer):
         self.api_url = ""
         self._limits: dict[str, list[float]] = {}
         self._refusals: dict[str, list[str]] = {}
+        self._pages: dict[str, list[tuple[int, str]]] = {}
         self._ts = itertools.count(1)
 
     def routes(self, app: web.Application) -> None:
@@ -104,6 +108,11 @@ class FakeSlack(LoopbackServer):
     def refuse(self, method: str, error: str, times: int = 1_000_000) -> None:
         """The next ``times`` calls of ``method`` (by default all) answer ``{"ok": false, "error": error}``."""
         self._refusals[method] = [error] * times
+
+    def error_page(self, method: str, status: int = 500, content_type: str = "text/html", times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` get an HTML error page, as a load balancer in front of Slack
+        sends when Slack is down: not JSON, whatever ``content_type`` says."""
+        self._pages.setdefault(method, []).extend([(status, content_type)] * times)
 
     def streamed(self) -> list[Posted]:
         return [m for m in self.posted if m.streamed]
@@ -161,6 +170,10 @@ class FakeSlack(LoopbackServer):
                 return _json({"ok": True, "url": f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/link"})
             if token != self.bot_token:
                 return _json({"ok": False, "error": "invalid_auth"})
+            pages = self._pages.get(method)
+            if pages:
+                status, content_type = pages.pop(0)
+                return web.Response(status=status, text=_ERROR_PAGE, content_type=content_type)
             refusals = self._refusals.get(method)
             if refusals:
                 return _json({"ok": False, "error": refusals.pop(0)})

@@ -138,3 +138,14 @@ async def test_assistant_thread_methods_are_recorded_and_checked() -> None:
         with pytest.raises(SlackApiError) as caught:
             await client.assistant_threads_setSuggestedPrompts(channel_id="D1", prompts=prompts * 5)
         assert caught.value.response["error"] == "invalid_arguments"
+
+
+async def test_error_page_answers_a_non_json_page_once() -> None:
+    async with FakeSlack(users={"U1": {"display_name": "Ada"}}) as fake:
+        client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+        fake.error_page("users.info", status=502, content_type="text/plain")
+        with pytest.raises(SlackApiError) as caught:
+            await client.users_info(user="U1")
+        assert caught.value.response.status_code == 502 and isinstance(caught.value.response.data, str)
+        assert (await client.users_info(user="U1"))["user"]["profile"]["display_name"] == "Ada"
+        assert len(fake.calls_to("users.info")) == 2
