@@ -371,7 +371,9 @@ class SlackAdapter:
             # The one top-level handler for a command: a bug is logged with its traceback, and the person who
             # typed it hears a short apology instead of Slack's "failed with the error operation_timeout".
             try:
-                ctx = CommandContext(key, user, platform_admin=needs_admin and await self._is_admin(user))
+                ctx = CommandContext(
+                    key, user, platform_admin=needs_admin and await self._is_admin(user), admins=texts.ADMINS_SLACK
+                )
                 answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
             except Exception:
                 log.exception("the command %s in %s failed", command.get("command"), key)
