@@ -218,6 +218,13 @@ class ChatClient:
                 raise errors.StreamInterrupted(str(exc), partial=result.text, cause=exc) from None
             raise
         except (TimeoutError, httpx.TimeoutException) as exc:
+            if not _timed_out(exc):
+                raise _interrupted_or(
+                    result,
+                    errors.ConnectionFailed(
+                        f"{type(exc.__cause__).__name__}: cannot reach {endpoint.name}: {redact(str(exc))}"
+                    ),
+                ) from None
             raise _interrupted_or(result, errors.Timeout(f"{type(exc).__name__} talking to {endpoint.name}")) from None
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise _interrupted_or(
@@ -240,6 +247,13 @@ class _StreamResult:
     model: str | None = None
     finish_reason: str | None = None
     done: bool = False
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a timeout really is one: httpx-aiohttp reports every aiohttp connection error, a refused
+    connection and an unknown host included, as ``ConnectTimeout``, with the real error as its cause."""
+    cause = exc.__cause__
+    return not isinstance(exc, httpx.TimeoutException) or cause is None or isinstance(cause, TimeoutError)
 
 
 def _interrupted_or(result: _StreamResult, exc: errors.LLMError) -> errors.LLMError:

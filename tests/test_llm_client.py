@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pydantic import SecretStr
 from bot import errors
 from bot.keys import KeySource
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, SSEDecoder, model_http_client
+from tests.fakes.openai import FakeOpenAI
 
 KEY = "sk-test-0123456789abcdef"
 PROMPT = [{"role": "user", "content": "Ada: hi"}]
@@ -77,6 +79,7 @@ def client(
     fallback: Endpoint | None = None,
     keys: KeySource | None = None,
     retry: RetryPolicy | None = None,
+    rand: Callable[[], float] = lambda: 1.0,
 ) -> ChatClient:
     http = httpx.AsyncClient(transport=httpx.MockTransport(script))
     primary = Endpoint("primary", "http://model.test/v1", "m", keys or KeySource(SecretStr(KEY)))
@@ -87,7 +90,7 @@ def client(
         params=GenerationParams(temperature=0.2, max_output_tokens=50),
         retry=retry or RetryPolicy(max_retries=3),
         sleep=sleeps or Sleeps(),
-        rand=lambda: 1.0,
+        rand=rand,
     )
 
 
@@ -217,6 +220,13 @@ async def test_server_errors_are_retried_with_backoff(status: int) -> None:
     assert sleeps.calls == [0.5, 1.0]  # full jitter with rand=1.0 gives the cap of each step
 
 
+async def test_backoff_is_jittered() -> None:
+    script = Script(error(503, None), error(503, None), plain("ok"))
+    sleeps = Sleeps()
+    await client(script, sleeps=sleeps, rand=lambda: 0.25).complete(PROMPT)
+    assert sleeps.calls == [0.125, 0.25]  # a quarter of each step's cap: replicas retrying together spread out
+
+
 async def test_rate_limit_honours_retry_after_then_succeeds() -> None:
     script = Script(error(429, "rate_limit_exceeded", kind="requests", **{"retry-after": "2"}), plain("ok"))
     sleeps = Sleeps()
@@ -311,13 +321,29 @@ async def test_malformed_sse_event_is_typed() -> None:
         await collect(client(script))
 
 
-async def test_fallback_is_used_after_the_primary_fails_its_retries(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("failure", "tries"),
+    [
+        # An exhausted quota is not retried on the same endpoint; the others get their one retry first.
+        (lambda: error(503, None), 2),
+        (lambda: error(429, "insufficient_quota", kind="insufficient_quota"), 1),
+        (lambda: httpx.ReadTimeout("slow"), 2),
+        (lambda: httpx.ConnectError("refused"), 2),
+    ],
+    ids=["5xx", "quota", "timeout", "refused"],
+)
+async def test_fallback_is_used_after_the_primary_fails_its_retries(
+    caplog: pytest.LogCaptureFixture, failure: Callable[[], httpx.Response | Exception], tries: int
+) -> None:
     seen: list[str] = []
 
     def route(request: httpx.Request) -> httpx.Response:
         seen.append(request.url.host)
         if request.url.host == "model.test":
-            return error(503, None)
+            outcome = failure()
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
         assert request.headers["authorization"] == "Bearer sk-fallback-key-000000"
         assert json.loads(request.content)["model"] == "small"
         return plain("from fallback")
@@ -327,7 +353,7 @@ async def test_fallback_is_used_after_the_primary_fails_its_retries(caplog: pyte
     with caplog.at_level(logging.WARNING):
         completion = await client(script, fallback=fallback, retry=RetryPolicy(max_retries=1)).complete(PROMPT)
     assert completion.text == "from fallback" and completion.endpoint == "fallback"
-    assert seen == ["model.test", "model.test", "backup.test"]
+    assert seen == ["model.test"] * tries + ["backup.test"]
     assert "using fallback endpoint fallback" in caplog.text
 
 
@@ -401,3 +427,33 @@ async def test_a_stream_is_read_to_its_end_so_the_connection_is_reused() -> None
     finally:
         await runner.cleanup()
     assert len(peers) == 3 and len(set(peers)) == 1  # one TCP connection served all three
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_refused_connection_over_the_wire_is_a_connection_failure_not_a_timeout() -> None:
+    async with model_http_client(30) as http:
+        c = ChatClient(
+            http,
+            Endpoint("primary", f"http://127.0.0.1:{closed_port()}/v1", "m"),
+            retry=RetryPolicy(max_retries=1, base_delay=0.01),
+        )
+        with pytest.raises(errors.ConnectionFailed) as caught:
+            await collect(c)
+    assert caught.value.user_message == "I cannot reach the AI service right now, try again in a minute."
+
+
+async def test_a_refused_primary_over_the_wire_falls_back() -> None:
+    async with FakeOpenAI() as fake, model_http_client(30) as http:
+        c = ChatClient(
+            http,
+            Endpoint("primary", f"http://127.0.0.1:{closed_port()}/v1", "m"),
+            fallback=Endpoint("fallback", fake.base_url, "small"),
+            retry=RetryPolicy(max_retries=1, base_delay=0.01),
+        )
+        text, _ = await collect(c)
+    assert text and len(fake.requests) == 1 and fake.requests[0]["model"] == "small"
