@@ -21,10 +21,11 @@ BOT = "teambot> "
 
 
 async def _stdin_lines() -> AsyncIterator[str]:
-    """Lines from stdin without blocking the loop; a regular file (``< input.txt``) cannot be watched, so it is
-    read directly, which is fine because reading a file never waits on a person."""
+    """Lines from stdin without blocking the loop; a regular file (``< input.txt``) or a device that is not a
+    terminal (``< /dev/null``) cannot be watched, so it is read directly, which is fine because reading them never
+    waits on a person."""
     mode = os.fstat(sys.stdin.fileno()).st_mode
-    if stat.S_ISREG(mode):
+    if stat.S_ISREG(mode) or (stat.S_ISCHR(mode) and not sys.stdin.isatty()):
         for line in sys.stdin:
             yield line
         return

@@ -19,9 +19,11 @@ from typing import TypeVar
 T = TypeVar("T")
 
 #: WAL lets the reader run beside the writer; NORMAL keeps every commit through a crash of the process (only a
-#: power loss may roll back the last ones); busy_timeout waits out another process's write lock.
+#: power loss may roll back the last ones); busy_timeout waits out another process's write lock; secure_delete
+#: overwrites what /reset deletes instead of leaving it in free pages, whatever the SQLite build's default.
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
+    "PRAGMA secure_delete = ON",
     "PRAGMA synchronous = NORMAL",
     "PRAGMA busy_timeout = 5000",
     "PRAGMA foreign_keys = ON",

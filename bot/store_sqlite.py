@@ -131,12 +131,17 @@ class SQLiteStore:
     async def open(cls, path: str) -> SQLiteStore:
         if path != ":memory:":
             _check_folder(path)
-        writer = await SQLiteWriter.open(path)
+        try:
+            writer = await SQLiteWriter.open(path)
+        except sqlite3.Error as exc:
+            raise _unusable(path, exc) from None
         try:
             await _migrate(writer)
             reader = await _connect_reader(path)
-        except BaseException:
+        except BaseException as exc:
             await writer.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _unusable(path, exc) from None
             raise
         store = cls(writer, reader, path)
         await store._forget_old_handled()
@@ -338,6 +343,11 @@ def _check_folder(path: str) -> None:
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise ConfigError(f"TEAMBOT_DB: the folder {str(parent)!r} does not exist")
+
+
+def _unusable(path: str, exc: sqlite3.Error) -> ConfigError:
+    # A folder, a file that is not a database, a disk that refuses: one line naming the setting, no traceback.
+    return ConfigError(f"TEAMBOT_DB: cannot use {path!r} as a SQLite database ({exc})")
 
 
 def _row_id(cur: sqlite3.Cursor) -> int:

@@ -149,6 +149,38 @@ async def test_history_is_found_from_the_index_alone_however_long_the_conversati
     assert not any(p.startswith("SCAN messages") for p in plan)
 
 
+async def test_loading_history_costs_the_same_however_long_the_conversation(tmp_path: Path) -> None:
+    path = tmp_path / "steps.db"
+    s = await open_store(str(path))
+    await s.close()
+    steps = {}
+    with sqlite3.connect(path) as db:
+        for conversation, length in ((1, 100), (2, 20_000)):
+            db.execute(
+                "INSERT INTO conversations (id, key, platform, workspace, channel, created_at) "
+                "VALUES (?, ?, 'slack', 'T1', ?, 0)",
+                (conversation, f"slack:T1:C{conversation}", f"C{conversation}"),
+            )
+            db.executemany(
+                "INSERT INTO messages (conversation_id, role, content, tokens, created_at) "
+                "VALUES (?, 'user', ?, 12, 0)",
+                [(conversation, f"message {n}") for n in range(length)],
+            )
+        for conversation in (1, 2):
+            count = [0]
+
+            def tick(count: list[int] = count) -> int:
+                count[0] += 1
+                return 0
+
+            db.set_progress_handler(tick, 1)  # called every VM instruction: a count of the work done
+            db.execute(SQLITE_HISTORY, (conversation, 10**9, 300 // 5 + 1, 300)).fetchall()
+            db.set_progress_handler(None, 1)
+            steps[conversation] = count[0]
+    # 25 messages fit either way; the 20,000-message conversation must not cost more to read than the 100-message one.
+    assert steps[2] <= steps[1] * 1.1, steps
+
+
 async def test_history_excludes_the_current_message_and_pages_past_one_query(store: Store) -> None:
     rows = [await store.begin_turn(incoming(A, n), 1) for n in range(200)]
     last = rows[-1]
@@ -209,17 +241,48 @@ async def test_concurrent_writers_from_many_coroutines_all_land(store: Store) ->
     assert counts == [10] * 20
 
 
-async def test_a_second_process_holding_the_write_lock_is_waited_out(tmp_path: Path) -> None:
+async def test_another_writer_holding_the_write_lock_is_waited_out(tmp_path: Path) -> None:
+    # Another connection, as another process would hold it: SQLite's lock is on the file, not the connection.
     store = await open_store(str(tmp_path / "teambot.db"))
     other = sqlite3.connect(tmp_path / "teambot.db", isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
-    pending = asyncio.ensure_future(store.begin_turn(incoming(A, 1), 10))
-    await asyncio.sleep(0.2)  # let the write reach SQLite and block on the lock the other connection holds
-    assert not pending.done()
-    other.execute("COMMIT")
-    other.close()
-    assert await asyncio.wait_for(pending, 5) is not None
-    await store.close()
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        pending = asyncio.ensure_future(store.begin_turn(incoming(A, 1), 10))
+        # Nothing to await here: the write is blocked inside SQLite, so give it time to get there and stay blocked.
+        await asyncio.sleep(0.2)
+        assert not pending.done()
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(pending, 5) is not None
+    finally:
+        other.close()
+        await store.close()
+
+
+@pytest.mark.parametrize("what", ["a folder", "not a database"])
+async def test_an_unusable_database_file_is_one_clear_error(tmp_path: Path, what: str) -> None:
+    path = tmp_path / "teambot.db"
+    if what == "a folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b"these are notes, not a database\n" * 200)
+    with pytest.raises(ConfigError, match=r"^TEAMBOT_DB: cannot use .* as a SQLite database"):
+        await open_store(str(path))
+
+
+async def test_reset_leaves_no_trace_of_the_text_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "teambot.db"
+    store = await open_store(str(path))
+    try:
+        await store.begin_turn(incoming(A, 1, "the launch code is swordfish-4471"), 10)
+        await store.reset(A)
+    finally:
+        await store.close()
+    assert b"swordfish-4471" not in _database_bytes(tmp_path)
+
+
+def _database_bytes(folder: Path) -> bytes:
+    """The database file with its WAL and shared-memory files, as bytes."""
+    return b"".join(p.read_bytes() for p in folder.iterdir() if p.name.startswith("teambot.db"))
 
 
 async def test_usage_is_summed_per_scope_since_a_time(store: Store) -> None:

@@ -138,3 +138,26 @@ async def test_usage_system_and_model_in_the_console(fake: FakeOpenAI, tmp_path:
     assert fake.requests[-1]["messages"][0]["content"].startswith("Reply in haiku.")
     code, stderr = await console.close()
     assert code == 0 and "Traceback" not in stderr
+
+
+async def test_stdin_from_dev_null_ends_the_console_cleanly(fake: FakeOpenAI, tmp_path: Path) -> None:
+    # `teambot console < /dev/null` (a cron job, a CI step): end of input at once, not a hang or a traceback.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "console",
+        cwd=tmp_path,
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(ROOT),
+            "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_API_KEY": "sk-console-test-key",
+            "TEAMBOT_DB": str(tmp_path / "teambot.db"),
+        },
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0 and b"Traceback" not in stderr, stderr.decode()

@@ -279,7 +279,8 @@ async def test_stall_pauses_after_the_first_text_chunk(fake: FakeOpenAI, client:
                 arrivals.append((time.monotonic(), line.removeprefix("data: ")))
     assert arrivals[-1][1] == "[DONE]"
     assert streamed_text([d for _, d in arrivals]) == "echo: [[stall:0.2]] a b c"
-    assert arrivals[2][0] - arrivals[1][0] >= 0.2  # role chunk, first text chunk, then the silence
+    # Role chunk, first text chunk, then the silence; a busy machine may read the first chunk a little late.
+    assert arrivals[2][0] - arrivals[1][0] >= 0.15
 
 
 async def test_tokens_combine(fake: FakeOpenAI, client: httpx.AsyncClient) -> None:
