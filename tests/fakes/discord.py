@@ -1,13 +1,14 @@
 """A loopback fake Discord: REST under ``/api/v10`` and a gateway WebSocket at ``/gw``, for the real discord.py.
 
 Point the client at it with ``fake.patch_discord()`` (sets ``discord.http.Route.BASE`` and
-``DiscordWebSocket.DEFAULT_GATEWAY``, restored on exit). The gateway says HELLO, answers IDENTIFY with READY and a
+``DiscordWebSocket.DEFAULT_GATEWAY``, restored on exit), or with ``point_discord_at(url)`` when the fake runs in
+another process. The gateway says HELLO, answers IDENTIFY with READY and a
 GUILD_CREATE per guild, acknowledges heartbeats, and replays missed events on RESUME. With ``shards=N`` it accepts
 one connection per shard, as Discord does: each IDENTIFY names its shard, gets the guilds whose
 ``(guild_id >> 22) % N`` is that shard, and an event goes only to the connection of its guild's shard (DMs: 0).
 ``dispatch`` sends an event; ``message_create`` and ``interaction_create`` build payloads discord.py parses. REST
-calls are recorded (``rest_calls``); messages keep their latest content (``channel_messages``); ``rate_limit``
-answers 429 on demand.
+calls are recorded (``rest_calls``); messages keep their latest content (``channel_messages``), and ``watchers``
+are called with each message the bot sends or edits; ``rate_limit`` answers 429 on demand.
 
 Like Discord, it holds the client to the gateway's rules: IDENTIFY's intents are recorded (``intents``) and a
 privileged intent the app was not granted (``privileged_intents``) closes the socket with 4014; without the
@@ -27,7 +28,7 @@ import contextlib
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -124,6 +125,8 @@ class FakeDiscord(LoopbackServer):
         self.rest_calls: list[tuple[str, str, Any]] = []
         self.limited: list[tuple[str, str]] = []
         self.messages: dict[str, StoredMessage] = {}
+        #: Called with a message each time the bot sends or edits it, once its content is stored.
+        self.watchers: list[Callable[[StoredMessage], None]] = []
         self.interaction_responses: list[dict[str, Any]] = []
         self.command_syncs: list[tuple[str, list[dict[str, Any]]]] = []
         self.typing_calls: list[str] = []
@@ -144,15 +147,8 @@ class FakeDiscord(LoopbackServer):
         app.router.add_get("/gw", self._gateway)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
 
-    @contextlib.contextmanager
-    def patch_discord(self) -> Iterator[None]:
-        old_base, old_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-        discord.http.Route.BASE = f"{self.url}/api/v10"
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"ws{self.url[4:]}/gw")
-        try:
-            yield
-        finally:
-            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_base, old_gateway
+    def patch_discord(self) -> contextlib.AbstractContextManager[None]:
+        return point_discord_at(self.url)
 
     # --- what tests read and do ----------------------------------------------------------------------------
 
@@ -225,6 +221,10 @@ class FakeDiscord(LoopbackServer):
             if not socket.closed:
                 await socket.close()
         await super().stop()
+
+    def _stored(self, message: StoredMessage) -> None:
+        for watcher in self.watchers:
+            watcher(message)
 
     def new_id(self) -> str:
         return str(next(self._ids))
@@ -593,12 +593,15 @@ class FakeDiscord(LoopbackServer):
             payload = self._message(body.get("content", ""), BOT_USER, channel_id, guild_id, self.new_id())
             if body.get("message_reference"):
                 payload["message_reference"] = body["message_reference"]
-            self.messages[payload["id"]] = StoredMessage(payload["id"], channel_id, payload["content"], body)
+            stored = StoredMessage(payload["id"], channel_id, payload["content"], body)
+            self.messages[stored.id] = stored
+            self._stored(stored)
             return _json(payload)
         if method == "PATCH" and (match := re.fullmatch(r"channels/(\d+)/messages/(\d+)", path)):
             stored = self.messages[match.group(2)]
             stored.edits.append(body)
             stored.content = body.get("content", stored.content)
+            self._stored(stored)
             guild_id = self._guild_of(stored.channel_id)
             return _json(self._message(stored.content, BOT_USER, stored.channel_id, guild_id, stored.id))
         if method == "POST" and (match := re.fullmatch(r"interactions/(\d+)/([^/]+)/callback", path)):
@@ -659,6 +662,19 @@ class FakeDiscord(LoopbackServer):
         if method == "GET" and re.fullmatch(r"applications/(\d+)(?:/guilds/(\d+))?/commands", path):
             return _json([])
         return _json({"message": f"fake Discord has no route {method} {path}", "code": 0}, 404)
+
+
+@contextlib.contextmanager
+def point_discord_at(url: str) -> Iterator[None]:
+    """Send discord.py's REST calls and gateway connection to the fake Discord at ``url`` (``http://host:port``),
+    in this process or another; restored on exit."""
+    old_base, old_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    discord.http.Route.BASE = f"{url}/api/v10"
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"ws{url[4:]}/gw")
+    try:
+        yield
+    finally:
+        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_base, old_gateway
 
 
 def _now() -> str:

@@ -6,6 +6,8 @@ text (``message_text``), and fails on demand (``rate_limit``, ``refuse``, ``erro
 arguments Slack requires of the AI-app methods (``assistant.threads.*``, ``chat.startStream``/``appendStream``/
 ``stopStream``) and answers ``invalid_arguments`` without them. Helpers build what Slack sends to an app:
 ``event_envelope``, ``assistant_thread_started``, ``slash_command_form``, signed with ``signed_headers``.
+``watchers`` are called with each message whose text was just set, for callers that count replies as they come
+rather than scanning ``posted`` (the benchmark).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -72,6 +75,8 @@ class FakeSlack(LoopbackServer):
         self.responses: list[dict[str, Any]] = []
         self.posted: list[Posted] = []
         self.acks: dict[str, dict[str, Any]] = {}
+        #: Called with a message each time its text is set: posted, updated, or streamed into.
+        self.watchers: list[Callable[[Posted], None]] = []
         self.api_url = ""
         self._limits: dict[str, list[float]] = {}
         self._refusals: dict[str, list[str]] = {}
@@ -113,6 +118,10 @@ class FakeSlack(LoopbackServer):
         """The next ``times`` calls of ``method`` get an HTML error page, as a load balancer in front of Slack
         sends when Slack is down: not JSON, whatever ``content_type`` says."""
         self._pages.setdefault(method, []).extend([(status, content_type)] * times)
+
+    def _text_set(self, message: Posted) -> None:
+        for watcher in self.watchers:
+            watcher(message)
 
     def streamed(self) -> list[Posted]:
         return [m for m in self.posted if m.streamed]
@@ -213,12 +222,14 @@ class FakeSlack(LoopbackServer):
             ts = f"{1700000100 + next(self._ts)}.000100"
             message = Posted(str(args["channel"]), ts, str(args.get("text", "")), args.get("thread_ts"))
             self.posted.append(message)
+            self._text_set(message)
             return {"ok": True, "channel": message.channel, "ts": ts, "message": {"text": message.text, "ts": ts}}
         if method == "chat.update":
             for message in self.posted:
                 if message.channel == args.get("channel") and message.ts == args.get("ts"):
                     message.text = str(args.get("text", ""))
                     message.edits.append(message.text)
+                    self._text_set(message)
                     return {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text}
             return {"ok": False, "error": "message_not_found"}
         if method.startswith("assistant.threads."):
@@ -271,6 +282,7 @@ class FakeSlack(LoopbackServer):
             thread = str(args["thread_ts"]) if args.get("thread_ts") else None
             message = Posted(channel, ts, text or "", thread, appends=[text or ""], streaming=True)
             self.posted.append(message)
+            self._text_set(message)
             return {"ok": True, "channel": channel, "ts": ts}
         if not channel or not args.get("ts") or (method == "chat.appendStream" and not text):
             return {"ok": False, "error": "invalid_arguments"}
@@ -281,6 +293,7 @@ class FakeSlack(LoopbackServer):
                 message.text += text or ""
                 message.appends.append(text or "")
                 message.streaming = method == "chat.appendStream"
+                self._text_set(message)
                 return {"ok": True, "channel": channel, "ts": message.ts}
         return {"ok": False, "error": "message_not_found"}
 

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import discord
+import discord.gateway
+import discord.http
 import pytest
 from discord import app_commands
 
@@ -19,6 +21,7 @@ from tests.fakes.discord import (
     INTENT_GUILD_MESSAGES,
     INTENT_GUILDS,
     FakeDiscord,
+    point_discord_at,
 )
 
 
@@ -75,6 +78,33 @@ async def test_message_create_send_edit_and_429(connected) -> None:
     [stored] = fake.channel_messages(CHANNEL_ID)
     assert stored.content == "edited" and len(fake.limited) == 1
     assert stored.payload["allowed_mentions"]["parse"] == []
+
+
+async def test_watchers_see_each_message_sent_or_edited(connected) -> None:
+    fake, client, _ = connected
+    seen: list[tuple[str, str]] = []
+    fake.watchers.append(lambda message: seen.append((message.id, message.content)))
+    channel = client.get_channel(int(CHANNEL_ID))
+    assert isinstance(channel, discord.TextChannel)
+    sent = await channel.send("reply")
+    await sent.edit(content="edited")
+    assert seen == [(str(sent.id), "reply"), (str(sent.id), "edited")]
+
+
+async def test_point_discord_at_reaches_a_fake_by_url_and_restores_the_defaults() -> None:
+    default_base, default_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    async with FakeDiscord() as fake:
+        with point_discord_at(fake.url):
+            client = discord.Client(intents=discord.Intents.none(), guild_ready_timeout=0.05)
+            runner = asyncio.create_task(client.start("token"))
+            try:
+                await asyncio.wait_for(client.wait_until_ready(), 10)
+            finally:
+                await client.close()
+                await asyncio.gather(runner, return_exceptions=True)
+        assert fake.identify_count == 1
+    assert default_base == discord.http.Route.BASE
+    assert default_gateway == discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
 
 
 async def test_interaction_reaches_the_command_tree(connected) -> None:

@@ -149,3 +149,22 @@ async def test_error_page_answers_a_non_json_page_once() -> None:
         assert caught.value.response.status_code == 502 and isinstance(caught.value.response.data, str)
         assert (await client.users_info(user="U1"))["user"]["profile"]["display_name"] == "Ada"
         assert len(fake.calls_to("users.info")) == 2
+
+
+async def test_watchers_see_each_text_as_it_is_set() -> None:
+    async with FakeSlack() as fake:
+        seen: list[tuple[str, str]] = []
+        fake.watchers.append(lambda message: seen.append((message.ts, message.text)))
+        client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+        posted = (await client.chat_postMessage(channel="C1", text="first"))["ts"]
+        await client.chat_update(channel="C1", ts=posted, text="second")
+        streamed = (
+            await client.chat_startStream(
+                channel="C1", thread_ts="1.1", markdown_text="a", recipient_team_id="T1", recipient_user_id="U1"
+            )
+        )["ts"]
+        await client.chat_appendStream(channel="C1", ts=streamed, markdown_text="b")
+        await client.chat_stopStream(channel="C1", ts=streamed, markdown_text="c")
+        with pytest.raises(SlackApiError):
+            await client.chat_update(channel="C1", ts="9.9", text="no such message")
+        assert seen == [(posted, "first"), (posted, "second"), (streamed, "a"), (streamed, "ab"), (streamed, "abc")]
