@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from adapters.discord import DiscordAdapter
 from adapters.slack import SlackAdapter
@@ -58,7 +58,7 @@ async def _measure(platform: PlatformProcess, single: int, burst: int) -> Measur
 
 
 async def slack(model: ModelProcess, workdir: Path, socket_mode: bool, single: int, burst: int) -> Measured:
-    kind = "slack-socket" if socket_mode else "slack-http"
+    kind: Literal["slack-socket", "slack-http"] = "slack-socket" if socket_mode else "slack-http"
     async with PlatformProcess(kind, secret=SECRET, last_token=LAST_TOKEN) as platform:
         transport = {"slack_app_token": "xapp-bench"} if socket_mode else {"slack_signing_secret": SECRET}
         settings = _settings(
@@ -107,7 +107,7 @@ def _row(name: str, measured: Measured) -> tuple[str, str]:
 
 async def run_e2e(quick: bool) -> list[tuple[str, str]]:
     single, burst = (20, 100) if quick else (200, 1000)
-    rows = []
+    rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         async with ModelProcess(reply_tokens=REPLY_TOKENS) as model:

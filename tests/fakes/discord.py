@@ -361,7 +361,7 @@ class FakeDiscord(LoopbackServer):
             }
 
         member = {"roles": [], "joined_at": _now(), "deaf": False, "mute": False, "flags": 0}
-        guild = {
+        guild: dict[str, Any] = {
             "id": GUILD_ID,
             "name": "Test Guild",
             "icon": None,

@@ -331,6 +331,7 @@ def signed_headers(signing_secret: str, body: str, timestamp: int | None = None)
     """The headers Slack signs a request with (``v0=`` HMAC-SHA256 of ``v0:ts:body``)."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
     signature = SignatureVerifier(signing_secret).generate_signature(timestamp=ts, body=body)
+    assert signature is not None
     return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature}
 
 
