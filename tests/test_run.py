@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
@@ -23,9 +24,27 @@ async def fakes() -> AsyncIterator[tuple[FakeOpenAI, FakeSlack, httpx.AsyncClien
         yield fake, slack, http
 
 
+#: A log line as cli.py formats it: time, level, logger, [turn], message.
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (?P<level>[A-Z]+) (?P<logger>\S+) \[(?P<turn>[^\]]*)\] (?P<text>.*)")
+
+
+def _turn_lines(stderr: list[str]) -> list[re.Match[str]]:
+    """The lines logged while turns ran: from the first line of a turn until the process is told to stop, the
+    lines of our own loggers and of every Slack call that posts or edits a reply."""
+    lines = [m for line in stderr if (m := _LOG_LINE.match(line))]
+    first = next(i for i, m in enumerate(lines) if m["turn"] != "-")
+    stop = next(i for i, m in enumerate(lines) if m["text"].startswith("stopping:"))
+    ours = ("bot.", "adapters.")
+    return [
+        m
+        for m in lines[first:stop]
+        if m["logger"].startswith(ours) or (m["logger"].startswith("slack_sdk.") and "/api/chat." in m["text"])
+    ]
+
+
 async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -> None:
     fake, slack, http = fakes
-    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http)
+    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env={"TEAMBOT_LOG_LEVEL": "DEBUG"})
     try:
         ready = await http.get(f"{bot.url}/readyz")
         assert ready.status_code == 200 and ready.json() == {"database": True, "slack": True}
@@ -41,11 +60,28 @@ async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -
         assert samples[("teambot_time_to_first_token_seconds_count", ())] == 1
         assert samples[("teambot_tokens_total", (("direction", "completion"),))] > 0
         assert samples[("teambot_queue_depth", ())] == 0
+        await slack.wait_for(lambda: bool(slack.calls_to("chat.stopStream")), 15)
+        # A second turn whose reply and apology Slack refuses: the failure is logged outside core.handle.
+        for method in ("chat.startStream", "chat.postMessage"):
+            slack.refuse(method, "channel_not_found")
+        await bot.send(http, event_envelope(mention("<@UBOT> fail me", ts="1.2")))
+        await slack.wait_for(lambda: len(slack.calls_to("chat.postMessage")) >= 2, 15)  # the reply, the apology
+        async with asyncio.timeout(10):
+            while not any("could not post the apology" in line for line in bot.stderr):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
     finally:
         bot.proc.send_signal(signal.SIGTERM)
         assert await bot.wait() == 0
-    turn_lines = [line for line in bot.stderr if "[slack:T1:C1 slack:T1:C1:1.1]" in line]
-    assert any("answered slack:T1:C1:1.1" in line for line in turn_lines)
+    lines = _turn_lines(bot.stderr)
+    missing = [
+        m.group(0) for m in lines if m["turn"] not in ("slack:T1:C1 slack:T1:C1:1.1", "slack:T1:C1 slack:T1:C1:1.2")
+    ]
+    assert not missing, "\n".join(missing)
+    turns = {m["turn"] for m in lines}
+    assert turns == {"slack:T1:C1 slack:T1:C1:1.1", "slack:T1:C1 slack:T1:C1:1.2"}
+    texts = [m["text"] for m in lines]
+    for expected in ("prompt for", "answered slack:T1:C1:1.1", "/api/chat.stopStream", "answering slack:T1:C1:1.2"):
+        assert any(expected in text for text in texts), expected
 
 
 async def test_sigterm_lets_the_reply_in_progress_finish(fakes, tmp_path: Path) -> None:
