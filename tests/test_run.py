@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -123,3 +124,24 @@ async def test_sigkill_mid_reply_then_restart_is_consistent(fakes, tmp_path: Pat
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT role, platform_message_id FROM messages ORDER BY id").fetchall()
     assert rows == [("user", "slack:T1:C1:1.1"), ("user", "slack:T1:C1:1.2"), ("assistant", None)]
+
+
+async def test_readiness_fails_while_the_database_does_not_answer(fakes, tmp_path: Path, postgres_url: str) -> None:
+    fake, slack, http = fakes
+    database = postgres_url.rsplit("/", 1)[1]
+    bot = await start_bot(fake, slack, postgres_url, http, cwd=tmp_path)
+    admin = await asyncpg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        assert (await http.get(f"{bot.url}/readyz")).status_code == 200
+        # The database goes away under the running bot: its connections are cut and no new one is let in.
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database)
+        down = await http.get(f"{bot.url}/readyz", timeout=30)
+        assert down.status_code == 503 and down.json() == {"database": False, "slack": True}
+        assert (await http.get(f"{bot.url}/healthz")).status_code == 200  # the process itself is still up
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        assert (await http.get(f"{bot.url}/readyz", timeout=30)).status_code == 200
+    finally:
+        await admin.close()
+        bot.proc.send_signal(signal.SIGTERM)
+        await bot.wait()
