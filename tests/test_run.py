@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
+from bot import texts
 from tests.bot_process import scrape, start_bot
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack, event_envelope, mention
@@ -45,7 +47,13 @@ def _turn_lines(stderr: list[str]) -> list[re.Match[str]]:
 
 async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -> None:
     fake, slack, http = fakes
-    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env={"TEAMBOT_LOG_LEVEL": "DEBUG"})
+    env = {
+        "TEAMBOT_LOG_LEVEL": "DEBUG",
+        "OPENAI_MODEL": "fake-model",
+        "TEAMBOT_MAX_RETRIES": "0",  # one failed call is one error, at once
+        "TEAMBOT_PRICES": json.dumps({"fake-model": [1000.0, 2000.0]}),  # dollars per million tokens in, out
+    }
+    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env=env)
     try:
         ready = await http.get(f"{bot.url}/readyz")
         assert ready.status_code == 200 and ready.json() == {"database": True, "slack": True}
@@ -61,8 +69,20 @@ async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -
         assert samples[("teambot_time_to_first_token_seconds_count", ())] == 1
         assert samples[("teambot_tokens_total", (("direction", "completion"),))] > 0
         assert samples[("teambot_queue_depth", ())] == 0
+        prompt = samples[("teambot_tokens_total", (("direction", "prompt"),))]
+        completion = samples[("teambot_tokens_total", (("direction", "completion"),))]
+        assert samples[("teambot_cost_usd_total", ())] == pytest.approx((prompt * 1000 + completion * 2000) / 1e6)
+        assert ("teambot_model_errors_total", (("kind", "ServiceUnavailable"),)) not in samples
         await slack.wait_for(lambda: bool(slack.calls_to("chat.stopStream")), 15)
-        # A second turn whose reply and apology Slack refuses: the failure is logged outside core.handle.
+        await bot.send(http, event_envelope(mention("<@UBOT> [[500]] fail once", ts="1.0")))
+        await slack.wait_for(lambda: any(p.text.startswith(texts.UNAVAILABLE[:20]) for p in slack.posted), 15)
+        failed = ("teambot_model_errors_total", (("kind", "ServiceUnavailable"),))
+        async with asyncio.timeout(10):
+            while failed not in (samples := await scrape(http, bot.url)):  # noqa: ASYNC110 - another process
+                await asyncio.sleep(0.05)
+        assert samples[failed] == 1
+        assert samples[("teambot_tokens_total", (("direction", "prompt"),))] == prompt  # a failed call costs nothing
+        # A third turn whose reply and apology Slack refuses: the failure is logged outside core.handle.
         for method in ("chat.startStream", "chat.postMessage"):
             slack.refuse(method, "channel_not_found")
         await bot.send(http, event_envelope(mention("<@UBOT> fail me", ts="1.2")))
@@ -74,15 +94,13 @@ async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -
         bot.proc.send_signal(signal.SIGTERM)
         assert await bot.wait() == 0
     lines = _turn_lines(bot.stderr)
-    missing = [
-        m.group(0) for m in lines if m["turn"] not in ("slack:T1:C1 slack:T1:C1:1.1", "slack:T1:C1 slack:T1:C1:1.2")
-    ]
+    turns = {f"slack:T1:C1 slack:T1:C1:{ts}" for ts in ("1.1", "1.0", "1.2")}
+    missing = [m.group(0) for m in lines if m["turn"] not in turns]
     assert not missing, "\n".join(missing)
-    turns = {m["turn"] for m in lines}
-    assert turns == {"slack:T1:C1 slack:T1:C1:1.1", "slack:T1:C1 slack:T1:C1:1.2"}
-    texts = [m["text"] for m in lines]
+    assert {m["turn"] for m in lines} == turns
+    logged = [m["text"] for m in lines]
     for expected in ("prompt for", "answered slack:T1:C1:1.1", "/api/chat.stopStream", "answering slack:T1:C1:1.2"):
-        assert any(expected in text for text in texts), expected
+        assert any(expected in text for text in logged), expected
 
 
 async def test_sigterm_lets_the_reply_in_progress_finish(fakes, tmp_path: Path) -> None:
