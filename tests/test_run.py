@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -114,6 +115,26 @@ async def test_sigterm_lets_the_reply_in_progress_finish(fakes, tmp_path: Path) 
     assert await bot.wait() == 0
     assert slack.posted[0].text == f"echo: Ada: {words}"  # finished, not cut off
     assert any("letting replies in progress finish" in line for line in bot.stderr)
+
+
+async def test_sigterm_stops_at_the_drain_deadline_and_leaves_the_database_consistent(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    fake.chunk_delay = 0.2
+    words = " ".join(f"w{i}" for i in range(50))  # about ten seconds of streaming, far past the deadline
+    db = tmp_path / "teambot.db"
+    bot = await start_bot(fake, slack, db, http, env={"TEAMBOT_DRAIN_SECONDS": "0.5"})
+    await bot.send(http, event_envelope(mention(f"<@UBOT> {words}", ts="1.1")))
+    await slack.wait_for(lambda: bool(slack.posted), 15)
+    started = time.monotonic()
+    bot.proc.send_signal(signal.SIGTERM)
+    assert await bot.wait() == 0
+    assert time.monotonic() - started < 0.5 + 3.0  # the deadline, plus closing the adapters and the database
+    assert fake.calls == 1 and slack.message_text(slack.posted[0].channel, slack.posted[0].ts) != f"echo: Ada: {words}"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = conn.execute("SELECT role, platform_message_id FROM messages ORDER BY id").fetchall()
+        handled = conn.execute("SELECT count(*) FROM handled_messages").fetchone()
+    assert rows == [("user", "slack:T1:C1:1.1")] and handled == (1,)  # the question kept once, no half reply
 
 
 async def test_sigkill_mid_reply_then_restart_is_consistent(fakes, tmp_path: Path) -> None:
