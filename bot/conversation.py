@@ -146,11 +146,14 @@ class ConversationCore:
             return result
         completion, prompt = result
 
-        if not completion.text.strip():
-            log.warning("conversation %s: the model returned an empty completion", msg.key)
-            return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
         usage = completion.usage or self._estimate_usage(prompt, completion.text)
         ledger = self._charge(msg, completion.model, usage)
+        if not completion.text.strip():
+            # The provider bills an empty answer like any other: it goes in the ledger even with no reply to keep.
+            log.warning("conversation %s: the model returned an empty completion", msg.key)
+            if ledger is not None:
+                await self.store.add_usage(ledger)
+            return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
         await self.store.add_reply(
             msg.key,
             completion.text,

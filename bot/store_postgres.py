@@ -347,6 +347,10 @@ class PostgresStore:
         async with self._pool.acquire() as conn:
             await conn.execute("DELETE FROM messages WHERE id = $1", row)
 
+    async def add_usage(self, ledger: UsageRecord) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(_INSERT_USAGE, *ledger.values())
+
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
         conditions = scope.conditions(since)
         where = " AND ".join(f"{c} ${n}" for n, (c, _) in enumerate(conditions, start=1))
