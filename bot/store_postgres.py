@@ -204,7 +204,7 @@ class PostgresStore:
         try:
             async with self._pool.acquire(timeout=5) as conn:
                 return await conn.fetchval("SELECT 1") == 1
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
             return False
 
     async def close(self) -> None:

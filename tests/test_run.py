@@ -176,7 +176,8 @@ async def test_readiness_fails_while_the_database_does_not_answer(fakes, tmp_pat
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database)
         down = await http.get(f"{bot.url}/readyz", timeout=30)
-        assert down.status_code == 503 and down.json() == {"database": False, "slack": True}
+        assert down.status_code == 503, "".join(bot.stderr)
+        assert down.json() == {"database": False, "slack": True}
         assert (await http.get(f"{bot.url}/healthz")).status_code == 200  # the process itself is still up
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         assert (await http.get(f"{bot.url}/readyz", timeout=30)).status_code == 200
