@@ -7,7 +7,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from bot.check import CheckResult
+from bot.check import CheckResult, platform_check
 from bot.config import Settings
 from bot.conversation import ConversationCore
 from bot.errors import ConfigError
@@ -59,9 +59,9 @@ async def check(settings: Settings) -> list[CheckResult]:
     if settings.slack_bot_token is not None:
         from adapters.slack import check_slack
 
-        results += await check_slack(settings)
+        results += await platform_check("slack", settings.slack_api_url, check_slack(settings))
     if settings.discord_token is not None:
         from adapters.discord import check_discord
 
-        results += await check_discord(settings)
+        results += await platform_check("discord", "the Discord API", check_discord(settings))
     return results

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 from bot import errors
@@ -66,6 +68,18 @@ async def check_database(settings: Settings) -> CheckResult:
     finally:
         await store.close()
     return CheckResult(name, True, f"{where} answers, schema version {version}")
+
+
+async def platform_check(name: str, where: str, check: Awaitable[list[CheckResult]]) -> list[CheckResult]:
+    """A platform's lines; a network failure its check let through becomes one FAIL line instead of a traceback.
+
+    The platform SDKs talk over aiohttp: a refused or dropped connection is an ``aiohttp.ClientError`` or an
+    ``OSError``, a silent server a ``TimeoutError``; none of them carries a token in its name.
+    """
+    try:
+        return await check
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        return [CheckResult(name, False, f"cannot reach {where}: {type(exc).__name__}")]
 
 
 def _file_exists(path: str) -> bool:

@@ -85,10 +85,12 @@ async def copy_sqlite_to_postgres(source: str, target: PostgresStore) -> dict[st
     await migrated.close()
     counts: dict[str, int] = {}
     async with aiosqlite.connect(source) as db, target.connection() as conn, conn.transaction():
-        held = await conn.fetchval("SELECT (SELECT count(*) FROM conversations) + (SELECT count(*) FROM usage)")
+        # Any row in a table we copy into could collide with a copied one (a handled id, a channel's settings):
+        # refuse up front with one line rather than fail halfway with a unique violation.
+        held = [t.name for t in TABLES if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {t.name})")]
         if held:
             raise ConfigError(
-                "db copy: the PostgreSQL database already holds conversations or usage; copy into an empty one"
+                f"db copy: the PostgreSQL database already holds {', '.join(held)}; copy into an empty one"
             )
         for table in TABLES:
             convert = table.converter()

@@ -12,17 +12,29 @@ _SECRET_PATTERNS = re.compile(
     \bsk-[A-Za-z0-9_\-]{8,}                 # OpenAI and most OpenAI-compatible keys
     | \bxox[abposr]-[A-Za-z0-9\-]{8,}       # Slack bot/user tokens
     | \bxapp-[A-Za-z0-9\-]{8,}              # Slack app-level tokens
-    | \b[MN][A-Za-z\d_\-]{23,25}\.[A-Za-z\d_\-]{6}\.[A-Za-z\d_\-]{27,}  # Discord bot tokens
+    | \b[MNO][A-Za-z\d_\-]{23,25}\.[A-Za-z\d_\-]{6}\.[A-Za-z\d_\-]{27,}  # Discord bot tokens
     | (?<=Bearer\s)[A-Za-z0-9._~+/=\-]{8,}   # any bearer credential
     """,
     re.VERBOSE,
 )
 
 
+#: Secrets learned while running (a key read from OPENAI_API_KEY_FILE, and each rotation of it): every redaction
+#: masks them too, since the filter was installed before the file was read.
+_learned: set[str] = set()
+
+
+def remember(secret: str | None) -> None:
+    """Mask ``secret`` from now on, wherever :func:`redact` or a :class:`RedactingFilter` runs."""
+    if secret and len(secret) >= 4:
+        _learned.add(secret)
+
+
 def redact(text: str, *secrets: str | None) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, MASK)
+    # Longest first, so a secret that contains another is masked whole.
+    known = {s for s in (*secrets, *_learned) if s and len(s) >= 4}
+    for secret in sorted(known, key=len, reverse=True):
+        text = text.replace(secret, MASK)
     return _SECRET_PATTERNS.sub(MASK, text)
 
 

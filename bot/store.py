@@ -179,6 +179,10 @@ class Store(Protocol):
         """Delete one stored message (a refused question), keeping its id marked as handled."""
         ...
 
+    async def add_usage(self, ledger: UsageRecord) -> None:
+        """Record a model call that left no reply to store with it (an empty completion the provider bills)."""
+        ...
+
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal: ...
 
     async def claim_warning(self, scope: str, period_start: float) -> bool:

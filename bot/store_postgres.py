@@ -218,7 +218,7 @@ class PostgresStore:
         try:
             async with self._pool.acquire(timeout=5) as conn:
                 return await conn.fetchval("SELECT 1") == 1
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
             return False
 
     async def close(self) -> None:
@@ -349,6 +349,10 @@ class PostgresStore:
     async def forget_message(self, row: int) -> None:
         async with self._pool.acquire() as conn:
             await conn.execute("DELETE FROM messages WHERE id = $1", row)
+
+    async def add_usage(self, ledger: UsageRecord) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(_INSERT_USAGE, *ledger.values())
 
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
         conditions = scope.conditions(since)

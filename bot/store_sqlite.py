@@ -284,6 +284,9 @@ class SQLiteStore:
     async def forget_message(self, row: int) -> None:
         await self._writer.transaction(lambda db: db.execute("DELETE FROM messages WHERE id = ?", (row,)))
 
+    async def add_usage(self, ledger: UsageRecord) -> None:
+        await self._writer.transaction(lambda db: db.execute(_INSERT_USAGE, ledger.values()))
+
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
         conditions = scope.conditions(since)
         query = (

@@ -31,6 +31,7 @@ TIMED_OUT = "The AI service took too long to answer, try again in a minute."
 UNREACHABLE = "I cannot reach the AI service right now, try again in a minute."
 MALFORMED = "The AI service sent an answer I could not read, try again."
 EMPTY_COMPLETION = "The model returned an empty answer. Try rephrasing the question."
+MESSAGE_CUT = "Your message was too long for me, so I read only its first part (about {tokens:,} tokens)."
 INTERRUPTED_MARK = "\n\n_[The answer was cut off: {reason}]_"
 
 RESET_DONE = "Forgot {count} message{s} of this conversation. The next mention starts fresh."

@@ -129,3 +129,20 @@ async def test_the_database_line_on_each_engine(tmp_path: Path, postgres_url: st
     unreachable = await check_database(settings(db=password_url))
     assert not unreachable.ok and "cannot connect" in unreachable.line()
     assert "pw-never-shown" not in unreachable.line()
+
+
+async def test_an_unreachable_slack_with_an_app_token_fails_with_a_line_not_a_traceback(tmp_path: Path) -> None:
+    app_token = "xapp-1-A0123456789-0123456789-unreachable"
+    async with FakeOpenAI() as fake:
+        code, out, err = await teambot_check(
+            tmp_path,
+            OPENAI_BASE_URL=fake.base_url,
+            OPENAI_MODEL="fake-model",
+            SLACK_BOT_TOKEN="xoxb-0000000000-unreachable",
+            SLACK_APP_TOKEN=app_token,
+            SLACK_API_URL="http://127.0.0.1:9/api/",  # the discard port: nothing listens
+        )
+    assert code == 1 and "Traceback" not in err, err
+    slack_lines = [line for line in out.splitlines() if "slack" in line]
+    assert slack_lines and all(line.startswith("FAIL") and "cannot reach" in line for line in slack_lines)
+    assert app_token not in out + err

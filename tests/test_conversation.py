@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,10 @@ async def test_a_message_larger_than_the_budget_is_truncated(harness: Harness, k
     assert reply.kind is ReplyKind.ANSWER
     sent = user_contents(harness.fake.requests[-1])[-1]
     assert sent.endswith("[…]") and len(sent) < knobs.history_tokens * 4
+    # The person is told, in a notice beside the answer, rather than left to think it was all read.
+    assert reply.notice is not None and reply.notice.startswith(texts.MESSAGE_CUT.split("{")[0])
+    short = await harness.say("a short one")
+    assert short.notice is None
 
 
 async def test_control_characters_and_nuls_are_dropped(harness: Harness) -> None:
@@ -216,10 +221,14 @@ async def test_model_failures_become_clear_messages(harness: Harness, token: str
     assert reply.text == expected
 
 
-async def test_429_then_success_is_one_answer(harness: Harness) -> None:
-    reply = await harness.say("[[429:ra=0.2x1]] hello")
+async def test_429_then_success_is_one_answer_after_the_wait(harness: Harness) -> None:
+    started = time.monotonic()
+    reply = await harness.say("[[429:ra=0.5x1]] hello")
+    waited = time.monotonic() - started
     assert reply.kind is ReplyKind.ANSWER
     assert harness.fake.calls == 2
+    # The retry waited out the server's Retry-After, not only the client's own 0.01 s backoff.
+    assert 0.5 <= waited < 5
 
 
 async def test_a_burst_of_5xx_then_success_is_one_answer(harness: Harness) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store import ChannelSettings, UsageRecord, UsageScope, open_store
@@ -106,3 +108,32 @@ async def test_db_copy_refuses_a_missing_file_and_a_sqlite_target(tmp_path: Path
     await fill_sqlite(tmp_path / "a.db")
     code, _, err = await teambot("db", "copy", "--from", str(tmp_path / "a.db"), db="b.db", cwd=tmp_path)
     assert code == 2 and "must be a postgresql:// URL" in err
+
+
+@pytest.mark.parametrize("held", ["channel_settings", "handled_messages", "budget_warnings"])
+async def test_db_copy_refuses_a_target_holding_any_copied_table(postgres_url: str, tmp_path: Path, held: str) -> None:
+    source = tmp_path / "teambot.db"
+    await fill_sqlite(source)
+    target = await open_store(postgres_url)
+    try:
+        if held == "channel_settings":
+            await target.set_channel_settings(CHANNEL, ChannelSettings("Be brief.", None))
+        elif held == "budget_warnings":
+            assert await target.claim_warning("slack:T1", 0.0)
+    finally:
+        await target.close()
+    if held == "handled_messages":  # an id answered here before, as a replica that ran briefly would leave
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute("INSERT INTO handled_messages (message_id, handled_at) VALUES ('m0', $1)", time.time())
+        finally:
+            await conn.close()
+
+    code, out, err = await teambot("db", "copy", "--from", str(source), db=postgres_url, cwd=tmp_path)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.strip() == f"teambot: db copy: the PostgreSQL database already holds {held}; copy into an empty one"
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM conversations") == 0  # nothing was copied
+    finally:
+        await conn.close()

@@ -134,6 +134,16 @@ async def test_an_interrupted_stream_is_charged_with_an_estimate_marked_as_such(
     assert exact == 0 and prompt > 0 and completion > 0
 
 
+async def test_an_empty_completion_is_still_charged(bot: Bot) -> None:
+    reply = await bot.ask("[[empty]] say nothing")
+    assert reply.kind is ReplyKind.ERROR and reply.text == texts.EMPTY_COMPLETION
+    [(user, model, prompt, completion, exact, cost, priced)] = bot.ledger()  # the provider bills it: so do we
+    assert (user, model, exact, priced) == ("U1", "fake-model", 1, 1)
+    assert prompt > 0 and completion == 0 and cost == pytest.approx(prompt * 1_000 / 1_000_000)
+    with sqlite3.connect(bot.db) as db:
+        assert db.execute("SELECT count(*) FROM messages WHERE role = 'assistant'").fetchone() == (0,)
+
+
 async def test_unknown_models_cost_nothing_and_are_flagged(tmp_path: Path, fake: FakeOpenAI, counter) -> None:
     async with make_bot(tmp_path, fake, counter) as b:
         b.core._llm.primary = Endpoint("primary", fake.base_url, "mystery-model")  # type: ignore[attr-defined]

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import signal
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
+from bot import texts
 from tests.bot_process import scrape, start_bot
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack, event_envelope, mention
@@ -23,9 +28,33 @@ async def fakes() -> AsyncIterator[tuple[FakeOpenAI, FakeSlack, httpx.AsyncClien
         yield fake, slack, http
 
 
+#: A log line as cli.py formats it: time, level, logger, [turn], message.
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (?P<level>[A-Z]+) (?P<logger>\S+) \[(?P<turn>[^\]]*)\] (?P<text>.*)")
+
+
+def _turn_lines(stderr: list[str]) -> list[re.Match[str]]:
+    """The lines logged while turns ran: from the first line of a turn until the process is told to stop, the
+    lines of our own loggers and of every Slack call that posts or edits a reply."""
+    lines = [m for line in stderr if (m := _LOG_LINE.match(line))]
+    first = next(i for i, m in enumerate(lines) if m["turn"] != "-")
+    stop = next(i for i, m in enumerate(lines) if m["text"].startswith("stopping:"))
+    ours = ("bot.", "adapters.")
+    return [
+        m
+        for m in lines[first:stop]
+        if m["logger"].startswith(ours) or (m["logger"].startswith("slack_sdk.") and "/api/chat." in m["text"])
+    ]
+
+
 async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -> None:
     fake, slack, http = fakes
-    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http)
+    env = {
+        "TEAMBOT_LOG_LEVEL": "DEBUG",
+        "OPENAI_MODEL": "fake-model",
+        "TEAMBOT_MAX_RETRIES": "0",  # one failed call is one error, at once
+        "TEAMBOT_PRICES": json.dumps({"fake-model": [1000.0, 2000.0]}),  # dollars per million tokens in, out
+    }
+    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env=env)
     try:
         ready = await http.get(f"{bot.url}/readyz")
         assert ready.status_code == 200 and ready.json() == {"database": True, "slack": True}
@@ -41,11 +70,38 @@ async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -
         assert samples[("teambot_time_to_first_token_seconds_count", ())] == 1
         assert samples[("teambot_tokens_total", (("direction", "completion"),))] > 0
         assert samples[("teambot_queue_depth", ())] == 0
+        prompt = samples[("teambot_tokens_total", (("direction", "prompt"),))]
+        completion = samples[("teambot_tokens_total", (("direction", "completion"),))]
+        assert samples[("teambot_cost_usd_total", ())] == pytest.approx((prompt * 1000 + completion * 2000) / 1e6)
+        assert ("teambot_model_errors_total", (("kind", "ServiceUnavailable"),)) not in samples
+        await slack.wait_for(lambda: bool(slack.calls_to("chat.stopStream")), 15)
+        await bot.send(http, event_envelope(mention("<@UBOT> [[500]] fail once", ts="1.0")))
+        await slack.wait_for(lambda: any(p.text.startswith(texts.UNAVAILABLE[:20]) for p in slack.posted), 15)
+        failed = ("teambot_model_errors_total", (("kind", "ServiceUnavailable"),))
+        async with asyncio.timeout(10):
+            while failed not in (samples := await scrape(http, bot.url)):  # noqa: ASYNC110 - another process
+                await asyncio.sleep(0.05)
+        assert samples[failed] == 1
+        assert samples[("teambot_tokens_total", (("direction", "prompt"),))] == prompt  # a failed call costs nothing
+        # A third turn whose reply and apology Slack refuses: the failure is logged outside core.handle.
+        for method in ("chat.startStream", "chat.postMessage"):
+            slack.refuse(method, "channel_not_found")
+        await bot.send(http, event_envelope(mention("<@UBOT> fail me", ts="1.2")))
+        await slack.wait_for(lambda: len(slack.calls_to("chat.postMessage")) >= 2, 15)  # the reply, the apology
+        async with asyncio.timeout(10):
+            while not any("could not post the apology" in line for line in bot.stderr):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
     finally:
         bot.proc.send_signal(signal.SIGTERM)
         assert await bot.wait() == 0
-    turn_lines = [line for line in bot.stderr if "[slack:T1:C1 slack:T1:C1:1.1]" in line]
-    assert any("answered slack:T1:C1:1.1" in line for line in turn_lines)
+    lines = _turn_lines(bot.stderr)
+    turns = {f"slack:T1:C1 slack:T1:C1:{ts}" for ts in ("1.1", "1.0", "1.2")}
+    missing = [m.group(0) for m in lines if m["turn"] not in turns]
+    assert not missing, "\n".join(missing)
+    assert {m["turn"] for m in lines} == turns
+    logged = [m["text"] for m in lines]
+    for expected in ("prompt for", "answered slack:T1:C1:1.1", "/api/chat.stopStream", "answering slack:T1:C1:1.2"):
+        assert any(expected in text for text in logged), expected
 
 
 async def test_sigterm_lets_the_reply_in_progress_finish(fakes, tmp_path: Path) -> None:
@@ -59,6 +115,26 @@ async def test_sigterm_lets_the_reply_in_progress_finish(fakes, tmp_path: Path) 
     assert await bot.wait() == 0
     assert slack.posted[0].text == f"echo: Ada: {words}"  # finished, not cut off
     assert any("letting replies in progress finish" in line for line in bot.stderr)
+
+
+async def test_sigterm_stops_at_the_drain_deadline_and_leaves_the_database_consistent(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    fake.chunk_delay = 0.2
+    words = " ".join(f"w{i}" for i in range(50))  # about ten seconds of streaming, far past the deadline
+    db = tmp_path / "teambot.db"
+    bot = await start_bot(fake, slack, db, http, env={"TEAMBOT_DRAIN_SECONDS": "0.5"})
+    await bot.send(http, event_envelope(mention(f"<@UBOT> {words}", ts="1.1")))
+    await slack.wait_for(lambda: bool(slack.posted), 15)
+    started = time.monotonic()
+    bot.proc.send_signal(signal.SIGTERM)
+    assert await bot.wait() == 0
+    assert time.monotonic() - started < 0.5 + 3.0  # the deadline, plus closing the adapters and the database
+    assert fake.calls == 1 and slack.message_text(slack.posted[0].channel, slack.posted[0].ts) != f"echo: Ada: {words}"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = conn.execute("SELECT role, platform_message_id FROM messages ORDER BY id").fetchall()
+        handled = conn.execute("SELECT count(*) FROM handled_messages").fetchone()
+    assert rows == [("user", "slack:T1:C1:1.1")] and handled == (1,)  # the question kept once, no half reply
 
 
 async def test_sigkill_mid_reply_then_restart_is_consistent(fakes, tmp_path: Path) -> None:
@@ -87,3 +163,25 @@ async def test_sigkill_mid_reply_then_restart_is_consistent(fakes, tmp_path: Pat
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT role, platform_message_id FROM messages ORDER BY id").fetchall()
     assert rows == [("user", "slack:T1:C1:1.1"), ("user", "slack:T1:C1:1.2"), ("assistant", None)]
+
+
+async def test_readiness_fails_while_the_database_does_not_answer(fakes, tmp_path: Path, postgres_url: str) -> None:
+    fake, slack, http = fakes
+    database = postgres_url.rsplit("/", 1)[1]
+    bot = await start_bot(fake, slack, postgres_url, http, cwd=tmp_path)
+    admin = await asyncpg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        assert (await http.get(f"{bot.url}/readyz")).status_code == 200
+        # The database goes away under the running bot: its connections are cut and no new one is let in.
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", database)
+        down = await http.get(f"{bot.url}/readyz", timeout=30)
+        assert down.status_code == 503, "".join(bot.stderr)
+        assert down.json() == {"database": False, "slack": True}
+        assert (await http.get(f"{bot.url}/healthz")).status_code == 200  # the process itself is still up
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        assert (await http.get(f"{bot.url}/readyz", timeout=30)).status_code == 200
+    finally:
+        await admin.close()
+        bot.proc.send_signal(signal.SIGTERM)
+        await bot.wait()

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
 from bot.keys import KeySource
 from bot.redact import MASK, RedactingFilter, redact
+from tests.bot_process import SECRET, start_bot
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.slack import FakeSlack, event_envelope, mention
 
 
 def test_key_from_the_environment_value() -> None:
@@ -81,3 +86,60 @@ def test_logging_filter_masks_configured_values_of_any_shape(caplog: pytest.LogC
     finally:
         log.filters.clear()
     assert "local-key-without-prefix" not in caplog.text and MASK in caplog.text
+
+
+def test_a_discord_token_is_masked_whatever_digit_its_user_id_starts_with() -> None:
+    # The first segment is the base64 of the bot's user id: ids starting 1-3 give M, 4-7 give N, 8-9 give O.
+    for first in ("MTk5", "NDk5", "ODk5", "OTk5"):
+        token = f"{first}OTk5OTk5OTk5OTk5OTk5.GAbCdE.abcdefghijklmnopqrstuvwxyz0123"
+        assert redact(f"token {token} leaked") == f"token {MASK} leaked"
+
+
+def test_a_key_read_from_the_file_is_masked_and_so_is_its_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text("first-file-key-of-any-shape\n")
+    keys = KeySource(file=path)
+    assert keys.get() == "first-file-key-of-any-shape"
+    assert redact("using first-file-key-of-any-shape") == f"using {MASK}"
+    path.write_text("rotated-file-key-of-any-shape\n")
+    os.utime(path, (1_900_000_000, 1_900_000_000))
+    assert keys.get() == "rotated-file-key-of-any-shape"
+    assert redact("now rotated-file-key-of-any-shape") == f"now {MASK}"
+
+
+async def test_the_running_bot_masks_every_kind_of_secret_in_its_log(tmp_path: Path) -> None:
+    """``teambot run`` at DEBUG logs each prompt and each Slack call: a person pasting secrets into the chat
+    makes lines that hold them, and none may reach the log unmasked."""
+    key_file = tmp_path / "openai-key"
+    key_file.write_text("file-key-without-prefix-0001\n")
+    pasted = {
+        "openai": "sk-proj-AbCdEf0123456789xyz",
+        "slack bot": "xoxb-1234567890-0987654321-AbCdEfGhIjKl",
+        "slack app": "xapp-1-A0123456789-0123456789-abcdef",
+        "discord": "OTk5OTk5OTk5OTk5OTk5OTk5.GAbCdE.abcdefghijklmnopqrstuvwxyz0123",
+        "configured bot token": "xoxb-test-token",
+        "configured signing secret": SECRET,
+        "key file": "file-key-without-prefix-0001",
+    }
+    rotated = "file-key-rotated-0002"
+    async with FakeOpenAI() as fake, FakeSlack() as slack, httpx.AsyncClient() as http:
+        env = {"TEAMBOT_LOG_LEVEL": "DEBUG", "OPENAI_API_KEY_FILE": str(key_file)}
+        bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env=env)
+        try:
+            await bot.send(http, event_envelope(mention("<@UBOT> " + " ".join(pasted.values()), ts="1.1")))
+            await slack.wait_for(lambda: fake.calls == 1 and bool(slack.calls_to("chat.stopStream")), 15)
+            key_file.write_text(rotated + "\n")
+            os.utime(key_file, (1_900_000_000, 1_900_000_000))
+            await bot.send(http, event_envelope(mention("<@UBOT> the key changed", ts="1.2")))
+            await slack.wait_for(lambda: fake.calls == 2, 15)  # this call reads the rotated key
+            await bot.send(http, event_envelope(mention(f"<@UBOT> oops {rotated}", ts="1.3")))
+            await slack.wait_for(lambda: fake.calls == 3 and len(slack.calls_to("chat.stopStream")) == 3, 15)
+        finally:
+            bot.proc.send_signal(signal.SIGTERM)
+            assert await bot.wait() == 0
+    log = "".join(bot.stderr)
+    assert fake.requests[-1]["messages"][-1]["content"].endswith(rotated)  # the line to mask was really there
+    leaked = [name for name, secret in pasted.items() if secret in log]
+    assert not leaked and rotated not in log
+    prompts = [line for line in bot.stderr if " prompt for slack:T1:C1" in line]
+    assert len(prompts) == 3 and prompts[0].count(MASK) >= len(pasted) and MASK in prompts[2]
