@@ -134,7 +134,12 @@ class SlackAdapter:
 
     @property
     def connected(self) -> bool:
-        return self._started
+        if self._socket is None:
+            return self._started  # HTTP mode: Slack calls us, there is no connection to watch
+        # Socket Mode: ready only while the socket is really open (slack_sdk reconnects a dropped one).
+        client = self._socket.client
+        session = getattr(client, "current_session", None)
+        return self._started and not client.closed and session is not None and not session.closed
 
     def web_app(self) -> web.Application:
         app = web.Application()

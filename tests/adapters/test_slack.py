@@ -430,6 +430,27 @@ async def test_socket_mode_acks_the_envelope_and_answers(
             await adapter.stop()
 
 
+async def test_socket_mode_readiness_follows_the_socket(
+    fake: FakeSlack, model: FakeOpenAI, socket_settings: Callable[[], Settings]
+) -> None:
+    settings = socket_settings()
+    async with open_core(settings) as core:
+        adapter = SlackAdapter(core, settings)
+        await adapter.start()
+        try:
+            await fake.wait_for_socket()
+            assert adapter.connected
+            opened = len(fake.calls_to("apps.connections.open"))
+            await fake.drop_socket()
+            await fake.wait_for(lambda: not adapter.connected, 10)
+            # slack_sdk opens a new connection by itself; once it is up, the adapter is ready again.
+            await fake.wait_for(lambda: len(fake.calls_to("apps.connections.open")) > opened, 30)
+            await fake.wait_for_socket(30)
+            await fake.wait_for(lambda: adapter.connected, 10)
+        finally:
+            await adapter.stop()
+
+
 async def slash(slack: Slack, command: str, text: str = "", *, user_id: str = "U1", rid: str = "r1") -> dict[str, Any]:
     form = slash_command_form(command, text, user_id=user_id, response_url=slack.fake.response_url(rid))
     body = form_body(form)

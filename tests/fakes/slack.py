@@ -134,6 +134,13 @@ class FakeSlack(LoopbackServer):
     async def wait_for_socket(self, within: float = 5.0) -> None:
         await self.wait_for(lambda: self._socket is not None and not self._socket.closed, within)
 
+    async def drop_socket(self) -> None:
+        """Close the Socket Mode connection from Slack's side, as a Slack restart or a network cut would."""
+        assert self._socket is not None, "no Socket Mode client is connected"
+        await self._socket.close()
+        self._socket = None
+        await self._notify()
+
     async def send_envelope(self, kind: str, payload: dict[str, Any], *, accepts_response_payload: bool = False) -> str:
         assert self._socket is not None, "no Socket Mode client is connected"
         envelope_id = str(uuid.uuid4())
