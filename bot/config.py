@@ -6,12 +6,13 @@ follow their SDK docs; everything else starts with ``TEAMBOT_``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from bot import texts
 from bot.errors import ConfigError
@@ -226,3 +227,8 @@ def load_settings(env_file: Path | None = Path(".env")) -> Settings:
         loc = str(first["loc"][0]) if first["loc"] else "?"
         name = _ALIASES.get(loc, loc).upper()
         raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
+    except SettingsError as exc:
+        # A value that must be JSON (a list or a table) and is not: pydantic-settings names the field only.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = _ALIASES.get(field.group(1), field.group(1)).upper() if field else "a setting"
+        raise ConfigError(f"invalid setting {name}: not valid JSON") from None

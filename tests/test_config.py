@@ -68,6 +68,8 @@ def test_env_file_is_read_and_empty_values_mean_default(tmp_path: Path) -> None:
         ("TEAMBOT_HTTP_PORT", "70000"),
         ("TEAMBOT_STREAM", "maybe"),
         ("TEAMBOT_SLACK_SUGGESTED_PROMPTS", "a|b|c|d|e"),
+        ("TEAMBOT_PRICES", "not json"),
+        ("TEAMBOT_PRICES", '{"m": "cheap"}'),
     ],
 )
 def test_an_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
