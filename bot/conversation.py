@@ -115,47 +115,47 @@ class ConversationCore:
         return count
 
     async def _turn(self, msg: IncomingMessage, on_text: OnText | None) -> Reply:
-        reply, cut_to = await self._answer(msg, on_text)
-        if cut_to is None or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
-            return reply
-        # A cut question would otherwise be answered as if it had been read whole: say so, beside any budget notice.
-        cut = texts.MESSAGE_CUT.format(tokens=cut_to)
-        return dataclasses.replace(reply, notice=f"{cut}\n\n{reply.notice}" if reply.notice else cut)
-
-    async def _answer(self, msg: IncomingMessage, on_text: OnText | None) -> tuple[Reply, int | None]:
-        """The turn's reply, and the token cap the question was cut to (None when it was read whole)."""
         channel = await self.store.channel_settings(msg.key)
         system = self._system_message(channel.system_prompt)
-        system_tokens = self._count_system(system["content"])
-        budget = self.settings.history_tokens
         # A single message may take at most half of what the system prompt leaves, so that the turns around it
         # still fit next time; a longer one is cut, and stored as the model saw it.
-        single_cap = max(16, (budget - system_tokens) // 2 - PER_MESSAGE_OVERHEAD)
+        room = self.settings.history_tokens - self._count_system(system["content"])
+        single_cap = max(16, room // 2 - PER_MESSAGE_OVERHEAD)
         cleaned = _CONTROL.sub("", msg.text)
         text = self._counter.truncate(cleaned, single_cap)
-        cut_to = single_cap if text != cleaned else None
-        content = f"{msg.author_name}: {text}"
+        reply = await self._answer(_with_text(msg, text), system, channel.model, on_text)
+        if text == cleaned or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
+            return reply
+        # A cut question would otherwise be answered as if it had been read whole: say so, beside any budget notice.
+        cut = texts.MESSAGE_CUT.format(tokens=single_cap)
+        return dataclasses.replace(reply, notice=f"{cut}\n\n{reply.notice}" if reply.notice else cut)
+
+    async def _answer(
+        self, msg: IncomingMessage, system: ChatMessage, model: str | None, on_text: OnText | None
+    ) -> Reply:
+        """The reply to ``msg``, whose text is already as the model will see it."""
+        content = f"{msg.author_name}: {msg.text}"
         new_tokens = self._counter.count_message(content)
-        row = await self.store.begin_turn(_with_text(msg, text), new_tokens)
+        row = await self.store.begin_turn(msg, new_tokens)
         if row is None:
             log.info("message %s in %s was already handled; not answering again", msg.message_id, msg.key)
-            return Reply(ReplyKind.DUPLICATE, ""), cut_to
+            return Reply(ReplyKind.DUPLICATE, "")
 
         refusal = await self._refusal(msg)
         if refusal is not None:
             # A refused question costs nothing and leaves no trace in the history; its id stays handled.
             await self.store.forget_message(row)
-            return Reply(ReplyKind.REFUSED, refusal), cut_to
+            return Reply(ReplyKind.REFUSED, refusal)
 
         try:
             async with self.guards.gate.slot():
-                result = await self._call_model(msg, row, system, channel.model, content, new_tokens, on_text)
+                result = await self._call_model(msg, row, system, model, content, new_tokens, on_text)
         except Busy as exc:
             log.warning("conversation %s: %s", msg.key, exc)
             await self.store.forget_message(row)
-            return Reply(ReplyKind.REFUSED, exc.user_message), cut_to
+            return Reply(ReplyKind.REFUSED, exc.user_message)
         if isinstance(result, Reply):
-            return result, cut_to
+            return result
         completion, prompt = result
 
         usage = completion.usage or self._estimate_usage(prompt, completion.text)
@@ -165,7 +165,7 @@ class ConversationCore:
             log.warning("conversation %s: the model returned an empty completion", msg.key)
             if ledger is not None:
                 await self.store.add_usage(ledger)
-            return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION), cut_to
+            return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
         await self.store.add_reply(
             msg.key,
             completion.text,
@@ -185,7 +185,7 @@ class ConversationCore:
             usage.prompt_tokens,
             usage.completion_tokens,
         )
-        return Reply(ReplyKind.ANSWER, completion.text, usage, completion.model, notice), cut_to
+        return Reply(ReplyKind.ANSWER, completion.text, usage, completion.model, notice)
 
     async def _refusal(self, msg: IncomingMessage) -> str | None:
         wait = await self.guards.rate_wait(msg)
