@@ -478,6 +478,8 @@ async def test_system_prompt_is_for_workspace_admins_only(slack: Slack) -> None:
 
 @pytest.mark.parametrize("overrides", [{"admin_users": frozenset({"U1"}), "models": frozenset({"big-model"})}])
 async def test_model_command_honours_the_admin_list_and_the_allowlist(slack: Slack) -> None:
+    refused = await slash(slack, "/model", "big-model", user_id="U2", rid="r0")  # neither listed nor an admin
+    assert refused["text"] == texts.ADMIN_ONLY.format(admins=texts.ADMINS_SLACK)
     assert (await slash(slack, "/model", "huge", rid="r1"))["text"].startswith("huge is not on the list")
     assert (await slash(slack, "/model", "big-model", rid="r2"))["text"] == texts.MODEL_SET.format(model="big-model")
     await slack.event(mention("<@UBOT> hi", ts="1.1"))
