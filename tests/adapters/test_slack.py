@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -409,46 +410,45 @@ def socket_settings(fake: FakeSlack, model: FakeOpenAI, tmp_path: Path) -> Calla
     )
 
 
-async def test_socket_mode_acks_the_envelope_and_answers(
-    fake: FakeSlack, model: FakeOpenAI, socket_settings: Callable[[], Settings]
-) -> None:
-    settings = socket_settings()
+@contextlib.asynccontextmanager
+async def socket_mode_adapter(fake: FakeSlack, settings: Settings) -> AsyncIterator[SlackAdapter]:
+    """A Slack adapter in Socket Mode, connected to the fake, stopped again on exit."""
     async with open_core(settings) as core:
         adapter = SlackAdapter(core, settings)
         await adapter.start()
         try:
             await fake.wait_for_socket()
-            envelope_id = await fake.send_envelope(
-                "events_api", event_envelope(mention("<@UBOT> over the socket", ts="1.1"))
-            )
-            ack = await fake.wait_for_ack(envelope_id)
-            assert ack["envelope_id"] == envelope_id
-            await fake.wait_for(lambda: len(fake.calls_to("chat.postMessage")) == 1)
-            assert fake.posted[0].text == "echo: Ada: over the socket"
-            assert adapter.http_port is None  # no HTTP endpoint in Socket Mode
+            yield adapter
         finally:
             await adapter.stop()
+
+
+async def test_socket_mode_acks_the_envelope_and_answers(
+    fake: FakeSlack, model: FakeOpenAI, socket_settings: Callable[[], Settings]
+) -> None:
+    async with socket_mode_adapter(fake, socket_settings()) as adapter:
+        envelope_id = await fake.send_envelope(
+            "events_api", event_envelope(mention("<@UBOT> over the socket", ts="1.1"))
+        )
+        ack = await fake.wait_for_ack(envelope_id)
+        assert ack["envelope_id"] == envelope_id
+        await fake.wait_for(lambda: len(fake.calls_to("chat.postMessage")) == 1)
+        assert fake.posted[0].text == "echo: Ada: over the socket"
+        assert adapter.http_port is None  # no HTTP endpoint in Socket Mode
 
 
 async def test_socket_mode_readiness_follows_the_socket(
     fake: FakeSlack, model: FakeOpenAI, socket_settings: Callable[[], Settings]
 ) -> None:
-    settings = socket_settings()
-    async with open_core(settings) as core:
-        adapter = SlackAdapter(core, settings)
-        await adapter.start()
-        try:
-            await fake.wait_for_socket()
-            assert adapter.connected
-            opened = len(fake.calls_to("apps.connections.open"))
-            await fake.drop_socket()
-            await fake.wait_for(lambda: not adapter.connected, 10)
-            # slack_sdk opens a new connection by itself; once it is up, the adapter is ready again.
-            await fake.wait_for(lambda: len(fake.calls_to("apps.connections.open")) > opened, 30)
-            await fake.wait_for_socket(30)
-            await fake.wait_for(lambda: adapter.connected, 10)
-        finally:
-            await adapter.stop()
+    async with socket_mode_adapter(fake, socket_settings()) as adapter:
+        assert adapter.connected
+        opened = len(fake.calls_to("apps.connections.open"))
+        await fake.drop_socket()
+        await fake.wait_for(lambda: not adapter.connected, 10)
+        # slack_sdk opens a new connection by itself; once it is up, the adapter is ready again.
+        await fake.wait_for(lambda: len(fake.calls_to("apps.connections.open")) > opened, 30)
+        await fake.wait_for_socket(30)
+        await fake.wait_for(lambda: adapter.connected, 10)
 
 
 async def slash(slack: Slack, command: str, text: str = "", *, user_id: str = "U1", rid: str = "r1") -> dict[str, Any]:

@@ -9,11 +9,9 @@ from typing import Any
 
 import pytest
 
-from adapters.slack import SlackAdapter
 from adapters.slack_stream import neutralise_mentions
 from bot import texts
 from bot.config import Settings
-from bot.runtime import open_core
 from tests.adapters import test_slack as base
 from tests.adapters.test_slack import SECRET, Slack, long_reply, settings_for
 from tests.fakes.openai import FakeOpenAI
@@ -337,24 +335,17 @@ def socket_settings(fake: FakeSlack, model: FakeOpenAI, tmp_path: Path) -> Calla
 async def test_the_assistant_pane_over_socket_mode(
     fake: FakeSlack, model: FakeOpenAI, socket_settings: Callable[[], Settings]
 ) -> None:
-    settings = socket_settings()
-    async with open_core(settings) as core:
-        adapter = SlackAdapter(core, settings)
-        await adapter.start()
-        try:
-            await fake.wait_for_socket()
-            started = await fake.send_envelope("events_api", event_envelope(assistant_thread_started(thread_ts=THREAD)))
-            await fake.wait_for_ack(started)
-            await fake.wait_for(lambda: bool(fake.calls_to("assistant.threads.setSuggestedPrompts")))
-            question = assistant_message("over the socket", thread_ts=THREAD, ts="1700000000.000200")
-            await fake.wait_for_ack(await fake.send_envelope("events_api", event_envelope(question)))
-            await fake.wait_for(lambda: any(m.streamed and not m.streaming for m in fake.posted))
-            [reply] = fake.streamed()
-            assert reply.text == "echo: Ada: over the socket" and reply.thread_ts == THREAD
-            assert [c["status"] for c in fake.calls_to("assistant.threads.setStatus")] == [texts.THINKING_STATUS, ""]
-            assert fake.calls_to("assistant.threads.setTitle")[0]["title"] == "over the socket"
-        finally:
-            await adapter.stop()
+    async with base.socket_mode_adapter(fake, socket_settings()):
+        started = await fake.send_envelope("events_api", event_envelope(assistant_thread_started(thread_ts=THREAD)))
+        await fake.wait_for_ack(started)
+        await fake.wait_for(lambda: bool(fake.calls_to("assistant.threads.setSuggestedPrompts")))
+        question = assistant_message("over the socket", thread_ts=THREAD, ts="1700000000.000200")
+        await fake.wait_for_ack(await fake.send_envelope("events_api", event_envelope(question)))
+        await fake.wait_for(lambda: any(m.streamed and not m.streaming for m in fake.posted))
+        [reply] = fake.streamed()
+        assert reply.text == "echo: Ada: over the socket" and reply.thread_ts == THREAD
+        assert [c["status"] for c in fake.calls_to("assistant.threads.setStatus")] == [texts.THINKING_STATUS, ""]
+        assert fake.calls_to("assistant.threads.setTitle")[0]["title"] == "over the socket"
 
 
 def test_the_manifest_switches_the_pane_on_with_its_scope_events_and_prompts() -> None:
