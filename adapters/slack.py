@@ -368,8 +368,11 @@ class SlackAdapter:
         user = str(command.get("user_id") or "")
         name = self._command_names.get(str(command.get("command")), "")
         channel = str(command["channel_id"])
-        # In the assistant pane a command is about the thread in view, the one the person last used there.
+        # In the assistant pane a command is about the thread in view, the one the person last used there: known
+        # here since they wrote, else (after a restart, on another replica) the one the history says.
         thread = command.get("thread_ts") or self._assistant_threads.get((team, channel, user))
+        if thread is None and channel.startswith("D"):
+            thread = await self._core.store.last_thread(ConversationKey("slack", team, channel), user)
         key = ConversationKey("slack", team, channel, str(thread) if thread else None)
         needs_admin = name in ("system", "model") and bool(str(command.get("text") or "").strip())
         with logcontext.turn(str(key), f"slack:{team}:{channel}:command:{command.get('trigger_id') or '-'}"):

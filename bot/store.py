@@ -19,6 +19,13 @@ Role = Literal["user", "assistant"]
 #: No stored message counts fewer tokens than the chat format's own overhead plus one.
 MIN_MESSAGE_TOKENS = 5
 
+#: Where in a channel a person last wrote (the thread, or NULL for the channel itself): newest kept message first.
+LAST_THREAD_QUERY = (
+    "SELECT c.thread FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+    "WHERE c.platform = {platform} AND c.workspace = {workspace} AND c.channel = {channel} "
+    "AND m.author_id = {author} ORDER BY m.id DESC LIMIT 1"
+)
+
 #: The newest messages before ``{before}`` that fit ``{budget}`` tokens together, oldest first, without a hole.
 #: Every message costs at least MIN_MESSAGE_TOKENS, so only the newest ``{rows}`` (budget / MIN) can fit: the walk
 #: down the (conversation_id, id, tokens) index stops there however long the conversation is, and reads the index
@@ -174,6 +181,11 @@ class Store(Protocol):
         ...
 
     async def count_messages(self, key: ConversationKey) -> int: ...
+
+    async def last_thread(self, key: ConversationKey, author_id: str) -> str | None:
+        """The thread of ``key``'s channel where ``author_id`` last wrote (a kept message); None when that was
+        the channel itself, or nowhere."""
+        ...
 
     async def forget_message(self, row: int) -> None:
         """Delete one stored message (a refused question), keeping its id marked as handled."""

@@ -20,6 +20,7 @@ from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store import (
     HISTORY_QUERY,
+    LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
     USAGE_COLUMNS,
     ChannelSettings,
@@ -143,6 +144,7 @@ _INSERT_USAGE = (
 )
 #: How long a handled message id is remembered; platforms redeliver within minutes, not days.
 HANDLED_RETENTION_S = 7 * 24 * 3600
+_LAST_THREAD = LAST_THREAD_QUERY.format(platform="$1", workspace="$2", channel="$3", author="$4")
 _HISTORY = HISTORY_QUERY.format(conversation="$1", before="$2", rows="$3", budget="$4")
 #: advisory lock namespaces (the first key of pg_advisory_lock(int, int)), so ours never meet another app's.
 _MIGRATION_LOCK = 0x7EB0
@@ -345,6 +347,11 @@ class PostgresStore:
             if conversation is None:
                 return 0
             return int(await conn.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", conversation))
+
+    async def last_thread(self, key: ConversationKey, author_id: str) -> str | None:
+        async with self._pool.acquire() as conn:
+            thread = await conn.fetchval(_LAST_THREAD, key.platform, key.workspace, key.channel, author_id)
+        return None if thread is None else str(thread)
 
     async def forget_message(self, row: int) -> None:
         async with self._pool.acquire() as conn:

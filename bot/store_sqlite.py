@@ -21,6 +21,7 @@ from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.sqlite_writer import PRAGMAS, SQLiteWriter
 from bot.store import (
     HISTORY_QUERY,
+    LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
     USAGE_COLUMNS,
     ChannelSettings,
@@ -111,6 +112,7 @@ MIGRATIONS: Sequence[Sequence[str]] = (
 _INSERT_USAGE = f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})"
 #: How long a handled message id is remembered; platforms redeliver within minutes, not days.
 HANDLED_RETENTION_S = 7 * 24 * 3600
+_LAST_THREAD = LAST_THREAD_QUERY.format(platform="?1", workspace="?2", channel="?3", author="?4")
 HISTORY_SQL = HISTORY_QUERY.format(conversation="?1", before="?2", rows="?3", budget="?4")
 _SETTINGS_CACHE_SIZE = 10_000
 
@@ -280,6 +282,12 @@ class SQLiteStore:
             )
         )
         return int(rows[0][0])
+
+    async def last_thread(self, key: ConversationKey, author_id: str) -> str | None:
+        rows = list(
+            await self._reader.execute_fetchall(_LAST_THREAD, (key.platform, key.workspace, key.channel, author_id))
+        )
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def forget_message(self, row: int) -> None:
         await self._writer.transaction(lambda db: db.execute("DELETE FROM messages WHERE id = ?", (row,)))

@@ -190,6 +190,19 @@ async def test_history_excludes_the_current_message_and_pages_past_one_query(sto
     assert history[0].content == "message 0" and history[-1].content == "message 198"
 
 
+async def test_the_thread_a_person_last_wrote_in(store: Store) -> None:
+    channel = ConversationKey("slack", "T1", "D1")
+    assert await store.last_thread(channel, "U1") is None
+    for n, thread in enumerate(["1.1", "2.2", "1.1", "3.3"]):
+        author = "U2" if thread == "3.3" else "U1"
+        msg = IncomingMessage(ConversationKey("slack", "T1", "D1", thread), f"m{n}", author, "Ada", "hi")
+        await store.begin_turn(msg, 10)
+    assert await store.last_thread(channel, "U1") == "1.1"  # U2 wrote later, elsewhere: not U1's thread
+    assert await store.last_thread(ConversationKey("slack", "T1", "D9"), "U1") is None
+    await store.begin_turn(IncomingMessage(channel, "m9", "U1", "Ada", "at the top"), 10)
+    assert await store.last_thread(channel, "U1") is None  # the channel itself, outside any thread
+
+
 async def test_reset_deletes_from_disk_and_counts(store: Store) -> None:
     for n in range(3):
         row = await store.begin_turn(incoming(A, n), 10)

@@ -7,11 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from adapters.slack import SlackAdapter
 from adapters.slack_stream import neutralise_mentions
 from bot import texts
 from bot.config import Settings
+from bot.runtime import open_core
 from tests.adapters import test_slack as base
 from tests.adapters.test_slack import SECRET, Slack, long_reply, settings_for
 from tests.fakes.openai import FakeOpenAI
@@ -318,6 +321,35 @@ async def test_reset_in_the_pane_forgets_the_thread_in_view(slack: Slack) -> Non
     assert slack.model.requests[-1]["messages"][1]["content"] == "Ada: remember A"
     usage = await slash(slack, "/usage", channel_id="D1", rid="r2")
     assert usage["response_type"] == "ephemeral"
+
+
+async def test_after_a_restart_reset_in_the_pane_still_forgets_only_the_thread_last_used(
+    fake: FakeSlack, model: FakeOpenAI, tmp_path: Path
+) -> None:
+    settings = settings_for(fake, model, tmp_path / "teambot.db", slack_native_streaming=True)
+    async with httpx.AsyncClient() as http:
+        for life in ("before", "after"):
+            # A new process (or another replica): nothing remembered in memory, only the database.
+            async with open_core(settings) as core:
+                adapter = SlackAdapter(core, settings)
+                await adapter.start()
+                try:
+                    slack = Slack(fake, model, adapter, http)
+                    if life == "before":
+                        await slack.event(assistant_message("remember A", thread_ts=THREAD, ts="1700000000.000200"))
+                        await answered(slack, 1)
+                        await slack.event(
+                            assistant_message("remember B", thread_ts=OTHER_THREAD, ts="1700000000.001000")
+                        )
+                        await answered(slack, 2)
+                        continue
+                    answer = await slash(slack, "/reset", channel_id="D1", rid="r1")
+                    assert answer["text"] == texts.RESET_DONE.format(count=2, s="s")  # B's question and answer
+                    await slack.event(assistant_message("and A?", thread_ts=THREAD, ts="1700000000.000300"))
+                    await answered(slack, 3)
+                    assert model.requests[-1]["messages"][1]["content"] == "Ada: remember A"
+                finally:
+                    await adapter.stop()
 
 
 @pytest.fixture
