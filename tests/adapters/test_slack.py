@@ -451,8 +451,13 @@ async def test_socket_mode_readiness_follows_the_socket(
         await fake.wait_for(lambda: adapter.connected, 10)
 
 
-async def slash(slack: Slack, command: str, text: str = "", *, user_id: str = "U1", rid: str = "r1") -> dict[str, Any]:
-    form = slash_command_form(command, text, user_id=user_id, response_url=slack.fake.response_url(rid))
+async def slash(
+    slack: Slack, command: str, text: str = "", *, user_id: str = "U1", channel_id: str = "C1", rid: str = "r1"
+) -> dict[str, Any]:
+    """Type ``command text`` in ``channel_id``; the private answer Slack's ``response_url`` got."""
+    form = slash_command_form(
+        command, text, user_id=user_id, channel_id=channel_id, response_url=slack.fake.response_url(rid)
+    )
     body = form_body(form)
     headers = {"Content-Type": "application/x-www-form-urlencoded", **signed_headers(SECRET, body)}
     assert (await slack.http.post(slack.events_url, content=body, headers=headers)).status_code == 200

@@ -16,7 +16,7 @@ from bot import texts
 from bot.config import Settings
 from bot.runtime import open_core
 from tests.adapters import test_slack as base
-from tests.adapters.test_slack import SECRET, Slack, long_reply, settings_for
+from tests.adapters.test_slack import Slack, long_reply, settings_for
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import (
     MARKDOWN_LIMIT,
@@ -25,10 +25,7 @@ from tests.fakes.slack import (
     assistant_thread_started,
     direct_message,
     event_envelope,
-    form_body,
     mention,
-    signed_headers,
-    slash_command_form,
 )
 
 # The Slack fixtures of test_slack: a fake Slack and model, and the adapter started against them over HTTP.
@@ -296,22 +293,13 @@ async def test_mass_mentions_in_a_streamed_reply_cannot_ping(slack: Slack) -> No
     assert text.endswith("a@here.com")  # an address is not a mention
 
 
-async def slash(slack: Slack, command: str, *, channel_id: str, rid: str) -> dict[str, Any]:
-    form = slash_command_form(command, channel_id=channel_id, response_url=slack.fake.response_url(rid))
-    body = form_body(form)
-    headers = {"Content-Type": "application/x-www-form-urlencoded", **signed_headers(SECRET, body)}
-    assert (await slack.http.post(slack.events_url, content=body, headers=headers)).status_code == 200
-    await slack.fake.wait_for(lambda: any(r["rid"] == rid for r in slack.fake.responses))
-    return next(r for r in slack.fake.responses if r["rid"] == rid)
-
-
 async def test_reset_in_the_pane_forgets_the_thread_in_view(slack: Slack) -> None:
     await slack.event(assistant_message("remember A", thread_ts=THREAD, ts="1700000000.000200"))
     await answered(slack, 1)
     await slack.event(assistant_thread_started(thread_ts=OTHER_THREAD))
     await slack.event(assistant_message("remember B", thread_ts=OTHER_THREAD, ts="1700000000.001000"))
     await answered(slack, 2)
-    answer = await slash(slack, "/reset", channel_id="D1", rid="r1")
+    answer = await base.slash(slack, "/reset", channel_id="D1", rid="r1")
     assert answer["text"] == texts.RESET_DONE.format(count=2, s="s")
     await slack.event(assistant_message("who am I?", thread_ts=OTHER_THREAD, ts="1700000000.001100"))
     await answered(slack, 3)
@@ -319,7 +307,7 @@ async def test_reset_in_the_pane_forgets_the_thread_in_view(slack: Slack) -> Non
     await slack.event(assistant_message("and A?", thread_ts=THREAD, ts="1700000000.000300"))
     await answered(slack, 4)
     assert slack.model.requests[-1]["messages"][1]["content"] == "Ada: remember A"
-    usage = await slash(slack, "/usage", channel_id="D1", rid="r2")
+    usage = await base.slash(slack, "/usage", channel_id="D1", rid="r2")
     assert usage["response_type"] == "ephemeral"
 
 
@@ -343,7 +331,7 @@ async def test_after_a_restart_reset_in_the_pane_still_forgets_only_the_thread_l
                         )
                         await answered(slack, 2)
                         continue
-                    answer = await slash(slack, "/reset", channel_id="D1", rid="r1")
+                    answer = await base.slash(slack, "/reset", channel_id="D1", rid="r1")
                     assert answer["text"] == texts.RESET_DONE.format(count=2, s="s")  # B's question and answer
                     await slack.event(assistant_message("and A?", thread_ts=THREAD, ts="1700000000.000300"))
                     await answered(slack, 3)
