@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 from adapters.text_split import split_message
-from bot import logcontext, texts
+from bot import texts
 from bot.conversation import ConversationCore
 from bot.messages import IncomingMessage
 
@@ -158,27 +158,24 @@ async def deliver(
 
     The reply streams through ``reply_stream`` when given (a platform's own streaming), else as posts and edits
     of ``sink``. Known failures arrive as a reply with a message for people; anything else is a bug, logged with
-    its traceback, and the people in the channel get a short apology instead of silence.
+    its traceback, and the people in the channel get a short apology instead of silence. Callers run it inside
+    ``bot.logcontext.turn`` for the message, so every line of the delivery names the turn.
     """
-    # The whole delivery (posts, edits, the notice, the apology) is part of the turn, so its log lines say which.
-    with logcontext.turn(str(msg.key), msg.message_id):
-        if reply_stream is None:
-            reply_stream = StreamingReply(
-                sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post
-            )
-        try:
-            reply = await core.handle(msg, reply_stream.feed)
-            if reply.should_post:
-                await reply_stream.finish(reply.text)
-            else:
-                await reply_stream.cancel()
-            if reply.notice:
-                await sink.post(render(reply.notice))
-        except Exception:
-            log.exception("answering %s in %s failed", msg.message_id, msg.key)
+    if reply_stream is None:
+        reply_stream = StreamingReply(sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post)
+    try:
+        reply = await core.handle(msg, reply_stream.feed)
+        if reply.should_post:
+            await reply_stream.finish(reply.text)
+        else:
             await reply_stream.cancel()
-            try:
-                await sink.post(render(texts.APOLOGY))
-            except Exception:
-                log.exception("could not post the apology for %s in %s either", msg.message_id, msg.key)
-        return reply_stream
+        if reply.notice:
+            await sink.post(render(reply.notice))
+    except Exception:
+        log.exception("answering %s in %s failed", msg.message_id, msg.key)
+        await reply_stream.cancel()
+        try:
+            await sink.post(render(texts.APOLOGY))
+        except Exception:
+            log.exception("could not post the apology for %s in %s either", msg.message_id, msg.key)
+    return reply_stream

@@ -169,8 +169,9 @@ async def overhead(
     not all in the same millisecond.
     """
     samples: list[float] = []
-    model_args = {"first_byte": pace.first_byte, "tokens_per_second": pace.tokens_per_second}
-    async with ModelProcess(**model_args, reply_tokens=pace.reply_tokens) as model:
+    async with ModelProcess(
+        first_byte=pace.first_byte, tokens_per_second=pace.tokens_per_second, reply_tokens=pace.reply_tokens
+    ) as model:
         spans: dict[str, tuple[float, float]] = {}
         async with bench_core(
             await engine.new_db(f"overhead-{concurrency}-{pause:g}".replace(".", "_")), model

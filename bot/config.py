@@ -186,17 +186,8 @@ class Settings(BaseSettings):
         )
         found = tuple(s.get_secret_value() for s in secrets if s is not None)
         password = urlsplit(self.db).password if is_postgres(self.db) else None
-        return found + ((password,) if password else ()) + self._key_file_value()
-
-    def _key_file_value(self) -> tuple[str, ...]:
-        # The key in OPENAI_API_KEY_FILE as it is at start; later rotations are registered as they are read.
-        if self.openai_api_key_file is None:
-            return ()
-        try:
-            key = self.openai_api_key_file.read_text(encoding="utf-8").strip()
-        except OSError:
-            return ()
-        return (key,) if key else ()
+        # The key in OPENAI_API_KEY_FILE is not here: bot.keys.KeySource registers it, and each rotation, as read.
+        return found + ((password,) if password else ())
 
     def require_model_access(self) -> None:
         """Fail start-up when the hosted API would certainly reject us for want of a key."""

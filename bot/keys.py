@@ -26,6 +26,9 @@ class KeySource:
         self._file = file
         self._stamp: tuple[float, int] | None = None
         self._from_file: str | None = None
+        if file is not None:
+            # Read now, not at the first request: the key is then masked in every log line from the start.
+            self.reload()
 
     def get(self) -> str | None:
         if self._file is None:
