@@ -17,15 +17,11 @@ import asyncpg
 import httpx
 
 from bench.model import ModelProcess
-from bot.budgets import Accounting
 from bot.conversation import ConversationCore, TurnSettings
-from bot.guards import Guards
-from bot.limits import ConcurrencyGate
-from bot.llm import ChatClient, Endpoint, model_http_client
+from bot.guards import Accounting, ConcurrencyGate, Guards, PriceTable
+from bot.llm import ChatClient, Endpoint, TokenCounter, model_http_client
 from bot.messages import ConversationKey, IncomingMessage
-from bot.pricing import PriceTable
 from bot.store import open_store
-from bot.tokens import TokenCounter
 
 COUNTER = TokenCounter.load()
 

@@ -15,10 +15,10 @@ from bot import runtime, texts
 from bot.check import CheckResult, check_database, check_model
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
+from bot.guards import RedactingFilter
 from bot.logcontext import TurnFilter
-from bot.redact import RedactingFilter
 from bot.runtime import open_core
-from bot.store import describe_db, is_postgres, open_store
+from bot.store import copy_sqlite_to_postgres, describe_db, open_store
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +127,8 @@ async def _db(settings: Settings, args: argparse.Namespace) -> None:
             await store.close()
         print(f"teambot: database {describe_db(settings.db)} is at schema version {version}", flush=True)
         return
-    from bot.db_copy import copy_sqlite_to_postgres
-    from bot.store_postgres import PostgresStore
-
     target = args.target or settings.db
-    if not is_postgres(target):
-        raise ConfigError("db copy: the target (--to or TEAMBOT_DB) must be a postgresql:// URL")
-    store = await open_store(target, pool_size=2)
-    assert isinstance(store, PostgresStore)
-    try:
-        counts = await copy_sqlite_to_postgres(str(args.source), store)
-    finally:
-        await store.close()
+    counts = await copy_sqlite_to_postgres(str(args.source), target)
     summary = ", ".join(f"{count:,} {table}" for table, count in counts.items())
     print(f"teambot: copied {summary} from {args.source} to {describe_db(target)}", flush=True)
 

@@ -186,7 +186,7 @@ class Settings(BaseSettings):
         )
         found = tuple(s.get_secret_value() for s in secrets if s is not None)
         password = urlsplit(self.db).password if is_postgres(self.db) else None
-        # The key in OPENAI_API_KEY_FILE is not here: bot.keys.KeySource registers it, and each rotation, as read.
+        # The key in OPENAI_API_KEY_FILE is not here: bot.guards.KeySource registers it, and each rotation, as read.
         return found + ((password,) if password else ())
 
     def require_model_access(self) -> None:

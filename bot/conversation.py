@@ -13,13 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from bot import errors, logcontext, texts
-from bot.guards import Guards
-from bot.limits import Busy
-from bot.llm import ChatClient, ChatMessage, Completion
+from bot.guards import Busy, Guards
+from bot.llm import PER_MESSAGE_OVERHEAD, ChatClient, ChatMessage, Completion, TokenCounter
 from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, Usage
 from bot.metrics import Metrics
 from bot.store import Store, StoredMessage, UsageRecord
-from bot.tokens import PER_MESSAGE_OVERHEAD, TokenCounter
 
 log = logging.getLogger(__name__)
 

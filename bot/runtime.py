@@ -7,17 +7,24 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from bot.budgets import Accounting, Budget, Period, ScopeKind, Unit
 from bot.commands import CommandPolicy, Commands
 from bot.config import Settings
 from bot.conversation import ConversationCore, TurnSettings
-from bot.guards import AccessPolicy, Guards
-from bot.keys import KeySource
-from bot.limits import ConcurrencyGate, RateLimiter
-from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, model_http_client
-from bot.pricing import PriceTable
+from bot.guards import (
+    AccessPolicy,
+    Accounting,
+    Budget,
+    ConcurrencyGate,
+    Guards,
+    KeySource,
+    Period,
+    PriceTable,
+    RateLimiter,
+    ScopeKind,
+    Unit,
+)
+from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, TokenCounter, model_http_client
 from bot.store import Store, open_store
-from bot.tokens import TokenCounter
 
 
 def endpoints(settings: Settings) -> tuple[Endpoint, Endpoint | None]:

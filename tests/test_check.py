@@ -14,7 +14,7 @@ from adapters import registry
 from bot.check import check_database, check_model
 from bot.config import Settings
 from bot.store import open_store
-from bot.store_postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from bot.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack

@@ -14,11 +14,10 @@ from pydantic import SecretStr
 
 from bot import texts
 from bot.conversation import ConversationCore, KeyedLocks, TurnSettings
-from bot.keys import KeySource
-from bot.llm import ChatClient, Endpoint, RetryPolicy, model_http_client
+from bot.guards import KeySource
+from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter, model_http_client
 from bot.messages import ConversationKey, IncomingMessage, ReplyKind
 from bot.store import open_store
-from bot.tokens import TokenCounter
 from tests.fakes.openai import FakeOpenAI
 
 KEY = ConversationKey("slack", "T1", "C1")

@@ -4,7 +4,7 @@ Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP mode (``POST /slack/
 Bolt). Bolt acknowledges each event before our listener runs, so Slack's 3-second limit never waits on the
 model; a redelivered event carries the same message ``ts`` and the core answers it once.
 
-Replies use Slack's AI-app surface (see :mod:`adapters.slack_stream`): in a thread the "is thinking..." status
+Replies use Slack's AI-app surface (see :mod:`adapters.slack.stream`): in a thread the "is thinking..." status
 until the first words; native streaming in threads and at the top of channels; at the top of a DM, and where
 Slack refuses, a message is posted and edited. Bolt's ``AsyncAssistant`` middleware brings the assistant pane:
 each of its threads is a conversation.
@@ -35,8 +35,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack_format import markdown_to_mrkdwn, unescape_slack
-from adapters.slack_stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus, error_code
+from adapters.slack.format import markdown_to_mrkdwn, unescape_slack
+from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus, error_code
 from adapters.streaming import ReplyStream, StreamingReply, deliver
 from bot import logcontext, texts
 from bot.check import CheckResult

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bot import texts
+from bot.guards.pricing import PriceTable
 from bot.messages import ConversationKey, Usage
-from bot.pricing import PriceTable
 from bot.store import Store, UsageRecord, UsageScope, UsageTotal
 
 Clock = Callable[[], float]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from adapters.slack import TEXT_LIMIT, SlackAdapter
-from adapters.slack_format import markdown_to_mrkdwn
+from adapters.slack.format import markdown_to_mrkdwn
 from bot import texts
 from bot.config import Settings
 from bot.conversation import ConversationCore
@@ -541,7 +541,7 @@ async def test_every_log_line_of_a_turn_names_it(slack: Slack, caplog: pytest.Lo
     slack.fake.refuse("assistant.threads.setStatus", "internal_error", times=1)  # logged in a background task
     await slack.event(mention("<@UBOT> hi", ts="1.2", thread_ts="1.1"))
     await slack.wait_replies(1)
-    loggers = {"adapters.slack", "adapters.slack_stream", "bot.conversation"}
+    loggers = {"adapters.slack.app", "adapters.slack.stream", "bot.conversation"}
     await slack.fake.wait_for(lambda: loggers <= {r.name for r in caplog.records})
     ours = [r for r in caplog.records if r.name.startswith(("adapters.", "bot."))]
     assert {getattr(r, "turn", None) for r in ours} == {"slack:T1:C1:1.1 slack:T1:C1:1.2"}

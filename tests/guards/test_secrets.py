@@ -11,8 +11,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.keys import KeySource
-from bot.redact import MASK, RedactingFilter, redact
+from bot.guards import MASK, KeySource, RedactingFilter, redact
 from tests.bot_process import SECRET, start_bot
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack, event_envelope, mention

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from adapters.slack_format import escape_mrkdwn, markdown_to_mrkdwn, unescape_slack
+from adapters.slack.format import escape_mrkdwn, markdown_to_mrkdwn, unescape_slack
 
 
 @pytest.mark.parametrize(

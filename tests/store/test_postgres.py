@@ -14,7 +14,7 @@ import pytest
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage
 from bot.store import Store, open_store
-from bot.store_postgres import MIGRATIONS
+from bot.store.postgres import MIGRATIONS
 from tests.postgres_server import PostgresServer
 
 A = ConversationKey("slack", "T1", "C1")

@@ -16,10 +16,8 @@ from pathlib import Path
 import aiosqlite
 
 from bot.errors import ConfigError
-from bot.limits import TokenBuckets
 from bot.messages import ConversationKey, IncomingMessage, Usage
-from bot.sqlite_writer import PRAGMAS, SQLiteWriter
-from bot.store import (
+from bot.store.base import (
     HISTORY_QUERY,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
@@ -30,6 +28,8 @@ from bot.store import (
     UsageScope,
     UsageTotal,
 )
+from bot.store.memory_buckets import TokenBuckets
+from bot.store.sqlite_writer import PRAGMAS, SQLiteWriter
 
 log = logging.getLogger(__name__)
 

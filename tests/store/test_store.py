@@ -16,9 +16,9 @@ import pytest
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store import ChannelSettings, Store, UsageRecord, UsageScope, UsageTotal, open_store
-from bot.store_postgres import PostgresStore
-from bot.store_sqlite import HISTORY_SQL as SQLITE_HISTORY
-from bot.store_sqlite import MIGRATIONS, SQLiteStore
+from bot.store.postgres import PostgresStore
+from bot.store.sqlite import HISTORY_SQL as SQLITE_HISTORY
+from bot.store.sqlite import MIGRATIONS, SQLiteStore
 
 A = ConversationKey("slack", "T1", "C1")
 B = ConversationKey("slack", "T1", "C1", "1700000000.000100")

@@ -1,8 +1,8 @@
 """The storage seam: what the core needs from a database, whichever engine holds it.
 
-SQLite (``bot.store_sqlite``) is the embedded default; PostgreSQL (``bot.store_postgres``) serves several replicas
+SQLite (``bot.store.sqlite``) is the embedded default; PostgreSQL (``bot.store.postgres``) serves several replicas
 sharing one database. Both implement the :class:`Store` protocol and pass the same contract tests
-(``tests/test_store.py``).
+(``tests/store/test_store.py``).
 """
 
 from __future__ import annotations
@@ -228,21 +228,6 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-async def open_store(url: str, *, pool_size: int = 10, migrate: bool = True) -> Store:
-    """Open the database ``TEAMBOT_DB`` names: a SQLite path (or ``sqlite:///path``), or a PostgreSQL URL.
-
-    ``migrate`` brings the schema up to date first; without it, an out-of-date PostgreSQL schema is refused
-    (SQLite, embedded and single-process, always migrates).
-    """
-    if is_postgres(url):
-        from bot.store_postgres import PostgresStore
-
-        return await PostgresStore.open(url, pool_size=pool_size, migrate=migrate)
-    from bot.store_sqlite import SQLiteStore
-
-    return await SQLiteStore.open(sqlite_path(url))
 
 
 def is_postgres(url: str) -> bool:

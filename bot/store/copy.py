@@ -11,9 +11,9 @@ from typing import Any
 import aiosqlite
 
 from bot.errors import ConfigError
-from bot.store import USAGE_COLUMNS
-from bot.store_postgres import PostgresStore
-from bot.store_sqlite import SQLiteStore
+from bot.store.base import USAGE_COLUMNS
+from bot.store.postgres import PostgresStore
+from bot.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ TABLES = (
 )
 
 
-async def copy_sqlite_to_postgres(source: str, target: PostgresStore) -> dict[str, int]:
+async def copy_into(source: str, target: PostgresStore) -> dict[str, int]:
     """Copy every row of ``source`` into the empty database of ``target``, in one transaction; returns the
     number of rows per table. A target that already holds history is refused, so nothing is ever merged twice."""
     # Opening it brings an older file up to the current schema, so the columns below are all there.

@@ -13,10 +13,10 @@ import pytest
 
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store import ChannelSettings, UsageRecord, UsageScope, open_store
-from bot.store_postgres import MIGRATIONS as POSTGRES_MIGRATIONS
-from bot.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+from bot.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from bot.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHANNEL = ConversationKey("slack", "T1", "C1")
 THREAD = ConversationKey("slack", "T1", "C1", "1700000000.000100")
 

@@ -15,17 +15,24 @@ import pytest
 from pydantic import SecretStr
 
 from bot import texts
-from bot.budgets import Accounting, Budget, Period, ScopeKind, Unit
 from bot.commands import CommandContext, CommandPolicy, Commands
 from bot.conversation import ConversationCore, TurnSettings
-from bot.guards import AccessPolicy, Guards
-from bot.keys import KeySource
-from bot.limits import ConcurrencyGate, RateLimiter, TokenBuckets
-from bot.llm import ChatClient, Endpoint, RetryPolicy
+from bot.guards import (
+    AccessPolicy,
+    Accounting,
+    Budget,
+    ConcurrencyGate,
+    Guards,
+    KeySource,
+    Period,
+    PriceTable,
+    RateLimiter,
+    ScopeKind,
+    Unit,
+)
+from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter
 from bot.messages import ConversationKey, IncomingMessage, ReplyKind
-from bot.pricing import PriceTable
-from bot.store import Store, open_store
-from bot.tokens import TokenCounter
+from bot.store import Store, TokenBuckets, open_store
 from tests.fakes.openai import FakeOpenAI
 
 KEY = ConversationKey("slack", "T1", "C1")

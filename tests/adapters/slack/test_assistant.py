@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 from adapters.slack import SlackAdapter
-from adapters.slack_stream import neutralise_mentions
+from adapters.slack.stream import neutralise_mentions
 from bot import texts
 from bot.config import Settings
 from bot.runtime import open_core
-from tests.adapters import test_slack as base
-from tests.adapters.test_slack import Slack, long_reply, settings_for
+from tests.adapters.slack import test_app as base
+from tests.adapters.slack.test_app import Slack, long_reply, settings_for
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import (
     MARKDOWN_LIMIT,
@@ -28,7 +28,7 @@ from tests.fakes.slack import (
     mention,
 )
 
-# The Slack fixtures of test_slack: a fake Slack and model, and the adapter started against them over HTTP.
+# The Slack fixtures of test_app: a fake Slack and model, and the adapter started against them over HTTP.
 fake, model, overrides, slack = base.fake, base.model, base.overrides, base.slack
 
 
@@ -369,7 +369,7 @@ async def test_the_assistant_pane_over_socket_mode(
 
 
 def test_the_manifest_switches_the_pane_on_with_its_scope_events_and_prompts() -> None:
-    manifest = (Path(__file__).resolve().parents[2] / "deploy" / "slack-app-manifest.yml").read_text()
+    manifest = (Path(__file__).resolve().parents[3] / "deploy" / "slack-app-manifest.yml").read_text()
     for needed in ("assistant_view:", "assistant_description:", "- assistant:write", "- message.im"):
         assert needed in manifest
     for event in ("assistant_thread_started", "assistant_thread_context_changed"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.tokens import TRUNCATION_MARK, TokenCounter
+from bot.llm import TRUNCATION_MARK, TokenCounter
 
 
 def test_counts_offline_with_the_openai_encoding() -> None:

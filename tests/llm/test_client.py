@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from bot import errors
-from bot.keys import KeySource
+from bot.guards import KeySource
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, SSEDecoder, model_http_client
 from tests.fakes.openai import FakeOpenAI
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from bot import redact
+from bot.guards.redaction import remember
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class KeySource:
         except OSError:
             return False
         changed = key != self._from_file
-        redact.remember(key)
+        remember(key)
         if changed and self._stamp is not None:
             log.info("API key file %s changed; using the new key", self._file)
         self._from_file, self._stamp = key, (st.st_mtime, st.st_size)

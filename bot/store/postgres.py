@@ -18,7 +18,7 @@ import asyncpg
 
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage, Usage
-from bot.store import (
+from bot.store.base import (
     HISTORY_QUERY,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,

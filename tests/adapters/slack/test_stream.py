@@ -9,7 +9,7 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import SlackSink
-from adapters.slack_stream import NativeReply, neutralise_mentions
+from adapters.slack.stream import NativeReply, neutralise_mentions
 from adapters.streaming import StreamingReply
 from tests.fakes.slack import FakeSlack
 

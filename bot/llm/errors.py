@@ -1,0 +1,79 @@
+"""What a model server's error means: its HTTP status, error code and headers mapped to :mod:`bot.errors`."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from bot import errors
+from bot.guards import redact
+
+log = logging.getLogger(__name__)
+
+CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error", "context_window_exceeded"})
+QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def error_from_response(response: httpx.Response, model: str, key: str | None) -> errors.LLMError:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = {"error": {"message": response.text[:200]}}
+    if not isinstance(body, dict):
+        body = {}
+    exc = error_from_body(response.status_code, body, model=model, retry_after=retry_after(response.headers))
+    log.debug("model endpoint answered HTTP %d: %s", response.status_code, redact(str(body)[:500], key))
+    return exc
+
+
+def error_from_body(
+    status: int | None, body: dict[str, Any], *, model: str, retry_after: float | None
+) -> errors.LLMError:
+    raw = body.get("error")
+    err: dict[str, Any] = raw if isinstance(raw, dict) else {"message": raw}
+    code = err.get("code")
+    code = str(code) if code is not None and not isinstance(code, int) else None
+    kind = err.get("type") if isinstance(err.get("type"), str) else None
+    message = redact(str(err.get("message") or ""))[:200]
+    tags = {t for t in (code, kind) if t}
+    detail = f"HTTP {status if status is not None else 'stream'} {code or kind or ''}: {message}".strip()
+    if tags & CONTEXT_CODES:
+        return errors.ContextTooLong(detail)
+    if tags & QUOTA_CODES or status == 402:
+        return errors.QuotaExhausted(detail)
+    if status == 401 or code == "invalid_api_key":
+        return errors.AuthFailed(detail)
+    if status == 403:
+        return errors.Forbidden(detail)
+    if status == 404 or code == "model_not_found":
+        return errors.ModelNotFound(detail, model=model)
+    if status == 429 or code == "rate_limit_exceeded":
+        return errors.RateLimited(detail, retry_after=retry_after)
+    if status == 408:
+        return errors.Timeout(detail)
+    if status is None or status == 409 or status >= 500:
+        return errors.ServiceUnavailable(detail)
+    return errors.BadRequest(detail, status=status, code=code or kind)
