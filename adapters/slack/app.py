@@ -149,7 +149,9 @@ class SlackAdapter:
 
     async def start(self) -> None:
         self._started = True
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        # The SDK's own timeout (30 s) is the session's: slack_sdk sends its per-request timeout only with the
+        # sessions it makes itself.
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.client.timeout))
         self.client.session = self._session
         if self._settings.slack_app_token is not None:
             self._socket = AsyncSocketModeHandler(
@@ -265,8 +267,9 @@ class SlackAdapter:
             title = title[: texts.TITLE_LENGTH - 1].rsplit(" ", 1)[0].rstrip(",.;:") + "…"
         try:
             await set_title(title)
-        except SlackApiError as exc:
-            log.info("setting the title of %s failed: %s", key, error_code(exc))
+        except _SLACK_ERRORS as exc:
+            # Only the thread list's label: the answer goes out without it.
+            log.info("setting the title of %s failed: %s", key, _reason(exc))
 
     def _ignored(self, event: dict[str, Any]) -> bool:
         # Edits, deletions, joins and the like carry a subtype; they are not questions.
@@ -295,7 +298,20 @@ class SlackAdapter:
         # From here on every log line names the turn: the name lookups and the thinking status included, not
         # only what the core logs.
         with logcontext.turn(str(key), message_id):
-            await self._turn(event, context, key, message_id, set_title)
+            try:
+                await self._turn(event, context, key, message_id, set_title)
+            except Exception:
+                # The one top-level handler for an event. Bolt acked it before this listener ran, so Slack will not
+                # send it again: a failure before the core took the message (deliver answers its own) would lose
+                # the question in silence. Log it, and tell the person.
+                log.exception("the message %s could not be answered", message_id)
+                await self._apologise(SlackSink(self.client, channel, thread_ts))
+
+    async def _apologise(self, sink: SlackSink) -> None:
+        try:
+            await sink.post(markdown_to_mrkdwn(texts.APOLOGY))
+        except _SLACK_ERRORS as exc:
+            log.warning("the apology could not be posted either: %s", _reason(exc))
 
     async def _turn(
         self,
@@ -317,8 +333,24 @@ class SlackAdapter:
         if thread_ts is not None and self._refusals.allows(team, STATUS):
             status = ThinkingStatus(self.client, channel, thread_ts, lambda error: self._refused(team, STATUS, error))
             status.start()
+        try:
+            await self._reply(event, key, msg, sink, status, set_title)
+        finally:
+            if status is not None:
+                await status.clear()
+
+    async def _reply(
+        self,
+        event: dict[str, Any],
+        key: ConversationKey,
+        msg: IncomingMessage,
+        sink: SlackSink,
+        status: ThinkingStatus | None,
+        set_title: AsyncSetTitle | None,
+    ) -> None:
+        team, channel, thread_ts, user = key.workspace, key.channel, key.thread, msg.author_id
         if set_title is not None:
-            await self._title(key, set_title, text)
+            await self._title(key, set_title, msg.text)
         on_first_post = status.clear if status is not None else None
 
         def post_and_edit() -> StreamingReply[str]:
@@ -345,19 +377,15 @@ class SlackAdapter:
                 on_refused=lambda error: self._refused(team, STREAM, error),
                 on_first_post=on_first_post,
             )
-        try:
-            await deliver(
-                self._core,
-                msg,
-                sink,
-                interval=self._settings.stream_edit_interval,
-                limit=TEXT_LIMIT,
-                render=markdown_to_mrkdwn,
-                reply_stream=reply_stream,
-            )
-        finally:
-            if status is not None:
-                await status.clear()
+        await deliver(
+            self._core,
+            msg,
+            sink,
+            interval=self._settings.stream_edit_interval,
+            limit=TEXT_LIMIT,
+            render=markdown_to_mrkdwn,
+            reply_stream=reply_stream,
+        )
 
     def _refused(self, team: str, feature: str, error: str) -> None:
         self._refusals.refused(team, feature, error)
@@ -379,20 +407,25 @@ class SlackAdapter:
             # The one top-level handler for a command: a bug is logged with its traceback, and the person who
             # typed it hears a short apology instead of Slack's "failed with the error operation_timeout".
             try:
-                ctx = CommandContext(
-                    key, user, platform_admin=needs_admin and await self._is_admin(user), admins=texts.ADMINS_SLACK
-                )
+                admin = needs_admin and await self._is_admin(user, team)
+                ctx = CommandContext(key, user, platform_admin=admin, admins=texts.ADMINS_SLACK)
                 answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
             except Exception:
                 log.exception("the command %s in %s failed", command.get("command"), key)
                 answer = texts.APOLOGY
             await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
 
-    async def _is_admin(self, user_id: str) -> bool:
+    async def _is_admin(self, user_id: str, team: str) -> bool:
+        """Is ``user_id`` an admin or owner of the workspace ``team`` the command was typed in?"""
         try:
             user = (await self.client.users_info(user=user_id))["user"] or {}
-        except SlackApiError as exc:
-            log.warning("users.info for %s failed: %s", user_id, error_code(exc))
+        except _SLACK_ERRORS as exc:
+            log.warning("users.info for %s failed: %s", user_id, _reason(exc))
+            return False
+        # In a Slack Connect channel people of other workspaces type commands too, and users.info gives their own
+        # workspace's admin and owner flags: those give no say over this one.
+        if str(user.get("team_id") or "") != team:
+            log.info("%s is of the workspace %s, not %s: not an admin here", user_id, user.get("team_id"), team)
             return False
         return bool(user.get("is_admin") or user.get("is_owner"))
 
@@ -420,6 +453,11 @@ class SlackAdapter:
             user = response["user"] or {}
             profile = user.get("profile") or {}
             name = profile.get("display_name") or profile.get("real_name") or user.get("name") or user_id
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The network or a proxy failed, or Slack did not answer in time. The event is acked already and Slack
+            # will not resend it: the id stands in for the name, and the next message asks again.
+            log.warning("users.info for %s failed: %s", user_id, _reason(exc))
+            return user_id
         except SlackApiError as exc:
             error = error_code(exc)
             log.warning("users.info for %s failed: %s", user_id, error)
@@ -431,6 +469,17 @@ class SlackAdapter:
         if len(self._names) > _NAME_CACHE_SIZE:
             self._names.popitem(last=False)
         return str(name)
+
+
+#: What a Web API call can raise: Slack's refusal or an error page (SlackApiError), a dropped connection, a timeout.
+_SLACK_ERRORS = (SlackApiError, aiohttp.ClientError, TimeoutError)
+
+
+def _reason(exc: BaseException) -> str:
+    """Slack's error code, or the kind of network failure (never the exception's text, which may hold a URL)."""
+    if isinstance(exc, SlackApiError):
+        return error_code(exc)
+    return type(exc).__name__
 
 
 def _is_dm(event: dict[str, Any]) -> bool:

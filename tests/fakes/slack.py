@@ -2,7 +2,8 @@
 
 Started in the test's own loop on 127.0.0.1, port 0; the real ``AsyncWebClient`` talks to it through
 ``base_url=fake.api_url``. It records every call (``calls``), keeps posted and streamed messages with their latest
-text (``message_text``), and fails on demand (``rate_limit``, ``refuse``, ``error_page``). It checks the
+text (``message_text``), and fails on demand (``rate_limit``, ``refuse``, ``error_page``, and at the network
+level ``drop`` and ``stall``). It checks the
 arguments Slack requires of the AI-app methods (``assistant.threads.*``, ``chat.startStream``/``appendStream``/
 ``stopStream``) and answers ``invalid_arguments`` without them. Helpers build what Slack sends to an app:
 ``event_envelope``, ``assistant_thread_started``, ``slash_command_form``, signed with ``signed_headers``.
@@ -12,6 +13,7 @@ rather than scanning ``posted`` (the benchmark).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
@@ -81,6 +83,8 @@ class FakeSlack(LoopbackServer):
         self._limits: dict[str, list[float]] = {}
         self._refusals: dict[str, list[str]] = {}
         self._pages: dict[str, list[tuple[int, str]]] = {}
+        self._drops: dict[str, int] = {}
+        self._stalls: dict[str, list[float]] = {}
         self._ts = itertools.count(1)
 
     def routes(self, app: web.Application) -> None:
@@ -118,6 +122,16 @@ class FakeSlack(LoopbackServer):
         """The next ``times`` calls of ``method`` get an HTML error page, as a load balancer in front of Slack
         sends when Slack is down: not JSON, whatever ``content_type`` says."""
         self._pages.setdefault(method, []).extend([(status, content_type)] * times)
+
+    def drop(self, method: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` get no answer: the connection is closed under them, as when a
+        proxy or the network between the bot and Slack fails (the client sees a disconnect, not an HTTP status)."""
+        self._drops[method] = self._drops.get(method, 0) + times
+
+    def stall(self, method: str, seconds: float, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` are answered only after ``seconds``: longer than the client's
+        timeout, it gives up first."""
+        self._stalls.setdefault(method, []).extend([seconds] * times)
 
     def _text_set(self, message: Posted) -> None:
         for watcher in self.watchers:
@@ -181,6 +195,15 @@ class FakeSlack(LoopbackServer):
             # Slack sends whole seconds, and slack_sdk parses nothing else.
             return _json({"ok": False, "error": "ratelimited"}, 429, {"Retry-After": str(math.ceil(retry_after))})
         self.calls.append((method, args))
+        if self._drops.get(method):
+            self._drops[method] -= 1
+            await self._notify()
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=500)  # never reaches the client: its connection is gone
+        stalls = self._stalls.get(method)
+        if stalls:
+            await asyncio.sleep(stalls.pop(0))
         try:
             if method == "apps.connections.open":
                 return _json({"ok": True, "url": f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/link"})
@@ -218,6 +241,8 @@ class FakeSlack(LoopbackServer):
                 "ok": True,
                 "user": {
                     "id": args["user"],
+                    # The person's own workspace: another one's for someone in a Slack Connect channel.
+                    "team_id": user.get("team_id", self.team_id),
                     "name": user.get("name", str(args["user"]).lower()),
                     "is_bot": user.get("is_bot", False),
                     "is_admin": user.get("is_admin", False),

@@ -552,3 +552,37 @@ async def test_a_command_that_fails_gets_a_private_apology(slack: Slack) -> None
         db.execute("DROP TABLE messages")  # the database breaks under the bot
     answer = await slash(slack, "/reset", rid="x1")
     assert answer["text"] == markdown_to_mrkdwn(texts.APOLOGY) and answer["response_type"] == "ephemeral"
+
+
+async def test_an_admin_of_another_workspace_is_not_an_admin_here(slack: Slack) -> None:
+    # In a Slack Connect channel users.info describes people of other workspaces too, with their own workspace's
+    # admin and owner flags: those give no say over this one.
+    slack.fake.users["U7"] = {"display_name": "Guest boss", "is_admin": True, "is_owner": True, "team_id": "T2"}
+    refused = await slash(slack, "/system", "Answer in French.", user_id="U7", rid="r1")
+    assert refused["text"] == texts.ADMIN_ONLY.format(admins=texts.ADMINS_SLACK)
+    assert slack.fake.calls_to("users.info") == [{"user": "U7"}]  # it was asked, and the answer read
+    slack.fake.users["U8"] = {"display_name": "Home boss", "is_admin": True}  # of T1, where the command runs
+    assert (await slash(slack, "/system", "Answer in French.", user_id="U8", rid="r2"))["text"] == texts.SYSTEM_SET
+
+
+@pytest.mark.parametrize("fault", ["dropped", "stalled", "error page"])
+async def test_a_network_failure_of_users_info_still_gets_an_answer(
+    slack: Slack, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The event is acked before the name is looked up, so Slack never sends it again: silence would lose it.
+    if fault == "dropped":
+        slack.fake.drop("users.info", times=5)  # slack_sdk and aiohttp retry a dropped connection by themselves
+    elif fault == "stalled":
+        # The SDK's timeout (30 s by default) is the adapter's HTTP session's, made on start: shorter here.
+        await slack.adapter.stop()
+        slack.adapter.client.timeout = 1
+        await slack.adapter.start()
+        slack.fake.stall("users.info", 3)
+    else:
+        slack.fake.error_page("users.info", status=502)
+    await slack.event(mention("<@UBOT> hello", ts="1.1"))
+    await slack.wait_posts(1)
+    assert final_text(slack) == "echo: U1: hello"  # the id stands in for the name it could not get
+    assert slack.model.calls == 1
+    assert "users.info for U1 failed" in caplog.text
+

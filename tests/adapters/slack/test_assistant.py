@@ -3,6 +3,7 @@ native streaming and its fallback, against the loopback fake Slack and model."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from adapters.slack import SlackAdapter
+from adapters.slack.format import markdown_to_mrkdwn
 from adapters.slack.stream import neutralise_mentions
 from bot import texts
 from bot.config import Settings
@@ -376,3 +378,24 @@ def test_the_manifest_switches_the_pane_on_with_its_scope_events_and_prompts() -
         assert f"- {event} " in manifest
     for prompt in texts.SUGGESTED_PROMPTS:
         assert f"message: {prompt}\n" in manifest
+
+
+async def test_a_title_lost_on_the_network_does_not_lose_the_answer(slack: Slack) -> None:
+    slack.fake.drop("assistant.threads.setTitle", times=2)  # slack_sdk retries a dropped connection once
+    await slack.event(assistant_message("first question", thread_ts=THREAD, ts="1700000000.000200"))
+    await answered(slack)
+    assert replies(slack)[0].text == "echo: Ada: first question"
+
+
+async def test_a_failure_before_the_turn_gets_an_apology_not_silence(slack: Slack) -> None:
+    # Between Bolt's ack and the core the adapter reads the store (is the thread new, to title it?): broken here.
+    # The event is already acked, so Slack will not send it again; the person hears the apology in the thread.
+    with sqlite3.connect(slack.db) as db:
+        db.execute("DROP TABLE conversations")
+    await slack.event(assistant_message("a question", thread_ts=THREAD, ts="1700000000.000200"))
+    await answered(slack)
+    [apology] = replies(slack)
+    assert (apology.thread_ts, apology.text) == (THREAD, markdown_to_mrkdwn(texts.APOLOGY))
+    assert slack.model.calls == 0
+    # The thinking status it had set is cleared again.
+    await slack.fake.wait_for(lambda: statuses(slack)[-1:] == [""])
