@@ -66,7 +66,7 @@ async def _console(settings: Settings, name: str) -> None:
 
 async def _run(settings: Settings) -> None:
     from adapters import registry
-    from adapters.http_server import OpsServer
+    from adapters.http_server import HttpServer, add_ops_routes
 
     factories = registry.configured(settings)
     if not factories:
@@ -83,12 +83,24 @@ async def _run(settings: Settings) -> None:
         async def readiness() -> dict[str, bool]:
             return {"database": await core.store.ping()} | {a.name: a.connected for a in adapters}
 
-        ops = OpsServer(settings.http_host, settings.http_port, core.metrics, readiness)
+        public = HttpServer(settings.http_host, settings.http_port)
         for adapter in adapters:
-            adapter.mount(ops.app)
-        await ops.start()
+            adapter.mount(public.app)
+        servers = [public]
+        ops_bind = settings.ops_bind()
+        if ops_bind is None:
+            add_ops_routes(public.app, core.metrics, readiness)
+        else:
+            # Readiness and metrics on a bind of their own, kept off the port Slack (and so the internet) reaches.
+            ops = HttpServer(*ops_bind)
+            add_ops_routes(ops.app, core.metrics, readiness)
+            servers = [ops, public] if public.has_routes else [ops]
         started: list[registry.Adapter] = []
+        running: list[HttpServer] = []
         try:
+            for server in servers:
+                await server.start()
+                running.append(server)
             for adapter in adapters:
                 await adapter.start()
                 started.append(adapter)
@@ -98,7 +110,8 @@ async def _run(settings: Settings) -> None:
         finally:
             for adapter in started:
                 await adapter.stop(settings.drain_seconds)
-            await ops.stop()
+            for server in running:
+                await server.stop()
     log.info("stopped")
 
 

@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     )
     http_host: str = Field("0.0.0.0", validation_alias=_env("TEAMBOT_HTTP_HOST"))
     http_port: int = Field(3000, ge=0, le=65535, validation_alias=_env("TEAMBOT_HTTP_PORT"))
+    ops_host: str | None = Field(None, min_length=1, validation_alias=_env("TEAMBOT_OPS_HOST"))
+    ops_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("TEAMBOT_OPS_PORT"))
     reset_command: str = Field("reset", pattern=r"^[a-z0-9_-]{1,32}$", validation_alias=_env("TEAMBOT_RESET_COMMAND"))
     ignore_bots: bool = Field(True, validation_alias=_env("TEAMBOT_IGNORE_BOTS"))
     drain_seconds: float = Field(10.0, ge=0, validation_alias=_env("TEAMBOT_DRAIN_SECONDS"))
@@ -188,6 +190,21 @@ class Settings(BaseSettings):
         password = urlsplit(self.db).password if is_postgres(self.db) else None
         # The key in OPENAI_API_KEY_FILE is not here: bot.guards.KeySource registers it, and each rotation, as read.
         return found + ((password,) if password else ())
+
+    def ops_bind(self) -> tuple[str, int] | None:
+        """Where ``/readyz`` and ``/metrics`` are served apart from the public HTTP port, or None when they share it.
+
+        Each of ``TEAMBOT_OPS_HOST``/``TEAMBOT_OPS_PORT`` left unset is the public one's, so by default (and when
+        both name the public bind itself) there is one server, as before they existed. Port 0 means any free
+        port: an ops port of 0 is always a server of its own.
+        """
+        if self.ops_host is None and self.ops_port is None:
+            return None
+        host = self.ops_host if self.ops_host is not None else self.http_host
+        port = self.ops_port if self.ops_port is not None else self.http_port
+        if (host, port) == (self.http_host, self.http_port) and port != 0:
+            return None
+        return host, port
 
     def require_model_access(self) -> None:
         """Fail start-up when the hosted API would certainly reject us for want of a key."""

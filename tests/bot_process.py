@@ -80,6 +80,21 @@ async def start_bot(
 ) -> Bot:
     """Start a bot on ``db`` (a SQLite path or a PostgreSQL URL) and wait until it answers /healthz."""
     port = free_port()
+    proc = await spawn_bot(fake, slack, db, cwd=cwd, env={"TEAMBOT_HTTP_PORT": str(port), **(env or {})})
+    bot = Bot(proc, port)
+    await bot.up(http)
+    return bot
+
+
+async def spawn_bot(
+    fake: FakeOpenAI,
+    slack: FakeSlack,
+    db: Path | str,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """``teambot run`` on ``db`` in Slack HTTP mode, its stderr piped; nothing awaited."""
     environment = {
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": str(ROOT),
@@ -89,15 +104,12 @@ async def start_bot(
         "SLACK_SIGNING_SECRET": SECRET,
         "SLACK_API_URL": slack.api_url,
         "TEAMBOT_HTTP_HOST": "127.0.0.1",
-        "TEAMBOT_HTTP_PORT": str(port),
+        "TEAMBOT_HTTP_PORT": "0",
         "TEAMBOT_STREAM_EDIT_INTERVAL": "0.2",
         "TEAMBOT_LOG_LEVEL": "INFO",
         **(env or {}),
     }
     folder = cwd or Path(db).parent
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "run", cwd=folder, env=environment, stderr=asyncio.subprocess.PIPE
     )
-    bot = Bot(proc, port)
-    await bot.up(http)
-    return bot

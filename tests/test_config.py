@@ -117,3 +117,23 @@ def test_run_with_no_platform_names_the_variables(tmp_path: Path) -> None:
     for name in ("SLACK_BOT_TOKEN", "DISCORD_TOKEN", "teambot console"):
         assert name in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "bind"),
+    [
+        ({}, None),  # by default one server carries everything, as before the setting existed
+        ({"TEAMBOT_OPS_PORT": "3000"}, None),  # the public bind itself: still one server
+        ({"TEAMBOT_OPS_HOST": "0.0.0.0", "TEAMBOT_OPS_PORT": "3000"}, None),
+        ({"TEAMBOT_OPS_PORT": "9090"}, ("0.0.0.0", 9090)),  # the host follows TEAMBOT_HTTP_HOST
+        ({"TEAMBOT_OPS_HOST": "127.0.0.1"}, ("127.0.0.1", 3000)),  # the port follows TEAMBOT_HTTP_PORT
+        ({"TEAMBOT_OPS_HOST": "127.0.0.1", "TEAMBOT_OPS_PORT": "9090"}, ("127.0.0.1", 9090)),
+        ({"TEAMBOT_HTTP_PORT": "0", "TEAMBOT_OPS_PORT": "0"}, ("0.0.0.0", 0)),  # two "any free port"s: two servers
+    ],
+)
+def test_the_ops_bind_defaults_to_the_public_one(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], bind: tuple[str, int] | None
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings(None).ops_bind() == bind

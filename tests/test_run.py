@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from bot import texts
-from tests.bot_process import scrape, start_bot
+from tests.bot_process import free_port, scrape, spawn_bot, start_bot
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack, event_envelope, mention
 
@@ -102,6 +103,47 @@ async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -
     logged = [m["text"] for m in lines]
     for expected in ("prompt for", "answered slack:T1:C1:1.1", "/api/chat.stopStream", "answering slack:T1:C1:1.2"):
         assert any(expected in text for text in logged), expected
+
+
+async def test_ops_endpoints_can_be_kept_off_the_public_port(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    ops_port = free_port()
+    env = {"TEAMBOT_OPS_HOST": "127.0.0.1", "TEAMBOT_OPS_PORT": str(ops_port)}
+    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env=env)
+    ops = f"http://127.0.0.1:{ops_port}"
+    try:
+        # The public port (the one Slack, and so anyone, reaches) serves Slack's events and /healthz only.
+        for path in ("/metrics", "/readyz"):
+            assert (await http.get(f"{bot.url}{path}")).status_code == 404, path
+        assert (await http.get(f"{bot.url}/healthz")).status_code == 200
+        ready = await http.get(f"{ops}/readyz")
+        assert ready.status_code == 200 and ready.json() == {"database": True, "slack": True}
+        assert (await http.get(f"{ops}/healthz")).status_code == 200
+        assert (await http.post(f"{ops}/slack/events", content="{}")).status_code in (404, 405)
+        await bot.send(http, event_envelope(mention("<@UBOT> still answered", ts="1.1")))
+        await slack.wait_for(lambda: any(p.text == "echo: Ada: still answered" for p in slack.posted), 15)
+        mentions = ("teambot_mentions_total", (("platform", "slack"),))
+        async with asyncio.timeout(10):
+            while mentions not in (samples := await scrape(http, ops)):  # noqa: ASYNC110 - another process
+                await asyncio.sleep(0.05)
+        assert samples[mentions] == 1
+    finally:
+        bot.proc.send_signal(signal.SIGTERM)
+        assert await bot.wait() == 0
+
+
+async def test_a_port_in_use_is_one_line_naming_it(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"TEAMBOT_OPS_HOST": "127.0.0.1", "TEAMBOT_OPS_PORT": str(port)}
+        proc = await spawn_bot(fake, slack, tmp_path / "teambot.db", env=env)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert f"teambot: cannot listen on 127.0.0.1:{port}" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
 
 
 async def test_sigterm_lets_the_reply_in_progress_finish(fakes, tmp_path: Path) -> None:
