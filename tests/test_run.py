@@ -133,7 +133,7 @@ async def test_ops_endpoints_can_be_kept_off_the_public_port(fakes, tmp_path: Pa
 
 
 async def test_a_port_in_use_is_one_line_naming_it(fakes, tmp_path: Path) -> None:
-    fake, slack, http = fakes
+    fake, slack, _ = fakes
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -16,18 +16,20 @@ import asyncio
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.async_app import AsyncApp, AsyncBoltRequest
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_bolt.context.set_suggested_prompts.async_set_suggested_prompts import AsyncSetSuggestedPrompts
 from slack_bolt.context.set_title.async_set_title import AsyncSetTitle
 from slack_bolt.middleware.assistant.async_assistant import AsyncAssistant
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -51,6 +53,10 @@ log = logging.getLogger(__name__)
 #: Slack accepts 40,000 characters of text, but long messages are collapsed and hard to read; 3,900 keeps each
 #: message whole on screen and within the section-block limit should we move to blocks.
 TEXT_LIMIT = 3900
+#: How long Slack's signature on a request is accepted: slack_sdk refuses a timestamp more than 5 minutes off.
+SIGNATURE_LIFETIME_S = 5 * 60
+#: A claimed request is remembered this much longer, for replicas whose clocks run apart.
+_CLOCK_SKEW_S = 60
 _NAME_CACHE_SIZE = 10_000
 _THREAD_CACHE_SIZE = 10_000
 
@@ -106,6 +112,8 @@ class SlackAdapter:
             process_before_response=False,
             logger=logging.getLogger("slack_bolt"),
         )
+        # First of our middleware (after Bolt's own, which checks the signature): a replay goes no further.
+        self.app.middleware(self._refuse_replays)
         self.app.assistant(self._assistant())
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
@@ -193,6 +201,33 @@ class SlackAdapter:
         bolt_request = await to_bolt_request(request)
         bolt_response = await self.app.async_dispatch(bolt_request)
         return await to_aiohttp_response(bolt_response)
+
+    async def _refuse_replays(
+        self, req: AsyncBoltRequest, resp: BoltResponse, body: dict[str, Any], next: Callable[[], Awaitable[None]]
+    ) -> BoltResponse:
+        """Refuse a signed request already acted on.
+
+        Slack's signature covers the timestamp and the body, and stays valid for five minutes: whoever captures a
+        request (a proxy's log, a leaked trace) could send the same bytes again, and a ``/reset`` would run twice.
+        The signature is claimed in the database, so a replay is refused by every replica, and after a restart.
+
+        Events are left to the message-id check, which answers each message once already (a replayed mention
+        gets nothing): claiming them too would cost a database write per mention. Socket Mode requests carry no
+        signature (the socket itself is authenticated). Slack does not retry slash commands or interactions, so
+        a repeat of one is never Slack's own: it gets 401, like a bad signature.
+        """
+        signature = _header(req, "x-slack-signature")
+        timestamp = _header(req, "x-slack-request-timestamp")
+        if signature is None or timestamp is None or body.get("type") == "event_callback":
+            await next()
+            return resp
+        # Bolt's check, before this middleware, accepted the timestamp: it is a number within five minutes of now.
+        expires_at = float(timestamp) + SIGNATURE_LIFETIME_S + _CLOCK_SKEW_S
+        if await self._core.store.claim_request(f"slack:{signature}", expires_at):
+            await next()
+            return resp
+        log.warning("refused a replayed Slack request (signed at %s)", timestamp)
+        return BoltResponse(status=401, body='{"error": "replayed request"}', headers={"x-slack-no-retry": "1"})
 
     # --- events -----------------------------------------------------------------------------------------
 
@@ -480,6 +515,11 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, SlackApiError):
         return error_code(exc)
     return type(exc).__name__
+
+
+def _header(req: AsyncBoltRequest, name: str) -> str | None:
+    values = req.headers.get(name)
+    return str(values[0]) if values else None
 
 
 def _is_dm(event: dict[str, Any]) -> bool:

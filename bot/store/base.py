@@ -201,6 +201,15 @@ class Store(Protocol):
         """True for the first caller per scope and period: the one that posts the soft-cap warning."""
         ...
 
+    async def claim_request(self, request_id: str, expires_at: float) -> bool:
+        """Claim a signed platform request, so that the same bytes sent again are not acted on twice.
+
+        True the first time ``request_id`` (e.g. a request signature) is seen, False while it is remembered, which is
+        until ``expires_at`` (epoch seconds), after which the platform refuses the request as stale anyway. Claims
+        past their time are deleted as new ones come. Replicas sharing a database share the claims.
+        """
+        ...
+
     async def channel_settings(self, key: ConversationKey) -> ChannelSettings: ...
 
     async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None: ...

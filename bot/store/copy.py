@@ -45,7 +45,8 @@ class _Table:
         return convert
 
 
-#: Parents before children, so the foreign keys hold at every step.
+#: Parents before children, so the foreign keys hold at every step. ``seen_requests`` is not copied: its rows
+#: expire within minutes of the request (a signature is good for five), and a copy is made with the bot stopped.
 TABLES = (
     _Table("conversations", ("id", "key", "platform", "workspace", "channel", "thread", "created_at"), serial="id"),
     _Table(

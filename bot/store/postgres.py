@@ -34,7 +34,8 @@ from bot.store.base import (
 log = logging.getLogger(__name__)
 
 #: Each entry moves the schema one version up; the ``schema_version`` table records how far a database is.
-#: Versions 1 and 2 hold the same tables as SQLite's; version 3 adds what only replicas need.
+#: Versions 1 and 2 hold the same tables as SQLite's; version 3 adds what only replicas need; versions 4 and 5 are
+#: SQLite's 3 and 4.
 MIGRATIONS: Sequence[Sequence[str]] = (
     (
         """CREATE TABLE conversations (
@@ -135,6 +136,15 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         # With the token counts in the index, loading a turn's context finds where it starts from the index alone.
         "CREATE INDEX messages_by_conversation_tokens ON messages (conversation_id, id, tokens)",
         "DROP INDEX messages_by_conversation",
+    ),
+    (
+        # Signed requests already acted on, for as long as their signature stays valid: a replay is refused, by
+        # whichever replica it reaches.
+        """CREATE TABLE seen_requests (
+            request_id TEXT PRIMARY KEY,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX seen_requests_by_expiry ON seen_requests (expires_at)",
     ),
 )
 
@@ -381,6 +391,20 @@ class PostgresStore:
                 period_start,
             )
         return _count(status) == 1
+
+    async def claim_request(self, request_id: str, expires_at: float) -> bool:
+        # One round trip: the expired rows go in the same statement. The primary key decides between replicas
+        # claiming the same request at once: one insert wins, the other finds the conflict.
+        async with self._pool.acquire() as conn:
+            claimed = await conn.fetchval(
+                "WITH expired AS (DELETE FROM seen_requests WHERE expires_at < $3) "
+                "INSERT INTO seen_requests (request_id, expires_at) VALUES ($1, $2) "
+                "ON CONFLICT (request_id) DO NOTHING RETURNING true",
+                request_id,
+                expires_at,
+                time.time(),
+            )
+        return bool(claimed)
 
     async def channel_settings(self, key: ConversationKey) -> ChannelSettings:
         # Not cached, unlike SQLite: another replica may have changed them.

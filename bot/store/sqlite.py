@@ -107,6 +107,14 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX messages_by_conversation_tokens ON messages (conversation_id, id, tokens)",
         "DROP INDEX messages_by_conversation",
     ),
+    (
+        # Signed requests already acted on, for as long as their signature stays valid: a replay is refused.
+        """CREATE TABLE seen_requests (
+            request_id TEXT PRIMARY KEY,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX seen_requests_by_expiry ON seen_requests (expires_at)",
+    ),
 )
 
 _INSERT_USAGE = f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})"
@@ -307,6 +315,18 @@ class SQLiteStore:
     async def claim_warning(self, scope: str, period_start: float) -> bool:
         statement = "INSERT INTO budget_warnings (scope, period_start) VALUES (?, ?) ON CONFLICT DO NOTHING"
         return await self._writer.transaction(lambda db: db.execute(statement, (scope, period_start)).rowcount == 1)
+
+    async def claim_request(self, request_id: str, expires_at: float) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            # The expired rows go in the same transaction: the index on expires_at makes it a short range delete.
+            db.execute("DELETE FROM seen_requests WHERE expires_at < ?", (time.time(),))
+            cur = db.execute(
+                "INSERT INTO seen_requests (request_id, expires_at) VALUES (?, ?) ON CONFLICT (request_id) DO NOTHING",
+                (request_id, expires_at),
+            )
+            return cur.rowcount == 1
+
+        return await self._writer.transaction(work)
 
     async def channel_settings(self, key: ConversationKey) -> ChannelSettings:
         # Read on every turn and changed by hand: a cache that this process's own writes keep fresh.

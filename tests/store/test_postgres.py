@@ -6,6 +6,7 @@ Each "replica" here is a store of its own with its own pool and lock connection,
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -155,3 +156,13 @@ async def test_rate_buckets_are_shared_by_replicas(replicas: tuple[Store, Store]
     waits = [await store.take_token("user:slack:T1:U1", 3, per_second) for store in (first, second, first, second)]
     assert waits[:3] == [0, 0, 0]
     assert 19 < waits[3] <= 20
+
+
+async def test_a_request_claimed_by_one_replica_is_a_replay_for_the_other(replicas: tuple[Store, Store]) -> None:
+    first, second = replicas
+    expires = time.time() + 360
+    assert await first.claim_request("slack:v0=abc", expires)
+    assert not await second.claim_request("slack:v0=abc", expires)
+    # Both at once, on a request neither has seen: exactly one wins.
+    results = await asyncio.gather(*(s.claim_request("slack:v0=def", expires) for s in (first, second) * 5))
+    assert results.count(True) == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -347,3 +348,23 @@ async def test_the_conversation_lock_can_be_taken_again_once_released(store: Sto
     for _ in range(3):
         async with store.conversation_lock(A), store.conversation_lock(B):
             pass
+
+
+async def test_a_request_is_claimed_once_until_it_expires(store: Store) -> None:
+    now = time.time()
+    assert await store.claim_request("slack:v0=aaa", now + 360)
+    assert not await store.claim_request("slack:v0=aaa", now + 360)  # the same bytes again: a replay
+    assert await store.claim_request("slack:v0=bbb", now + 360)  # another request
+    # A claim past its time is forgotten when the next one comes (the platform refuses such a request anyway).
+    assert await store.claim_request("slack:v0=old", now - 1)
+    assert await store.claim_request("slack:v0=ccc", now + 360)
+    assert sorted(r[0] for r in await rows(store, "SELECT request_id FROM seen_requests")) == [
+        "slack:v0=aaa",
+        "slack:v0=bbb",
+        "slack:v0=ccc",
+    ]
+
+
+async def test_concurrent_claims_of_one_request_only_one_wins(store: Store) -> None:
+    results = await asyncio.gather(*(store.claim_request("slack:v0=same", time.time() + 360) for _ in range(20)))
+    assert results.count(True) == 1

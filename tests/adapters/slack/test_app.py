@@ -73,7 +73,7 @@ class Slack:
         await self.fake.wait_for(lambda: len(self.fake.posted) >= n and not any(m.streaming for m in self.fake.posted))
 
 
-def settings_for(fake: FakeSlack, model: FakeOpenAI, db: Path, **overrides: Any) -> Settings:
+def settings_for(fake: FakeSlack, model: FakeOpenAI, db: Path | str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "openai_base_url": model.base_url,
         "openai_model": "fake-model",
@@ -586,3 +586,66 @@ async def test_a_network_failure_of_users_info_still_gets_an_answer(
     assert slack.model.calls == 1
     assert "users.info for U1 failed" in caplog.text
 
+
+def signed_command(slack: Slack, command: str, rid: str, *, timestamp: int) -> tuple[str, dict[str, str]]:
+    """A slash command's form body and headers as Slack signs them at ``timestamp``: the exact bytes to replay."""
+    body = form_body(slash_command_form(command, response_url=slack.fake.response_url(rid)))
+    return body, {"Content-Type": "application/x-www-form-urlencoded", **signed_headers(SECRET, body, timestamp)}
+
+
+async def test_a_replayed_slash_command_is_refused(slack: Slack, caplog: pytest.LogCaptureFixture) -> None:
+    await slack.event(mention("<@UBOT> remember me", ts="1.1"))
+    await slack.wait_posts(1)
+    body, headers = signed_command(slack, "/reset", "r1", timestamp=int(time.time()))
+    assert (await slack.http.post(slack.events_url, content=body, headers=headers)).status_code == 200
+    await slack.fake.wait_for(lambda: len(slack.fake.responses) == 1)
+    await slack.event(mention("<@UBOT> said after the reset", ts="1.2"))
+    await slack.wait_posts(2)
+    # The same bytes again, well within the five minutes the signature is good for: refused before any listener.
+    replay = await slack.http.post(slack.events_url, content=body, headers=headers)
+    assert replay.status_code == 401 and replay.headers["X-Slack-No-Retry"] == "1"
+    assert "refused a replayed Slack request" in caplog.text
+    # Someone typing /reset again is a new request (Slack signs it anew): it runs.
+    body, headers = signed_command(slack, "/reset", "r2", timestamp=int(time.time()) - 1)
+    assert (await slack.http.post(slack.events_url, content=body, headers=headers)).status_code == 200
+    await slack.fake.wait_for(lambda: any(r["rid"] == "r2" for r in slack.fake.responses))
+    assert [r["rid"] for r in slack.fake.responses] == ["r1", "r2"]  # the replay did not reset a second time
+    assert slack.fake.responses[1]["text"] == texts.RESET_DONE.format(count=2, s="s")  # the message and its reply
+    assert [role for role, _ in stored(slack)] == []
+
+
+async def test_the_same_signed_event_twice_is_acked_and_answered_once(slack: Slack) -> None:
+    # Events are left to the message-id check: a repeat is acknowledged (so Slack stops retrying it) and
+    # recognised as answered, at no extra database write per mention.
+    envelope = event_envelope(mention("<@UBOT> once", ts="1.1"), event_id="EvSame")
+    now = int(time.time())
+    assert (await slack.send(envelope, timestamp=now)).status_code == 200
+    assert (await slack.send(envelope, timestamp=now, retry=1)).status_code == 200
+    await slack.wait_posts(1)
+    await slack.fake.wait_for(lambda: duplicates(slack.adapter._core) == 1)
+    assert slack.model.calls == 1
+
+
+async def test_a_slash_command_replayed_to_another_replica_is_refused(
+    fake: FakeSlack, model: FakeOpenAI, postgres_url: str
+) -> None:
+    settings = settings_for(fake, model, postgres_url)
+    async with (
+        open_core(settings) as first_core,
+        open_core(settings) as second_core,
+        httpx.AsyncClient() as http,
+    ):
+        first, second = SlackAdapter(first_core, settings), SlackAdapter(second_core, settings)
+        await first.start()
+        await second.start()
+        try:
+            one = Slack(fake, model, first, http)
+            body, headers = signed_command(one, "/usage", "r1", timestamp=int(time.time()))
+            assert (await http.post(one.events_url, content=body, headers=headers)).status_code == 200
+            await fake.wait_for(lambda: len(fake.responses) == 1)
+            other = Slack(fake, model, second, http)
+            assert (await http.post(other.events_url, content=body, headers=headers)).status_code == 401
+            assert len(fake.responses) == 1
+        finally:
+            await first.stop()
+            await second.stop()
