@@ -431,24 +431,30 @@ class SlackAdapter:
         user = str(command.get("user_id") or "")
         name = self._command_names.get(str(command.get("command")), "")
         channel = str(command["channel_id"])
+        needs_admin = name in ("system", "model") and bool(str(command.get("text") or "").strip())
+        command_id = f"slack:{team}:{channel}:command:{command.get('trigger_id') or '-'}"
+        key = ConversationKey("slack", team, channel)  # until its thread is known
+        with logcontext.turn(str(key), command_id):
+            # The one top-level handler for a command: a bug is logged with its traceback, and the person who
+            # typed it hears a short apology instead of Slack's "failed with the error operation_timeout".
+            try:
+                key = await self._command_key(command, team, channel, user)
+                with logcontext.turn(str(key), command_id):
+                    admin = needs_admin and await self._is_admin(user, team)
+                    ctx = CommandContext(key, user, platform_admin=admin, admins=texts.ADMINS_SLACK)
+                    answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
+            except Exception:
+                log.exception("the command %s in %s failed", command.get("command"), key)
+                answer = texts.APOLOGY
+            await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
+
+    async def _command_key(self, command: dict[str, Any], team: str, channel: str, user: str) -> ConversationKey:
         # In the assistant pane a command is about the thread in view, the one the person last used there: known
         # here since they wrote, else (after a restart, on another replica) the one the history says.
         thread = command.get("thread_ts") or self._assistant_threads.get((team, channel, user))
         if thread is None and channel.startswith("D"):
             thread = await self._core.store.last_thread(ConversationKey("slack", team, channel), user)
-        key = ConversationKey("slack", team, channel, str(thread) if thread else None)
-        needs_admin = name in ("system", "model") and bool(str(command.get("text") or "").strip())
-        with logcontext.turn(str(key), f"slack:{team}:{channel}:command:{command.get('trigger_id') or '-'}"):
-            # The one top-level handler for a command: a bug is logged with its traceback, and the person who
-            # typed it hears a short apology instead of Slack's "failed with the error operation_timeout".
-            try:
-                admin = needs_admin and await self._is_admin(user, team)
-                ctx = CommandContext(key, user, platform_admin=admin, admins=texts.ADMINS_SLACK)
-                answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
-            except Exception:
-                log.exception("the command %s in %s failed", command.get("command"), key)
-                answer = texts.APOLOGY
-            await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
+        return ConversationKey("slack", team, channel, str(thread) if thread else None)
 
     async def _is_admin(self, user_id: str, team: str) -> bool:
         """Is ``user_id`` an admin or owner of the workspace ``team`` the command was typed in?"""

@@ -649,3 +649,11 @@ async def test_a_slash_command_replayed_to_another_replica_is_refused(
         finally:
             await first.stop()
             await second.stop()
+
+
+async def test_a_command_in_a_dm_gets_an_apology_when_its_thread_cannot_be_looked_up(slack: Slack) -> None:
+    # In a DM the command's thread comes from the stored history, read after the ack: a failure there is answered.
+    with sqlite3.connect(slack.db) as db:
+        db.execute("DROP TABLE messages")
+    answer = await slash(slack, "/reset", channel_id="D1", rid="d1")
+    assert answer["text"] == markdown_to_mrkdwn(texts.APOLOGY) and answer["response_type"] == "ephemeral"
