@@ -162,19 +162,12 @@ class ConversationCore:
             # The provider bills an empty answer like any other: it goes in the ledger even with no reply to keep.
             log.warning("conversation %s: the model returned an empty completion", msg.key)
             if ledger is not None:
-                await self.store.add_usage(ledger)
+                await self._record_cost(ledger)
             return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
-        await self.store.add_reply(
-            msg.key,
-            completion.text,
-            self._reply_tokens(completion),
-            reply_to=row,
-            usage=usage,
-            model=completion.model,
-            complete=True,
-            ledger=ledger,
+        unsaved = await self._store_reply(
+            msg, completion.text, self._reply_tokens(completion), row, usage, completion.model, True, ledger
         )
-        notice = await self._notice(ledger)
+        notice = _join(unsaved, await self._notice(ledger))
         log.info(
             "answered %s in %s via %s (%d+%d tokens)",
             msg.message_id,
@@ -272,18 +265,45 @@ class ConversationCore:
         text = exc.partial + texts.INTERRUPTED_MARK.format(reason=reason.rstrip("."))
         usage = self._estimate_usage(prompt, exc.partial)
         ledger = self._charge(msg, model, usage)
-        await self.store.add_reply(
-            msg.key,
-            text,
-            self._counter.count_message(text),
-            reply_to=row,
-            usage=usage,
-            model=None,
-            complete=False,
-            ledger=ledger,
-        )
-        notice = await self._notice(ledger)
+        unsaved = await self._store_reply(msg, text, self._counter.count_message(text), row, usage, None, False, ledger)
+        notice = _join(unsaved, await self._notice(ledger))
         return Reply(ReplyKind.PARTIAL, text, usage, notice=notice)
+
+    async def _store_reply(
+        self,
+        msg: IncomingMessage,
+        text: str,
+        tokens: int,
+        row: int,
+        usage: Usage,
+        model: str | None,
+        complete: bool,
+        ledger: UsageRecord | None,
+    ) -> str | None:
+        """Keep the reply and its ledger entry; None, or a notice for people when the reply could not be kept.
+
+        The person has the answer already (it streamed, or is about to be posted): a database that refuses to keep
+        it (a full disk, a read-only file, a lost server) costs the bot its memory of it, never the answer itself,
+        and never the ledger entry the provider's bill matches.
+        """
+        try:
+            await self.store.add_reply(
+                msg.key, text, tokens, reply_to=row, usage=usage, model=model, complete=complete, ledger=ledger
+            )
+            return None
+        except errors.StoreError as exc:
+            log.error("conversation %s: the reply to %s could not be stored: %s", msg.key, msg.message_id, exc)
+        if ledger is not None:
+            await self._record_cost(ledger)
+        return texts.REPLY_NOT_SAVED
+
+    async def _record_cost(self, ledger: UsageRecord) -> None:
+        """The ledger entry in a transaction of its own: a row this small fits where a long reply did not."""
+        try:
+            await self.store.add_usage(ledger)
+        except errors.StoreError as exc:
+            # The last place the cost can go: the log, for whoever reconciles the provider's bill.
+            log.error("the ledger entry could not be stored either (%s): %s", exc, ledger)
 
     def _system_message(self, override: str | None = None) -> ChatMessage:
         return {"role": "system", "content": f"{override or self.settings.system_prompt}\n\n{SPEAKER_NOTE}"}
@@ -302,6 +322,10 @@ def _to_chat(message: StoredMessage) -> ChatMessage:
     if message.role == "user":
         return {"role": "user", "content": f"{message.author_name or 'someone'}: {message.content}"}
     return {"role": "assistant", "content": message.content}
+
+
+def _join(*notices: str | None) -> str | None:
+    return "\n\n".join(n for n in notices if n) or None
 
 
 def _with_text(msg: IncomingMessage, text: str) -> IncomingMessage:

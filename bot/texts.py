@@ -33,6 +33,7 @@ MALFORMED = "The AI service sent an answer I could not read, try again."
 EMPTY_COMPLETION = "The model returned an empty answer. Try rephrasing the question."
 MESSAGE_CUT = "Your message was too long for me, so I read only its first part (about {tokens:,} tokens)."
 INTERRUPTED_MARK = "\n\n_[The answer was cut off: {reason}]_"
+REPLY_NOT_SAVED = "I could not save this answer (a problem with my storage), so I will not remember it later."
 
 RESET_DONE = "Forgot {count} message{s} of this conversation. The next mention starts fresh."
 

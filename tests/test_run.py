@@ -185,3 +185,26 @@ async def test_readiness_fails_while_the_database_does_not_answer(fakes, tmp_pat
         await admin.close()
         bot.proc.send_signal(signal.SIGTERM)
         await bot.wait()
+
+
+async def test_readiness_fails_while_the_database_refuses_writes(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    db = tmp_path / "teambot.db"
+    bot = await start_bot(fake, slack, db, http)
+    try:
+        assert (await http.get(f"{bot.url}/readyz")).status_code == 200
+        # The file still answers every read, but no longer takes the write each turn begins with. (A trigger binds
+        # root too, unlike a file's permissions; the tests may run as root.)
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON handled_messages BEGIN SELECT RAISE(FAIL, 'disk full'); END"
+            )
+        down = await http.get(f"{bot.url}/readyz")
+        assert down.status_code == 503 and down.json() == {"database": False, "slack": True}
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER refuse")
+            assert conn.execute("SELECT count(*) FROM handled_messages").fetchone() == (0,)  # probes keep nothing
+        assert (await http.get(f"{bot.url}/readyz")).status_code == 200
+    finally:
+        bot.proc.send_signal(signal.SIGTERM)
+        assert await bot.wait() == 0

@@ -66,7 +66,8 @@ class SQLiteWriter:
         try:
             self._conn.execute(statement, args)
         finally:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
 
     def _run(self, work: Work[T]) -> T:
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads then writes can fail with
@@ -75,7 +76,10 @@ class SQLiteWriter:
         try:
             result = work(self._conn)
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            # Some errors (a full disk, SQLITE_FULL) roll the transaction back themselves: a second ROLLBACK would
+            # raise "no transaction is active" in place of the error that says what went wrong.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
         return result

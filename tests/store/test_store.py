@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store import ChannelSettings, Store, UsageRecord, UsageScope, UsageTotal, open_store
 from bot.store.postgres import PostgresStore
@@ -379,6 +379,34 @@ async def test_an_abandoned_turn_leaves_its_id_free_and_its_cost_in_the_ledger(s
     assert await store.count_messages(A) == 0
     assert await store.usage_since(UsageScope("slack", "T1"), 0) == UsageTotal(1, 107, 0.5)
     assert await store.begin_turn(incoming(A, 1), 10) is not None  # asked again (or redelivered): answered
+
+
+async def test_a_refused_reply_is_a_store_error_and_the_ledger_entry_still_fits(store: Store) -> None:
+    row = await store.begin_turn(incoming(A, 1), 10)
+    assert row is not None
+    if isinstance(store, SQLiteStore):
+        await execute(
+            store,
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.role = 'assistant' "
+            "BEGIN SELECT RAISE(FAIL, 'disk full'); END",
+        )
+    else:
+        await execute(
+            store,
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk full' USING ERRCODE = 'disk_full'; END $$",
+        )
+        await execute(
+            store,
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW WHEN (NEW.role = 'assistant') "
+            "EXECUTE FUNCTION refuse()",
+        )
+    cost = UsageRecord(time.time(), A, "U1", "m", 100, 7, True, 0.5, True)
+    with pytest.raises(StoreError, match="disk full"):
+        await store.add_reply(A, "a long answer", 5, reply_to=row, usage=None, model="m", complete=True, ledger=cost)
+    assert await store.usage_since(UsageScope("slack", "T1"), 0) == UsageTotal()  # one transaction: nothing kept
+    await store.add_usage(cost)
+    assert await store.usage_since(UsageScope("slack", "T1"), 0) == UsageTotal(1, 107, 0.5)
 
 
 async def test_readiness_writes_and_keeps_nothing(store: Store) -> None:
