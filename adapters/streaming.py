@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from adapters.text_split import split_message
 from bot import texts
@@ -20,6 +20,11 @@ from bot.messages import IncomingMessage
 log = logging.getLogger(__name__)
 
 H = TypeVar("H")
+
+#: Once the drain deadline has passed, how long a reply cut off by the shutdown gets to show it was cut off.
+CUT_OFF_SECONDS = 2.0
+#: How long the adapters wait for their cancelled turns to do that (and the core to release their messages).
+CANCEL_GRACE_SECONDS = 2 * CUT_OFF_SECONDS + 1.0
 
 
 class MessageSink(Protocol[H]):
@@ -32,6 +37,11 @@ class MessageSink(Protocol[H]):
 
 class ReplyStream(Protocol):
     """How one reply reaches the platform as it is written: pieces in, then the whole text, or nothing."""
+
+    @property
+    def text_so_far(self) -> str:
+        """Every piece fed so far, joined."""
+        ...
 
     async def feed(self, piece: str) -> None: ...
 
@@ -171,6 +181,11 @@ async def deliver(
             await reply_stream.cancel()
         if reply.notice:
             await sink.post(render(reply.notice))
+    except asyncio.CancelledError:
+        # The process is stopping and the drain deadline has passed. A reply left as it is would read as complete
+        # (an edited message) or as still being written (a native stream, until the platform times it out).
+        await _show_cut_off(reply_stream, msg)
+        raise
     except Exception:
         log.exception("answering %s in %s failed", msg.message_id, msg.key)
         await reply_stream.cancel()
@@ -179,3 +194,37 @@ async def deliver(
         except Exception:
             log.exception("could not post the apology for %s in %s either", msg.message_id, msg.key)
     return reply_stream
+
+
+async def _show_cut_off(reply_stream: ReplyStream, msg: IncomingMessage) -> None:
+    """End the reply with the cut-off mark, in :data:`CUT_OFF_SECONDS` at most: the process is going away."""
+    mark = texts.INTERRUPTED_MARK.format(reason=texts.STOPPING)
+    shown = reply_stream.text_so_far
+    try:
+        async with asyncio.timeout(CUT_OFF_SECONDS):
+            await reply_stream.finish(shown + mark if shown.strip() else mark.strip())
+        log.info("the reply to %s in %s was cut off by the shutdown and marked so", msg.message_id, msg.key)
+    except TimeoutError:
+        log.warning("could not mark the reply to %s in %s as cut off in time", msg.message_id, msg.key)
+    except Exception:
+        log.warning("could not mark the reply to %s in %s as cut off", msg.message_id, msg.key, exc_info=True)
+
+
+async def drain(turns: set[asyncio.Task[Any]], deadline: float) -> None:
+    """Let the turns under way finish, up to ``deadline`` seconds; then cancel the rest and give them a moment
+    (:data:`CANCEL_GRACE_SECONDS`) to mark their replies cut off and release their messages for another try.
+
+    Each adapter's ``stop`` calls it while its platform client is still open, so those last calls can go out.
+    """
+    if not turns:
+        return
+    log.info("waiting for %d replies in progress", len(turns))
+    _, pending = await asyncio.wait(set(turns), timeout=deadline)
+    if not pending:
+        return
+    log.warning("%d replies still in progress at the drain deadline: cutting them off", len(pending))
+    for task in pending:
+        task.cancel()
+    _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_SECONDS)
+    if stuck:
+        log.warning("%d cut-off replies did not finish within %.0f s", len(stuck), CANCEL_GRACE_SECONDS)

@@ -52,6 +52,18 @@ class KeyedLocks:
                 self._entries[key] = (lock, users - 1)
 
 
+#: How long a turn cut off by the shutdown may take to release its message in the store.
+ABANDON_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far a turn's model call got: the prompt of the request under way, and the text it streamed."""
+
+    prompt: list[ChatMessage] | None = None
+    text: list[str] = dataclasses.field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class TurnSettings:
     system_prompt: str
@@ -145,13 +157,17 @@ class ConversationCore:
             await self.store.forget_message(row)
             return Reply(ReplyKind.REFUSED, refusal)
 
+        progress = _Progress()
         try:
             async with self.guards.gate.slot():
-                result = await self._call_model(msg, row, system, model, content, new_tokens, on_text)
+                result = await self._call_model(msg, row, system, model, content, new_tokens, on_text, progress)
         except Busy as exc:
             log.warning("conversation %s: %s", msg.key, exc)
             await self.store.forget_message(row)
             return Reply(ReplyKind.REFUSED, exc.user_message)
+        except asyncio.CancelledError:
+            await self._abandon(msg, row, model, progress)
+            raise
         if isinstance(result, Reply):
             return result
         completion, prompt = result
@@ -162,19 +178,12 @@ class ConversationCore:
             # The provider bills an empty answer like any other: it goes in the ledger even with no reply to keep.
             log.warning("conversation %s: the model returned an empty completion", msg.key)
             if ledger is not None:
-                await self.store.add_usage(ledger)
+                await self._record_cost(ledger)
             return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
-        await self.store.add_reply(
-            msg.key,
-            completion.text,
-            self._reply_tokens(completion),
-            reply_to=row,
-            usage=usage,
-            model=completion.model,
-            complete=True,
-            ledger=ledger,
+        unsaved = await self._store_reply(
+            msg, completion.text, self._reply_tokens(completion), row, usage, completion.model, True, ledger
         )
-        notice = await self._notice(ledger)
+        notice = _join(unsaved, await self._notice(ledger))
         log.info(
             "answered %s in %s via %s (%d+%d tokens)",
             msg.message_id,
@@ -203,8 +212,12 @@ class ConversationCore:
         content: str,
         new_tokens: int,
         on_text: OnText | None,
+        progress: _Progress,
     ) -> tuple[Completion, list[ChatMessage]] | Reply:
-        """The model's completion and the prompt it answered, or the Reply that explains why there is none."""
+        """The model's completion and the prompt it answered, or the Reply that explains why there is none.
+
+        ``progress`` follows the request under way, for a turn cut off in the middle of it.
+        """
         system_tokens = self._count_system(system["content"])
         budget = self.settings.history_tokens
         streaming = on_text is not None and self.settings.stream
@@ -216,6 +229,7 @@ class ConversationCore:
                 first_text.append(time.monotonic())
                 self.metrics.first_token.observe(first_text[0] - started)
             assert on_text is not None
+            progress.text.append(piece)
             await on_text(piece)
 
         for attempt in (1, 2):
@@ -223,6 +237,7 @@ class ConversationCore:
             history = await self.store.load_history(msg.key, history_budget, before=row)
             prompt = [system, *map(_to_chat, history), {"role": "user", "content": content}]
             log.debug("prompt for %s: %s", msg.key, prompt)
+            progress.prompt, progress.text = prompt, []
             try:
                 if streaming:
                     completion = await self._llm.stream(prompt, timed, model=model)
@@ -272,18 +287,68 @@ class ConversationCore:
         text = exc.partial + texts.INTERRUPTED_MARK.format(reason=reason.rstrip("."))
         usage = self._estimate_usage(prompt, exc.partial)
         ledger = self._charge(msg, model, usage)
-        await self.store.add_reply(
-            msg.key,
-            text,
-            self._counter.count_message(text),
-            reply_to=row,
-            usage=usage,
-            model=None,
-            complete=False,
-            ledger=ledger,
-        )
-        notice = await self._notice(ledger)
+        unsaved = await self._store_reply(msg, text, self._counter.count_message(text), row, usage, None, False, ledger)
+        notice = _join(unsaved, await self._notice(ledger))
         return Reply(ReplyKind.PARTIAL, text, usage, notice=notice)
+
+    async def _abandon(self, msg: IncomingMessage, row: int, model: str | None, progress: _Progress) -> None:
+        """The turn is being cancelled (the process stops past its drain deadline) before its reply was stored.
+
+        Its message is deleted and its id released, so the message is answered if the platform delivers it
+        again, and asking again starts from a history without a question left hanging; the adapter marks the
+        text already shown as cut off. A request that went out is charged (an estimate): the provider bills
+        what it generated. Bounded by a short timeout: the process is going away.
+        """
+        ledger = None
+        if progress.prompt is not None:
+            ledger = self._charge(msg, model, self._estimate_usage(progress.prompt, "".join(progress.text)))
+        try:
+            async with asyncio.timeout(ABANDON_SECONDS):
+                await self.store.abandon_turn(row, msg.message_id, ledger)
+        except (TimeoutError, errors.StoreError) as exc:
+            log.warning("the cut-off turn %s in %s could not be released: %s", msg.message_id, msg.key, exc)
+            return
+        log.info(
+            "the turn %s in %s was cut off by the shutdown; its message will be answered if sent again",
+            msg.message_id,
+            msg.key,
+        )
+
+    async def _store_reply(
+        self,
+        msg: IncomingMessage,
+        text: str,
+        tokens: int,
+        row: int,
+        usage: Usage,
+        model: str | None,
+        complete: bool,
+        ledger: UsageRecord | None,
+    ) -> str | None:
+        """Keep the reply and its ledger entry; None, or a notice for people when the reply could not be kept.
+
+        The person has the answer already (it streamed, or is about to be posted): a database that refuses to keep
+        it (a full disk, a read-only file, a lost server) costs the bot its memory of it, never the answer itself,
+        and never the ledger entry the provider's bill matches.
+        """
+        try:
+            await self.store.add_reply(
+                msg.key, text, tokens, reply_to=row, usage=usage, model=model, complete=complete, ledger=ledger
+            )
+            return None
+        except errors.StoreError as exc:
+            log.error("conversation %s: the reply to %s could not be stored: %s", msg.key, msg.message_id, exc)
+        if ledger is not None:
+            await self._record_cost(ledger)
+        return texts.REPLY_NOT_SAVED
+
+    async def _record_cost(self, ledger: UsageRecord) -> None:
+        """The ledger entry in a transaction of its own: a row this small fits where a long reply did not."""
+        try:
+            await self.store.add_usage(ledger)
+        except errors.StoreError as exc:
+            # The last place the cost can go: the log, for whoever reconciles the provider's bill.
+            log.error("the ledger entry could not be stored either (%s): %s", exc, ledger)
 
     def _system_message(self, override: str | None = None) -> ChatMessage:
         return {"role": "system", "content": f"{override or self.settings.system_prompt}\n\n{SPEAKER_NOTE}"}
@@ -302,6 +367,10 @@ def _to_chat(message: StoredMessage) -> ChatMessage:
     if message.role == "user":
         return {"role": "user", "content": f"{message.author_name or 'someone'}: {message.content}"}
     return {"role": "assistant", "content": message.content}
+
+
+def _join(*notices: str | None) -> str | None:
+    return "\n\n".join(n for n in notices if n) or None
 
 
 def _with_text(msg: IncomingMessage, text: str) -> IncomingMessage:

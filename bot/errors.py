@@ -2,6 +2,7 @@
 
     TeambotError                  base; ``user_message`` is safe to show in a channel
     ├── ConfigError               a setting is missing or invalid (start-up only)
+    ├── StoreError                the database refused a write the turn needed (disk full, read-only, gone)
     └── LLMError                  the model call failed; ``retryable`` says whether trying again may help
         ├── RateLimited           429 rate limit (``retry_after`` seconds, when the server said)
         ├── QuotaExhausted        429 insufficient_quota / 402 no credit: waiting will not help
@@ -38,6 +39,10 @@ class TeambotError(Exception):
 
 class ConfigError(TeambotError):
     """A setting is missing or invalid; the CLI prints it as one line and exits."""
+
+
+class StoreError(TeambotError):
+    """The database refused a write (disk full, read-only, connection lost); the engine's error is the cause."""
 
 
 class LLMError(TeambotError):

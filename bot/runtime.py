@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -25,6 +27,11 @@ from bot.guards import (
 )
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, TokenCounter, model_http_client
 from bot.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+#: How often handled message ids past their retention (and idle rate buckets) are purged while the bot runs.
+PURGE_INTERVAL_S = 3600.0
 
 
 def endpoints(settings: Settings) -> tuple[Endpoint, Endpoint | None]:
@@ -83,11 +90,28 @@ def commands(settings: Settings, core: ConversationCore) -> Commands:
     return Commands(core, CommandPolicy(settings.admin_users, settings.models))
 
 
+async def purge_periodically(store: Store, interval: float) -> None:
+    """Purge what the store keeps only for a while, every ``interval`` seconds, for as long as the bot runs: a
+    process that stays up for months must not keep every message id it ever handled."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            purged = await store.purge_expired()
+        except Exception:
+            # The database may be away for a while (readiness says so); the next round tries again.
+            log.warning("purging expired message ids failed; trying again in %.0f s", interval, exc_info=True)
+            continue
+        log.debug("purged %d expired message ids", purged)
+
+
 @contextlib.asynccontextmanager
-async def open_core(settings: Settings, counter: TokenCounter | None = None) -> AsyncIterator[ConversationCore]:
-    """The core and everything it owns, closed again on exit."""
+async def open_core(
+    settings: Settings, counter: TokenCounter | None = None, *, purge_interval: float = PURGE_INTERVAL_S
+) -> AsyncIterator[ConversationCore]:
+    """The core and everything it owns (the store, its periodic purge, the model's HTTP client), closed on exit."""
     settings.require_model_access()
     store = await open_store(settings.db, pool_size=settings.db_pool_size)
+    purger = asyncio.create_task(purge_periodically(store, purge_interval), name="teambot-purge")
     try:
         timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
         async with model_http_client(timeout) as http:
@@ -102,4 +126,6 @@ async def open_core(settings: Settings, counter: TokenCounter | None = None) -> 
             turn = TurnSettings(settings.system_prompt, settings.history_tokens, settings.stream)
             yield ConversationCore(store, llm, counter or TokenCounter.load(), turn, guards(settings, store))
     finally:
+        purger.cancel()
+        await asyncio.gather(purger, return_exceptions=True)
         await store.close()

@@ -33,6 +33,9 @@ MALFORMED = "The AI service sent an answer I could not read, try again."
 EMPTY_COMPLETION = "The model returned an empty answer. Try rephrasing the question."
 MESSAGE_CUT = "Your message was too long for me, so I read only its first part (about {tokens:,} tokens)."
 INTERRUPTED_MARK = "\n\n_[The answer was cut off: {reason}]_"
+#: The reason in INTERRUPTED_MARK when the bot is stopping (a restart, a deploy) in the middle of a reply.
+STOPPING = "I had to stop (a restart); ask me again in a minute"
+REPLY_NOT_SAVED = "I could not save this answer (a problem with my storage), so I will not remember it later."
 
 RESET_DONE = "Forgot {count} message{s} of this conversation. The next mention starts fresh."
 

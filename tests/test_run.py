@@ -159,24 +159,55 @@ async def test_sigterm_lets_the_reply_in_progress_finish(fakes, tmp_path: Path) 
     assert any("letting replies in progress finish" in line for line in bot.stderr)
 
 
-async def test_sigterm_stops_at_the_drain_deadline_and_leaves_the_database_consistent(fakes, tmp_path: Path) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native-stream", "post-and-edit"])
+async def test_sigterm_past_the_drain_deadline_marks_the_reply_cut_off_and_frees_the_question(
+    fakes, tmp_path: Path, native: bool
+) -> None:
     fake, slack, http = fakes
     fake.chunk_delay = 0.2
     words = " ".join(f"w{i}" for i in range(50))  # about ten seconds of streaming, far past the deadline
     db = tmp_path / "teambot.db"
-    bot = await start_bot(fake, slack, db, http, env={"TEAMBOT_DRAIN_SECONDS": "0.5"})
-    await bot.send(http, event_envelope(mention(f"<@UBOT> {words}", ts="1.1")))
+    env = {"TEAMBOT_DRAIN_SECONDS": "0.5", "TEAMBOT_SLACK_NATIVE_STREAMING": str(native).lower()}
+    envelope = event_envelope(mention(f"<@UBOT> {words}", ts="1.1"), event_id="Ev1")
+    bot = await start_bot(fake, slack, db, http, env=env)
+    await bot.send(http, envelope)
     await slack.wait_for(lambda: bool(slack.posted), 15)
     started = time.monotonic()
     bot.proc.send_signal(signal.SIGTERM)
     assert await bot.wait() == 0
-    assert time.monotonic() - started < 0.5 + 3.0  # the deadline, plus closing the adapters and the database
-    assert fake.calls == 1 and slack.message_text(slack.posted[0].channel, slack.posted[0].ts) != f"echo: Ada: {words}"
+    assert time.monotonic() - started < 0.5 + 3.0  # the deadline, plus marking the reply and closing down
+    assert fake.calls == 1
+    [reply] = slack.posted
+    # What the person sees: the text that had streamed, then the mark, and no message left "still writing".
+    assert reply.text.startswith("echo: Ada: w0") and reply.text != f"echo: Ada: {words}"
+    assert reply.text.endswith(texts.STOPPING + "]_"), reply.text
+    if native:
+        assert not reply.streaming and texts.STOPPING in slack.calls_to("chat.stopStream")[-1]["markdown_text"]
+    else:
+        assert texts.STOPPING in slack.calls_to("chat.update")[-1]["text"]
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         rows = conn.execute("SELECT role, platform_message_id FROM messages ORDER BY id").fetchall()
         handled = conn.execute("SELECT count(*) FROM handled_messages").fetchone()
-    assert rows == [("user", "slack:T1:C1:1.1")] and handled == (1,)  # the question kept once, no half reply
+        ledger = conn.execute("SELECT prompt_tokens, completion_tokens, exact FROM usage").fetchall()
+    # The question is released, not left handled and unanswered; what the model generated is charged.
+    assert rows == [] and handled == (0,)
+    [(prompt, completion, exact)] = ledger
+    assert prompt > 0 and completion > 0 and exact == 0
+
+    # After the restart the question is answered when it comes again (a platform's redelivery, or re-sent).
+    fake.chunk_delay = 0.0
+    bot = await start_bot(fake, slack, db, http, env=env)
+    try:
+        await bot.send(http, envelope)
+        await slack.wait_for(lambda: any(p.text == f"echo: Ada: {words}" for p in slack.posted), 15)
+    finally:
+        bot.proc.send_signal(signal.SIGTERM)
+        assert await bot.wait() == 0
+    assert fake.calls == 2
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT role, platform_message_id FROM messages ORDER BY id").fetchall()
+    assert rows == [("user", "slack:T1:C1:1.1"), ("assistant", None)]
 
 
 async def test_sigkill_mid_reply_then_restart_is_consistent(fakes, tmp_path: Path) -> None:
@@ -227,3 +258,26 @@ async def test_readiness_fails_while_the_database_does_not_answer(fakes, tmp_pat
         await admin.close()
         bot.proc.send_signal(signal.SIGTERM)
         await bot.wait()
+
+
+async def test_readiness_fails_while_the_database_refuses_writes(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    db = tmp_path / "teambot.db"
+    bot = await start_bot(fake, slack, db, http)
+    try:
+        assert (await http.get(f"{bot.url}/readyz")).status_code == 200
+        # The file still answers every read, but no longer takes the write each turn begins with. (A trigger binds
+        # root too, unlike a file's permissions; the tests may run as root.)
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON handled_messages BEGIN SELECT RAISE(FAIL, 'disk full'); END"
+            )
+        down = await http.get(f"{bot.url}/readyz")
+        assert down.status_code == 503 and down.json() == {"database": False, "slack": True}
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER refuse")
+            assert conn.execute("SELECT count(*) FROM handled_messages").fetchone() == (0,)  # probes keep nothing
+        assert (await http.get(f"{bot.url}/readyz")).status_code == 200
+    finally:
+        bot.proc.send_signal(signal.SIGTERM)
+        assert await bot.wait() == 0

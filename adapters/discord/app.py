@@ -17,7 +17,7 @@ import httpx
 from aiohttp import web
 from discord import app_commands
 
-from adapters.streaming import deliver
+from adapters.streaming import deliver, drain
 from bot import logcontext, texts
 from bot.check import CheckResult
 from bot.commands import CommandContext
@@ -113,6 +113,7 @@ class DiscordAdapter:
         self.client.event(self.on_message)
         self._inflight: set[asyncio.Task[object]] = set()
         self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def mount(self, app: web.Application) -> None:
         """Discord needs no HTTP route: everything arrives over the gateway."""
@@ -124,6 +125,7 @@ class DiscordAdapter:
     async def start(self) -> None:
         """Log in and connect; returns once the gateway is ready, raises if the login fails."""
         assert self._settings.discord_token is not None
+        self._stopping = False
         self._runner = asyncio.create_task(self.client.start(self._settings.discord_token.get_secret_value()))
         ready = asyncio.create_task(self.client.wait_until_ready())
         await asyncio.wait({self._runner, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -142,15 +144,16 @@ class DiscordAdapter:
         log.info("Discord adapter connected as %s", self.client.user)
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
-        """Disconnect, then let the turns under way finish (up to ``drain_seconds``)."""
+        """Stop taking messages, let the turns under way finish (up to ``drain_seconds``), then disconnect.
+
+        The client stays open while they drain: closing it closes its HTTP session too, and the replies could
+        neither finish nor be marked cut off.
+        """
+        self._stopping = True
+        await drain(self._inflight, drain_seconds)
         await self.client.close()
         if self._runner is not None:
             await asyncio.gather(self._runner, return_exceptions=True)
-        if self._inflight:
-            log.info("waiting for %d Discord replies in progress", len(self._inflight))
-            _, pending = await asyncio.wait(self._inflight, timeout=drain_seconds)
-            for task in pending:
-                task.cancel()
 
     async def sync_commands(self) -> None:
         if self._settings.discord_guild is not None:
@@ -175,7 +178,7 @@ class DiscordAdapter:
 
     async def on_message(self, message: discord.Message) -> None:
         me = self.client.user
-        if me is None or message.author.id == me.id:
+        if me is None or message.author.id == me.id or self._stopping:
             return
         if message.author.bot and self._settings.ignore_bots:
             return

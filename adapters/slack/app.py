@@ -39,7 +39,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.format import markdown_to_mrkdwn, unescape_slack
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus, error_code
-from adapters.streaming import ReplyStream, StreamingReply, deliver
+from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
 from bot import logcontext, texts
 from bot.check import CheckResult
 from bot.commands import COMMANDS, CommandContext
@@ -187,11 +187,7 @@ class SlackAdapter:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._inflight:
-            log.info("waiting for %d Slack replies in progress", len(self._inflight))
-            _, pending = await asyncio.wait(self._inflight, timeout=drain_seconds)
-            for task in pending:
-                task.cancel()
+        await drain(self._inflight, drain_seconds)
         if self._session is not None:
             self.client.session = None
             await self._session.close()

@@ -217,6 +217,10 @@ class NativeReply:
     def fell_back(self) -> bool:
         return self._fallback is not None
 
+    @property
+    def text_so_far(self) -> str:
+        return self._text
+
     async def feed(self, piece: str) -> None:
         self._text += piece
         if self._fallback is not None:

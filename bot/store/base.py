@@ -163,7 +163,10 @@ class Store(Protocol):
         ledger: UsageRecord | None = None,
     ) -> int:
         """Store the assistant's reply to the message ``reply_to``, and its ``ledger`` entry in the same transaction;
-        ``complete`` is False for a cut-off one."""
+        ``complete`` is False for a cut-off one.
+
+        Raises :class:`bot.errors.StoreError` when the database refuses the write; then neither is stored.
+        """
         ...
 
     async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
@@ -192,7 +195,20 @@ class Store(Protocol):
         ...
 
     async def add_usage(self, ledger: UsageRecord) -> None:
-        """Record a model call that left no reply to store with it (an empty completion the provider bills)."""
+        """Record a model call that left no reply stored with it (an empty completion the provider bills, a reply
+        the database refused). Raises :class:`bot.errors.StoreError` when the database refuses it too."""
+        ...
+
+    async def abandon_turn(self, row: int, message_id: str, ledger: UsageRecord | None = None) -> None:
+        """Undo :meth:`begin_turn` for a turn cut off before its reply was stored (the process is stopping):
+        delete the message ``row`` and release ``message_id``, so the message is answered if it comes again, and
+        record ``ledger`` (what the cut-off call cost), in one transaction. Raises :class:`bot.errors.StoreError`.
+        """
+        ...
+
+    async def purge_expired(self) -> int:
+        """Forget handled message ids older than the retention (and, where rate buckets are stored, buckets idle
+        long enough to be full again); returns how many ids were forgotten. Run at start and periodically."""
         ...
 
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal: ...
@@ -233,7 +249,7 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> bool:
-        """True while the database answers (for ``/readyz``)."""
+        """True while the database answers and takes writes (for ``/readyz``): a write rolled back, never kept."""
         ...
 
     async def close(self) -> None: ...

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store.base import (
     HISTORY_QUERY,
@@ -148,12 +148,19 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     ),
 )
 
+#: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
+_PROBE = "INSERT INTO handled_messages (message_id, handled_at) VALUES ($1, $2) ON CONFLICT (message_id) DO NOTHING"
+_PROBE_ID = "teambot:readiness-probe"
+#: What asyncpg raises when the server or the connection refuses a statement.
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _INSERT_USAGE = (
     f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) "
     f"VALUES ({', '.join(f'${n}' for n in range(1, len(USAGE_COLUMNS) + 1))})"
 )
 #: How long a handled message id is remembered; platforms redeliver within minutes, not days.
 HANDLED_RETENTION_S = 7 * 24 * 3600
+#: A rate bucket idle this long is full again at any rate worth setting, so its row can go.
+RATE_BUCKET_IDLE_S = 24 * 3600
 _LAST_THREAD = LAST_THREAD_QUERY.format(platform="$1", workspace="$2", channel="$3", author="$4")
 _HISTORY = HISTORY_QUERY.format(conversation="$1", before="$2", rows="$3", budget="$4")
 #: advisory lock namespaces (the first key of pg_advisory_lock(int, int)), so ours never meet another app's.
@@ -192,7 +199,7 @@ class PostgresStore:
                 await store.migrate()
             else:
                 await store._require_current_schema()
-            await store._forget_old_handled()
+            await store.purge_expired()
         except BaseException:
             await pool.close()
             raise
@@ -229,7 +236,16 @@ class PostgresStore:
     async def ping(self) -> bool:
         try:
             async with self._pool.acquire(timeout=5) as conn:
-                return await conn.fetchval("SELECT 1") == 1
+                # Reading proves little: a server that stopped taking writes (a standby after a failover, a read-only
+                # database, a full disk refusing a table) still answers SELECT. The probe writes the row every turn
+                # writes first, and rolls it back: nothing is kept, and no other replica ever sees it.
+                tx = conn.transaction()
+                await tx.start()
+                try:
+                    await conn.execute(_PROBE, _PROBE_ID, 0.0)
+                finally:
+                    await tx.rollback()
+                return True
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
             return False
 
@@ -302,6 +318,22 @@ class PostgresStore:
         complete: bool,
         ledger: UsageRecord | None = None,
     ) -> int:
+        try:
+            return await self._add_reply(key, text, tokens, reply_to, usage, model, complete, ledger)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"storing the reply failed: {_reason(exc)}") from exc
+
+    async def _add_reply(
+        self,
+        key: ConversationKey,
+        text: str,
+        tokens: int,
+        reply_to: int,
+        usage: Usage | None,
+        model: str | None,
+        complete: bool,
+        ledger: UsageRecord | None,
+    ) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             conversation = await self._conversation_id(conn, key)
             row = await conn.fetchval(
@@ -368,8 +400,21 @@ class PostgresStore:
             await conn.execute("DELETE FROM messages WHERE id = $1", row)
 
     async def add_usage(self, ledger: UsageRecord) -> None:
-        async with self._pool.acquire() as conn:
-            await conn.execute(_INSERT_USAGE, *ledger.values())
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(_INSERT_USAGE, *ledger.values())
+        except _DB_ERRORS as exc:
+            raise StoreError(f"storing the ledger entry failed: {_reason(exc)}") from exc
+
+    async def abandon_turn(self, row: int, message_id: str, ledger: UsageRecord | None = None) -> None:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("DELETE FROM messages WHERE id = $1", row)
+                await conn.execute("DELETE FROM handled_messages WHERE message_id = $1", message_id)
+                if ledger is not None:
+                    await conn.execute(_INSERT_USAGE, *ledger.values())
+        except _DB_ERRORS as exc:
+            raise StoreError(f"undoing the turn failed: {_reason(exc)}") from exc
 
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
         conditions = scope.conditions(since)
@@ -469,12 +514,17 @@ class PostgresStore:
                         raise
             raise AssertionError("unreachable")
 
-    async def _forget_old_handled(self) -> None:
+    async def purge_expired(self) -> int:
         async with self._pool.acquire() as conn:
             cutoff = time.time() - HANDLED_RETENTION_S
-            await conn.execute("DELETE FROM handled_messages WHERE handled_at < $1", cutoff)
-            # A bucket idle for a day is full again; its row says nothing a missing row would not.
-            await conn.execute("DELETE FROM rate_buckets WHERE updated_at < $1", time.time() - 86_400)
+            handled = _count(await conn.execute("DELETE FROM handled_messages WHERE handled_at < $1", cutoff))
+            # A bucket idle for a day is full again; its row says nothing a missing row would not. The server's
+            # clock, as teambot_take_token keeps updated_at by it.
+            await conn.execute(
+                "DELETE FROM rate_buckets WHERE updated_at < extract(epoch FROM clock_timestamp()) - $1",
+                float(RATE_BUCKET_IDLE_S),
+            )
+        return handled
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:

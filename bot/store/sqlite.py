@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store.base import (
     HISTORY_QUERY,
@@ -117,6 +117,9 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     ),
 )
 
+#: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
+_PROBE = "INSERT INTO handled_messages (message_id, handled_at) VALUES (?, ?) ON CONFLICT (message_id) DO NOTHING"
+_PROBE_ID = "teambot:readiness-probe"
 _INSERT_USAGE = f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})"
 #: How long a handled message id is remembered; platforms redeliver within minutes, not days.
 HANDLED_RETENTION_S = 7 * 24 * 3600
@@ -154,7 +157,7 @@ class SQLiteStore:
                 raise _unusable(path, exc) from None
             raise
         store = cls(writer, reader, path)
-        await store._forget_old_handled()
+        await store.purge_expired()
         return store
 
     async def schema_version(self) -> int:
@@ -164,7 +167,13 @@ class SQLiteStore:
 
     async def ping(self) -> bool:
         try:
-            return list(await self._reader.execute_fetchall("SELECT 1")) == [(1,)]
+            if list(await self._reader.execute_fetchall("SELECT 1")) != [(1,)]:
+                return False
+            # Reading proves little: a file that stopped taking writes (read-only, locked by another process past
+            # busy_timeout, a table that refuses rows) still answers SELECT. The probe writes the row every turn
+            # writes first, on the writer's thread, and rolls it back: nothing reaches the file.
+            await self._writer.probe(_PROBE, (_PROBE_ID, 0.0))
+            return True
         except (sqlite3.Error, ValueError):
             return False
 
@@ -259,7 +268,10 @@ class SQLiteStore:
                 db.execute(_INSERT_USAGE, ledger.values())
             return _row_id(cur)
 
-        return await self._writer.transaction(work)
+        try:
+            return await self._writer.transaction(work)
+        except sqlite3.Error as exc:
+            raise StoreError(f"storing the reply failed: {exc}") from exc
 
     async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
         conversation = await self._existing_conversation_id(key)
@@ -301,7 +313,22 @@ class SQLiteStore:
         await self._writer.transaction(lambda db: db.execute("DELETE FROM messages WHERE id = ?", (row,)))
 
     async def add_usage(self, ledger: UsageRecord) -> None:
-        await self._writer.transaction(lambda db: db.execute(_INSERT_USAGE, ledger.values()))
+        try:
+            await self._writer.transaction(lambda db: db.execute(_INSERT_USAGE, ledger.values()))
+        except sqlite3.Error as exc:
+            raise StoreError(f"storing the ledger entry failed: {exc}") from exc
+
+    async def abandon_turn(self, row: int, message_id: str, ledger: UsageRecord | None = None) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM messages WHERE id = ?", (row,))
+            db.execute("DELETE FROM handled_messages WHERE message_id = ?", (message_id,))
+            if ledger is not None:
+                db.execute(_INSERT_USAGE, ledger.values())
+
+        try:
+            await self._writer.transaction(work)
+        except sqlite3.Error as exc:
+            raise StoreError(f"undoing the turn failed: {exc}") from exc
 
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
         conditions = scope.conditions(since)
@@ -363,10 +390,10 @@ class SQLiteStore:
     def conversation_lock(self, key: ConversationKey) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()
 
-    async def _forget_old_handled(self) -> None:
+    async def purge_expired(self) -> int:
         cutoff = time.time() - HANDLED_RETENTION_S
-        await self._writer.transaction(
-            lambda db: db.execute("DELETE FROM handled_messages WHERE handled_at < ?", (cutoff,))
+        return await self._writer.transaction(
+            lambda db: max(db.execute("DELETE FROM handled_messages WHERE handled_at < ?", (cutoff,)).rowcount, 0)
         )
 
 

@@ -56,6 +56,19 @@ class SQLiteWriter:
         """
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, work)
 
+    async def probe(self, statement: str, args: tuple[object, ...]) -> None:
+        """Run one write ``statement`` in a transaction and roll it back: it proves the database takes writes
+        (the write lock, the file, the table) and leaves no trace."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._probe, statement, args)
+
+    def _probe(self, statement: str, args: tuple[object, ...]) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(statement, args)
+        finally:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+
     def _run(self, work: Work[T]) -> T:
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads then writes can fail with
         # SQLITE_BUSY at once instead of waiting out busy_timeout.
@@ -63,7 +76,10 @@ class SQLiteWriter:
         try:
             result = work(self._conn)
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            # Some errors (a full disk, SQLITE_FULL) roll the transaction back themselves: a second ROLLBACK would
+            # raise "no transaction is active" in place of the error that says what went wrong.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
         return result

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
+from pathlib import Path
 
+import httpx
+import pytest
+
+from adapters.discord import DiscordAdapter
+from adapters.slack import SlackAdapter
 from adapters.streaming import StreamingReply
+from bot import texts
+from bot.config import Settings
+from bot.messages import ConversationKey
+from bot.runtime import open_core
+from tests.fakes.discord import BOT_USER, CHANNEL_ID, GUILD_ID, FakeDiscord
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.slack import FakeSlack, event_envelope, mention, signed_headers
 
 
 class Channel:
@@ -99,3 +113,62 @@ async def test_on_first_post_runs_once() -> None:
     await asyncio.sleep(0.02)
     await stream.finish("y " * 60)
     assert seen == [1] and len(channel.messages) > 1
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-stream", "post-and-edit"])
+async def test_a_stop_past_the_deadline_returns_once_the_reply_is_marked_cut_off(tmp_path: Path, native: bool) -> None:
+    secret = "drain-test-secret"
+    async with FakeOpenAI(chunk_delay=0.2) as model, FakeSlack(users={"U1": {"display_name": "Ada"}}) as fake:
+        settings = Settings(
+            openai_base_url=model.base_url,
+            db=str(tmp_path / "teambot.db"),
+            slack_bot_token=fake.bot_token,
+            slack_signing_secret=secret,
+            slack_api_url=fake.api_url,
+            http_host="127.0.0.1",
+            http_port=0,
+            stream_edit_interval=0.2,
+            slack_native_streaming=native,
+        )
+        async with open_core(settings) as core, httpx.AsyncClient() as http:
+            adapter = SlackAdapter(core, settings)
+            await adapter.start()
+            body = json.dumps(event_envelope(mention("<@UBOT> " + " ".join(f"w{i}" for i in range(50)), ts="1.1")))
+            headers = {"Content-Type": "application/json", **signed_headers(secret, body)}
+            await http.post(f"http://127.0.0.1:{adapter.http_port}/slack/events", content=body, headers=headers)
+            await fake.wait_for(lambda: bool(fake.posted), 10)
+            await adapter.stop(drain_seconds=0.1)
+            # Nothing awaited here: stop() itself returns only once the cut-off turn has finished its last calls,
+            # while the Slack session and the database were still open for them.
+            [reply] = fake.posted
+            assert reply.text.startswith("echo:") and reply.text.endswith(texts.STOPPING + "]_")
+            assert not reply.streaming
+            assert await core.store.count_messages(ConversationKey("slack", "T1", "C1")) == 0
+
+
+async def test_a_discord_stop_past_the_deadline_marks_the_reply_before_disconnecting(tmp_path: Path) -> None:
+    async with FakeOpenAI(chunk_delay=0.2) as model, FakeDiscord() as fake:
+        settings = Settings(
+            openai_base_url=model.base_url,
+            db=str(tmp_path / "teambot.db"),
+            discord_token="fake-discord-token",
+            stream_edit_interval=0.2,
+        )
+        async with open_core(settings) as core:
+            with fake.patch_discord():
+                adapter = DiscordAdapter(core, settings, guild_ready_timeout=0.05)
+                await asyncio.wait_for(adapter.start(), 10)
+                words = " ".join(f"w{i}" for i in range(50))
+                trigger = fake.message_create(f"<@{BOT_USER['id']}> {words}", mentions=(BOT_USER,))
+                await fake.dispatch("MESSAGE_CREATE", trigger)
+                await fake.wait_for(lambda: bool(fake.channel_messages(CHANNEL_ID)), 10)
+                stopping = asyncio.create_task(adapter.stop(drain_seconds=0.3))
+                # Still connected while it drains, but no longer taking new questions.
+                late = fake.message_create(f"<@{BOT_USER['id']}> one more", mentions=(BOT_USER,))
+                await fake.dispatch("MESSAGE_CREATE", late)
+                await stopping
+            # The edit went out before the client closed its HTTP session, and stop() waited for it.
+            [reply] = fake.channel_messages(CHANNEL_ID)
+            assert reply.content.startswith("echo:") and reply.content.endswith(texts.STOPPING + "]_")
+            assert await core.store.count_messages(ConversationKey("discord", GUILD_ID, CHANNEL_ID)) == 0
+            assert model.calls == 1

@@ -33,6 +33,7 @@ from bot.guards import (
 from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter
 from bot.messages import ConversationKey, IncomingMessage, ReplyKind
 from bot.store import Store, TokenBuckets, open_store
+from bot.store.sqlite import SQLiteStore
 from tests.fakes.openai import FakeOpenAI
 
 KEY = ConversationKey("slack", "T1", "C1")
@@ -149,6 +150,39 @@ async def test_an_empty_completion_is_still_charged(bot: Bot) -> None:
     assert prompt > 0 and completion == 0 and cost == pytest.approx(prompt * 1_000 / 1_000_000)
     with sqlite3.connect(bot.db) as db:
         assert db.execute("SELECT count(*) FROM messages WHERE role = 'assistant'").fetchone() == (0,)
+
+
+async def test_a_reply_the_full_disk_refuses_is_still_answered_and_charged(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_answer = "".join(f"word{n:06d} " for n in range(20_000))  # 220,000 characters
+    bot.fake.reply = lambda messages: long_answer
+    assert isinstance(bot.store, SQLiteStore)
+
+    def fill_the_disk(db: sqlite3.Connection) -> None:
+        # SQLite's own "database or disk is full" (SQLITE_FULL), as on a full disk: the short rows of a turn still
+        # fit in the pages there are; a long reply, which needs dozens more, does not.
+        [(pages,)] = db.execute("PRAGMA page_count").fetchall()
+        db.execute(f"PRAGMA max_page_count = {pages + 1}").fetchall()
+
+    await bot.store._writer.transaction(fill_the_disk)
+    streamed: list[str] = []
+
+    async def show(piece: str) -> None:
+        streamed.append(piece)
+
+    reply = await bot.core.handle(IncomingMessage(KEY, "m-full", "U1", "Ada", "tell me everything"), show)
+    assert "".join(streamed) == long_answer  # the person saw all of it
+    assert reply.kind is ReplyKind.ANSWER and reply.text == long_answer and reply.notice == texts.REPLY_NOT_SAVED
+    [(user, model, prompt, completion, exact, _, priced)] = bot.ledger()  # and the call is on the bill
+    assert (user, model, exact, priced) == ("U1", "fake-model", 1, 1)
+    assert reply.usage is not None and (prompt, completion) == (
+        reply.usage.prompt_tokens,
+        reply.usage.completion_tokens,
+    )
+    with sqlite3.connect(bot.db) as db:
+        assert db.execute("SELECT role FROM messages").fetchall() == [("user",)]
+    assert "could not be stored: storing the reply failed: database or disk is full" in caplog.text
 
 
 async def test_unknown_models_cost_nothing_and_are_flagged(tmp_path: Path, fake: FakeOpenAI, counter) -> None:

@@ -15,7 +15,7 @@ import pytest
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage
 from bot.store import Store, open_store
-from bot.store.postgres import MIGRATIONS
+from bot.store.postgres import MIGRATIONS, RATE_BUCKET_IDLE_S, PostgresStore
 from tests.postgres_server import PostgresServer
 
 A = ConversationKey("slack", "T1", "C1")
@@ -166,3 +166,47 @@ async def test_a_request_claimed_by_one_replica_is_a_replay_for_the_other(replic
     # Both at once, on a request neither has seen: exactly one wins.
     results = await asyncio.gather(*(s.claim_request("slack:v0=def", expires) for s in (first, second) * 5))
     assert results.count(True) == 1
+
+
+async def test_a_released_conversation_lock_is_free_for_another_replica(replicas: tuple[Store, Store]) -> None:
+    # Only PostgreSQL has a lock another process could wait on (SQLite's is a no-op), and its advisory locks are
+    # re-entrant within one session: taking it again in the same replica would prove nothing.
+    first, second = replicas
+    for holder, other in ((first, second), (second, first), (first, second)):
+        async with holder.conversation_lock(A):
+            pass
+        async with asyncio.timeout(2), other.conversation_lock(A):
+            pass
+    # Released too when the turn holding it fails or is cancelled (a shutdown past the drain deadline).
+    with pytest.raises(RuntimeError):
+        async with first.conversation_lock(A):
+            raise RuntimeError("the turn failed")
+    await asyncio.wait_for(_enter(second), 2)
+    holding = asyncio.Event()
+
+    async def cancelled_turn() -> None:
+        async with first.conversation_lock(A):
+            holding.set()
+            await asyncio.Event().wait()
+
+    turn = asyncio.create_task(cancelled_turn())
+    await asyncio.wait_for(holding.wait(), 5)
+    turn.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await turn
+    await asyncio.wait_for(_enter(second), 2)
+
+
+async def test_idle_rate_buckets_are_purged_by_the_servers_clock(replicas: tuple[Store, Store]) -> None:
+    first, _ = replicas
+    assert await first.take_token("user:fresh", 3, 1.0) == 0
+    assert isinstance(first, PostgresStore)
+    async with first.connection() as conn:
+        await conn.execute(
+            "INSERT INTO rate_buckets (key, tokens, updated_at) "
+            "VALUES ('user:idle', 0, extract(epoch FROM clock_timestamp()) - $1)",
+            RATE_BUCKET_IDLE_S + 60.0,
+        )
+    await first.purge_expired()
+    async with first.connection() as conn:
+        assert [r[0] for r in await conn.fetch("SELECT key FROM rate_buckets ORDER BY key")] == ["user:fresh"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store import ChannelSettings, Store, UsageRecord, UsageScope, UsageTotal, open_store
 from bot.store.postgres import PostgresStore
@@ -368,3 +368,90 @@ async def test_a_request_is_claimed_once_until_it_expires(store: Store) -> None:
 async def test_concurrent_claims_of_one_request_only_one_wins(store: Store) -> None:
     results = await asyncio.gather(*(store.claim_request("slack:v0=same", time.time() + 360) for _ in range(20)))
     assert results.count(True) == 1
+
+
+async def execute(store: Store, statement: str, *args: object) -> None:
+    """Write past the store (``?`` placeholders), as another process or an old row would have."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute(statement, args)
+        return
+    assert isinstance(store, PostgresStore)
+    numbered = statement
+    for n in range(1, len(args) + 1):
+        numbered = numbered.replace("?", f"${n}", 1)
+    async with store.connection() as conn:
+        await conn.execute(numbered, *args)
+
+
+async def test_handled_ids_are_kept_for_seven_days_then_purged(store: Store) -> None:
+    day = 86_400
+    now = time.time()
+    for name, age in (("six-days", 6 * day), ("eight-days", 8 * day), ("just-now", 0)):
+        await execute(store, "INSERT INTO handled_messages (message_id, handled_at) VALUES (?, ?)", name, now - age)
+    assert await store.purge_expired() == 1
+    # Still inside the retention: a late redelivery is refused; past it, the id is free again.
+    assert await store.begin_turn(IncomingMessage(A, "six-days", "U1", "Ada", "late"), 10) is None
+    assert await store.begin_turn(IncomingMessage(A, "just-now", "U1", "Ada", "again"), 10) is None
+    assert await store.begin_turn(IncomingMessage(A, "eight-days", "U1", "Ada", "new"), 10) is not None
+    assert await store.purge_expired() == 0
+
+
+async def test_an_abandoned_turn_leaves_its_id_free_and_its_cost_in_the_ledger(store: Store) -> None:
+    row = await store.begin_turn(incoming(A, 1), 10)
+    assert row is not None
+    cost = UsageRecord(time.time(), A, "U1", "m", 100, 7, False, 0.5, True)
+    await store.abandon_turn(row, incoming(A, 1).message_id, cost)
+    assert await store.count_messages(A) == 0
+    assert await store.usage_since(UsageScope("slack", "T1"), 0) == UsageTotal(1, 107, 0.5)
+    assert await store.begin_turn(incoming(A, 1), 10) is not None  # asked again (or redelivered): answered
+
+
+async def test_a_refused_reply_is_a_store_error_and_the_ledger_entry_still_fits(store: Store) -> None:
+    row = await store.begin_turn(incoming(A, 1), 10)
+    assert row is not None
+    if isinstance(store, SQLiteStore):
+        await execute(
+            store,
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.role = 'assistant' "
+            "BEGIN SELECT RAISE(FAIL, 'disk full'); END",
+        )
+    else:
+        await execute(
+            store,
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk full' USING ERRCODE = 'disk_full'; END $$",
+        )
+        await execute(
+            store,
+            "CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW WHEN (NEW.role = 'assistant') "
+            "EXECUTE FUNCTION refuse()",
+        )
+    cost = UsageRecord(time.time(), A, "U1", "m", 100, 7, True, 0.5, True)
+    with pytest.raises(StoreError, match="disk full"):
+        await store.add_reply(A, "a long answer", 5, reply_to=row, usage=None, model="m", complete=True, ledger=cost)
+    assert await store.usage_since(UsageScope("slack", "T1"), 0) == UsageTotal()  # one transaction: nothing kept
+    await store.add_usage(cost)
+    assert await store.usage_since(UsageScope("slack", "T1"), 0) == UsageTotal(1, 107, 0.5)
+
+
+async def test_readiness_writes_and_keeps_nothing(store: Store) -> None:
+    assert await store.ping() is True
+    assert await rows(store, "SELECT count(*) FROM handled_messages") == [(0,)]
+
+
+async def test_readiness_fails_while_the_database_refuses_writes(store: Store) -> None:
+    # A trigger made by another connection binds every writer, root included, unlike a file's permissions.
+    if isinstance(store, SQLiteStore):
+        refuse = "CREATE TRIGGER refuse BEFORE INSERT ON handled_messages BEGIN SELECT RAISE(FAIL, 'disk full'); END"
+    else:
+        await execute(
+            store,
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk full' USING ERRCODE = 'disk_full'; END $$",
+        )
+        refuse = "CREATE TRIGGER refuse BEFORE INSERT ON handled_messages FOR EACH ROW EXECUTE FUNCTION refuse()"
+    await execute(store, refuse)
+    assert await store.ping() is False
+    await execute(store, "DROP TRIGGER refuse" + ("" if isinstance(store, SQLiteStore) else " ON handled_messages"))
+    assert await store.ping() is True
