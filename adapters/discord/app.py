@@ -303,12 +303,22 @@ class DiscordAdapter:
         # conversation's lock behind a slow answer: acknowledge first, answer as a followup (15 min allowed).
         await interaction.response.defer(ephemeral=True, thinking=True)
         member = interaction.user
-        # Typed in a thread, /reset forgets that thread, while /system, /model and the channel's line of /usage are
-        # the parent channel's: the key a mention there gets.
-        key = await self._key(interaction.channel, interaction.channel_id or 0, interaction.guild_id, member.id)
-        admin = isinstance(member, discord.Member) and member.guild_permissions.manage_guild
-        ctx = CommandContext(key, str(member.id), platform_admin=admin, admins=texts.ADMINS_DISCORD)
-        answer = await self._commands.run(name, ctx, arg)
+        command_id = f"discord:command:{interaction.id}"
+        key: ConversationKey | None = None
+        # The one top-level handler for a command: a bug is logged with its traceback, and the person who typed it
+        # gets a short apology as the followup instead of "thinking..." until Discord gives up on the interaction.
+        try:
+            # Typed in a thread, /reset forgets that thread, while /system, /model and the channel's line of /usage
+            # are the parent channel's: the key a mention there gets.
+            key = await self._key(interaction.channel, interaction.channel_id or 0, interaction.guild_id, member.id)
+            with logcontext.turn(str(key), command_id):
+                admin = isinstance(member, discord.Member) and member.guild_permissions.manage_guild
+                ctx = CommandContext(key, str(member.id), platform_admin=admin, admins=texts.ADMINS_DISCORD)
+                answer = await self._commands.run(name, ctx, arg)
+        except Exception:
+            with logcontext.turn(str(key or f"discord:-:{interaction.channel_id}"), command_id):
+                log.exception("the command /%s failed", name)
+            answer = texts.APOLOGY
         await interaction.followup.send(answer[:TEXT_LIMIT], ephemeral=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -576,3 +577,27 @@ async def test_a_command_in_a_dm_is_about_that_persons_dm(discord_bot: Discord) 
     await discord_bot.wait_text("echo: Ada: remember", channel=DM_CHANNEL)
     forgot = await command(discord_bot, "reset", channel_id=DM_CHANNEL, guild_id=None)
     assert forgot["content"] == texts.RESET_DONE.format(count=2, s="s")
+
+
+# --- commands that fail, and what Discord is told about mentions ------------------------------------------
+
+
+async def test_a_command_that_fails_gets_a_private_apology(
+    discord_bot: Discord, caplog: pytest.LogCaptureFixture
+) -> None:
+    with sqlite3.connect(discord_bot.db) as db:
+        db.execute("DROP TABLE messages")  # the database breaks under the bot
+    answer = await command(discord_bot, "reset")
+    assert answer["content"] == texts.APOLOGY
+    assert "the command /reset failed" in caplog.text and "Traceback" in caplog.text
+
+
+async def test_a_message_in_a_channel_discord_will_not_describe_is_not_answered(
+    discord_bot: Discord, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="adapters.discord")
+    await ask(discord_bot, "where am I?", channel_id="3999")  # neither cached nor known to Discord: 404
+    await discord_bot.fake.wait_for(lambda: "Discord did not say what the channel is" in caplog.text)
+    await ask(discord_bot, "and here?")
+    await discord_bot.wait_text("echo: Ada: and here?")
+    assert discord_bot.sent("3999") == [] and discord_bot.model.calls == 1
