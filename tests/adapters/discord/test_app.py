@@ -592,6 +592,38 @@ async def test_a_command_that_fails_gets_a_private_apology(
     assert "the command /reset failed" in caplog.text and "Traceback" in caplog.text
 
 
+async def test_command_answers_and_hints_cannot_ping_anyone(discord_bot: Discord) -> None:
+    """Sends outside the sink rely on the client's ``allowed_mentions``: without it they would ping."""
+    pings = f"@everyone @here <@{GRACE['id']}> <@&{ADMIN_ROLE_ID}>"
+    await command(discord_bot, "system", roles=(ADMIN_ROLE_ID,), prompt=pings)
+    shown = await command(discord_bot, "system")
+    assert pings in shown["content"]
+    assert all(f["allowed_mentions"] == {"parse": []} for f in discord_bot.fake.followups)
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION}", mentions=(BOT_USER,)))
+    await discord_bot.wait_text(texts.EMPTY_MENTION)
+    [hint] = discord_bot.sent()
+    assert hint.payload["allowed_mentions"] == {"parse": [], "replied_user": False}
+
+
+async def test_answers_cannot_ping_anyone_even_on_a_client_without_the_default(discord_bot: Discord) -> None:
+    """The sink's own sends and edits carry ``allowed_mentions`` themselves, whatever the client says."""
+    discord_bot.adapter.client.allowed_mentions = None
+    discord_bot.model.chunk_delay = 0.005
+    answer = " ".join(f"@everyone <@{GRACE['id']}> x{i}" for i in range(100))
+    assert len(answer) > TEXT_LIMIT
+    discord_bot.model.reply = lambda messages: answer
+    await ask(discord_bot, "ping them all")
+    await discord_bot.fake.wait_for(
+        lambda: len(discord_bot.sent()) == 2 and discord_bot.sent()[-1].content.endswith("x99"), 10
+    )
+    first, second = discord_bot.sent()
+    assert first.payload["allowed_mentions"] == {"parse": [], "replied_user": False}  # the reply
+    assert second.payload["allowed_mentions"]["parse"] == []  # the continuation, sent to the channel
+    edits = [edit for m in (first, second) for edit in m.edits]
+    assert edits and all(edit["allowed_mentions"]["parse"] == [] for edit in edits)
+
+
 async def test_a_message_in_a_channel_discord_will_not_describe_is_not_answered(
     discord_bot: Discord, caplog: pytest.LogCaptureFixture
 ) -> None:
