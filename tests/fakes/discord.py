@@ -113,9 +113,18 @@ class Interaction:
 class FakeDiscord(LoopbackServer):
     """The fake; ``async with FakeDiscord() as fake, fake.patch_discord(): ...``."""
 
-    def __init__(self, *, token: str | None = None, shards: int = 1, privileged_intents: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        shards: int = 1,
+        privileged_intents: int = 0,
+        extra_channels: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.token = token
+        #: Text channels of the first guild besides "general" and "random", announced in its GUILD_CREATE.
+        self.extra_channels = extra_channels
         self.shards = shards
         #: The privileged intents switched on for the app in the Developer Portal.
         self.privileged_intents = privileged_intents
@@ -397,6 +406,7 @@ class FakeDiscord(LoopbackServer):
             "channels": [
                 _text_channel(CHANNEL_ID, guild_id, "general", 0),
                 _text_channel(OTHER_CHANNEL_ID, guild_id, "random", 1),
+                *(_text_channel(c, guild_id, f"extra-{c}", 2 + n) for n, c in enumerate(self.extra_channels)),
             ],
             "threads": [_thread(THREAD_ID, "a thread")],
             "members": [
