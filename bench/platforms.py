@@ -37,7 +37,7 @@ Kind = Literal["slack-http", "slack-socket", "discord"]
 KINDS: tuple[Kind, ...] = ("slack-http", "slack-socket", "discord")
 SLACK_BOT_TOKEN = "xoxb-bench"
 CHANNELS = 100
-#: The fake guild knows one text channel; the others are created on the fly by id, as Discord would send them.
+#: The fake guild's text channels, announced when the client connects, as Discord announces every channel it can see.
 DISCORD_CHANNELS = [CHANNEL_ID, *(str(5000 + n) for n in range(CHANNELS - 1))]
 
 
@@ -74,7 +74,7 @@ class Platform:
         self.secret = secret
         self.finals = Finals(last_token)
         self.slack = FakeSlack(bot_token=SLACK_BOT_TOKEN)
-        self.discord = FakeDiscord()
+        self.discord = FakeDiscord(extra_channels=tuple(DISCORD_CHANNELS[1:]))
         self.slack.watchers.append(lambda m: self.finals.see((m.channel, m.ts), m.text))
         self.discord.watchers.append(lambda m: self.finals.see(m.id, m.content))
         self.events_url = ""

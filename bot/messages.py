@@ -30,6 +30,17 @@ class ConversationKey:
         return cls(platform, workspace, rest[0] if rest else "", rest[1] if len(rest) > 1 else None)
 
 
+#: Where direct messages belong to no workspace (Discord), each person's DMs are a workspace of their own,
+#: ``dm-<user id>`` (see :func:`dm_workspace`), so that budgets and rate limits follow the person; in the access
+#: lists ``dm`` names all of them at once.
+DM_WORKSPACES = "dm"
+
+
+def dm_workspace(user_id: str) -> str:
+    """The workspace of one person's direct messages on a platform whose DMs belong to no workspace."""
+    return f"{DM_WORKSPACES}-{user_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """A message addressed to the bot, already stripped of the bot's mention by the adapter.

@@ -1,8 +1,14 @@
 """Discord adapter: translates mentions, DMs, replies to the bot and ``/reset`` into core calls.
 
 Mentions and DMs carry their text without the privileged Message Content intent, so the bot asks for none by
-default. ``AllowedMentions.none()`` on the client (discord.py merges it into every send and edit) means no model
-output can ping @everyone, @here, a role or a person.
+default. ``AllowedMentions.none()`` on the client (discord.py merges it into every send and edit, interaction
+responses and followups included) means no model output can ping @everyone, @here, a role or a person; the sink
+passes it again on each of its own sends and edits, so the answers stay safe even on a client built without it.
+
+Conversation keys: a guild channel is ``discord:<guild>:<channel>``; a thread is keyed under its parent channel,
+``discord:<guild>:<parent>:<thread>``, as Slack keys a thread under its channel, so the parent's access lists,
+system prompt, model, budget and rate limit govern it while its history stays its own. A person's DMs are a
+workspace of their own, ``discord:dm-<user id>:<channel>``, so budgets and rate limits follow the person.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from bot.commands import CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
 from bot.errors import ConfigError
-from bot.messages import ConversationKey, IncomingMessage
+from bot.messages import ConversationKey, IncomingMessage, dm_workspace
 from bot.runtime import commands
 
 log = logging.getLogger(__name__)
@@ -186,16 +192,44 @@ class DiscordAdapter:
             return
         if not self._addressed(message):
             return
-        guild = str(message.guild.id) if message.guild else "dm"
-        key = ConversationKey("discord", guild, str(message.channel.id))
-        message_id = f"discord:{message.id}"
         # discord.py runs each event handler as a detached task; remembering them lets stop() drain them.
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
+        message_id = f"discord:{message.id}"
+        guild_id = message.guild.id if message.guild else None
+        try:
+            key = await self._key(message.channel, message.channel.id, guild_id, message.author.id)
+        except discord.HTTPException as exc:
+            # Not knowing whether this is a thread, nor of which channel, the bot cannot tell which access lists,
+            # prompt and limits apply: it stays silent rather than answer under the wrong ones.
+            log.warning(
+                "message %s in channel %s not answered: Discord did not say what the channel is (HTTP %s, code %s)",
+                message_id,
+                message.channel.id,
+                exc.status,
+                exc.code,
+            )
+            return
         with logcontext.turn(str(key), message_id):
             await self._answer(message, key, message_id)
+
+    async def _key(self, channel: object, channel_id: int, guild_id: int | None, user_id: int) -> ConversationKey:
+        """The conversation a message or command belongs to.
+
+        A thread is keyed under its parent channel (the thread as the thread part), so the parent's settings and
+        limits govern it; a person's DMs are a workspace of their own, so budgets and rate limits follow them.
+        """
+        if guild_id is None:
+            return ConversationKey("discord", dm_workspace(str(user_id)), str(channel_id))
+        if channel is None or isinstance(channel, discord.PartialMessageable):
+            # discord.py keeps the active threads it was told about; one it missed arrives as a bare id. Ask Discord
+            # what it is: rare, and the only way to learn a thread's parent.
+            channel = await self.client.fetch_channel(channel_id)
+        if isinstance(channel, discord.Thread):
+            return ConversationKey("discord", str(guild_id), str(channel.parent_id), str(channel.id))
+        return ConversationKey("discord", str(guild_id), str(channel_id))
 
     async def _answer(self, message: discord.Message, key: ConversationKey, message_id: str) -> None:
         text = self._text_in(message)
@@ -255,7 +289,9 @@ class DiscordAdapter:
             await self._answer_command(interaction, "model", name)
 
         return [
-            app_commands.Command(name=reset_name, description="Forget this channel's conversation", callback=reset),
+            app_commands.Command(
+                name=reset_name, description="Forget this channel's or thread's conversation", callback=reset
+            ),
             app_commands.Command(
                 name="usage", description="Tokens and cost, and what is left of the budgets", callback=usage
             ),
@@ -269,12 +305,23 @@ class DiscordAdapter:
         # Discord drops an interaction not answered within 3 s (10062), and a command can wait for the
         # conversation's lock behind a slow answer: acknowledge first, answer as a followup (15 min allowed).
         await interaction.response.defer(ephemeral=True, thinking=True)
-        guild = str(interaction.guild_id) if interaction.guild_id else "dm"
-        key = ConversationKey("discord", guild, str(interaction.channel_id))
         member = interaction.user
-        admin = isinstance(member, discord.Member) and member.guild_permissions.manage_guild
-        ctx = CommandContext(key, str(member.id), platform_admin=admin, admins=texts.ADMINS_DISCORD)
-        answer = await self._commands.run(name, ctx, arg)
+        command_id = f"discord:command:{interaction.id}"
+        key: ConversationKey | None = None
+        # The one top-level handler for a command: a bug is logged with its traceback, and the person who typed it
+        # gets a short apology as the followup instead of "thinking..." until Discord gives up on the interaction.
+        try:
+            # Typed in a thread, /reset forgets that thread, while /system, /model and the channel's line of /usage
+            # are the parent channel's: the key a mention there gets.
+            key = await self._key(interaction.channel, interaction.channel_id or 0, interaction.guild_id, member.id)
+            with logcontext.turn(str(key), command_id):
+                admin = isinstance(member, discord.Member) and member.guild_permissions.manage_guild
+                ctx = CommandContext(key, str(member.id), platform_admin=admin, admins=texts.ADMINS_DISCORD)
+                answer = await self._commands.run(name, ctx, arg)
+        except Exception:
+            with logcontext.turn(str(key or f"discord:-:{interaction.channel_id}"), command_id):
+                log.exception("the command /%s failed", name)
+            answer = texts.APOLOGY
         await interaction.followup.send(answer[:TEXT_LIMIT], ephemeral=True)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.messages import IncomingMessage
+from bot.messages import DM_WORKSPACES, IncomingMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +20,12 @@ class AccessPolicy:
     refuse_silently: bool = False
 
     def allows(self, msg: IncomingMessage) -> bool:
+        workspace = msg.key.workspace
+        # One person's DMs (``dm-<user id>``) are also named by ``dm``, every person's DMs.
+        workspaces = {workspace, DM_WORKSPACES} if workspace.startswith(f"{DM_WORKSPACES}-") else {workspace}
         checks = (
-            (msg.key.workspace, self.allow_workspaces, self.deny_workspaces),
-            (msg.key.channel, self.allow_channels, self.deny_channels),
-            (msg.author_id, self.allow_users, self.deny_users),
+            (workspaces, self.allow_workspaces, self.deny_workspaces),
+            ({msg.key.channel}, self.allow_channels, self.deny_channels),
+            ({msg.author_id}, self.allow_users, self.deny_users),
         )
-        return all((not allow or value in allow) and value not in deny for value, allow, deny in checks)
+        return all((not allow or names & allow) and not names & deny for names, allow, deny in checks)

@@ -8,7 +8,9 @@ one connection per shard, as Discord does: each IDENTIFY names its shard, gets t
 ``(guild_id >> 22) % N`` is that shard, and an event goes only to the connection of its guild's shard (DMs: 0).
 ``dispatch`` sends an event; ``message_create`` and ``interaction_create`` build payloads discord.py parses. REST
 calls are recorded (``rest_calls``); messages keep their latest content (``channel_messages``), and ``watchers``
-are called with each message the bot sends or edits; ``rate_limit`` answers 429 on demand.
+are called with each message the bot sends or edits; ``rate_limit`` answers 429 on demand. ``GET channels/{id}``
+describes a channel or thread (``channel_payload``), the thread ``UNCACHED_THREAD_ID`` included, which no gateway
+event ever announced.
 
 Like Discord, it holds the client to the gateway's rules: IDENTIFY's intents are recorded (``intents``) and a
 privileged intent the app was not granted (``privileged_intents``) closes the socket with 4014; without the
@@ -50,6 +52,9 @@ SECOND_GUILD_ID = str(1 << 22)
 SECOND_CHANNEL_ID = str((1 << 22) + 1)
 OTHER_CHANNEL_ID = "3001"
 THREAD_ID = "3500"
+#: A thread of CHANNEL_ID that the gateway never told the client about (not in GUILD_CREATE): only
+#: ``GET channels/{id}`` says what it is, as for a thread discord.py missed or dropped from its cache.
+UNCACHED_THREAD_ID = "3501"
 ADMIN_ROLE_ID = "2100"
 MANAGE_GUILD = 1 << 5
 INTENT_GUILDS = 1 << 0
@@ -108,9 +113,18 @@ class Interaction:
 class FakeDiscord(LoopbackServer):
     """The fake; ``async with FakeDiscord() as fake, fake.patch_discord(): ...``."""
 
-    def __init__(self, *, token: str | None = None, shards: int = 1, privileged_intents: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        shards: int = 1,
+        privileged_intents: int = 0,
+        extra_channels: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.token = token
+        #: Text channels of the first guild besides "general" and "random", announced in its GUILD_CREATE.
+        self.extra_channels = extra_channels
         self.shards = shards
         #: The privileged intents switched on for the app in the Developer Portal.
         self.privileged_intents = privileged_intents
@@ -274,7 +288,7 @@ class FakeDiscord(LoopbackServer):
             "type": 2,
             "data": {"id": self.new_id(), "name": name, "type": 1, "options": options or []},
             "channel_id": channel_id,
-            "channel": {"id": channel_id, "type": 0 if guild_id else 1, "name": "general", "guild_id": guild_id},
+            "channel": self.channel_payload(channel_id) or {"id": channel_id, "type": 1, "recipients": [user]},
             "token": f"itoken-{interaction_id}",
             "version": 1,
             "locale": "en-US",
@@ -345,21 +359,6 @@ class FakeDiscord(LoopbackServer):
         return payload
 
     def _guild(self, guild_id: str = GUILD_ID) -> dict[str, Any]:
-        def text_channel(cid: str, name: str, position: int) -> dict[str, Any]:
-            return {
-                "id": cid,
-                "type": 0,
-                "guild_id": guild_id,
-                "name": name,
-                "position": position,
-                "permission_overwrites": [],
-                "nsfw": False,
-                "parent_id": None,
-                "topic": None,
-                "last_message_id": None,
-                "rate_limit_per_user": 0,
-            }
-
         member = {"roles": [], "joined_at": _now(), "deaf": False, "mute": False, "flags": 0}
         guild: dict[str, Any] = {
             "id": GUILD_ID,
@@ -404,27 +403,12 @@ class FakeDiscord(LoopbackServer):
                     "flags": 0,
                 },
             ],
-            "channels": [text_channel(CHANNEL_ID, "general", 0), text_channel(OTHER_CHANNEL_ID, "random", 1)],
-            "threads": [
-                {
-                    "id": THREAD_ID,
-                    "type": 11,
-                    "guild_id": GUILD_ID,
-                    "parent_id": CHANNEL_ID,
-                    "owner_id": "4001",
-                    "name": "a thread",
-                    "last_message_id": None,
-                    "rate_limit_per_user": 0,
-                    "message_count": 0,
-                    "member_count": 1,
-                    "thread_metadata": {
-                        "archived": False,
-                        "auto_archive_duration": 1440,
-                        "archive_timestamp": _now(),
-                        "locked": False,
-                    },
-                }
+            "channels": [
+                _text_channel(CHANNEL_ID, guild_id, "general", 0),
+                _text_channel(OTHER_CHANNEL_ID, guild_id, "random", 1),
+                *(_text_channel(c, guild_id, f"extra-{c}", 2 + n) for n, c in enumerate(self.extra_channels)),
             ],
+            "threads": [_thread(THREAD_ID, "a thread")],
             "members": [
                 member | {"user": BOT_USER},
                 member | {"user": ADA},
@@ -439,7 +423,7 @@ class FakeDiscord(LoopbackServer):
             "id": guild_id,
             "name": "Second Guild",
             "roles": [role | {"id": guild_id} for role in guild["roles"][:1]],
-            "channels": [text_channel(SECOND_CHANNEL_ID, "general", 0)],
+            "channels": [_text_channel(SECOND_CHANNEL_ID, guild_id, "general", 0)],
             "threads": [],
         }
 
@@ -548,6 +532,17 @@ class FakeDiscord(LoopbackServer):
         finally:
             await self._notify()
 
+    def channel_payload(self, channel_id: str) -> dict[str, Any] | None:
+        """The guild channel or thread with this id, as Discord describes it; None for a DM or an unknown id."""
+        if channel_id == UNCACHED_THREAD_ID:
+            return _thread(UNCACHED_THREAD_ID, "a thread the client missed")
+        for guild_id in self.guild_ids():
+            guild = self._guild(guild_id)
+            for channel in guild["channels"] + guild["threads"]:
+                if channel["id"] == channel_id:
+                    return dict(channel)
+        return None
+
     @staticmethod
     def _guild_of(channel_id: str) -> str | None:
         if channel_id.startswith("7"):  # the fake's DM channels
@@ -584,6 +579,11 @@ class FakeDiscord(LoopbackServer):
                     "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
                 }
             )
+        if method == "GET" and (match := re.fullmatch(r"channels/(\d+)", path)):
+            channel = self.channel_payload(match.group(1))
+            if channel is None:
+                return _json({"message": "Unknown Channel", "code": 10003}, 404)
+            return _json(channel)
         if match := re.fullmatch(r"channels/(\d+)/typing", path):
             self.typing_calls.append(match.group(1))
             return web.Response(status=204)
@@ -679,3 +679,41 @@ def point_discord_at(url: str) -> Iterator[None]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _text_channel(channel_id: str, guild_id: str, name: str, position: int) -> dict[str, Any]:
+    return {
+        "id": channel_id,
+        "type": 0,
+        "guild_id": guild_id,
+        "name": name,
+        "position": position,
+        "permission_overwrites": [],
+        "nsfw": False,
+        "parent_id": None,
+        "topic": None,
+        "last_message_id": None,
+        "rate_limit_per_user": 0,
+    }
+
+
+def _thread(thread_id: str, name: str, parent_id: str = CHANNEL_ID) -> dict[str, Any]:
+    """A public thread of the first guild (Discord's type 11): a channel with a ``parent_id``."""
+    return {
+        "id": thread_id,
+        "type": 11,
+        "guild_id": GUILD_ID,
+        "parent_id": parent_id,
+        "owner_id": "4001",
+        "name": name,
+        "last_message_id": None,
+        "rate_limit_per_user": 0,
+        "message_count": 0,
+        "member_count": 1,
+        "thread_metadata": {
+            "archived": False,
+            "auto_archive_duration": 1440,
+            "archive_timestamp": _now(),
+            "locked": False,
+        },
+    }

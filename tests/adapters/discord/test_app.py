@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from bot.errors import ConfigError
 from bot.logcontext import TurnFilter
 from bot.runtime import open_core
 from tests.fakes.discord import (
+    ADA,
     ADMIN_ROLE_ID,
     BOT_USER,
     CHANNEL_ID,
@@ -31,12 +33,14 @@ from tests.fakes.discord import (
     OTHER_BOT,
     OTHER_CHANNEL_ID,
     THREAD_ID,
+    UNCACHED_THREAD_ID,
     FakeDiscord,
 )
 from tests.fakes.openai import FakeOpenAI
 
 BOT_MENTION = f"<@{BOT_USER['id']}>"
 DM_CHANNEL = "7001"
+GRACE_DM_CHANNEL = "7002"
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Discord:
     fake: FakeDiscord
     model: FakeOpenAI
     adapter: DiscordAdapter
+    db: Path
 
     def sent(self, channel: str = CHANNEL_ID) -> list[Any]:
         return self.fake.channel_messages(channel)
@@ -87,7 +92,7 @@ async def discord_bot(
             await asyncio.wait_for(adapter.start(), 10)
             try:
                 assert adapter.connected
-                yield Discord(fake, model, adapter)
+                yield Discord(fake, model, adapter, Path(settings.db))
             finally:
                 await adapter.stop()
             assert not adapter.connected
@@ -364,12 +369,22 @@ async def test_a_gateway_disconnect_resumes_without_losing_or_doubling_a_mention
 
 
 async def command(
-    discord_bot: Discord, command_name: str, *, roles: tuple[str, ...] = (), **options: str
+    discord_bot: Discord,
+    command_name: str,
+    *,
+    roles: tuple[str, ...] = (),
+    channel_id: str = CHANNEL_ID,
+    guild_id: str | None = GUILD_ID,
+    user: dict[str, Any] = ADA,
+    **options: str,
 ) -> dict[str, Any]:
     fake = discord_bot.fake
     before = len(fake.followups)
     opts = [{"name": k, "type": 3, "value": v} for k, v in options.items()]
-    await fake.dispatch("INTERACTION_CREATE", fake.interaction_create(command_name, roles=roles, options=opts))
+    interaction = fake.interaction_create(
+        command_name, roles=roles, options=opts, channel_id=channel_id, guild_id=guild_id, user=user
+    )
+    await fake.dispatch("INTERACTION_CREATE", interaction)
     await fake.wait_for(lambda: len(fake.followups) > before)
     deferral = fake.interaction_responses[-1]
     assert deferral["type"] == 5 and deferral["data"]["flags"] & EPHEMERAL  # acknowledged within Discord's 3 s
@@ -412,3 +427,210 @@ async def test_a_rejected_token_stops_start_up_with_a_clear_error(model: FakeOpe
             with pytest.raises(ConfigError, match="DISCORD_TOKEN was rejected"):
                 await asyncio.wait_for(adapter.start(), 10)
             await adapter.stop()
+
+
+async def ask(
+    discord_bot: Discord,
+    text: str,
+    *,
+    channel_id: str = CHANNEL_ID,
+    guild_id: str | None = GUILD_ID,
+    author: dict[str, Any] = ADA,
+) -> None:
+    """A question to the bot: a mention in a guild channel or thread, a plain message in a DM."""
+    fake = discord_bot.fake
+    if guild_id is None:
+        message = fake.message_create(text, channel_id=channel_id, guild_id=None, author=author)
+    else:
+        message = fake.message_create(
+            f"{BOT_MENTION} {text}", channel_id=channel_id, author=author, mentions=(BOT_USER,)
+        )
+    await fake.dispatch("MESSAGE_CREATE", message)
+
+
+async def wait_prefix(discord_bot: Discord, prefix: str, channel: str = CHANNEL_ID) -> str:
+    fake = discord_bot.fake
+    await fake.wait_for(lambda: any(m.content.startswith(prefix) for m in discord_bot.sent(channel)))
+    return next(m.content for m in discord_bot.sent(channel) if m.content.startswith(prefix))
+
+
+# --- threads belong to their channel ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides", [{"deny_channels": CHANNEL_ID}])
+@pytest.mark.parametrize("thread", [THREAD_ID, UNCACHED_THREAD_ID])
+async def test_a_thread_of_a_denied_channel_is_refused(discord_bot: Discord, thread: str) -> None:
+    await ask(discord_bot, "let me in", channel_id=thread)
+    await discord_bot.wait_text(texts.NOT_ALLOWED, channel=thread)
+    await ask(discord_bot, "elsewhere", channel_id=OTHER_CHANNEL_ID)
+    await discord_bot.wait_text("echo: Ada: elsewhere", channel=OTHER_CHANNEL_ID)
+    assert discord_bot.model.calls == 1
+    # A thread discord.py was never told about is looked up once, to learn its parent.
+    assert discord_bot.fake.calls("GET", rf"channels/{UNCACHED_THREAD_ID}") == (
+        [None] if thread == UNCACHED_THREAD_ID else []
+    )
+
+
+@pytest.mark.parametrize("overrides", [{"allow_channels": CHANNEL_ID}])
+async def test_a_thread_of_an_allowed_channel_is_answered(discord_bot: Discord) -> None:
+    await ask(discord_bot, "in the thread", channel_id=THREAD_ID)
+    await discord_bot.wait_text("echo: Ada: in the thread", channel=THREAD_ID)
+
+
+@pytest.mark.parametrize("overrides", [{"models": "small-model"}])
+async def test_a_thread_follows_its_channels_system_prompt_and_model(discord_bot: Discord) -> None:
+    done = await command(discord_bot, "system", roles=(ADMIN_ROLE_ID,), prompt="Be terse.")
+    assert done["content"] == texts.SYSTEM_SET
+    # /model typed inside the thread sets the parent channel's model.
+    done = await command(discord_bot, "model", roles=(ADMIN_ROLE_ID,), channel_id=THREAD_ID, name="small-model")
+    assert done["content"] == texts.MODEL_SET.format(model="small-model")
+    shown = await command(discord_bot, "system", channel_id=THREAD_ID)
+    assert shown["content"] == texts.SYSTEM_SHOW.format(prompt="Be terse.")
+    for channel in (THREAD_ID, CHANNEL_ID):
+        await ask(discord_bot, f"hi from {channel}", channel_id=channel)
+        await discord_bot.wait_text(f"echo: Ada: hi from {channel}", channel=channel)
+        request = discord_bot.model.requests[-1]
+        assert request["messages"][0]["content"].startswith("Be terse.")
+        assert request["model"] == "small-model"
+
+
+@pytest.mark.parametrize("overrides", [{"channel_rate_per_minute": 1}])
+async def test_the_channel_rate_limit_covers_its_threads(discord_bot: Discord) -> None:
+    await ask(discord_bot, "first")
+    await discord_bot.wait_text("echo: Ada: first")
+    await ask(discord_bot, "second", channel_id=THREAD_ID, author=GRACE)  # another person: the channel's limit
+    await wait_prefix(discord_bot, texts.SLOW_DOWN.split("{")[0], channel=THREAD_ID)
+    assert discord_bot.model.calls == 1
+
+
+@pytest.mark.parametrize("overrides", [{"budget_channel_daily": 1}])
+async def test_the_channel_budget_covers_its_threads(discord_bot: Discord) -> None:
+    await ask(discord_bot, "first", channel_id=THREAD_ID)
+    await discord_bot.wait_text("echo: Ada: first", channel=THREAD_ID)
+    await ask(discord_bot, "second", author=GRACE)
+    await wait_prefix(discord_bot, "Sorry, this channel's daily budget is used up")
+    assert discord_bot.model.calls == 1
+
+
+async def test_reset_in_a_thread_forgets_the_thread_and_in_the_channel_everything(discord_bot: Discord) -> None:
+    await ask(discord_bot, "in the channel")
+    await discord_bot.wait_text("echo: Ada: in the channel")
+    await ask(discord_bot, "in the thread", channel_id=THREAD_ID)
+    await discord_bot.wait_text("echo: Ada: in the thread", channel=THREAD_ID)
+    forgot = await command(discord_bot, "reset", channel_id=THREAD_ID)
+    assert forgot["content"] == texts.RESET_DONE.format(count=2, s="s")
+    await ask(discord_bot, "again in the channel")
+    await discord_bot.wait_text("echo: Ada: again in the channel")
+    assert [m["content"] for m in discord_bot.model.requests[-1]["messages"][1:]] == [
+        "Ada: in the channel",
+        "echo: Ada: in the channel",
+        "Ada: again in the channel",
+    ]
+    await ask(discord_bot, "again in the thread", channel_id=THREAD_ID)
+    await discord_bot.wait_text("echo: Ada: again in the thread", channel=THREAD_ID)
+    # /reset in the channel covers its threads, as in Slack.
+    forgot = await command(discord_bot, "reset")
+    assert forgot["content"] == texts.RESET_DONE.format(count=6, s="s")
+
+
+# --- a person's DMs are their own scope ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides", [{"budget_workspace_monthly": 1}])
+async def test_each_persons_dms_have_their_own_budget(discord_bot: Discord) -> None:
+    await ask(discord_bot, "first", channel_id=DM_CHANNEL, guild_id=None)
+    await discord_bot.wait_text("echo: Ada: first", channel=DM_CHANNEL)
+    # Ada's DMs used up the budget of her DMs, not of everyone's.
+    await ask(discord_bot, "mine", channel_id=GRACE_DM_CHANNEL, guild_id=None, author=GRACE)
+    await discord_bot.wait_text("echo: Grace: mine", channel=GRACE_DM_CHANNEL)
+    await ask(discord_bot, "second", channel_id=DM_CHANNEL, guild_id=None)
+    await wait_prefix(discord_bot, "Sorry, this workspace's monthly budget is used up", channel=DM_CHANNEL)
+    assert discord_bot.model.calls == 2
+    # /usage in a DM: the "workspace" is that person's DMs, so its line counts only what they asked.
+    for person, channel in ((ADA, DM_CHANNEL), (GRACE, GRACE_DM_CHANNEL)):
+        usage = await command(discord_bot, "usage", channel_id=channel, guild_id=None, user=person)
+        lines = dict(line.split(": ", 1) for line in usage["content"].splitlines() if line.startswith("• "))
+        assert lines["• This workspace"] == lines["• You"] == lines["• This channel"]
+        assert not lines["• You"].startswith("today 0 tokens")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "answered"),
+    [
+        ({"deny_workspaces": "dm"}, []),
+        ({"deny_workspaces": f"dm-{ADA['id']}"}, ["Grace"]),
+        ({"allow_workspaces": GUILD_ID}, []),
+        ({"allow_workspaces": f"{GUILD_ID},dm"}, ["Ada", "Grace"]),
+        ({"allow_workspaces": f"{GUILD_ID},dm-{GRACE['id']}"}, ["Grace"]),
+    ],
+)
+async def test_access_lists_name_one_persons_dms_or_all_of_them(discord_bot: Discord, answered: list[str]) -> None:
+    for person, channel in ((ADA, DM_CHANNEL), (GRACE, GRACE_DM_CHANNEL)):
+        await ask(discord_bot, "hello", channel_id=channel, guild_id=None, author=person)
+    for person, channel in ((ADA, DM_CHANNEL), (GRACE, GRACE_DM_CHANNEL)):
+        name = person["global_name"]
+        await discord_bot.wait_text(f"echo: {name}: hello" if name in answered else texts.NOT_ALLOWED, channel=channel)
+    assert discord_bot.model.calls == len(answered)
+
+
+async def test_a_command_in_a_dm_is_about_that_persons_dm(discord_bot: Discord) -> None:
+    await ask(discord_bot, "remember", channel_id=DM_CHANNEL, guild_id=None)
+    await discord_bot.wait_text("echo: Ada: remember", channel=DM_CHANNEL)
+    forgot = await command(discord_bot, "reset", channel_id=DM_CHANNEL, guild_id=None)
+    assert forgot["content"] == texts.RESET_DONE.format(count=2, s="s")
+
+
+# --- commands that fail, and what Discord is told about mentions ------------------------------------------
+
+
+async def test_a_command_that_fails_gets_a_private_apology(
+    discord_bot: Discord, caplog: pytest.LogCaptureFixture
+) -> None:
+    with sqlite3.connect(discord_bot.db) as db:
+        db.execute("DROP TABLE messages")  # the database breaks under the bot
+    answer = await command(discord_bot, "reset")
+    assert answer["content"] == texts.APOLOGY
+    assert "the command /reset failed" in caplog.text and "Traceback" in caplog.text
+
+
+async def test_command_answers_and_hints_cannot_ping_anyone(discord_bot: Discord) -> None:
+    """Sends outside the sink rely on the client's ``allowed_mentions``: without it they would ping."""
+    pings = f"@everyone @here <@{GRACE['id']}> <@&{ADMIN_ROLE_ID}>"
+    await command(discord_bot, "system", roles=(ADMIN_ROLE_ID,), prompt=pings)
+    shown = await command(discord_bot, "system")
+    assert pings in shown["content"]
+    assert all(f["allowed_mentions"] == {"parse": []} for f in discord_bot.fake.followups)
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION}", mentions=(BOT_USER,)))
+    await discord_bot.wait_text(texts.EMPTY_MENTION)
+    [hint] = discord_bot.sent()
+    assert hint.payload["allowed_mentions"] == {"parse": [], "replied_user": False}
+
+
+async def test_answers_cannot_ping_anyone_even_on_a_client_without_the_default(discord_bot: Discord) -> None:
+    """The sink's own sends and edits carry ``allowed_mentions`` themselves, whatever the client says."""
+    discord_bot.adapter.client.allowed_mentions = None
+    discord_bot.model.chunk_delay = 0.005
+    answer = " ".join(f"@everyone <@{GRACE['id']}> x{i}" for i in range(100))
+    assert len(answer) > TEXT_LIMIT
+    discord_bot.model.reply = lambda messages: answer
+    await ask(discord_bot, "ping them all")
+    await discord_bot.fake.wait_for(
+        lambda: len(discord_bot.sent()) == 2 and discord_bot.sent()[-1].content.endswith("x99"), 10
+    )
+    first, second = discord_bot.sent()
+    assert first.payload["allowed_mentions"] == {"parse": [], "replied_user": False}  # the reply
+    assert second.payload["allowed_mentions"]["parse"] == []  # the continuation, sent to the channel
+    edits = [edit for m in (first, second) for edit in m.edits]
+    assert edits and all(edit["allowed_mentions"]["parse"] == [] for edit in edits)
+
+
+async def test_a_message_in_a_channel_discord_will_not_describe_is_not_answered(
+    discord_bot: Discord, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="adapters.discord")
+    await ask(discord_bot, "where am I?", channel_id="3999")  # neither cached nor known to Discord: 404
+    await discord_bot.fake.wait_for(lambda: "Discord did not say what the channel is" in caplog.text)
+    await ask(discord_bot, "and here?")
+    await discord_bot.wait_text("echo: Ada: and here?")
+    assert discord_bot.sent("3999") == [] and discord_bot.model.calls == 1

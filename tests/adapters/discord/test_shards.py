@@ -18,7 +18,7 @@ from adapters.discord import DiscordAdapter
 from bot.config import Settings
 from bot.messages import ConversationKey
 from bot.runtime import open_core
-from tests.fakes.discord import BOT_USER, CHANNEL_ID, GUILD_ID, SECOND_CHANNEL_ID, SECOND_GUILD_ID, FakeDiscord
+from tests.fakes.discord import ADA, BOT_USER, CHANNEL_ID, GUILD_ID, SECOND_CHANNEL_ID, SECOND_GUILD_ID, FakeDiscord
 from tests.fakes.openai import FakeOpenAI
 
 MENTION = f"<@{BOT_USER['id']}>"
@@ -77,7 +77,7 @@ async def test_two_replicas_split_the_shards_and_dms_come_on_shard_zero(tmp_path
     assert model.calls == 3
     assert sum(len(fake.channel_messages(c)) for c in (CHANNEL_ID, SECOND_CHANNEL_ID, DM_CHANNEL)) == 3
     assert await count(first_db, ConversationKey("discord", GUILD_ID, CHANNEL_ID)) == 2
-    assert await count(first_db, ConversationKey("discord", "dm", DM_CHANNEL)) == 2
+    assert await count(first_db, ConversationKey("discord", f"dm-{ADA['id']}", DM_CHANNEL)) == 2
     assert await count(second_db, ConversationKey("discord", SECOND_GUILD_ID, SECOND_CHANNEL_ID)) == 2
     assert await count(first_db, ConversationKey("discord", SECOND_GUILD_ID, SECOND_CHANNEL_ID)) == 0
 
