@@ -14,10 +14,10 @@ from pydantic import SecretStr
 
 from bot import texts
 from bot.conversation import ConversationCore, KeyedLocks, TurnSettings
-from bot.guards import KeySource
+from bot.guards import Guards, KeySource, RateLimiter
 from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter, model_http_client
 from bot.messages import ConversationKey, IncomingMessage, ReplyKind
-from bot.store import open_store
+from bot.store import TokenBuckets, open_store
 from tests.fakes.openai import FakeOpenAI
 
 KEY = ConversationKey("slack", "T1", "C1")
@@ -296,6 +296,45 @@ async def test_a_failed_turn_keeps_the_question(harness: Harness) -> None:
     await harness.say("[[500]] first question")
     await harness.say("second question")
     assert user_contents(harness.fake.requests[-1]) == ["Ada: [[500]] first question", "Ada: second question"]
+
+
+async def test_a_flood_in_one_conversation_is_told_at_once_and_its_queue_is_counted(
+    tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # Reported: 200 mentions in one channel queued 198 turns on its lock, the queue-depth metric said 0, nobody
+    # was told "busy" and the "slow down" replies came minutes later, each after the turn before it.
+    fake.hold = asyncio.Event()
+    guards = Guards(
+        channel_rate=RateLimiter(6),
+        buckets=TokenBuckets(clock=lambda: 0.0),  # no refill while the test runs
+        max_queued_per_conversation=2,
+    )
+    store = await open_store(str(tmp_path / "flood.db"))
+    try:
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(
+                http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+            )
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000), guards)
+            tasks = [
+                asyncio.create_task(core.handle(IncomingMessage(KEY, f"m{i}", f"U{i}", f"P{i}", f"question {i}")))
+                for i in range(12)
+            ]
+            await fake.wait_for_requests(1)
+            # 6 pass the channel's limit: 1 is being answered, 2 wait, 3 are told at once; the other 6 slow down.
+            async with asyncio.timeout(5):
+                while sum(t.done() for t in tasks) < 9:
+                    await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
+            told = sorted(t.result().text for t in tasks if t.done())
+            assert told == sorted([texts.CONVERSATION_BUSY] * 3 + [texts.SLOW_DOWN.format(seconds=10)] * 6)
+            assert fake.calls == 1 and fake.in_flight == 1  # all of that while the first answer is still on its way
+            assert core.metrics.registry.get_sample_value("teambot_queue_depth") == 2
+            fake.hold.set()
+            replies = await asyncio.gather(*tasks)
+            assert sum(r.kind is ReplyKind.ANSWER for r in replies) == 3 and fake.calls == 3
+            assert core.metrics.registry.get_sample_value("teambot_queue_depth") == 0
+    finally:
+        await store.close()
 
 
 async def test_lock_table_is_bounded_to_active_conversations() -> None:

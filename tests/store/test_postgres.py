@@ -13,7 +13,7 @@ import pytest
 
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage
-from bot.store import Store, open_store
+from bot.store import RateBucket, Store, open_store
 from bot.store.postgres import MIGRATIONS
 from tests.postgres_server import PostgresServer
 
@@ -151,7 +151,19 @@ async def _enter(store: Store) -> None:
 
 async def test_rate_buckets_are_shared_by_replicas(replicas: tuple[Store, Store]) -> None:
     first, second = replicas
-    per_second = 3 / 60
-    waits = [await store.take_token("user:slack:T1:U1", 3, per_second) for store in (first, second, first, second)]
+    bucket = RateBucket("user:slack:T1:U1", 3, 3 / 60)
+    waits = [await store.take_tokens([bucket]) for store in (first, second, first, second)]
     assert waits[:3] == [0, 0, 0]
     assert 19 < waits[3] <= 20
+
+
+async def test_replicas_taking_from_two_buckets_at_once_give_out_no_more_than_they_hold(
+    replicas: tuple[Store, Store],
+) -> None:
+    first, second = replicas
+    # No refill worth speaking of while the test runs; both buckets are new, so their rows are created on the way.
+    person, channel = RateBucket("user:slack:T1:U1", 5, 1 / 3600), RateBucket("channel:slack:T1:C1", 8, 1 / 3600)
+    waits = await asyncio.gather(*(store.take_tokens([channel, person]) for store in (first, second) * 10))
+    assert sum(wait == 0 for wait in waits) == 5
+    # The channel gave exactly the 5 tokens the person could use, and has 3 left.
+    assert [await second.take_tokens([channel]) == 0 for _ in range(4)] == [True, True, True, False]
