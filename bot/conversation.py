@@ -92,9 +92,9 @@ class ConversationCore:
         self.settings = settings
         self.guards = guards or Guards()
         self.metrics = metrics or Metrics()
+        self._locks = KeyedLocks()
         # Turns waiting for their conversation are queued as much as those waiting for a call slot.
         self.metrics.watch_queue(lambda: self.guards.gate.waiting + self._locks.waiting)
-        self._locks = KeyedLocks()
         # A handful of system prompts (the default and those set per channel) are counted on every turn.
         self._count_system = functools.lru_cache(maxsize=256)(counter.count_message)
 

@@ -161,9 +161,11 @@ async def test_replicas_taking_from_two_buckets_at_once_give_out_no_more_than_th
     replicas: tuple[Store, Store],
 ) -> None:
     first, second = replicas
+    # Every connection of both pools opened first, so that the takes below really run at once.
+    await asyncio.gather(*(s.take_tokens([RateBucket(f"warm:{n}", 1, 1)]) for n, s in enumerate((first, second) * 10)))
     # No refill worth speaking of while the test runs; both buckets are new, so their rows are created on the way.
     person, channel = RateBucket("user:slack:T1:U1", 5, 1 / 3600), RateBucket("channel:slack:T1:C1", 8, 1 / 3600)
-    waits = await asyncio.gather(*(store.take_tokens([channel, person]) for store in (first, second) * 10))
+    waits = await asyncio.gather(*(store.take_tokens([channel, person]) for store in (first, second) * 20))
     assert sum(wait == 0 for wait in waits) == 5
     # The channel gave exactly the 5 tokens the person could use, and has 3 left.
     assert [await second.take_tokens([channel]) == 0 for _ in range(4)] == [True, True, True, False]
