@@ -81,6 +81,13 @@ async def test_a_message_reaching_two_replicas_at_once_is_claimed_by_one(replica
     assert await first.count_messages(A) == 50
 
 
+async def test_a_message_id_claimed_by_two_replicas_at_once_is_theirs_once(replicas: tuple[Store, Store]) -> None:
+    first, second = replicas
+    for n in range(50):
+        claims = await asyncio.gather(first.claim_message(f"m{n}"), second.claim_message(f"m{n}"))
+        assert sorted(claims) == [False, True], f"message {n} was claimed {claims}"
+
+
 async def test_a_conversation_locked_by_one_replica_waits_in_the_other(replicas: tuple[Store, Store]) -> None:
     first, second = replicas
     order: list[str] = []
