@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     channel_rate_per_minute: int = Field(30, ge=0, validation_alias=_env("TEAMBOT_CHANNEL_RATE_PER_MINUTE"))
     max_concurrent_calls: int = Field(8, ge=1, validation_alias=_env("TEAMBOT_MAX_CONCURRENT_CALLS"))
     max_queued_calls: int = Field(64, ge=0, validation_alias=_env("TEAMBOT_MAX_QUEUED_CALLS"))
+    max_queued_per_conversation: int = Field(8, ge=0, validation_alias=_env("TEAMBOT_MAX_QUEUED_PER_CONVERSATION"))
     admin_users: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_ADMIN_USERS"))
     models: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_MODELS"))
     allow_workspaces: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_ALLOW_WORKSPACES"))

@@ -1,4 +1,5 @@
-"""The turn: lock the conversation, record the message, build the prompt, call the model, store the reply."""
+"""The turn: admit the message (access, dedup, rate, the conversation's turn, budget, a call slot), record it,
+build the prompt, call the model, store the reply."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from bot import errors, logcontext, texts
-from bot.guards import Busy, Guards
+from bot.guards import Busy, ConversationBusy, Guards
 from bot.llm import PER_MESSAGE_OVERHEAD, ChatClient, ChatMessage, Completion, TokenCounter
 from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, Usage
 from bot.metrics import Metrics
@@ -33,17 +34,31 @@ class KeyedLocks:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[asyncio.Lock, int]] = {}
+        #: how many are waiting for a lock (not holding one), over all keys
+        self.waiting = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(self, key: str, *, max_waiting: int | None = None) -> AsyncIterator[None]:
+        """Hold ``key``'s lock; with ``max_waiting``, raise ConversationBusy at once when that many already wait."""
         lock, users = self._entries.get(key) or (asyncio.Lock(), 0)
+        # Every user but the holder (if any: a released lock may not have woken its next waiter yet) is waiting.
+        waiting = users - 1 if lock.locked() else users
+        if max_waiting is not None and waiting >= max_waiting and users > 0:
+            raise ConversationBusy(f"{waiting} turns already wait for {key}")
         self._entries[key] = (lock, users + 1)
         try:
-            async with lock:
+            self.waiting += 1
+            try:
+                await lock.acquire()
+            finally:
+                self.waiting -= 1
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._entries[key]
             if users == 1:
@@ -58,9 +73,12 @@ ABANDON_SECONDS = 2.0
 
 @dataclass(slots=True)
 class _Progress:
-    """How far a turn's model call got: the prompt of the request under way, and the text it streamed."""
+    """How far a turn got: its stored question, the prompt of the request under way, and the text it streamed."""
 
+    row: int | None = None
+    model: str | None = None
     prompt: list[ChatMessage] | None = None
+    settled: bool = False
     text: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -89,8 +107,9 @@ class ConversationCore:
         self.settings = settings
         self.guards = guards or Guards()
         self.metrics = metrics or Metrics()
-        self.metrics.watch_queue(lambda: self.guards.gate.waiting)
         self._locks = KeyedLocks()
+        # Turns waiting for their conversation are queued as much as those waiting for a call slot.
+        self.metrics.watch_queue(lambda: self.guards.gate.waiting + self._locks.waiting)
         # A handful of system prompts (the default and those set per channel) are counted on every turn.
         self._count_system = functools.lru_cache(maxsize=256)(counter.count_message)
 
@@ -110,13 +129,45 @@ class ConversationCore:
             return reply
 
     async def _handle(self, msg: IncomingMessage, on_text: OnText | None) -> Reply:
+        """Admission, cheapest and most certain refusal first; a refused question costs nothing and leaves no trace
+        in the history (its id stays handled)."""
         if not self.guards.access.allows(msg):
             log.info("message %s in %s refused by the access lists", msg.message_id, msg.key)
             if self.guards.access.refuse_silently:
                 return Reply(ReplyKind.IGNORED, "")
             return Reply(ReplyKind.REFUSED, texts.NOT_ALLOWED)
-        async with self._locks.hold(str(msg.key)), self.store.conversation_lock(msg.key):
-            return await self._turn(msg, on_text)
+        # A redelivery is silent, and neither waits nor spends the person's rate tokens.
+        if not await self.store.claim_message(msg.message_id):
+            log.info("message %s in %s was already handled; not answering again", msg.message_id, msg.key)
+            return Reply(ReplyKind.DUPLICATE, "")
+        # Before queueing for the conversation: a flood in one channel is slowed down at once, not minutes later.
+        wait = await self.guards.rate_wait(msg)
+        if wait > 0:
+            log.info("message %s in %s rate-limited for %d s", msg.message_id, msg.key, wait)
+            return Reply(ReplyKind.REFUSED, texts.SLOW_DOWN.format(seconds=wait))
+        progress = _Progress()
+        try:
+            async with (
+                self._locks.hold(str(msg.key), max_waiting=self.guards.max_queued_per_conversation),
+                self.store.conversation_lock(msg.key),
+            ):
+                refusal = await self._budget_refusal(msg)
+                if refusal is not None:
+                    return Reply(ReplyKind.REFUSED, refusal)
+                # The slot is held until the call is charged, so every call that passed the budget check and is
+                # not yet charged holds a slot: a cap is passed by at most the calls running when it runs out.
+                async with self.guards.gate.slot() as waited:
+                    # Calls charged while this one queued may have used the budget up: look again.
+                    if waited and (refusal := await self._budget_refusal(msg)) is not None:
+                        return Reply(ReplyKind.REFUSED, refusal)
+                    return await self._turn(msg, on_text, progress)
+        except Busy as exc:
+            log.warning("conversation %s: %s", msg.key, exc)
+            return Reply(ReplyKind.REFUSED, exc.user_message)
+        except asyncio.CancelledError:
+            # Cut off (the process stops past its drain deadline), whether still queued or mid-call.
+            await self._abandon(msg, progress)
+            raise
 
     async def reset(self, key: ConversationKey) -> int:
         async with self._locks.hold(str(key)), self.store.conversation_lock(key):
@@ -124,7 +175,7 @@ class ConversationCore:
         log.info("conversation %s reset: %d messages deleted", key, count)
         return count
 
-    async def _turn(self, msg: IncomingMessage, on_text: OnText | None) -> Reply:
+    async def _turn(self, msg: IncomingMessage, on_text: OnText | None, progress: _Progress) -> Reply:
         channel = await self.store.channel_settings(msg.key)
         system = self._system_message(channel.system_prompt)
         # A single message may take at most half of what the system prompt leaves, so that the turns around it
@@ -133,7 +184,7 @@ class ConversationCore:
         single_cap = max(16, room // 2 - PER_MESSAGE_OVERHEAD)
         cleaned = _CONTROL.sub("", msg.text)
         text = self._counter.truncate(cleaned, single_cap)
-        reply = await self._answer(_with_text(msg, text), system, channel.model, on_text)
+        reply = await self._answer(_with_text(msg, text), system, channel.model, on_text, progress)
         if text == cleaned or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
             return reply
         # A cut question would otherwise be answered as if it had been read whole: say so, beside any budget notice.
@@ -141,33 +192,21 @@ class ConversationCore:
         return dataclasses.replace(reply, notice=f"{cut}\n\n{reply.notice}" if reply.notice else cut)
 
     async def _answer(
-        self, msg: IncomingMessage, system: ChatMessage, model: str | None, on_text: OnText | None
+        self,
+        msg: IncomingMessage,
+        system: ChatMessage,
+        model: str | None,
+        on_text: OnText | None,
+        progress: _Progress,
     ) -> Reply:
         """The reply to ``msg``, whose text is already as the model will see it."""
         content = f"{msg.author_name}: {msg.text}"
         new_tokens = self._counter.count_message(content)
-        row = await self.store.begin_turn(msg, new_tokens)
-        if row is None:
-            log.info("message %s in %s was already handled; not answering again", msg.message_id, msg.key)
-            return Reply(ReplyKind.DUPLICATE, "")
-
-        refusal = await self._refusal(msg)
-        if refusal is not None:
-            # A refused question costs nothing and leaves no trace in the history; its id stays handled.
-            await self.store.forget_message(row)
-            return Reply(ReplyKind.REFUSED, refusal)
-
-        progress = _Progress()
-        try:
-            async with self.guards.gate.slot():
-                result = await self._call_model(msg, row, system, model, content, new_tokens, on_text, progress)
-        except Busy as exc:
-            log.warning("conversation %s: %s", msg.key, exc)
-            await self.store.forget_message(row)
-            return Reply(ReplyKind.REFUSED, exc.user_message)
-        except asyncio.CancelledError:
-            await self._abandon(msg, row, model, progress)
-            raise
+        row = await self.store.add_question(msg, new_tokens)
+        progress.row, progress.model = row, model
+        result = await self._call_model(msg, row, system, model, content, new_tokens, on_text, progress)
+        # From here the turn ends as an answer or an error: a cut-off no longer releases its message.
+        progress.settled = True
         if isinstance(result, Reply):
             return result
         completion, prompt = result
@@ -194,14 +233,13 @@ class ConversationCore:
         )
         return Reply(ReplyKind.ANSWER, completion.text, usage, completion.model, notice)
 
-    async def _refusal(self, msg: IncomingMessage) -> str | None:
-        wait = await self.guards.rate_wait(msg)
-        if wait > 0:
-            log.info("message %s in %s rate-limited for %d s", msg.message_id, msg.key, wait)
-            return texts.SLOW_DOWN.format(seconds=wait)
-        if self.guards.accounting is not None:
-            return await self.guards.accounting.refusal(msg.key, msg.author_id)
-        return None
+    async def _budget_refusal(self, msg: IncomingMessage) -> str | None:
+        if self.guards.accounting is None:
+            return None
+        refusal = await self.guards.accounting.refusal(msg.key, msg.author_id)
+        if refusal is not None:
+            log.info("message %s in %s refused: a budget is used up", msg.message_id, msg.key)
+        return refusal
 
     async def _call_model(
         self,
@@ -291,20 +329,22 @@ class ConversationCore:
         notice = _join(unsaved, await self._notice(ledger))
         return Reply(ReplyKind.PARTIAL, text, usage, notice=notice)
 
-    async def _abandon(self, msg: IncomingMessage, row: int, model: str | None, progress: _Progress) -> None:
+    async def _abandon(self, msg: IncomingMessage, progress: _Progress) -> None:
         """The turn is being cancelled (the process stops past its drain deadline) before its reply was stored.
 
-        Its message is deleted and its id released, so the message is answered if the platform delivers it
-        again, and asking again starts from a history without a question left hanging; the adapter marks the
-        text already shown as cut off. A request that went out is charged (an estimate): the provider bills
-        what it generated. Bounded by a short timeout: the process is going away.
+        Its message (if already stored) is deleted and its id released, so the message is answered if the platform
+        delivers it again, and asking again starts from a history without a question left hanging; the adapter
+        marks the text already shown as cut off. A request that went out is charged (an estimate): the provider
+        bills what it generated. Bounded by a short timeout: the process is going away.
         """
+        if progress.settled:
+            return
         ledger = None
         if progress.prompt is not None:
-            ledger = self._charge(msg, model, self._estimate_usage(progress.prompt, "".join(progress.text)))
+            ledger = self._charge(msg, progress.model, self._estimate_usage(progress.prompt, "".join(progress.text)))
         try:
             async with asyncio.timeout(ABANDON_SECONDS):
-                await self.store.abandon_turn(row, msg.message_id, ledger)
+                await self.store.abandon_turn(progress.row, msg.message_id, ledger)
         except (TimeoutError, errors.StoreError) as exc:
             log.warning("the cut-off turn %s in %s could not be released: %s", msg.message_id, msg.key, exc)
             return

@@ -29,7 +29,9 @@ class Metrics:
         )
         self.tokens = Counter("teambot_tokens", "Tokens used by model calls", ["direction"], registry=r)
         self.cost = Counter("teambot_cost_usd", "Estimated cost of model calls, US dollars", registry=r)
-        self.queue_depth = Gauge("teambot_queue_depth", "Model calls waiting for a slot", registry=r)
+        self.queue_depth = Gauge(
+            "teambot_queue_depth", "Turns waiting: for their conversation or for a model call slot", registry=r
+        )
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)

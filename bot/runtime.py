@@ -72,10 +72,12 @@ def guards(settings: Settings, store: Store) -> Guards:
             settings.deny_users,
             settings.refuse_silently,
         ),
+        user_rate=RateLimiter(settings.user_rate_per_minute, name="user"),
+        channel_rate=RateLimiter(settings.channel_rate_per_minute, name="channel"),
         # Buckets live in the store, so replicas sharing a database share the caps.
-        user_rate=RateLimiter(settings.user_rate_per_minute, name="user", buckets=store),
-        channel_rate=RateLimiter(settings.channel_rate_per_minute, name="channel", buckets=store),
+        buckets=store,
         gate=ConcurrencyGate(settings.max_concurrent_calls, settings.max_queued_calls),
+        max_queued_per_conversation=settings.max_queued_per_conversation,
         accounting=Accounting(
             store,
             PriceTable(settings.prices),

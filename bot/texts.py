@@ -58,6 +58,7 @@ def plural(count: int) -> str:
 
 
 BUSY = "I'm answering a lot of questions right now; please try again in a minute."
+CONVERSATION_BUSY = "Several questions here are already waiting for my answer; please ask again once I've caught up."
 SLOW_DOWN = "Slow down a little: try again in {seconds} s."
 NOT_ALLOWED = "Sorry, I'm not enabled here."
 BUDGET_REACHED = "Sorry, {budget} is used up; it resets at {resets}."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,13 +14,22 @@ from pydantic import SecretStr
 
 from bot import texts
 from bot.conversation import ConversationCore, KeyedLocks, TurnSettings
-from bot.guards import KeySource
+from bot.guards import Guards, KeySource, RateLimiter
 from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter, model_http_client
 from bot.messages import ConversationKey, IncomingMessage, ReplyKind
-from bot.store import open_store
+from bot.store import TokenBuckets, open_store
 from tests.fakes.openai import FakeOpenAI
 
 KEY = ConversationKey("slack", "T1", "C1")
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Until ``condition()`` holds, for state inside the core that no fake hears about."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on: the core signals no event for it
+            await asyncio.sleep(0.01)
+
+
 OTHER = ConversationKey("slack", "T1", "C2")
 
 
@@ -298,6 +307,45 @@ async def test_a_failed_turn_keeps_the_question(harness: Harness) -> None:
     assert user_contents(harness.fake.requests[-1]) == ["Ada: [[500]] first question", "Ada: second question"]
 
 
+async def test_a_flood_in_one_conversation_is_told_at_once_and_its_queue_is_counted(
+    tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # Reported: 200 mentions in one channel queued 198 turns on its lock, the queue-depth metric said 0, nobody
+    # was told "busy" and the "slow down" replies came minutes later, each after the turn before it.
+    fake.hold = asyncio.Event()
+    guards = Guards(
+        channel_rate=RateLimiter(6),
+        buckets=TokenBuckets(clock=lambda: 0.0),  # no refill while the test runs
+        max_queued_per_conversation=2,
+    )
+    store = await open_store(str(tmp_path / "flood.db"))
+    try:
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(
+                http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+            )
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000), guards)
+            tasks = [
+                asyncio.create_task(core.handle(IncomingMessage(KEY, f"m{i}", f"U{i}", f"P{i}", f"question {i}")))
+                for i in range(12)
+            ]
+            await fake.wait_for_requests(1)
+            # 6 pass the channel's limit: 1 is being answered, 2 wait, 3 are told at once; the other 6 slow down.
+            async with asyncio.timeout(5):
+                while sum(t.done() for t in tasks) < 9:
+                    await asyncio.wait([t for t in tasks if not t.done()], return_when=asyncio.FIRST_COMPLETED)
+            told = sorted(t.result().text for t in tasks if t.done())
+            assert told == sorted([texts.CONVERSATION_BUSY] * 3 + [texts.SLOW_DOWN.format(seconds=10)] * 6)
+            assert fake.calls == 1 and fake.in_flight == 1  # all of that while the first answer is still on its way
+            assert core.metrics.registry.get_sample_value("teambot_queue_depth") == 2
+            fake.hold.set()
+            replies = await asyncio.gather(*tasks)
+            assert sum(r.kind is ReplyKind.ANSWER for r in replies) == 3 and fake.calls == 3
+            assert core.metrics.registry.get_sample_value("teambot_queue_depth") == 0
+    finally:
+        await store.close()
+
+
 async def test_lock_table_is_bounded_to_active_conversations() -> None:
     locks = KeyedLocks()
     async with locks.hold("a"), locks.hold("b"):
@@ -307,3 +355,69 @@ async def test_lock_table_is_bounded_to_active_conversations() -> None:
 
 async def _ignore(piece: str) -> None:
     return None
+
+
+async def test_a_turn_cut_off_while_queued_releases_its_message(
+    tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # A shutdown past the drain deadline cancels the turns still waiting for their conversation too: their message
+    # ids were claimed on arrival, and must be freed so the message is answered if it comes again.
+    fake.hold = asyncio.Event()
+    store = await open_store(str(tmp_path / "queued.db"))
+    try:
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(
+                http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+            )
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000))
+            first = asyncio.create_task(core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first")))
+            await fake.wait_for_requests(1)
+            queued = asyncio.create_task(core.handle(IncomingMessage(KEY, "m2", "U2", "Bob", "second")))
+            await until(lambda: core.metrics.registry.get_sample_value("teambot_queue_depth") == 1)
+            queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            fake.hold.set()
+            assert (await first).kind is ReplyKind.ANSWER
+            again = await core.handle(IncomingMessage(KEY, "m2", "U2", "Bob", "second"))
+            assert again.kind is ReplyKind.ANSWER
+            assert await store.count_messages(KEY) == 4
+    finally:
+        await store.close()
+
+
+async def test_a_turn_cut_off_after_the_model_answered_is_not_released(
+    tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # Once the model has answered, the person has seen the answer: a cut-off while the reply is being stored must
+    # not free the message id, or a redelivery would be answered a second time.
+    fake.hold = asyncio.Event()
+    path = tmp_path / "settled.db"
+    store = await open_store(str(path))
+    try:
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(
+                http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+            )
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000))
+            turn = asyncio.create_task(core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first")))
+            await fake.wait_for_requests(1)
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock: the reply's write waits
+            try:
+                fake.hold.set()
+                # The model's answer is in: observed as the call returns, right before the reply is stored.
+                await until(lambda: bool(core.metrics.registry.get_sample_value("teambot_model_latency_seconds_count")))
+                turn.cancel()
+                await asyncio.sleep(0)  # the cancellation lands in the waiting write
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            with pytest.raises(asyncio.CancelledError):
+                await turn
+            await store.claim_message("after")  # queued behind whatever the writer still had to do
+            assert await store.count_messages(KEY) == 2
+            again = await core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first"))
+            assert again.kind is ReplyKind.DUPLICATE
+    finally:
+        await store.close()

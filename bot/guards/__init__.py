@@ -6,7 +6,7 @@ from __future__ import annotations
 from bot.guards.access import AccessPolicy
 from bot.guards.budgets import Accounting, Budget, Period, ScopeKind, Unit, scope_for
 from bot.guards.keys import KeySource
-from bot.guards.limits import Buckets, Busy, ConcurrencyGate, RateLimiter
+from bot.guards.limits import Buckets, Busy, ConcurrencyGate, ConversationBusy, RateLimiter
 from bot.guards.pricing import Price, PriceTable
 from bot.guards.redaction import MASK, RedactingFilter, redact, remember
 from bot.guards.turn import Guards
@@ -19,6 +19,7 @@ __all__ = [
     "Budget",
     "Busy",
     "ConcurrencyGate",
+    "ConversationBusy",
     "Guards",
     "KeySource",
     "Period",

@@ -18,6 +18,7 @@ from bot.messages import ConversationKey, Usage
 from bot.store import Store, UsageRecord, UsageScope, UsageTotal
 
 Clock = Callable[[], float]
+_CLAIMED_CACHE_SIZE = 10_000
 
 
 class Unit(enum.Enum):
@@ -97,6 +98,8 @@ class Accounting:
         self._unit = unit
         self._soft = soft_percent / 100.0
         self._clock = clock
+        #: (scope, period start) of soft-cap warnings known to be posted already
+        self._claimed: set[tuple[str, float]] = set()
 
     def _amount(self, total: UsageTotal) -> float:
         return float(total.tokens) if self._unit is Unit.TOKENS else total.cost
@@ -134,27 +137,39 @@ class Accounting:
         )
 
     async def notice(self, record: UsageRecord) -> str | None:
-        """The soft-cap warning, when the call in ``record`` (already stored) crossed one first this period."""
+        """The soft-cap warning, when a budget of the call in ``record`` (already stored) is past its soft cap and
+        no warning was posted for it yet this period."""
         warnings: list[str] = []
-        this_call = float(record.prompt_tokens + record.completion_tokens) if self._unit is Unit.TOKENS else record.cost
         for budget in self._budgets:
             spent = await self._spent(budget, record.key, record.user_id, record.at)
-            threshold = budget.limit * self._soft
-            if spent - this_call < threshold <= spent:
-                scope = scope_for(budget.kind, record.key, record.user_id)
-                name = f"{budget.kind.value}:{budget.period.value}:{scope.platform}:{scope.workspace}:"
-                name += scope.channel or scope.user_id or ""
-                if await self._store.claim_warning(name, budget.period.start(record.at).timestamp()):
-                    warnings.append(
-                        texts.BUDGET_SOFT_WARNING.format(
-                            budget=budget.label,
-                            percent=round(100 * spent / budget.limit),
-                            spent=self._format(spent),
-                            limit=self._format(budget.limit),
-                            resets=_when(budget.period.next_start(record.at)),
-                        )
+            if spent < budget.limit * self._soft:
+                continue
+            # Not "did this call cross it": two calls finishing together would each see the other's share and
+            # neither would warn. Every call past it asks; the claim in the database lets exactly one post.
+            scope = scope_for(budget.kind, record.key, record.user_id)
+            name = f"{budget.kind.value}:{budget.period.value}:{scope.platform}:{scope.workspace}:"
+            name += scope.channel or scope.user_id or ""
+            claim = (name, budget.period.start(record.at).timestamp())
+            if claim in self._claimed:
+                continue  # already posted (by anyone): no need to ask the database on every later call
+            won = await self._store.claim_warning(*claim)
+            self._remember_claimed(claim)
+            if won:
+                warnings.append(
+                    texts.BUDGET_SOFT_WARNING.format(
+                        budget=budget.label,
+                        percent=round(100 * spent / budget.limit),
+                        spent=self._format(spent),
+                        limit=self._format(budget.limit),
+                        resets=_when(budget.period.next_start(record.at)),
                     )
+                )
         return "\n".join(warnings) or None
+
+    def _remember_claimed(self, claim: tuple[str, float]) -> None:
+        if len(self._claimed) >= _CLAIMED_CACHE_SIZE:
+            self._claimed.clear()  # forgetting only costs one more claim attempt per scope
+        self._claimed.add(claim)
 
     async def report(self, key: ConversationKey, user_id: str) -> str:
         now = self._clock()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from bot import texts
 from bot.errors import TeambotError
-from bot.store import TokenBuckets
+from bot.store import RateBucket
 
 Clock = Callable[[], float]
 
@@ -17,31 +17,36 @@ Clock = Callable[[], float]
 class Buckets(Protocol):
     """Where buckets are kept: in memory, or in a database that several replicas share so their caps hold."""
 
-    async def take_token(self, bucket: str, capacity: float, per_second: float) -> float: ...
+    async def take_tokens(self, buckets: Sequence[RateBucket]) -> float: ...
 
 
 class RateLimiter:
-    """A token bucket per key: ``per_minute`` requests a minute, bursts up to the same number."""
+    """A token bucket per key: ``per_minute`` requests a minute, bursts up to the same number; 0 is no limit."""
 
-    def __init__(self, per_minute: int, *, name: str = "rate", buckets: Buckets | None = None) -> None:
+    def __init__(self, per_minute: int, *, name: str = "rate") -> None:
         self._capacity = float(per_minute)
         self._rate = per_minute / 60.0
         self._name = name
-        self._buckets = buckets or TokenBuckets()
 
     @property
     def enabled(self) -> bool:
         return self._capacity > 0
 
-    async def take(self, key: str) -> float:
-        """Spend one request for ``key``: 0 when allowed, else the seconds until one is available."""
+    def bucket(self, key: str) -> RateBucket | None:
+        """The bucket a request for ``key`` takes a token from; None when this limit is off."""
         if not self.enabled:
-            return 0.0
-        return await self._buckets.take_token(f"{self._name}:{key}", self._capacity, self._rate)
+            return None
+        return RateBucket(f"{self._name}:{key}", self._capacity, self._rate)
 
 
 class Busy(TeambotError):
     user_message = texts.BUSY
+
+
+class ConversationBusy(Busy):
+    """Too many questions already wait for their turn in one conversation."""
+
+    user_message = texts.CONVERSATION_BUSY
 
 
 class ConcurrencyGate:
@@ -56,15 +61,17 @@ class ConcurrencyGate:
         self.waiting = 0
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[bool]:
+        """Hold a slot; yields whether it had to wait for one (what was checked before may have changed)."""
         if self._slots.locked() and self.waiting >= self._max_waiting:
             raise Busy("the queue of model calls is full")
+        waited = self._slots.locked()
         self.waiting += 1
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
         try:
-            yield
+            yield waited
         finally:
             self._slots.release()

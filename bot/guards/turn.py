@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from bot.guards.access import AccessPolicy
 from bot.guards.budgets import Accounting
-from bot.guards.limits import ConcurrencyGate, RateLimiter
+from bot.guards.limits import Buckets, ConcurrencyGate, RateLimiter
 from bot.messages import IncomingMessage
+from bot.store import TokenBuckets
 
 
 @dataclass(slots=True)
@@ -18,12 +19,27 @@ class Guards:
     access: AccessPolicy = field(default_factory=AccessPolicy)
     user_rate: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     channel_rate: RateLimiter = field(default_factory=lambda: RateLimiter(0))
+    #: where the rate buckets are kept: the store, so that replicas sharing a database share the limits
+    buckets: Buckets = field(default_factory=TokenBuckets)
     gate: ConcurrencyGate = field(default_factory=lambda: ConcurrencyGate(1_000_000, 0))
+    #: how many turns may wait for one conversation's turn; the next are told it is busy
+    max_queued_per_conversation: int = 1_000_000
     accounting: Accounting | None = None
 
     async def rate_wait(self, msg: IncomingMessage) -> int:
-        """Whole seconds until this person and channel may ask again; 0 when they may now."""
+        """Whole seconds until this person and channel may ask again; 0 when they may now.
+
+        One take from both buckets: a question the channel's limit refuses does not use up the person's.
+        """
         key = msg.key
-        user = await self.user_rate.take(f"{key.platform}:{key.workspace}:{msg.author_id}")
-        channel = await self.channel_rate.take(f"{key.platform}:{key.workspace}:{key.channel}")
-        return math.ceil(max(user, channel))
+        wanted = [
+            bucket
+            for bucket in (
+                self.user_rate.bucket(f"{key.platform}:{key.workspace}:{msg.author_id}"),
+                self.channel_rate.bucket(f"{key.platform}:{key.workspace}:{key.channel}"),
+            )
+            if bucket is not None
+        ]
+        if not wanted:
+            return 0
+        return math.ceil(await self.buckets.take_tokens(wanted))

@@ -7,6 +7,7 @@ sharing one database. Both implement the :class:`Store` protocol and pass the sa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -132,6 +133,15 @@ class UsageTotal:
 
 
 @dataclass(frozen=True, slots=True)
+class RateBucket:
+    """A token bucket: up to ``capacity`` requests in a burst, refilled at ``per_second``."""
+
+    key: str
+    capacity: float
+    per_second: float
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelSettings:
     """What an admin changed for one channel (and its threads); None means the configured default."""
 
@@ -148,6 +158,18 @@ class Store(Protocol):
         Returns the new message's row id, or None when that ``message_id`` was handled before (a platform
         redelivery): then nothing is written and the caller must not answer.
         """
+        ...
+
+    async def claim_message(self, message_id: str) -> bool:
+        """Mark a platform message id as handled: True for its first delivery, False for a redelivery.
+
+        The turn claims its message before it queues for the conversation, so a redelivery neither waits nor
+        spends a rate-limit token; it stores the message with :meth:`add_question` once it is its turn.
+        """
+        ...
+
+    async def add_question(self, msg: IncomingMessage, tokens: int) -> int:
+        """Store the person's message, whose id :meth:`claim_message` already claimed; returns its row id."""
         ...
 
     async def add_reply(
@@ -199,11 +221,11 @@ class Store(Protocol):
         the database refused). Raises :class:`bot.errors.StoreError` when the database refuses it too."""
         ...
 
-    async def abandon_turn(self, row: int, message_id: str, ledger: UsageRecord | None = None) -> None:
-        """Undo :meth:`begin_turn` for a turn cut off before its reply was stored (the process is stopping):
-        delete the message ``row`` and release ``message_id``, so the message is answered if it comes again, and
-        record ``ledger`` (what the cut-off call cost), in one transaction. Raises :class:`bot.errors.StoreError`.
-        """
+    async def abandon_turn(self, row: int | None, message_id: str, ledger: UsageRecord | None = None) -> None:
+        """Undo a turn cut off before its reply was stored (the process is stopping): delete its message ``row``
+        (None: still queued, nothing stored yet) and release ``message_id``, so the message is answered if it comes
+        again, and record ``ledger`` (what the cut-off call cost), in one transaction. Raises
+        :class:`bot.errors.StoreError`."""
         ...
 
     async def purge_expired(self) -> int:
@@ -230,10 +252,11 @@ class Store(Protocol):
 
     async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None: ...
 
-    async def take_token(self, bucket: str, capacity: float, per_second: float) -> float:
-        """Spend one token of a rate-limit bucket that refills ``per_second`` up to ``capacity``.
+    async def take_tokens(self, buckets: Sequence[RateBucket]) -> float:
+        """Spend one token of each of ``buckets`` (distinct keys), atomically: all of them, or none.
 
-        Returns 0 when there was one, else the seconds until there is.
+        Returns 0 when every bucket had a token (then each gave one), else the seconds until all of them have
+        one (then none gave any: a question refused by one limit does not use up another).
         """
         ...
 

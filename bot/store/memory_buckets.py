@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from bot.store.base import RateBucket
 
 Clock = Callable[[], float]
 
@@ -20,17 +22,22 @@ class TokenBuckets:
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    async def take_token(self, bucket: str, capacity: float, per_second: float) -> float:
-        """Spend one token of ``bucket``: 0 when there was one, else the seconds until there is."""
+    async def take_tokens(self, buckets: Sequence[RateBucket]) -> float:
+        """Spend one token of each bucket when every one has a token: 0 then, else the seconds until they all do.
+
+        No await between reading and writing: within one event loop this is atomic.
+        """
         now = self._clock()
-        tokens, then = self._buckets.pop(bucket, (capacity, now))
-        tokens = min(capacity, tokens + (now - then) * per_second)
-        if tokens >= 1:
-            self._buckets[bucket] = (tokens - 1, now)
-            wait = 0.0
-        else:
-            self._buckets[bucket] = (tokens, now)
-            wait = (1 - tokens) / per_second
-        if len(self._buckets) > self._max_keys:
+        levels = []
+        for bucket in buckets:
+            tokens, then = self._buckets.get(bucket.key, (bucket.capacity, now))
+            levels.append(min(bucket.capacity, tokens + (now - then) * bucket.per_second))
+        short = [(1 - have) / b.per_second for b, have in zip(buckets, levels, strict=True) if have < 1]
+        wait = max(short, default=0.0)
+        spend = 1 if wait == 0 else 0
+        for bucket, have in zip(buckets, levels, strict=True):
+            self._buckets.pop(bucket.key, None)
+            self._buckets[bucket.key] = (have - spend, now)
+        while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)
         return wait

@@ -24,6 +24,7 @@ from bot.store.base import (
     MIN_MESSAGE_TOKENS,
     USAGE_COLUMNS,
     ChannelSettings,
+    RateBucket,
     StoredMessage,
     UsageRecord,
     UsageScope,
@@ -111,7 +112,8 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             updated_at DOUBLE PRECISION NOT NULL
         )""",
         # One statement per request: the row lock of the upsert makes the read-refill-spend atomic across replicas,
-        # and the server's clock is the only clock, so replicas whose clocks differ still count alike.
+        # and the server's clock is the only clock, so replicas whose clocks differ still count alike. (No longer
+        # called: _TAKE_TOKENS takes from several buckets at once. Migrations are history, so it stays.)
         """CREATE FUNCTION teambot_take_token(bucket TEXT, capacity DOUBLE PRECISION, per_second DOUBLE PRECISION)
         RETURNS DOUBLE PRECISION LANGUAGE plpgsql AS $$
         DECLARE
@@ -163,6 +165,36 @@ HANDLED_RETENTION_S = 7 * 24 * 3600
 RATE_BUCKET_IDLE_S = 24 * 3600
 _LAST_THREAD = LAST_THREAD_QUERY.format(platform="$1", workspace="$2", channel="$3", author="$4")
 _HISTORY = HISTORY_QUERY.format(conversation="$1", before="$2", rows="$3", budget="$4")
+#: One request against several token buckets, in one statement: the rows are locked (in key order, so two takes
+#: never wait for each other in a circle), refilled by the server's clock, and each gives one token only if every
+#: one has a token. NULL, with nothing changed, when a bucket has no row yet (see _CREATE_BUCKETS).
+_TAKE_TOKENS = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[]) AS w(key, capacity, per_second)
+), held AS MATERIALIZED (
+    SELECT key, tokens, updated_at FROM rate_buckets WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE
+), level AS MATERIALIZED (
+    SELECT w.key, w.per_second, greatest(h.updated_at, c.now_s) AS now_s,
+           least(w.capacity, h.tokens + greatest(0, c.now_s - h.updated_at) * w.per_second) AS have
+    FROM wanted w JOIN held h USING (key)
+    CROSS JOIN (SELECT extract(epoch FROM clock_timestamp())::float8 AS now_s) c
+), verdict AS MATERIALIZED (
+    SELECT count(*) = cardinality($1::text[]) AS known,
+           coalesce(bool_and(have >= 1), false) AS allowed,
+           coalesce(max((1 - least(have, 1)) / per_second), 0) AS wait
+    FROM level
+), spent AS (
+    UPDATE rate_buckets b SET tokens = l.have - 1, updated_at = l.now_s
+    FROM level l, verdict v WHERE b.key = l.key AND v.known AND v.allowed
+    RETURNING b.key
+)
+SELECT CASE WHEN NOT known THEN NULL WHEN allowed THEN 0 ELSE wait END FROM verdict
+"""
+_CREATE_BUCKETS = (
+    "INSERT INTO rate_buckets (key, tokens, updated_at) "
+    "SELECT key, capacity, extract(epoch FROM clock_timestamp()) FROM unnest($1::text[], $2::float8[]) AS "
+    "w(key, capacity) ON CONFLICT (key) DO NOTHING"
+)
 #: advisory lock namespaces (the first key of pg_advisory_lock(int, int)), so ours never meet another app's.
 _MIGRATION_LOCK = 0x7EB0
 _CONVERSATION_LOCK = 0x7EB1
@@ -306,6 +338,32 @@ class PostgresStore:
             )
         return None if row is None else int(row)
 
+    async def claim_message(self, message_id: str) -> bool:
+        async with self._pool.acquire() as conn:
+            # The primary key decides: a second replica inserting the same id waits for the first to commit.
+            status = await conn.execute(
+                "INSERT INTO handled_messages (message_id, handled_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                message_id,
+                time.time(),
+            )
+        return _count(status) == 1
+
+    async def add_question(self, msg: IncomingMessage, tokens: int) -> int:
+        async with self._pool.acquire() as conn:
+            conversation = await self._conversation_id(conn, msg.key)
+            row = await conn.fetchval(
+                "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
+                "platform_message_id, created_at) VALUES ($1, 'user', $2, $3, $4, $5, $6, $7) RETURNING id",
+                conversation,
+                msg.author_id,
+                msg.author_name,
+                msg.text,
+                tokens,
+                msg.message_id,
+                time.time(),
+            )
+        return int(row)
+
     async def add_reply(
         self,
         key: ConversationKey,
@@ -406,7 +464,7 @@ class PostgresStore:
         except _DB_ERRORS as exc:
             raise StoreError(f"storing the ledger entry failed: {_reason(exc)}") from exc
 
-    async def abandon_turn(self, row: int, message_id: str, ledger: UsageRecord | None = None) -> None:
+    async def abandon_turn(self, row: int | None, message_id: str, ledger: UsageRecord | None = None) -> None:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("DELETE FROM messages WHERE id = $1", row)
@@ -476,9 +534,19 @@ class PostgresStore:
                 settings.model,
             )
 
-    async def take_token(self, bucket: str, capacity: float, per_second: float) -> float:
+    async def take_tokens(self, buckets: Sequence[RateBucket]) -> float:
+        keys = [b.key for b in buckets]
+        capacities = [b.capacity for b in buckets]
+        rates = [b.per_second for b in buckets]
         async with self._pool.acquire() as conn:
-            return float(await conn.fetchval("SELECT teambot_take_token($1, $2, $3)", bucket, capacity, per_second))
+            for _ in range(3):
+                wait = await conn.fetchval(_TAKE_TOKENS, keys, capacities, rates)
+                if wait is not None:
+                    return float(wait)
+                # A bucket never used (or idle a day and dropped): created full, then the take runs again. Created
+                # apart from the take so that two replicas creating it at once cannot each spend from a full one.
+                await conn.execute(_CREATE_BUCKETS, keys, capacities)
+        raise RuntimeError(f"rate buckets {keys} vanished while being taken from")
 
     @contextlib.asynccontextmanager
     async def conversation_lock(self, key: ConversationKey) -> AsyncIterator[None]:

@@ -23,6 +23,7 @@ from bot.store.base import (
     MIN_MESSAGE_TOKENS,
     USAGE_COLUMNS,
     ChannelSettings,
+    RateBucket,
     StoredMessage,
     UsageRecord,
     UsageScope,
@@ -210,29 +211,32 @@ class SQLiteStore:
     async def begin_turn(self, msg: IncomingMessage, tokens: int) -> int | None:
         def work(db: sqlite3.Connection) -> int | None:
             now = time.time()
-            cur = db.execute(
-                "INSERT INTO handled_messages (message_id, handled_at) VALUES (?, ?) "
-                "ON CONFLICT (message_id) DO NOTHING",
-                (msg.message_id, now),
-            )
-            if cur.rowcount == 0:
+            if not self._claim(db, msg.message_id, now):
                 return None
-            cur = db.execute(
-                "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
-                "platform_message_id, created_at) VALUES (?, 'user', ?, ?, ?, ?, ?, ?)",
-                (
-                    self._conversation_id(db, msg.key),
-                    msg.author_id,
-                    msg.author_name,
-                    msg.text,
-                    tokens,
-                    msg.message_id,
-                    now,
-                ),
-            )
-            return _row_id(cur)
+            return self._add_question(db, msg, tokens, now)
 
         return await self._writer.transaction(work)
+
+    async def claim_message(self, message_id: str) -> bool:
+        return await self._writer.transaction(lambda db: self._claim(db, message_id, time.time()))
+
+    async def add_question(self, msg: IncomingMessage, tokens: int) -> int:
+        return await self._writer.transaction(lambda db: self._add_question(db, msg, tokens, time.time()))
+
+    def _claim(self, db: sqlite3.Connection, message_id: str, now: float) -> bool:
+        cur = db.execute(
+            "INSERT INTO handled_messages (message_id, handled_at) VALUES (?, ?) ON CONFLICT (message_id) DO NOTHING",
+            (message_id, now),
+        )
+        return cur.rowcount == 1
+
+    def _add_question(self, db: sqlite3.Connection, msg: IncomingMessage, tokens: int, now: float) -> int:
+        cur = db.execute(
+            "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
+            "platform_message_id, created_at) VALUES (?, 'user', ?, ?, ?, ?, ?, ?)",
+            (self._conversation_id(db, msg.key), msg.author_id, msg.author_name, msg.text, tokens, msg.message_id, now),
+        )
+        return _row_id(cur)
 
     async def add_reply(
         self,
@@ -318,7 +322,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"storing the ledger entry failed: {exc}") from exc
 
-    async def abandon_turn(self, row: int, message_id: str, ledger: UsageRecord | None = None) -> None:
+    async def abandon_turn(self, row: int | None, message_id: str, ledger: UsageRecord | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM messages WHERE id = ?", (row,))
             db.execute("DELETE FROM handled_messages WHERE message_id = ?", (message_id,))
@@ -384,8 +388,8 @@ class SQLiteStore:
         await self._writer.transaction(lambda db: db.execute(statement, values))
         self._channel_settings[(key.platform, key.workspace, key.channel)] = settings
 
-    async def take_token(self, bucket: str, capacity: float, per_second: float) -> float:
-        return await self._buckets.take_token(bucket, capacity, per_second)
+    async def take_tokens(self, buckets: Sequence[RateBucket]) -> float:
+        return await self._buckets.take_tokens(buckets)
 
     def conversation_lock(self, key: ConversationKey) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()

@@ -129,7 +129,8 @@ class FakeOpenAI:
     """A fake OpenAI-compatible server; ``async with FakeOpenAI() as fake`` and point a client at ``fake.base_url``.
 
     ``requests`` and ``headers`` record every chat completion request in order; ``calls`` counts them, failed ones
-    included; ``in_flight`` and ``max_in_flight`` show how many were being answered at once.
+    included; ``in_flight`` and ``max_in_flight`` show how many were being answered at once. While ``hold`` is an
+    Event that is not set, requests wait for it before answering: a test sees what happens while a call runs.
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class FakeOpenAI:
         self.calls = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.hold: asyncio.Event | None = None
         self._seen: Counter[tuple[str, str]] = Counter()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -208,6 +210,8 @@ class FakeOpenAI:
                 self.headers.append(dict(request.headers))
             async with self._changed:
                 self._changed.notify_all()
+            if self.hold is not None:
+                await self.hold.wait()
             if self.first_byte_delay:
                 await asyncio.sleep(self.first_byte_delay)
             if not isinstance(body, dict):

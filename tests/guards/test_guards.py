@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from bot import texts
 from bot.commands import CommandContext, CommandPolicy, Commands
@@ -31,7 +30,7 @@ from bot.guards import (
     Unit,
 )
 from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter
-from bot.messages import ConversationKey, IncomingMessage, ReplyKind
+from bot.messages import ConversationKey, IncomingMessage, ReplyKind, Usage
 from bot.store import Store, TokenBuckets, open_store
 from bot.store.sqlite import SQLiteStore
 from tests.fakes.openai import FakeOpenAI
@@ -210,6 +209,55 @@ async def test_hard_cap_refuses_says_when_it_resets_and_charges_nothing(tmp_path
         assert other_user.kind is ReplyKind.ANSWER
 
 
+async def test_calls_queued_for_a_slot_are_refused_once_the_budget_is_spent(tmp_path, fake, counter) -> None:
+    # Reported: a budget of 1 token, 8 questions at once, all 8 answered: each was checked before it queued.
+    budget = Budget(ScopeKind.USER, Period.DAY, 1)
+    gate = ConcurrencyGate(limit=1, max_waiting=10)
+    async with make_bot(tmp_path, fake, counter, budgets=[budget], gate=gate) as b:
+        keys = [ConversationKey("slack", "T1", f"C{c}") for c in range(4)]
+        replies = await asyncio.gather(*(b.ask(key=k) for k in keys))
+        assert sorted(r.kind.value for r in replies) == ["answer", "refused", "refused", "refused"]
+        reached = texts.BUDGET_REACHED.format(budget="your daily budget", resets="2026-11-25 00:00 UTC")
+        assert all(r.text == reached for r in replies if r.kind is ReplyKind.REFUSED)
+        assert fake.calls == 1 and len(b.ledger()) == 1  # only the call running when it ran out
+
+
+async def test_a_budget_used_exactly_up_to_its_limit_is_used_up(tmp_path: Path) -> None:
+    store = await open_store(str(tmp_path / "t.db"))
+    try:
+
+        def accounting(limit: float) -> Accounting:
+            return Accounting(store, PriceTable(), [Budget(ScopeKind.USER, Period.DAY, limit)], clock=Clock())
+
+        await store.add_usage(accounting(150).charge(KEY, "U1", "fake-model", Usage(100, 50)))
+        reached = texts.BUDGET_REACHED.format(budget="your daily budget", resets="2026-11-25 00:00 UTC")
+        assert await accounting(150).refusal(KEY, "U1") == reached
+        assert await accounting(151).refusal(KEY, "U1") is None
+    finally:
+        await store.close()
+
+
+async def test_two_calls_crossing_the_soft_cap_together_warn_once(tmp_path: Path) -> None:
+    store = await open_store(str(tmp_path / "t.db"))
+    try:
+        accounting = Accounting(store, PriceTable(), [Budget(ScopeKind.CHANNEL, Period.DAY, 200)], clock=Clock())
+        await store.add_usage(accounting.charge(KEY, "U1", "fake-model", Usage(100, 50)))  # 150, under 160
+        first, second = (accounting.charge(KEY, user, "fake-model", Usage(10, 5)) for user in ("U1", "U2"))
+        # Both are stored before either looks: each sees 180 spent, 15 of it its own, so neither "crossed" 160.
+        await store.add_usage(first)
+        await store.add_usage(second)
+        notices = [await accounting.notice(first), await accounting.notice(second)]
+        assert notices[0] is not None and "this channel's daily budget" in notices[0] and notices[1] is None
+        later = accounting.charge(KEY, "U1", "fake-model", Usage(1, 1))
+        await store.add_usage(later)
+        assert await accounting.notice(later) is None
+        # Another replica (its own Accounting, on the same database) does not warn again either.
+        other = Accounting(store, PriceTable(), [Budget(ScopeKind.CHANNEL, Period.DAY, 200)], clock=Clock())
+        assert await other.notice(later) is None
+    finally:
+        await store.close()
+
+
 async def test_budgets_reset_at_the_period_boundary(tmp_path, fake, counter) -> None:
     budget = Budget(ScopeKind.WORKSPACE, Period.MONTH, 50)
     async with make_bot(tmp_path, fake, counter, budgets=[budget]) as b:
@@ -269,7 +317,7 @@ async def test_usage_report_for_channel_person_and_workspace(tmp_path, fake, cou
 
 async def test_rate_limit_per_user_with_an_injected_clock(tmp_path, fake, counter) -> None:
     clock = Clock(0)
-    async with make_bot(tmp_path, fake, counter, user_rate=RateLimiter(2, buckets=TokenBuckets(clock=clock))) as b:
+    async with make_bot(tmp_path, fake, counter, user_rate=RateLimiter(2), buckets=TokenBuckets(clock=clock)) as b:
         assert [(await b.ask()).kind for _ in range(2)] == [ReplyKind.ANSWER] * 2
         slowed = await b.ask()
         assert slowed.kind is ReplyKind.REFUSED and slowed.text == texts.SLOW_DOWN.format(seconds=30)
@@ -279,9 +327,35 @@ async def test_rate_limit_per_user_with_an_injected_clock(tmp_path, fake, counte
         assert fake.calls == 4
 
 
+async def test_a_question_the_channel_refuses_leaves_the_persons_allowance_alone(tmp_path, fake, counter) -> None:
+    limits = {"user_rate": RateLimiter(2), "channel_rate": RateLimiter(1), "buckets": TokenBuckets(clock=Clock(0))}
+    async with make_bot(tmp_path, fake, counter, **limits) as b:
+        assert (await b.ask()).kind is ReplyKind.ANSWER  # U1 has 1 left, C1 none
+        assert (await b.ask()).text == texts.SLOW_DOWN.format(seconds=60)  # the channel's limit
+        assert (await b.ask(key=ConversationKey("slack", "T1", "C2"))).kind is ReplyKind.ANSWER  # U1's second
+        assert (await b.ask(key=ConversationKey("slack", "T1", "C3"))).text == texts.SLOW_DOWN.format(seconds=30)
+        # ... and the question U1's limit refused left C3's allowance for someone else.
+        assert (await b.ask(user="U2", key=ConversationKey("slack", "T1", "C3"))).kind is ReplyKind.ANSWER
+        assert fake.calls == 3
+
+
+async def test_a_redelivery_spends_no_rate_token_and_is_never_told_to_slow_down(tmp_path, fake, counter) -> None:
+    async with make_bot(tmp_path, fake, counter, user_rate=RateLimiter(2), buckets=TokenBuckets(clock=Clock(0))) as b:
+
+        async def deliver(message_id: str):
+            return await b.core.handle(IncomingMessage(KEY, message_id, "U1", "Ada", "hi"))
+
+        assert (await deliver("a")).kind is ReplyKind.ANSWER
+        assert (await deliver("a")).kind is ReplyKind.DUPLICATE
+        assert (await deliver("b")).kind is ReplyKind.ANSWER  # the redelivery did not spend U1's second token
+        again = await deliver("b")  # U1 has no token left: still a silent duplicate, not "slow down"
+        assert again.kind is ReplyKind.DUPLICATE and not again.should_post
+        assert (await deliver("c")).text == texts.SLOW_DOWN.format(seconds=30)
+
+
 async def test_rate_limit_per_channel(tmp_path, fake, counter) -> None:
     clock = Clock(0)
-    async with make_bot(tmp_path, fake, counter, channel_rate=RateLimiter(1, buckets=TokenBuckets(clock=clock))) as b:
+    async with make_bot(tmp_path, fake, counter, channel_rate=RateLimiter(1), buckets=TokenBuckets(clock=clock)) as b:
         await b.ask(user="U1")
         assert (await b.ask(user="U2")).kind is ReplyKind.REFUSED
         assert (await b.ask(user="U2", key=ConversationKey("slack", "T1", "C2"))).kind is ReplyKind.ANSWER
@@ -353,6 +427,8 @@ async def test_a_rotated_key_file_takes_effect_on_the_next_call(tmp_path: Path, 
         fake.api_key = "sk-second-key-111111"
         key_file.write_text("sk-second-key-111111")
         assert (await core.handle(IncomingMessage(KEY, "b", "U1", "Ada", "hi"))).kind is ReplyKind.ANSWER
-        assert fake.headers[-1]["Authorization"] == "Bearer sk-second-key-111111"
+        # The key came from the file alone (the KeySource was given no value), before and after the rotation,
+        # and the new key was used at once: no request was first refused with the old one.
+        sent = [h["Authorization"] for h in fake.headers]
+        assert sent == ["Bearer sk-first-key-000000", "Bearer sk-second-key-111111"]
     await store.close()
-    assert SecretStr  # the key never had to pass through the environment

@@ -14,7 +14,7 @@ import pytest
 
 from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage
-from bot.store import Store, open_store
+from bot.store import RateBucket, Store, open_store
 from bot.store.postgres import MIGRATIONS, RATE_BUCKET_IDLE_S, PostgresStore
 from tests.postgres_server import PostgresServer
 
@@ -80,6 +80,13 @@ async def test_a_message_reaching_two_replicas_at_once_is_claimed_by_one(replica
         results = await asyncio.gather(first.begin_turn(incoming(n), 10), second.begin_turn(incoming(n), 10))
         assert sum(r is not None for r in results) == 1, f"message {n} was claimed {results}"
     assert await first.count_messages(A) == 50
+
+
+async def test_a_message_id_claimed_by_two_replicas_at_once_is_theirs_once(replicas: tuple[Store, Store]) -> None:
+    first, second = replicas
+    for n in range(50):
+        claims = await asyncio.gather(first.claim_message(f"m{n}"), second.claim_message(f"m{n}"))
+        assert sorted(claims) == [False, True], f"message {n} was claimed {claims}"
 
 
 async def test_a_conversation_locked_by_one_replica_waits_in_the_other(replicas: tuple[Store, Store]) -> None:
@@ -152,8 +159,8 @@ async def _enter(store: Store) -> None:
 
 async def test_rate_buckets_are_shared_by_replicas(replicas: tuple[Store, Store]) -> None:
     first, second = replicas
-    per_second = 3 / 60
-    waits = [await store.take_token("user:slack:T1:U1", 3, per_second) for store in (first, second, first, second)]
+    bucket = RateBucket("user:slack:T1:U1", 3, 3 / 60)
+    waits = [await store.take_tokens([bucket]) for store in (first, second, first, second)]
     assert waits[:3] == [0, 0, 0]
     assert 19 < waits[3] <= 20
 
@@ -199,7 +206,7 @@ async def test_a_released_conversation_lock_is_free_for_another_replica(replicas
 
 async def test_idle_rate_buckets_are_purged_by_the_servers_clock(replicas: tuple[Store, Store]) -> None:
     first, _ = replicas
-    assert await first.take_token("user:fresh", 3, 1.0) == 0
+    assert await first.take_tokens([RateBucket("user:fresh", 3, 1.0)]) == 0
     assert isinstance(first, PostgresStore)
     async with first.connection() as conn:
         await conn.execute(
@@ -210,3 +217,17 @@ async def test_idle_rate_buckets_are_purged_by_the_servers_clock(replicas: tuple
     await first.purge_expired()
     async with first.connection() as conn:
         assert [r[0] for r in await conn.fetch("SELECT key FROM rate_buckets ORDER BY key")] == ["user:fresh"]
+
+
+async def test_replicas_taking_from_two_buckets_at_once_give_out_no_more_than_they_hold(
+    replicas: tuple[Store, Store],
+) -> None:
+    first, second = replicas
+    # Every connection of both pools opened first, so that the takes below really run at once.
+    await asyncio.gather(*(s.take_tokens([RateBucket(f"warm:{n}", 1, 1)]) for n, s in enumerate((first, second) * 10)))
+    # No refill worth speaking of while the test runs; both buckets are new, so their rows are created on the way.
+    person, channel = RateBucket("user:slack:T1:U1", 5, 1 / 3600), RateBucket("channel:slack:T1:C1", 8, 1 / 3600)
+    waits = await asyncio.gather(*(store.take_tokens([channel, person]) for store in (first, second) * 20))
+    assert sum(wait == 0 for wait in waits) == 5
+    # The channel gave exactly the 5 tokens the person could use, and has 3 left.
+    assert [await second.take_tokens([channel]) == 0 for _ in range(4)] == [True, True, True, False]

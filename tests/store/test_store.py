@@ -16,7 +16,7 @@ import pytest
 
 from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage, Usage
-from bot.store import ChannelSettings, Store, UsageRecord, UsageScope, UsageTotal, open_store
+from bot.store import ChannelSettings, RateBucket, Store, UsageRecord, UsageScope, UsageTotal, open_store
 from bot.store.postgres import PostgresStore
 from bot.store.sqlite import HISTORY_SQL as SQLITE_HISTORY
 from bot.store.sqlite import MIGRATIONS, SQLiteStore
@@ -106,6 +106,17 @@ async def test_concurrent_duplicates_only_one_wins(store: Store) -> None:
     results = await asyncio.gather(*(store.begin_turn(incoming(A, 7), 10) for _ in range(20)))
     assert sum(r is not None for r in results) == 1
     assert await store.count_messages(A) == 1
+
+
+async def test_a_message_id_is_claimed_once_and_its_message_stored_later(store: Store) -> None:
+    msg = incoming(A, 1)
+    claims = await asyncio.gather(*(store.claim_message(msg.message_id) for _ in range(10)))
+    assert sorted(claims) == [False] * 9 + [True]
+    assert await store.count_messages(A) == 0  # a claim stores nothing: the message waits for its turn
+    row = await store.add_question(msg, 10)
+    [stored] = await store.load_history(A, 10_000, before=row + 1)
+    assert (stored.id, stored.role, stored.author_name, stored.content) == (row, "user", "Ada", "message 1")
+    assert await store.begin_turn(msg, 10) is None  # the same id, delivered again, is handled
 
 
 async def test_conversations_are_isolated(store: Store) -> None:
@@ -338,10 +349,21 @@ async def test_channel_settings_are_kept_per_channel_and_cover_threads(store: St
 
 async def test_rate_buckets_allow_a_burst_then_say_how_long_to_wait(store: Store) -> None:
     per_second = 2 / 60
-    assert [await store.take_token("user:U1", 2, per_second) for _ in range(2)] == [0, 0]
-    wait = await store.take_token("user:U1", 2, per_second)
+    u1, u2 = RateBucket("user:U1", 2, per_second), RateBucket("user:U2", 2, per_second)
+    assert [await store.take_tokens([u1]) for _ in range(2)] == [0, 0]
+    wait = await store.take_tokens([u1])
     assert 29 < wait <= 30
-    assert await store.take_token("user:U2", 2, per_second) == 0
+    assert await store.take_tokens([u2]) == 0
+
+
+async def test_rate_buckets_are_taken_from_together_or_not_at_all(store: Store) -> None:
+    person = RateBucket("user:U1", 2, 2 / 60)
+    c1, c2 = RateBucket("channel:C1", 1, 1 / 60), RateBucket("channel:C2", 1, 1 / 60)
+    assert await store.take_tokens([person, c1]) == 0
+    assert 59 < await store.take_tokens([person, c1]) <= 60  # C1 is empty ...
+    assert await store.take_tokens([person]) == 0  # ... and the refused take left the person's token alone
+    assert 29 < await store.take_tokens([person, c2]) <= 30  # now the person is empty ...
+    assert await store.take_tokens([c2]) == 0  # ... and C2 kept its token
 
 
 async def test_the_conversation_lock_can_be_taken_again_once_released(store: Store) -> None:
