@@ -161,3 +161,17 @@ async def test_stdin_from_dev_null_ends_the_console_cleanly(fake: FakeOpenAI, tm
     )
     _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0 and b"Traceback" not in stderr, stderr.decode()
+
+
+async def test_the_banner_names_a_postgresql_database_without_its_password(
+    fake: FakeOpenAI, tmp_path: Path, postgres_url: str
+) -> None:
+    # The test server trusts loopback, so it accepts the URL whatever password it carries.
+    url = postgres_url.replace("teambot@", "teambot:pw-console-never-shown@")
+    console = await start(fake, tmp_path / "unused.db", ("TEAMBOT_DB", url))
+    banner = console.transcript.decode()
+    assert url.rsplit("@", 1)[1] in banner  # host, port and database name: where the history is kept
+    assert "pw-console-never-shown" not in banner
+    assert await console.say("hello") == "teambot> echo: Ada: hello\n"
+    code, stderr = await console.close()
+    assert code == 0 and "pw-console-never-shown" not in stderr + console.transcript.decode()
