@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     stream: bool = Field(True, validation_alias=_env("TEAMBOT_STREAM"))
     request_timeout: float = Field(60.0, gt=0, validation_alias=_env("TEAMBOT_REQUEST_TIMEOUT"))
     request_deadline: float = Field(120.0, gt=0, validation_alias=_env("TEAMBOT_REQUEST_DEADLINE"))
+    max_call_seconds: float = Field(300.0, gt=0, validation_alias=_env("TEAMBOT_MAX_CALL_SECONDS"))
     max_retries: int = Field(3, ge=0, le=10, validation_alias=_env("TEAMBOT_MAX_RETRIES"))
     fallback_base_url: str | None = Field(None, validation_alias=_env("TEAMBOT_FALLBACK_BASE_URL"))
     fallback_model: str | None = Field(None, validation_alias=_env("TEAMBOT_FALLBACK_MODEL"))
