@@ -58,8 +58,12 @@ async def _console(settings: Settings, name: str) -> None:
     from adapters.console import run_console
 
     async with open_core(settings) as core:
+        # describe_db, as everywhere a database is named: a PostgreSQL URL's password must not reach the terminal.
         banner = texts.CONSOLE_BANNER.format(
-            model=settings.openai_model, base_url=settings.openai_base_url, key="console:local", db=settings.db
+            model=settings.openai_model,
+            base_url=settings.openai_base_url,
+            key="console:local",
+            db=describe_db(settings.db),
         )
         await run_console(core, runtime.commands(settings, core), user_name=name, banner=banner)
 

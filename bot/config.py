@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from bot import texts
 from bot.errors import ConfigError
-from bot.store import is_postgres
+from bot.store import IN_MEMORY_REFUSED, is_postgres, sqlite_in_memory
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     stream: bool = Field(True, validation_alias=_env("TEAMBOT_STREAM"))
     request_timeout: float = Field(60.0, gt=0, validation_alias=_env("TEAMBOT_REQUEST_TIMEOUT"))
     request_deadline: float = Field(120.0, gt=0, validation_alias=_env("TEAMBOT_REQUEST_DEADLINE"))
+    max_call_seconds: float = Field(300.0, gt=0, validation_alias=_env("TEAMBOT_MAX_CALL_SECONDS"))
     max_retries: int = Field(3, ge=0, le=10, validation_alias=_env("TEAMBOT_MAX_RETRIES"))
     fallback_base_url: str | None = Field(None, validation_alias=_env("TEAMBOT_FALLBACK_BASE_URL"))
     fallback_model: str | None = Field(None, validation_alias=_env("TEAMBOT_FALLBACK_MODEL"))
@@ -161,6 +162,13 @@ class Settings(BaseSettings):
             value = tuple(part.strip() for part in value.split("|") if part.strip())
         if isinstance(value, tuple | list) and len(value) > 4:
             raise ValueError("Slack shows at most 4 suggested prompts")
+        return value
+
+    @field_validator("db")
+    @classmethod
+    def _not_in_memory(cls, value: str) -> str:
+        if sqlite_in_memory(value):
+            raise ValueError(IN_MEMORY_REFUSED)
         return value
 
     @field_validator("openai_base_url", "fallback_base_url", "slack_api_url")

@@ -123,7 +123,11 @@ async def open_core(
                 primary,
                 fallback=fallback,
                 params=GenerationParams(settings.temperature, settings.max_output_tokens, settings.max_tokens_param),
-                retry=RetryPolicy(max_retries=settings.max_retries, deadline=settings.request_deadline),
+                retry=RetryPolicy(
+                    max_retries=settings.max_retries,
+                    deadline=settings.request_deadline,
+                    max_call=settings.max_call_seconds,
+                ),
             )
             turn = TurnSettings(settings.system_prompt, settings.history_tokens, settings.stream)
             yield ConversationCore(store, llm, counter or TokenCounter.load(), turn, guards(settings, store))

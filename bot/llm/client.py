@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +51,13 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by a deadline for the whole call."""
+    """Exponential backoff with full jitter, within two limits of time.
+
+    ``deadline`` bounds the wait for an answer to start, retries included, on each endpoint. ``max_call`` bounds
+    the whole call, whatever happens: retries, the fallback and the streaming of the answer. Without it a server
+    that keeps a stream open (with ``: keep-alive`` comments, or a token a minute) would hold the turn's
+    concurrency slot and its conversation's lock for ever.
+    """
 
     max_retries: int = 3
     base_delay: float = 0.5
@@ -60,6 +65,7 @@ class RetryPolicy:
     #: Longer server waits are not sat out: the person is told when to try again instead.
     max_retry_after: float = 30.0
     deadline: float = 120.0
+    max_call: float = 300.0
 
     def backoff(self, attempt: int, rand: float) -> float:
         return rand * min(self.max_delay, self.base_delay * 2**attempt)
@@ -114,10 +120,12 @@ class ChatClient:
     async def _with_fallback(
         self, messages: list[ChatMessage], model: str | None, on_delta: OnDelta | None
     ) -> Completion:
+        loop = asyncio.get_running_loop()
+        cap = loop.time() + self._retry.max_call
         try:
-            return await self._with_retries(self.primary, messages, model, on_delta)
+            return await self._with_retries(self.primary, messages, model, on_delta, cap)
         except errors.LLMError as exc:
-            if self.fallback is None or not exc.fallback_worthy:
+            if self.fallback is None or not exc.fallback_worthy or loop.time() >= cap:
                 raise
             log.warning(
                 "model endpoint %s failed after retries (%s); using fallback endpoint %s",
@@ -125,21 +133,26 @@ class ChatClient:
                 type(exc).__name__,
                 self.fallback.name,
             )
-            return await self._with_retries(self.fallback, messages, None, on_delta)
+            return await self._with_retries(self.fallback, messages, None, on_delta, cap)
 
     async def _with_retries(
-        self, endpoint: Endpoint, messages: list[ChatMessage], model: str | None, on_delta: OnDelta | None
+        self,
+        endpoint: Endpoint,
+        messages: list[ChatMessage],
+        model: str | None,
+        on_delta: OnDelta | None,
+        cap: float,
     ) -> Completion:
         policy = self._retry
-        deadline = time.monotonic() + policy.deadline
+        loop = asyncio.get_running_loop()
+        deadline = min(loop.time() + policy.deadline, cap)
         reloaded_key = False
         attempt = 0
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if loop.time() >= deadline:
                 raise errors.Timeout("deadline passed before the model answered")
             try:
-                return await self._attempt(endpoint, messages, model or endpoint.model, on_delta, remaining)
+                return await self._attempt(endpoint, messages, model or endpoint.model, on_delta, deadline, cap)
             except errors.AuthFailed:
                 # A rotated key file may already hold the new key: re-read it once before giving up.
                 if reloaded_key or not endpoint.keys.reload():
@@ -154,7 +167,7 @@ class ChatClient:
                 if retry_after is not None and retry_after > policy.max_retry_after:
                     raise
                 delay = retry_after if retry_after is not None else policy.backoff(attempt, self._rand())
-                if time.monotonic() + delay >= deadline:
+                if loop.time() + delay >= deadline:
                     raise
                 attempt += 1
                 log.warning(
@@ -173,7 +186,8 @@ class ChatClient:
         messages: list[ChatMessage],
         model: str,
         on_delta: OnDelta | None,
-        remaining: float,
+        deadline: float,
+        cap: float,
     ) -> Completion:
         body: dict[str, Any] = {
             "model": model,
@@ -191,17 +205,38 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {key}"
         url = f"{endpoint.base_url}/chat/completions"
         result = StreamResult()
+        loop = asyncio.get_running_loop()
+        # The read timeout counts bytes, and a comment line is bytes: between events it is applied again here,
+        # to events only, so a stream that sends nothing but ": keep-alive" stalls out like a silent one.
+        stall = self._http.timeout.read
+        # Each reschedule makes a new timer (about 3 µs); for every token that is waste, and moving the limit in
+        # steps of a twentieth of the stall time is as good.
+        step = stall / 20 if stall is not None else 0.0
         try:
-            async with asyncio.timeout(remaining) as scope:
+            async with asyncio.timeout_at(deadline) as scope:
+
+                def progress() -> None:
+                    # Once text flows, the deadline for the answer to start is met; the cap on the call remains.
+                    limit = cap if result.text else deadline
+                    if stall is not None:
+                        limit = min(limit, loop.time() + stall)
+                    when = scope.when()
+                    later = limit - when if when is not None else -1.0  # None is no limit: any is earlier
+                    # Earlier always; later in steps, except to a hard limit, which is kept to the letter.
+                    if later < 0 or later > step or (later > 0 and limit in (deadline, cap)):
+                        scope.reschedule(limit)
+
                 async with self._http.stream("POST", url, json=body, headers=headers) as response:
                     if response.status_code >= 400:
                         await response.aread()
                         raise error_from_response(response, model, key)
                     content_type = response.headers.get("content-type", "")
                     if on_delta is not None and content_type.startswith("text/event-stream"):
-                        # Once text flows, the read timeout between chunks governs, not the call deadline.
+                        progress()
                         chunks = response.aiter_bytes()
-                        await consume_sse(chunks, result, on_delta, scope.reschedule)
+                        await consume_sse(chunks, result, on_delta, progress)
+                        # The answer is whole; drain() has its own short limit, and must not turn into a timeout.
+                        scope.reschedule(None)
                         await drain(chunks)
                     else:
                         await response.aread()
@@ -220,7 +255,8 @@ class ChatClient:
                         f"{type(exc.__cause__).__name__}: cannot reach {endpoint.name}: {redact(str(exc))}"
                     ),
                 ) from None
-            raise _interrupted_or(result, errors.Timeout(f"{type(exc).__name__} talking to {endpoint.name}")) from None
+            limit = _which_limit(exc, loop.time(), cap, stall, endpoint)
+            raise _interrupted_or(result, errors.Timeout(limit)) from None
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise _interrupted_or(
                 result, errors.ConnectionFailed(f"{type(exc).__name__}: connection to {endpoint.name} broke")
@@ -240,6 +276,15 @@ def _timed_out(exc: BaseException) -> bool:
     connection and an unknown host included, as ``ConnectTimeout``, with the real error as its cause."""
     cause = exc.__cause__
     return not isinstance(exc, httpx.TimeoutException) or cause is None or isinstance(cause, TimeoutError)
+
+
+def _which_limit(exc: BaseException, now: float, cap: float, stall: float | None, endpoint: Endpoint) -> str:
+    """What ran out, for the log: the cap on the whole call, or the wait for the answer or its next event."""
+    if now >= cap:
+        return f"the call to {endpoint.name} reached TEAMBOT_MAX_CALL_SECONDS"
+    if isinstance(exc, TimeoutError) and stall is not None:
+        return f"{endpoint.name} sent no answer, or no event for {stall:g} s (comment lines do not count)"
+    return f"{type(exc).__name__} talking to {endpoint.name}"
 
 
 def _interrupted_or(result: StreamResult, exc: errors.LLMError) -> errors.LLMError:

@@ -82,21 +82,22 @@ async def consume_sse(
     chunks: AsyncIterator[bytes],
     result: StreamResult,
     on_delta: OnDelta,
-    reschedule: Callable[[float | None], None],
+    progress: Callable[[], None],
 ) -> None:
+    """Read events into ``result`` up to ``[DONE]``; ``progress`` is called after each event, never for a comment
+    line, so the caller's time limits see a server that only keeps the connection busy as a stalled one."""
     decoder = SSEDecoder()
     async for chunk in chunks:
         for data in decoder.feed(chunk):
-            if await take_event(data, result, on_delta, reschedule):
+            if await take_event(data, result, on_delta):
                 return
+            progress()
     for data in decoder.close():
-        if await take_event(data, result, on_delta, reschedule):
+        if await take_event(data, result, on_delta):
             return
 
 
-async def take_event(
-    data: str, result: StreamResult, on_delta: OnDelta, reschedule: Callable[[float | None], None]
-) -> bool:
+async def take_event(data: str, result: StreamResult, on_delta: OnDelta) -> bool:
     """Apply one event's data to ``result``; True once the stream says ``[DONE]``."""
     if data.strip() == "[DONE]":
         result.done = True
@@ -117,8 +118,6 @@ async def take_event(
         delta = choice.get("delta") or {}
         piece = delta.get("content")
         if isinstance(piece, str) and piece:
-            if not result.text:
-                reschedule(None)
             result.text += piece
             await on_delta(piece)
         if choice.get("finish_reason"):

@@ -60,4 +60,8 @@ class TokenCounter:
             cut = text.encode("utf-8")[: keep * 4].decode("utf-8", errors="ignore")
         else:
             cut = self._encoding.decode(self._encoding.encode(text)[:keep])
+            # A token boundary can fall inside a character (an emoji or a CJK character is several byte-level
+            # tokens); its decoded half is U+FFFD. Drop what is not the text's own beginning.
+            while not text.startswith(cut):
+                cut = cut[:-1]
         return cut + TRUNCATION_MARK

@@ -10,6 +10,7 @@ from __future__ import annotations
 from bot.errors import ConfigError
 from bot.store.base import (
     HISTORY_QUERY,
+    IN_MEMORY_REFUSED,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
     USAGE_COLUMNS,
@@ -23,12 +24,14 @@ from bot.store.base import (
     UsageTotal,
     describe_db,
     is_postgres,
+    sqlite_in_memory,
     sqlite_path,
 )
 from bot.store.memory_buckets import TokenBuckets
 
 __all__ = [
     "HISTORY_QUERY",
+    "IN_MEMORY_REFUSED",
     "LAST_THREAD_QUERY",
     "MIN_MESSAGE_TOKENS",
     "USAGE_COLUMNS",
@@ -45,6 +48,7 @@ __all__ = [
     "describe_db",
     "is_postgres",
     "open_store",
+    "sqlite_in_memory",
     "sqlite_path",
 ]
 

@@ -286,6 +286,20 @@ def sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
 
 
+#: Why ``TEAMBOT_DB=:memory:`` is refused rather than opened: a shared-cache memory database would need
+#: table-level locks that fail at once (SQLITE_LOCKED) instead of waiting, and a throwaway file does the same job.
+IN_MEMORY_REFUSED = (
+    "an in-memory SQLite database is not supported: teambot writes and reads through two connections, which "
+    "would each get their own empty database; use a file path (a temporary one for a throwaway run)"
+)
+
+
+def sqlite_in_memory(url: str) -> bool:
+    """Whether ``url`` names a SQLite database private to one connection: ``:memory:``, or ``""``, which SQLite
+    takes as a temporary file of that connection's own."""
+    return not is_postgres(url) and sqlite_path(url) in (":memory:", "")
+
+
 def describe_db(url: str) -> str:
     """Where the database is, for messages: a file path, or host, port and name, never a password."""
     if not is_postgres(url):

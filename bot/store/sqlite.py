@@ -19,6 +19,7 @@ from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store.base import (
     HISTORY_QUERY,
+    IN_MEMORY_REFUSED,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
     USAGE_COLUMNS,
@@ -28,6 +29,7 @@ from bot.store.base import (
     UsageRecord,
     UsageScope,
     UsageTotal,
+    sqlite_in_memory,
 )
 from bot.store.memory_buckets import TokenBuckets
 from bot.store.sqlite_writer import PRAGMAS, SQLiteWriter
@@ -143,8 +145,9 @@ class SQLiteStore:
 
     @classmethod
     async def open(cls, path: str) -> SQLiteStore:
-        if path != ":memory:":
-            _check_folder(path)
+        if sqlite_in_memory(path):
+            raise ConfigError(f"TEAMBOT_DB: {IN_MEMORY_REFUSED}")
+        _check_folder(path)
         try:
             writer = await SQLiteWriter.open(path)
         except sqlite3.Error as exc:

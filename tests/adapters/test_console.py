@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -161,3 +162,36 @@ async def test_stdin_from_dev_null_ends_the_console_cleanly(fake: FakeOpenAI, tm
     )
     _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0 and b"Traceback" not in stderr, stderr.decode()
+
+
+async def test_the_banner_names_a_postgresql_database_without_its_password(
+    fake: FakeOpenAI, tmp_path: Path, postgres_url: str
+) -> None:
+    # The test server trusts loopback, so it accepts the URL whatever password it carries.
+    url = postgres_url.replace("teambot@", "teambot:pw-console-never-shown@")
+    console = await start(fake, tmp_path / "unused.db", ("TEAMBOT_DB", url))
+    banner = console.transcript.decode()
+    assert url.rsplit("@", 1)[1] in banner  # host, port and database name: where the history is kept
+    assert "pw-console-never-shown" not in banner
+    assert await console.say("hello") == "teambot> echo: Ada: hello\n"
+    code, stderr = await console.close()
+    assert code == 0 and "pw-console-never-shown" not in stderr + console.transcript.decode()
+
+
+async def test_a_reply_held_open_by_keep_alives_is_cut_at_the_call_cap(fake: FakeOpenAI, tmp_path: Path) -> None:
+    # The server sends one piece of text, then only comment lines: the cap on the whole call ends it (the read
+    # timeout of 30 s never would), the text so far is kept, and the conversation answers the next question.
+    console = await start(
+        fake,
+        tmp_path / "t.db",
+        ("TEAMBOT_MAX_CALL_SECONDS", "1.5"),
+        ("TEAMBOT_REQUEST_DEADLINE", "1"),
+        ("TEAMBOT_REQUEST_TIMEOUT", "30"),
+    )
+    started = time.monotonic()
+    out = await console.say("[[keepalive]] tell me everything about the sea")
+    assert time.monotonic() - started < 6
+    assert out.startswith("teambot> echo: ") and "The answer was cut off" in out
+    assert await console.say("and now?") == "teambot> echo: Ada: and now?\n"
+    code, stderr = await console.close()
+    assert code == 0 and "Traceback" not in stderr

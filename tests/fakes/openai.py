@@ -17,6 +17,8 @@ may share one message (``[[slow:0.2]] [[cut]]``); each keeps its own count. Unkn
     [[llamactx]]                400 in llama.cpp's shape: numeric code, type exceed_context_size_error
     [[slow:S]]                  wait S seconds before the first byte, then answer normally
     [[stall:S]]                 stream: role chunk and first text chunk, S seconds of silence, then the rest
+    [[keepalive:S]]             stream: role chunk and first text chunk, then only a ``: keep-alive`` comment
+                                every S seconds (default 0.05) until the client hangs up: busy, but no answer
     [[cut]]                     stream: role chunk and about half the text, then the connection drops (no finish,
                                 no usage, no [DONE]); plain: a truncated JSON body, then the connection drops
     [[midstream]]               stream: some text, then an error event with HTTP 200, then the stream ends
@@ -59,6 +61,7 @@ _FAULTS = (
     "llamactx",
     "slow",
     "stall",
+    "keepalive",
     "cut",
     "midstream",
     "malformed",
@@ -154,6 +157,8 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self.hold: asyncio.Event | None = None
+        #: ``[[keepalive]]`` streams still being kept open (a client that hangs up ends its stream).
+        self.keepalive_streams = 0
         self._seen: Counter[tuple[str, str]] = Counter()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -188,6 +193,11 @@ class FakeOpenAI:
         """Return once ``n`` chat completion requests have arrived; TimeoutError after ``timeout`` seconds."""
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: self.calls >= n)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Return once ``predicate()`` holds, checked whenever a request arrives or a stream ends."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(predicate)
 
     async def _models(self, request: web.Request) -> web.Response:
         # Like OpenAI, listing models needs the key too: `teambot check` relies on that.
@@ -376,6 +386,8 @@ class FakeOpenAI:
                 if "midstream" in faults and index > 0:
                     return await self._midstream_error(response)
             await response.write(chunk({"content": piece}))
+            if "keepalive" in faults:
+                return await self._keep_alive_for_ever(request, response, faults["keepalive"] or 0.05)
             if "stall" in faults and index == 0:
                 await asyncio.sleep(faults["stall"])
             elif self.chunk_delay:
@@ -404,6 +416,22 @@ class FakeOpenAI:
             )
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
+        return response
+
+    async def _keep_alive_for_ever(
+        self, request: web.Request, response: web.StreamResponse, interval: float
+    ) -> web.StreamResponse:
+        self.keepalive_streams += 1
+        try:
+            while request.transport is not None and not request.transport.is_closing():
+                await response.write(b": keep-alive\n\n")
+                await asyncio.sleep(interval)
+        except ConnectionResetError:
+            pass  # the client hung up, which is what it should do
+        finally:
+            self.keepalive_streams -= 1
+            async with self._changed:
+                self._changed.notify_all()
         return response
 
     @staticmethod

@@ -12,6 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot.guards import MASK, KeySource, RedactingFilter, redact
+from bot.llm import ChatClient, Endpoint, RetryPolicy, model_http_client
 from tests.bot_process import SECRET, start_bot
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack, event_envelope, mention
@@ -30,6 +31,25 @@ def test_key_file_is_reread_when_it_changes(tmp_path: Path) -> None:
     path.write_text("sk-second-key-rotated\n")
     os.utime(path, (1_900_000_000, 1_900_000_000))  # a rotation may land within the same mtime tick
     assert keys.get() == "sk-second-key-rotated"
+
+
+async def test_a_rotated_key_file_is_sent_on_the_next_request_without_waiting_for_a_401(tmp_path: Path) -> None:
+    # The fake accepts any key, so nothing is ever rejected: only noticing the file's change can send the new key.
+    # (A server that rejects the old key would hide a missing re-read behind the client's 401 -> re-read path.)
+    path = tmp_path / "key"
+    path.write_text("sk-before-rotation-000\n")
+    keys = KeySource(file=path)
+    async with FakeOpenAI() as fake, model_http_client(30) as http:
+        c = ChatClient(http, Endpoint("primary", fake.base_url, "m", keys), retry=RetryPolicy(max_retries=0))
+        await c.complete([{"role": "user", "content": "first"}])
+        path.write_text("sk-after-rotation-1111\n")
+        os.utime(path, (1_900_000_000, 1_900_000_000))  # a rotation may land within the same mtime tick
+        await c.complete([{"role": "user", "content": "second"}])
+    assert [h["Authorization"] for h in fake.headers] == [
+        "Bearer sk-before-rotation-000",
+        "Bearer sk-after-rotation-1111",
+    ]
+    assert fake.calls == 2  # no request was refused and repeated
 
 
 def test_an_unreadable_key_file_keeps_the_last_key(tmp_path: Path) -> None:

@@ -242,6 +242,45 @@ async def test_retry_after_ms_wins_over_retry_after() -> None:
     assert sleeps.calls == [0.25]
 
 
+GARBLED_RETRY_AFTER = [
+    "soon",
+    " ",
+    "12abc",
+    "Wed, 31 Feb 2015 07:28:00 GMT",
+    "Wed, 21 Oct 99999 07:28:00 GMT",
+    "inf",
+    "nan",
+    "-5",
+]
+
+
+@pytest.mark.parametrize("value", GARBLED_RETRY_AFTER)
+@pytest.mark.parametrize("header", ["retry-after", "retry-after-ms"])
+async def test_a_garbled_retry_after_is_absent_and_the_retry_still_happens(header: str, value: str) -> None:
+    script = Script(
+        error(429, "rate_limit_exceeded", **{header: value}), error(503, None, **{header: value}), plain("ok")
+    )
+    sleeps = Sleeps()
+    assert (await client(script, sleeps=sleeps).complete(PROMPT)).text == "ok"
+    assert sleeps.calls == [0.5, 1.0]  # the ordinary backoff, as if the header were not there
+
+
+@pytest.mark.parametrize("value", GARBLED_RETRY_AFTER)
+async def test_a_garbled_retry_after_still_reaches_the_fallback(value: str) -> None:
+    seen: list[str] = []
+
+    def route(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "model.test":
+            return error(503, None, **{"retry-after": value})
+        return plain("from fallback")
+
+    fallback = Endpoint("fallback", "http://backup.test/v1", "small")
+    c = client(Script(*[route] * 3), fallback=fallback, retry=RetryPolicy(max_retries=0))
+    assert (await c.complete(PROMPT)).text == "from fallback"
+    assert seen == ["model.test", "backup.test"]
+
+
 async def test_a_long_retry_after_is_reported_not_waited() -> None:
     script = Script(error(429, "rate_limit_exceeded", **{"retry-after": "45"}))
     sleeps = Sleeps()

@@ -22,3 +22,26 @@ def test_truncate_keeps_the_beginning_within_the_limit() -> None:
 
 def test_estimate_without_an_encoding_is_about_four_bytes_a_token() -> None:
     assert TokenCounter(None).count("a" * 400) == 100
+
+
+MULTIBYTE = (
+    "👩‍👩‍👧‍👦 家族で週末に🏔️山へ行きました。天気は☀️晴れ、気温は25度でした。"
+    "🇯🇵🇫🇷 Ünïcödé façade — 漢字とかなと카나다라 🎉🎉🎉 🧑🏽‍💻 𠜎𠜱𠝹𠱓 "
+) * 4
+
+
+def test_truncate_never_cuts_inside_a_character() -> None:
+    # Byte-level tokens split emoji and CJK characters; a cut between them used to leave U+FFFD in the text.
+    for counter in (TokenCounter.load(), TokenCounter(None)):
+        for budget in range(1, 129):
+            cut = counter.truncate(MULTIBYTE, budget)
+            kept = cut.removesuffix(TRUNCATION_MARK)
+            assert "\ufffd" not in cut, (budget, cut)
+            assert cut.endswith(TRUNCATION_MARK) and MULTIBYTE.startswith(kept), budget
+
+
+def test_truncate_keeps_a_replacement_character_that_was_in_the_text() -> None:
+    counter = TokenCounter.load()
+    text = "\ufffd broken upstream " * 200
+    cut = counter.truncate(text, 20)
+    assert cut.startswith("\ufffd broken upstream") and text.startswith(cut.removesuffix(TRUNCATION_MARK))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from bot.store import ChannelSettings, RateBucket, Store, UsageRecord, UsageScop
 from bot.store.postgres import PostgresStore
 from bot.store.sqlite import HISTORY_SQL as SQLITE_HISTORY
 from bot.store.sqlite import MIGRATIONS, SQLiteStore
+
+ROOT = Path(__file__).resolve().parents[2]
 
 A = ConversationKey("slack", "T1", "C1")
 B = ConversationKey("slack", "T1", "C1", "1700000000.000100")
@@ -292,6 +295,36 @@ async def test_an_unusable_database_file_is_one_clear_error(tmp_path: Path, what
         path.write_bytes(b"these are notes, not a database\n" * 200)
     with pytest.raises(ConfigError, match=r"^TEAMBOT_DB: cannot use .* as a SQLite database"):
         await open_store(str(path))
+
+
+@pytest.mark.parametrize("db", [":memory:", "sqlite:///:memory:", "sqlite:///"])
+async def test_an_in_memory_database_is_refused_in_one_line(db: str) -> None:
+    # The writer and the reader would each open their own empty database ("no such table" on the first read).
+    with pytest.raises(ConfigError, match=r"^TEAMBOT_DB: an in-memory SQLite database is not supported"):
+        await open_store(db)
+
+
+@pytest.mark.parametrize("command", [["console"], ["db", "migrate"], ["check"]])
+async def test_the_cli_refuses_an_in_memory_database_at_start_up(tmp_path: Path, command: list[str]) -> None:
+    env = {"PATH": "/usr/bin:/bin", "TEAMBOT_DB": ":memory:", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *command,
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(ROOT)},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert stderr.decode().splitlines() == [
+        "teambot: invalid setting TEAMBOT_DB: Value error, an in-memory SQLite database is not supported: teambot "
+        "writes and reads through two connections, which would each get their own empty database; use a file path "
+        "(a temporary one for a throwaway run)"
+    ]
 
 
 async def test_reset_leaves_no_trace_of_the_text_in_the_file(tmp_path: Path) -> None:
