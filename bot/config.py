@@ -300,14 +300,14 @@ def read_env_file(path: Path, *, must_exist: bool = False) -> EnvFile | None:
         return None
     raw = path.read_bytes()
     encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), "utf-8")
+    # UTF-16 without a byte-order mark has a NUL beside every ASCII letter: as UTF-8 it would "decode" to junk.
+    bad = raw.find(b"\x00") if encoding == "utf-8" else -1
     try:
-        text = raw.decode(encoding)
+        text = raw.decode(encoding) if bad < 0 else ""
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(texts.ENV_FILE_NOT_TEXT.format(path=path, line=line)) from None
-    if "\x00" in text:
-        # UTF-16 without a byte-order mark decodes as UTF-8 with a NUL after every ASCII letter.
-        raise ConfigError(texts.ENV_FILE_NOT_TEXT.format(path=path, line=text[: text.index("\x00")].count("\n") + 1))
+        bad = exc.start
+    if bad >= 0:
+        raise ConfigError(texts.ENV_FILE_NOT_TEXT.format(path=path, line=raw[:bad].count(b"\n") + 1))
     names: dict[str, int] = {}
     for binding in parse_stream(io.StringIO(text)):
         statement = binding.original.string

@@ -95,12 +95,15 @@ async def test_a_utf16_or_bom_settings_file_is_read(tmp_path: Path, encoding: st
     assert out.startswith("teambot: database from-file.db is at schema version")
 
 
-async def test_a_settings_file_in_another_encoding_is_refused_in_one_line(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_bytes(
-        "TEAMBOT_DB=teambot.db\nTEAMBOT_SYSTEM_PROMPT=Réponds en français\n".encode("cp1252")
-    )
+@pytest.mark.parametrize(("encoding", "line"), [("cp1252", 2), ("utf-16-le", 1)])  # utf-16-le: no BOM
+async def test_a_settings_file_in_another_encoding_is_refused_in_one_line(
+    tmp_path: Path, encoding: str, line: int
+) -> None:
+    content = "TEAMBOT_DB=teambot.db\nTEAMBOT_SYSTEM_PROMPT=Réponds en français\n"
+    (tmp_path / ".env").write_bytes(content.encode(encoding))
     code, _, err = await run_teambot("db", "migrate", cwd=tmp_path)
-    assert (code, err.splitlines()) == (2, ["teambot: .env, line 2: not UTF-8 text; save the file as UTF-8"])
+    assert (code, err.splitlines()) == (2, [f"teambot: .env, line {line}: not UTF-8 text; save the file as UTF-8"])
+    assert not (tmp_path / "teambot.db").exists()
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
