@@ -64,7 +64,7 @@ async def test_each_command_says_what_it_does_and_the_settings_it_reads(
     ("content", "line"),
     [
         (
-            "TEAMBOT_DB=from-file.db\n\n# the key:\nOPENAI_API_KEY sk-never-echoed-1234\n",
+            "TEAMBOT_DB=from-file.db\n# the key:\n\nOPENAI_API_KEY sk-never-echoed-1234\n",
             "teambot: .env, line 4 (OPENAI_API_KEY): no '=' in this line; write NAME=value",
         ),
         (
