@@ -104,14 +104,16 @@ def _about_the_model(err: dict[str, Any], message: str, url: str | None) -> bool
 
 def _endpoint_detail(url: str | None, message: str) -> str:
     if url is None:
-        return f"HTTP 404: the server has no such path ({message})"
+        return f"HTTP 404: the server has no such path ({' '.join(message.split())[:120]})"
     root = url.removesuffix("/chat/completions")
     hint = (
         texts.ENDPOINT_CHECK_ROOT
         if urlsplit(root).path.endswith("/v1")
         else texts.ENDPOINT_TRY_V1.format(suggestion=f"{root}/v1")
     )
-    return texts.ENDPOINT_NOT_FOUND_DETAIL.format(url=url, answer=message or "no details", hint=hint)
+    # One line: a proxy's 404 is often an HTML page.
+    answer = " ".join(message.split())[:120] or "no details"
+    return texts.ENDPOINT_NOT_FOUND_DETAIL.format(url=url, answer=answer, hint=hint)
 
 
 def _shown_url(url: httpx.URL) -> str:

@@ -474,6 +474,8 @@ def _json(status: int, body: object) -> httpx.Response:
                                "typos.", "type": "invalid_request_error", "param": None, "code": "unknown_url"}}),
          errors.EndpointNotFound),  # OpenAI
         (_json(404, {"detail": "Not Found"}), errors.EndpointNotFound),  # vLLM, llama-cpp-python (FastAPI)
+        (httpx.Response(404, text="<html>\n<head><title>404 Not Found</title></head>\n</html>\n"),
+         errors.EndpointNotFound),  # nginx in front of it
         (_json(404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}),
          errors.EndpointNotFound),  # llama.cpp
         # A model the server does not have.
@@ -498,6 +500,7 @@ async def test_a_404_for_the_path_is_told_from_a_404_for_the_model(
     if expected is errors.EndpointNotFound:
         # The base URL here already ends in /v1: no /v1 to suggest, only to check it.
         assert str(caught.value).startswith("HTTP 404 for http://model.test/v1/chat/completions: ")
+        assert "\n" not in str(caught.value)
         assert str(caught.value).endswith("the base URL must be the server's OpenAI-compatible API root")
         assert "OPENAI_BASE_URL" in caught.value.user_message
     else:
