@@ -94,12 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"teambot {version('teambot')}")
     parser.add_argument("--env-file", type=Path, default=None, metavar="PATH", help=_ENV_FILE_HELP)
+    # Whose help `teambot` or `teambot db` alone prints: the innermost parser given sets it last.
+    parser.set_defaults(help_of=parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _subcommand(commands, "run")
     _subcommand(commands, "check")
     console = _subcommand(commands, "console")
     console.add_argument("--name", default=None, help="your name in the conversation (default: your login)")
     db = _subcommand(commands, "db")
+    db.set_defaults(help_of=db)
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
     _subcommand(db_commands, "migrate")
     copy = _subcommand(db_commands, "copy")
@@ -110,18 +113,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     """The arguments; a command left out prints the help of the level it is missing from (exit code 2)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.command is None or (args.command == "db" and args.db_command is None):
-        shown = parser if args.command is None else _db_parser(parser)
-        shown.print_help()
+        args.help_of.print_help()
         raise SystemExit(2)
     return args
-
-
-def _db_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices["db"]
 
 
 def configure_logging(level: str, *, secrets: tuple[str, ...] = (), quiet: bool = False) -> None:
