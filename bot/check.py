@@ -43,6 +43,9 @@ async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckRe
     client = ChatClient(http, endpoint, params=GenerationParams(max_output_tokens=1), retry=RetryPolicy(max_retries=0))
     try:
         await client.complete([{"role": "user", "content": "Say OK."}])
+    except errors.EndpointNotFound as exc:
+        # The detail names the URL asked and the one to try (the chat sentence can only name the setting).
+        return CheckResult(name, False, str(exc))
     except errors.LLMError as exc:
         return CheckResult(name, False, f"{endpoint.base_url} with model {endpoint.model}: {exc.user_message}")
     return CheckResult(name, True, f"{endpoint.base_url} answered a one-token request with {endpoint.model}")

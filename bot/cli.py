@@ -8,6 +8,7 @@ import getpass
 import logging
 import signal
 import sys
+import textwrap
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,22 +24,100 @@ from bot.store import copy_sqlite_to_postgres, describe_db, open_store
 log = logging.getLogger(__name__)
 
 
+_ENV_FILE_HELP = "read settings from PATH (default: ./.env, if present); may come before or after the command"
+
+_HELP = {
+    "run": (
+        "run every platform adapter whose credentials are set",
+        "Start the Slack and/or Discord adapters whose credentials are set, with /healthz, /readyz and /metrics "
+        "on the HTTP port, until SIGTERM or Ctrl-C (replies in progress may finish first).",
+        "SLACK_BOT_TOKEN with SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode), DISCORD_TOKEN; "
+        "OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL; TEAMBOT_DB; TEAMBOT_HTTP_HOST, TEAMBOT_HTTP_PORT, "
+        "TEAMBOT_OPS_HOST, TEAMBOT_OPS_PORT; TEAMBOT_DRAIN_SECONDS; TEAMBOT_LOG_LEVEL; and every other setting in "
+        ".env.example (limits, budgets, access lists).",
+    ),
+    "check": (
+        "check the settings, the model endpoint, the database and the platform tokens",
+        "Validate every setting, ask the model endpoint (and the fallback) for the model, open the database "
+        "without changing it, and try each configured platform token. One PASS/FAIL line each; exit code 0 when "
+        "all pass, 1 when one fails, 2 when a setting is invalid.",
+        "OPENAI_API_KEY or OPENAI_API_KEY_FILE, OPENAI_BASE_URL, OPENAI_MODEL; TEAMBOT_FALLBACK_BASE_URL, "
+        "TEAMBOT_FALLBACK_MODEL, TEAMBOT_FALLBACK_API_KEY; TEAMBOT_DB; SLACK_BOT_TOKEN, SLACK_APP_TOKEN, "
+        "SLACK_SIGNING_SECRET, DISCORD_TOKEN; and validates every other setting.",
+    ),
+    "console": (
+        "chat with the bot in this terminal",
+        "Chat with the bot in this terminal, no Slack or Discord needed. The conversation is 'console:local' in "
+        "TEAMBOT_DB, so it is still there next time. /reset, /usage, /system, /model; /exit or end of input quits.",
+        "OPENAI_API_KEY or OPENAI_API_KEY_FILE, OPENAI_BASE_URL, OPENAI_MODEL; TEAMBOT_DB; "
+        "TEAMBOT_SYSTEM_PROMPT, TEAMBOT_HISTORY_TOKENS, TEAMBOT_MODELS; TEAMBOT_LOG_LEVEL; the model, limit and "
+        "budget settings in .env.example.",
+    ),
+    "db": (
+        "database upkeep: migrate the schema, copy SQLite history into PostgreSQL",
+        "Database upkeep: 'migrate' brings the schema up to date, 'copy' moves a SQLite history into PostgreSQL.",
+        "TEAMBOT_DB (a SQLite file or a postgresql:// URL).",
+    ),
+    "migrate": (
+        "bring the schema of TEAMBOT_DB up to date",
+        "Create the database of TEAMBOT_DB, or bring its schema up to date, and print the schema version.",
+        "TEAMBOT_DB.",
+    ),
+    "copy": (
+        "copy a SQLite file's history into the PostgreSQL of TEAMBOT_DB",
+        "Copy the history of a SQLite file into a PostgreSQL database (TEAMBOT_DB unless --to is given).",
+        "TEAMBOT_DB (the target, unless --to is given).",
+    ),
+}
+
+
+def _subcommand(commands: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` says what it does and which settings it reads."""
+    summary, description, settings = _HELP[name]
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 78),
+        epilog="settings read (environment or --env-file):\n" + textwrap.fill(settings, 78),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # SUPPRESS: given after the command it overrides the one before it; absent, it leaves that one alone.
+    parser.add_argument("--env-file", type=Path, default=argparse.SUPPRESS, metavar="PATH", help=_ENV_FILE_HELP)
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="teambot", description="An LLM in your team chat.")
+    parser = argparse.ArgumentParser(
+        prog="teambot",
+        description="An LLM in your team chat. Settings come from the environment and ./.env (see .env.example).",
+        epilog="'teambot COMMAND --help' says what a command does and the settings it reads.",
+    )
     parser.add_argument("--version", action="version", version=f"teambot {version('teambot')}")
-    parser.add_argument("--env-file", type=Path, default=Path(".env"), help="settings file (default: ./.env)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("run", help="run every platform adapter whose credentials are set")
-    commands.add_parser("check", help="check the settings, the model endpoint and the platform tokens")
-    console = commands.add_parser("console", help="chat with the bot in this terminal")
+    parser.add_argument("--env-file", type=Path, default=None, metavar="PATH", help=_ENV_FILE_HELP)
+    # Whose help `teambot` or `teambot db` alone prints: the innermost parser given sets it last.
+    parser.set_defaults(help_of=parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _subcommand(commands, "run")
+    _subcommand(commands, "check")
+    console = _subcommand(commands, "console")
     console.add_argument("--name", default=None, help="your name in the conversation (default: your login)")
-    db = commands.add_parser("db", help="database upkeep: migrate the schema, copy SQLite history into PostgreSQL")
-    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    db_commands.add_parser("migrate", help="bring the schema of TEAMBOT_DB up to date")
-    copy = db_commands.add_parser("copy", help="copy a SQLite file's history into the PostgreSQL of TEAMBOT_DB")
+    db = _subcommand(commands, "db")
+    db.set_defaults(help_of=db)
+    db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
+    _subcommand(db_commands, "migrate")
+    copy = _subcommand(db_commands, "copy")
     copy.add_argument("--from", dest="source", required=True, type=Path, help="the SQLite file to copy")
     copy.add_argument("--to", dest="target", default=None, help="a PostgreSQL URL (default: TEAMBOT_DB)")
     return parser
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; a command left out prints the help of the level it is missing from (exit code 2)."""
+    args = _parser().parse_args(argv)
+    if args.command is None or (args.command == "db" and args.db_command is None):
+        args.help_of.print_help()
+        raise SystemExit(2)
+    return args
 
 
 def configure_logging(level: str, *, secrets: tuple[str, ...] = (), quiet: bool = False) -> None:
@@ -52,6 +131,48 @@ def configure_logging(level: str, *, secrets: tuple[str, ...] = (), quiet: bool 
     root.setLevel(level if not quiet or level == "DEBUG" else "WARNING")
     # httpx logs every request URL at INFO; ours carry no secrets, but they are noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    silence_library_noise()
+
+
+_BOLT_TOKEN_UNUSED = ("As you gave `client` as well, `token` will be unused",)
+#: Logger name -> the starts of the messages dropped from it. Bolt logs through the logger teambot gives it
+#: ("slack_bolt") or, given none, its own ("slack_bolt.AsyncApp").
+_LIBRARY_NOISE: dict[str, tuple[str, ...]] = {
+    "slack_bolt": _BOLT_TOKEN_UNUSED,
+    "slack_bolt.AsyncApp": _BOLT_TOKEN_UNUSED,
+    "discord.client": (
+        "PyNaCl is not installed, voice will NOT be supported",
+        "davey is not installed, voice will NOT be supported",
+    ),
+}
+
+
+class LibraryNoise(logging.Filter):
+    """Drops the warnings a library logs on every start about a choice teambot made on purpose.
+
+    Matched by logger and message start, so every other record of those loggers still shows:
+    slack_bolt reads SLACK_BOT_TOKEN from the environment although teambot hands it a ready client, and
+    discord.py warns that voice needs PyNaCl and davey, which a text bot never installs.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and record.getMessage().startswith(self.prefixes))
+
+
+def silence_library_noise() -> None:
+    """Attach :class:`LibraryNoise` to the loggers that emit it (once, however often logging is configured).
+
+    On the loggers, not on a handler: whatever handlers logging ends up with (stderr, a log file), the noise
+    reaches none of them, and the level of every logger stays as it was.
+    """
+    for name, prefixes in _LIBRARY_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, LibraryNoise) for f in logger.filters):
+            logger.addFilter(LibraryNoise(prefixes))
 
 
 async def _console(settings: Settings, name: str) -> None:
@@ -151,9 +272,10 @@ async def _db(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
-        settings = load_settings(args.env_file)
+        named = args.env_file is not None
+        settings = load_settings(args.env_file if named else Path(".env"), must_exist=named, warn=_warn)
         configure_logging(settings.log_level, secrets=settings.secret_values(), quiet=args.command != "run")
         if args.command == "console":
             asyncio.run(_console(settings, args.name or _login_name()))
@@ -172,6 +294,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def _warn(message: str) -> None:
+    # Logging is not configured yet (it needs the settings): a warning about the settings goes straight to
+    # stderr, in the same form as the one-line errors, so it is seen in the console too.
+    print(f"teambot: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _login_name() -> str:

@@ -6,11 +6,18 @@ follow their SDK docs; everything else starts with ``TEAMBOT_``.
 
 from __future__ import annotations
 
+import codecs
+import difflib
+import io
+import os
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from dotenv.parser import parse_stream
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
@@ -182,8 +189,13 @@ class Settings(BaseSettings):
 
     @field_validator("openai_base_url", "fallback_base_url")
     @classmethod
-    def _no_trailing_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
+    def _api_root(cls, value: str | None) -> str | None:
+        value = value.rstrip("/") if value else value
+        # The client appends /chat/completions itself; a URL that already ends in it would be asked for
+        # .../chat/completions/chat/completions and answer 404, which reads like an unknown model.
+        if value and value.endswith("/chat/completions"):
+            raise ValueError(texts.BASE_URL_WITH_PATH.format(root=value.removesuffix("/chat/completions")))
+        return value
 
     def secret_values(self) -> tuple[str, ...]:
         """Every configured secret, for the log filter to mask wherever it shows up."""
@@ -235,10 +247,26 @@ _ALIASES = {
 }
 
 
-def load_settings(env_file: Path | None = Path(".env")) -> Settings:
-    """Read the environment (and ``env_file`` if it exists); raise ConfigError naming the variable."""
+def load_settings(
+    env_file: Path | None = Path(".env"),
+    *,
+    must_exist: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> Settings:
+    """Read the environment (and ``env_file`` if it exists); raise ConfigError naming the variable.
+
+    ``must_exist`` makes a missing ``env_file`` an error (it was named on the command line). A line of the file
+    that cannot be read stops start-up naming the file and line, instead of being dropped. Each unknown
+    ``TEAMBOT_*`` name, most likely a misspelt one, is passed to ``warn`` once, with the closest known name.
+    """
+    dotenv = read_env_file(env_file, must_exist=must_exist) if env_file is not None else None
+    if warn is not None:
+        for warning in unknown_names(os.environ, dotenv):
+            warn(warning)
     try:
-        return Settings(_env_file=env_file if env_file and env_file.is_file() else None)  # type: ignore[call-arg]
+        return Settings(  # type: ignore[call-arg]
+            _env_file=dotenv.path if dotenv else None, _env_file_encoding=dotenv.encoding if dotenv else None
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = str(first["loc"][0]) if first["loc"] else "?"
@@ -249,3 +277,100 @@ def load_settings(env_file: Path | None = Path(".env")) -> Settings:
         field = re.search(r'field "(\w+)"', str(exc))
         name = _ALIASES.get(field.group(1), field.group(1)).upper() if field else "a setting"
         raise ConfigError(f"invalid setting {name}: not valid JSON") from None
+
+
+@dataclass(frozen=True, slots=True)
+class EnvFile:
+    """A ``.env`` file that parsed cleanly: its encoding, and the line each name is set on."""
+
+    path: Path
+    encoding: str
+    names: Mapping[str, int]
+
+
+#: Byte-order marks an editor may put first (Windows Notepad's "Unicode" is UTF-16 LE with a BOM).
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+#: What a setting's name looks like; only such a word is quoted back from a bad line, never a value or a
+#: pasted key.
+_NAME = re.compile(r"[A-Z][A-Z0-9]*_[A-Z0-9_]+")
+
+
+def read_env_file(path: Path, *, must_exist: bool = False) -> EnvFile | None:
+    """Check ``path`` line by line with python-dotenv's own parser, the one pydantic-settings reads it with.
+
+    python-dotenv only logs "could not parse statement starting at line N" and drops that line, so an unclosed
+    quote on ``OPENAI_BASE_URL`` would silently mean api.openai.com: here it is a ConfigError naming the file
+    and the line. None when there is no file (and none was required).
+    """
+    if not path.is_file():
+        if must_exist:
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise ConfigError(texts.ENV_FILE_MISSING.format(path=path, what=what))
+        return None
+    raw = path.read_bytes()
+    encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), "utf-8")
+    # UTF-16 without a byte-order mark has a NUL beside every ASCII letter: as UTF-8 it would "decode" to junk.
+    bad = raw.find(b"\x00") if encoding == "utf-8" else -1
+    try:
+        text = raw.decode(encoding) if bad < 0 else ""
+    except UnicodeDecodeError as exc:
+        bad = exc.start
+    if bad >= 0:
+        raise ConfigError(texts.ENV_FILE_NOT_TEXT.format(path=path, line=raw[:bad].count(b"\n") + 1))
+    names: dict[str, int] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        statement = binding.original.string
+        # The statement starts with the blank lines before it; python-dotenv counts from the first of those.
+        line = binding.original.line + statement[: len(statement) - len(statement.lstrip())].count("\n")
+        if binding.error or (binding.key is not None and binding.value is None):
+            raise ConfigError(_unreadable_line(path, line, statement.strip()))
+        if binding.key is not None:
+            names.setdefault(binding.key, line)
+    return EnvFile(path, encoding, names)
+
+
+def _unreadable_line(path: Path, line: int, statement: str) -> str:
+    first = statement.splitlines()[0] if statement else ""
+    head, equals, value = first.partition("=")
+    words = head.split()
+    # Without "=" the name is the first word (the value follows a space); with it, the last before "="
+    # ("export NAME=...").
+    word = (words[-1] if equals else words[0]) if words else ""
+    name = f" ({word})" if _NAME.fullmatch(word) else ""
+    value = value.strip()
+    if not equals:
+        why = texts.ENV_LINE_NO_EQUALS
+    elif value[:1] in {'"', "'"} and value.count(value[0]) - value.count("\\" + value[0]) < 2:
+        why = texts.ENV_LINE_OPEN_QUOTE.format(quote=value[0])
+    else:
+        why = texts.ENV_LINE_UNREADABLE
+    return texts.ENV_LINE_ERROR.format(path=path, line=line, name=name, why=why)
+
+
+_PREFIX = "TEAMBOT_"
+
+
+def unknown_names(environ: Mapping[str, str], dotenv: EnvFile | None) -> list[str]:
+    """One warning per ``TEAMBOT_*`` name that is no setting, with the closest known one (difflib)."""
+    known = {alias.upper() for alias in _ALIASES.values()}
+    suffixes = sorted(name.removeprefix(_PREFIX) for name in known if name.startswith(_PREFIX))
+    seen: dict[str, str] = {}
+    for name, line in dotenv.names.items() if dotenv else ():
+        seen.setdefault(name.upper(), texts.SETTING_IN_FILE.format(path=dotenv.path if dotenv else "", line=line))
+    for name in environ:
+        seen.setdefault(name.upper(), texts.SETTING_IN_ENVIRONMENT)
+    warnings = []
+    for name, where in seen.items():
+        if not name.startswith(_PREFIX) or name in known:
+            continue
+        # Compared without the prefix every candidate shares, which would make any two names look alike.
+        close = difflib.get_close_matches(name.removeprefix(_PREFIX), suffixes, n=1, cutoff=0.6)
+        warnings.append(
+            texts.UNKNOWN_SETTING.format(name=name, where=where)
+            + (
+                texts.UNKNOWN_SETTING_CLOSEST.format(closest=_PREFIX + close[0])
+                if close
+                else texts.UNKNOWN_SETTING_NO_MATCH
+            )
+        )
+    return warnings

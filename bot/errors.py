@@ -8,7 +8,8 @@
         ├── QuotaExhausted        429 insufficient_quota / 402 no credit: waiting will not help
         ├── AuthFailed            401: key missing or rejected
         ├── Forbidden             403
-        ├── ModelNotFound         404
+        ├── ModelNotFound         404 naming the model (model_not_found, "model ... not found", "does not exist")
+        ├── EndpointNotFound      404 for the path: the base URL is wrong (most often it lacks /v1)
         ├── ContextTooLong        400 context_length_exceeded (and llama.cpp's exceed_context_size_error)
         ├── BadRequest            any other 4xx
         ├── ServiceUnavailable    5xx
@@ -83,6 +84,12 @@ class Forbidden(LLMError):
 class ModelNotFound(LLMError):
     def __init__(self, detail: str = "", *, model: str = "") -> None:
         super().__init__(detail, user_message=texts.MODEL_NOT_FOUND.format(model=model))
+
+
+class EndpointNotFound(LLMError):
+    """The server has no chat completions route at the URL asked: a configuration mistake, not the model's."""
+
+    user_message = texts.ENDPOINT_NOT_FOUND
 
 
 class ContextTooLong(LLMError):

@@ -24,6 +24,15 @@ KEY_REJECTED = "The API key was rejected; an admin must check OPENAI_API_KEY."
 KEY_MISSING = "No API key is configured; an admin must set OPENAI_API_KEY."
 FORBIDDEN = "The AI service refused this request (permission or region); an admin must check the account."
 MODEL_NOT_FOUND = "The AI service does not know the model {model!r}; an admin must check OPENAI_MODEL."
+#: A 404 for the path, not the model: the base URL is wrong, most often for want of its /v1.
+ENDPOINT_NOT_FOUND = (
+    "The AI service has no chat endpoint at the configured address (HTTP 404); an admin must check "
+    "OPENAI_BASE_URL, which usually ends in /v1."
+)
+#: The same for the log and `teambot check`, with the URL asked and the one to try.
+ENDPOINT_NOT_FOUND_DETAIL = "HTTP 404 for {url}: the server has no such path ({answer}); the base URL {hint}"
+ENDPOINT_TRY_V1 = "usually ends in /v1: try {suggestion}"
+ENDPOINT_CHECK_ROOT = "must be the server's OpenAI-compatible API root"
 BAD_REQUEST = "The AI service rejected the request ({detail}). An admin can find the details in the log."
 CONTEXT_TOO_LONG = "The conversation is too long for the model even after trimming; try /reset to start over."
 UNAVAILABLE = "The AI service is having trouble right now, try again in a minute."
@@ -86,3 +95,17 @@ MODEL_SET = "Done: this channel now uses {model}."
 MODEL_RESET = "Done: this channel is back to the default model, {model}."
 MODEL_NOT_ALLOWED = "{model} is not on the list of allowed models: {allowed}."
 UNKNOWN_COMMAND = "Unknown command {command!r}."
+
+# Start-up: the settings file and the names in it
+BASE_URL_WITH_PATH = "ends in /chat/completions, which teambot adds itself: set it to {root}"
+ENV_FILE_MISSING = "--env-file {path} {what}"
+ENV_FILE_NOT_TEXT = "{path}, line {line}: not UTF-8 text; save the file as UTF-8"
+ENV_LINE_ERROR = "{path}, line {line}{name}: {why}"
+ENV_LINE_NO_EQUALS = "no '=' in this line; write NAME=value"
+ENV_LINE_OPEN_QUOTE = "the value's opening {quote} is never closed"
+ENV_LINE_UNREADABLE = "cannot be read as NAME=value (check its quotes)"
+SETTING_IN_FILE = "{path}, line {line}"
+SETTING_IN_ENVIRONMENT = "the environment"
+UNKNOWN_SETTING = "unknown setting {name} (in {where}) is ignored"
+UNKNOWN_SETTING_CLOSEST = "; did you mean {closest}?"
+UNKNOWN_SETTING_NO_MATCH = "; .env.example lists every setting"

@@ -113,3 +113,32 @@ async def spawn_bot(
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "run", cwd=folder, env=environment, stderr=asyncio.subprocess.PIPE
     )
+
+
+async def run_teambot(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: bytes = b"", within: float = 60
+) -> tuple[int, str, str]:
+    """``teambot ARGS`` as a person runs it, with only ``env`` set (besides PATH): exit code, stdout, stderr.
+
+    ``stdin`` is written and then closed, so ``teambot console`` answers it and ends as at end of input.
+    """
+    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        cwd=cwd,
+        env=environment,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), within)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

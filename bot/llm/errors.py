@@ -8,10 +8,11 @@ import logging
 import math
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from bot import errors
+from bot import errors, texts
 from bot.guards import redact
 
 log = logging.getLogger(__name__)
@@ -57,16 +58,23 @@ def error_from_response(response: httpx.Response, model: str, key: str | None) -
         body = {"error": {"message": response.text[:200]}}
     if not isinstance(body, dict):
         body = {}
-    exc = error_from_body(response.status_code, body, model=model, retry_after=retry_after(response.headers))
+    exc = error_from_body(
+        response.status_code,
+        body,
+        model=model,
+        retry_after=retry_after(response.headers),
+        url=_shown_url(response.request.url),
+    )
     log.debug("model endpoint answered HTTP %d: %s", response.status_code, redact(str(body)[:500], key))
     return exc
 
 
 def error_from_body(
-    status: int | None, body: dict[str, Any], *, model: str, retry_after: float | None
+    status: int | None, body: dict[str, Any], *, model: str, retry_after: float | None, url: str | None = None
 ) -> errors.LLMError:
-    raw = body.get("error")
-    err: dict[str, Any] = raw if isinstance(raw, dict) else {"message": raw}
+    # vLLM (before 0.8) puts its error at the top level: {"object": "error", "message": ..., "code": 404}.
+    raw = body.get("error", body if "message" in body else None)
+    err: dict[str, Any] = raw if isinstance(raw, dict) else {"message": raw if raw is not None else body.get("detail")}
     code = err.get("code")
     code = str(code) if code is not None and not isinstance(code, int) else None
     kind = err.get("type") if isinstance(err.get("type"), str) else None
@@ -81,8 +89,10 @@ def error_from_body(
         return errors.AuthFailed(detail)
     if status == 403:
         return errors.Forbidden(detail)
-    if status == 404 or code == "model_not_found":
+    if code == "model_not_found" or (status == 404 and _about_the_model(err, message, url)):
         return errors.ModelNotFound(detail, model=model)
+    if status == 404:
+        return errors.EndpointNotFound(_endpoint_detail(url, message))
     if status == 429 or code == "rate_limit_exceeded":
         return errors.RateLimited(detail, retry_after=retry_after)
     if status == 408:
@@ -90,3 +100,35 @@ def error_from_body(
     if status is None or status == 409 or status >= 500:
         return errors.ServiceUnavailable(detail)
     return errors.BadRequest(detail, status=status, code=code or kind)
+
+
+def _about_the_model(err: dict[str, Any], message: str, url: str | None) -> bool:
+    """Whether a 404 is about the model rather than the path.
+
+    OpenAI says ``code: model_not_found``; Ollama ``model "x" not found, try pulling it first``; vLLM ``The model
+    `x` does not exist.`` (and ``param: model`` in newer versions). A path no server knows gets no such words:
+    Ollama answers ``404 page not found``, OpenAI ``Invalid URL (POST /chat/completions)`` or ``unknown_url``,
+    FastAPI servers ``{"detail": "Not Found"}``, llama.cpp ``File Not Found``.
+    """
+    # The path is left out: a server quoting a path such as /models/v1/chat/completions says nothing of the model.
+    said = message.replace(urlsplit(url).path, "") if url else message
+    return err.get("param") == "model" or "model" in said.lower()
+
+
+def _endpoint_detail(url: str | None, message: str) -> str:
+    if url is None:
+        return f"HTTP 404: the server has no such path ({' '.join(message.split())[:120]})"
+    root = url.removesuffix("/chat/completions")
+    hint = (
+        texts.ENDPOINT_CHECK_ROOT
+        if urlsplit(root).path.endswith("/v1")
+        else texts.ENDPOINT_TRY_V1.format(suggestion=f"{root}/v1")
+    )
+    # One line: a proxy's 404 is often an HTML page.
+    answer = " ".join(message.split())[:120] or "no details"
+    return texts.ENDPOINT_NOT_FOUND_DETAIL.format(url=url, answer=answer, hint=hint)
+
+
+def _shown_url(url: httpx.URL) -> str:
+    """The URL asked, without any user:password in it and without the query."""
+    return str(url.copy_with(username=None, password=None, query=None))

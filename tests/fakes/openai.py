@@ -26,6 +26,10 @@ may share one message (``[[slow:0.2]] [[cut]]``); each keeps its own count. Unkn
                                 role chunk
     [[empty]]                   a successful completion whose content is "" (stream: no text chunks)
 
+Like a real server, a path it does not serve (a base URL without ``/v1``) answers 404 with Ollama's plain-text
+``404 page not found``, not an OpenAI error body (``not_found`` records the paths asked); with ``models=`` given,
+any other model is refused with OpenAI's 404 ``model_not_found``.
+
 Examples: ``[[500x2]]`` fails twice then succeeds; ``[[429:ra=0.2x1]]`` is rate limited once for 0.2 s.
 
 Run standalone for manual trying: ``python -m tests.fakes.openai --port 8081``.
@@ -144,12 +148,15 @@ class FakeOpenAI:
         first_byte_delay: float = 0.0,
         context_limit_chars: int | None = None,
         reply: Callable[[list[dict[str, Any]]], str] | None = None,
+        models: frozenset[str] | None = None,
     ) -> None:
         self.api_key = api_key
         self.chunk_delay = chunk_delay
         self.first_byte_delay = first_byte_delay
         self.context_limit_chars = context_limit_chars
         self.reply = reply
+        self.models = models
+        self.not_found: list[str] = []
         self.base_url = ""
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -176,6 +183,8 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        # Last: only what no route above serves.
+        app.router.add_route("*", "/{path:.*}", self._no_route)
         # A short shutdown timeout: a test that leaves a [[stall]] stream open must not hold stop() for a minute.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -199,12 +208,18 @@ class FakeOpenAI:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(predicate)
 
+    async def _no_route(self, request: web.Request) -> web.Response:
+        # What Ollama's router answers for a path it does not serve: plain text, no OpenAI error object.
+        self.not_found.append(f"{request.method} {request.path}")
+        return web.Response(status=404, text="404 page not found")
+
     async def _models(self, request: web.Request) -> web.Response:
         # Like OpenAI, listing models needs the key too: `teambot check` relies on that.
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return _bad_key()
-        model = {"id": _MODEL, "object": "model", "created": 0, "owned_by": "teambot-tests"}
-        return _json(200, {"object": "list", "data": [model]})
+        listed = sorted(self.models) if self.models is not None else [_MODEL]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "teambot-tests"} for name in listed]
+        return _json(200, {"object": "list", "data": data})
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
@@ -242,6 +257,8 @@ class FakeOpenAI:
         if "context" in faults or (self.context_limit_chars is not None and prompt_chars > self.context_limit_chars):
             return _context_exceeded()
         model = str(body.get("model") or _MODEL)
+        if self.models is not None and model not in self.models:
+            faults["404"] = 0.0
         if (failure := self._failure(faults, model)) is not None:
             return failure
         text = "" if "empty" in faults else self.reply(messages) if self.reply else f"echo: {last_user}"

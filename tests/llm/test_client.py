@@ -496,3 +496,80 @@ async def test_a_refused_primary_over_the_wire_falls_back() -> None:
         )
         text, _ = await collect(c)
     assert text and len(fake.requests) == 1 and fake.requests[0]["model"] == "small"
+
+
+def _json(status: int, body: object) -> httpx.Response:
+    return httpx.Response(status, json=body)
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        # A path the server does not serve (a base URL without /v1), as each server words it.
+        (httpx.Response(404, text="404 page not found"), errors.EndpointNotFound),  # Ollama
+        (_json(404, {"error": {"message": "Invalid URL (POST /chat/completions)", "type": "invalid_request_error",
+                               "param": None, "code": None}}), errors.EndpointNotFound),  # OpenAI, older
+        (_json(404, {"error": {"message": "Unknown request URL: POST /chat/completions. Please check the URL for "
+                               "typos.", "type": "invalid_request_error", "param": None, "code": "unknown_url"}}),
+         errors.EndpointNotFound),  # OpenAI
+        (_json(404, {"detail": "Not Found"}), errors.EndpointNotFound),  # vLLM, llama-cpp-python (FastAPI)
+        (httpx.Response(404, text="<html>\n<head><title>404 Not Found</title></head>\n</html>\n"),
+         errors.EndpointNotFound),  # nginx in front of it
+        (_json(404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}),
+         errors.EndpointNotFound),  # llama.cpp
+        # A model the server does not have.
+        (_json(404, {"error": {"message": "The model `m` does not exist or you do not have access to it.",
+                               "type": "invalid_request_error", "param": None, "code": "model_not_found"}}),
+         errors.ModelNotFound),  # OpenAI
+        (_json(404, {"error": {"message": 'model "m" not found, try pulling it first', "type": "api_error",
+                               "param": None, "code": None}}), errors.ModelNotFound),  # Ollama
+        (_json(404, {"object": "error", "message": "The model `m` does not exist.", "type": "NotFoundError",
+                     "param": None, "code": 404}), errors.ModelNotFound),  # vLLM, top-level error
+        (_json(404, {"error": {"message": "The model `m` does not exist.", "type": "NotFoundError",
+                               "param": "model", "code": 404}}), errors.ModelNotFound),  # vLLM, newer
+    ],
+)  # fmt: skip
+async def test_a_404_for_the_path_is_told_from_a_404_for_the_model(
+    response: httpx.Response, expected: type[errors.LLMError]
+) -> None:
+    script = Script(response, plain("never reached"))
+    with pytest.raises(expected) as caught:
+        await client(script).complete(PROMPT)
+    assert len(script.requests) == 1
+    if expected is errors.EndpointNotFound:
+        # The base URL here already ends in /v1: no /v1 to suggest, only to check it.
+        assert str(caught.value).startswith("HTTP 404 for http://model.test/v1/chat/completions: ")
+        assert "\n" not in str(caught.value)
+        assert str(caught.value).endswith("the base URL must be the server's OpenAI-compatible API root")
+        assert "OPENAI_BASE_URL" in caught.value.user_message
+    else:
+        assert "OPENAI_MODEL" in caught.value.user_message
+
+
+async def test_a_base_url_without_v1_over_the_wire_suggests_it() -> None:
+    async with FakeOpenAI(models=frozenset({"m"})) as fake, model_http_client(30) as http:
+        root = fake.base_url.removesuffix("/v1")
+        c = ChatClient(http, Endpoint("primary", root, "m"), retry=RetryPolicy(max_retries=3, base_delay=0.01))
+        with pytest.raises(errors.EndpointNotFound) as caught:
+            await collect(c)
+        assert str(caught.value) == (
+            f"HTTP 404 for {root}/chat/completions: the server has no such path "
+            f"(404 page not found); the base URL usually ends in /v1: try {fake.base_url}"
+        )
+        assert fake.not_found == ["POST /chat/completions"]  # a configuration mistake: not retried
+
+        right = ChatClient(http, Endpoint("primary", fake.base_url, "llama3.2"), retry=RetryPolicy(max_retries=0))
+        with pytest.raises(errors.ModelNotFound) as unknown:
+            await collect(right)
+        assert "'llama3.2'" in unknown.value.user_message
+
+
+async def test_the_404_detail_shows_no_password_from_the_base_url() -> None:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(404, text="Not Found")))
+    c = ChatClient(http, Endpoint("primary", "http://bot:pw-never-shown@proxy.test/llm", "m"))
+    with pytest.raises(errors.EndpointNotFound) as caught:
+        await c.complete(PROMPT)
+    assert str(caught.value) == (
+        "HTTP 404 for http://proxy.test/llm/chat/completions: the server has no such path (Not Found); "
+        "the base URL usually ends in /v1: try http://proxy.test/llm/v1"
+    )
