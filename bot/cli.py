@@ -116,19 +116,34 @@ async def _run(settings: Settings) -> None:
 
 
 async def _check(settings: Settings) -> bool:
+    """One line per piece, printed as it is known; the same validation as start-up, and nothing written."""
     from adapters import registry
 
-    results = [CheckResult("configuration", True, "every setting is valid")]
+    failures: list[CheckResult] = []
+    model_usable = True
     try:
         settings.require_model_access()
-        results += await check_model(settings)
-        results.append(await check_database(settings))
     except ConfigError as exc:
-        results.append(CheckResult("configuration", False, str(exc)))
-    results += await registry.check(settings)
+        failures.append(CheckResult("configuration", False, str(exc)))
+        model_usable = False
+    try:
+        registry.configured(settings)
+    except ConfigError as exc:
+        failures.append(CheckResult("configuration", False, str(exc)))
+    results = failures or [CheckResult("configuration", True, "every setting is valid")]
+    _print(results)
+    # A missing key stops the model check only: the database and the platforms are still worth knowing about.
+    if model_usable:
+        results += _print(await check_model(settings))
+    results += _print([await check_database(settings)])
+    results += _print(await registry.check(settings))
+    return all(r.ok for r in results)
+
+
+def _print(results: list[CheckResult]) -> list[CheckResult]:
     for result in results:
         print(result.line(), flush=True)
-    return all(r.ok for r in results)
+    return results
 
 
 async def _db(settings: Settings, args: argparse.Namespace) -> None:
@@ -162,9 +177,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             asyncio.run(_run(settings))
     except ConfigError as exc:
+        # Once: check reports on stdout, line by line like everything else it finds; the others on stderr.
         if args.command == "check":
-            print(CheckResult("configuration", False, str(exc)).line())
-        print(f"teambot: {exc}", file=sys.stderr)
+            print(CheckResult("configuration", False, str(exc)).line(), flush=True)
+        else:
+            print(f"teambot: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -85,3 +85,9 @@ MODEL_SET = "Done: this channel now uses {model}."
 MODEL_RESET = "Done: this channel is back to the default model, {model}."
 MODEL_NOT_ALLOWED = "{model} is not on the list of allowed models: {allowed}."
 UNKNOWN_COMMAND = "Unknown command {command!r}."
+
+# --- for the person running teambot: `teambot check` and the platform connection lines in the log -------------
+CHECK_SLACK_NOT_CONFIGURED = (
+    "not configured: set SLACK_BOT_TOKEN, and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)"
+)
+CHECK_DISCORD_NOT_CONFIGURED = "not configured: set DISCORD_TOKEN"

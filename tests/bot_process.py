@@ -1,15 +1,21 @@
-"""``teambot run`` as a subprocess in Slack HTTP mode, for tests that need a real process (signals, replicas)."""
+"""``teambot`` as a subprocess: ``teambot run`` in Slack HTTP mode for tests that need a real process (signals,
+replicas), any other command with :func:`teambot`, and a file made read-only in a way that binds root too."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai import FakeOpenAI
@@ -113,3 +119,61 @@ async def spawn_bot(
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "run", cwd=folder, env=environment, stderr=asyncio.subprocess.PIPE
     )
+
+
+def base_env(**env: str) -> dict[str, str]:
+    """Only what a ``teambot`` subprocess needs to start, plus ``env``: nothing of the developer's environment."""
+    return {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)} | env
+
+
+async def teambot(
+    *args: str, cwd: Path, env: dict[str, str], stdin: bytes | None = None, within: float = 60
+) -> tuple[int | None, str, str]:
+    """``teambot ARGS`` with only ``env`` set (see :func:`base_env`): exit code, stdout, stderr. A process still
+    running after ``within`` seconds is killed and fails the test: a hang is a failure, not a slow pass."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        cwd=cwd,
+        env=base_env(**env),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), within)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        pytest.fail(f"teambot {' '.join(args)} still running after {within} s\n{err.decode()}")
+    return proc.returncode, out.decode(), err.decode()
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` refuses writes, to root as well, for as long as the block runs.
+
+    The tests run as root in CI, and root ignores a file's permissions; the immutable flag (``chattr +i``) binds
+    root too, as a read-only mount would, and is a state a user's file can really be in. It needs a file system
+    that has the flag (ext4, xfs, btrfs, overlay on those) and CAP_LINUX_IMMUTABLE, which root has. Where that
+    fails, a user other than root is bound by the permissions instead; root without either skips.
+    """
+    chattr = shutil.which("chattr")
+    flagged = chattr is not None and subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode == 0
+    if flagged:
+        assert chattr is not None
+        try:
+            yield
+        finally:
+            subprocess.run([chattr, "-i", str(path)], check=True)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("cannot make a file read-only for root here: chattr +i is refused")
+    mode = path.stat().st_mode
+    path.chmod(0o444)
+    try:
+        yield
+    finally:
+        path.chmod(mode)

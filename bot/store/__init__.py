@@ -7,6 +7,8 @@ a bot on SQLite never loads the PostgreSQL driver.
 
 from __future__ import annotations
 
+import asyncio
+
 from bot.errors import ConfigError
 from bot.store.base import (
     HISTORY_QUERY,
@@ -44,6 +46,7 @@ __all__ = [
     "is_postgres",
     "open_store",
     "sqlite_path",
+    "sqlite_schema",
 ]
 
 
@@ -60,6 +63,14 @@ async def open_store(url: str, *, pool_size: int = 10, migrate: bool = True) -> 
     from bot.store.sqlite import SQLiteStore
 
     return await SQLiteStore.open(sqlite_path(url))
+
+
+async def sqlite_schema(path: str) -> tuple[int | None, int]:
+    """``teambot check``: the schema version of the SQLite file at ``path`` (None: no file yet) and the version
+    this teambot brings it to; the start-up checks run first, and nothing is written."""
+    from bot.store.sqlite import MIGRATIONS, read_schema_version
+
+    return await asyncio.to_thread(read_schema_version, path), len(MIGRATIONS)
 
 
 async def copy_sqlite_to_postgres(source: str, target_url: str) -> dict[str, int]:
