@@ -10,6 +10,7 @@ import signal
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot import runtime, texts
 from bot.check import CheckResult, check_database, check_model
@@ -19,6 +20,9 @@ from bot.guards import RedactingFilter
 from bot.logcontext import TurnFilter
 from bot.runtime import open_core
 from bot.store import copy_sqlite_to_postgres, describe_db, open_store
+
+if TYPE_CHECKING:
+    from adapters import registry
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +99,62 @@ async def _run(settings: Settings) -> None:
             ops = HttpServer(*ops_bind)
             add_ops_routes(ops.app, core.metrics, readiness)
             servers = [ops, public] if public.has_routes else [ops]
-        started: list[registry.Adapter] = []
         running: list[HttpServer] = []
         try:
             for server in servers:
                 await server.start()
                 running.append(server)
-            for adapter in adapters:
-                await adapter.start()
-                started.append(adapter)
-            log.info("teambot is running: %s", ", ".join(a.name for a in adapters))
-            await stop.wait()
+            up = await _start_adapters(adapters, stop)
+            if not stop.is_set():
+                log.info("teambot is running: %s", ", ".join(a.name for a in up) or "no platform connected")
+                await stop.wait()
             log.info("stopping: letting replies in progress finish (up to %.0f s)", settings.drain_seconds)
         finally:
-            for adapter in started:
+            # Every adapter, whatever state it got to (connecting, retrying, connected, refused): each one's stop
+            # copes with a start that never finished.
+            for adapter in adapters:
                 await adapter.stop(settings.drain_seconds)
             for server in running:
                 await server.stop()
     log.info("stopped")
+
+
+async def _start_adapters(adapters: list[registry.Adapter], stop: asyncio.Event) -> list[registry.Adapter]:
+    """Start every adapter at once; return those that connected, once each has connected or failed, or at once
+    when told to stop (a start still trying to reach its platform is then cancelled).
+
+    A start keeps trying while its platform cannot be reached, so it is never awaited on its own: SIGTERM and
+    Ctrl-C must stop the bot in every state. An adapter whose platform refuses its token stays down (its start
+    raises ConfigError, logged here in its one line); the others, ``/healthz`` and ``/readyz`` (which names the
+    adapter that is down) keep serving.
+    """
+    starting: dict[asyncio.Task[object], registry.Adapter] = {
+        asyncio.create_task(_started(a), name=f"teambot-start-{a.name}"): a for a in adapters
+    }
+    stopping: asyncio.Task[object] = asyncio.create_task(_stopped(stop))
+    up: list[registry.Adapter] = []
+    try:
+        pending = set(starting)
+        while pending:
+            done, _ = await asyncio.wait(pending | {stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                break
+            for task in done:
+                pending.discard(task)
+                adapter = starting[task]
+                error = task.exception()
+                if error is None:
+                    up.append(adapter)
+                elif isinstance(error, ConfigError):
+                    log.error("%s", error)
+                else:
+                    log.error("the %s adapter could not start", adapter.name, exc_info=error)
+    finally:
+        stopping.cancel()
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(stopping, *starting, return_exceptions=True)
+    return up
 
 
 async def _check(settings: Settings) -> bool:
@@ -138,6 +180,15 @@ async def _check(settings: Settings) -> bool:
     results += _print([await check_database(settings)])
     results += _print(await registry.check(settings))
     return all(r.ok for r in results)
+
+
+async def _started(adapter: registry.Adapter) -> object:
+    await adapter.start()
+    return adapter
+
+
+async def _stopped(stop: asyncio.Event) -> object:
+    return await stop.wait()
 
 
 def _print(results: list[CheckResult]) -> list[CheckResult]:

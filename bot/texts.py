@@ -91,3 +91,10 @@ CHECK_SLACK_NOT_CONFIGURED = (
     "not configured: set SLACK_BOT_TOKEN, and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)"
 )
 CHECK_DISCORD_NOT_CONFIGURED = "not configured: set DISCORD_TOKEN"
+SLACK_TOKEN_REFUSED = "Slack refused {setting} ({error}): {hint}; the Slack adapter is stopped"
+SLACK_BOT_TOKEN_HINT = "check the bot token (xoxb-...) and that the app is installed in the workspace"
+SLACK_APP_TOKEN_HINT = "check the app-level token (xapp-...) and that it has the connections:write scope"
+DISCORD_TOKEN_REFUSED = (
+    "Discord refused DISCORD_TOKEN (401 Unauthorized): copy the bot token again from the Developer Portal "
+    "(Bot, Reset Token); the Discord adapter is stopped"
+)

@@ -56,6 +56,14 @@ class Bot:
                 assert self.proc.returncode is None, "".join(self.stderr)
                 await asyncio.sleep(0.05)
 
+    async def logged(self, text: str, within: float = 15, count: int = 1) -> list[str]:
+        """Until ``text`` has appeared in ``count`` lines of stderr (another process: nothing to be notified of)."""
+        async with asyncio.timeout(within):
+            while len(found := [line for line in self.stderr if text in line]) < count:
+                assert self.proc.returncode is None, "".join(self.stderr)
+                await asyncio.sleep(0.05)
+        return found
+
     async def send(self, http: httpx.AsyncClient, envelope: dict) -> None:
         body = json.dumps(envelope)
         headers = {"Content-Type": "application/json", **signed_headers(SECRET, body)}
@@ -83,10 +91,13 @@ async def start_bot(
     *,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    discord_url: str | None = None,
+    discord_gateway: str | None = None,
 ) -> Bot:
     """Start a bot on ``db`` (a SQLite path or a PostgreSQL URL) and wait until it answers /healthz."""
     port = free_port()
-    proc = await spawn_bot(fake, slack, db, cwd=cwd, env={"TEAMBOT_HTTP_PORT": str(port), **(env or {})})
+    env = {"TEAMBOT_HTTP_PORT": str(port), **(env or {})}
+    proc = await spawn_bot(fake, slack, db, cwd=cwd, env=env, discord_url=discord_url, discord_gateway=discord_gateway)
     bot = Bot(proc, port)
     await bot.up(http)
     return bot
@@ -99,8 +110,11 @@ async def spawn_bot(
     *,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    discord_url: str | None = None,
+    discord_gateway: str | None = None,
 ) -> asyncio.subprocess.Process:
-    """``teambot run`` on ``db`` in Slack HTTP mode, its stderr piped; nothing awaited."""
+    """``teambot run`` on ``db`` in Slack HTTP mode, its stderr piped; nothing awaited. See
+    :func:`teambot_command` for ``discord_url`` and ``discord_gateway``."""
     environment = {
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": str(ROOT),
@@ -117,8 +131,27 @@ async def spawn_bot(
     }
     folder = cwd or Path(db).parent
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", cwd=folder, env=environment, stderr=asyncio.subprocess.PIPE
+        *teambot_command(discord_url, discord_gateway),
+        "run",
+        cwd=folder,
+        env=environment,
+        stderr=asyncio.subprocess.PIPE,
     )
+
+
+def teambot_command(discord_url: str | None = None, discord_gateway: str | None = None) -> list[str]:
+    """The command line of ``teambot``; with ``discord_url``, its discord.py talks to the fake Discord there (and
+    to the gateway ``discord_gateway``, if given), as :func:`tests.fakes.discord.point_discord_at` sets up."""
+    if discord_url is None:
+        return [sys.executable, "-m", "bot"]
+    script = (
+        "import sys\n"
+        "from tests.fakes.discord import point_discord_at\n"
+        "from bot.cli import main\n"
+        "with point_discord_at(sys.argv[1], gateway=sys.argv[2] or None):\n"
+        "    main(sys.argv[3:])\n"
+    )
+    return [sys.executable, "-c", script, discord_url, discord_gateway or ""]
 
 
 def base_env(**env: str) -> dict[str, str]:
