@@ -46,15 +46,24 @@ async def test_a_read_only_database_is_one_line_and_exit_code_2(tmp_path: Path, 
     assert _files(tmp_path) == before  # not a byte written, no journal left beside it
 
 
+@pytest.mark.parametrize("refused", ["the first write", "the start-up purge"])
 async def test_a_database_refusing_writes_past_the_file_checks_is_one_line_and_the_process_exits(
-    tmp_path: Path,
+    tmp_path: Path, refused: str
 ) -> None:
-    # The file and its folder are writable, but the database refuses the first write a turn makes (a trigger
-    # stands for what the file checks cannot see). The process must still end: the writer's thread is closed.
+    # The file and its folder are writable, but the database refuses a write (a trigger stands for what the file
+    # checks cannot see): the first one a turn makes, or the purge of old message ids at start-up, after both
+    # connections are open. The process must still end: each connection's thread is closed.
     db = await _database(tmp_path / "teambot.db")
     with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON handled_messages BEGIN SELECT RAISE(FAIL, 'no'); END")
+        if refused == "the first write":
+            conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON handled_messages BEGIN SELECT RAISE(FAIL, 'no'); END")
+        else:
+            conn.execute("INSERT INTO handled_messages (message_id, handled_at) VALUES ('old', 0)")
+            conn.execute("CREATE TRIGGER refuse BEFORE DELETE ON handled_messages BEGIN SELECT RAISE(FAIL, 'no'); END")
     code, _, err = await teambot("db", "migrate", cwd=tmp_path, env={"TEAMBOT_DB": str(db)}, within=30)
     assert code == 2 and "Traceback" not in err, err
     [line] = err.splitlines()
-    assert line.startswith(f"teambot: TEAMBOT_DB: cannot write to {str(db)!r} (the database is refusing writes"), line
+    if refused == "the first write":
+        assert line.startswith(f"teambot: TEAMBOT_DB: cannot write to {str(db)!r} (the database is refusing writes")
+    else:
+        assert line == f"teambot: TEAMBOT_DB: cannot use {str(db)!r} as a SQLite database (no)", line
