@@ -145,7 +145,7 @@ async def check_database(settings: Settings) -> CheckResult:
             return CheckResult(name, True, f"{where} is at schema version {version}; 'teambot run' migrates it")
         return CheckResult(name, True, f"{where} answers, schema version {version}")
     try:
-        store = await open_store(settings.db, pool_size=1, migrate=False)
+        store = await open_store(settings.db, pool_size=1, migrate=False, purge=False)
     except errors.ConfigError as exc:
         return CheckResult(name, False, str(exc))
     try:

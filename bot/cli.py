@@ -10,7 +10,7 @@ import signal
 import sys
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot import runtime, texts
 from bot.check import CheckResult, check_database, check_model
@@ -128,10 +128,10 @@ async def _start_adapters(adapters: list[registry.Adapter], stop: asyncio.Event)
     raises ConfigError, logged here in its one line); the others, ``/healthz`` and ``/readyz`` (which names the
     adapter that is down) keep serving.
     """
-    starting: dict[asyncio.Task[object], registry.Adapter] = {
-        asyncio.create_task(_started(a), name=f"teambot-start-{a.name}"): a for a in adapters
+    starting: dict[asyncio.Future[Any], registry.Adapter] = {
+        asyncio.create_task(a.start(), name=f"teambot-start-{a.name}"): a for a in adapters
     }
-    stopping: asyncio.Task[object] = asyncio.create_task(_stopped(stop))
+    stopping: asyncio.Future[Any] = asyncio.create_task(stop.wait())
     up: list[registry.Adapter] = []
     try:
         pending = set(starting)
@@ -180,15 +180,6 @@ async def _check(settings: Settings) -> bool:
     results += _print([await check_database(settings)])
     results += _print(await registry.check(settings))
     return all(r.ok for r in results)
-
-
-async def _started(adapter: registry.Adapter) -> object:
-    await adapter.start()
-    return adapter
-
-
-async def _stopped(stop: asyncio.Event) -> object:
-    return await stop.wait()
 
 
 def _print(results: list[CheckResult]) -> list[CheckResult]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from adapters import registry
@@ -187,7 +188,14 @@ async def test_the_database_line_on_each_engine(tmp_path: Path, postgres_url: st
     assert not not_migrated.ok and "teambot db migrate" in not_migrated.detail
     store = await open_store(postgres_url)
     await store.close()
-    migrated = await check_database(settings(db=postgres_url))
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        # A message id past its retention: opening the store purges it, checking must not (it writes nothing).
+        await conn.execute("INSERT INTO handled_messages (message_id, handled_at) VALUES ('old', 0)")
+        migrated = await check_database(settings(db=postgres_url))
+        assert await conn.fetchval("SELECT count(*) FROM handled_messages") == 1
+    finally:
+        await conn.close()
     assert migrated.ok and migrated.detail.endswith(f"schema version {len(POSTGRES_MIGRATIONS)}")
 
     password_url = postgres_url.replace("teambot@", "teambot:pw-never-shown@").rsplit(":", 1)[0] + ":1/x"

@@ -50,16 +50,17 @@ __all__ = [
 ]
 
 
-async def open_store(url: str, *, pool_size: int = 10, migrate: bool = True) -> Store:
+async def open_store(url: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> Store:
     """Open the database ``TEAMBOT_DB`` names: a SQLite path (or ``sqlite:///path``), or a PostgreSQL URL.
 
     ``migrate`` brings the schema up to date first; without it, an out-of-date PostgreSQL schema is refused
-    (SQLite, embedded and single-process, always migrates).
+    (SQLite, embedded and single-process, always migrates). ``purge`` deletes what is kept only for a while (old
+    message ids) on opening; ``teambot check``, which writes nothing, opens PostgreSQL without either.
     """
     if is_postgres(url):
         from bot.store.postgres import PostgresStore
 
-        return await PostgresStore.open(url, pool_size=pool_size, migrate=migrate)
+        return await PostgresStore.open(url, pool_size=pool_size, migrate=migrate, purge=purge)
     from bot.store.sqlite import SQLiteStore
 
     return await SQLiteStore.open(sqlite_path(url))

@@ -279,7 +279,10 @@ async def test_an_unusable_database_file_is_one_clear_error(tmp_path: Path, what
         path.mkdir()
     else:
         path.write_bytes(b"these are notes, not a database\n" * 200)
-    with pytest.raises(ConfigError, match=r"^TEAMBOT_DB: cannot use .* as a SQLite database"):
+    expected = (
+        r"^TEAMBOT_DB: '.*' is a folder; name a file in it" if what == "a folder" else r"^TEAMBOT_DB: cannot use "
+    )
+    with pytest.raises(ConfigError, match=expected + r".* as a SQLite database" * (what != "a folder")):
         await open_store(str(path))
 
 
