@@ -7,6 +7,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from bot import texts
 from bot.check import CheckResult, platform_check
 from bot.config import Settings
 from bot.conversation import ConversationCore
@@ -60,8 +61,12 @@ async def check(settings: Settings) -> list[CheckResult]:
         from adapters.slack import check_slack
 
         results += await platform_check("slack", settings.slack_api_url, check_slack(settings))
+    else:
+        results.append(CheckResult("slack", True, texts.CHECK_SLACK_NOT_CONFIGURED, skipped=True))
     if settings.discord_token is not None:
         from adapters.discord import check_discord
 
         results += await platform_check("discord", "the Discord API", check_discord(settings))
+    else:
+        results.append(CheckResult("discord", True, texts.CHECK_DISCORD_NOT_CONFIGURED, skipped=True))
     return results

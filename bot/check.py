@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import socket
+import ssl
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -13,7 +15,7 @@ from bot import errors
 from bot.config import Settings
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy
 from bot.runtime import endpoints
-from bot.store import describe_db, is_postgres, open_store, sqlite_path
+from bot.store import describe_db, is_postgres, open_store, sqlite_path, sqlite_schema
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,25 +23,41 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
+    #: Nothing to check: the piece is not configured (a platform without its token). Not a failure.
+    skipped: bool = False
 
     def line(self) -> str:
-        return f"{'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+        return f"{'SKIP' if self.skipped else 'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
 
 
 async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckResult:
-    """Listing models costs nothing; where the list does not show the model, one token settles it."""
+    """Listing models costs nothing; where the list does not show the model, one token settles it.
+
+    A failure is told by its cause (the connection refused, the name that does not resolve, the TLS error, the
+    HTTP status and the URL that answered it): the sentence the chat would get says only that something failed.
+    """
     name = f"model endpoint ({endpoint.name})"
     key = endpoint.keys.get()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    models_url = f"{endpoint.base_url}/models"
     try:
-        response = await http.get(f"{endpoint.base_url}/models", headers=headers)
+        response = await http.get(models_url, headers=headers)
+    except httpx.HTTPError as exc:
+        return CheckResult(name, False, describe_http_failure(exc, models_url, http.timeout.connect))
+    try:
         listed = response.status_code == 200 and endpoint.model in {
             m.get("id") for m in (response.json().get("data") or []) if isinstance(m, dict)
         }
-    except (httpx.HTTPError, ValueError, AttributeError):
+    except (ValueError, AttributeError):
         listed = False
     if listed:
         return CheckResult(name, True, f"{endpoint.base_url} lists {endpoint.model}")
+    answered: list[httpx.Response] = []
+
+    async def record(response: httpx.Response) -> None:
+        answered.append(response)
+
+    http.event_hooks["response"].append(record)
     client = ChatClient(http, endpoint, params=GenerationParams(max_output_tokens=1), retry=RetryPolicy(max_retries=0))
     try:
         await client.complete([{"role": "user", "content": "Say OK."}])
@@ -47,8 +65,64 @@ async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckRe
         # The detail names the URL asked and the one to try (the chat sentence can only name the setting).
         return CheckResult(name, False, str(exc))
     except errors.LLMError as exc:
-        return CheckResult(name, False, f"{endpoint.base_url} with model {endpoint.model}: {exc.user_message}")
+        failed = answered[-1] if answered and answered[-1].status_code >= 400 else None
+        if failed is None:
+            return CheckResult(name, False, f"{endpoint.base_url} with model {endpoint.model}: {type(exc).__name__}")
+        detail = f"HTTP {failed.status_code} from POST {_shown(str(failed.request.url))}"
+        return CheckResult(name, False, detail + _HINTS.get(type(exc), ""))
+    finally:
+        http.event_hooks["response"].remove(record)
     return CheckResult(name, True, f"{endpoint.base_url} answered a one-token request with {endpoint.model}")
+
+
+#: What to look at after the model endpoint refused the one-token request, by the error the client made of it.
+_HINTS: dict[type[errors.LLMError], str] = {
+    errors.AuthFailed: ": the key was refused; check OPENAI_API_KEY (or OPENAI_API_KEY_FILE)",
+    errors.Forbidden: ": the key may not use this model; check OPENAI_API_KEY and OPENAI_MODEL",
+    errors.ModelNotFound: ": the server does not know this model; check OPENAI_MODEL",
+    errors.QuotaExhausted: ": the account has no credit or quota left",
+}
+
+
+def describe_http_failure(exc: httpx.HTTPError, url: str, connect_timeout: float | None = None) -> str:
+    """A failed request in one line: which host and port, and what failed (refused, DNS, TLS, a timeout).
+
+    The URL is shown without any user:password in it; the exception's text never is (it may hold the URL).
+    """
+    target = httpx.URL(url)
+    where = f"{target.host}:{target.port or (443 if target.scheme == 'https' else 80)}"
+    causes = list(_chain(exc))
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no connection to {where} within {connect_timeout or 0:.0f} s ({_shown(url)}): check the network"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{where} did not answer in time ({_shown(url)})"
+    if any(isinstance(c, ssl.SSLError) for c in causes):
+        reason = next(c for c in causes if isinstance(c, ssl.SSLError))
+        return f"TLS error with {where}: {getattr(reason, 'reason', None) or type(reason).__name__} ({_shown(url)})"
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return f"cannot resolve the host name {target.host!r} (DNS) in {_shown(url)}: check OPENAI_BASE_URL"
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return f"connection refused by {where} ({_shown(url)}): is the server running there?"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect to {where} ({_shown(url)}): check the network and proxy settings"
+    return f"the request to {_shown(url)} failed: {type(exc).__name__}"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _shown(url: str) -> str:
+    """``url`` without credentials or query (a key may ride in either)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 async def check_model(settings: Settings) -> list[CheckResult]:
@@ -58,12 +132,23 @@ async def check_model(settings: Settings) -> list[CheckResult]:
 
 
 async def check_database(settings: Settings) -> CheckResult:
-    """Reachable, and at the schema this teambot expects; nothing is created or migrated by checking."""
+    """Reachable, and at the schema this teambot expects; nothing is created, migrated or written by checking.
+
+    A SQLite path goes through the same checks as start-up (its folder, a file and not a folder, writable).
+    """
     name, where = "database", describe_db(settings.db)
-    if not is_postgres(settings.db) and not _file_exists(sqlite_path(settings.db)):
-        return CheckResult(name, True, f"{where} does not exist yet; 'teambot run' creates it")
+    if not is_postgres(settings.db):
+        try:
+            version, latest = await sqlite_schema(sqlite_path(settings.db))
+        except errors.ConfigError as exc:
+            return CheckResult(name, False, str(exc))
+        if version is None:
+            return CheckResult(name, True, f"{where} does not exist yet; 'teambot run' creates it")
+        if version < latest:
+            return CheckResult(name, True, f"{where} is at schema version {version}; 'teambot run' migrates it")
+        return CheckResult(name, True, f"{where} answers, schema version {version}")
     try:
-        store = await open_store(settings.db, pool_size=1, migrate=False)
+        store = await open_store(settings.db, pool_size=1, migrate=False, purge=False)
     except errors.ConfigError as exc:
         return CheckResult(name, False, str(exc))
     try:
@@ -83,7 +168,3 @@ async def platform_check(name: str, where: str, check: Awaitable[list[CheckResul
         return await check
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         return [CheckResult(name, False, f"cannot reach {where}: {type(exc).__name__}")]
-
-
-def _file_exists(path: str) -> bool:
-    return Path(path).is_file()

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bot import runtime, texts
 from bot.check import CheckResult, check_database, check_model
@@ -20,6 +21,9 @@ from bot.guards import RedactingFilter
 from bot.logcontext import TurnFilter
 from bot.runtime import open_core
 from bot.store import copy_sqlite_to_postgres, describe_db, open_store
+
+if TYPE_CHECKING:
+    from adapters import registry
 
 log = logging.getLogger(__name__)
 
@@ -220,40 +224,93 @@ async def _run(settings: Settings) -> None:
             ops = HttpServer(*ops_bind)
             add_ops_routes(ops.app, core.metrics, readiness)
             servers = [ops, public] if public.has_routes else [ops]
-        started: list[registry.Adapter] = []
         running: list[HttpServer] = []
         try:
             for server in servers:
                 await server.start()
                 running.append(server)
-            for adapter in adapters:
-                await adapter.start()
-                started.append(adapter)
-            log.info("teambot is running: %s", ", ".join(a.name for a in adapters))
-            await stop.wait()
+            up = await _start_adapters(adapters, stop)
+            if not stop.is_set():
+                log.info("teambot is running: %s", ", ".join(a.name for a in up) or "no platform connected")
+                await stop.wait()
             log.info("stopping: letting replies in progress finish (up to %.0f s)", settings.drain_seconds)
         finally:
-            for adapter in started:
+            # Every adapter, whatever state it got to (connecting, retrying, connected, refused): each one's stop
+            # copes with a start that never finished.
+            for adapter in adapters:
                 await adapter.stop(settings.drain_seconds)
             for server in running:
                 await server.stop()
     log.info("stopped")
 
 
+async def _start_adapters(adapters: list[registry.Adapter], stop: asyncio.Event) -> list[registry.Adapter]:
+    """Start every adapter at once; return those that connected, once each has connected or failed, or at once
+    when told to stop (a start still trying to reach its platform is then cancelled).
+
+    A start keeps trying while its platform cannot be reached, so it is never awaited on its own: SIGTERM and
+    Ctrl-C must stop the bot in every state. An adapter whose platform refuses its token stays down (its start
+    raises ConfigError, logged here in its one line); the others, ``/healthz`` and ``/readyz`` (which names the
+    adapter that is down) keep serving.
+    """
+    starting: dict[asyncio.Future[Any], registry.Adapter] = {
+        asyncio.create_task(a.start(), name=f"teambot-start-{a.name}"): a for a in adapters
+    }
+    stopping: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+    up: list[registry.Adapter] = []
+    try:
+        pending = set(starting)
+        while pending:
+            done, _ = await asyncio.wait(pending | {stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                break
+            for task in done:
+                pending.discard(task)
+                adapter = starting[task]
+                error = task.exception()
+                if error is None:
+                    up.append(adapter)
+                elif isinstance(error, ConfigError):
+                    log.error("%s", error)
+                else:
+                    log.error("the %s adapter could not start", adapter.name, exc_info=error)
+    finally:
+        stopping.cancel()
+        for task in starting:
+            task.cancel()
+        await asyncio.gather(stopping, *starting, return_exceptions=True)
+    return up
+
+
 async def _check(settings: Settings) -> bool:
+    """One line per piece, printed as it is known; the same validation as start-up, and nothing written."""
     from adapters import registry
 
-    results = [CheckResult("configuration", True, "every setting is valid")]
+    failures: list[CheckResult] = []
+    model_usable = True
     try:
         settings.require_model_access()
-        results += await check_model(settings)
-        results.append(await check_database(settings))
     except ConfigError as exc:
-        results.append(CheckResult("configuration", False, str(exc)))
-    results += await registry.check(settings)
+        failures.append(CheckResult("configuration", False, str(exc)))
+        model_usable = False
+    try:
+        registry.configured(settings)
+    except ConfigError as exc:
+        failures.append(CheckResult("configuration", False, str(exc)))
+    results = failures or [CheckResult("configuration", True, "every setting is valid")]
+    _print(results)
+    # A missing key stops the model check only: the database and the platforms are still worth knowing about.
+    if model_usable:
+        results += _print(await check_model(settings))
+    results += _print([await check_database(settings)])
+    results += _print(await registry.check(settings))
+    return all(r.ok for r in results)
+
+
+def _print(results: list[CheckResult]) -> list[CheckResult]:
     for result in results:
         print(result.line(), flush=True)
-    return all(r.ok for r in results)
+    return results
 
 
 async def _db(settings: Settings, args: argparse.Namespace) -> None:
@@ -288,9 +345,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             asyncio.run(_run(settings))
     except ConfigError as exc:
+        # Once: check reports on stdout, line by line like everything else it finds; the others on stderr.
         if args.command == "check":
-            print(CheckResult("configuration", False, str(exc)).line())
-        print(f"teambot: {exc}", file=sys.stderr)
+            print(CheckResult("configuration", False, str(exc)).line(), flush=True)
+        else:
+            print(f"teambot: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

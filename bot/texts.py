@@ -109,3 +109,16 @@ SETTING_IN_ENVIRONMENT = "the environment"
 UNKNOWN_SETTING = "unknown setting {name} (in {where}) is ignored"
 UNKNOWN_SETTING_CLOSEST = "; did you mean {closest}?"
 UNKNOWN_SETTING_NO_MATCH = "; .env.example lists every setting"
+
+# --- for the person running teambot: `teambot check` and the platform connection lines in the log -------------
+CHECK_SLACK_NOT_CONFIGURED = (
+    "not configured: set SLACK_BOT_TOKEN, and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)"
+)
+CHECK_DISCORD_NOT_CONFIGURED = "not configured: set DISCORD_TOKEN"
+SLACK_TOKEN_REFUSED = "Slack refused {setting} ({error}): {hint}; the Slack adapter is stopped"
+SLACK_BOT_TOKEN_HINT = "check the bot token (xoxb-...) and that the app is installed in the workspace"
+SLACK_APP_TOKEN_HINT = "check the app-level token (xapp-...) and that it has the connections:write scope"
+DISCORD_TOKEN_REFUSED = (
+    "Discord refused DISCORD_TOKEN (401 Unauthorized): copy the bot token again from the Developer Portal "
+    "(Bot, Reset Token); the Discord adapter is stopped"
+)

@@ -1,15 +1,21 @@
-"""``teambot run`` as a subprocess in Slack HTTP mode, for tests that need a real process (signals, replicas)."""
+"""``teambot`` as a subprocess: ``teambot run`` in Slack HTTP mode for tests that need a real process (signals,
+replicas), any other command with :func:`teambot`, and a file made read-only in a way that binds root too."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai import FakeOpenAI
@@ -50,6 +56,14 @@ class Bot:
                 assert self.proc.returncode is None, "".join(self.stderr)
                 await asyncio.sleep(0.05)
 
+    async def logged(self, text: str, within: float = 15, count: int = 1) -> list[str]:
+        """Until ``text`` has appeared in ``count`` lines of stderr (another process: nothing to be notified of)."""
+        async with asyncio.timeout(within):
+            while len(found := [line for line in self.stderr if text in line]) < count:
+                assert self.proc.returncode is None, "".join(self.stderr)
+                await asyncio.sleep(0.05)
+        return found
+
     async def send(self, http: httpx.AsyncClient, envelope: dict) -> None:
         body = json.dumps(envelope)
         headers = {"Content-Type": "application/json", **signed_headers(SECRET, body)}
@@ -77,10 +91,13 @@ async def start_bot(
     *,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    discord_url: str | None = None,
+    discord_gateway: str | None = None,
 ) -> Bot:
     """Start a bot on ``db`` (a SQLite path or a PostgreSQL URL) and wait until it answers /healthz."""
     port = free_port()
-    proc = await spawn_bot(fake, slack, db, cwd=cwd, env={"TEAMBOT_HTTP_PORT": str(port), **(env or {})})
+    env = {"TEAMBOT_HTTP_PORT": str(port), **(env or {})}
+    proc = await spawn_bot(fake, slack, db, cwd=cwd, env=env, discord_url=discord_url, discord_gateway=discord_gateway)
     bot = Bot(proc, port)
     await bot.up(http)
     return bot
@@ -93,8 +110,11 @@ async def spawn_bot(
     *,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    discord_url: str | None = None,
+    discord_gateway: str | None = None,
 ) -> asyncio.subprocess.Process:
-    """``teambot run`` on ``db`` in Slack HTTP mode, its stderr piped; nothing awaited."""
+    """``teambot run`` on ``db`` in Slack HTTP mode, its stderr piped; nothing awaited. See
+    :func:`teambot_command` for ``discord_url`` and ``discord_gateway``."""
     environment = {
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": str(ROOT),
@@ -111,26 +131,47 @@ async def spawn_bot(
     }
     folder = cwd or Path(db).parent
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", cwd=folder, env=environment, stderr=asyncio.subprocess.PIPE
+        *teambot_command(discord_url, discord_gateway),
+        "run",
+        cwd=folder,
+        env=environment,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
-async def run_teambot(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: bytes = b"", within: float = 60
-) -> tuple[int, str, str]:
-    """``teambot ARGS`` as a person runs it, with only ``env`` set (besides PATH): exit code, stdout, stderr.
+def teambot_command(discord_url: str | None = None, discord_gateway: str | None = None) -> list[str]:
+    """The command line of ``teambot``; with ``discord_url``, its discord.py talks to the fake Discord there (and
+    to the gateway ``discord_gateway``, if given), as :func:`tests.fakes.discord.point_discord_at` sets up."""
+    if discord_url is None:
+        return [sys.executable, "-m", "bot"]
+    script = (
+        "import sys\n"
+        "from tests.fakes.discord import point_discord_at\n"
+        "from bot.cli import main\n"
+        "with point_discord_at(sys.argv[1], gateway=sys.argv[2] or None):\n"
+        "    main(sys.argv[3:])\n"
+    )
+    return [sys.executable, "-c", script, discord_url, discord_gateway or ""]
 
-    ``stdin`` is written and then closed, so ``teambot console`` answers it and ends as at end of input.
-    """
-    environment = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **(env or {})}
+
+def base_env(**env: str) -> dict[str, str]:
+    """Only what a ``teambot`` subprocess needs to start, plus ``env``: nothing of the developer's environment."""
+    return {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)} | env
+
+
+async def teambot(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: bytes | None = None, within: float = 60
+) -> tuple[int | None, str, str]:
+    """``teambot ARGS`` with only ``env`` set (see :func:`base_env`): exit code, stdout, stderr. A process still
+    running after ``within`` seconds is killed and fails the test: a hang is a failure, not a slow pass."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
         *args,
         cwd=cwd,
-        env=environment,
-        stdin=asyncio.subprocess.PIPE,
+        env=base_env(**(env or {})),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -138,7 +179,34 @@ async def run_teambot(
         out, err = await asyncio.wait_for(proc.communicate(stdin), within)
     except TimeoutError:
         proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
+        out, err = await proc.communicate()
+        pytest.fail(f"teambot {' '.join(args)} still running after {within} s\n{err.decode()}")
     return proc.returncode, out.decode(), err.decode()
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """``path`` refuses writes, to root as well, for as long as the block runs.
+
+    The tests run as root in CI, and root ignores a file's permissions; the immutable flag (``chattr +i``) binds
+    root too, as a read-only mount would, and is a state a user's file can really be in. It needs a file system
+    that has the flag (ext4, xfs, btrfs, overlay on those) and CAP_LINUX_IMMUTABLE, which root has. Where that
+    fails, a user other than root is bound by the permissions instead; root without either skips.
+    """
+    chattr = shutil.which("chattr")
+    flagged = chattr is not None and subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode == 0
+    if flagged:
+        assert chattr is not None
+        try:
+            yield
+        finally:
+            subprocess.run([chattr, "-i", str(path)], check=True)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("cannot make a file read-only for root here: chattr +i is refused")
+    mode = path.stat().st_mode
+    path.chmod(0o444)
+    try:
+        yield
+    finally:
+        path.chmod(mode)

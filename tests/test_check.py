@@ -2,41 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from adapters import registry
+from bot import texts
 from bot.check import check_database, check_model
 from bot.config import Settings
 from bot.store import open_store
 from bot.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from tests.bot_process import free_port, teambot
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 async def teambot_check(cwd: Path, **env: str) -> tuple[int | None, str, str]:
     """``teambot check`` in a subprocess with only ``env`` set: exit code, stdout, stderr."""
-    base = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "check",
-        cwd=cwd,
-        env=base | env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out.decode(), err.decode()
+    return await teambot("check", cwd=cwd, env=env)
 
 
 def settings(**values: Any) -> Settings:
@@ -69,7 +55,7 @@ async def test_a_bad_key_and_an_unreachable_fallback_fail() -> None:
         )
     assert [r.ok for r in results] == [False, False]
     assert "OPENAI_API_KEY" in results[0].detail and "sk-bad" not in results[0].detail
-    assert "cannot reach" in results[1].detail
+    assert results[1].detail.startswith("connection refused by 127.0.0.1:9 (http://127.0.0.1:9/v1/models)")
 
 
 async def test_slack_tokens_good_and_bad() -> None:
@@ -80,8 +66,13 @@ async def test_slack_tokens_good_and_bad() -> None:
         bad = await registry.check(
             settings(slack_bot_token="xoxb-wrong", slack_signing_secret="s", slack_api_url=slack.api_url)
         )
-    assert [(r.name, r.ok) for r in good] == [("slack bot token", True), ("slack app token", True)]
-    assert [(r.name, r.ok) for r in bad] == [("slack bot token", False), ("slack signing secret", True)]
+    assert [(r.name, r.ok) for r in good] == [("slack bot token", True), ("slack app token", True), ("discord", True)]
+    assert [(r.name, r.ok) for r in bad] == [
+        ("slack bot token", False),
+        ("slack signing secret", True),
+        ("discord", True),
+    ]
+    assert good[-1].skipped and good[-1].line().startswith("SKIP  discord: not configured: set DISCORD_TOKEN")
     assert "invalid_auth" in bad[0].detail
 
 
@@ -90,7 +81,8 @@ async def test_discord_token_good_and_bad() -> None:
         with fake.patch_discord():
             good = await registry.check(settings(discord_token="the-right-token"))
             bad = await registry.check(settings(discord_token="a-wrong-token"))
-    assert [r.ok for r in good] == [True] and [r.ok for r in bad] == [False]
+    assert [r.ok for r in good] == [True, True] and [r.ok for r in bad] == [True, False]
+    assert good[0].skipped and good[0].line().startswith("SKIP  slack: not configured: set SLACK_BOT_TOKEN")
     assert "a-wrong-token" not in bad[0].line()
 
 
@@ -107,10 +99,84 @@ async def test_the_command_prints_a_line_each_and_sets_the_exit_code(tmp_path: P
     assert key not in out + err
 
 
-async def test_an_invalid_setting_fails_the_check(tmp_path: Path) -> None:
-    code, out, _ = await teambot_check(tmp_path, TEAMBOT_BUDGET_UNIT="euros")
+async def test_an_invalid_setting_fails_the_check_in_one_line(tmp_path: Path) -> None:
+    code, out, err = await teambot_check(tmp_path, TEAMBOT_BUDGET_UNIT="euros")
     assert code == 2
     assert out.startswith("FAIL  configuration: invalid setting TEAMBOT_BUDGET_UNIT")
+    assert (out + err).count("TEAMBOT_BUDGET_UNIT") == 1, out + err  # once, not on stdout and stderr both
+
+
+@pytest.mark.parametrize("where", ["a folder", "a missing folder"])
+async def test_check_refuses_the_database_path_run_refuses(tmp_path: Path, where: str) -> None:
+    db = tmp_path / "data" if where == "a folder" else tmp_path / "nowhere" / "teambot.db"
+    if where == "a folder":
+        db.mkdir()
+    async with FakeOpenAI() as fake:
+        env = {"TEAMBOT_DB": str(db), "OPENAI_BASE_URL": fake.base_url, "OPENAI_MODEL": "fake-model"}
+        code, out, err = await teambot("check", cwd=tmp_path, env=env)
+        run_code, _, run_err = await teambot("run", cwd=tmp_path, env=env | {"DISCORD_TOKEN": "x"})
+    [line] = [line for line in out.splitlines() if line.startswith(("PASS  database", "FAIL  database"))]
+    assert code == 1 and err == "", out + err
+    # The same validation, the same words: what check says is the line run stops with.
+    assert run_code == 2 and run_err.startswith("teambot: TEAMBOT_DB: "), run_err
+    assert line == "FAIL  database: " + run_err.removeprefix("teambot: ").strip()
+    assert ("is a folder" if where == "a folder" else "does not exist") in line
+    assert _files(tmp_path) == ({"data": (b"", 0)} if where == "a folder" else {})
+
+
+async def test_a_missing_key_is_one_configuration_line_and_the_rest_is_still_checked(tmp_path: Path) -> None:
+    code, out, err = await teambot_check(tmp_path, TEAMBOT_DB=str(tmp_path / "teambot.db"))
+    lines = out.splitlines()
+    assert code == 1 and err == "", out + err
+    assert lines[0].startswith("FAIL  configuration: OPENAI_API_KEY is not set")
+    assert not any(line.startswith("PASS  configuration") for line in lines)
+    assert not any("model endpoint" in line for line in lines)  # the missing key says it already
+    assert lines[1:] == [
+        f"PASS  database: {tmp_path / 'teambot.db'} does not exist yet; 'teambot run' creates it",
+        "SKIP  slack: " + texts.CHECK_SLACK_NOT_CONFIGURED,
+        "SKIP  discord: " + texts.CHECK_DISCORD_NOT_CONFIGURED,
+    ]
+
+
+async def test_an_existing_database_is_checked_without_a_write(tmp_path: Path) -> None:
+    db = tmp_path / "teambot.db"
+    store = await open_store(str(db))
+    await store.close()
+    before = _files(tmp_path)
+    async with FakeOpenAI() as fake:
+        code, out, _ = await teambot_check(tmp_path, TEAMBOT_DB=str(db), OPENAI_BASE_URL=fake.base_url)
+    assert code == 0 and f"PASS  database: {db} answers, schema version " in out, out
+    assert _files(tmp_path) == before
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Each entry's bytes and modification time (a folder: nothing, 0)."""
+    return {
+        p.name: (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else (b"", 0) for p in sorted(folder.iterdir())
+    }
+
+
+@pytest.mark.parametrize("failure", ["refused", "dns", "tls", "404"])
+async def test_a_model_endpoint_failure_names_its_cause(tmp_path: Path, failure: str) -> None:
+    async with FakeOpenAI() as fake:
+        port = fake.base_url.split(":")[2].split("/")[0]
+        base_url = {
+            "refused": f"http://127.0.0.1:{free_port()}/v1",
+            "dns": "http://no-such-host.invalid/v1",
+            "tls": f"https://127.0.0.1:{port}/v1",  # a plain-HTTP server answering a TLS hello
+            "404": fake.base_url.removesuffix("/v1"),  # the common mistake: no /v1
+        }[failure]
+        code, out, _ = await teambot_check(tmp_path, OPENAI_BASE_URL=base_url, TEAMBOT_DB=str(tmp_path / "t.db"))
+    [line] = [line for line in out.splitlines() if "model endpoint" in line]
+    assert code == 1 and line.startswith("FAIL  model endpoint (primary): "), out
+    assert texts.UNREACHABLE not in line and "AI service" not in line  # not the sentence meant for chat
+    expected = {
+        "refused": f"connection refused by {base_url.removeprefix('http://').removesuffix('/v1')} ({base_url}/models)",
+        "dns": "cannot resolve the host name 'no-such-host.invalid' (DNS)",
+        "tls": f"TLS error with 127.0.0.1:{port}: ",
+        "404": f"HTTP 404 for http://127.0.0.1:{port}/chat/completions: the server has no such path",
+    }[failure]
+    assert expected in line, line
 
 
 async def test_the_database_line_on_each_engine(tmp_path: Path, postgres_url: str) -> None:
@@ -122,7 +188,14 @@ async def test_the_database_line_on_each_engine(tmp_path: Path, postgres_url: st
     assert not not_migrated.ok and "teambot db migrate" in not_migrated.detail
     store = await open_store(postgres_url)
     await store.close()
-    migrated = await check_database(settings(db=postgres_url))
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        # A message id past its retention: opening the store purges it, checking must not (it writes nothing).
+        await conn.execute("INSERT INTO handled_messages (message_id, handled_at) VALUES ('old', 0)")
+        migrated = await check_database(settings(db=postgres_url))
+        assert await conn.fetchval("SELECT count(*) FROM handled_messages") == 1
+    finally:
+        await conn.close()
     assert migrated.ok and migrated.detail.endswith(f"schema version {len(POSTGRES_MIGRATIONS)}")
 
     password_url = postgres_url.replace("teambot@", "teambot:pw-never-shown@").rsplit(":", 1)[0] + ":1/x"

@@ -15,7 +15,7 @@ import pytest
 
 from bot import texts
 from bot.cli import configure_logging
-from tests.bot_process import ROOT, free_port, run_teambot, spawn_bot
+from tests.bot_process import ROOT, free_port, spawn_bot, teambot
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
@@ -24,13 +24,13 @@ from tests.fakes.slack import FakeSlack
 
 
 async def test_teambot_alone_prints_the_help(tmp_path: Path) -> None:
-    code, out, err = await run_teambot(cwd=tmp_path)
+    code, out, err = await teambot(cwd=tmp_path)
     assert code == 2 and err == ""
     assert out.startswith("usage: teambot")
     for command in ("run", "check", "console", "db", "--env-file", "teambot COMMAND --help"):
         assert command in out
 
-    code, out, err = await run_teambot("db", cwd=tmp_path)
+    code, out, err = await teambot("db", cwd=tmp_path)
     assert code == 2 and err == ""
     assert out.startswith("usage: teambot db") and "migrate" in out and "copy" in out
 
@@ -48,7 +48,7 @@ async def test_teambot_alone_prints_the_help(tmp_path: Path) -> None:
 async def test_each_command_says_what_it_does_and_the_settings_it_reads(
     tmp_path: Path, command: str, says: str, reads: tuple[str, ...]
 ) -> None:
-    code, out, _ = await run_teambot(*command.split(), "--help", cwd=tmp_path)
+    code, out, _ = await teambot(*command.split(), "--help", cwd=tmp_path)
     assert code == 0
     flat = " ".join(out.split())  # the help is wrapped to the terminal
     assert says in flat
@@ -81,7 +81,7 @@ async def test_a_line_the_settings_file_cannot_parse_stops_start_up_naming_file_
     tmp_path: Path, content: str, line: str
 ) -> None:
     (tmp_path / ".env").write_text(content)
-    code, out, err = await run_teambot("db", "migrate", cwd=tmp_path)
+    code, out, err = await teambot("db", "migrate", cwd=tmp_path)
     assert (code, out, err.splitlines()) == (2, "", [line])
     assert not (tmp_path / "from-file.db").exists() and not (tmp_path / "teambot.db").exists()
 
@@ -90,7 +90,7 @@ async def test_a_line_the_settings_file_cannot_parse_stops_start_up_naming_file_
 async def test_a_utf16_or_bom_settings_file_is_read(tmp_path: Path, encoding: str) -> None:
     # Windows Notepad's "Unicode" is UTF-16 with a byte-order mark; its "UTF-8" used to write a BOM too.
     (tmp_path / ".env").write_text("TEAMBOT_DB=from-file.db\r\n", encoding=encoding)
-    code, out, err = await run_teambot("db", "migrate", cwd=tmp_path)
+    code, out, err = await teambot("db", "migrate", cwd=tmp_path)
     assert code == 0 and err == "", err
     assert out.startswith("teambot: database from-file.db is at schema version")
 
@@ -101,7 +101,7 @@ async def test_a_settings_file_in_another_encoding_is_refused_in_one_line(
 ) -> None:
     content = "TEAMBOT_DB=teambot.db\nTEAMBOT_SYSTEM_PROMPT=Réponds en français\n"
     (tmp_path / ".env").write_bytes(content.encode(encoding))
-    code, _, err = await run_teambot("db", "migrate", cwd=tmp_path)
+    code, _, err = await teambot("db", "migrate", cwd=tmp_path)
     assert (code, err.splitlines()) == (2, [f"teambot: .env, line {line}: not UTF-8 text; save the file as UTF-8"])
     assert not (tmp_path / "teambot.db").exists()
 
@@ -111,7 +111,7 @@ async def test_env_file_works_before_or_after_the_command(tmp_path: Path, where:
     (tmp_path / "custom.env").write_text("TEAMBOT_DB=custom.db\n")
     option = ["--env-file", "custom.env"]
     args = [*option, "db", "migrate"] if where == "before" else ["db", "migrate", *option]
-    code, out, err = await run_teambot(*args, cwd=tmp_path)
+    code, out, err = await teambot(*args, cwd=tmp_path)
     assert code == 0 and err == "", err
     assert out.startswith("teambot: database custom.db is at schema version")
 
@@ -120,7 +120,7 @@ async def test_env_file_works_before_or_after_the_command(tmp_path: Path, where:
 async def test_an_env_file_that_does_not_exist_is_an_error(tmp_path: Path, where: str) -> None:
     option = ["--env-file", "prod.env"]
     args = [*option, "db", "migrate"] if where == "before" else ["db", "migrate", *option]
-    code, out, err = await run_teambot(*args, cwd=tmp_path)
+    code, out, err = await teambot(*args, cwd=tmp_path)
     assert (code, out, err.splitlines()) == (2, "", ["teambot: --env-file prod.env does not exist"])
     assert not (tmp_path / "teambot.db").exists()  # it did not go on with the defaults
 
@@ -128,7 +128,7 @@ async def test_an_env_file_that_does_not_exist_is_an_error(tmp_path: Path, where
 async def test_an_unknown_teambot_name_gets_one_warning_with_the_closest_known_name(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("TEAMBOT_DB=teambot.db\nTEAMBOT_HISTROY_TOKENS=3000\nTEAMBOT_SHINY=1\n")
     env = {"TEAMBOT_DRAIN_SECOND": "3", "teambot_histroy_tokens": "3000", "SLACK_CLIENT_ID": "not ours to judge"}
-    code, out, err = await run_teambot("db", "migrate", cwd=tmp_path, env=env)
+    code, out, err = await teambot("db", "migrate", cwd=tmp_path, env=env)
     assert code == 0 and out.startswith("teambot: database teambot.db")
     assert sorted(err.splitlines()) == [
         "teambot: warning: unknown setting TEAMBOT_DRAIN_SECOND (in the environment) is ignored; "
@@ -155,7 +155,7 @@ def _root(fake: FakeOpenAI) -> str:
 
 async def test_check_tells_a_base_url_without_v1_from_an_unknown_model(fake: FakeOpenAI, tmp_path: Path) -> None:
     env = {"OPENAI_BASE_URL": _root(fake), "OPENAI_MODEL": "fake-model", "TEAMBOT_DB": "teambot.db"}
-    code, out, _ = await run_teambot("check", cwd=tmp_path, env=env)
+    code, out, _ = await teambot("check", cwd=tmp_path, env=env)
     [line] = [line for line in out.splitlines() if "model endpoint" in line]
     assert code == 1 and line == (
         f"FAIL  model endpoint (primary): HTTP 404 for {_root(fake)}/chat/completions: the server has no such path "
@@ -165,14 +165,17 @@ async def test_check_tells_a_base_url_without_v1_from_an_unknown_model(fake: Fak
 
     # The right base URL and a model the server does not have: that is still the model's fault.
     env = {"OPENAI_BASE_URL": fake.base_url, "OPENAI_MODEL": "llama3.2", "TEAMBOT_DB": "teambot.db"}
-    code, out, _ = await run_teambot("check", cwd=tmp_path, env=env)
+    code, out, _ = await teambot("check", cwd=tmp_path, env=env)
     [line] = [line for line in out.splitlines() if "model endpoint" in line]
-    assert code == 1 and line.endswith(texts.MODEL_NOT_FOUND.format(model="llama3.2"))
+    assert code == 1 and line == (
+        f"FAIL  model endpoint (primary): HTTP 404 from POST {fake.base_url}/chat/completions: "
+        "the server does not know this model; check OPENAI_MODEL"
+    )
 
 
 async def test_the_console_reply_names_the_base_url_not_the_model(fake: FakeOpenAI, tmp_path: Path) -> None:
     env = {"OPENAI_BASE_URL": _root(fake), "OPENAI_MODEL": "fake-model", "TEAMBOT_DB": "teambot.db"}
-    code, out, err = await run_teambot("console", "--name", "Ada", cwd=tmp_path, env=env, stdin=b"hello\n")
+    code, out, err = await teambot("console", "--name", "Ada", cwd=tmp_path, env=env, stdin=b"hello\n")
     assert code == 0 and "Traceback" not in err
     assert f"teambot> {texts.ENDPOINT_NOT_FOUND}\n" in out
     assert "does not know the model" not in out + err
@@ -181,7 +184,7 @@ async def test_the_console_reply_names_the_base_url_not_the_model(fake: FakeOpen
 @pytest.mark.parametrize("name", ["OPENAI_BASE_URL", "TEAMBOT_FALLBACK_BASE_URL"])
 async def test_a_base_url_ending_in_chat_completions_is_refused_at_start_up(tmp_path: Path, name: str) -> None:
     env = {name: "http://localhost:11434/v1/chat/completions", "OPENAI_API_KEY": "sk-unused-0000"}
-    code, out, err = await run_teambot("console", cwd=tmp_path, env=env, stdin=b"hello\n")
+    code, out, err = await teambot("console", cwd=tmp_path, env=env, stdin=b"hello\n")
     assert (code, out, err.splitlines()) == (
         2,
         "",

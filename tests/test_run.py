@@ -18,6 +18,7 @@ import pytest
 
 from bot import texts
 from tests.bot_process import free_port, scrape, spawn_bot, start_bot
+from tests.fakes.discord import BOT_ID, BOT_USER, CHANNEL_ID, FakeDiscord
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack, event_envelope, mention
 
@@ -281,3 +282,153 @@ async def test_readiness_fails_while_the_database_refuses_writes(fakes, tmp_path
     finally:
         bot.proc.send_signal(signal.SIGTERM)
         assert await bot.wait() == 0
+
+
+#: Socket Mode on the fake: an app-level token (the fake takes any), the signing secret left to no use.
+_SOCKET_MODE = {"SLACK_APP_TOKEN": "xapp-1-A1-1-app-token-never-shown"}
+
+
+def _closed_port_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/api/"
+
+
+def _not_log_lines(stderr: list[str]) -> list[str]:
+    """Lines that are not one whole log line each: tracebacks, or a library's own print."""
+    return [line for line in stderr if not _LOG_LINE.match(line)]
+
+
+@pytest.mark.parametrize(
+    ("state", "sig"),
+    [
+        ("connecting", signal.SIGTERM),
+        ("retrying", signal.SIGTERM),
+        ("retrying", signal.SIGINT),
+        ("connected", signal.SIGTERM),
+    ],
+    ids=["connecting-SIGTERM", "retrying-SIGTERM", "retrying-Ctrl-C", "connected-SIGTERM"],
+)
+async def test_socket_mode_stops_when_told_in_every_state(
+    fakes, tmp_path: Path, state: str, sig: signal.Signals
+) -> None:
+    fake, slack, http = fakes
+    env = _SOCKET_MODE | {"TEAMBOT_DRAIN_SECONDS": "1"}
+    if state == "retrying":
+        slack.refuse("apps.connections.open", "internal_error")  # Slack answers, but opens no socket
+    elif state == "connecting":
+        slack.stall("apps.connections.open", 8)  # Slack takes its time: the attempt is under way
+    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env=env)
+    if state == "connecting":
+        await slack.wait_for(lambda: bool(slack.calls_to("apps.connections.open")), 15)
+    elif state == "retrying":
+        await slack.wait_for(lambda: len(slack.calls_to("apps.connections.open")) >= 2, 20)  # failed, tried again
+    else:
+        await slack.wait_for_socket(15)
+        assert (await http.get(f"{bot.url}/readyz")).json() == {"database": True, "slack": True}
+    started = time.monotonic()
+    bot.proc.send_signal(sig)
+    assert await bot.wait() == 0, "".join(bot.stderr)
+    assert time.monotonic() - started < 1 + 3.0  # TEAMBOT_DRAIN_SECONDS, plus closing down
+    assert not _not_log_lines(bot.stderr), "".join(bot.stderr)
+    assert any("stopping: letting replies in progress finish" in line for line in bot.stderr)
+
+
+async def test_an_unreachable_slack_is_one_line_per_attempt_with_a_growing_pause(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    api_url = _closed_port_url()
+    env = _SOCKET_MODE | {"SLACK_API_URL": api_url}
+    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env=env)
+    try:
+        lines = await bot.logged("Slack: checking the bot token (auth.test) failed", count=3, within=20)
+        # The process serves meanwhile: alive, not ready, and /readyz names what is down.
+        assert (await http.get(f"{bot.url}/healthz")).status_code == 200
+        ready = await http.get(f"{bot.url}/readyz")
+        assert ready.status_code == 503 and ready.json() == {"database": True, "slack": False}
+    finally:
+        bot.proc.send_signal(signal.SIGTERM)
+        assert await bot.wait() == 0
+    assert [re.search(r"retrying in (\d+) s$", line.rstrip())[1] for line in lines[:3]] == ["1", "2", "4"]  # type: ignore[index]
+    for line in lines:
+        assert " WARNING adapters.slack.app " in line
+        assert "ClientConnectorError: Cannot connect to host 127.0.0.1" in line and api_url in line
+        assert "check " in line and "proxy" in line
+    assert not _not_log_lines(bot.stderr), "".join(bot.stderr)  # no traceback below INFO's DEBUG
+    assert _SOCKET_MODE["SLACK_APP_TOKEN"] not in "".join(bot.stderr)
+
+
+@pytest.mark.parametrize("mode", ["http", "socket"])
+async def test_a_refused_bot_token_stops_the_adapter_in_one_line_and_readiness_says_so(
+    fakes, tmp_path: Path, mode: str
+) -> None:
+    fake, slack, http = fakes
+    env = {"SLACK_BOT_TOKEN": "xoxb-0000-fake-token-never-shown"} | (_SOCKET_MODE if mode == "socket" else {})
+    bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env=env)
+    try:
+        [refused] = await bot.logged("Slack refused SLACK_BOT_TOKEN (invalid_auth)")
+        await bot.logged("teambot is running: no platform connected")  # start-up is over: no retry is pending
+        ready = await http.get(f"{bot.url}/readyz")
+        assert ready.status_code == 503 and ready.json() == {"database": True, "slack": False}
+        assert (await http.get(f"{bot.url}/healthz")).status_code == 200
+        assert len(slack.calls_to("auth.test")) == 1 and not slack.calls_to("apps.connections.open")
+    finally:
+        bot.proc.send_signal(signal.SIGTERM)
+        assert await bot.wait() == 0
+    assert " ERROR " in refused and "the Slack adapter is stopped" in refused
+    assert not _not_log_lines(bot.stderr), "".join(bot.stderr)
+    assert "fake-token-never-shown" not in "".join(bot.stderr)
+
+
+async def test_a_refused_app_token_stops_slack_and_discord_keeps_answering(fakes, tmp_path: Path) -> None:
+    fake, slack, http = fakes
+    slack.refuse("apps.connections.open", "invalid_auth")
+    async with FakeDiscord() as discord_fake:
+        env = _SOCKET_MODE | {"DISCORD_TOKEN": "fake-discord-token"}
+        bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env=env, discord_url=discord_fake.url)
+        try:
+            [refused] = await bot.logged("Slack refused SLACK_APP_TOKEN (invalid_auth)")
+            await bot.logged("teambot is running: discord")
+            ready = await http.get(f"{bot.url}/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {"database": True, "slack": False, "discord": True}
+            trigger = discord_fake.message_create(f"<@{BOT_ID}> still here?", mentions=(BOT_USER,))
+            await discord_fake.dispatch("MESSAGE_CREATE", trigger)
+            await discord_fake.wait_for(
+                lambda: any(m.content == "echo: Ada: still here?" for m in discord_fake.channel_messages(CHANNEL_ID)),
+                15,
+            )
+        finally:
+            bot.proc.send_signal(signal.SIGTERM)
+            assert await bot.wait() == 0
+    assert len(slack.calls_to("apps.connections.open")) == 1  # refused once: not tried again
+    assert "connections:write" in refused
+    assert not _not_log_lines(bot.stderr), "".join(bot.stderr)
+
+
+@pytest.mark.parametrize("fault", ["gateway unreachable", "token refused"])
+async def test_discord_failures_are_one_line_each_and_sigterm_stops_it(fakes, tmp_path: Path, fault: str) -> None:
+    fake, slack, http = fakes
+    async with FakeDiscord(token="the-right-token") as discord_fake:
+        token = "the-right-token" if fault == "gateway unreachable" else "a-wrong-token-never-shown"
+        gateway = f"ws://127.0.0.1:{free_port()}/gw" if fault == "gateway unreachable" else None
+        env = {"DISCORD_TOKEN": token, "TEAMBOT_DRAIN_SECONDS": "1"}
+        bot = await start_bot(
+            fake, slack, tmp_path / "teambot.db", http, env=env, discord_url=discord_fake.url, discord_gateway=gateway
+        )
+        try:
+            if fault == "gateway unreachable":
+                lines = await bot.logged("Discord: connecting to the gateway failed", count=2, within=20)
+            else:
+                lines = await bot.logged("Discord refused DISCORD_TOKEN (401 Unauthorized)")
+                await bot.logged("teambot is running: slack")
+            ready = await http.get(f"{bot.url}/readyz")
+            assert ready.json() == {"database": True, "slack": True, "discord": False}
+        finally:
+            started = time.monotonic()
+            bot.proc.send_signal(signal.SIGTERM)
+            assert await bot.wait() == 0
+            assert time.monotonic() - started < 1 + 3.0
+    if fault == "gateway unreachable":
+        assert "ClientConnectorError: Cannot connect to host 127.0.0.1" in lines[0] and "retrying in 1 s" in lines[0]
+        assert "retrying in 2 s" in lines[1]
+    assert not _not_log_lines(bot.stderr), "".join(bot.stderr)  # no traceback, no "Unclosed client session"
+    assert not any("the Discord client stopped" in line or " ERROR discord." in line for line in bot.stderr)
+    assert "never-shown" not in "".join(bot.stderr)

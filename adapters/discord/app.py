@@ -18,11 +18,13 @@ import logging
 import re
 from typing import Any
 
+import aiohttp
 import discord
 import httpx
 from aiohttp import web
 from discord import app_commands
 
+from adapters.connection import CHECK_NETWORK, Backoff, describe, failed_attempt
 from adapters.streaming import deliver, drain
 from bot import logcontext, texts
 from bot.check import CheckResult
@@ -98,6 +100,66 @@ def _client(
     return _ShardedClient(adapter, shard_count=settings.discord_shards, shard_ids=shard_ids, **options)
 
 
+#: The gateway's close code for a token it does not accept.
+_AUTHENTICATION_FAILED = 4004
+#: What discord.py raises when the network or Discord fails, as opposed to a bug.
+_NETWORK_ERRORS = (
+    OSError,
+    TimeoutError,
+    aiohttp.ClientError,
+    discord.ConnectionClosed,
+    discord.GatewayNotFound,
+    discord.DiscordServerError,
+)
+
+
+def _network_failure(exc: BaseException | None) -> BaseException | None:
+    """The network failure behind ``exc``, if that is what it is.
+
+    discord.py's first connection attempt, when it fails, ends in an AttributeError raised while handling the
+    real failure (its retry reads the session of a WebSocket it never had): the failure is that one's context.
+    """
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, _NETWORK_ERRORS):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+class _ReconnectLine(logging.Filter):
+    """discord.py logs each failed reconnect as an ERROR with a traceback ("Attempting a reconnect in 1.23s"),
+    forty lines every few seconds while Discord is away. Made here into the one WARNING line every platform gives
+    (:func:`adapters.connection.failed_attempt`); the traceback stays for DEBUG. Before the first connection
+    the adapter's own attempts say it, so discord.py's line is dropped then.
+
+    A filter on discord.py's own logger, not on the handlers: it changes these records only, wherever they go.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters: set[DiscordAdapter] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "Attempting a reconnect in %.2fs" or not self.adapters:
+            return True
+        if not any(adapter._ready_once for adapter in self.adapters):
+            return False
+        failure = record.exc_info[1] if record.exc_info else None
+        delay = record.args[0] if isinstance(record.args, tuple) and record.args else 0.0
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "%s: %s failed (%s); check %s; retrying in %.0f s"
+        where = CHECK_NETWORK.format(where="Discord")
+        cause = describe(failure) if failure is not None else "no cause given"
+        record.args = ("Discord", "the gateway connection", cause, where, delay)
+        if not logging.getLogger("discord.client").isEnabledFor(logging.DEBUG):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_RECONNECT_LINE = _ReconnectLine()
+
+
 class DiscordAdapter:
     """A discord.py client wired to the core."""
 
@@ -120,6 +182,8 @@ class DiscordAdapter:
         self._inflight: set[asyncio.Task[object]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
+        #: The gateway has been ready once: from then on discord.py's own reconnect loop is at work.
+        self._ready_once = False
 
     def mount(self, app: web.Application) -> None:
         """Discord needs no HTTP route: everything arrives over the gateway."""
@@ -129,24 +193,53 @@ class DiscordAdapter:
         return self.client.is_ready() and not self.client.is_closed()
 
     async def start(self) -> None:
-        """Log in and connect; returns once the gateway is ready, raises if the login fails."""
+        """Log in and connect; returns once the gateway is ready, raises ConfigError (one line) when Discord
+        refuses the token or an intent.
+
+        While Discord cannot be reached it keeps trying, one log line per attempt and a growing pause between
+        them; a stop (cancelling this) ends it at any point.
+        """
         assert self._settings.discord_token is not None
         self._stopping = False
-        self._runner = asyncio.create_task(self.client.start(self._settings.discord_token.get_secret_value()))
-        ready = asyncio.create_task(self.client.wait_until_ready())
-        await asyncio.wait({self._runner, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if self._runner.done():
-            ready.cancel()
-            exc = self._runner.exception()
-            if isinstance(exc, discord.LoginFailure):
-                raise ConfigError("DISCORD_TOKEN was rejected by Discord") from None
-            if isinstance(exc, discord.PrivilegedIntentsRequired):
+        token = self._settings.discord_token.get_secret_value()
+        backoff = Backoff()
+        while True:
+            try:
+                await self.client.login(token)
+                break
+            except discord.LoginFailure:
+                raise ConfigError(texts.DISCORD_TOKEN_REFUSED) from None
+            except (aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError) as exc:
+                where = CHECK_NETWORK.format(where="Discord")
+                failed_attempt(log, "Discord", "logging in (REST API)", exc, where, delay := backoff.next())
+            await asyncio.sleep(delay)
+        _RECONNECT_LINE.adapters.add(self)
+        logging.getLogger("discord.client").addFilter(_RECONNECT_LINE)  # once: the same filter is not added twice
+        while True:
+            self._runner = asyncio.create_task(self.client.connect(reconnect=True))
+            ready = asyncio.create_task(self.client.wait_until_ready())
+            try:
+                await asyncio.wait({self._runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ready.cancel()
+            if not self._runner.done():
+                break
+            failure = self._runner.exception()
+            if isinstance(failure, discord.PrivilegedIntentsRequired):
                 # The only privileged intent the bot can ask for is Message Content.
                 raise ConfigError(
                     "Discord refused the Message Content intent: switch it on in the Developer Portal "
                     "(Bot, Privileged Gateway Intents) or unset TEAMBOT_DISCORD_MESSAGE_CONTENT"
                 ) from None
-            raise RuntimeError("the Discord client stopped while connecting") from exc
+            if isinstance(failure, discord.ConnectionClosed) and failure.code == _AUTHENTICATION_FAILED:
+                raise ConfigError(texts.DISCORD_TOKEN_REFUSED) from None
+            cause = _network_failure(failure)
+            if cause is None or self.client.is_closed():
+                raise RuntimeError("the Discord client stopped while connecting") from failure
+            where = CHECK_NETWORK.format(where="Discord")
+            failed_attempt(log, "Discord", "connecting to the gateway", cause, where, delay := backoff.next())
+            await asyncio.sleep(delay)
+        self._ready_once = True
         log.info("Discord adapter connected as %s", self.client.user)
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
@@ -159,7 +252,12 @@ class DiscordAdapter:
         await drain(self._inflight, drain_seconds)
         await self.client.close()
         if self._runner is not None:
+            # discord.py may be sleeping before its next attempt: closed, it has nothing left to wait for.
+            self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
+        _RECONNECT_LINE.adapters.discard(self)
+        if not _RECONNECT_LINE.adapters:
+            logging.getLogger("discord.client").removeFilter(_RECONNECT_LINE)
 
     async def sync_commands(self) -> None:
         if self._settings.discord_guild is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,8 +36,10 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.connection import CHECK_NETWORK, Backoff, failed_attempt
 from adapters.slack.format import markdown_to_mrkdwn, unescape_slack
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus, error_code
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
@@ -45,6 +48,7 @@ from bot.check import CheckResult
 from bot.commands import COMMANDS, CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
+from bot.errors import ConfigError
 from bot.messages import ConversationKey, IncomingMessage
 from bot.runtime import commands
 
@@ -65,6 +69,137 @@ _CHANNEL_MENTION = re.compile(r"<#([CG][A-Z0-9]+)(?:\|([^>]*))?>")
 _SPECIAL_MENTION = re.compile(r"<!(here|channel|everyone)(?:\|[^>]*)?>")
 _GROUP_MENTION = re.compile(r"<!subteam\^[A-Z0-9]+(?:\|([^>]*))?>")
 _LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
+
+
+#: Slack's answers to a token it will not take: trying again cannot help (the rest, ``ratelimited``, an error page,
+#: ``internal_error``, may pass).
+_REFUSED = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "not_allowed_token_type",
+        "missing_scope",
+        "no_permission",
+        "team_access_not_granted",
+        "ekm_access_denied",
+    }
+)
+
+
+#: What to look at when Slack answers, but with an error that may pass.
+_STATUS_PAGE = "Slack's status page (https://slack-status.com)"
+
+
+def _refused(setting: str, error: str) -> ConfigError:
+    what = texts.SLACK_APP_TOKEN_HINT if setting == "SLACK_APP_TOKEN" else texts.SLACK_BOT_TOKEN_HINT
+    return ConfigError(texts.SLACK_TOKEN_REFUSED.format(setting=setting, error=error, hint=what))
+
+
+class _SocketModeClient(SocketModeClient):
+    """slack_sdk's Socket Mode client, connecting our way.
+
+    Its own loop retries every few seconds forever, logging a traceback each time, and takes no notice of a
+    refused token; it is also what ``connect`` awaited, so a bot that could not reach Slack did not stop when
+    told. Here each attempt that fails is one line and a growing pause, a refused token ends the attempts, and
+    :meth:`close` ends them at any point (they run in the caller's task, or in the SDK's session monitor when a
+    connection was lost, both cancelled by a stop).
+    """
+
+    def __init__(self, app_token: str, web_client: AsyncWebClient) -> None:
+        super().__init__(
+            app_token=app_token,
+            logger=logging.getLogger("slack_sdk.socket_mode"),
+            web_client=web_client,
+            ping_interval=10,
+        )
+        #: Set when Slack refused the app token while reconnecting: the adapter is down for good.
+        self.refused: ConfigError | None = None
+        self._backoff = Backoff()
+
+    async def issue_new_wss_url(self) -> str:
+        # The SDK's version logs an error of its own and sleeps through a rate limit it cannot be stopped from.
+        response = await self.web_client.apps_connections_open(app_token=self.app_token)
+        return str(response["url"])
+
+    async def connect_to_new_endpoint(self, force: bool = False) -> None:
+        """Called by the SDK when a connection was lost, went stale, or Slack asked for a new one."""
+        async with self.connect_operation_lock:
+            if force or not await self.is_connected():
+                self.wss_uri = None
+                try:
+                    await self.connect()
+                except ConfigError as exc:
+                    self.refused = exc
+                    log.error("%s", exc)
+                    self.closed = True  # ends the SDK's loops: nothing is left to do on this connection
+
+    async def connect(self) -> None:
+        """Connect, trying again after each failure until connected; raises ConfigError if Slack refuses the token."""
+        while not self.closed:
+            try:
+                if self.wss_uri is None:
+                    self.wss_uri = await self.issue_new_wss_url()
+                await self._connect_once()
+                self._backoff.reset()
+                return
+            except SlackApiError as exc:
+                error = error_code(exc)
+                if error in _REFUSED:
+                    raise _refused("SLACK_APP_TOKEN", error) from None
+                delay = self._backoff.next()
+                if error == "ratelimited":
+                    delay = max(delay, float(exc.response.headers.get("Retry-After", 30)))
+                failed_attempt(log, "Slack", "opening the Socket Mode connection", exc, _STATUS_PAGE, delay)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                delay = self._backoff.next()
+                where = CHECK_NETWORK.format(where="Slack")
+                failed_attempt(log, "Slack", f"connecting to {self._where()}", exc, where, delay)
+            self.wss_uri = None
+            await asyncio.sleep(delay)
+
+    def _where(self) -> str:
+        return str(self.wss_uri or self.web_client.base_url)
+
+    async def _connect_once(self) -> None:
+        # slack_sdk's connect() without its retry loop: open the WebSocket, then (re)start the session monitor and
+        # the receiver on it. Nothing is awaited after the monitor is cancelled: this may run inside it.
+        old_session = self.current_session
+        if old_session is not None and not old_session.closed:
+            await old_session.close()
+        if self.aiohttp_client_session.closed:
+            self.aiohttp_client_session = aiohttp.ClientSession()
+        assert self.wss_uri is not None
+        self.current_session = await self.aiohttp_client_session.ws_connect(
+            self.wss_uri,
+            autoping=False,
+            heartbeat=self.ping_interval,
+            proxy=self.proxy,
+            ssl=self.web_client.ssl if self.web_client.ssl is not None else True,
+        )
+        self.auto_reconnect_enabled = self.default_auto_reconnect_enabled
+        self.stale = False
+        self.last_ping_pong_time = None
+        await self.current_session.ping(f"sdk-ping-pong:{time.time()}".encode())
+        if self.current_session_monitor is not None:
+            self.current_session_monitor.cancel()
+        self.current_session_monitor = asyncio.ensure_future(self.monitor_current_session())
+        if self.message_receiver is not None:
+            self.message_receiver.cancel()
+        self.message_receiver = asyncio.ensure_future(self.receive_messages())
+
+
+class _SocketModeHandler(AsyncSocketModeHandler):
+    """Bolt's Socket Mode handler (it turns each envelope into a Bolt request and acks it) on our client."""
+
+    def __init__(self, app: AsyncApp, app_token: str, web_client: AsyncWebClient) -> None:
+        # Not the parent's __init__: it would start a client (and its aiohttp session) of its own.
+        self.app = app
+        self.app_token = app_token
+        self.client = _SocketModeClient(app_token, web_client)
+        self.client.socket_mode_request_listeners.append(self.handle)  # type: ignore[arg-type]
 
 
 class SlackSink:
@@ -126,7 +261,9 @@ class SlackAdapter:
         # The assistant thread each person last used, per DM: slash commands there carry no thread.
         self._assistant_threads: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._socket: AsyncSocketModeHandler | None = None
+        self._socket: _SocketModeHandler | None = None
+        #: Slack accepted the bot token (auth.test): until then, and for good once it refused it, not ready.
+        self._authenticated = False
         self._runner: web.AppRunner | None = None
         self._mounted = False
         self._started = False
@@ -142,12 +279,14 @@ class SlackAdapter:
 
     @property
     def connected(self) -> bool:
+        if not (self._started and self._authenticated):
+            return False
         if self._socket is None:
-            return self._started  # HTTP mode: Slack calls us, there is no connection to watch
+            return True  # HTTP mode: Slack calls us, there is no connection to watch
         # Socket Mode: ready only while the socket is really open (slack_sdk reconnects a dropped one).
         client = self._socket.client
-        session = getattr(client, "current_session", None)
-        return self._started and not client.closed and session is not None and not session.closed
+        session = client.current_session
+        return not client.closed and session is not None and not session.closed
 
     def web_app(self) -> web.Application:
         app = web.Application()
@@ -156,16 +295,22 @@ class SlackAdapter:
         return app
 
     async def start(self) -> None:
+        """Check the bot token, then connect (Socket Mode) or serve the events endpoint (HTTP mode).
+
+        Returns once connected; while Slack cannot be reached it keeps trying (one line per attempt) and a stop
+        (cancelling this) ends it at any point. Raises ConfigError, in one line, when Slack refuses a token.
+        """
         self._started = True
         # The SDK's own timeout (30 s) is the session's: slack_sdk sends its per-request timeout only with the
         # sessions it makes itself.
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.client.timeout))
         self.client.session = self._session
         if self._settings.slack_app_token is not None:
-            self._socket = AsyncSocketModeHandler(
-                self.app, self._settings.slack_app_token.get_secret_value(), web_client=self.client
-            )
-            await self._socket.connect_async()
+            # Made before anything is awaited, so that a stop during the token check finds it to close.
+            self._socket = _SocketModeHandler(self.app, self._settings.slack_app_token.get_secret_value(), self.client)
+        await self._authenticate()
+        if self._socket is not None:
+            await self._socket.client.connect()
             log.info("Slack adapter connected in Socket Mode")
             return
         if self._mounted:
@@ -182,7 +327,7 @@ class SlackAdapter:
         """Stop taking events, then let the turns under way finish (up to ``drain_seconds``)."""
         self._started = False
         if self._socket is not None:
-            await self._socket.close_async()
+            await self._socket.client.close()
             self._socket = None
         if self._runner is not None:
             await self._runner.cleanup()
@@ -192,6 +337,27 @@ class SlackAdapter:
             self.client.session = None
             await self._session.close()
             self._session = None
+
+    async def _authenticate(self) -> None:
+        """``auth.test`` until Slack answers: readiness then reflects whether the bot token is really accepted."""
+        backoff = Backoff()
+        what = "checking the bot token (auth.test)"
+        while True:
+            try:
+                me = await self.client.auth_test()
+            except SlackApiError as exc:
+                error = error_code(exc)
+                if error in _REFUSED:
+                    raise _refused("SLACK_BOT_TOKEN", error) from None
+                failed_attempt(log, "Slack", what, exc, _STATUS_PAGE, delay := backoff.next())
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                where = f"{self._settings.slack_api_url}: " + CHECK_NETWORK.format(where="Slack")
+                failed_attempt(log, "Slack", what, exc, where, delay := backoff.next())
+            else:
+                self._authenticated = True
+                log.info("Slack accepted the bot token: @%s in %s", me.get("user"), me.get("team"))
+                return
+            await asyncio.sleep(delay)
 
     async def _on_http(self, request: web.Request) -> web.Response:
         bolt_request = await to_bolt_request(request)

@@ -7,6 +7,8 @@ a bot on SQLite never loads the PostgreSQL driver.
 
 from __future__ import annotations
 
+import asyncio
+
 from bot.errors import ConfigError
 from bot.store.base import (
     HISTORY_QUERY,
@@ -50,22 +52,32 @@ __all__ = [
     "open_store",
     "sqlite_in_memory",
     "sqlite_path",
+    "sqlite_schema",
 ]
 
 
-async def open_store(url: str, *, pool_size: int = 10, migrate: bool = True) -> Store:
+async def open_store(url: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> Store:
     """Open the database ``TEAMBOT_DB`` names: a SQLite path (or ``sqlite:///path``), or a PostgreSQL URL.
 
     ``migrate`` brings the schema up to date first; without it, an out-of-date PostgreSQL schema is refused
-    (SQLite, embedded and single-process, always migrates).
+    (SQLite, embedded and single-process, always migrates). ``purge`` deletes what is kept only for a while (old
+    message ids) on opening; ``teambot check``, which writes nothing, opens PostgreSQL without either.
     """
     if is_postgres(url):
         from bot.store.postgres import PostgresStore
 
-        return await PostgresStore.open(url, pool_size=pool_size, migrate=migrate)
+        return await PostgresStore.open(url, pool_size=pool_size, migrate=migrate, purge=purge)
     from bot.store.sqlite import SQLiteStore
 
     return await SQLiteStore.open(sqlite_path(url))
+
+
+async def sqlite_schema(path: str) -> tuple[int | None, int]:
+    """``teambot check``: the schema version of the SQLite file at ``path`` (None: no file yet) and the version
+    this teambot brings it to; the start-up checks run first, and nothing is written."""
+    from bot.store.sqlite import MIGRATIONS, read_schema_version
+
+    return await asyncio.to_thread(read_schema_version, path), len(MIGRATIONS)
 
 
 async def copy_sqlite_to_postgres(source: str, target_url: str) -> dict[str, int]:

@@ -216,7 +216,7 @@ class PostgresStore:
         self._lock_conn_guard = asyncio.Lock()
 
     @classmethod
-    async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True) -> PostgresStore:
+    async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> PostgresStore:
         try:
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=pool_size, timeout=_CONNECT_TIMEOUT_S, command_timeout=60
@@ -231,7 +231,8 @@ class PostgresStore:
                 await store.migrate()
             else:
                 await store._require_current_schema()
-            await store.purge_expired()
+            if purge:
+                await store.purge_expired()
         except BaseException:
             await pool.close()
             raise

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -147,21 +149,33 @@ class SQLiteStore:
     async def open(cls, path: str) -> SQLiteStore:
         if sqlite_in_memory(path):
             raise ConfigError(f"TEAMBOT_DB: {IN_MEMORY_REFUSED}")
-        _check_folder(path)
+        check_sqlite_path(path)
         try:
             writer = await SQLiteWriter.open(path)
         except sqlite3.Error as exc:
             raise _unusable(path, exc) from None
+        reader: aiosqlite.Connection | None = None
         try:
             await _migrate(writer)
+            # The rolled-back write proves the file takes writes before anything else is started on it, whatever
+            # refuses them (a read-only mount, an immutable file, a file of another user that root-less SQLite
+            # opened read-only): one line naming the setting, instead of the first turn's failure.
+            try:
+                await writer.probe(_PROBE, (_PROBE_ID, 0.0))
+            except sqlite3.Error as exc:
+                raise _read_only(path, exc) from None
             reader = await _connect_reader(path)
+            store = cls(writer, reader, path)
+            await store.purge_expired()
         except BaseException as exc:
+            # Every way out closes both connections: the writer's thread left running would keep the process
+            # from exiting (the interpreter waits for it), whatever the error or a Ctrl-C.
+            if reader is not None:
+                await reader.close()
             await writer.close()
             if isinstance(exc, sqlite3.Error):
                 raise _unusable(path, exc) from None
             raise
-        store = cls(writer, reader, path)
-        await store.purge_expired()
         return store
 
     async def schema_version(self) -> int:
@@ -404,10 +418,78 @@ class SQLiteStore:
         )
 
 
-def _check_folder(path: str) -> None:
-    parent = Path(path).expanduser().resolve().parent
+def check_sqlite_path(path: str) -> None:
+    """What start-up and ``teambot check`` both demand of a SQLite path, without opening or creating anything:
+    a file (or none yet) in an existing folder, and both writable (SQLite writes its journal beside the file).
+
+    ``os.access`` asks the kernel, so it sees what permissions alone do not: an immutable file (``chattr +i``)
+    and a read-only mount refuse even root.
+    """
+    file = Path(path).expanduser().resolve()
+    parent = file.parent
     if not parent.is_dir():
-        raise ConfigError(f"TEAMBOT_DB: the folder {str(parent)!r} does not exist")
+        raise ConfigError(f"TEAMBOT_DB: the folder {str(parent)!r} does not exist; create it or name another")
+    if file.is_dir():
+        raise ConfigError(
+            f"TEAMBOT_DB: {path!r} is a folder; name a file in it, such as {str(Path(path) / 'teambot.db')!r}"
+        )
+    if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+        raise ConfigError(_READ_ONLY.format(path=path, what="the file", cause=_access_cause(file)))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(_READ_ONLY.format(path=path, what="its folder", cause=_access_cause(parent)))
+
+
+_READ_ONLY = (
+    "TEAMBOT_DB: cannot write to {path!r} ({what} is {cause}); make it writable for this user, or name another file"
+)
+
+
+def read_schema_version(path: str) -> int | None:
+    """The schema version of the SQLite file at ``path``, read without writing anything; None if there is no file.
+
+    Runs the same checks as start-up first (:func:`check_sqlite_path`). A plain read-only connection to a WAL
+    file would still create its ``-wal`` and ``-shm`` files: where they do not exist, no process has the file
+    open, it holds every commit, and it is opened as immutable (SQLite then creates and locks nothing).
+    """
+    check_sqlite_path(path)
+    file = Path(path).expanduser().resolve()
+    if not file.exists():
+        return None
+    wal_open = Path(f"{file}-wal").exists()
+    uri = f"file:{urllib.parse.quote(str(file))}?mode=ro" + ("" if wal_open else "&immutable=1")
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            [(version,)] = conn.execute("PRAGMA user_version").fetchall()
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()  # "file is not a database" shows here
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from None
+    if version > len(MIGRATIONS):
+        raise _too_new(int(version))
+    return int(version)
+
+
+def _too_new(version: int) -> ConfigError:
+    return ConfigError(
+        f"TEAMBOT_DB: the database is at schema version {version}, newer than this teambot "
+        f"({len(MIGRATIONS)}); upgrade teambot"
+    )
+
+
+def _access_cause(path: Path) -> str:
+    """Why ``path`` refuses writes, in words: a read-only mount, or the file's own permissions or flags."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "on a read-only file system"
+    except OSError:
+        pass
+    return "read-only: check its permissions, owner and flags such as chattr +i"
+
+
+def _read_only(path: str, exc: sqlite3.Error) -> ConfigError:
+    return ConfigError(_READ_ONLY.format(path=path, what="the database", cause=f"refusing writes: {exc}"))
 
 
 def _unusable(path: str, exc: sqlite3.Error) -> ConfigError:
@@ -435,10 +517,7 @@ async def _migrate(writer: SQLiteWriter) -> None:
     def work(db: sqlite3.Connection) -> None:
         [(version,)] = db.execute("PRAGMA user_version").fetchall()
         if version > len(MIGRATIONS):
-            raise ConfigError(
-                f"TEAMBOT_DB: the database is at schema version {version}, newer than this teambot "
-                f"({len(MIGRATIONS)}); upgrade teambot"
-            )
+            raise _too_new(int(version))
         for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in statements:
                 db.execute(statement)

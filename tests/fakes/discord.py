@@ -665,12 +665,13 @@ class FakeDiscord(LoopbackServer):
 
 
 @contextlib.contextmanager
-def point_discord_at(url: str) -> Iterator[None]:
+def point_discord_at(url: str, *, gateway: str | None = None) -> Iterator[None]:
     """Send discord.py's REST calls and gateway connection to the fake Discord at ``url`` (``http://host:port``),
-    in this process or another; restored on exit."""
+    in this process or another; restored on exit. ``gateway`` (a ``ws://`` URL) sends the gateway connection
+    elsewhere: to a port nothing listens on, for a gateway that cannot be reached."""
     old_base, old_gateway = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     discord.http.Route.BASE = f"{url}/api/v10"
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(f"ws{url[4:]}/gw")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway or f"ws{url[4:]}/gw")
     try:
         yield
     finally:

@@ -205,9 +205,8 @@ class FakeSlack(LoopbackServer):
         if stalls:
             await asyncio.sleep(stalls.pop(0))
         try:
-            if method == "apps.connections.open":
-                return _json({"ok": True, "url": f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/link"})
-            if token != self.bot_token:
+            # The app-level token opens sockets and is checked by no other method; the bot token by all others.
+            if method != "apps.connections.open" and token != self.bot_token:
                 return _json({"ok": False, "error": "invalid_auth"})
             pages = self._pages.get(method)
             if pages:
@@ -216,6 +215,8 @@ class FakeSlack(LoopbackServer):
             refusals = self._refusals.get(method)
             if refusals:
                 return _json({"ok": False, "error": refusals.pop(0)})
+            if method == "apps.connections.open":
+                return _json({"ok": True, "url": f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/link"})
             return _json(self._answer(method, args))
         finally:
             await self._notify()

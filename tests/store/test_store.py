@@ -293,7 +293,10 @@ async def test_an_unusable_database_file_is_one_clear_error(tmp_path: Path, what
         path.mkdir()
     else:
         path.write_bytes(b"these are notes, not a database\n" * 200)
-    with pytest.raises(ConfigError, match=r"^TEAMBOT_DB: cannot use .* as a SQLite database"):
+    expected = (
+        r"^TEAMBOT_DB: '.*' is a folder; name a file in it" if what == "a folder" else r"^TEAMBOT_DB: cannot use "
+    )
+    with pytest.raises(ConfigError, match=expected + r".* as a SQLite database" * (what != "a folder")):
         await open_store(str(path))
 
 
@@ -318,13 +321,17 @@ async def test_the_cli_refuses_an_in_memory_database_at_start_up(tmp_path: Path,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
-    assert stderr.decode().splitlines() == [
-        "teambot: invalid setting TEAMBOT_DB: Value error, an in-memory SQLite database is not supported: teambot "
+    line = (
+        "invalid setting TEAMBOT_DB: Value error, an in-memory SQLite database is not supported: teambot "
         "writes and reads through two connections, which would each get their own empty database; use a file path "
         "(a temporary one for a throwaway run)"
-    ]
+    )
+    if command == ["check"]:  # check prints its findings once, on stdout
+        assert stdout.decode().splitlines() == [f"FAIL  configuration: {line}"] and stderr == b""
+    else:
+        assert stderr.decode().splitlines() == [f"teambot: {line}"]
 
 
 async def test_reset_leaves_no_trace_of_the_text_in_the_file(tmp_path: Path) -> None:

@@ -424,7 +424,7 @@ async def test_a_rejected_token_stops_start_up_with_a_clear_error(model: FakeOpe
     async with FakeDiscord(token="right-token") as fake, open_core(settings) as core:
         with fake.patch_discord():
             adapter = DiscordAdapter(core, settings, guild_ready_timeout=0.05)
-            with pytest.raises(ConfigError, match="DISCORD_TOKEN was rejected"):
+            with pytest.raises(ConfigError, match=r"Discord refused DISCORD_TOKEN \(401 Unauthorized\)"):
                 await asyncio.wait_for(adapter.start(), 10)
             await adapter.stop()
 
