@@ -152,6 +152,12 @@ class ConversationCore:
             log.warning("conversation %s: %s", msg.key, exc)
             await self.store.forget_message(row)
             return Reply(ReplyKind.REFUSED, exc.user_message)
+        except asyncio.CancelledError:
+            # The answer was called off (Ctrl-C in the console) before it was stored: the question goes too, or
+            # the next prompt would carry it unanswered, two user messages in a row.
+            log.info("conversation %s: answer to %s cancelled; the question is not kept", msg.key, msg.message_id)
+            await self.store.forget_message(row)
+            raise
         if isinstance(result, Reply):
             return result
         completion, prompt = result
