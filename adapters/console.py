@@ -228,6 +228,12 @@ class _Session:
             # Ctrl-C in the instant before the handler below was in place: the step had not begun.
             work.close()
             done = False
+        except Exception:
+            # The one handler for a step that failed for a reason of ours: the details go to the log, and the
+            # person gets one sentence from the bot, not a traceback in the middle of the conversation.
+            log.exception("console: a message or command failed")
+            self.show(BOT + texts.CONSOLE_APOLOGY.format(log=self._log))
+            return True
         if not done:
             self.show(BOT + texts.CONSOLE_CANCELLED)
         return done
@@ -264,17 +270,12 @@ class _Session:
         message = IncomingMessage(CONSOLE_KEY, f"console:{uuid.uuid4()}", self._user, self._user, text)
         try:
             reply = await self._core.handle(message, on_text)
-        except asyncio.CancelledError:
+        except BaseException:
+            # Cancelled or failed: the line is finished, and what follows starts on a line of its own.
             settle()
             if printed:
                 self.show("")
             raise
-        except Exception:
-            # The one handler for a turn that failed for a reason of ours: the details go to the log.
-            log.exception("console: the answer failed")
-            settle()
-            self.show(("\n" if printed else "") + BOT + texts.CONSOLE_APOLOGY.format(log=self._log))
-            return
         settle()
         streamed = "".join(printed)
         if streamed and reply.text.startswith(streamed):

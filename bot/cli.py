@@ -79,7 +79,7 @@ def _console_logging(settings: Settings) -> str:
             # The default place sits beside the database: when that folder is unusable, start-up says so about
             # TEAMBOT_DB in a moment, and that line must reach the terminal.
     configure_logging(settings.log_level, secrets=secrets, quiet=True)
-    return texts.CONSOLE_LOG_STDERR if settings.log_level == "DEBUG" else "stderr"
+    return texts.CONSOLE_LOG_STDERR
 
 
 def _console(settings: Settings, name: str) -> None:

@@ -44,13 +44,13 @@ CONSOLE_BANNER = (
     "Ctrl-C stops an answer; /exit, Ctrl-D or Ctrl-C twice quits."
 )
 #: Where the console's log goes when it is not a file.
-CONSOLE_LOG_STDERR = "stderr (TEAMBOT_LOG_LEVEL=DEBUG)"
+CONSOLE_LOG_STDERR = "stderr"
 CONSOLE_RESUMED = "Resuming the earlier conversation ({count} message{s}); /reset forgets it."
 CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}. Commands: /reset, /usage, /system, /model, /exit."
 CONSOLE_THINKING = "thinking\u2026"
 CONSOLE_CANCELLED = "Stopped. That question is not kept in the conversation. Ctrl-C again quits."
 CONSOLE_INTERRUPT_HINT = "Ctrl-C again quits (or type /exit)."
-CONSOLE_APOLOGY = "Sorry, something went wrong on my side while answering; the details are in {log}."
+CONSOLE_APOLOGY = "Sorry, something went wrong on my side while answering; the details are in the log ({log})."
 # The console's wording of the command answers: one person, one conversation, nothing to mention.
 CONSOLE_RESET_DONE = "Forgot {count} message{s} of this conversation. The next message starts fresh."
 CONSOLE_USAGE_HEADER = "Usage (cost is an estimate, in US dollars):"

@@ -433,7 +433,11 @@ async def test_a_failure_is_one_sentence_from_the_bot(fake: FakeOpenAI, tmp_path
         broken.execute("DROP TABLE messages")
     out = await console.say("still there?")
     log_file = tmp_path / "teambot.log"
-    assert out == f"teambot> Sorry, something went wrong on my side while answering; the details are in {log_file}.\n"
+    apology = (
+        f"teambot> Sorry, something went wrong on my side while answering; the details are in the log ({log_file}).\n"
+    )
+    assert out == apology
+    assert await console.say("/reset") == apology  # a command too
     assert "Unknown command" in await console.say("/nope")  # the session goes on
     code, stderr = await console.close()
     assert code == 0 and stderr == ""
