@@ -194,6 +194,7 @@ class Terminal:
     def __init__(self, proc: asyncio.subprocess.Process, master: int) -> None:
         self.proc = proc
         self.master = master
+        self.banner = b""
         self.pending = b""
         self.closed = False
         self._changed = asyncio.Event()
@@ -259,8 +260,8 @@ async def open_terminal(fake: FakeOpenAI, db: Path, *extra_env: tuple[str, str])
     )
     os.close(slave)
     terminal = Terminal(proc, master)
-    await terminal.expect(b"console:local")
-    await terminal.expect(PROMPT)
+    terminal.banner = await terminal.expect(b"console:local")
+    terminal.banner += await terminal.expect(PROMPT)
     return terminal
 
 
@@ -294,6 +295,7 @@ async def test_a_pasted_block_is_one_question_and_a_long_paste_is_not_cut(fake: 
     term = await open_terminal(fake, tmp_path / "teambot.db", ("TEAMBOT_HISTORY_TOKENS", "100000"))
     # Terminals send a paste between these markers (bracketed paste) once the program asks for it, with \r for
     # each newline; Enter after it sends the whole block.
+    assert b"\x1b[?2004h" + PROMPT in term.banner  # asked for
     await term.type(PASTE_START + b"line one\rline two\rline three" + PASTE_END + b"\r")
     await term.expect(b"echo: Ada: line one\r\nline two\r\nline three")
     await term.expect(PROMPT)
@@ -463,3 +465,27 @@ async def test_console_wording(fake: FakeOpenAI, tmp_path: Path) -> None:
     assert reset == "teambot> Forgot 2 messages of this conversation. The next message starts fresh.\n"
     assert "mention" not in reset
     assert (await console.close())[0] == 0
+
+
+async def test_a_log_file_that_cannot_be_written_is_one_line(fake: FakeOpenAI, tmp_path: Path) -> None:
+    env = console_env(fake, tmp_path / "teambot.db", ("TEAMBOT_LOG_FILE", str(tmp_path / "missing" / "x.log")))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "console", cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert stderr.decode().splitlines() == [
+        f"teambot: TEAMBOT_LOG_FILE names {str(tmp_path / 'missing' / 'x.log')!r}, which cannot be written: "
+        "No such file or directory"
+    ]
+
+
+async def test_a_reply_that_is_not_valid_unicode_is_printed_anyway(tmp_path: Path) -> None:
+    # A lone surrogate is valid JSON ("\ud800") but no encoding can write it: it is shown as "?", not a crash.
+    async with FakeOpenAI(api_key="sk-console-test-key", reply=lambda messages: "odd \ud800 text") as fake:
+        console = await start(fake, tmp_path / "teambot.db")
+        # (Storing such a reply then fails in the SQLite store, a separate bug: hence only the first line here.)
+        assert (await console.say("hi")).startswith("teambot> odd ? text\n")
+        code, stderr = await console.close()
+        assert code == 0 and stderr == ""
