@@ -73,7 +73,10 @@ class TerminalReader:
 
         self._readline = readline
         self._history = history
-        readline.parse_and_bind("set enable-bracketed-paste on")
+        # Python turns bracketed paste off (for its own REPL); GNU readline 8 does the rest. macOS's libedit has no
+        # such setting: there a pasted block is one message only between """ lines.
+        if "libedit" not in (readline.__doc__ or ""):
+            readline.parse_and_bind("set enable-bracketed-paste on")
         # An invalid byte typed or pasted must not end the session with a UnicodeDecodeError out of input().
         if isinstance(sys.stdin, io.TextIOWrapper):
             sys.stdin.reconfigure(errors="replace")
@@ -133,8 +136,10 @@ def run_console(
     if isinstance(out, io.TextIOWrapper):
         out.reconfigure(errors="replace")  # a model can send anything, a lone surrogate included
     if reader is None:
-        terminal = sys.stdin.isatty() and out.isatty()
-        reader = TerminalReader(history) if terminal else StreamReader(sys.stdin.buffer, out)
+        reader = StreamReader(sys.stdin.buffer, out)
+        if sys.stdin.isatty() and out.isatty():
+            with contextlib.suppress(ImportError):  # a Python built without readline reads the terminal plainly
+                reader = TerminalReader(history)
     with asyncio.Runner() as runner:
         stack = contextlib.AsyncExitStack()
         opened = runner.run(stack.enter_async_context(core))
