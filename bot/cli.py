@@ -86,8 +86,13 @@ def _console(settings: Settings, name: str) -> None:
     from adapters.console import run_console
 
     log = _console_logging(settings)
+    # describe_db, as everywhere a database is named: a PostgreSQL URL's password must not reach the terminal.
     banner = texts.CONSOLE_BANNER.format(
-        model=settings.openai_model, base_url=settings.openai_base_url, key="console:local", db=settings.db, log=log
+        model=settings.openai_model,
+        base_url=settings.openai_base_url,
+        key="console:local",
+        db=describe_db(settings.db),
+        log=log,
     )
     run_console(
         open_core(settings),
