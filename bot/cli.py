@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -124,18 +126,39 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def configure_logging(level: str, *, secrets: tuple[str, ...] = (), quiet: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    level: str, *, secrets: tuple[str, ...] = (), quiet: bool = False, log_file: Path | None = None
+) -> None:
+    """One handler for everything: ``log_file`` when given (the console keeps its log out of the chat), else stderr,
+    where a ``quiet`` command shows only problems unless DEBUG is asked for. Raises OSError when ``log_file``
+    cannot be opened for appending."""
+    handler: logging.Handler
+    if log_file is not None:
+        _check_writable(log_file)
+        # Opened at the first line logged: a command that stops at once (a bad database) leaves no empty file.
+        handler = logging.FileHandler(log_file, encoding="utf-8", delay=True)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(turn)s] %(message)s"))
     handler.addFilter(TurnFilter())
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    # The console shares the terminal with the conversation: only problems go there unless DEBUG is asked for.
-    root.setLevel(level if not quiet or level == "DEBUG" else "WARNING")
+    root.setLevel(level if log_file or not quiet or level == "DEBUG" else "WARNING")
     # httpx logs every request URL at INFO; ours carry no secrets, but they are noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     silence_library_noise()
+
+
+def _check_writable(path: Path) -> None:
+    """Raise the OSError opening ``path`` for appending would raise, without creating it."""
+    if path.exists():
+        with path.open("a", encoding="utf-8"):
+            return
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
 _BOLT_TOKEN_UNUSED = ("As you gave `client` as well, `token` will be unused",)
@@ -179,18 +202,49 @@ def silence_library_noise() -> None:
             logger.addFilter(LibraryNoise(prefixes))
 
 
-async def _console(settings: Settings, name: str) -> None:
+def _console_logging(settings: Settings) -> str:
+    """Configure logging for ``teambot console`` and say where the log goes, for the banner.
+
+    A log line printed between the question and the answer reads like part of the chat, so the console logs to
+    a file (TEAMBOT_LOG_FILE, default beside the database); TEAMBOT_LOG_LEVEL=DEBUG asks for it on stderr.
+    """
+    secrets = settings.secret_values()
+    if settings.log_level != "DEBUG":
+        path = settings.console_log_file()
+        try:
+            configure_logging(settings.log_level, secrets=secrets, log_file=path)
+            return str(path)
+        except OSError as exc:
+            if settings.log_file is not None:
+                raise ConfigError(
+                    f"TEAMBOT_LOG_FILE names {str(path)!r}, which cannot be written: {exc.strerror}"
+                ) from None
+            # The default place sits beside the database: when that folder is unusable, start-up says so about
+            # TEAMBOT_DB in a moment, and that line must reach the terminal.
+    configure_logging(settings.log_level, secrets=secrets, quiet=True)
+    return texts.CONSOLE_LOG_STDERR
+
+
+def _console(settings: Settings, name: str) -> None:
     from adapters.console import run_console
 
-    async with open_core(settings) as core:
-        # describe_db, as everywhere a database is named: a PostgreSQL URL's password must not reach the terminal.
-        banner = texts.CONSOLE_BANNER.format(
-            model=settings.openai_model,
-            base_url=settings.openai_base_url,
-            key="console:local",
-            db=describe_db(settings.db),
-        )
-        await run_console(core, runtime.commands(settings, core), user_name=name, banner=banner)
+    log = _console_logging(settings)
+    # describe_db, as everywhere a database is named: a PostgreSQL URL's password must not reach the terminal.
+    banner = texts.CONSOLE_BANNER.format(
+        model=settings.openai_model,
+        base_url=settings.openai_base_url,
+        key="console:local",
+        db=describe_db(settings.db),
+        log=log,
+    )
+    run_console(
+        open_core(settings),
+        lambda core: runtime.commands(settings, core),
+        user_name=name,
+        banner=banner,
+        log=log,
+        history=settings.beside_db(".history"),
+    )
 
 
 async def _run(settings: Settings) -> None:
@@ -333,10 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         named = args.env_file is not None
         settings = load_settings(args.env_file if named else Path(".env"), must_exist=named, warn=_warn)
-        configure_logging(settings.log_level, secrets=settings.secret_values(), quiet=args.command != "run")
         if args.command == "console":
-            asyncio.run(_console(settings, args.name or _login_name()))
-        elif args.command == "check":
+            _console(settings, args.name or _login_name())
+            return
+        configure_logging(settings.log_level, secrets=settings.secret_values(), quiet=args.command != "run")
+        if args.command == "check":
             raise SystemExit(0 if asyncio.run(_check(settings)) else 1)
         elif args.command == "db":
             if args.db_command == "copy" and not args.source.is_file():

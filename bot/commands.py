@@ -1,6 +1,7 @@
 """The slash commands every platform offers, answered privately: /reset, /usage, /system, /model.
 
-Adapters say who asks and whether the platform counts them as an admin; this module decides the rest.
+Adapters say who asks and whether the platform counts them as an admin, and may word the answers their own way
+(:class:`Wording`); this module decides the rest.
 """
 
 from __future__ import annotations
@@ -10,12 +11,29 @@ from dataclasses import dataclass
 
 from bot import texts
 from bot.conversation import ConversationCore
+from bot.guards import REPORT_SCOPES, ScopeKind
 from bot.messages import ConversationKey
 from bot.store import ChannelSettings
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("reset", "usage", "system", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class Wording:
+    """The sentences of the command answers that depend on where they are read. The defaults are a chat
+    platform's (a channel, people who mention the bot, Slack's mrkdwn); the console brings its own."""
+
+    reset_done: str = texts.RESET_DONE
+    usage_header: str = texts.USAGE_HEADER
+    usage_scopes: tuple[tuple[ScopeKind, str], ...] = REPORT_SCOPES
+    system_set: str = texts.SYSTEM_SET
+    system_reset: str = texts.SYSTEM_RESET
+    model_show: str = texts.MODEL_SHOW
+    model_set: str = texts.MODEL_SET
+    model_reset: str = texts.MODEL_RESET
+    model_not_allowed: str = texts.MODEL_NOT_ALLOWED
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +45,7 @@ class CommandContext:
     user_id: str
     platform_admin: bool = False
     admins: str = texts.ADMINS_SLACK
+    wording: Wording = Wording()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +67,13 @@ class Commands:
         arg = arg.strip()
         if name == "reset":
             count = await self._core.reset(ctx.key)
-            return texts.RESET_DONE.format(count=count, s=texts.plural(count))
+            return ctx.wording.reset_done.format(count=count, s=texts.plural(count))
         if name == "usage":
             if self._core.guards.accounting is None:
                 return texts.USAGE_NO_BUDGETS
-            return await self._core.guards.accounting.report(ctx.key, ctx.user_id)
+            return await self._core.guards.accounting.report(
+                ctx.key, ctx.user_id, header=ctx.wording.usage_header, scopes=ctx.wording.usage_scopes
+            )
         if name == "system":
             return await self._system(ctx, arg)
         if name == "model":
@@ -69,10 +90,10 @@ class Commands:
         if arg == "reset":
             await store.set_channel_settings(ctx.key, ChannelSettings(None, current.model))
             log.info("system prompt of %s reset by %s", ctx.key, ctx.user_id)
-            return texts.SYSTEM_RESET
+            return ctx.wording.system_reset
         await store.set_channel_settings(ctx.key, ChannelSettings(arg, current.model))
         log.info("system prompt of %s changed by %s", ctx.key, ctx.user_id)
-        return texts.SYSTEM_SET
+        return ctx.wording.system_set
 
     async def _model(self, ctx: CommandContext, arg: str) -> str:
         store = self._core.store
@@ -80,14 +101,14 @@ class Commands:
         default = self._core.default_model
         allowed = sorted(self._policy.models | {default})
         if not arg:
-            return texts.MODEL_SHOW.format(model=current.model or default, allowed=", ".join(allowed))
+            return ctx.wording.model_show.format(model=current.model or default, allowed=", ".join(allowed))
         if not self._admin(ctx):
             return texts.ADMIN_ONLY.format(admins=ctx.admins)
         if arg == "reset":
             await store.set_channel_settings(ctx.key, ChannelSettings(current.system_prompt, None))
-            return texts.MODEL_RESET.format(model=default)
+            return ctx.wording.model_reset.format(model=default)
         if arg not in allowed:
-            return texts.MODEL_NOT_ALLOWED.format(model=arg, allowed=", ".join(allowed))
+            return ctx.wording.model_not_allowed.format(model=arg, allowed=", ".join(allowed))
         await store.set_channel_settings(ctx.key, ChannelSettings(current.system_prompt, arg))
         log.info("model of %s set to %s by %s", ctx.key, arg, ctx.user_id)
-        return texts.MODEL_SET.format(model=arg)
+        return ctx.wording.model_set.format(model=arg)

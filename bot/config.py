@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from bot import texts
 from bot.errors import ConfigError
-from bot.store import IN_MEMORY_REFUSED, is_postgres, sqlite_in_memory
+from bot.store import IN_MEMORY_REFUSED, is_postgres, sqlite_in_memory, sqlite_path
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -101,6 +101,7 @@ class Settings(BaseSettings):
 
     # Operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("TEAMBOT_LOG_LEVEL"))
+    log_file: Path | None = Field(None, validation_alias=_env("TEAMBOT_LOG_FILE"))
 
     # Platforms
     slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
@@ -144,6 +145,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        # `debug` is as clear as `DEBUG`; the logging module only knows the upper-case names.
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("discord_shard_ids", mode="before")
     @classmethod
@@ -226,6 +233,17 @@ class Settings(BaseSettings):
         if (host, port) == (self.http_host, self.http_port) and port != 0:
             return None
         return host, port
+
+    def beside_db(self, suffix: str) -> Path:
+        """A file of the console's own next to the SQLite database, named after it (``teambot.db`` with ``.log``
+        is ``teambot.log``); with PostgreSQL, ``teambot`` plus ``suffix`` in the working directory."""
+        if is_postgres(self.db):
+            return Path(f"teambot{suffix}")
+        return Path(sqlite_path(self.db)).with_suffix(suffix)
+
+    def console_log_file(self) -> Path:
+        """Where ``teambot console`` writes its log, away from the conversation on the terminal."""
+        return self.log_file or self.beside_db(".log")
 
     def require_model_access(self) -> None:
         """Fail start-up when the hosted API would certainly reject us for want of a key."""

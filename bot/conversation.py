@@ -349,7 +349,7 @@ class ConversationCore:
             log.warning("the cut-off turn %s in %s could not be released: %s", msg.message_id, msg.key, exc)
             return
         log.info(
-            "the turn %s in %s was cut off by the shutdown; its message will be answered if sent again",
+            "the turn %s in %s was cut off (stopped, or the bot is stopping); answered if it comes again",
             msg.message_id,
             msg.key,
         )

@@ -49,11 +49,32 @@ REPLY_NOT_SAVED = "I could not save this answer (a problem with my storage), so 
 RESET_DONE = "Forgot {count} message{s} of this conversation. The next mention starts fresh."
 
 CONSOLE_BANNER = (
-    "teambot console: talking to {model} at {base_url}. Conversation {key!r} is kept in {db}.\n"
-    "Type a message and press Enter. /reset forgets the conversation, /usage shows what it cost, "
-    "/system and /model change the prompt and model, /exit quits."
+    "teambot console: talking to {model} at {base_url}. Conversation {key!r} is kept in {db}; the log goes to {log}.\n"
+    "Type a message and press Enter. A pasted block of several lines is one message; to type one, put "
+    '""" on a line of its own before and after it.\n'
+    "/reset forgets the conversation, /usage shows what it cost, /system and /model change the prompt and model. "
+    "Ctrl-C stops an answer; /exit, Ctrl-D or Ctrl-C twice quits."
 )
+#: Where the console's log goes when it is not a file.
+CONSOLE_LOG_STDERR = "stderr"
+CONSOLE_RESUMED = "Resuming the earlier conversation ({count} message{s}); /reset forgets it."
 CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}. Commands: /reset, /usage, /system, /model, /exit."
+CONSOLE_THINKING = "thinking\u2026"
+CONSOLE_CANCELLED = "Stopped. That question is not kept in the conversation. Ctrl-C again quits."
+CONSOLE_INTERRUPT_HINT = "Ctrl-C again quits (or type /exit)."
+CONSOLE_APOLOGY = "Sorry, something went wrong on my side while answering; the details are in the log ({log})."
+# The console's wording of the command answers: one person, one conversation, nothing to mention.
+CONSOLE_RESET_DONE = "Forgot {count} message{s} of this conversation. The next message starts fresh."
+CONSOLE_USAGE_HEADER = "Usage (cost is an estimate, in US dollars):"
+CONSOLE_USAGE_SCOPE = "This console"
+CONSOLE_SYSTEM_SET = "Done: this conversation now uses the new system prompt."
+CONSOLE_SYSTEM_RESET = "Done: this conversation is back to the default system prompt."
+CONSOLE_MODEL_SHOW = "This conversation uses the model {model}. Allowed: {allowed}."
+CONSOLE_MODEL_SET = "Done: this conversation now uses {model}."
+CONSOLE_MODEL_RESET = "Done: this conversation is back to the default model, {model}."
+CONSOLE_MODEL_NOT_ALLOWED = (
+    "{model} is not on the list of allowed models: {allowed}. Add it to TEAMBOT_MODELS (comma-separated) to allow it."
+)
 
 RUN_NOTHING_CONFIGURED = (
     "run: no platform is configured. Set SLACK_BOT_TOKEN with SLACK_APP_TOKEN (Socket Mode) "
@@ -76,6 +97,10 @@ BUDGET_SOFT_WARNING = (
     "used. It resets at {resets}."
 )
 USAGE_HEADER = "*Usage* (cost is an estimate, in US dollars):"
+#: The scopes a /usage report lists on a chat platform, with their labels.
+USAGE_SCOPE_CHANNEL = "This channel"
+USAGE_SCOPE_USER = "You"
+USAGE_SCOPE_WORKSPACE = "This workspace"
 USAGE_LINE = (
     "• {who}: today {day_tokens:,} tokens (${day_cost:,.4f}), this month {month_tokens:,} tokens (${month_cost:,.4f})"
 )

@@ -4,7 +4,7 @@ and the masking of secrets in everything the bot writes out."""
 from __future__ import annotations
 
 from bot.guards.access import AccessPolicy
-from bot.guards.budgets import Accounting, Budget, Period, ScopeKind, Unit, scope_for
+from bot.guards.budgets import REPORT_SCOPES, Accounting, Budget, Period, ScopeKind, Unit, scope_for
 from bot.guards.keys import KeySource
 from bot.guards.limits import Buckets, Busy, ConcurrencyGate, ConversationBusy, RateLimiter
 from bot.guards.pricing import Price, PriceTable
@@ -13,6 +13,7 @@ from bot.guards.turn import Guards
 
 __all__ = [
     "MASK",
+    "REPORT_SCOPES",
     "AccessPolicy",
     "Accounting",
     "Buckets",

@@ -75,6 +75,14 @@ def scope_for(kind: ScopeKind, key: ConversationKey, user_id: str) -> UsageScope
     return UsageScope(key.platform, key.workspace, user_id=user_id)
 
 
+#: The scopes a ``/usage`` report lists, with their labels: a chat platform's three.
+REPORT_SCOPES: tuple[tuple[ScopeKind, str], ...] = (
+    (ScopeKind.CHANNEL, texts.USAGE_SCOPE_CHANNEL),
+    (ScopeKind.USER, texts.USAGE_SCOPE_USER),
+    (ScopeKind.WORKSPACE, texts.USAGE_SCOPE_WORKSPACE),
+)
+
+
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
@@ -171,16 +179,20 @@ class Accounting:
             self._claimed.clear()  # forgetting only costs one more claim attempt per scope
         self._claimed.add(claim)
 
-    async def report(self, key: ConversationKey, user_id: str) -> str:
+    async def report(
+        self,
+        key: ConversationKey,
+        user_id: str,
+        *,
+        header: str = texts.USAGE_HEADER,
+        scopes: tuple[tuple[ScopeKind, str], ...] = REPORT_SCOPES,
+    ) -> str:
+        """The ``/usage`` answer: spending of each of ``scopes`` today and this month, then each budget."""
         now = self._clock()
         day, month = Period.DAY.start(now).timestamp(), Period.MONTH.start(now).timestamp()
-        lines = [texts.USAGE_HEADER]
+        lines = [header]
         unpriced = False
-        for kind, label in (
-            (ScopeKind.CHANNEL, "This channel"),
-            (ScopeKind.USER, "You"),
-            (ScopeKind.WORKSPACE, "This workspace"),
-        ):
+        for kind, label in scopes:
             scope = scope_for(kind, key, user_id)
             today = await self._store.usage_since(scope, day)
             this_month = await self._store.usage_since(scope, month)
