@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot import texts
 from tests.fakes.openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +103,23 @@ async def test_a_conversation_survives_a_restart_and_reset_forgets_it(fake: Fake
     stderr = (await console.proc.stderr.read()).decode()
     assert code == 0 and "Traceback" not in stderr
     assert fake.headers[-1]["Authorization"] == "Bearer sk-console-test-key"
+
+
+async def test_one_long_answer_does_not_erase_the_conversation_before_it(fake: FakeOpenAI, tmp_path: Path) -> None:
+    fake.chunk_delay = 0.0
+    console = await start(fake, tmp_path / "t.db", ("TEAMBOT_HISTORY_TOKENS", "2000"))
+    await console.say("my name is Ada and I like teal")
+    essay = await console.say("write me an essay [[long:50000]]")
+    assert essay.startswith("teambot> Paragraph 1: ") and len(essay) > 50_000
+    out = await console.say("what did the first paragraph say?")
+    # The model gets the essay's beginning, cut to fit the budget, rather than no history at all.
+    sent = fake.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "assistant", "user"]
+    assert sent[1]["content"].startswith("Paragraph 1: lorem ipsum") and sent[1]["content"].endswith(" […]")
+    # And the person is told, in one line under the answer.
+    assert out == "teambot> echo: Ada: what did the first paragraph say?\nteambot> " + texts.HISTORY_CUT + "\n"
+    code, stderr = await console.close()
+    assert code == 0 and "Traceback" not in stderr
 
 
 async def test_model_errors_reach_the_user_without_a_traceback(fake: FakeOpenAI, tmp_path: Path) -> None:

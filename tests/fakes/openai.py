@@ -23,6 +23,7 @@ may share one message (``[[slow:0.2]] [[cut]]``); each keeps its own count. Unkn
     [[malformed]]               plain: 200 with body ``{not json``; stream: a ``data: {not json`` event after the
                                 role chunk
     [[empty]]                   a successful completion whose content is "" (stream: no text chunks)
+    [[long:N]]                  instead of the echo, a reply of exactly N characters (numbered paragraphs of words)
 
 Examples: ``[[500x2]]`` fails twice then succeeds; ``[[429:ra=0.2x1]]`` is rate limited once for 0.2 s.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import re
@@ -63,6 +65,7 @@ _FAULTS = (
     "midstream",
     "malformed",
     "empty",
+    "long",
 )
 # The name is an explicit alternation so that "x" in "[[500x2]]" can never be swallowed into the name.
 _TOKEN = re.compile(
@@ -119,6 +122,15 @@ def _tokens(chars: int) -> int:
 def _content(message: dict[str, Any]) -> str:
     content = message.get("content")
     return content if isinstance(content, str) else json.dumps(content) if content is not None else ""
+
+
+def long_text(chars: int) -> str:
+    """``chars`` characters of numbered paragraphs, the reply to ``[[long:N]]``: a test can tell where a cut fell."""
+    paragraphs = (f"Paragraph {n}: " + "lorem ipsum dolor sit amet " * 8 + "\n\n" for n in itertools.count(1))
+    text = ""
+    while len(text) < chars:
+        text += next(paragraphs)
+    return text[:chars]
 
 
 def _sse(payload: object) -> bytes:
@@ -231,6 +243,8 @@ class FakeOpenAI:
         if (failure := self._failure(faults, model)) is not None:
             return failure
         text = "" if "empty" in faults else self.reply(messages) if self.reply else f"echo: {last_user}"
+        if "long" in faults:
+            text = long_text(int(faults["long"]))
         prompt_tokens, completion_tokens = _tokens(prompt_chars), _tokens(len(text))
         usage = {
             "prompt_tokens": prompt_tokens,

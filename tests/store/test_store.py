@@ -133,10 +133,13 @@ async def test_history_stops_at_the_first_message_that_does_not_fit(store: Store
     assert [m.content for m in history] == ["message 3"]
 
 
-async def test_history_is_empty_when_even_the_newest_message_does_not_fit(store: Store) -> None:
+async def test_the_newest_message_comes_alone_when_even_it_does_not_fit(store: Store) -> None:
+    # The caller cuts it to fit: an empty window would forget the whole conversation behind one long answer.
     await store.begin_turn(incoming(A, 1), 10)
     await store.begin_turn(incoming(A, 2), 500)
-    assert await store.load_history(A, 100, before=10**9) == []
+    assert [(m.content, m.tokens) for m in await store.load_history(A, 100, before=10**9)] == [("message 2", 500)]
+    assert await store.load_history(A, 100, before=1) == []  # nothing before the first message
+    assert await store.load_history(A, 0, before=10**9) == []
 
 
 async def test_history_is_found_from_the_index_alone_however_long_the_conversation(tmp_path: Path) -> None:
