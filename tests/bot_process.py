@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,6 +55,13 @@ class Bot:
         body = json.dumps(envelope)
         headers = {"Content-Type": "application/json", **signed_headers(SECRET, body)}
         assert (await http.post(f"{self.url}/slack/events", content=body, headers=headers)).status_code == 200
+
+    async def command(self, http: httpx.AsyncClient, form: dict[str, str]) -> int:
+        """Post a signed slash command (``tests.fakes.slack.slash_command_form``), as Slack does in HTTP mode;
+        the HTTP status of the bot's answer."""
+        body = urlencode(form)
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **signed_headers(SECRET, body)}
+        return (await http.post(f"{self.url}/slack/events", content=body, headers=headers)).status_code
 
     async def wait(self) -> int:
         code = await asyncio.wait_for(self.proc.wait(), 30)

@@ -146,3 +146,18 @@ async def test_an_unreachable_slack_with_an_app_token_fails_with_a_line_not_a_tr
     slack_lines = [line for line in out.splitlines() if "slack" in line]
     assert slack_lines and all(line.startswith("FAIL") and "cannot reach" in line for line in slack_lines)
     assert app_token not in out + err
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TEAMBOT_USAGE_COMMAND": "reset"}, "TEAMBOT_USAGE_COMMAND"),
+        ({"TEAMBOT_MODEL_COMMAND": "Bad Name"}, "TEAMBOT_MODEL_COMMAND"),
+    ],
+)
+async def test_a_command_name_taken_twice_or_invalid_is_refused(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    code, out, _ = await teambot_check(tmp_path, **env)
+    assert code == 2
+    assert out.startswith(f"FAIL  configuration: invalid setting {named}")

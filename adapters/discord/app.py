@@ -114,7 +114,7 @@ class DiscordAdapter:
         self.client = _client(self, settings, intents, guild_ready_timeout)
         self.tree = app_commands.CommandTree(self.client)
         self._commands = commands(settings, core)
-        for command in self._app_commands(settings.reset_command):
+        for command in self._app_commands(settings.command_names()):
             self.tree.add_command(command)
         self.client.event(self.on_message)
         self._inflight: set[asyncio.Task[object]] = set()
@@ -273,7 +273,7 @@ class DiscordAdapter:
         channel = message.guild.get_channel_or_thread(channel_id) if message.guild else None
         return channel.name if channel is not None else "channel"
 
-    def _app_commands(self, reset_name: str) -> list[app_commands.Command[Any, Any, None]]:
+    def _app_commands(self, names: dict[str, str]) -> list[app_commands.Command[Any, Any, None]]:
         async def reset(interaction: discord.Interaction) -> None:
             await self._answer_command(interaction, "reset", "")
 
@@ -290,15 +290,15 @@ class DiscordAdapter:
 
         return [
             app_commands.Command(
-                name=reset_name, description="Forget this channel's or thread's conversation", callback=reset
+                name=names["reset"], description="Forget this channel's or thread's conversation", callback=reset
             ),
             app_commands.Command(
-                name="usage", description="Tokens and cost, and what is left of the budgets", callback=usage
+                name=names["usage"], description="Tokens and cost, and what is left of the budgets", callback=usage
             ),
             app_commands.Command(
-                name="system", description="Show or set this channel's system prompt", callback=system
+                name=names["system"], description="Show or set this channel's system prompt", callback=system
             ),
-            app_commands.Command(name="model", description="Show or pick this channel's model", callback=model),
+            app_commands.Command(name=names["model"], description="Show or pick this channel's model", callback=model),
         ]
 
     async def _answer_command(self, interaction: discord.Interaction, name: str, arg: str) -> None:
