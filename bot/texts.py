@@ -40,6 +40,12 @@ HISTORY_CUT = (
     "(The previous message was too long for me to reread whole: for this answer I saw only its beginning, "
     "and nothing said before it.)"
 )
+#: A start-up warning (the log): TEAMBOT_DISCORD_GUILD takes the commands out of every other server.
+DISCORD_GUILD_CLEARS_GLOBAL = (
+    "TEAMBOT_DISCORD_GUILD={guild} registers the slash commands in that server only and clears the global ones, "
+    "so in the {count} other server{s} this bot is in {commands} disappear; unset it to "
+    "register them everywhere"
+)
 REPLY_NOT_SAVED = "I could not save this answer (a problem with my storage), so I will not remember it later."
 
 RESET_DONE = "Forgot {count} message{s} of this conversation. The next mention starts fresh."

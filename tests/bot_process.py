@@ -69,6 +69,19 @@ class Bot:
         return code
 
 
+def teambot_argv(*args: str, discord_url: str | None = None) -> list[str]:
+    """``teambot ARGS`` in a fresh interpreter; with ``discord_url``, its discord.py talks to the fake Discord there
+    (``tests.fakes.discord.point_discord_at``), as ``SLACK_API_URL`` points the Slack SDK at the fake Slack."""
+    if discord_url is None:
+        return [sys.executable, "-m", "bot", *args]
+    code = (
+        # The context manager is kept in a name: collected, it would restore discord.py's real URLs.
+        "import sys; from tests.fakes.discord import point_discord_at; pointed = point_discord_at(sys.argv.pop(1)); "
+        "pointed.__enter__(); sys.argv[0] = 'teambot'; from bot.cli import main; main()"
+    )
+    return [sys.executable, "-c", code, discord_url, *args]
+
+
 async def scrape(http: httpx.AsyncClient, url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value

@@ -15,6 +15,7 @@ from bot.check import check_database, check_model
 from bot.config import Settings
 from bot.store import open_store
 from bot.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
+from tests.bot_process import teambot_argv
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
@@ -90,7 +91,8 @@ async def test_discord_token_good_and_bad() -> None:
         with fake.patch_discord():
             good = await registry.check(settings(discord_token="the-right-token"))
             bad = await registry.check(settings(discord_token="a-wrong-token"))
-    assert [r.ok for r in good] == [True] and [r.ok for r in bad] == [False]
+    assert [(r.name, r.ok) for r in good] == [("discord token", True), ("discord invite", True)]
+    assert [r.ok for r in bad] == [False]
     assert "a-wrong-token" not in bad[0].line()
 
 
@@ -161,3 +163,23 @@ async def test_a_command_name_taken_twice_or_invalid_is_refused(
     code, out, _ = await teambot_check(tmp_path, **env)
     assert code == 2
     assert out.startswith(f"FAIL  configuration: invalid setting {named}")
+
+
+async def test_the_check_prints_the_discord_invite_link(tmp_path: Path) -> None:
+    async with FakeOpenAI() as model, FakeDiscord(token="the-right-token") as fake:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(ROOT),
+            "OPENAI_BASE_URL": model.base_url,
+            "OPENAI_MODEL": "fake-model",
+            "DISCORD_TOKEN": "the-right-token",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *teambot_argv("check", discord_url=fake.url), cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode()
+    assert (
+        "PASS  discord invite: https://discord.com/oauth2/authorize?client_id=1000"
+        "&scope=bot+applications.commands&permissions=274877975552\n" in out.decode()
+    )

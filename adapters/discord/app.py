@@ -39,6 +39,15 @@ TEXT_LIMIT = 2000
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
 _CHANNEL_MENTION = re.compile(r"<#(\d+)>")
+#: What the bot needs in a channel: see it, read what was said before (replies), answer there and in its threads.
+PERMISSIONS = discord.Permissions(
+    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
+)
+
+
+def invite_url(application_id: int | str) -> str:
+    """The link that adds the bot to a server with its slash commands and the permissions it needs."""
+    return discord.utils.oauth_url(application_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands"))
 
 
 class DiscordSink:
@@ -162,7 +171,10 @@ class DiscordAdapter:
             await asyncio.gather(self._runner, return_exceptions=True)
 
     async def sync_commands(self) -> None:
+        if self.client.application_id is not None:
+            log.info("Discord: add the bot to a server with %s", invite_url(self.client.application_id))
         if self._settings.discord_guild is not None:
+            await self._warn_other_guilds(self._settings.discord_guild)
             guild = discord.Object(id=self._settings.discord_guild)
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
@@ -172,6 +184,20 @@ class DiscordAdapter:
         else:
             synced = await self.tree.sync()
         log.info("Discord application commands synced: %s", ", ".join(c.name for c in synced))
+
+    async def _warn_other_guilds(self, guild_id: int) -> None:
+        """Registering the commands in one server clears the global ones: say so if the bot is in other servers."""
+        try:
+            others = [g.id async for g in self.client.fetch_guilds(limit=None) if g.id != guild_id]
+        except discord.HTTPException as exc:
+            log.debug("could not list the bot's servers: %s", exc)
+            return
+        if others:
+            names = [f"/{name}" for name in self._settings.command_names().values()]
+            warning = texts.DISCORD_GUILD_CLEARS_GLOBAL.format(
+                guild=guild_id, count=len(others), s=texts.plural(len(others)), commands=", ".join(names)
+            )
+            log.warning("%s", warning)
 
     def _addressed(self, message: discord.Message) -> bool:
         me = self.client.user
@@ -326,14 +352,27 @@ class DiscordAdapter:
 
 
 async def check_discord(settings: Settings) -> list[CheckResult]:
-    """``teambot check``: is the bot token accepted?"""
+    """``teambot check``: is the bot token accepted? And the link that invites the bot to a server."""
     assert settings.discord_token is not None
     headers = {"Authorization": f"Bot {settings.discord_token.get_secret_value()}"}
     try:
         async with httpx.AsyncClient(timeout=20) as http:
             response = await http.get(f"{discord.http.Route.BASE}/users/@me", headers=headers)
+            if response.status_code != 200:
+                return [CheckResult("discord token", False, f"DISCORD_TOKEN rejected (HTTP {response.status_code})")]
+            token = CheckResult("discord token", True, f"accepted: {response.json().get('username')}")
+            return [token, await _check_invite(http, headers)]
     except httpx.HTTPError as exc:
         return [CheckResult("discord token", False, f"cannot reach Discord: {type(exc).__name__}")]
-    if response.status_code != 200:
-        return [CheckResult("discord token", False, f"DISCORD_TOKEN rejected (HTTP {response.status_code})")]
-    return [CheckResult("discord token", True, f"accepted: {response.json().get('username')}")]
+
+
+async def _check_invite(http: httpx.AsyncClient, headers: dict[str, str]) -> CheckResult:
+    """The invite link, from the application the token belongs to (its id is not always the bot user's)."""
+    response = await http.get(f"{discord.http.Route.BASE}/oauth2/applications/@me", headers=headers)
+    try:
+        application_id = response.json()["id"] if response.status_code == 200 else None
+    except (ValueError, KeyError, TypeError):
+        application_id = None
+    if application_id is None:
+        return CheckResult("discord invite", False, f"cannot read the application (HTTP {response.status_code})")
+    return CheckResult("discord invite", True, invite_url(application_id))
