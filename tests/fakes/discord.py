@@ -580,7 +580,7 @@ class FakeDiscord(LoopbackServer):
             )
         if route == ("GET", "users/@me/guilds"):
             # The bot's servers, as partial guilds (discord.py's fetch_guilds).
-            partial = {"icon": None, "owner": False, "permissions": "0", "features": []}
+            partial: dict[str, Any] = {"icon": None, "owner": False, "permissions": "0", "features": []}
             return _json([{"id": g, "name": f"guild {g}", **partial} for g in self.guild_ids()])
         if route in (("GET", "gateway"), ("GET", "gateway/bot")):
             return _json(
