@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,10 +51,14 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 async def start(fake: FakeOpenAI, db: Path, *extra_env: tuple[str, str]) -> Console:
+    return await start_at(fake.base_url, db, ("OPENAI_API_KEY", "sk-console-test-key"), *extra_env)
+
+
+async def start_at(base_url: str, db: Path, *extra_env: tuple[str, str]) -> Console:
+    """``teambot console`` on ``db``, talking to the model server at ``base_url``; returns at its first prompt."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "OPENAI_BASE_URL": fake.base_url,
-        "OPENAI_API_KEY": "sk-console-test-key",
+        "OPENAI_BASE_URL": base_url,
         "TEAMBOT_DB": str(db),
         "TEAMBOT_MAX_RETRIES": "1",
         **dict(extra_env),
@@ -72,7 +78,7 @@ async def start(fake: FakeOpenAI, db: Path, *extra_env: tuple[str, str]) -> Cons
     )
     console = Console(proc)
     banner = await console.until_prompt()
-    assert "console:local" in banner and fake.base_url in banner
+    assert "console:local" in banner and base_url in banner
     return console
 
 
@@ -120,6 +126,41 @@ async def test_one_long_answer_does_not_erase_the_conversation_before_it(fake: F
     assert out == "teambot> echo: Ada: what did the first paragraph say?\nteambot> " + texts.HISTORY_CUT + "\n"
     code, stderr = await console.close()
     assert code == 0 and "Traceback" not in stderr
+
+
+async def test_a_first_answer_without_a_key_from_the_fake_model_the_readme_names(tmp_path: Path) -> None:
+    # README: `python -m tests.fakes.openai` in a checkout, then the line it prints, in another terminal.
+    fake = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fakes.openai",
+        "--port",
+        "0",
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert fake.stdout is not None and fake.stderr is not None
+    try:
+        printed = b""
+        async with asyncio.timeout(20):
+            while b"OPENAI_BASE_URL=" not in printed:
+                line = await fake.stdout.readline()
+                assert line, (await fake.stderr.read()).decode()
+                printed += line
+        found = re.search(
+            r"^  OPENAI_BASE_URL=(http://127\.0\.0\.1:\d+/v1) \.venv/bin/teambot console$", printed.decode(), re.M
+        )
+        assert found, printed.decode()
+        console = await start_at(found.group(1), tmp_path / "teambot.db")  # no OPENAI_API_KEY at all
+        assert await console.say("hello") == "teambot> echo: Ada: hello\n"
+        code, stderr = await console.close()
+        assert code == 0 and "Traceback" not in stderr
+    finally:
+        fake.send_signal(signal.SIGINT)  # Ctrl-C in its terminal
+        await asyncio.wait_for(fake.wait(), 20)
+    assert fake.returncode == 0 and b"Traceback" not in await fake.stderr.read()
 
 
 async def test_model_errors_reach_the_user_without_a_traceback(fake: FakeOpenAI, tmp_path: Path) -> None:

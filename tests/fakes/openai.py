@@ -27,18 +27,20 @@ may share one message (``[[slow:0.2]] [[cut]]``); each keeps its own count. Unkn
 
 Examples: ``[[500x2]]`` fails twice then succeeds; ``[[429:ra=0.2x1]]`` is rate limited once for 0.2 s.
 
-Run standalone for manual trying: ``python -m tests.fakes.openai --port 8081``.
+Run standalone for a first try of the bot without a key: ``python -m tests.fakes.openai`` (from a checkout) serves
+it on port 8081 and prints the ``OPENAI_BASE_URL=...`` line to start ``teambot console`` with.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import math
+import os
 import re
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -438,23 +440,38 @@ class FakeOpenAI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Serve the fake OpenAI-compatible API on loopback.")
-    parser.add_argument("--port", type=int, default=8081)
+    """``python -m tests.fakes.openai``: an offline echo model for a first try of the bot, no key needed."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes.openai",
+        description="Serve the fake OpenAI-compatible API on loopback: it answers 'echo: <your message>'.",
+    )
+    parser.add_argument("--port", type=int, default=8081, help="port on 127.0.0.1 (default 8081; 0: any free port)")
     parser.add_argument("--api-key", default=None, help="require this bearer key (default: accept any)")
     parser.add_argument("--chunk-delay", type=float, default=0.02, help="seconds between streamed chunks")
     args = parser.parse_args()
 
     async def serve() -> None:
         fake = FakeOpenAI(api_key=args.api_key, chunk_delay=args.chunk_delay)
-        await fake.start(port=args.port)
-        print(f"fake OpenAI API at {fake.base_url}", flush=True)
         try:
-            await asyncio.Event().wait()
+            await fake.start(port=args.port)
+        except OSError as exc:
+            raise SystemExit(
+                f"python -m tests.fakes.openai: cannot listen on port {args.port}: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}"
+            ) from None
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        print(f"fake OpenAI-compatible API (an echo model, no key needed) at {fake.base_url}", flush=True)
+        print("In another terminal, from this checkout:", flush=True)
+        print(f"  OPENAI_BASE_URL={fake.base_url} .venv/bin/teambot console", flush=True)
+        print("Ctrl-C stops it.", flush=True)
+        try:
+            await stop.wait()
         finally:
             await fake.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":
