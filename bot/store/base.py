@@ -30,17 +30,20 @@ LAST_THREAD_QUERY = (
 #: even the newest alone does not fit, that one message (the caller cuts it: one long answer must not empty the
 #: window). Every message costs at least MIN_MESSAGE_TOKENS, so only the newest ``{rows}`` (budget / MIN) can fit:
 #: the walk down the (conversation_id, id, tokens) index stops there however long the conversation is, and reads
-#: the index alone. The running sum over it finds the oldest message that still fits (else the newest, max(id));
-#: only the rows from there on are read whole. Placeholders are filled with each engine's parameter markers.
+#: the index alone. The running sum over it finds the oldest message that still fits; only when none does is the
+#: newest looked up (coalesce evaluates its second argument only then: one more index probe, on that rare path).
+#: Only the rows from there on are read whole. Placeholders are filled with each engine's parameter markers.
 HISTORY_QUERY = (
     "SELECT id, role, author_name, content, tokens, created_at FROM messages "
     "WHERE conversation_id = {conversation} AND id < {before} AND id >= ("
-    "  SELECT coalesce(min(CASE WHEN running <= {budget} THEN id END), max(id), {before}) FROM ("
+    "  SELECT coalesce(min(id), ("
+    "    SELECT max(id) FROM messages WHERE conversation_id = {conversation} AND id < {before}"
+    "  ), {before}) FROM ("
     "    SELECT id, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running FROM ("
     "      SELECT id, tokens FROM messages WHERE conversation_id = {conversation} AND id < {before}"
     "      ORDER BY id DESC LIMIT {rows}"
     "    ) newest"
-    "  ) fitted"
+    "  ) fitted WHERE running <= {budget}"
     ") ORDER BY id"
 )
 

@@ -185,6 +185,39 @@ async def test_loading_history_costs_the_same_however_long_the_conversation(tmp_
     assert steps[2] <= steps[1] * 1.1, steps
 
 
+async def test_finding_a_newest_message_too_long_to_fit_costs_the_same_however_long_the_conversation(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "long-newest.db"
+    s = await open_store(str(path))
+    await s.close()
+    steps = {}
+    with sqlite3.connect(path) as db:
+        for conversation, length in ((1, 100), (2, 20_000)):
+            db.execute(
+                "INSERT INTO conversations (id, key, platform, workspace, channel, created_at) "
+                "VALUES (?, ?, 'slack', 'T1', ?, 0)",
+                (conversation, f"slack:T1:C{conversation}", f"C{conversation}"),
+            )
+            db.executemany(
+                "INSERT INTO messages (conversation_id, role, content, tokens, created_at) VALUES (?, 'user', ?, ?, 0)",
+                [(conversation, f"message {n}", 10_000 if n == length - 1 else 12) for n in range(length)],
+            )
+        for conversation in (1, 2):
+            count = [0]
+
+            def tick(count: list[int] = count) -> int:
+                count[0] += 1
+                return 0
+
+            db.set_progress_handler(tick, 1)
+            rows = db.execute(SQLITE_HISTORY, (conversation, 10**9, 300 // 5 + 1, 300)).fetchall()
+            db.set_progress_handler(None, 1)
+            assert [r[4] for r in rows] == [10_000]  # the long newest message alone, for the caller to cut
+            steps[conversation] = count[0]
+    assert steps[2] <= steps[1] * 1.1, steps
+
+
 async def test_history_excludes_the_current_message_and_pages_past_one_query(store: Store) -> None:
     rows = [await store.begin_turn(incoming(A, n), 1) for n in range(200)]
     last = rows[-1]
