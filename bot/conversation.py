@@ -278,9 +278,10 @@ class ConversationCore:
             return [_to_chat(m) for m in history], False
         newest = _to_chat(history[0])
         room = budget - PER_MESSAGE_OVERHEAD
-        log.info("conversation %s: the newest stored message (%d tokens) is cut to %d", key, history[0].tokens, room)
         if room < MIN_CUT_TOKENS:
+            log.info("conversation %s: no room for the newest stored message (%d tokens)", key, history[0].tokens)
             return [], True
+        log.info("conversation %s: the newest stored message (%d tokens) is cut to %d", key, history[0].tokens, room)
         return [{"role": newest["role"], "content": self._counter.truncate(newest["content"], room)}], True
 
     def _charge(self, msg: IncomingMessage, model: str | None, usage: Usage) -> UsageRecord | None:
