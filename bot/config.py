@@ -33,6 +33,10 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+#: What Slack and Discord accept as a slash command's name (lower case, digits, '-' and '_').
+_COMMAND_NAME = r"^[a-z0-9_-]{1,32}$"
+
+
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
@@ -124,7 +128,11 @@ class Settings(BaseSettings):
     http_port: int = Field(3000, ge=0, le=65535, validation_alias=_env("TEAMBOT_HTTP_PORT"))
     ops_host: str | None = Field(None, min_length=1, validation_alias=_env("TEAMBOT_OPS_HOST"))
     ops_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("TEAMBOT_OPS_PORT"))
-    reset_command: str = Field("reset", pattern=r"^[a-z0-9_-]{1,32}$", validation_alias=_env("TEAMBOT_RESET_COMMAND"))
+    # Each slash command can be renamed, for workspaces where another app already has that name.
+    reset_command: str = Field("reset", pattern=_COMMAND_NAME, validation_alias=_env("TEAMBOT_RESET_COMMAND"))
+    usage_command: str = Field("usage", pattern=_COMMAND_NAME, validation_alias=_env("TEAMBOT_USAGE_COMMAND"))
+    system_command: str = Field("system", pattern=_COMMAND_NAME, validation_alias=_env("TEAMBOT_SYSTEM_COMMAND"))
+    model_command: str = Field("model", pattern=_COMMAND_NAME, validation_alias=_env("TEAMBOT_MODEL_COMMAND"))
     ignore_bots: bool = Field(True, validation_alias=_env("TEAMBOT_IGNORE_BOTS"))
     drain_seconds: float = Field(10.0, ge=0, validation_alias=_env("TEAMBOT_DRAIN_SECONDS"))
     stream_edit_interval: float = Field(1.0, ge=0.2, validation_alias=_env("TEAMBOT_STREAM_EDIT_INTERVAL"))
@@ -151,6 +159,15 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         # `debug` is as clear as `DEBUG`; the logging module only knows the upper-case names.
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("usage_command", "system_command", "model_command")
+    @classmethod
+    def _distinct_command(cls, value: str, info: ValidationInfo) -> str:
+        # Fields are validated in the order they are declared: each name meets those of the commands before it.
+        taken = {info.data.get(f) for f in ("reset_command", "usage_command", "system_command") if f != info.field_name}
+        if value in taken:
+            raise ValueError(f"/{value} is already the name of another teambot command")
+        return value
 
     @field_validator("discord_shard_ids", mode="before")
     @classmethod
@@ -203,6 +220,15 @@ class Settings(BaseSettings):
         if value and value.endswith("/chat/completions"):
             raise ValueError(texts.BASE_URL_WITH_PATH.format(root=value.removesuffix("/chat/completions")))
         return value
+
+    def command_names(self) -> dict[str, str]:
+        """The name each platform registers for each command (``reset``, ``usage``, ``system``, ``model``)."""
+        return {
+            "reset": self.reset_command,
+            "usage": self.usage_command,
+            "system": self.system_command,
+            "model": self.model_command,
+        }
 
     def secret_values(self) -> tuple[str, ...]:
         """Every configured secret, for the log filter to mask wherever it shows up."""

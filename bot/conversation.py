@@ -67,6 +67,9 @@ class KeyedLocks:
                 self._entries[key] = (lock, users - 1)
 
 
+#: A stored message cut to fewer tokens than this says too little to be worth sending: it is left out instead.
+MIN_CUT_TOKENS = 16
+
 #: How long a turn cut off by the shutdown may take to release its message in the store.
 ABANDON_SECONDS = 2.0
 
@@ -80,6 +83,8 @@ class _Progress:
     prompt: list[ChatMessage] | None = None
     settled: bool = False
     text: list[str] = dataclasses.field(default_factory=list)
+    #: The prompt's history had to cut its newest message to fit, so it holds nothing said before that message.
+    history_cut: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +227,7 @@ class ConversationCore:
         unsaved = await self._store_reply(
             msg, completion.text, self._reply_tokens(completion), row, usage, completion.model, True, ledger
         )
-        notice = _join(unsaved, await self._notice(ledger))
+        notice = _join(_history_notice(progress), unsaved, await self._notice(ledger))
         log.info(
             "answered %s in %s via %s (%d+%d tokens)",
             msg.message_id,
@@ -272,8 +277,8 @@ class ConversationCore:
 
         for attempt in (1, 2):
             history_budget = max(0, budget - system_tokens - new_tokens)
-            history = await self.store.load_history(msg.key, history_budget, before=row)
-            prompt = [system, *map(_to_chat, history), {"role": "user", "content": content}]
+            history, progress.history_cut = await self._history(msg.key, history_budget, row)
+            prompt = [system, *history, {"role": "user", "content": content}]
             log.debug("prompt for %s: %s", msg.key, prompt)
             progress.prompt, progress.text = prompt, []
             try:
@@ -287,7 +292,8 @@ class ConversationCore:
                 self.metrics.errors.labels(type(exc).__name__).inc()
                 if isinstance(exc, errors.StreamInterrupted):
                     log.warning("stream interrupted after %d chars: %s", len(exc.partial), exc)
-                    return await self._keep_partial(msg, row, exc, prompt, model)
+                    partial = await self._keep_partial(msg, row, exc, prompt, model)
+                    return dataclasses.replace(partial, notice=_join(_history_notice(progress), partial.notice))
                 if not isinstance(exc, errors.ContextTooLong):
                     log.warning("conversation %s message %s: model call failed: %s", msg.key, msg.message_id, exc)
                     return Reply(ReplyKind.ERROR, exc.user_message)
@@ -298,6 +304,23 @@ class ConversationCore:
                 budget //= 2
                 log.info("conversation %s: context too long; retrying with %d tokens", msg.key, budget)
         raise AssertionError("unreachable: the second attempt returns")
+
+    async def _history(self, key: ConversationKey, budget: int, row: int) -> tuple[list[ChatMessage], bool]:
+        """The stored turns before ``row`` that fit ``budget`` tokens, as chat messages; True when one was cut.
+
+        The store hands back the newest message alone when even it exceeds the budget (one very long answer):
+        it is cut to fit, as an incoming message is, instead of leaving the prompt with no history at all.
+        """
+        history = await self.store.load_history(key, budget, before=row)
+        if len(history) != 1 or history[0].tokens <= budget:
+            return [_to_chat(m) for m in history], False
+        newest = _to_chat(history[0])
+        room = budget - PER_MESSAGE_OVERHEAD
+        if room < MIN_CUT_TOKENS:
+            log.info("conversation %s: no room for the newest stored message (%d tokens)", key, history[0].tokens)
+            return [], True
+        log.info("conversation %s: the newest stored message (%d tokens) is cut to %d", key, history[0].tokens, room)
+        return [{"role": newest["role"], "content": self._counter.truncate(newest["content"], room)}], True
 
     def _charge(self, msg: IncomingMessage, model: str | None, usage: Usage) -> UsageRecord | None:
         self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
@@ -407,6 +430,11 @@ def _to_chat(message: StoredMessage) -> ChatMessage:
     if message.role == "user":
         return {"role": "user", "content": f"{message.author_name or 'someone'}: {message.content}"}
     return {"role": "assistant", "content": message.content}
+
+
+def _history_notice(progress: _Progress) -> str | None:
+    # Said only when the window lost its older turns at one stroke (a cut message), not as turns age out one by one.
+    return texts.HISTORY_CUT if progress.history_cut else None
 
 
 def _join(*notices: str | None) -> str | None:

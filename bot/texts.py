@@ -44,6 +44,17 @@ MESSAGE_CUT = "Your message was too long for me, so I read only its first part (
 INTERRUPTED_MARK = "\n\n_[The answer was cut off: {reason}]_"
 #: The reason in INTERRUPTED_MARK when the bot is stopping (a restart, a deploy) in the middle of a reply.
 STOPPING = "I had to stop (a restart); ask me again in a minute"
+#: A notice beside an answer whose prompt had to cut the conversation's last message, which crowded out the rest.
+HISTORY_CUT = (
+    "(The previous message was too long for me to reread whole: for this answer I saw only its beginning, "
+    "and nothing said before it.)"
+)
+#: A start-up warning (the log): TEAMBOT_DISCORD_GUILD takes the commands out of every other server.
+DISCORD_GUILD_CLEARS_GLOBAL = (
+    "TEAMBOT_DISCORD_GUILD={guild} registers the slash commands in that server only and clears the global ones, "
+    "so in the {count} other server{s} this bot is in {commands} disappear; unset it to "
+    "register them everywhere"
+)
 REPLY_NOT_SAVED = "I could not save this answer (a problem with my storage), so I will not remember it later."
 
 RESET_DONE = "Forgot {count} message{s} of this conversation. The next mention starts fresh."

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -69,10 +70,23 @@ class Bot:
         headers = {"Content-Type": "application/json", **signed_headers(SECRET, body)}
         assert (await http.post(f"{self.url}/slack/events", content=body, headers=headers)).status_code == 200
 
+    async def command(self, http: httpx.AsyncClient, form: dict[str, str]) -> int:
+        """Post a signed slash command (``tests.fakes.slack.slash_command_form``), as Slack does in HTTP mode;
+        the HTTP status of the bot's answer."""
+        body = urlencode(form)
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **signed_headers(SECRET, body)}
+        return (await http.post(f"{self.url}/slack/events", content=body, headers=headers)).status_code
+
     async def wait(self) -> int:
         code = await asyncio.wait_for(self.proc.wait(), 30)
         await self._reader
         return code
+
+
+def teambot_argv(*args: str, discord_url: str | None = None) -> list[str]:
+    """``teambot ARGS`` in a fresh interpreter; with ``discord_url``, its discord.py talks to the fake Discord there
+    (see :func:`teambot_command`), as ``SLACK_API_URL`` points the Slack SDK at the fake Slack."""
+    return [*teambot_command(discord_url), *args]
 
 
 async def scrape(http: httpx.AsyncClient, url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -160,15 +174,18 @@ def base_env(**env: str) -> dict[str, str]:
 
 
 async def teambot(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: bytes | None = None, within: float = 60
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+    within: float = 60,
+    discord_url: str | None = None,
 ) -> tuple[int | None, str, str]:
     """``teambot ARGS`` with only ``env`` set (see :func:`base_env`): exit code, stdout, stderr. A process still
-    running after ``within`` seconds is killed and fails the test: a hang is a failure, not a slow pass."""
+    running after ``within`` seconds is killed and fails the test: a hang is a failure, not a slow pass. See
+    :func:`teambot_command` for ``discord_url``."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        *args,
+        *teambot_argv(*args, discord_url=discord_url),
         cwd=cwd,
         env=base_env(**(env or {})),
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,

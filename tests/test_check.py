@@ -81,8 +81,9 @@ async def test_discord_token_good_and_bad() -> None:
         with fake.patch_discord():
             good = await registry.check(settings(discord_token="the-right-token"))
             bad = await registry.check(settings(discord_token="a-wrong-token"))
-    assert [r.ok for r in good] == [True, True] and [r.ok for r in bad] == [True, False]
+    assert [(r.name, r.ok) for r in good][1:] == [("discord token", True), ("discord invite", True)]
     assert good[0].skipped and good[0].line().startswith("SKIP  slack: not configured: set SLACK_BOT_TOKEN")
+    assert [r.ok for r in bad] == [True, False]
     assert "a-wrong-token" not in bad[0].line()
 
 
@@ -219,3 +220,29 @@ async def test_an_unreachable_slack_with_an_app_token_fails_with_a_line_not_a_tr
     slack_lines = [line for line in out.splitlines() if "slack" in line]
     assert slack_lines and all(line.startswith("FAIL") and "cannot reach" in line for line in slack_lines)
     assert app_token not in out + err
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TEAMBOT_USAGE_COMMAND": "reset"}, "TEAMBOT_USAGE_COMMAND"),
+        ({"TEAMBOT_MODEL_COMMAND": "Bad Name"}, "TEAMBOT_MODEL_COMMAND"),
+    ],
+)
+async def test_a_command_name_taken_twice_or_invalid_is_refused(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    code, out, _ = await teambot_check(tmp_path, **env)
+    assert code == 2
+    assert out.startswith(f"FAIL  configuration: invalid setting {named}")
+
+
+async def test_the_check_prints_the_discord_invite_link(tmp_path: Path) -> None:
+    async with FakeOpenAI() as model, FakeDiscord(token="the-right-token") as fake:
+        env = {"OPENAI_BASE_URL": model.base_url, "OPENAI_MODEL": "fake-model", "DISCORD_TOKEN": "the-right-token"}
+        code, out, _ = await teambot("check", cwd=tmp_path, env=env, discord_url=fake.url)
+    assert code == 0, out
+    assert (
+        "PASS  discord invite: https://discord.com/oauth2/authorize?client_id=1000"
+        "&scope=bot+applications.commands&permissions=274877975552\n" in out
+    )

@@ -183,6 +183,53 @@ async def test_a_message_larger_than_the_budget_is_truncated(harness: Harness, k
     assert short.notice is None
 
 
+@pytest.mark.parametrize("knobs", [Knobs(history_tokens=2000)], indirect=True)
+async def test_one_long_answer_is_cut_to_fit_rather_than_erase_the_history(
+    harness: Harness, knobs: Knobs, counter: TokenCounter
+) -> None:
+    await harness.say("my favourite colour is teal")
+    essay = await harness.say("write me an essay [[long:50000]]")
+    assert len(essay.text) == 50_000 and essay.notice is None
+
+    follow = await harness.say("what was the first paragraph about?")
+    messages = harness.fake.requests[-1]["messages"]
+    # The essay alone is over the budget: it comes cut to fit instead of leaving the model with no history at all.
+    assert [m["role"] for m in messages] == ["system", "assistant", "user"]
+    cut = messages[1]["content"]
+    assert cut.endswith(" […]") and essay.text.startswith(cut.removesuffix(" […]")) and len(cut) > 2_000
+    assert sum(counter.count_message(m["content"]) for m in messages) <= knobs.history_tokens
+    # The person is told that the model saw only part of it, and nothing before it.
+    assert follow.kind is ReplyKind.ANSWER and follow.notice == texts.HISTORY_CUT
+
+    # Once the long answer is not the newest any more, the window is the usual one again, with no notice.
+    again = await harness.say("thanks")
+    assert user_contents(harness.fake.requests[-1]) == ["Ada: what was the first paragraph about?", "Ada: thanks"]
+    assert again.notice is None
+
+
+@pytest.mark.parametrize("knobs", [Knobs(history_tokens=2000)], indirect=True)
+async def test_a_partial_answer_after_a_long_one_says_the_history_was_cut(harness: Harness) -> None:
+    await harness.say("write me an essay [[long:50000]]")
+    reply = await harness.core.handle(harness.message("[[cut]] and what comes after that essay?"), _ignore)
+    assert reply.kind is ReplyKind.PARTIAL and reply.notice == texts.HISTORY_CUT
+
+
+@pytest.mark.parametrize("knobs", [Knobs(history_tokens=256)], indirect=True)
+async def test_a_cut_too_small_to_say_anything_is_left_out(harness: Harness, counter: TokenCounter) -> None:
+    await harness.say("write me an essay [[long:50000]]")
+    # A question that leaves the history 8 tokens once a context-too-long error has halved the budget to 128.
+    system = counter.count_message(harness.fake.requests[-1]["messages"][0]["content"])
+    question = "[[contextx1]]"
+    while counter.count_message(f"Ada: {question} more") <= 128 - system - 8:
+        question += " more"
+    reply = await harness.say(question)
+    failed, succeeded = harness.fake.requests[-2:]
+    assert [m["role"] for m in failed["messages"]] == ["system", "assistant", "user"]
+    # Four tokens of the essay would be " […]" and nothing else: the retry goes without it, and says so.
+    assert [m["role"] for m in succeeded["messages"]] == ["system", "user"]
+    assert reply.kind is ReplyKind.ANSWER and reply.notice == texts.HISTORY_CUT
+
+
 async def test_control_characters_and_nuls_are_dropped(harness: Harness) -> None:
     await harness.say("a\x00b\x07c\td\ne ☃ שלום 🎉")
     assert user_contents(harness.fake.requests[-1])[-1] == "Ada: abc\td\ne ☃ שלום 🎉"

@@ -41,6 +41,15 @@ TEXT_LIMIT = 2000
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
 _CHANNEL_MENTION = re.compile(r"<#(\d+)>")
+#: What the bot needs in a channel: see it, read what was said before (replies), answer there and in its threads.
+PERMISSIONS = discord.Permissions(
+    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
+)
+
+
+def invite_url(application_id: int | str) -> str:
+    """The link that adds the bot to a server with its slash commands and the permissions it needs."""
+    return discord.utils.oauth_url(application_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands"))
 
 
 class DiscordSink:
@@ -176,7 +185,7 @@ class DiscordAdapter:
         self.client = _client(self, settings, intents, guild_ready_timeout)
         self.tree = app_commands.CommandTree(self.client)
         self._commands = commands(settings, core)
-        for command in self._app_commands(settings.reset_command):
+        for command in self._app_commands(settings.command_names()):
             self.tree.add_command(command)
         self.client.event(self.on_message)
         self._inflight: set[asyncio.Task[object]] = set()
@@ -260,7 +269,10 @@ class DiscordAdapter:
             logging.getLogger("discord.client").removeFilter(_RECONNECT_LINE)
 
     async def sync_commands(self) -> None:
+        if self.client.application_id is not None:
+            log.info("Discord: add the bot to a server with %s", invite_url(self.client.application_id))
         if self._settings.discord_guild is not None:
+            await self._warn_other_guilds(self._settings.discord_guild)
             guild = discord.Object(id=self._settings.discord_guild)
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
@@ -270,6 +282,20 @@ class DiscordAdapter:
         else:
             synced = await self.tree.sync()
         log.info("Discord application commands synced: %s", ", ".join(c.name for c in synced))
+
+    async def _warn_other_guilds(self, guild_id: int) -> None:
+        """Registering the commands in one server clears the global ones: say so if the bot is in other servers."""
+        try:
+            others = [g.id async for g in self.client.fetch_guilds(limit=None) if g.id != guild_id]
+        except discord.HTTPException as exc:
+            log.debug("could not list the bot's servers: %s", exc)
+            return
+        if others:
+            names = [f"/{name}" for name in self._settings.command_names().values()]
+            warning = texts.DISCORD_GUILD_CLEARS_GLOBAL.format(
+                guild=guild_id, count=len(others), s=texts.plural(len(others)), commands=", ".join(names)
+            )
+            log.warning("%s", warning)
 
     def _addressed(self, message: discord.Message) -> bool:
         me = self.client.user
@@ -371,7 +397,7 @@ class DiscordAdapter:
         channel = message.guild.get_channel_or_thread(channel_id) if message.guild else None
         return channel.name if channel is not None else "channel"
 
-    def _app_commands(self, reset_name: str) -> list[app_commands.Command[Any, Any, None]]:
+    def _app_commands(self, names: dict[str, str]) -> list[app_commands.Command[Any, Any, None]]:
         async def reset(interaction: discord.Interaction) -> None:
             await self._answer_command(interaction, "reset", "")
 
@@ -388,15 +414,15 @@ class DiscordAdapter:
 
         return [
             app_commands.Command(
-                name=reset_name, description="Forget this channel's or thread's conversation", callback=reset
+                name=names["reset"], description="Forget this channel's or thread's conversation", callback=reset
             ),
             app_commands.Command(
-                name="usage", description="Tokens and cost, and what is left of the budgets", callback=usage
+                name=names["usage"], description="Tokens and cost, and what is left of the budgets", callback=usage
             ),
             app_commands.Command(
-                name="system", description="Show or set this channel's system prompt", callback=system
+                name=names["system"], description="Show or set this channel's system prompt", callback=system
             ),
-            app_commands.Command(name="model", description="Show or pick this channel's model", callback=model),
+            app_commands.Command(name=names["model"], description="Show or pick this channel's model", callback=model),
         ]
 
     async def _answer_command(self, interaction: discord.Interaction, name: str, arg: str) -> None:
@@ -424,14 +450,27 @@ class DiscordAdapter:
 
 
 async def check_discord(settings: Settings) -> list[CheckResult]:
-    """``teambot check``: is the bot token accepted?"""
+    """``teambot check``: is the bot token accepted? And the link that invites the bot to a server."""
     assert settings.discord_token is not None
     headers = {"Authorization": f"Bot {settings.discord_token.get_secret_value()}"}
     try:
         async with httpx.AsyncClient(timeout=20) as http:
             response = await http.get(f"{discord.http.Route.BASE}/users/@me", headers=headers)
+            if response.status_code != 200:
+                return [CheckResult("discord token", False, f"DISCORD_TOKEN rejected (HTTP {response.status_code})")]
+            token = CheckResult("discord token", True, f"accepted: {response.json().get('username')}")
+            return [token, await _check_invite(http, headers)]
     except httpx.HTTPError as exc:
         return [CheckResult("discord token", False, f"cannot reach Discord: {type(exc).__name__}")]
-    if response.status_code != 200:
-        return [CheckResult("discord token", False, f"DISCORD_TOKEN rejected (HTTP {response.status_code})")]
-    return [CheckResult("discord token", True, f"accepted: {response.json().get('username')}")]
+
+
+async def _check_invite(http: httpx.AsyncClient, headers: dict[str, str]) -> CheckResult:
+    """The invite link, from the application the token belongs to (its id is not always the bot user's)."""
+    response = await http.get(f"{discord.http.Route.BASE}/oauth2/applications/@me", headers=headers)
+    try:
+        application_id = response.json()["id"] if response.status_code == 200 else None
+    except (ValueError, KeyError, TypeError):
+        application_id = None
+    if application_id is None:
+        return CheckResult("discord invite", False, f"cannot read the application (HTTP {response.status_code})")
+    return CheckResult("discord invite", True, invite_url(application_id))

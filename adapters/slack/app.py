@@ -45,7 +45,7 @@ from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, Thinkin
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
 from bot import logcontext, texts
 from bot.check import CheckResult
-from bot.commands import COMMANDS, CommandContext
+from bot.commands import CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
 from bot.errors import ConfigError
@@ -253,7 +253,7 @@ class SlackAdapter:
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self._commands = commands(settings, core)
-        self._command_names = {f"/{settings.reset_command}": "reset"} | {f"/{n}": n for n in COMMANDS if n != "reset"}
+        self._command_names = {f"/{slash}": name for name, slash in settings.command_names().items()}
         for slash in self._command_names:
             self.app.command(slash)(self._on_command)
         self._names: OrderedDict[str, str] = OrderedDict()

@@ -27,15 +27,19 @@ LAST_THREAD_QUERY = (
     "AND m.author_id = {author} ORDER BY m.id DESC LIMIT 1"
 )
 
-#: The newest messages before ``{before}`` that fit ``{budget}`` tokens together, oldest first, without a hole.
-#: Every message costs at least MIN_MESSAGE_TOKENS, so only the newest ``{rows}`` (budget / MIN) can fit: the walk
-#: down the (conversation_id, id, tokens) index stops there however long the conversation is, and reads the index
-#: alone. The running sum over it finds the oldest message that still fits; only the rows from there on are read
-#: whole. Placeholders are filled with each engine's parameter markers.
+#: The newest messages before ``{before}`` that fit ``{budget}`` tokens together, oldest first, without a hole; when
+#: even the newest alone does not fit, that one message (the caller cuts it: one long answer must not empty the
+#: window). Every message costs at least MIN_MESSAGE_TOKENS, so only the newest ``{rows}`` (budget / MIN) can fit:
+#: the walk down the (conversation_id, id, tokens) index stops there however long the conversation is, and reads
+#: the index alone. The running sum over it finds the oldest message that still fits; only when none does is the
+#: newest looked up (coalesce evaluates its second argument only then: one more index probe, on that rare path).
+#: Only the rows from there on are read whole. Placeholders are filled with each engine's parameter markers.
 HISTORY_QUERY = (
     "SELECT id, role, author_name, content, tokens, created_at FROM messages "
     "WHERE conversation_id = {conversation} AND id < {before} AND id >= ("
-    "  SELECT coalesce(min(id), {before}) FROM ("
+    "  SELECT coalesce(min(id), ("
+    "    SELECT max(id) FROM messages WHERE conversation_id = {conversation} AND id < {before}"
+    "  ), {before}) FROM ("
     "    SELECT id, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running FROM ("
     "      SELECT id, tokens FROM messages WHERE conversation_id = {conversation} AND id < {before}"
     "      ORDER BY id DESC LIMIT {rows}"
@@ -194,6 +198,9 @@ class Store(Protocol):
     async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
         """The newest messages older than row ``before`` whose tokens fit ``token_budget``, oldest first.
 
+        When even the newest message alone exceeds the budget, it is returned alone (more tokens than the budget):
+        the caller cuts it to fit, rather than send a prompt that forgot the whole conversation. Empty only when
+        there is no message before ``before`` or the budget is not positive.
         Reads only what the budget can hold: the cost does not grow with the conversation's length.
         """
         ...

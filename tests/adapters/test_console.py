@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import sqlite3
 import struct
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bot import texts
 from tests.fakes.openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,20 +57,27 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
         yield server
 
 
-def console_env(fake: FakeOpenAI, db: Path, *extra_env: tuple[str, str]) -> dict[str, str]:
+def env_at(base_url: str, db: Path, *extra_env: tuple[str, str]) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(ROOT),
-        "OPENAI_BASE_URL": fake.base_url,
-        "OPENAI_API_KEY": "sk-console-test-key",
+        "OPENAI_BASE_URL": base_url,
         "TEAMBOT_DB": str(db),
         "TEAMBOT_MAX_RETRIES": "1",
         **dict(extra_env),
     }
 
 
+def console_env(fake: FakeOpenAI, db: Path, *extra_env: tuple[str, str]) -> dict[str, str]:
+    return env_at(fake.base_url, db, ("OPENAI_API_KEY", "sk-console-test-key"), *extra_env)
+
+
 async def start(fake: FakeOpenAI, db: Path, *extra_env: tuple[str, str]) -> Console:
-    env = console_env(fake, db, *extra_env)
+    return await start_at(fake.base_url, db, ("OPENAI_API_KEY", "sk-console-test-key"), *extra_env)
+
+
+async def start_at(base_url: str, db: Path, *extra_env: tuple[str, str]) -> Console:
+    """``teambot console`` on ``db``, talking to the model server at ``base_url``; returns at its first prompt."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -77,14 +86,14 @@ async def start(fake: FakeOpenAI, db: Path, *extra_env: tuple[str, str]) -> Cons
         "--name",
         "Ada",
         cwd=db.parent,
-        env=env,
+        env=env_at(base_url, db, *extra_env),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     console = Console(proc)
     console.banner = await console.until_prompt()
-    assert "console:local" in console.banner and fake.base_url in console.banner
+    assert "console:local" in console.banner and base_url in console.banner
     return console
 
 
@@ -115,6 +124,58 @@ async def test_a_conversation_survives_a_restart_and_reset_forgets_it(fake: Fake
     stderr = (await console.proc.stderr.read()).decode()
     assert code == 0 and "Traceback" not in stderr
     assert fake.headers[-1]["Authorization"] == "Bearer sk-console-test-key"
+
+
+async def test_one_long_answer_does_not_erase_the_conversation_before_it(fake: FakeOpenAI, tmp_path: Path) -> None:
+    fake.chunk_delay = 0.0
+    console = await start(fake, tmp_path / "t.db", ("TEAMBOT_HISTORY_TOKENS", "2000"))
+    await console.say("my name is Ada and I like teal")
+    essay = await console.say("write me an essay [[long:50000]]")
+    assert essay.startswith("teambot> Paragraph 1: ") and len(essay) > 50_000
+    out = await console.say("what did the first paragraph say?")
+    # The model gets the essay's beginning, cut to fit the budget, rather than no history at all.
+    sent = fake.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "assistant", "user"]
+    assert sent[1]["content"].startswith("Paragraph 1: lorem ipsum") and sent[1]["content"].endswith(" […]")
+    # And the person is told, in one line under the answer.
+    assert out == "teambot> echo: Ada: what did the first paragraph say?\nteambot> " + texts.HISTORY_CUT + "\n"
+    code, stderr = await console.close()
+    assert code == 0 and "Traceback" not in stderr
+
+
+async def test_a_first_answer_without_a_key_from_the_fake_model_the_readme_names(tmp_path: Path) -> None:
+    # README: `python -m tests.fakes.openai` in a checkout, then the line it prints, in another terminal.
+    fake = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fakes.openai",
+        "--port",
+        "0",
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert fake.stdout is not None and fake.stderr is not None
+    try:
+        printed = b""
+        async with asyncio.timeout(20):
+            while b"OPENAI_BASE_URL=" not in printed:
+                line = await fake.stdout.readline()
+                assert line, (await fake.stderr.read()).decode()
+                printed += line
+        found = re.search(
+            r"^  OPENAI_BASE_URL=(http://127\.0\.0\.1:\d+/v1) \.venv/bin/teambot console$", printed.decode(), re.M
+        )
+        assert found, printed.decode()
+        console = await start_at(found.group(1), tmp_path / "teambot.db")  # no OPENAI_API_KEY at all
+        assert await console.say("hello") == "teambot> echo: Ada: hello\n"
+        code, stderr = await console.close()
+        assert code == 0 and "Traceback" not in stderr
+    finally:
+        fake.send_signal(signal.SIGINT)  # Ctrl-C in its terminal
+        await asyncio.wait_for(fake.wait(), 20)
+    assert fake.returncode == 0 and b"Traceback" not in await fake.stderr.read()
 
 
 async def test_model_errors_reach_the_user_without_a_traceback(fake: FakeOpenAI, tmp_path: Path) -> None:

@@ -156,6 +156,7 @@ class FakeDiscord(LoopbackServer):
         self._ready_shards: set[int] = set()
         self._session_shards: dict[str, int] = {}
         self._limits: list[tuple[str, re.Pattern[str], float]] = []
+        self._forbidden: list[tuple[str, re.Pattern[str]]] = []
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/gw", self._gateway)
@@ -185,6 +186,10 @@ class FakeDiscord(LoopbackServer):
 
     def calls(self, method: str, pattern: str) -> list[Any]:
         return [body for m, path, body in self.rest_calls if m == method and re.fullmatch(pattern, path)]
+
+    def forbid(self, method: str, pattern: str) -> None:
+        """Matching requests get 403 Missing Access (code 50001) from now on."""
+        self._forbidden.append((method, re.compile(pattern)))
 
     def rate_limit(self, method: str, pattern: str, times: int = 1, retry_after: float = 0.2) -> None:
         """The next ``times`` matching requests get 429 and change nothing."""
@@ -525,6 +530,8 @@ class FakeDiscord(LoopbackServer):
                         "Via": "1.1 google",
                     },
                 )
+        if any(method == request.method and pattern.fullmatch(path) for method, pattern in self._forbidden):
+            return _json({"message": "Missing Access", "code": 50001}, 403)
         self.rest_calls.append((request.method, path, body))
         self._authorization = request.headers.get("Authorization", "")
         try:
@@ -571,6 +578,10 @@ class FakeDiscord(LoopbackServer):
                     "summary": "",
                 }
             )
+        if route == ("GET", "users/@me/guilds"):
+            # The bot's servers, as partial guilds (discord.py's fetch_guilds).
+            partial: dict[str, Any] = {"icon": None, "owner": False, "permissions": "0", "features": []}
+            return _json([{"id": g, "name": f"guild {g}", **partial} for g in self.guild_ids()])
         if route in (("GET", "gateway"), ("GET", "gateway/bot")):
             return _json(
                 {

@@ -25,6 +25,7 @@ may share one message (``[[slow:0.2]] [[cut]]``); each keeps its own count. Unkn
     [[malformed]]               plain: 200 with body ``{not json``; stream: a ``data: {not json`` event after the
                                 role chunk
     [[empty]]                   a successful completion whose content is "" (stream: no text chunks)
+    [[long:N]]                  instead of the echo, a reply of exactly N characters (numbered paragraphs of words)
 
 Like a real server, a path it does not serve (a base URL without ``/v1``) answers 404 with Ollama's plain-text
 ``404 page not found``, not an OpenAI error body (``not_found`` records the paths asked); with ``models=`` given,
@@ -32,17 +33,20 @@ any other model is refused with OpenAI's 404 ``model_not_found``.
 
 Examples: ``[[500x2]]`` fails twice then succeeds; ``[[429:ra=0.2x1]]`` is rate limited once for 0.2 s.
 
-Run standalone for manual trying: ``python -m tests.fakes.openai --port 8081``.
+Run standalone for a first try of the bot without a key: ``python -m tests.fakes.openai`` (from a checkout) serves
+it on port 8081 and prints the ``OPENAI_BASE_URL=...`` line to start ``teambot console`` with.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import itertools
 import json
 import math
+import os
 import re
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -70,6 +74,7 @@ _FAULTS = (
     "midstream",
     "malformed",
     "empty",
+    "long",
 )
 # The name is an explicit alternation so that "x" in "[[500x2]]" can never be swallowed into the name.
 _TOKEN = re.compile(
@@ -126,6 +131,15 @@ def _tokens(chars: int) -> int:
 def _content(message: dict[str, Any]) -> str:
     content = message.get("content")
     return content if isinstance(content, str) else json.dumps(content) if content is not None else ""
+
+
+def long_text(chars: int) -> str:
+    """``chars`` characters of numbered paragraphs, the reply to ``[[long:N]]``: a test can tell where a cut fell."""
+    paragraphs = (f"Paragraph {n}: " + "lorem ipsum dolor sit amet " * 8 + "\n\n" for n in itertools.count(1))
+    text = ""
+    while len(text) < chars:
+        text += next(paragraphs)
+    return text[:chars]
 
 
 def _sse(payload: object) -> bytes:
@@ -262,6 +276,8 @@ class FakeOpenAI:
         if (failure := self._failure(faults, model)) is not None:
             return failure
         text = "" if "empty" in faults else self.reply(messages) if self.reply else f"echo: {last_user}"
+        if "long" in faults:
+            text = long_text(int(faults["long"]))
         prompt_tokens, completion_tokens = _tokens(prompt_chars), _tokens(len(text))
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -473,23 +489,38 @@ class FakeOpenAI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Serve the fake OpenAI-compatible API on loopback.")
-    parser.add_argument("--port", type=int, default=8081)
+    """``python -m tests.fakes.openai``: an offline echo model for a first try of the bot, no key needed."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes.openai",
+        description="Serve the fake OpenAI-compatible API on loopback: it answers 'echo: <your message>'.",
+    )
+    parser.add_argument("--port", type=int, default=8081, help="port on 127.0.0.1 (default 8081; 0: any free port)")
     parser.add_argument("--api-key", default=None, help="require this bearer key (default: accept any)")
     parser.add_argument("--chunk-delay", type=float, default=0.02, help="seconds between streamed chunks")
     args = parser.parse_args()
 
     async def serve() -> None:
         fake = FakeOpenAI(api_key=args.api_key, chunk_delay=args.chunk_delay)
-        await fake.start(port=args.port)
-        print(f"fake OpenAI API at {fake.base_url}", flush=True)
         try:
-            await asyncio.Event().wait()
+            await fake.start(port=args.port)
+        except OSError as exc:
+            raise SystemExit(
+                f"python -m tests.fakes.openai: cannot listen on port {args.port}: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}"
+            ) from None
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        print(f"fake OpenAI-compatible API (an echo model, no key needed) at {fake.base_url}", flush=True)
+        print("In another terminal, from this checkout:", flush=True)
+        print(f"  OPENAI_BASE_URL={fake.base_url} .venv/bin/teambot console", flush=True)
+        print("Ctrl-C stops it.", flush=True)
+        try:
+            await stop.wait()
         finally:
             await fake.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.fakes.openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
 
 KEY = "sk-fake-key-000000"
 
@@ -308,3 +312,22 @@ async def test_wait_for_requests(client: httpx.AsyncClient) -> None:
         assert (await pending).status_code == 200
         with pytest.raises(TimeoutError):
             await fake.wait_for_requests(2, timeout=0.1)
+
+
+async def test_run_standalone_on_a_port_in_use_it_says_so_in_one_line() -> None:
+    async with FakeOpenAI() as taken:
+        port = taken.base_url.rsplit(":", 1)[1].split("/")[0]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.fakes.openai",
+            "--port",
+            port,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1 and out == b""
+    expected = f"python -m tests.fakes.openai: cannot listen on port {port}: Address already in use"
+    assert err.decode().splitlines() == [expected]

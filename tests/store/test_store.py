@@ -147,10 +147,13 @@ async def test_history_stops_at_the_first_message_that_does_not_fit(store: Store
     assert [m.content for m in history] == ["message 3"]
 
 
-async def test_history_is_empty_when_even_the_newest_message_does_not_fit(store: Store) -> None:
+async def test_the_newest_message_comes_alone_when_even_it_does_not_fit(store: Store) -> None:
+    # The caller cuts it to fit: an empty window would forget the whole conversation behind one long answer.
     await store.begin_turn(incoming(A, 1), 10)
     await store.begin_turn(incoming(A, 2), 500)
-    assert await store.load_history(A, 100, before=10**9) == []
+    assert [(m.content, m.tokens) for m in await store.load_history(A, 100, before=10**9)] == [("message 2", 500)]
+    assert await store.load_history(A, 100, before=1) == []  # nothing before the first message
+    assert await store.load_history(A, 0, before=10**9) == []
 
 
 async def test_history_is_found_from_the_index_alone_however_long_the_conversation(tmp_path: Path) -> None:
@@ -193,6 +196,39 @@ async def test_loading_history_costs_the_same_however_long_the_conversation(tmp_
             db.set_progress_handler(None, 1)
             steps[conversation] = count[0]
     # 25 messages fit either way; the 20,000-message conversation must not cost more to read than the 100-message one.
+    assert steps[2] <= steps[1] * 1.1, steps
+
+
+async def test_finding_a_newest_message_too_long_to_fit_costs_the_same_however_long_the_conversation(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "long-newest.db"
+    s = await open_store(str(path))
+    await s.close()
+    steps = {}
+    with sqlite3.connect(path) as db:
+        for conversation, length in ((1, 100), (2, 20_000)):
+            db.execute(
+                "INSERT INTO conversations (id, key, platform, workspace, channel, created_at) "
+                "VALUES (?, ?, 'slack', 'T1', ?, 0)",
+                (conversation, f"slack:T1:C{conversation}", f"C{conversation}"),
+            )
+            db.executemany(
+                "INSERT INTO messages (conversation_id, role, content, tokens, created_at) VALUES (?, 'user', ?, ?, 0)",
+                [(conversation, f"message {n}", 10_000 if n == length - 1 else 12) for n in range(length)],
+            )
+        for conversation in (1, 2):
+            count = [0]
+
+            def tick(count: list[int] = count) -> int:
+                count[0] += 1
+                return 0
+
+            db.set_progress_handler(tick, 1)
+            rows = db.execute(SQLITE_HISTORY, (conversation, 10**9, 300 // 5 + 1, 300)).fetchall()
+            db.set_progress_handler(None, 1)
+            assert [r[4] for r in rows] == [10_000]  # the long newest message alone, for the caller to cut
+            steps[conversation] = count[0]
     assert steps[2] <= steps[1] * 1.1, steps
 
 

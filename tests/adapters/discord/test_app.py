@@ -328,10 +328,13 @@ async def test_commands_are_synced_once_at_start_globally(discord_bot: Discord) 
     ]
 
 
-@pytest.mark.parametrize("overrides", [{"discord_guild": int(GUILD_ID), "reset_command": "forget"}], indirect=False)
+RENAMED = {"reset_command": "forget", "usage_command": "spend", "model_command": "llm"}
+
+
+@pytest.mark.parametrize("overrides", [{"discord_guild": int(GUILD_ID), **RENAMED}], indirect=False)
 async def test_commands_sync_to_the_configured_guild(discord_bot: Discord) -> None:
     assert [(scope, [c["name"] for c in body]) for scope, body in discord_bot.fake.command_syncs] == [
-        (f"guild:{GUILD_ID}", ["forget", "usage", "system", "model"]),
+        (f"guild:{GUILD_ID}", ["forget", "spend", "system", "llm"]),
         ("global", []),  # no stale global copies showing twice in that guild
     ]
 

@@ -19,10 +19,11 @@ import pytest
 from adapters.slack import TEXT_LIMIT, SlackAdapter
 from adapters.slack.format import markdown_to_mrkdwn
 from bot import texts
-from bot.config import Settings
+from bot.config import DEFAULT_SYSTEM_PROMPT, Settings
 from bot.conversation import ConversationCore
 from bot.logcontext import TurnFilter
 from bot.runtime import open_core
+from tests.bot_process import start_bot
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import (
     FakeSlack,
@@ -662,3 +663,29 @@ async def test_a_command_in_a_dm_gets_an_apology_when_its_thread_cannot_be_looke
         db.execute("DROP TABLE messages")
     answer = await slash(slack, "/reset", channel_id="D1", rid="d1")
     assert answer["text"] == markdown_to_mrkdwn(texts.APOLOGY) and answer["response_type"] == "ephemeral"
+
+
+async def test_every_command_can_be_renamed_in_the_running_bot(tmp_path: Path) -> None:
+    # A workspace where other apps already own /usage, /system and /model: the bot takes the names it is given.
+    renamed = {"usage": "teambot-usage", "system": "teambot-system", "model": "teambot-model"}
+    env = {f"TEAMBOT_{name.upper()}_COMMAND": slash for name, slash in renamed.items()} | {"TEAMBOT_MODELS": "m2"}
+    async with (
+        FakeOpenAI() as model,
+        FakeSlack(users={"U1": {"display_name": "Ada"}}) as fake,
+        httpx.AsyncClient() as http,
+    ):
+        bot = await start_bot(model, fake, tmp_path / "teambot.db", http, env=env)
+        try:
+            for rid, command in enumerate(["/teambot-usage", "/teambot-system", "/teambot-model"]):
+                form = slash_command_form(command, response_url=fake.response_url(str(rid)))
+                assert await bot.command(http, form) == 200
+                await fake.wait_for(lambda rid=rid: any(r["rid"] == str(rid) for r in fake.responses), 15)
+            answers = {r["rid"]: r["text"] for r in fake.responses}
+            assert answers["0"].startswith("_Usage_") and "This workspace: today 0 tokens" in answers["0"]
+            assert answers["1"] == texts.SYSTEM_SHOW.format(prompt=DEFAULT_SYSTEM_PROMPT)
+            assert "m2" in answers["2"]
+            # The default names are left to the other apps that own them: the bot does not answer them.
+            assert await bot.command(http, slash_command_form("/usage", response_url=fake.response_url("x"))) == 404
+        finally:
+            bot.proc.terminate()
+            assert await bot.wait() == 0

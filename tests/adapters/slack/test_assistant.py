@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from adapters.slack import SlackAdapter
 from adapters.slack.format import markdown_to_mrkdwn
@@ -370,14 +371,16 @@ async def test_the_assistant_pane_over_socket_mode(
         assert fake.calls_to("assistant.threads.setTitle")[0]["title"] == "over the socket"
 
 
-def test_the_manifest_switches_the_pane_on_with_its_scope_events_and_prompts() -> None:
-    manifest = (Path(__file__).resolve().parents[3] / "deploy" / "slack-app-manifest.yml").read_text()
-    for needed in ("assistant_view:", "assistant_description:", "- assistant:write", "- message.im"):
-        assert needed in manifest
-    for event in ("assistant_thread_started", "assistant_thread_context_changed"):
-        assert f"- {event} " in manifest
-    for prompt in texts.SUGGESTED_PROMPTS:
-        assert f"message: {prompt}\n" in manifest
+@pytest.mark.parametrize("mode", ["socket", "http"])
+def test_the_manifest_switches_the_pane_on_with_its_scope_events_and_prompts(mode: str) -> None:
+    path = Path(__file__).resolve().parents[3] / "deploy" / f"slack-manifest-{mode}.yml"
+    manifest = yaml.safe_load(path.read_text())
+    pane = manifest["features"]["assistant_view"]
+    assert pane["assistant_description"]
+    assert [p["message"] for p in pane["suggested_prompts"]] == list(texts.SUGGESTED_PROMPTS)
+    assert {"assistant:write", "chat:write"} <= set(manifest["oauth_config"]["scopes"]["bot"])
+    events = manifest["settings"]["event_subscriptions"]["bot_events"]
+    assert {"assistant_thread_started", "assistant_thread_context_changed", "message.im"} <= set(events)
 
 
 async def test_a_title_lost_on_the_network_does_not_lose_the_answer(slack: Slack) -> None:
