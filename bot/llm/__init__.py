@@ -11,6 +11,7 @@ from bot.llm.client import (
     Endpoint,
     GenerationParams,
     RetryPolicy,
+    model_choice,
     model_http_client,
 )
 from bot.llm.sse import OnDelta, SSEDecoder, ThinkSplitter
@@ -30,5 +31,6 @@ __all__ = [
     "SSEDecoder",
     "ThinkSplitter",
     "TokenCounter",
+    "model_choice",
     "model_http_client",
 ]

@@ -87,6 +87,18 @@ class Completion:
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
+def model_choice(choice: str | None) -> tuple[str | None, str | None]:
+    """A channel's ``/model`` choice, as stored: the model, then optionally its reasoning effort (``"gpt-5 high"``).
+
+    Kept in the one column that holds the channel's model, so a choice of effort needs no change to the schema and
+    travels with the model it was chosen for (picking another model drops it). None means the configured default.
+    """
+    if not choice:
+        return None, None
+    model, _, effort = choice.partition(" ")
+    return model, effort.strip() or None
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationParams:
     temperature: float | None = None
@@ -132,6 +144,11 @@ class ChatClient:
         self._rand = rand
         #: Per (server, model): the parameters it refused, each mapped to the name to use instead (None: leave out).
         self._refused: dict[tuple[str, str], dict[str, str | None]] = {}
+
+    @property
+    def reasoning_effort(self) -> str | None:
+        """The configured effort (TEAMBOT_REASONING_EFFORT), for calls that name none."""
+        return self._params.reasoning_effort
 
     async def complete(
         self,
