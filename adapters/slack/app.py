@@ -38,7 +38,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.format import markdown_to_mrkdwn, unescape_slack
-from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus, error_code
+from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
 from bot import logcontext, texts
 from bot.check import CheckResult
@@ -416,6 +416,8 @@ class SlackAdapter:
             limit=TEXT_LIMIT,
             render=markdown_to_mrkdwn,
             reply_stream=reply_stream,
+            show_reasoning=self._settings.show_reasoning,
+            reasoning_sink=SlackReasoning(self.client, channel, thread_ts),
         )
 
     def _refused(self, team: str, feature: str, error: str) -> None:
