@@ -454,9 +454,13 @@ async def test_thinking_stays_out_of_the_reply_and_the_history(harness: Harness,
     assert THOUGHT_MARK not in stored
 
 
+@pytest.mark.parametrize("streaming", [True, False])
 async def test_a_reasoning_model_answers_with_no_setting_and_a_channel_effort_reaches_it(
-    harness: Harness, counter: TokenCounter
+    harness: Harness, streaming: bool
 ) -> None:
+    async def on_text(piece: str) -> None:
+        pass
+
     commands = Commands(harness.core, CommandPolicy(models=frozenset({"gpt-5-mini"})))
     admin = CommandContext(KEY, "U-admin", platform_admin=True)
     assert await commands.run("model", admin, "gpt-5-mini loud") == texts.EFFORT_NOT_KNOWN.format(
@@ -469,7 +473,7 @@ async def test_a_reasoning_model_answers_with_no_setting_and_a_channel_effort_re
     assert done == texts.MODEL_SET.format(model="gpt-5-mini with reasoning effort high")
     assert "gpt-5-mini with reasoning effort high" in await commands.run("model", admin, "")
 
-    reply = await harness.say("think hard")
+    reply = await harness.core.handle(harness.message("think hard"), on_text if streaming else None)
     assert reply.kind is ReplyKind.ANSWER and reply.text == "echo: Ada: think hard"
     request = harness.fake.requests[-1]
     assert request["model"] == "gpt-5-mini" and request["reasoning_effort"] == "high"
