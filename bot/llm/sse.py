@@ -40,6 +40,11 @@ class ThinkSplitter:
         )
         self._held = ""
 
+    @property
+    def undecided(self) -> bool:
+        """Whether the text may still hold thinking: False once the answer itself has begun."""
+        return self._mode != "answer"
+
     def feed(self, piece: str) -> tuple[str, str]:
         """The (thinking, answer) text that ``piece`` settles."""
         if self._mode == "answer":
@@ -213,8 +218,12 @@ async def take_event(data: str, result: StreamResult, on_delta: OnDelta, on_reas
         delta = choice.get("delta") or {}
         piece = delta.get("content")
         thinking = _thinking(delta)
-        if (isinstance(piece, str) and piece) or thinking:
+        if thinking or result.splitter.undecided:
             await result.add(piece if isinstance(piece, str) else "", thinking, on_delta, on_reasoning)
+        elif isinstance(piece, str) and piece:
+            # The plain path, every token of every answer once its start is known not to be a <think> block.
+            result.text += piece
+            await on_delta(piece)
         if choice.get("finish_reason"):
             result.finish_reason = choice["finish_reason"]
     return False

@@ -207,3 +207,26 @@ async def test_a_long_thought_counts_as_progress_for_the_answer_deadline() -> No
         prompt = [{"role": "user", "content": "Ada: [[thinking]] hi"}]
         result = await llm.stream(prompt, slow_thoughts.on_answer, on_reasoning=slow)
     assert result.text == "echo: Ada: [[thinking]] hi"
+
+
+async def test_a_refusal_that_names_the_parameter_only_in_its_message_is_learned() -> None:
+    """Some servers leave ``param`` out; the parameter is then read from the quoted name in the message."""
+    seen: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        if "max_tokens" in body:
+            message = "Unsupported parameter: 'max_tokens' is not supported with this model."
+            error = {"message": message, "type": "invalid_request_error", "code": "unsupported_parameter"}
+            return httpx.Response(400, json={"error": error})
+        answer = {"role": "assistant", "content": "fine"}
+        return httpx.Response(200, json={"choices": [{"message": answer, "finish_reason": "stop"}]})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        llm = ChatClient(http, Endpoint("mock", "http://model", "m"))
+        assert (await llm.complete(PROMPT)).text == "fine"
+    assert [sorted(b) for b in seen] == [
+        ["max_tokens", "messages", "model"],
+        ["max_completion_tokens", "messages", "model"],
+    ]
