@@ -153,6 +153,53 @@ class StreamingReply(Generic[H]):
         self._last_send = time.monotonic()
 
 
+class ReasoningSink(Protocol):
+    """How a platform shows a model's thinking, always apart from the answer (TEAMBOT_SHOW_REASONING)."""
+
+    async def thinking(self) -> None:
+        """The model has started to think: show that it is at work ("Thinking…"), until the answer shows."""
+        ...
+
+    async def reasoning(self, text: str) -> None:
+        """The model's whole thinking, shown collapsed and apart from the answer; called once, before it."""
+        ...
+
+
+class ReasoningView:
+    """Follows one turn's thinking: ``status`` shows the progress once, as soon as the model starts to think;
+    ``full`` also shows the thinking itself once it is over, when the answer starts (or with the reply, when
+    nothing streamed). Showing it is decoration: a platform that refuses costs the reply nothing."""
+
+    def __init__(self, mode: str, sink: ReasoningSink) -> None:
+        self.full = mode == "full"
+        self._sink = sink
+        self._text: list[str] = []
+        self._started = False
+        self._shown = False
+
+    async def on_reasoning(self, piece: str) -> None:
+        if self.full:
+            self._text.append(piece)
+        if not self._started:
+            self._started = True
+            await self._decorate(self._sink.thinking)
+
+    async def before_answer(self) -> None:
+        if self._shown or not self._text:
+            return
+        self._shown = True
+        text = "".join(self._text).strip()
+        if text:
+            await self._decorate(lambda: self._sink.reasoning(text))
+
+    @staticmethod
+    async def _decorate(show: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await show()
+        except Exception:
+            log.warning("the model's thinking could not be shown; the answer goes on", exc_info=True)
+
+
 async def deliver(
     core: ConversationCore,
     msg: IncomingMessage,
@@ -163,6 +210,8 @@ async def deliver(
     render: Callable[[str], str] = lambda text: text,
     on_first_post: Callable[[], Awaitable[None]] | None = None,
     reply_stream: ReplyStream | None = None,
+    show_reasoning: str = "off",
+    reasoning_sink: ReasoningSink | None = None,
 ) -> ReplyStream:
     """Run one turn and show its reply: the one top-level handler per event that every adapter uses.
 
@@ -170,11 +219,25 @@ async def deliver(
     of ``sink``. Known failures arrive as a reply with a message for people; anything else is a bug, logged with
     its traceback, and the people in the channel get a short apology instead of silence. Callers run it inside
     ``bot.logcontext.turn`` for the message, so every line of the delivery names the turn.
+
+    The model's thinking goes to ``reasoning_sink`` as ``show_reasoning`` says (``off``, ``status``, ``full``),
+    never into the reply.
     """
     if reply_stream is None:
         reply_stream = StreamingReply(sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post)
+    view = ReasoningView(show_reasoning, reasoning_sink) if reasoning_sink and show_reasoning != "off" else None
+    on_text = reply_stream.feed
+    if view is not None and view.full:
+        stream_feed = reply_stream.feed
+
+        async def on_text(piece: str) -> None:
+            await view.before_answer()  # the thinking goes out before the answer it led to
+            await stream_feed(piece)
+
     try:
-        reply = await core.handle(msg, reply_stream.feed)
+        reply = await core.handle(msg, on_text, view.on_reasoning if view is not None else None)
+        if view is not None and view.full:
+            await view.before_answer()
         if reply.should_post:
             await reply_stream.finish(reply.text)
         else:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from bot import texts
 from bot.conversation import ConversationCore
 from bot.guards import REPORT_SCOPES, ScopeKind
+from bot.llm import REASONING_EFFORTS, model_choice
 from bot.messages import ConversationKey
 from bot.store import ChannelSettings
 
@@ -96,19 +97,35 @@ class Commands:
         return ctx.wording.system_set
 
     async def _model(self, ctx: CommandContext, arg: str) -> str:
+        """``/model``, ``/model <name> [effort]``, ``/model reset``: the effort is a second word, kept with the
+        model it was chosen for."""
         store = self._core.store
         current = await store.channel_settings(ctx.key)
         default = self._core.default_model
         allowed = sorted(self._policy.models | {default})
         if not arg:
-            return ctx.wording.model_show.format(model=current.model or default, allowed=", ".join(allowed))
+            model, effort = model_choice(current.model)
+            effort = effort or self._core.default_effort
+            return ctx.wording.model_show.format(
+                model=f"{model or default}{_effort(effort)}", allowed=", ".join(allowed)
+            )
         if not self._admin(ctx):
             return texts.ADMIN_ONLY.format(admins=ctx.admins)
         if arg == "reset":
             await store.set_channel_settings(ctx.key, ChannelSettings(current.system_prompt, None))
             return ctx.wording.model_reset.format(model=default)
-        if arg not in allowed:
-            return ctx.wording.model_not_allowed.format(model=arg, allowed=", ".join(allowed))
-        await store.set_channel_settings(ctx.key, ChannelSettings(current.system_prompt, arg))
-        log.info("model of %s set to %s by %s", ctx.key, arg, ctx.user_id)
-        return ctx.wording.model_set.format(model=arg)
+        name, _, rest = arg.partition(" ")
+        effort = rest.strip().lower() or None
+        if name not in allowed:
+            return ctx.wording.model_not_allowed.format(model=name, allowed=", ".join(allowed))
+        if effort is not None and effort not in REASONING_EFFORTS:
+            return texts.EFFORT_NOT_KNOWN.format(effort=rest.strip(), efforts=", ".join(REASONING_EFFORTS))
+        await store.set_channel_settings(
+            ctx.key, ChannelSettings(current.system_prompt, f"{name} {effort or ''}".strip())
+        )
+        log.info("model of %s set to %s (effort %s) by %s", ctx.key, name, effort or "default", ctx.user_id)
+        return ctx.wording.model_set.format(model=f"{name}{_effort(effort)}")
+
+
+def _effort(effort: str | None) -> str:
+    return texts.MODEL_EFFORT.format(effort=effort) if effort else ""

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         "max_tokens", validation_alias=_env("TEAMBOT_MAX_TOKENS_PARAM")
     )
     stream: bool = Field(True, validation_alias=_env("TEAMBOT_STREAM"))
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        None, validation_alias=_env("TEAMBOT_REASONING_EFFORT")
+    )
+    show_reasoning: Literal["off", "status", "full"] = Field("status", validation_alias=_env("TEAMBOT_SHOW_REASONING"))
     request_timeout: float = Field(60.0, gt=0, validation_alias=_env("TEAMBOT_REQUEST_TIMEOUT"))
     request_deadline: float = Field(120.0, gt=0, validation_alias=_env("TEAMBOT_REQUEST_DEADLINE"))
     max_call_seconds: float = Field(300.0, gt=0, validation_alias=_env("TEAMBOT_MAX_CALL_SECONDS"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bot import errors, logcontext, texts
 from bot.guards import Busy, ConversationBusy, Guards
-from bot.llm import PER_MESSAGE_OVERHEAD, ChatClient, ChatMessage, Completion, TokenCounter
+from bot.llm import PER_MESSAGE_OVERHEAD, ChatClient, ChatMessage, Completion, TokenCounter, model_choice
 from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, Usage
 from bot.metrics import Metrics
 from bot.store import Store, StoredMessage, UsageRecord
@@ -122,18 +122,25 @@ class ConversationCore:
     def default_model(self) -> str:
         return self._llm.primary.model
 
-    async def handle(self, msg: IncomingMessage, on_text: OnText | None = None) -> Reply:
-        """Answer ``msg``; ``on_text`` receives pieces of the reply as they stream in.
+    @property
+    def default_effort(self) -> str | None:
+        return self._llm.reasoning_effort
+
+    async def handle(
+        self, msg: IncomingMessage, on_text: OnText | None = None, on_reasoning: OnText | None = None
+    ) -> Reply:
+        """Answer ``msg``; ``on_text`` receives pieces of the reply as they stream in, ``on_reasoning`` pieces of the
+        model's thinking (never part of the reply, nor of the history), for the adapter to show apart or not at all.
 
         Known failures come back as a ``Reply`` of kind ERROR with a message for people; only bugs raise.
         """
         with logcontext.turn(str(msg.key), msg.message_id):
             self.metrics.mentions.labels(msg.key.platform).inc()
-            reply = await self._handle(msg, on_text)
+            reply = await self._handle(msg, on_text, on_reasoning)
             self.metrics.replies.labels(msg.key.platform, reply.kind.value).inc()
             return reply
 
-    async def _handle(self, msg: IncomingMessage, on_text: OnText | None) -> Reply:
+    async def _handle(self, msg: IncomingMessage, on_text: OnText | None, on_reasoning: OnText | None) -> Reply:
         """Admission, cheapest and most certain refusal first; a refused question costs nothing and leaves no trace
         in the history (its id stays handled)."""
         if not self.guards.access.allows(msg):
@@ -165,7 +172,7 @@ class ConversationCore:
                     # Calls charged while this one queued may have used the budget up: look again.
                     if waited and (refusal := await self._budget_refusal(msg)) is not None:
                         return Reply(ReplyKind.REFUSED, refusal)
-                    return await self._turn(msg, on_text, progress)
+                    return await self._turn(msg, on_text, progress, on_reasoning)
         except Busy as exc:
             log.warning("conversation %s: %s", msg.key, exc)
             return Reply(ReplyKind.REFUSED, exc.user_message)
@@ -180,8 +187,11 @@ class ConversationCore:
         log.info("conversation %s reset: %d messages deleted", key, count)
         return count
 
-    async def _turn(self, msg: IncomingMessage, on_text: OnText | None, progress: _Progress) -> Reply:
+    async def _turn(
+        self, msg: IncomingMessage, on_text: OnText | None, progress: _Progress, on_reasoning: OnText | None
+    ) -> Reply:
         channel = await self.store.channel_settings(msg.key)
+        model, effort = model_choice(channel.model)
         system = self._system_message(channel.system_prompt)
         # A single message may take at most half of what the system prompt leaves, so that the turns around it
         # still fit next time; a longer one is cut, and stored as the model saw it.
@@ -189,7 +199,7 @@ class ConversationCore:
         single_cap = max(16, room // 2 - PER_MESSAGE_OVERHEAD)
         cleaned = _CONTROL.sub("", msg.text)
         text = self._counter.truncate(cleaned, single_cap)
-        reply = await self._answer(_with_text(msg, text), system, channel.model, on_text, progress)
+        reply = await self._answer(_with_text(msg, text), system, model, on_text, progress, effort, on_reasoning)
         if text == cleaned or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
             return reply
         # A cut question would otherwise be answered as if it had been read whole: say so, beside any budget notice.
@@ -203,13 +213,17 @@ class ConversationCore:
         model: str | None,
         on_text: OnText | None,
         progress: _Progress,
+        effort: str | None = None,
+        on_reasoning: OnText | None = None,
     ) -> Reply:
         """The reply to ``msg``, whose text is already as the model will see it."""
         content = f"{msg.author_name}: {msg.text}"
         new_tokens = self._counter.count_message(content)
         row = await self.store.add_question(msg, new_tokens)
         progress.row, progress.model = row, model
-        result = await self._call_model(msg, row, system, model, content, new_tokens, on_text, progress)
+        result = await self._call_model(
+            msg, row, system, model, content, new_tokens, on_text, progress, effort, on_reasoning
+        )
         # From here the turn ends as an answer or an error: a cut-off no longer releases its message.
         progress.settled = True
         if isinstance(result, Reply):
@@ -256,6 +270,8 @@ class ConversationCore:
         new_tokens: int,
         on_text: OnText | None,
         progress: _Progress,
+        effort: str | None = None,
+        on_reasoning: OnText | None = None,
     ) -> tuple[Completion, list[ChatMessage]] | Reply:
         """The model's completion and the prompt it answered, or the Reply that explains why there is none.
 
@@ -283,9 +299,11 @@ class ConversationCore:
             progress.prompt, progress.text = prompt, []
             try:
                 if streaming:
-                    completion = await self._llm.stream(prompt, timed, model=model)
+                    completion = await self._llm.stream(
+                        prompt, timed, model=model, effort=effort, on_reasoning=on_reasoning
+                    )
                 else:
-                    completion = await self._llm.complete(prompt, model=model)
+                    completion = await self._llm.complete(prompt, model=model, effort=effort, on_reasoning=on_reasoning)
                 self.metrics.model_latency.observe(time.monotonic() - started)
                 return completion, prompt
             except errors.LLMError as exc:

@@ -97,9 +97,14 @@ class ContextTooLong(LLMError):
 
 
 class BadRequest(LLMError):
-    def __init__(self, detail: str = "", *, status: int = 400, code: str | None = None) -> None:
+    def __init__(
+        self, detail: str = "", *, status: int = 400, code: str | None = None, param: str | None = None
+    ) -> None:
         shown = f"HTTP {status}" + (f", {code}" if code else "")
         super().__init__(detail, user_message=texts.BAD_REQUEST.format(detail=shown))
+        self.code = code
+        #: The request parameter the server named (``"temperature"``), for a refused parameter to be learned.
+        self.param = param
 
 
 class ServiceUnavailable(LLMError):

@@ -122,7 +122,12 @@ async def open_core(
                 http,
                 primary,
                 fallback=fallback,
-                params=GenerationParams(settings.temperature, settings.max_output_tokens, settings.max_tokens_param),
+                params=GenerationParams(
+                    settings.temperature,
+                    settings.max_output_tokens,
+                    settings.max_tokens_param,
+                    settings.reasoning_effort,
+                ),
                 retry=RetryPolicy(
                     max_retries=settings.max_retries,
                     deadline=settings.request_deadline,

@@ -14,6 +14,12 @@ SUGGESTED_PROMPTS = (
     "Help me write a polite reply",
 )
 THINKING_STATUS = "is thinking..."
+#: Shown while a reasoning model thinks, before its answer (TEAMBOT_SHOW_REASONING=status or full).
+REASONING_STATUS = "Thinking…"
+#: Heads the model's thinking where it is shown apart from the answer (TEAMBOT_SHOW_REASONING=full).
+REASONING_HEADER = "Thinking:"
+#: Where only part of the thinking fits.
+REASONING_CUT = "…"
 #: A thread title is a line in a list: the first question, cut to this many characters.
 TITLE_LENGTH = 60
 
@@ -128,6 +134,13 @@ SYSTEM_SET = "Done: this channel now uses the new system prompt."
 SYSTEM_RESET = "Done: this channel is back to the default system prompt."
 MODEL_SHOW = "This channel uses the model {model}. Allowed: {allowed}."
 MODEL_SET = "Done: this channel now uses {model}."
+#: Follows the model's name in MODEL_SHOW and MODEL_SET where a reasoning effort is chosen (for the channel, or
+#: by TEAMBOT_REASONING_EFFORT).
+MODEL_EFFORT = " with reasoning effort {effort}"
+EFFORT_NOT_KNOWN = (
+    "{effort!r} is not a reasoning effort. Use /model <model> [effort], the effort one of: {efforts}; "
+    "leave it out for the default."
+)
 MODEL_RESET = "Done: this channel is back to the default model, {model}."
 MODEL_NOT_ALLOWED = "{model} is not on the list of allowed models: {allowed}."
 UNKNOWN_COMMAND = "Unknown command {command!r}."

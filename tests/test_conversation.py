@@ -13,12 +13,13 @@ import pytest
 from pydantic import SecretStr
 
 from bot import texts
+from bot.commands import CommandContext, CommandPolicy, Commands
 from bot.conversation import ConversationCore, KeyedLocks, TurnSettings
 from bot.guards import Guards, KeySource, RateLimiter
-from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter, model_http_client
+from bot.llm import REASONING_EFFORTS, ChatClient, Endpoint, RetryPolicy, TokenCounter, model_http_client
 from bot.messages import ConversationKey, IncomingMessage, ReplyKind
 from bot.store import TokenBuckets, open_store
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import THOUGHT, THOUGHT_MARK, FakeOpenAI
 
 KEY = ConversationKey("slack", "T1", "C1")
 
@@ -468,3 +469,63 @@ async def test_a_turn_cut_off_after_the_model_answered_is_not_released(
             assert again.kind is ReplyKind.DUPLICATE
     finally:
         await store.close()
+
+
+# --- reasoning models ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["[[think]]", "[[thinking]]", "[[reasoning]]"])
+@pytest.mark.parametrize("streaming", [True, False])
+async def test_thinking_stays_out_of_the_reply_and_the_history(harness: Harness, token: str, streaming: bool) -> None:
+    shown: list[str] = []
+    thoughts: list[str] = []
+
+    async def on_text(piece: str) -> None:
+        shown.append(piece)
+
+    async def on_reasoning(piece: str) -> None:
+        thoughts.append(piece)
+
+    reply = await harness.core.handle(
+        harness.message(f"{token} first question"), on_text if streaming else None, on_reasoning
+    )
+    assert reply.kind is ReplyKind.ANSWER and reply.text == f"echo: Ada: {token} first question"
+    assert "".join(thoughts).strip() == THOUGHT
+    assert THOUGHT_MARK not in "".join(shown)
+    await harness.say("second question")
+    # The history sent back holds the answer alone: no thinking, no tags.
+    sent = str(harness.fake.requests[-1]["messages"])
+    assert THOUGHT_MARK not in sent and "think>" not in sent
+    with sqlite3.connect(harness.db) as db:
+        stored = " ".join(row[0] for row in db.execute("SELECT content FROM messages"))
+    assert THOUGHT_MARK not in stored
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+async def test_a_reasoning_model_answers_with_no_setting_and_a_channel_effort_reaches_it(
+    harness: Harness, streaming: bool
+) -> None:
+    async def on_text(piece: str) -> None:
+        pass
+
+    commands = Commands(harness.core, CommandPolicy(models=frozenset({"gpt-5-mini"})))
+    admin = CommandContext(KEY, "U-admin", platform_admin=True)
+    assert await commands.run("model", admin, "gpt-5-mini loud") == texts.EFFORT_NOT_KNOWN.format(
+        effort="loud", efforts=", ".join(REASONING_EFFORTS)
+    )
+    assert await commands.run("model", CommandContext(KEY, "U-someone"), "gpt-5-mini high") == texts.ADMIN_ONLY.format(
+        admins=texts.ADMINS_SLACK
+    )
+    done = await commands.run("model", admin, "gpt-5-mini high")
+    assert done == texts.MODEL_SET.format(model="gpt-5-mini with reasoning effort high")
+    assert "gpt-5-mini with reasoning effort high" in await commands.run("model", admin, "")
+
+    reply = await harness.core.handle(harness.message("think hard"), on_text if streaming else None)
+    assert reply.kind is ReplyKind.ANSWER and reply.text == "echo: Ada: think hard"
+    request = harness.fake.requests[-1]
+    assert request["model"] == "gpt-5-mini" and request["reasoning_effort"] == "high"
+    assert "max_tokens" not in request and request["max_completion_tokens"] > 0
+    # Another model drops the effort chosen for the first.
+    await commands.run("model", admin, "fake-model")
+    await harness.say("plain now")
+    assert "reasoning_effort" not in harness.fake.requests[-1]

@@ -53,14 +53,41 @@ def invite_url(application_id: int | str) -> str:
 
 
 class DiscordSink:
-    """The first message answers the trigger as a reply; longer answers continue in the channel."""
+    """The first message answers the trigger as a reply; longer answers continue in the channel.
+
+    While a reasoning model thinks, a status line (``-# Thinking…``) answers the trigger; the answer's first post
+    takes its place, or, with TEAMBOT_SHOW_REASONING=full, the line becomes the thinking, in subtext, and the
+    answer follows in a message of its own.
+    """
 
     def __init__(self, trigger: discord.Message, typing: asyncio.Task[None] | None = None) -> None:
         self._trigger = trigger
         self._typing = typing
+        self._status: discord.Message | None = None
+
+    async def thinking(self) -> None:
+        if self._status is None:
+            self._status = await self._trigger.reply(
+                f"-# {texts.REASONING_STATUS}", mention_author=False, allowed_mentions=discord.AllowedMentions.none()
+            )
+
+    async def reasoning(self, text: str) -> None:
+        status, self._status = self._status, None
+        content = subtext(text, TEXT_LIMIT)
+        if status is not None:
+            await status.edit(content=content, allowed_mentions=discord.AllowedMentions.none())
+        else:
+            await self._trigger.reply(content, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
 
     async def post(self, text: str) -> discord.Message:
         none = discord.AllowedMentions.none()
+        status, self._status = self._status, None
+        if status is not None:
+            # The status line was the reply to the trigger: the answer takes its place.
+            self.stop_typing()
+            self._typing = None
+            await status.edit(content=text, allowed_mentions=none)
+            return status
         if self._typing is not None:
             self._typing.cancel()
             self._typing = None
@@ -73,6 +100,25 @@ class DiscordSink:
     def stop_typing(self) -> None:
         if self._typing is not None:
             self._typing.cancel()
+
+
+def subtext(thinking: str, limit: int) -> str:
+    """The model's thinking as Discord subtext (``-#`` on every line: small and grey, apart from the answer),
+    headed and cut to fit one message."""
+    lines = [f"-# {texts.REASONING_HEADER}"]
+    size = len(lines[0])
+    for line in thinking.splitlines():
+        if not line.strip():
+            continue  # a blank line would end the subtext
+        line = f"-# {line.strip()}"
+        if size + 1 + len(line) > limit:
+            room = limit - size - 1 - len(texts.REASONING_CUT)
+            if room > len("-# "):
+                lines.append(line[:room] + texts.REASONING_CUT)
+            break
+        lines.append(line)
+        size += 1 + len(line)
+    return "\n".join(lines)
 
 
 class _SyncsCommands:
@@ -369,7 +415,15 @@ class DiscordAdapter:
         typing = asyncio.create_task(self._keep_typing(message.channel))
         sink = DiscordSink(message, typing)
         try:
-            await deliver(self._core, msg, sink, interval=self._settings.stream_edit_interval, limit=TEXT_LIMIT)
+            await deliver(
+                self._core,
+                msg,
+                sink,
+                interval=self._settings.stream_edit_interval,
+                limit=TEXT_LIMIT,
+                show_reasoning=self._settings.show_reasoning,
+                reasoning_sink=sink,
+            )
         finally:
             sink.stop_typing()
 
@@ -408,9 +462,12 @@ class DiscordAdapter:
         async def system(interaction: discord.Interaction, prompt: str = "") -> None:
             await self._answer_command(interaction, "system", prompt)
 
-        @app_commands.describe(name="a model from the allowed list, or 'reset'; empty shows the current one")
-        async def model(interaction: discord.Interaction, name: str = "") -> None:
-            await self._answer_command(interaction, "model", name)
+        @app_commands.describe(
+            name="a model from the allowed list, or 'reset'; empty shows the current one",
+            effort="reasoning effort for that model (none, minimal, low, medium, high, xhigh); empty: the default",
+        )
+        async def model(interaction: discord.Interaction, name: str = "", effort: str = "") -> None:
+            await self._answer_command(interaction, "model", f"{name} {effort}".strip())
 
         return [
             app_commands.Command(

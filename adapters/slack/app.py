@@ -41,7 +41,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.connection import CHECK_NETWORK, Backoff, failed_attempt
 from adapters.slack.format import markdown_to_mrkdwn, unescape_slack
-from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, ThinkingStatus, error_code
+from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
 from bot import logcontext, texts
 from bot.check import CheckResult
@@ -582,6 +582,8 @@ class SlackAdapter:
             limit=TEXT_LIMIT,
             render=markdown_to_mrkdwn,
             reply_stream=reply_stream,
+            show_reasoning=self._settings.show_reasoning,
+            reasoning_sink=SlackReasoning(self.client, channel, thread_ts),
         )
 
     def _refused(self, team: str, feature: str, error: str) -> None:

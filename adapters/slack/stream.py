@@ -26,6 +26,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.format import escape_mrkdwn
 from adapters.streaming import ReplyStream
 from adapters.text_split import FENCE_CLOSE, cut_point, open_fence_after
 from bot import texts
@@ -168,6 +169,48 @@ class ThinkingStatus:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("assistant.threads.setStatus in %s failed: %s", self._channel, type(exc).__name__)
         return False
+
+
+#: A context block's text takes at most 3,000 characters.
+CONTEXT_LIMIT = 3000
+
+
+class SlackReasoning:
+    """A model's thinking in Slack, apart from the answer (TEAMBOT_SHOW_REASONING).
+
+    ``status``: in a thread, the assistant status ("is thinking...") set at the start of every turn already stays
+    until the answer's first words, however long the model thinks, so nothing more is sent; at the top of a
+    channel Slack has no status to show. ``full``: the thinking itself, before the answer, as a message of its own
+    holding one context block (small grey text), escaped so that it can ping nobody.
+    """
+
+    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str | None) -> None:
+        self._client = client
+        self._channel = channel
+        self._thread_ts = thread_ts
+
+    async def thinking(self) -> None:
+        return None
+
+    async def reasoning(self, text: str) -> None:
+        header = f"_{texts.REASONING_HEADER}_\n"
+        body = neutralise_mentions(escape_mrkdwn(text))
+        room = CONTEXT_LIMIT - len(header)
+        if len(body) > room:
+            body = body[: room - len(texts.REASONING_CUT)]
+            entity = body.rfind("&")
+            if entity >= 0 and ";" not in body[entity:]:
+                body = body[:entity]  # never half an escape (&am)
+            body += texts.REASONING_CUT
+        block = {"type": "context", "elements": [{"type": "mrkdwn", "text": header + body}]}
+        await self._client.chat_postMessage(
+            channel=self._channel,
+            thread_ts=self._thread_ts,
+            text=texts.REASONING_HEADER,
+            blocks=[block],
+            unfurl_links=False,
+            unfurl_media=False,
+        )
 
 
 class NativeReply:

@@ -4,19 +4,22 @@ errors to ours, and token counting."""
 from __future__ import annotations
 
 from bot.llm.client import (
+    REASONING_EFFORTS,
     ChatClient,
     ChatMessage,
     Completion,
     Endpoint,
     GenerationParams,
     RetryPolicy,
+    model_choice,
     model_http_client,
 )
-from bot.llm.sse import OnDelta, SSEDecoder
+from bot.llm.sse import OnDelta, SSEDecoder, ThinkSplitter
 from bot.llm.tokens import PER_MESSAGE_OVERHEAD, TRUNCATION_MARK, TokenCounter
 
 __all__ = [
     "PER_MESSAGE_OVERHEAD",
+    "REASONING_EFFORTS",
     "TRUNCATION_MARK",
     "ChatClient",
     "ChatMessage",
@@ -26,6 +29,8 @@ __all__ = [
     "OnDelta",
     "RetryPolicy",
     "SSEDecoder",
+    "ThinkSplitter",
     "TokenCounter",
+    "model_choice",
     "model_http_client",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,24 @@ class Completion:
     model: str
     finish_reason: str | None
     endpoint: str
+    #: The thinking the server sent apart from the answer (or in a leading ``<think>`` block); never in ``text``.
+    reasoning: str = ""
+
+
+#: The values of ``reasoning_effort`` that OpenAI's models take (each model takes some of them).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+def model_choice(choice: str | None) -> tuple[str | None, str | None]:
+    """A channel's ``/model`` choice, as stored: the model, then optionally its reasoning effort (``"gpt-5 high"``).
+
+    Kept in the one column that holds the channel's model, so a choice of effort needs no change to the schema and
+    travels with the model it was chosen for (picking another model drops it). None means the configured default.
+    """
+    if not choice:
+        return None, None
+    model, _, effort = choice.partition(" ")
+    return model, effort.strip() or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +104,21 @@ class GenerationParams:
     temperature: float | None = None
     max_output_tokens: int = 1024
     max_tokens_param: str = "max_tokens"
+    #: Sent as ``reasoning_effort`` unless a channel chose its own; None sends nothing (the model's default).
+    reasoning_effort: str | None = None
+
+
+#: What to do when a model refuses one of the parameters we send: send it under another name, or not at all.
+#: Reasoning models (o-series, gpt-5) refuse ``max_tokens`` and any ``temperature`` but their default; older models
+#: and other servers refuse ``reasoning_effort``; a few servers know only ``max_tokens``.
+_INSTEAD: dict[str, str | None] = {
+    "max_tokens": "max_completion_tokens",
+    "max_completion_tokens": "max_tokens",
+    "temperature": None,
+    "reasoning_effort": None,
+}
+_REFUSALS = frozenset({"unsupported_parameter", "unsupported_value"})
+_QUOTED_PARAM = re.compile(r"'(" + "|".join(_INSTEAD) + r")'")
 
 
 class ChatClient:
@@ -108,22 +142,43 @@ class ChatClient:
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._rand = rand
+        #: Per (server, model): the parameters it refused, each mapped to the name to use instead (None: leave out).
+        self._refused: dict[tuple[str, str], dict[str, str | None]] = {}
 
-    async def complete(self, messages: list[ChatMessage], *, model: str | None = None) -> Completion:
-        """One plain (non-streaming) call."""
-        return await self._with_fallback(messages, model, on_delta=None)
+    @property
+    def reasoning_effort(self) -> str | None:
+        """The configured effort (TEAMBOT_REASONING_EFFORT), for calls that name none."""
+        return self._params.reasoning_effort
 
-    async def stream(self, messages: list[ChatMessage], on_delta: OnDelta, *, model: str | None = None) -> Completion:
-        """A streaming call; ``on_delta`` gets each piece of text as it arrives."""
-        return await self._with_fallback(messages, model, on_delta=on_delta)
-
-    async def _with_fallback(
-        self, messages: list[ChatMessage], model: str | None, on_delta: OnDelta | None
+    async def complete(
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str | None = None,
+        effort: str | None = None,
+        on_reasoning: OnDelta | None = None,
     ) -> Completion:
+        """One plain (non-streaming) call; ``on_reasoning`` gets the model's thinking, if any, in one piece."""
+        return await self._with_fallback(messages, model, _Call(None, on_reasoning, effort))
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        on_delta: OnDelta,
+        *,
+        model: str | None = None,
+        effort: str | None = None,
+        on_reasoning: OnDelta | None = None,
+    ) -> Completion:
+        """A streaming call; ``on_delta`` gets each piece of the answer as it arrives, ``on_reasoning`` each piece of
+        the model's thinking (never part of the answer). ``effort`` overrides the configured reasoning effort."""
+        return await self._with_fallback(messages, model, _Call(on_delta, on_reasoning, effort))
+
+    async def _with_fallback(self, messages: list[ChatMessage], model: str | None, call: _Call) -> Completion:
         loop = asyncio.get_running_loop()
         cap = loop.time() + self._retry.max_call
         try:
-            return await self._with_retries(self.primary, messages, model, on_delta, cap)
+            return await self._with_retries(self.primary, messages, model, call, cap)
         except errors.LLMError as exc:
             if self.fallback is None or not exc.fallback_worthy or loop.time() >= cap:
                 raise
@@ -133,14 +188,14 @@ class ChatClient:
                 type(exc).__name__,
                 self.fallback.name,
             )
-            return await self._with_retries(self.fallback, messages, None, on_delta, cap)
+            return await self._with_retries(self.fallback, messages, None, call, cap)
 
     async def _with_retries(
         self,
         endpoint: Endpoint,
         messages: list[ChatMessage],
         model: str | None,
-        on_delta: OnDelta | None,
+        call: _Call,
         cap: float,
     ) -> Completion:
         policy = self._retry
@@ -152,7 +207,12 @@ class ChatClient:
             if loop.time() >= deadline:
                 raise errors.Timeout("deadline passed before the model answered")
             try:
-                return await self._attempt(endpoint, messages, model or endpoint.model, on_delta, deadline, cap)
+                return await self._attempt(endpoint, messages, model or endpoint.model, call, deadline, cap)
+            except errors.BadRequest as exc:
+                # A refused parameter is learned, and the call made again at once without it; each parameter once.
+                if not self._learn(endpoint, model or endpoint.model, exc):
+                    raise
+                continue
             except errors.AuthFailed:
                 # A rotated key file may already hold the new key: re-read it once before giving up.
                 if reloaded_key or not endpoint.keys.reload():
@@ -180,22 +240,58 @@ class ChatClient:
                 )
                 await self._sleep(delay)
 
+    def _learn(self, endpoint: Endpoint, model: str, exc: errors.BadRequest) -> bool:
+        """Whether ``exc`` is a refusal of a parameter not refused before, now remembered: then call again."""
+        if exc.code not in _REFUSALS:
+            return False
+        match = _QUOTED_PARAM.search(str(exc))
+        param = exc.param if exc.param in _INSTEAD else match.group(1) if match else None
+        refused = self._refused.setdefault((endpoint.base_url, model), {})
+        if param is None or param in refused:
+            return False
+        instead = _INSTEAD[param]
+        if instead is not None and instead in refused:
+            return False  # both names refused: nothing left to try
+        refused[param] = instead
+        log.warning(
+            "model %s at %s refuses %s (%s); %s from now on",
+            model,
+            endpoint.name,
+            param,
+            exc.code,
+            f"sending {instead} instead" if instead else "leaving it out",
+        )
+        return True
+
+    def _body(self, endpoint: Endpoint, messages: list[ChatMessage], model: str, call: _Call) -> dict[str, Any]:
+        params = self._params
+        wanted: dict[str, Any] = {params.max_tokens_param: params.max_output_tokens}
+        if params.temperature is not None:
+            wanted["temperature"] = params.temperature
+        effort = call.effort or params.reasoning_effort
+        if effort is not None:
+            wanted["reasoning_effort"] = effort
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        refused = self._refused.get((endpoint.base_url, model))
+        if refused is None:
+            return body | wanted
+        for name, value in wanted.items():
+            target = refused.get(name, name)
+            if target is not None:
+                body[target] = value
+        return body
+
     async def _attempt(
         self,
         endpoint: Endpoint,
         messages: list[ChatMessage],
         model: str,
-        on_delta: OnDelta | None,
+        call: _Call,
         deadline: float,
         cap: float,
     ) -> Completion:
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            self._params.max_tokens_param: self._params.max_output_tokens,
-        }
-        if self._params.temperature is not None:
-            body["temperature"] = self._params.temperature
+        on_delta = call.on_delta
+        body = self._body(endpoint, messages, model, call)
         if on_delta is not None:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -216,8 +312,9 @@ class ChatClient:
             async with asyncio.timeout_at(deadline) as scope:
 
                 def progress() -> None:
-                    # Once text flows, the deadline for the answer to start is met; the cap on the call remains.
-                    limit = cap if result.text else deadline
+                    # Once text flows (thinking counts: the model is at work), the deadline for the answer to start is
+                    # met; the cap on the call remains.
+                    limit = cap if result.text or result.reasoning else deadline
                     if stall is not None:
                         limit = min(limit, loop.time() + stall)
                     when = scope.when()
@@ -234,13 +331,15 @@ class ChatClient:
                     if on_delta is not None and content_type.startswith("text/event-stream"):
                         progress()
                         chunks = response.aiter_bytes()
-                        await consume_sse(chunks, result, on_delta, progress)
+                        await consume_sse(chunks, result, on_delta, progress, call.on_reasoning)
                         # The answer is whole; drain() has its own short limit, and must not turn into a timeout.
                         scope.reschedule(None)
                         await drain(chunks)
                     else:
                         await response.aread()
                         read_plain(response, result)
+                        if call.on_reasoning is not None and result.reasoning:
+                            await call.on_reasoning(result.reasoning)
                         if on_delta is not None and result.text:
                             await on_delta(result.text)
         except errors.LLMError as exc:
@@ -268,7 +367,18 @@ class ChatClient:
             ) from None
         if on_delta is not None and result.finish_reason is None and not result.done:
             raise _interrupted_or(result, errors.ConnectionFailed("the stream ended before the answer was complete"))
-        return Completion(result.text, result.usage, result.model or model, result.finish_reason, endpoint.name)
+        return Completion(
+            result.text, result.usage, result.model or model, result.finish_reason, endpoint.name, result.reasoning
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What one call asks for besides the prompt: where its answer and thinking go, and its reasoning effort."""
+
+    on_delta: OnDelta | None
+    on_reasoning: OnDelta | None
+    effort: str | None
 
 
 def _timed_out(exc: BaseException) -> bool:

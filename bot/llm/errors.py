@@ -99,7 +99,8 @@ def error_from_body(
         return errors.Timeout(detail)
     if status is None or status == 409 or status >= 500:
         return errors.ServiceUnavailable(detail)
-    return errors.BadRequest(detail, status=status, code=code or kind)
+    param = err.get("param")
+    return errors.BadRequest(detail, status=status, code=code or kind, param=param if isinstance(param, str) else None)
 
 
 def _about_the_model(err: dict[str, Any], message: str, url: str | None) -> bool:

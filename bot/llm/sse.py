@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -16,14 +16,110 @@ from bot.messages import Usage
 
 OnDelta = Callable[[str], Awaitable[None]]
 
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+#: The fields in which servers send a model's thinking beside its answer: ``reasoning_content`` (vLLM, llama.cpp,
+#: DeepSeek), ``reasoning`` (OpenRouter, newer vLLM and Ollama).
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+class ThinkSplitter:
+    """Separates a ``<think>…</think>`` block at the start of the answer (Ollama-served reasoning models put their
+    thinking in the content) from the answer itself, fed piece by piece as it streams.
+
+    A tag may arrive split over several pieces (``<th`` + ``ink>``): text that could still be the start of a tag
+    is held back until the next piece decides. Only a block at the very start counts, as the models emit it: a
+    ``<think>`` later in an answer is text the model meant to show (an answer about these tags, say).
+    """
+
+    __slots__ = ("_held", "_mode")
+
+    def __init__(self) -> None:
+        self._mode = (
+            "lead"  # before the first visible character; then "think", "after" (the block just ended), "answer"
+        )
+        self._held = ""
+
+    @property
+    def undecided(self) -> bool:
+        """Whether the text may still hold thinking: False once the answer itself has begun."""
+        return self._mode != "answer"
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        """The (thinking, answer) text that ``piece`` settles."""
+        if self._mode == "answer":
+            return "", piece  # the plain path, every token of every answer: one comparison
+        text = self._held + piece
+        self._held = ""
+        thinking = ""
+        if self._mode == "lead":
+            start = text.lstrip()
+            if len(start) < len(THINK_OPEN) and THINK_OPEN.startswith(start):
+                self._held = text  # nothing yet, or what may become "<think>"
+                return "", ""
+            if not start.startswith(THINK_OPEN):
+                self._mode = "answer"
+                return "", text
+            self._mode, text = "think", start[len(THINK_OPEN) :]
+        if self._mode == "think":
+            end = text.find(THINK_CLOSE)
+            if end < 0:
+                keep = _partial_suffix(text, THINK_CLOSE)
+                self._held = text[len(text) - keep :] if keep else ""
+                return text[: len(text) - keep], ""
+            thinking, text = text[:end], text[end + len(THINK_CLOSE) :]
+            self._mode = "after"
+        # "after": the blank lines that separate the block from the answer are not part of the answer.
+        answer = text.lstrip()
+        if answer:
+            self._mode = "answer"
+        return thinking, answer
+
+    def close(self) -> tuple[str, str]:
+        """What is still held back when the text ends: an unfinished tag is text, an unclosed block thinking."""
+        held, self._held = self._held, ""
+        if self._mode == "think":
+            return held, ""
+        return "", held if held.strip() else ""
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """The length of the longest end of ``text`` that is a beginning of ``tag``."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
+
 
 @dataclass(slots=True)
 class StreamResult:
     text: str = ""
+    #: The model's thinking, kept apart: never part of ``text``, so never shown as the answer or stored with it.
+    reasoning: str = ""
     usage: Usage | None = None
     model: str | None = None
     finish_reason: str | None = None
     done: bool = False
+    splitter: ThinkSplitter = field(default_factory=ThinkSplitter)
+
+    async def add(self, content: str, thinking: str, on_delta: OnDelta | None, on_reasoning: OnDelta | None) -> None:
+        """Take one piece of the answer's content and of the thinking a server sent apart from it."""
+        more_thinking, answer = self.splitter.feed(content) if content else ("", "")
+        await self._take(thinking + more_thinking, answer, on_delta, on_reasoning)
+
+    async def close(self, on_delta: OnDelta | None, on_reasoning: OnDelta | None) -> None:
+        thinking, answer = self.splitter.close()
+        await self._take(thinking, answer, on_delta, on_reasoning)
+
+    async def _take(self, thinking: str, answer: str, on_delta: OnDelta | None, on_reasoning: OnDelta | None) -> None:
+        if thinking:
+            self.reasoning += thinking
+            if on_reasoning is not None:
+                await on_reasoning(thinking)
+        if answer:
+            self.text += answer
+            if on_delta is not None:
+                await on_delta(answer)
 
 
 class SSEDecoder:
@@ -83,21 +179,25 @@ async def consume_sse(
     result: StreamResult,
     on_delta: OnDelta,
     progress: Callable[[], None],
+    on_reasoning: OnDelta | None = None,
 ) -> None:
     """Read events into ``result`` up to ``[DONE]``; ``progress`` is called after each event, never for a comment
     line, so the caller's time limits see a server that only keeps the connection busy as a stalled one."""
     decoder = SSEDecoder()
     async for chunk in chunks:
         for data in decoder.feed(chunk):
-            if await take_event(data, result, on_delta):
+            if await take_event(data, result, on_delta, on_reasoning):
+                await result.close(on_delta, on_reasoning)
                 return
             progress()
     for data in decoder.close():
-        if await take_event(data, result, on_delta):
-            return
+        if await take_event(data, result, on_delta, on_reasoning):
+            break
+    # Text held back as a possible tag is the answer's after all (or, in an unclosed block, thinking).
+    await result.close(on_delta, on_reasoning)
 
 
-async def take_event(data: str, result: StreamResult, on_delta: OnDelta) -> bool:
+async def take_event(data: str, result: StreamResult, on_delta: OnDelta, on_reasoning: OnDelta | None = None) -> bool:
     """Apply one event's data to ``result``; True once the stream says ``[DONE]``."""
     if data.strip() == "[DONE]":
         result.done = True
@@ -117,7 +217,11 @@ async def take_event(data: str, result: StreamResult, on_delta: OnDelta) -> bool
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
         piece = delta.get("content")
-        if isinstance(piece, str) and piece:
+        thinking = _thinking(delta)
+        if thinking or result.splitter.undecided:
+            await result.add(piece if isinstance(piece, str) else "", thinking, on_delta, on_reasoning)
+        elif isinstance(piece, str) and piece:
+            # The plain path, every token of every answer once its start is known not to be a <think> block.
             result.text += piece
             await on_delta(piece)
         if choice.get("finish_reason"):
@@ -136,15 +240,28 @@ def read_plain(response: httpx.Response, result: StreamResult) -> None:
         raise error_from_body(response.status_code, body, model=str(body.get("model", "")), retry_after=None)
     try:
         choice = body["choices"][0]
-        content = choice["message"].get("content") or ""
+        message = choice["message"]
+        content = message.get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
         raise errors.MalformedResponse("the response had no choices[0].message") from None
-    result.text = content if isinstance(content, str) else ""
+    # Split as a stream is: one call with the whole content, then the end.
+    thinking, answer = result.splitter.feed(content if isinstance(content, str) else "")
+    more_thinking, rest = result.splitter.close()
+    result.reasoning = _thinking(message) + thinking + more_thinking
+    result.text = answer + rest
     result.finish_reason = choice.get("finish_reason")
     result.model = body.get("model")
     result.done = True
     if isinstance(body.get("usage"), dict):
         result.usage = usage_from(body["usage"])
+
+
+def _thinking(part: dict[str, Any]) -> str:
+    for name in REASONING_FIELDS:
+        value = part.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def usage_from(raw: dict[str, Any]) -> Usage | None:

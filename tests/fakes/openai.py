@@ -26,10 +26,23 @@ may share one message (``[[slow:0.2]] [[cut]]``); each keeps its own count. Unkn
                                 role chunk
     [[empty]]                   a successful completion whose content is "" (stream: no text chunks)
     [[long:N]]                  instead of the echo, a reply of exactly N characters (numbered paragraphs of words)
+    [[thinking]]                the model thinks first (:data:`THOUGHT`), sent apart from the answer in
+                                ``reasoning_content`` (vLLM, llama.cpp, DeepSeek): stream deltas, or in the message
+    [[reasoning]]               the same in OpenRouter's ``reasoning`` field
+    [[think]]                   the same as a ``<think>…</think>`` block leading the content (Ollama); streamed in
+                                pieces of five characters, so the tags are split across chunks
 
 Like a real server, a path it does not serve (a base URL without ``/v1``) answers 404 with Ollama's plain-text
 ``404 page not found``, not an OpenAI error body (``not_found`` records the paths asked); with ``models=`` given,
 any other model is refused with OpenAI's 404 ``model_not_found``.
+
+Parameters are refused by model name, as OpenAI refuses them (HTTP 400, ``param`` naming the parameter):
+
+    o1…, o3…, o4…, gpt-5…       ``max_tokens`` (unsupported_parameter: use max_completion_tokens), a ``temperature``
+                                other than 1 (unsupported_value); o-series also ``reasoning_effort: minimal``
+                                (unsupported_value)
+    gpt-4…, gpt-3.5…            ``reasoning_effort`` (unsupported_parameter)
+    legacy-…                    ``max_completion_tokens`` (unsupported_parameter): a server that knows only the old name
 
 Examples: ``[[500x2]]`` fails twice then succeeds; ``[[429:ra=0.2x1]]`` is rate limited once for 0.2 s.
 
@@ -75,6 +88,9 @@ _FAULTS = (
     "malformed",
     "empty",
     "long",
+    "thinking",
+    "reasoning",
+    "think",
 )
 # The name is an explicit alternation so that "x" in "[[500x2]]" can never be swallowed into the name.
 _TOKEN = re.compile(
@@ -89,6 +105,12 @@ _SERVER_ERRORS = {
     504: "Gateway timeout.",
 }
 _MODEL = "fake-model"
+#: What the model thinks before it answers, with the ``[[thinking]]``, ``[[reasoning]]`` or ``[[think]]`` token: a
+#: test asserts that this word never reaches the answer, the history or a channel where only the answer belongs.
+THOUGHT_MARK = "PONDERING"
+THOUGHT = f"The person wants an echo. {THOUGHT_MARK} whether to add anything: no."
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
+_OLDER_MODEL = re.compile(r"^gpt-(4|3\.5)")
 
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -273,11 +295,13 @@ class FakeOpenAI:
         model = str(body.get("model") or _MODEL)
         if self.models is not None and model not in self.models:
             faults["404"] = 0.0
-        if (failure := self._failure(faults, model)) is not None:
+        if (failure := self._failure(faults, model) or _refused_parameter(body, model)) is not None:
             return failure
         text = "" if "empty" in faults else self.reply(messages) if self.reply else f"echo: {last_user}"
         if "long" in faults:
             text = long_text(int(faults["long"]))
+        thinking = {"thinking": "reasoning_content", "reasoning": "reasoning"}
+        field = next((thinking[name] for name in thinking if name in faults), None)
         prompt_tokens, completion_tokens = _tokens(prompt_chars), _tokens(len(text))
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -286,7 +310,7 @@ class FakeOpenAI:
         }
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self._stream(request, model, text, usage if include_usage else None, faults)
+            return await self._stream(request, model, text, usage if include_usage else None, faults, field)
         if "malformed" in faults:
             return web.Response(status=200, body=b"{not json", content_type="application/json")
         if "cut" in faults:
@@ -308,7 +332,9 @@ class FakeOpenAI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "message": {"role": "assistant", "content": text, "refusal": None}
+                        | ({field: THOUGHT} if field else {})
+                        | ({"content": f"<think>\n{THOUGHT}\n</think>\n\n{text}"} if "think" in faults else {}),
                         "logprobs": None,
                         "finish_reason": "stop",
                     }
@@ -385,6 +411,7 @@ class FakeOpenAI:
         text: str,
         usage: dict[str, int] | None,
         faults: dict[str, float],
+        thinking_field: str | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache"})
         response.content_type = "text/event-stream"
@@ -392,7 +419,7 @@ class FakeOpenAI:
         created = int(time.time())
         ident = f"chatcmpl-fake{self.calls}"
 
-        def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
+        def chunk(delta: dict[str, str | None], finish: str | None = None) -> bytes:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             return _sse(
                 {
@@ -407,8 +434,15 @@ class FakeOpenAI:
         await response.write(chunk({"role": "assistant", "content": ""}))
         if "malformed" in faults:
             await response.write(b"data: {not json\n\n")
+        if thinking_field is not None:
+            for word in re.findall(r"\s*\S+\s*", THOUGHT):
+                # DeepSeek sends "content": null beside the thinking; OpenRouter leaves content out.
+                await response.write(chunk({thinking_field: word, "content": None}))
         # Words with their trailing whitespace: the pieces concatenate back to exactly the text.
         pieces = re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
+        if "think" in faults:
+            whole = f"<think>\n{THOUGHT}\n</think>\n\n{text}"
+            pieces = [whole[i : i + 5] for i in range(0, len(whole), 5)]
         half = len(pieces) // 2
         for index, piece in enumerate(pieces):
             if index == half:
@@ -486,6 +520,55 @@ class FakeOpenAI:
         # terminating chunk, which is what a client sees when a proxy or the upstream dies mid-answer.
         if request.transport is not None:
             request.transport.close()
+
+
+def _refused_parameter(body: dict[str, Any], model: str) -> web.Response | None:
+    """OpenAI's 400 for a parameter the model does not take, as its reasoning and older models answer."""
+    if _REASONING_MODEL.match(model):
+        if "max_tokens" in body:
+            return _error(
+                400,
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "invalid_request_error",
+                "unsupported_parameter",
+                "max_tokens",
+            )
+        if "temperature" in body and body["temperature"] != 1:
+            return _error(
+                400,
+                f"Unsupported value: 'temperature' does not support {body['temperature']} with this model. "
+                "Only the default (1) value is supported.",
+                "invalid_request_error",
+                "unsupported_value",
+                "temperature",
+            )
+        if model.startswith("o") and body.get("reasoning_effort") == "minimal":
+            return _error(
+                400,
+                "Unsupported value: 'reasoning_effort' does not support 'minimal' with this model. "
+                "Supported values are: 'low', 'medium', and 'high'.",
+                "invalid_request_error",
+                "unsupported_value",
+                "reasoning_effort",
+            )
+    if _OLDER_MODEL.match(model) and "reasoning_effort" in body:
+        return _error(
+            400,
+            "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+            "invalid_request_error",
+            "unsupported_parameter",
+            "reasoning_effort",
+        )
+    if model.startswith("legacy-") and "max_completion_tokens" in body:
+        return _error(
+            400,
+            "Unrecognized request argument supplied: max_completion_tokens",
+            "invalid_request_error",
+            "unsupported_parameter",
+            "max_completion_tokens",
+        )
+    return None
 
 
 def main() -> None:
