@@ -13,7 +13,9 @@ from bot.store.base import (
     IN_MEMORY_REFUSED,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
+    TOKENS_BEFORE_QUERY,
     USAGE_COLUMNS,
+    USAGE_TOTALS,
     ChannelSettings,
     RateBucket,
     Role,
@@ -26,6 +28,7 @@ from bot.store.base import (
     is_postgres,
     sqlite_in_memory,
     sqlite_path,
+    usage_total,
 )
 from bot.store.memory_buckets import TokenBuckets
 
@@ -34,7 +37,9 @@ __all__ = [
     "IN_MEMORY_REFUSED",
     "LAST_THREAD_QUERY",
     "MIN_MESSAGE_TOKENS",
+    "TOKENS_BEFORE_QUERY",
     "USAGE_COLUMNS",
+    "USAGE_TOTALS",
     "ChannelSettings",
     "RateBucket",
     "Role",
@@ -50,6 +55,7 @@ __all__ = [
     "open_store",
     "sqlite_in_memory",
     "sqlite_path",
+    "usage_total",
 ]
 
 

@@ -158,9 +158,9 @@ async def test_history_is_found_from_the_index_alone_however_long_the_conversati
     s = await open_store(str(path))
     await s.close()
     with sqlite3.connect(path) as db:
-        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {SQLITE_HISTORY}", (1, 10**9, 1601, 8000))]
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {SQLITE_HISTORY}", (1, 10**9, 1601, 8000, 2000))]
     # The walk that decides where the context starts reads the index only; no step scans the table.
-    assert any("COVERING INDEX messages_by_conversation_tokens (conversation_id=? AND id<?)" in p for p in plan)
+    assert any("COVERING INDEX messages_by_conversation_line (conversation_id=? AND id<?)" in p for p in plan)
     assert not any(p.startswith("SCAN messages") for p in plan)
 
 
@@ -189,7 +189,7 @@ async def test_loading_history_costs_the_same_however_long_the_conversation(tmp_
                 return 0
 
             db.set_progress_handler(tick, 1)  # called every VM instruction: a count of the work done
-            db.execute(SQLITE_HISTORY, (conversation, 10**9, 300 // 5 + 1, 300)).fetchall()
+            db.execute(SQLITE_HISTORY, (conversation, 10**9, 300 // 5 + 1, 300, 75)).fetchall()
             db.set_progress_handler(None, 1)
             steps[conversation] = count[0]
     # 25 messages fit either way; the 20,000-message conversation must not cost more to read than the 100-message one.
