@@ -274,11 +274,41 @@ CACHE_MODEL = "gpt-5-mini"
 CACHE_TURNS = 60
 #: Turns the history holds before the oldest must go: the window fills after this many.
 CACHE_FILL_TURNS = 10
-_WORDS = (
-    "release schedule database migration review budget latency deploy rollback incident customer ticket "
-    "dashboard alert capacity quarter roadmap onboarding sprint backlog owner estimate risk metric query "
-    "cache thread channel summary decision follow-up draft proposal"
-).split()
+_WORDS = [
+    "release",
+    "schedule",
+    "database",
+    "migration",
+    "review",
+    "budget",
+    "latency",
+    "deploy",
+    "rollback",
+    "incident",
+    "customer",
+    "ticket",
+    "dashboard",
+    "alert",
+    "capacity",
+    "quarter",
+    "roadmap",
+    "onboarding",
+    "sprint",
+    "backlog",
+    "owner",
+    "estimate",
+    "risk",
+    "metric",
+    "query",
+    "cache",
+    "thread",
+    "channel",
+    "summary",
+    "decision",
+    "follow-up",
+    "draft",
+    "proposal",
+]
 
 
 def _prose(seed: int, words: int) -> str:

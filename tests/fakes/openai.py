@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import re
 import time
 from collections import Counter
@@ -146,7 +145,8 @@ def _shared_chars(prompt: list[tuple[str, str]], earlier: list[tuple[str, str]])
         if role != earlier_role:
             break
         if content != earlier_content:
-            return shared + len(os.path.commonprefix([content, earlier_content]))
+            same = next((i for i, (a, b) in enumerate(zip(content, earlier_content, strict=False)) if a != b), None)
+            return shared + (min(len(content), len(earlier_content)) if same is None else same)
         shared += len(content)
     return shared
 
