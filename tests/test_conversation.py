@@ -435,7 +435,9 @@ async def _prefix_changes(tmp_path: Path, counter: TokenCounter, trim_block: flo
             settings = TurnSettings(system, 3000, stream=False, trim_block=trim_block)
             core = ConversationCore(store, llm, counter, settings)
             for n in range(50):
-                reply = await core.handle(IncomingMessage(KEY, f"m{n}", "U1", "Ada", f"question {n} " + "word " * 60))
+                # Questions of different lengths: the block line must not move with the question's size.
+                question = f"question {n} " + "word " * (20 + n * 37 % 80)
+                reply = await core.handle(IncomingMessage(KEY, f"m{n}", "U1", "Ada", question))
                 assert reply.kind is ReplyKind.ANSWER
     finally:
         await store.close()

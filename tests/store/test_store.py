@@ -560,6 +560,11 @@ async def test_block_trimming_never_passes_the_budget_or_leaves_a_hole(store: St
             history = await store.load_history(A, budget, before=row, step=step)
             assert sum(m.tokens for m in history) <= budget
             assert [m.id for m in history] == ids[len(ids) - 1 - len(history) : -1]  # the newest, without a hole
+    # A line that lags behind the messages (written by hand, or by two writers racing) still never passes the budget.
+    await rows(store, "UPDATE messages SET tokens_before = 0")
+    for budget, step in ((150, 37), (200, 100)):
+        history = await store.load_history(A, budget, before=10**9, step=step)
+        assert 0 < sum(m.tokens for m in history) <= budget
 
 
 async def test_migrating_places_existing_messages_on_their_conversations_token_line(tmp_path: Path) -> None:
