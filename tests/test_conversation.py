@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
 import time
@@ -444,7 +445,7 @@ async def _prefix_changes(tmp_path: Path, counter: TokenCounter, trim_block: flo
     prompts = [r["messages"] for r in fake.requests]
     # Nothing that varies per turn goes before the history: the system message is the same bytes every turn.
     assert len({json.dumps(p[0]) for p in prompts}) == 1
-    changed = sum(1 for before, now in zip(prompts[10:], prompts[11:], strict=False) if now[: len(before)] != before)
+    changed = sum(1 for before, now in itertools.pairwise(prompts[10:]) if now[: len(before)] != before)
     steady = fake.usages[10:]
     cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in steady) / sum(u["prompt_tokens"] for u in steady)
     return changed, cached

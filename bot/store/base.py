@@ -36,9 +36,9 @@ LAST_THREAD_QUERY = (
 #: reads the index alone. The running sum over it finds the oldest message that still fits.
 #:
 #: Block trimming: ``tokens_before`` is the conversation's token count before each message, written with it, so it
-#: places every message on a fixed line that never moves. The conversation so far (``reached``, the newest
-#: message's end on that line) overflows the budget by ``reached - budget`` tokens; rounded up to a multiple of
-#: ``{step}``, that is where the window starts. It stays put while the conversation grows by less than a step, then
+#: places every message on a fixed line that never moves. The conversation so far (``reached``: the newest message's
+#: end on that line) overflows the budget by ``reached - budget`` tokens; rounded up to a multiple of ``{step}``,
+#: that is where the window starts. It stays put while the conversation grows by less than a step, then
 #: jumps a whole step: the prefix (system prompt and history) changes once every few turns instead of every turn.
 #: Both the budget and the block line must hold (the first message at or after the line, and within the budget),
 #: so the budget is never passed even where ``tokens_before`` has gaps (deleted messages leave them; they only make
@@ -50,14 +50,17 @@ HISTORY_QUERY = (
     "SELECT id, role, author_name, content, tokens, created_at FROM messages "
     "WHERE conversation_id = {conversation} AND id < {before} AND id >= ("
     "  SELECT coalesce(min(id), {before}) FROM ("
-    "    SELECT id, tokens_before, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running,"
-    "      max(tokens_before + tokens) OVER () AS reached FROM ("
+    "    SELECT id, tokens_before, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running FROM ("
     "      SELECT id, tokens, tokens_before FROM messages WHERE conversation_id = {conversation} AND id < {before}"
     "      ORDER BY id DESC LIMIT {rows}"
     "    ) newest"
     "  ) fitted WHERE running <= {budget}"
+    # Where the newest message ends on the line (one seek, evaluated once), less the budget, rounded up to a block.
     # Integer division rounds toward zero: a conversation still within the budget gets a line at or below 0.
-    "  AND tokens_before >= (reached - {budget} + {step} - 1) / {step} * {step}"
+    "  AND tokens_before >= (("
+    "    SELECT tokens_before + tokens FROM messages WHERE conversation_id = {conversation} AND id < {before}"
+    "    ORDER BY id DESC LIMIT 1"
+    "  ) - {budget} + {step} - 1) / {step} * {step}"
     ") ORDER BY id"
 )
 

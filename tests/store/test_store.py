@@ -581,7 +581,8 @@ async def test_migrating_places_existing_messages_on_their_conversations_token_l
             )
         for conversation, tokens in ((1, 10), (2, 7), (1, 20), (2, 3), (1, 30)):
             db.execute(
-                "INSERT INTO messages (conversation_id, role, content, tokens, created_at) VALUES (?, 'user', 'x', ?, 0)",
+                "INSERT INTO messages (conversation_id, role, content, tokens, created_at) "
+                "VALUES (?, 'user', 'x', ?, 0)",
                 (conversation, tokens),
             )
         db.execute(
