@@ -345,11 +345,16 @@ async def prompt_caching(trim_block: float, workdir: Path) -> dict[str, float]:
             core = ConversationCore(store, llm, COUNTER, settings, Guards(accounting=accounting))
             key = ConversationKey("bench", "W", f"cache-{trim_block:g}")
             costs: list[float] = []
+            inputs: list[float] = []
             for turn in range(CACHE_TURNS):
                 question = f"question {turn}: " + _prose(turn + 2, 40)
                 reply = await core.handle(IncomingMessage(key, f"q{turn}", "U", "Ada", question))
                 assert reply.usage is not None
                 costs.append(accounting.charge(key, "U", CACHE_MODEL, reply.usage).cost)
+                usage = reply.usage
+                inputs.append(
+                    PriceTable().cost(CACHE_MODEL, usage.prompt_tokens, 0, cached_tokens=usage.cached_tokens).cost
+                )
             steady = fake.usages[CACHE_FILL_TURNS:]
     finally:
         await store.close()
@@ -358,6 +363,7 @@ async def prompt_caching(trim_block: float, workdir: Path) -> dict[str, float]:
     return {
         "cached": cached / prompt,
         "cost": sum(costs[CACHE_FILL_TURNS:]) / len(steady),
+        "input": sum(inputs[CACHE_FILL_TURNS:]) / len(steady),
         "prompt": prompt / len(steady),
     }
 
@@ -377,14 +383,16 @@ async def run_caching(workdir: Path) -> list[tuple[str, str]]:
                 f"{result['cached']:.0%} (mean prompt {result['prompt']:,.0f} tokens)",
             ),
         )
-    single = results[0.0]["cost"]
+    single = results[0.0]
     for share in (0.5, 0.25):
+        result = results[share]
         add_row(
             rows,
             (
                 f"estimated cost per turn at {CACHE_MODEL} prices, {labels[share]} vs one by one (turns "
-                f"{CACHE_FILL_TURNS + 1}-{CACHE_TURNS})",
-                f"${results[share]['cost']:.6f} vs ${single:.6f} ({single / results[share]['cost']:.2f}x cheaper)",
+                f"{CACHE_FILL_TURNS + 1}-{CACHE_TURNS}); then the prompt's part alone",
+                f"${result['cost']:.6f} vs ${single['cost']:.6f} ({single['cost'] / result['cost']:.2f}x cheaper); "
+                f"prompt ${result['input']:.6f} vs ${single['input']:.6f} ({single['input'] / result['input']:.2f}x)",
             ),
         )
     return rows
