@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.core import ModelPace, PostgresEngine, SQLiteEngine, run_core
+from bench.core import ModelPace, PostgresEngine, SQLiteEngine, run_caching, run_core
 
 
 def machine() -> str:
@@ -42,6 +42,8 @@ async def run(quick: bool, pace: ModelPace) -> list[Row]:
         postgres, missing = {}, f"not measured: {exc}"
     rows: list[Row] = [(name, value, postgres.get(name, missing)) for name, value in sqlite]
     rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_e2e(quick)]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_caching(Path(tmp))]
     return rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import os
 import sqlite3
 import sys
@@ -118,6 +119,7 @@ class PostgresEngine:
                         "tokens",
                         "platform_message_id",
                         "created_at",
+                        "tokens_before",
                     ],
                 )
             await conn.execute("SELECT setval(pg_get_serial_sequence('messages', 'id'), $1)", messages)
@@ -224,7 +226,7 @@ def _fill(db: Path, messages: int) -> None:
         for start in range(0, messages, batch):
             conn.executemany(
                 "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
-                "platform_message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "platform_message_id, created_at, tokens_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _rows(start, min(messages, start + batch)),
             )
 
@@ -240,13 +242,15 @@ def _rows(start: int, stop: int) -> list[tuple[object, ...]]:
             12,
             f"m{i}",
             float(i),
+            12 * i,
         )
         for i in range(start, stop)
     ]
 
 
 async def history_load(messages: int, engine: Engine, repeats: int = 300) -> tuple[float, float]:
-    """Mean milliseconds to load an 8,000-token context; and the database's bytes per stored message."""
+    """Mean milliseconds to load an 8,000-token context (trimmed in blocks of 4,000, as the core does); and the
+    database's bytes per stored message."""
     db = await engine.new_db(f"history-{messages}")
     store = await open_store(db)
     await store.close()
@@ -254,15 +258,144 @@ async def history_load(messages: int, engine: Engine, repeats: int = 300) -> tup
     store = await open_store(db)
     key = ConversationKey("bench", "W", "C")
     try:
-        await store.load_history(key, 8000, before=messages + 1)
+        await store.load_history(key, 8000, before=messages + 1, step=4000)
         started = time.perf_counter()
         for _ in range(repeats):
-            history = await store.load_history(key, 8000, before=messages + 1)
+            history = await store.load_history(key, 8000, before=messages + 1, step=4000)
         elapsed = time.perf_counter() - started
-        assert len(history) == 8000 // 12
+        assert 4000 // 12 <= len(history) <= 8000 // 12
     finally:
         await store.close()
     return elapsed / repeats * 1000, await engine.bytes_per_message(db, messages)
+
+
+#: The prompt-caching rows: a model billed like OpenAI's, with cached input at a tenth of the input price.
+CACHE_MODEL = "gpt-5-mini"
+CACHE_TURNS = 60
+#: Turns the history holds before the oldest must go: the window fills after this many.
+CACHE_FILL_TURNS = 10
+_WORDS = [
+    "release",
+    "schedule",
+    "database",
+    "migration",
+    "review",
+    "budget",
+    "latency",
+    "deploy",
+    "rollback",
+    "incident",
+    "customer",
+    "ticket",
+    "dashboard",
+    "alert",
+    "capacity",
+    "quarter",
+    "roadmap",
+    "onboarding",
+    "sprint",
+    "backlog",
+    "owner",
+    "estimate",
+    "risk",
+    "metric",
+    "query",
+    "cache",
+    "thread",
+    "channel",
+    "summary",
+    "decision",
+    "follow-up",
+    "draft",
+    "proposal",
+]
+
+
+def _prose(seed: int, words: int) -> str:
+    """Deterministic text that tokenizes like prose (not one repeated token)."""
+    return " ".join(_WORDS[(seed * 7 + i * i * 3 + i) % len(_WORDS)] for i in range(words)) + "."
+
+
+async def prompt_caching(trim_block: float, workdir: Path) -> dict[str, float]:
+    """A 60-turn conversation whose history budget fills after 10 turns, against the fake model's prompt cache.
+
+    Returns the share of prompt tokens the cache served over the turns after the window filled (steady state), and
+    the mean estimated cost per turn there (the ledger's price, cached input at its own price).
+    """
+    from tests.fakes.openai import FakeOpenAI
+
+    system = "You are the team's assistant. " + _prose(0, 220)  # a system prompt of a few hundred tokens
+
+    def answer(messages: list[dict[str, object]]) -> str:
+        # Each answer its own (seeded by the question's number), about 400 tokens, a chat answer with some substance.
+        number = int(str(messages[-1]["content"]).split("question ", 1)[1].split(":", 1)[0])
+        return f"About question {number}: " + _prose(number * 13 + 5, 300)
+
+    # The question as the bot counts it, the answer as stored: the server's completion_tokens (the fake's four
+    # characters a token) plus the chat format's overhead.
+    sample_answer = "About question 10: " + _prose(135, 300)
+    per_turn = COUNTER.count_message("Ada: question 10: " + _prose(12, 40)) + math.ceil(len(sample_answer) / 4) + 4
+    budget = COUNTER.count_message(f"{system}\n\nEach message") + 20 + CACHE_FILL_TURNS * per_turn
+    store = await open_store(str(workdir / f"caching-{trim_block:g}.db".replace(".", "_", 1)))
+    try:
+        async with FakeOpenAI(reply=answer, usage_details=True) as fake, model_http_client(60) as http:
+            llm = ChatClient(http, Endpoint("bench", fake.base_url, CACHE_MODEL))
+            accounting = Accounting(store, PriceTable(), [])
+            settings = TurnSettings(system, budget, stream=False, trim_block=trim_block)
+            core = ConversationCore(store, llm, COUNTER, settings, Guards(accounting=accounting))
+            key = ConversationKey("bench", "W", f"cache-{trim_block:g}")
+            costs: list[float] = []
+            inputs: list[float] = []
+            for turn in range(CACHE_TURNS):
+                question = f"question {turn}: " + _prose(turn + 2, 40)
+                reply = await core.handle(IncomingMessage(key, f"q{turn}", "U", "Ada", question))
+                assert reply.usage is not None
+                costs.append(accounting.charge(key, "U", CACHE_MODEL, reply.usage).cost)
+                usage = reply.usage
+                inputs.append(
+                    PriceTable().cost(CACHE_MODEL, usage.prompt_tokens, 0, cached_tokens=usage.cached_tokens).cost
+                )
+            steady = fake.usages[CACHE_FILL_TURNS:]
+    finally:
+        await store.close()
+    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in steady)
+    prompt = sum(u["prompt_tokens"] for u in steady)
+    return {
+        "cached": cached / prompt,
+        "cost": sum(costs[CACHE_FILL_TURNS:]) / len(steady),
+        "input": sum(inputs[CACHE_FILL_TURNS:]) / len(steady),
+        "prompt": prompt / len(steady),
+    }
+
+
+async def run_caching(workdir: Path) -> list[tuple[str, str]]:
+    """Block trimming against one-by-one trimming: the same conversation, the same fake prompt cache."""
+    rows: list[tuple[str, str]] = []
+    results = {share: await prompt_caching(share, workdir) for share in (0.5, 0.25, 0.0)}
+    labels = {0.5: "blocks of 1/2 of the budget (default)", 0.25: "blocks of 1/4 of the budget", 0.0: "one by one"}
+    for share, result in results.items():
+        add_row(
+            rows,
+            (
+                f"prompt caching, {CACHE_TURNS}-turn conversation filling its window after {CACHE_FILL_TURNS} turns, "
+                f"trimming {labels[share]}: prompt tokens served from the cache (turns {CACHE_FILL_TURNS + 1}-"
+                f"{CACHE_TURNS})",
+                f"{result['cached']:.0%} (mean prompt {result['prompt']:,.0f} tokens)",
+            ),
+        )
+    single = results[0.0]
+    for share in (0.5, 0.25):
+        result = results[share]
+        add_row(
+            rows,
+            (
+                f"estimated cost per turn at {CACHE_MODEL} prices, {labels[share]} vs one by one (turns "
+                f"{CACHE_FILL_TURNS + 1}-{CACHE_TURNS}); then the prompt's part alone",
+                f"${result['cost']:.6f} vs ${single['cost']:.6f} ({single['cost'] / result['cost']:.2f}x cheaper); "
+                f"prompt ${result['input']:.6f} vs ${single['input']:.6f} ({single['input'] / result['input']:.2f}x)",
+            ),
+        )
+    return rows
 
 
 def _bytes_per_message(db: Path, messages: int) -> float:

@@ -84,7 +84,10 @@ class Settings(BaseSettings):
     history_tokens: int = Field(8000, ge=256, validation_alias=_env("TEAMBOT_HISTORY_TOKENS"))
 
     # Costs, budgets and abuse controls
-    prices: dict[str, tuple[float, float]] = Field(default_factory=dict, validation_alias=_env("TEAMBOT_PRICES"))
+    # [input, output] or [input, output, cached input], US dollars per million tokens
+    prices: dict[str, tuple[float, float] | tuple[float, float, float]] = Field(
+        default_factory=dict, validation_alias=_env("TEAMBOT_PRICES")
+    )
     budget_unit: Literal["tokens", "usd"] = Field("tokens", validation_alias=_env("TEAMBOT_BUDGET_UNIT"))
     budget_workspace_monthly: float | None = Field(
         None, gt=0, validation_alias=_env("TEAMBOT_BUDGET_WORKSPACE_MONTHLY")

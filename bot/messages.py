@@ -71,6 +71,12 @@ class Usage:
     completion_tokens: int
     #: False when the server sent no usage (an interrupted stream) and these are our own estimate.
     exact: bool = True
+    #: Of ``prompt_tokens``, those the server read from its prompt cache (``prompt_tokens_details.cached_tokens``);
+    #: None when it did not say, which is unknown, not zero.
+    cached_tokens: int | None = None
+    #: Of ``completion_tokens``, those spent thinking (``completion_tokens_details.reasoning_tokens``); None when
+    #: the server did not say.
+    reasoning_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:

@@ -27,7 +27,16 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # direction: prompt and completion (what is billed), and the parts of them the server reported: "cached"
+        # (prompt tokens read from the prompt cache) and "reasoning" (completion tokens spent thinking).
         self.tokens = Counter("teambot_tokens", "Tokens used by model calls", ["direction"], registry=r)
+        # The cache hit share is teambot_tokens_total{direction="cached"} over this: the prompt tokens of the calls
+        # whose server says how many were cached, so a server that cannot tell does not count as all misses.
+        self.cache_reported_prompt_tokens = Counter(
+            "teambot_cache_reported_prompt_tokens",
+            "Prompt tokens of model calls whose server reported how many of them were cached",
+            registry=r,
+        )
         self.cost = Counter("teambot_cost_usd", "Estimated cost of model calls, US dollars", registry=r)
         self.queue_depth = Gauge(
             "teambot_queue_depth", "Turns waiting: for their conversation or for a model call slot", registry=r

@@ -121,6 +121,9 @@ USAGE_SCOPE_WORKSPACE = "This workspace"
 USAGE_LINE = (
     "• {who}: today {day_tokens:,} tokens (${day_cost:,.4f}), this month {month_tokens:,} tokens (${month_cost:,.4f})"
 )
+#: Added to a USAGE_LINE where the server reported them this month (a server that does not say shows neither).
+USAGE_CACHE_PART = "; {share:.0%} of this month's prompt tokens came from the prompt cache"
+USAGE_REASONING_PART = "; {tokens:,} of this month's tokens were reasoning"
 USAGE_BUDGET_LINE = "• {budget}: {spent} of {limit} used, {left} left; resets at {resets}"
 USAGE_NO_BUDGETS = "• No budgets are set."
 USAGE_UNPRICED = "Some calls used a model missing from the price table; they are counted at $0."

@@ -41,6 +41,8 @@ async def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> 
         "Slack HTTP mode",
         "Slack Socket Mode",
         "Discord",
+        "prompt caching",
+        "estimated cost per turn",
     ):
         assert measure in table
     assert table == stdout.decode()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -529,3 +531,39 @@ async def test_a_reasoning_model_answers_with_no_setting_and_a_channel_effort_re
     await commands.run("model", admin, "fake-model")
     await harness.say("plain now")
     assert "reasoning_effort" not in harness.fake.requests[-1]
+
+
+async def _prefix_changes(tmp_path: Path, counter: TokenCounter, trim_block: float) -> tuple[int, float]:
+    """Turns (of 40, after the window filled) whose prompt did not begin with the whole previous prompt; and the
+    share of prompt tokens the fake's prompt cache served over them."""
+    store = await open_store(str(tmp_path / f"prefix-{trim_block}.db"))
+    system = "You are a test bot. " + " ".join(f"rule {n}." for n in range(400))
+    try:
+        async with FakeOpenAI(usage_details=True) as fake, model_http_client(5) as http:
+            llm = ChatClient(http, Endpoint("primary", fake.base_url, "fake-model"))
+            settings = TurnSettings(system, 3000, stream=False, trim_block=trim_block)
+            core = ConversationCore(store, llm, counter, settings)
+            for n in range(50):
+                # Questions of different lengths: the block line must not move with the question's size.
+                question = f"question {n} " + "word " * (20 + n * 37 % 80)
+                reply = await core.handle(IncomingMessage(KEY, f"m{n}", "U1", "Ada", question))
+                assert reply.kind is ReplyKind.ANSWER
+    finally:
+        await store.close()
+    prompts = [r["messages"] for r in fake.requests]
+    # Nothing that varies per turn goes before the history: the system message is the same bytes every turn.
+    assert len({json.dumps(p[0]) for p in prompts}) == 1
+    changed = sum(1 for before, now in itertools.pairwise(prompts[10:]) if now[: len(before)] != before)
+    steady = fake.usages[10:]
+    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in steady) / sum(u["prompt_tokens"] for u in steady)
+    return changed, cached
+
+
+async def test_the_prompt_prefix_stays_byte_identical_for_several_turns(tmp_path: Path, counter: TokenCounter) -> None:
+    blocks, blocks_cached = await _prefix_changes(tmp_path, counter, 0.5)
+    single, single_cached = await _prefix_changes(tmp_path, counter, 0.0)
+    # About 330 tokens a turn against a 2,000-token history: one by one, the oldest turn goes every turn; in blocks
+    # of half the budget, about every fourth turn (9 of 39 when written). The fake's cache sees the difference.
+    assert single >= 35
+    assert blocks <= 10
+    assert blocks_cached >= 0.7 and single_cached < 0.1

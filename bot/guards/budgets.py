@@ -131,7 +131,9 @@ class Accounting:
 
     def charge(self, key: ConversationKey, user_id: str, model: str, usage: Usage) -> UsageRecord:
         """The ledger entry for one call, priced; the store writes it with the reply."""
-        price = self._prices.cost(model, usage.prompt_tokens, usage.completion_tokens)
+        price = self._prices.cost(
+            model, usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.cached_tokens
+        )
         return UsageRecord(
             self._clock(),
             key,
@@ -142,6 +144,8 @@ class Accounting:
             usage.exact,
             price.cost,
             price.known,
+            usage.cached_tokens,
+            usage.reasoning_tokens,
         )
 
     async def notice(self, record: UsageRecord) -> str | None:
@@ -197,15 +201,18 @@ class Accounting:
             today = await self._store.usage_since(scope, day)
             this_month = await self._store.usage_since(scope, month)
             unpriced = unpriced or not this_month.all_priced
-            lines.append(
-                texts.USAGE_LINE.format(
-                    who=label,
-                    day_tokens=today.tokens,
-                    day_cost=today.cost,
-                    month_tokens=this_month.tokens,
-                    month_cost=this_month.cost,
-                )
+            line = texts.USAGE_LINE.format(
+                who=label,
+                day_tokens=today.tokens,
+                day_cost=today.cost,
+                month_tokens=this_month.tokens,
+                month_cost=this_month.cost,
             )
+            if (share := this_month.cache_share) is not None:
+                line += texts.USAGE_CACHE_PART.format(share=share)
+            if this_month.reasoning_tokens:
+                line += texts.USAGE_REASONING_PART.format(tokens=this_month.reasoning_tokens)
+            lines.append(line)
         for budget in self._budgets:
             spent = await self._spent(budget, key, user_id, now)
             lines.append(

@@ -266,6 +266,20 @@ def _thinking(part: dict[str, Any]) -> str:
 
 def usage_from(raw: dict[str, Any]) -> Usage | None:
     try:
-        return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+        prompt, completion = int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0)
     except (TypeError, ValueError):
         return None
+    # Both are parts of the totals above. A server that leaves them out (llama.cpp, older vLLM) says nothing about
+    # them: None, not 0, so a report never claims "no cache hits" for a server that cannot tell.
+    cached = _detail(raw, "prompt_tokens_details", "cached_tokens", prompt)
+    reasoning = _detail(raw, "completion_tokens_details", "reasoning_tokens", completion)
+    return Usage(prompt, completion, cached_tokens=cached, reasoning_tokens=reasoning)
+
+
+def _detail(raw: dict[str, Any], group: str, name: str, total: int) -> int | None:
+    details = raw.get(group)
+    value = details.get(name) if isinstance(details, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None  # absent, null or garbled: unknown
+    # Never more than the total it is part of: a cached count above the prompt would price the prompt below zero.
+    return min(int(value), total)

@@ -15,7 +15,9 @@ from bot.store.base import (
     IN_MEMORY_REFUSED,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
+    TOKENS_BEFORE_QUERY,
     USAGE_COLUMNS,
+    USAGE_TOTALS,
     ChannelSettings,
     RateBucket,
     Role,
@@ -28,6 +30,7 @@ from bot.store.base import (
     is_postgres,
     sqlite_in_memory,
     sqlite_path,
+    usage_total,
 )
 from bot.store.memory_buckets import TokenBuckets
 
@@ -36,7 +39,9 @@ __all__ = [
     "IN_MEMORY_REFUSED",
     "LAST_THREAD_QUERY",
     "MIN_MESSAGE_TOKENS",
+    "TOKENS_BEFORE_QUERY",
     "USAGE_COLUMNS",
+    "USAGE_TOTALS",
     "ChannelSettings",
     "RateBucket",
     "Role",
@@ -53,6 +58,7 @@ __all__ = [
     "sqlite_in_memory",
     "sqlite_path",
     "sqlite_schema",
+    "usage_total",
 ]
 
 

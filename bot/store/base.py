@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from bot.messages import ConversationKey, IncomingMessage, Usage
@@ -27,25 +27,54 @@ LAST_THREAD_QUERY = (
     "AND m.author_id = {author} ORDER BY m.id DESC LIMIT 1"
 )
 
-#: The newest messages before ``{before}`` that fit ``{budget}`` tokens together, oldest first, without a hole; when
-#: even the newest alone does not fit, that one message (the caller cuts it: one long answer must not empty the
-#: window). Every message costs at least MIN_MESSAGE_TOKENS, so only the newest ``{rows}`` (budget / MIN) can fit:
-#: the walk down the (conversation_id, id, tokens) index stops there however long the conversation is, and reads
-#: the index alone. The running sum over it finds the oldest message that still fits; only when none does is the
-#: newest looked up (coalesce evaluates its second argument only then: one more index probe, on that rare path).
-#: Only the rows from there on are read whole. Placeholders are filled with each engine's parameter markers.
+#: The newest messages before ``{before}`` that fit ``{budget}`` tokens together, oldest first, without a hole, and
+#: starting on a block boundary ``{step}`` tokens wide, so that the prompt's beginning stays the same from turn to
+#: turn and a provider's prompt cache can serve it.
+#:
+#: Every message costs at least MIN_MESSAGE_TOKENS, so only the newest ``{rows}`` (budget / MIN) can fit: the walk
+#: down the (conversation_id, id, tokens, tokens_before) index stops there however long the conversation is, and
+#: reads the index alone. The running sum over it finds the oldest message that still fits.
+#:
+#: Block trimming: ``tokens_before`` is the conversation's token count before each message, written with it, so it
+#: places every message on a fixed line that never moves. The conversation so far (``reached``: the newest message's
+#: end on that line) overflows the budget by ``reached - budget`` tokens; rounded up to a multiple of ``{step}``,
+#: that is where the window starts. It stays put while the conversation grows by less than a step, then
+#: jumps a whole step: the prefix (system prompt and history) changes once every few turns instead of every turn.
+#: Both the budget and the block line must hold (the first message at or after the line, and within the budget),
+#: so the budget is never passed even where ``tokens_before`` has gaps (deleted messages leave them; they only make
+#: the line's count run ahead). ``{step}`` = 1 is one-by-one trimming. The question being answered (``{before}``)
+#: is not in the window, so the budget left for history shrinks with a longer question; ``reached - budget`` still
+#: never goes back from one turn to the next (the question joins the history), so neither does the window's start.
+#:
+#: When nothing qualifies (even the newest message alone is over the budget, or the block line passed it), the
+#: newest message comes alone (the caller cuts it to fit: one long answer must not empty the window); coalesce
+#: evaluates that lookup only then, one more index probe on that rare path.
+#: Placeholders are filled with each engine's parameter markers.
 HISTORY_QUERY = (
     "SELECT id, role, author_name, content, tokens, created_at FROM messages "
     "WHERE conversation_id = {conversation} AND id < {before} AND id >= ("
     "  SELECT coalesce(min(id), ("
     "    SELECT max(id) FROM messages WHERE conversation_id = {conversation} AND id < {before}"
     "  ), {before}) FROM ("
-    "    SELECT id, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running FROM ("
-    "      SELECT id, tokens FROM messages WHERE conversation_id = {conversation} AND id < {before}"
+    "    SELECT id, tokens_before, sum(tokens) OVER (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) AS running FROM ("
+    "      SELECT id, tokens, tokens_before FROM messages WHERE conversation_id = {conversation} AND id < {before}"
     "      ORDER BY id DESC LIMIT {rows}"
     "    ) newest"
     "  ) fitted WHERE running <= {budget}"
+    # Where the newest message ends on the line (one seek, evaluated once), less the budget, rounded up to a block.
+    # Integer division rounds toward zero: a conversation still within the budget gets a line at or below 0.
+    "  AND tokens_before >= (("
+    "    SELECT tokens_before + tokens FROM messages WHERE conversation_id = {conversation} AND id < {before}"
+    "    ORDER BY id DESC LIMIT 1"
+    "  ) - {budget} + {step} - 1) / {step} * {step}"
     ") ORDER BY id"
+)
+
+#: A new message's place on the conversation's token line: where its newest message ends (0 for the first).
+#: The (conversation_id, id, tokens, tokens_before) index answers it with one seek.
+TOKENS_BEFORE_QUERY = (
+    "coalesce((SELECT tokens_before + tokens FROM messages WHERE conversation_id = {conversation} "
+    "ORDER BY id DESC LIMIT 1), 0)"
 )
 
 
@@ -72,6 +101,9 @@ class UsageRecord:
     exact: bool
     cost: float
     priced: bool
+    #: Parts of the two counts above as the server reported them; None where it did not say (unknown, not 0).
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
     def values(self) -> tuple[object, ...]:
         """The record in the order of :data:`USAGE_COLUMNS`."""
@@ -88,6 +120,8 @@ class UsageRecord:
             self.exact,
             self.cost,
             self.priced,
+            self.cached_tokens,
+            self.reasoning_tokens,
         )
 
 
@@ -104,6 +138,8 @@ USAGE_COLUMNS = (
     "exact",
     "cost",
     "priced",
+    "cached_tokens",
+    "reasoning_tokens",
 )
 
 
@@ -134,6 +170,43 @@ class UsageTotal:
     cost: float = 0.0
     #: False when some calls used a model missing from the price table (counted at cost 0).
     all_priced: bool = True
+    #: Prompt tokens served from the provider's cache, and the prompt tokens of the calls whose server said how many
+    #: were (the denominator of the hit share); None when no call in the period said.
+    cached_tokens: int | None = None
+    cache_known_prompt_tokens: int | None = None
+    #: Completion tokens spent thinking; None when no call in the period reported them.
+    reasoning_tokens: int | None = None
+
+    @property
+    def cache_share(self) -> float | None:
+        """The share of prompt tokens read from the cache, over the calls whose server reports it."""
+        if self.cached_tokens is None or not self.cache_known_prompt_tokens:
+            return None
+        return self.cached_tokens / self.cache_known_prompt_tokens
+
+
+#: The ledger's sums for :class:`UsageTotal`, in its field order; a sum over NULLs alone is NULL (unknown).
+USAGE_TOTALS = (
+    "count(*), coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost), 0), {all_priced}, "
+    "sum(cached_tokens), sum(CASE WHEN cached_tokens IS NOT NULL THEN prompt_tokens END), sum(reasoning_tokens)"
+)
+
+
+def usage_total(row: Sequence[Any]) -> UsageTotal:
+    """The :class:`UsageTotal` of a row selected with :data:`USAGE_TOTALS` (PostgreSQL sums come as Decimal)."""
+
+    def known(value: Any) -> int | None:
+        return None if value is None else int(value)
+
+    return UsageTotal(
+        calls=int(row[0]),
+        tokens=int(row[1]),
+        cost=float(row[2]),
+        all_priced=bool(row[3]),
+        cached_tokens=known(row[4]),
+        cache_known_prompt_tokens=known(row[5]),
+        reasoning_tokens=known(row[6]),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +268,11 @@ class Store(Protocol):
         """
         ...
 
-    async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
-        """The newest messages older than row ``before`` whose tokens fit ``token_budget``, oldest first.
+    async def load_history(
+        self, key: ConversationKey, token_budget: int, *, before: int, step: int = 1
+    ) -> list[StoredMessage]:
+        """The newest messages older than row ``before`` whose tokens fit ``token_budget``, oldest first, starting on
+        a block boundary ``step`` tokens wide (see :data:`HISTORY_QUERY`; 1 drops the oldest messages one by one).
 
         When even the newest message alone exceeds the budget, it is returned alone (more tokens than the budget):
         the caller cuts it to fit, rather than send a prompt that forgot the whole conversation. Empty only when

@@ -67,6 +67,7 @@ TABLES = (
             "completion_tokens",
             "usage_exact",
             "created_at",
+            "tokens_before",
         ),
         flags=("complete", "usage_exact"),
         serial="id",

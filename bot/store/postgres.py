@@ -22,7 +22,9 @@ from bot.store.base import (
     HISTORY_QUERY,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
+    TOKENS_BEFORE_QUERY,
     USAGE_COLUMNS,
+    USAGE_TOTALS,
     ChannelSettings,
     RateBucket,
     StoredMessage,
@@ -30,6 +32,7 @@ from bot.store.base import (
     UsageScope,
     UsageTotal,
     describe_db,
+    usage_total,
 )
 
 log = logging.getLogger(__name__)
@@ -148,6 +151,22 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE INDEX seen_requests_by_expiry ON seen_requests (expires_at)",
     ),
+    (
+        # Usage as billed: the parts of a call's tokens served from the prompt cache and spent thinking, where the
+        # server reports them; NULL where it did not (unknown, not zero).
+        "ALTER TABLE usage ADD COLUMN cached_tokens INTEGER",
+        "ALTER TABLE usage ADD COLUMN reasoning_tokens INTEGER",
+        # Block trimming (HISTORY_QUERY): each message's place on its conversation's token line, filled in for the
+        # messages already there with one pass of a window function.
+        "ALTER TABLE messages ADD COLUMN tokens_before BIGINT NOT NULL DEFAULT 0",
+        """UPDATE messages SET tokens_before = placed.tokens_before FROM (
+            SELECT id, sum(tokens) OVER (PARTITION BY conversation_id ORDER BY id) - tokens AS tokens_before
+            FROM messages
+        ) placed WHERE messages.id = placed.id""",
+        # The history walk and the next message's place, still from the index alone.
+        "CREATE INDEX messages_by_conversation_line ON messages (conversation_id, id, tokens, tokens_before)",
+        "DROP INDEX messages_by_conversation_tokens",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -163,8 +182,9 @@ _INSERT_USAGE = (
 HANDLED_RETENTION_S = 7 * 24 * 3600
 #: A rate bucket idle this long is full again at any rate worth setting, so its row can go.
 RATE_BUCKET_IDLE_S = 24 * 3600
+_TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="$1")
 _LAST_THREAD = LAST_THREAD_QUERY.format(platform="$1", workspace="$2", channel="$3", author="$4")
-_HISTORY = HISTORY_QUERY.format(conversation="$1", before="$2", rows="$3", budget="$4")
+_HISTORY = HISTORY_QUERY.format(conversation="$1", before="$2", rows="$3", budget="$4", step="$5")
 #: One request against several token buckets, in one statement: the rows are locked (in key order, so two takes
 #: never wait for each other in a circle), refilled by the server's clock, and each gives one token only if every
 #: one has a token. NULL, with nothing changed, when a bucket has no row yet (see _CREATE_BUCKETS).
@@ -327,8 +347,9 @@ class PostgresStore:
                 "  INSERT INTO handled_messages (message_id, handled_at) VALUES ($1, $2)"
                 "  ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
                 ") INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
-                "platform_message_id, created_at) "
-                "SELECT $3, 'user', $4, $5, $6, $7, message_id, $2 FROM claimed RETURNING id",
+                "platform_message_id, created_at, tokens_before) "
+                f"SELECT $3, 'user', $4, $5, $6, $7, message_id, $2, {TOKENS_BEFORE_QUERY.format(conversation='$3')} "
+                "FROM claimed RETURNING id",
                 msg.message_id,
                 now,
                 conversation,
@@ -354,7 +375,8 @@ class PostgresStore:
             conversation = await self._conversation_id(conn, msg.key)
             row = await conn.fetchval(
                 "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
-                "platform_message_id, created_at) VALUES ($1, 'user', $2, $3, $4, $5, $6, $7) RETURNING id",
+                "platform_message_id, created_at, tokens_before) "
+                f"VALUES ($1, 'user', $2, $3, $4, $5, $6, $7, {_TOKENS_BEFORE}) RETURNING id",
                 conversation,
                 msg.author_id,
                 msg.author_name,
@@ -397,8 +419,8 @@ class PostgresStore:
             conversation = await self._conversation_id(conn, key)
             row = await conn.fetchval(
                 "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
-                "prompt_tokens, completion_tokens, usage_exact, created_at) "
-                "VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                "prompt_tokens, completion_tokens, usage_exact, created_at, tokens_before) "
+                f"VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, {_TOKENS_BEFORE}) RETURNING id",
                 conversation,
                 text,
                 tokens,
@@ -414,7 +436,9 @@ class PostgresStore:
                 await conn.execute(_INSERT_USAGE, *ledger.values())
             return int(row)
 
-    async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
+    async def load_history(
+        self, key: ConversationKey, token_budget: int, *, before: int, step: int = 1
+    ) -> list[StoredMessage]:
         if token_budget <= 0:
             return []
         async with self._pool.acquire() as conn:
@@ -422,7 +446,7 @@ class PostgresStore:
             if conversation is None:
                 return []
             rows = await conn.fetch(
-                _HISTORY, conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget
+                _HISTORY, conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step)
             )
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
@@ -478,14 +502,11 @@ class PostgresStore:
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
         conditions = scope.conditions(since)
         where = " AND ".join(f"{c} ${n}" for n, (c, _) in enumerate(conditions, start=1))
-        query = (
-            "SELECT count(*), coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost), 0), "
-            f"coalesce(bool_and(priced), true) FROM usage WHERE {where}"
-        )
+        query = f"SELECT {USAGE_TOTALS.format(all_priced='coalesce(bool_and(priced), true)')} FROM usage WHERE {where}"
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(query, *(value for _, value in conditions))
         assert row is not None
-        return UsageTotal(calls=int(row[0]), tokens=int(row[1]), cost=float(row[2]), all_priced=bool(row[3]))
+        return usage_total(row)
 
     async def claim_warning(self, scope: str, period_start: float) -> bool:
         async with self._pool.acquire() as conn:

@@ -24,7 +24,9 @@ from bot.store.base import (
     IN_MEMORY_REFUSED,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
+    TOKENS_BEFORE_QUERY,
     USAGE_COLUMNS,
+    USAGE_TOTALS,
     ChannelSettings,
     RateBucket,
     StoredMessage,
@@ -32,6 +34,7 @@ from bot.store.base import (
     UsageScope,
     UsageTotal,
     sqlite_in_memory,
+    usage_total,
 )
 from bot.store.memory_buckets import TokenBuckets
 from bot.store.sqlite_writer import PRAGMAS, SQLiteWriter
@@ -120,6 +123,22 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX seen_requests_by_expiry ON seen_requests (expires_at)",
     ),
+    (
+        # Usage as billed: the parts of a call's tokens served from the prompt cache and spent thinking, where the
+        # server reports them; NULL where it did not (unknown, not zero).
+        "ALTER TABLE usage ADD COLUMN cached_tokens INTEGER",
+        "ALTER TABLE usage ADD COLUMN reasoning_tokens INTEGER",
+        # Block trimming (HISTORY_QUERY): each message's place on its conversation's token line, filled in for the
+        # messages already there with one pass of a window function.
+        "ALTER TABLE messages ADD COLUMN tokens_before INTEGER NOT NULL DEFAULT 0",
+        """UPDATE messages SET tokens_before = placed.tokens_before FROM (
+            SELECT id, sum(tokens) OVER (PARTITION BY conversation_id ORDER BY id) - tokens AS tokens_before
+            FROM messages
+        ) placed WHERE messages.id = placed.id""",
+        # The history walk and the next message's place, still from the index alone.
+        "CREATE INDEX messages_by_conversation_line ON messages (conversation_id, id, tokens, tokens_before)",
+        "DROP INDEX messages_by_conversation_tokens",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -129,7 +148,8 @@ _INSERT_USAGE = f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.j
 #: How long a handled message id is remembered; platforms redeliver within minutes, not days.
 HANDLED_RETENTION_S = 7 * 24 * 3600
 _LAST_THREAD = LAST_THREAD_QUERY.format(platform="?1", workspace="?2", channel="?3", author="?4")
-HISTORY_SQL = HISTORY_QUERY.format(conversation="?1", before="?2", rows="?3", budget="?4")
+HISTORY_SQL = HISTORY_QUERY.format(conversation="?1", before="?2", rows="?3", budget="?4", step="?5")
+_TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="?1")
 _SETTINGS_CACHE_SIZE = 10_000
 
 
@@ -250,7 +270,8 @@ class SQLiteStore:
     def _add_question(self, db: sqlite3.Connection, msg: IncomingMessage, tokens: int, now: float) -> int:
         cur = db.execute(
             "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
-            "platform_message_id, created_at) VALUES (?, 'user', ?, ?, ?, ?, ?, ?)",
+            "platform_message_id, created_at, tokens_before) "
+            f"VALUES (?1, 'user', ?2, ?3, ?4, ?5, ?6, ?7, {_TOKENS_BEFORE})",
             (self._conversation_id(db, msg.key), msg.author_id, msg.author_name, msg.text, tokens, msg.message_id, now),
         )
         return _row_id(cur)
@@ -270,8 +291,8 @@ class SQLiteStore:
         def work(db: sqlite3.Connection) -> int:
             cur = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
-                "prompt_tokens, completion_tokens, usage_exact, created_at) "
-                "VALUES (?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "prompt_tokens, completion_tokens, usage_exact, created_at, tokens_before) "
+                f"VALUES (?1, 'assistant', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {_TOKENS_BEFORE})",
                 (
                     self._conversation_id(db, key),
                     text,
@@ -294,12 +315,14 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"storing the reply failed: {exc}") from exc
 
-    async def load_history(self, key: ConversationKey, token_budget: int, *, before: int) -> list[StoredMessage]:
+    async def load_history(
+        self, key: ConversationKey, token_budget: int, *, before: int, step: int = 1
+    ) -> list[StoredMessage]:
         conversation = await self._existing_conversation_id(key)
         if conversation is None or token_budget <= 0:
             return []
         rows = await self._reader.execute_fetchall(
-            HISTORY_SQL, (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget)
+            HISTORY_SQL, (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step))
         )
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
@@ -354,11 +377,11 @@ class SQLiteStore:
     async def usage_since(self, scope: UsageScope, since: float) -> UsageTotal:
         conditions = scope.conditions(since)
         query = (
-            "SELECT count(*), coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost), 0), "
-            f"coalesce(min(priced), 1) FROM usage WHERE {' AND '.join(f'{c} ?' for c, _ in conditions)}"
+            f"SELECT {USAGE_TOTALS.format(all_priced='coalesce(min(priced), 1)')} "
+            f"FROM usage WHERE {' AND '.join(f'{c} ?' for c, _ in conditions)}"
         )
         [row] = list(await self._reader.execute_fetchall(query, [value for _, value in conditions]))
-        return UsageTotal(calls=int(row[0]), tokens=int(row[1]), cost=float(row[2]), all_priced=bool(row[3]))
+        return usage_total(row)
 
     async def claim_warning(self, scope: str, period_start: float) -> bool:
         statement = "INSERT INTO budget_warnings (scope, period_start) VALUES (?, ?) ON CONFLICT DO NOTHING"

@@ -31,6 +31,8 @@ may share one message (``[[slow:0.2]] [[cut]]``); each keeps its own count. Unkn
     [[reasoning]]               the same in OpenRouter's ``reasoning`` field
     [[think]]                   the same as a ``<think>…</think>`` block leading the content (Ollama); streamed in
                                 pieces of five characters, so the tags are split across chunks
+    [[reasoning_tokens:N]]      with ``usage_details``: the answer "thought" N tokens more, reported as
+                                ``completion_tokens_details.reasoning_tokens`` and counted in ``completion_tokens``
 
 Like a real server, a path it does not serve (a base URL without ``/v1``) answers 404 with Ollama's plain-text
 ``404 page not found``, not an OpenAI error body (``not_found`` records the paths asked); with ``models=`` given,
@@ -43,6 +45,13 @@ Parameters are refused by model name, as OpenAI refuses them (HTTP 400, ``param`
                                 (unsupported_value)
     gpt-4…, gpt-3.5…            ``reasoning_effort`` (unsupported_parameter)
     legacy-…                    ``max_completion_tokens`` (unsupported_parameter): a server that knows only the old name
+
+Usage details and a prompt cache like OpenAI's (``FakeOpenAI(usage_details=True)``; without it usage has only the
+three totals, as llama.cpp sends): ``prompt_tokens_details.cached_tokens`` counts the prompt's leading tokens that
+an earlier request of the last ``cache_ttl`` seconds (5 minutes) shared, in OpenAI's steps: nothing below 1,024
+tokens, then 1,024 plus whole blocks of 128. Tokens are the fake's usual four characters each, counted over the
+messages' contents in order (roles must match too), the same measure as ``prompt_tokens``: a prefix is the whole
+messages two prompts share plus the common start of the first message where they differ.
 
 Examples: ``[[500x2]]`` fails twice then succeeds; ``[[429:ra=0.2x1]]`` is rate limited once for 0.2 s.
 
@@ -91,6 +100,7 @@ _FAULTS = (
     "thinking",
     "reasoning",
     "think",
+    "reasoning_tokens",
 )
 # The name is an explicit alternation so that "x" in "[[500x2]]" can never be swallowed into the name.
 _TOKEN = re.compile(
@@ -111,6 +121,10 @@ THOUGHT_MARK = "PONDERING"
 THOUGHT = f"The person wants an echo. {THOUGHT_MARK} whether to add anything: no."
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 _OLDER_MODEL = re.compile(r"^gpt-(4|3\.5)")
+#: OpenAI's prompt cache: prefixes shorter than this are not cached at all, longer ones in blocks of _CACHE_BLOCK.
+CACHE_MIN_TOKENS = 1024
+CACHE_BLOCK = 128
+_CACHE_ENTRIES = 512
 
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -164,6 +178,19 @@ def long_text(chars: int) -> str:
     return text[:chars]
 
 
+def _shared_chars(prompt: list[tuple[str, str]], earlier: list[tuple[str, str]]) -> int:
+    """The characters of content two prompts share from their beginning."""
+    shared = 0
+    for (role, content), (earlier_role, earlier_content) in zip(prompt, earlier, strict=False):
+        if role != earlier_role:
+            break
+        if content != earlier_content:
+            same = next((i for i, (a, b) in enumerate(zip(content, earlier_content, strict=False)) if a != b), None)
+            return shared + (min(len(content), len(earlier_content)) if same is None else same)
+        shared += len(content)
+    return shared
+
+
 def _sse(payload: object) -> bytes:
     return f"data: {json.dumps(payload)}\n\n".encode()
 
@@ -185,6 +212,8 @@ class FakeOpenAI:
         context_limit_chars: int | None = None,
         reply: Callable[[list[dict[str, Any]]], str] | None = None,
         models: frozenset[str] | None = None,
+        usage_details: bool = False,
+        cache_ttl: float = 300.0,
     ) -> None:
         self.api_key = api_key
         self.chunk_delay = chunk_delay
@@ -193,6 +222,12 @@ class FakeOpenAI:
         self.reply = reply
         self.models = models
         self.not_found: list[str] = []
+        self.usage_details = usage_details
+        self.cache_ttl = cache_ttl
+        #: (when, the prompt as (role, content) pairs) of recent requests, newest last: the prompt cache.
+        self._prompts: list[tuple[float, list[tuple[str, str]]]] = []
+        #: The usage each successful chat completion reported, in order.
+        self.usages: list[dict[str, Any]] = []
         self.base_url = ""
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -303,11 +338,17 @@ class FakeOpenAI:
         thinking = {"thinking": "reasoning_content", "reasoning": "reasoning"}
         field = next((thinking[name] for name in thinking if name in faults), None)
         prompt_tokens, completion_tokens = _tokens(prompt_chars), _tokens(len(text))
-        usage = {
+        reasoning = int(faults.get("reasoning_tokens", 0)) if self.usage_details else 0
+        completion_tokens += reasoning
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
+        if self.usage_details:
+            usage["prompt_tokens_details"] = {"cached_tokens": self._cached(messages, prompt_tokens), "audio_tokens": 0}
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning, "audio_tokens": 0}
+        self.usages.append(usage)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, model, text, usage if include_usage else None, faults, field)
@@ -342,6 +383,18 @@ class FakeOpenAI:
                 "usage": usage,
             },
         )
+
+    def _cached(self, messages: list[dict[str, Any]], prompt_tokens: int) -> int:
+        """How many of this prompt's leading tokens the prompt cache holds; then the prompt joins the cache."""
+        now = time.monotonic()
+        prompt = [(str(m.get("role")), _content(m)) for m in messages]
+        self._prompts = [(at, p) for at, p in self._prompts[-_CACHE_ENTRIES:] if now - at <= self.cache_ttl]
+        shared = max((_shared_chars(prompt, earlier) for _, earlier in self._prompts), default=0)
+        self._prompts.append((now, prompt))
+        tokens = shared // 4  # whole tokens only: a partly shared token is not a cache hit
+        if tokens < CACHE_MIN_TOKENS:
+            return 0
+        return min(prompt_tokens, CACHE_MIN_TOKENS + (tokens - CACHE_MIN_TOKENS) // CACHE_BLOCK * CACHE_BLOCK)
 
     def _faults(self, text: str) -> dict[str, float]:
         faults: dict[str, float] = {}
@@ -409,7 +462,7 @@ class FakeOpenAI:
         request: web.Request,
         model: str,
         text: str,
-        usage: dict[str, int] | None,
+        usage: dict[str, Any] | None,
         faults: dict[str, float],
         thinking_field: str | None = None,
     ) -> web.StreamResponse:

@@ -331,3 +331,22 @@ async def test_run_standalone_on_a_port_in_use_it_says_so_in_one_line() -> None:
     assert proc.returncode == 1 and out == b""
     expected = f"python -m tests.fakes.openai: cannot listen on port {port}: Address already in use"
     assert err.decode().splitlines() == [expected]
+
+
+async def test_prompt_cache_counts_the_shared_prefix_in_openai_steps(client: httpx.AsyncClient) -> None:
+    async with FakeOpenAI(usage_details=True) as fake:
+
+        async def cached(messages: list[dict[str, str]]) -> int:
+            response = await client.post(f"{fake.base_url}/chat/completions", json={"model": "m", "messages": messages})
+            return int(response.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+        long = "a" * 4 * 2000  # 2,000 tokens of the fake's four characters each
+        assert await cached([{"role": "system", "content": long}, {"role": "user", "content": "q1"}]) == 0
+        # Shared: the 2,000-token system prompt: 1,024 + 7 blocks of 128 (1,920); the rest is not a whole block.
+        assert await cached([{"role": "system", "content": long}, {"role": "user", "content": "q2"}]) == 1920
+        # Below 1,024 shared tokens nothing counts, and a role that differs ends the shared prefix.
+        assert await cached([{"role": "system", "content": "a" * 4 * 1000}, {"role": "user", "content": "x"}]) == 0
+        assert await cached([{"role": "user", "content": long}]) == 0
+        # Expired entries are forgotten.
+        fake.cache_ttl = 0.0
+        assert await cached([{"role": "system", "content": long}, {"role": "user", "content": "q3"}]) == 0

@@ -45,7 +45,7 @@ async def fill_sqlite(path: Path) -> list[tuple[str, str | None, str]]:
         for n, key in enumerate([CHANNEL, THREAD, CHANNEL]):
             row = await store.begin_turn(IncomingMessage(key, f"m{n}", "U1", "Ada", f"question {n}"), 10)
             assert row is not None
-            ledger = UsageRecord(1000.0 + n, key, "U1", "gpt-x", 10, 4, True, 0.001, True)
+            ledger = UsageRecord(1000.0 + n, key, "U1", "gpt-x", 10, 4, True, 0.001, True, n or None, 2)
             await store.add_reply(
                 key, f"answer {n}", 4, reply_to=row, usage=Usage(10, 4), model="gpt-x", complete=n != 1, ledger=ledger
             )
@@ -83,6 +83,8 @@ async def test_db_copy_moves_the_history_into_postgresql_and_the_bot_carries_on(
         assert await store.channel_settings(THREAD) == ChannelSettings("Be brief.", None)
         total = await store.usage_since(UsageScope("slack", "T1"), 0)
         assert (total.calls, total.tokens) == (3, 42)
+        # The cached and reasoning parts come along, unknown (NULL) staying unknown.
+        assert (total.cached_tokens, total.cache_known_prompt_tokens, total.reasoning_tokens) == (3, 20, 6)
         assert await store.claim_warning("slack:T1", 0.0) is False
         # A redelivery of an answered message is still refused, and new rows get ids after the copied ones.
         assert await store.begin_turn(IncomingMessage(CHANNEL, "m0", "U1", "Ada", "again"), 10) is None
@@ -94,6 +96,13 @@ async def test_db_copy_moves_the_history_into_postgresql_and_the_bot_carries_on(
     conn = await asyncpg.connect(postgres_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM messages WHERE NOT complete") == 1
+        # Each message keeps its place on its conversation's token line, so block trimming carries on unchanged.
+        line = await conn.fetch(
+            "SELECT tokens_before FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+            "WHERE c.key = $1 ORDER BY m.id",
+            str(CHANNEL),
+        )
+        assert [r[0] for r in line] == [0, 10, 14, 24, 28]
     finally:
         await conn.close()
 

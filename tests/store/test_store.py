@@ -161,9 +161,9 @@ async def test_history_is_found_from_the_index_alone_however_long_the_conversati
     s = await open_store(str(path))
     await s.close()
     with sqlite3.connect(path) as db:
-        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {SQLITE_HISTORY}", (1, 10**9, 1601, 8000))]
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {SQLITE_HISTORY}", (1, 10**9, 1601, 8000, 2000))]
     # The walk that decides where the context starts reads the index only; no step scans the table.
-    assert any("COVERING INDEX messages_by_conversation_tokens (conversation_id=? AND id<?)" in p for p in plan)
+    assert any("COVERING INDEX messages_by_conversation_line (conversation_id=? AND id<?)" in p for p in plan)
     assert not any(p.startswith("SCAN messages") for p in plan)
 
 
@@ -192,7 +192,7 @@ async def test_loading_history_costs_the_same_however_long_the_conversation(tmp_
                 return 0
 
             db.set_progress_handler(tick, 1)  # called every VM instruction: a count of the work done
-            db.execute(SQLITE_HISTORY, (conversation, 10**9, 300 // 5 + 1, 300)).fetchall()
+            db.execute(SQLITE_HISTORY, (conversation, 10**9, 300 // 5 + 1, 300, 75)).fetchall()
             db.set_progress_handler(None, 1)
             steps[conversation] = count[0]
     # 25 messages fit either way; the 20,000-message conversation must not cost more to read than the 100-message one.
@@ -225,7 +225,7 @@ async def test_finding_a_newest_message_too_long_to_fit_costs_the_same_however_l
                 return 0
 
             db.set_progress_handler(tick, 1)
-            rows = db.execute(SQLITE_HISTORY, (conversation, 10**9, 300 // 5 + 1, 300)).fetchall()
+            rows = db.execute(SQLITE_HISTORY, (conversation, 10**9, 300 // 5 + 1, 300, 1)).fetchall()
             db.set_progress_handler(None, 1)
             assert [r[4] for r in rows] == [10_000]  # the long newest message alone, for the caller to cut
             steps[conversation] = count[0]
@@ -553,3 +553,89 @@ async def test_readiness_fails_while_the_database_refuses_writes(store: Store) -
     assert await store.ping() is False
     await execute(store, "DROP TRIGGER refuse" + ("" if isinstance(store, SQLiteStore) else " ON handled_messages"))
     assert await store.ping() is True
+
+
+async def test_the_ledger_keeps_cached_and_reasoning_tokens_and_unknown_stays_unknown(store: Store) -> None:
+    def record(cached: int | None, reasoning: int | None) -> UsageRecord:
+        return UsageRecord(time.time(), A, "U1", "m", 100, 40, True, 0.01, True, cached, reasoning)
+
+    scope = UsageScope("slack", "T1")
+    await store.add_usage(record(None, None))
+    unknown = await store.usage_since(scope, 0)
+    assert (unknown.cached_tokens, unknown.reasoning_tokens, unknown.cache_share) == (None, None, None)
+    await store.add_usage(record(80, 0))
+    await store.add_usage(record(20, 15))
+    total = await store.usage_since(scope, 0)
+    assert (total.calls, total.tokens, total.cached_tokens, total.reasoning_tokens) == (3, 420, 100, 15)
+    # The share counts only the calls whose server said: 100 of their 200 prompt tokens, not 100 of 300.
+    assert total.cache_known_prompt_tokens == 200 and total.cache_share == 0.5
+    on_disk = await rows(store, "SELECT cached_tokens, reasoning_tokens FROM usage ORDER BY id")
+    assert on_disk == [(None, None), (80, 0), (20, 15)]
+
+
+async def test_history_is_trimmed_in_blocks_so_its_start_holds_for_several_turns(store: Store) -> None:
+    starts = []
+    for n in range(40):
+        row = await store.begin_turn(incoming(A, n), 10)
+        assert row is not None
+        history = await store.load_history(A, 100, before=row, step=50)
+        assert sum(m.tokens for m in history) <= 100
+        starts.append(history[0].content if history else None)
+    # Once the 100-token window is full, its start moves only every 5 messages (50 tokens), and jumps by 5.
+    # (Turn 11 is the first to overflow: 110 tokens before it, 10 too many, rounded up to a block of 50.)
+    moves = [n for n in range(1, 40) if starts[n] != starts[n - 1]]
+    assert moves == [1, 11, 16, 21, 26, 31, 36], starts
+    assert starts[10] == "message 0" and starts[11] == "message 5" and starts[16] == "message 10"
+    # One by one, it moves with every message.
+    row = await store.begin_turn(incoming(A, 40), 10)
+    assert row is not None
+    assert (await store.load_history(A, 100, before=row, step=1))[0].content == "message 30"
+
+
+async def test_block_trimming_never_passes_the_budget_or_leaves_a_hole(store: Store) -> None:
+    sizes = [7, 31, 5, 64, 12, 9, 40, 18, 5, 77, 23, 6, 50, 11, 29, 8, 66, 14, 5, 35]
+    ids = []
+    for n, size in enumerate(sizes * 3):
+        row = await store.begin_turn(incoming(A, n), size)
+        assert row is not None
+        ids.append(row)
+        for budget, step in ((150, 37), (200, 100), (90, 1)):
+            history = await store.load_history(A, budget, before=row, step=step)
+            assert sum(m.tokens for m in history) <= budget
+            assert [m.id for m in history] == ids[len(ids) - 1 - len(history) : -1]  # the newest, without a hole
+    # A line that lags behind the messages (written by hand, or by two writers racing) still never passes the budget.
+    await rows(store, "UPDATE messages SET tokens_before = 0")
+    for budget, step in ((150, 37), (200, 100)):
+        history = await store.load_history(A, budget, before=10**9, step=step)
+        assert 0 < sum(m.tokens for m in history) <= budget
+
+
+async def test_migrating_places_existing_messages_on_their_conversations_token_line(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for statement in (s for step in MIGRATIONS[:-1] for s in step):
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+        for conversation in (1, 2):
+            db.execute(
+                "INSERT INTO conversations (id, key, platform, workspace, channel, created_at) "
+                "VALUES (?, ?, 'slack', 'T1', ?, 0)",
+                (conversation, f"slack:T1:C{conversation}", f"C{conversation}"),
+            )
+        for conversation, tokens in ((1, 10), (2, 7), (1, 20), (2, 3), (1, 30)):
+            db.execute(
+                "INSERT INTO messages (conversation_id, role, content, tokens, created_at) "
+                "VALUES (?, 'user', 'x', ?, 0)",
+                (conversation, tokens),
+            )
+        db.execute(
+            "INSERT INTO usage (at, platform, workspace, channel, user_id, model, prompt_tokens, completion_tokens, "
+            "exact, cost, priced) VALUES (0, 'slack', 'T1', 'C1', 'U1', 'm', 1, 1, 1, 0, 1)"
+        )
+    store = await open_store(str(path))
+    await store.close()
+    with sqlite3.connect(path) as db:
+        placed = db.execute("SELECT conversation_id, tokens_before FROM messages ORDER BY id").fetchall()
+        ledger = db.execute("SELECT cached_tokens, reasoning_tokens FROM usage").fetchall()
+    assert placed == [(1, 0), (2, 0), (1, 10), (2, 7), (1, 30)]
+    assert ledger == [(None, None)]  # what an older bot recorded is unknown, not zero
