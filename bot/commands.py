@@ -1,4 +1,4 @@
-"""The slash commands every platform offers, answered privately: /reset, /usage, /system, /model.
+"""The slash commands every platform offers, answered privately: /reset, /usage, /system, /model, /summary.
 
 Adapters say who asks and whether the platform counts them as an admin; this module decides the rest.
 """
@@ -6,16 +6,18 @@ Adapters say who asks and whether the platform counts them as an admin; this mod
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from bot import texts
 from bot.conversation import ConversationCore
+from bot.guards import Period
 from bot.messages import ConversationKey
-from bot.store import ChannelSettings
+from bot.store import ChannelSettings, UsageScope
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("reset", "usage", "system", "model")
+COMMANDS = ("reset", "usage", "system", "model", "summary")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,8 @@ class CommandContext:
 class CommandPolicy:
     admin_users: frozenset[str] = frozenset()
     models: frozenset[str] = frozenset()
+    #: TEAMBOT_FEEDBACK: /usage counts the verdicts on answers
+    feedback: bool = False
 
 
 class Commands:
@@ -50,14 +54,35 @@ class Commands:
             count = await self._core.reset(ctx.key)
             return texts.RESET_DONE.format(count=count, s=texts.plural(count))
         if name == "usage":
-            if self._core.guards.accounting is None:
-                return texts.USAGE_NO_BUDGETS
-            return await self._core.guards.accounting.report(ctx.key, ctx.user_id)
+            return await self._usage(ctx)
+        if name == "summary":
+            return await self._summary(ctx)
         if name == "system":
             return await self._system(ctx, arg)
         if name == "model":
             return await self._model(ctx, arg)
         return texts.UNKNOWN_COMMAND.format(command=f"/{name}")
+
+    async def _usage(self, ctx: CommandContext) -> str:
+        if self._core.guards.accounting is None:
+            report = texts.USAGE_NO_BUDGETS
+        else:
+            report = await self._core.guards.accounting.report(ctx.key, ctx.user_id)
+        if not self._policy.feedback:
+            return report
+        key = ctx.key
+        month = Period.MONTH.start(time.time()).timestamp()
+        votes = await self._core.store.feedback_since(UsageScope(key.platform, key.workspace, key.channel), month)
+        return f"{report}\n{texts.USAGE_FEEDBACK_LINE.format(up=votes.up, down=votes.down)}"
+
+    async def _summary(self, ctx: CommandContext) -> str:
+        memory = self._core.memory
+        if not memory.enabled:
+            return texts.SUMMARY_OFF
+        summary = await memory.summary(ctx.key)
+        if summary is None:
+            return texts.SUMMARY_NONE
+        return texts.SUMMARY_SHOW.format(summary=summary.text)
 
     async def _system(self, ctx: CommandContext, arg: str) -> str:
         store = self._core.store

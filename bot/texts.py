@@ -42,9 +42,9 @@ RESET_DONE = "Forgot {count} message{s} of this conversation. The next mention s
 CONSOLE_BANNER = (
     "teambot console: talking to {model} at {base_url}. Conversation {key!r} is kept in {db}.\n"
     "Type a message and press Enter. /reset forgets the conversation, /usage shows what it cost, "
-    "/system and /model change the prompt and model, /exit quits."
+    "/system and /model change the prompt and model, /summary shows what is remembered of older turns, /exit quits."
 )
-CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}. Commands: /reset, /usage, /system, /model, /exit."
+CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}. Commands: /reset, /usage, /system, /model, /summary, /exit."
 
 RUN_NOTHING_CONFIGURED = (
     "run: no platform is configured. Set SLACK_BOT_TOKEN with SLACK_APP_TOKEN (Socket Mode) "
@@ -72,6 +72,7 @@ USAGE_LINE = (
 )
 USAGE_BUDGET_LINE = "• {budget}: {spent} of {limit} used, {left} left; resets at {resets}"
 USAGE_NO_BUDGETS = "• No budgets are set."
+USAGE_FEEDBACK_LINE = "• Feedback on my answers in this channel this month: 👍 {up:,} · 👎 {down:,}"
 USAGE_UNPRICED = "Some calls used a model missing from the price table; they are counted at $0."
 
 ADMIN_ONLY = "Sorry, only {admins} can change that: it changes the bot for everyone in this channel."
@@ -86,3 +87,17 @@ MODEL_SET = "Done: this channel now uses {model}."
 MODEL_RESET = "Done: this channel is back to the default model, {model}."
 MODEL_NOT_ALLOWED = "{model} is not on the list of allowed models: {allowed}."
 UNKNOWN_COMMAND = "Unknown command {command!r}."
+
+# Memory past the window (/summary)
+SUMMARY_SHOW = "What I remember of the earlier part of this conversation:\n{summary}"
+SUMMARY_NONE = (
+    "Nothing to summarise yet: everything said here still fits in what I read each time. Once older messages "
+    "fall out of that, I keep a short summary of them, and /summary shows it."
+)
+SUMMARY_OFF = "Summaries are switched off here (TEAMBOT_SUMMARIES=false): I remember only the recent messages."
+
+# Answer feedback
+FEEDBACK_UP = "Good answer"
+FEEDBACK_DOWN = "Bad answer"
+FEEDBACK_THANKS = "Thanks for the feedback!"
+FEEDBACK_GONE = "That answer is no longer kept (the conversation was reset), so the feedback was not recorded."

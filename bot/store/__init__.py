@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from bot.errors import ConfigError
 from bot.store.base import (
+    FEEDBACK_VALUES,
     HISTORY_QUERY,
     IN_MEMORY_REFUSED,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
     USAGE_COLUMNS,
     ChannelSettings,
+    FeedbackTotal,
     RateBucket,
     Role,
     Store,
     StoredMessage,
+    Summary,
     UsageRecord,
     UsageScope,
     UsageTotal,
@@ -30,16 +33,19 @@ from bot.store.base import (
 from bot.store.memory_buckets import TokenBuckets
 
 __all__ = [
+    "FEEDBACK_VALUES",
     "HISTORY_QUERY",
     "IN_MEMORY_REFUSED",
     "LAST_THREAD_QUERY",
     "MIN_MESSAGE_TOKENS",
     "USAGE_COLUMNS",
     "ChannelSettings",
+    "FeedbackTotal",
     "RateBucket",
     "Role",
     "Store",
     "StoredMessage",
+    "Summary",
     "TokenBuckets",
     "UsageRecord",
     "UsageScope",
