@@ -4,6 +4,7 @@ that carry a marker word."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ def counter() -> TokenCounter:
     return TokenCounter.load()
 
 
+@contextlib.asynccontextmanager
 async def _memory(
     tmp_path: Path,
     counter: TokenCounter,
@@ -96,7 +98,7 @@ async def _memory(
 
 @pytest.fixture
 async def memory(tmp_path: Path, counter: TokenCounter) -> AsyncIterator[Memory]:
-    async for m in _memory(tmp_path, counter):
+    async with _memory(tmp_path, counter) as m:
         yield m
 
 
@@ -164,7 +166,7 @@ async def test_a_short_conversation_makes_no_summary_call(memory: Memory) -> Non
 
 
 async def test_summaries_off_leaves_the_window_alone(tmp_path: Path, counter: TokenCounter) -> None:
-    async for m in _memory(tmp_path, counter, summaries=False):
+    async with _memory(tmp_path, counter, summaries=False) as m:
         await _long_conversation(m, turns=12)
         await m.say("what was the code word?")
         assert m.summary_requests() == []
@@ -178,7 +180,7 @@ async def test_the_summary_model_is_used_and_the_call_charged_to_the_person_whos
     def guards(store: Store) -> Guards:
         return Guards(accounting=Accounting(store, PriceTable({"cheap-model": (1.0, 1.0)}), []))
 
-    async for m in _memory(tmp_path, counter, guards=guards, model="cheap-model"):
+    async with _memory(tmp_path, counter, guards=guards, model="cheap-model") as m:
         store = m.store
         await m.say("remember this: the code word is PLUM", author="Ada")
         for i in range(12):
@@ -197,7 +199,7 @@ async def test_a_used_up_budget_stops_the_summaries_too(tmp_path: Path, counter:
     def guards(store: Store) -> Guards:
         return Guards(accounting=Accounting(store, PriceTable(), [Budget(ScopeKind.USER, Period.DAY, 1)]))
 
-    async for m in _memory(tmp_path, counter, guards=guards):
+    async with _memory(tmp_path, counter, guards=guards) as m:
         # The first answer uses the budget up: every later turn is refused, and so is the summary of the first.
         assert (await m.say("remember this: the code word is PLUM")).kind is ReplyKind.ANSWER
         m.core.memory.after_turn(IncomingMessage(KEY, "mx", "U-Ada", "Ada", "x"), None, 10**9)
@@ -224,7 +226,7 @@ async def test_the_reply_never_waits_for_the_summary(memory: Memory) -> None:
 
 async def test_the_summary_takes_a_slot_of_the_gate(tmp_path: Path, counter: TokenCounter) -> None:
     gate = ConcurrencyGate(1, 8)
-    async for m in _memory(tmp_path, counter, guards=lambda _: Guards(gate=gate)):
+    async with _memory(tmp_path, counter, guards=lambda _: Guards(gate=gate)) as m:
         m.fake.hold = asyncio.Event()
         m.fake.hold_if = is_summary_request
         await m.say("remember this: the code word is PLUM")
@@ -242,9 +244,10 @@ async def test_the_summary_takes_a_slot_of_the_gate(tmp_path: Path, counter: Tok
 
 
 async def test_shutdown_cancels_a_summary_under_way_and_charges_it(tmp_path: Path, counter: TokenCounter) -> None:
-    async for m in _memory(
-        tmp_path, counter, guards=lambda store: Guards(accounting=Accounting(store, PriceTable(), []))
-    ):
+    def guards(store: Store) -> Guards:
+        return Guards(accounting=Accounting(store, PriceTable(), []))
+
+    async with _memory(tmp_path, counter, guards=guards) as m:
         store = m.store
         m.fake.hold = asyncio.Event()
         m.fake.hold_if = is_summary_request

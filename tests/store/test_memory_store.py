@@ -6,7 +6,11 @@ import time
 
 from bot.messages import ConversationKey, Usage
 from bot.store import Store, Summary, UsageScope
-from tests.store.test_store import A, B, incoming, rows, store, url  # noqa: F401 - fixtures
+from tests.store import test_store as base
+from tests.store.test_store import A, B, incoming, rows
+
+# The contract tests' fixtures: a database on each engine in turn, and the store open on it.
+url, store = base.url, base.store
 
 OTHER = ConversationKey("slack", "T1", "C2")
 
@@ -20,7 +24,7 @@ async def _turn(store: Store, key: ConversationKey, n: int) -> tuple[int, int]:
 
 async def test_a_summary_is_kept_per_conversation_and_only_moves_forward(store: Store) -> None:
     assert await store.summary(A) is None
-    q1, r1 = await _turn(store, A, 1)
+    _, r1 = await _turn(store, A, 1)
     q2, r2 = await _turn(store, A, 2)
     assert await store.set_summary(A, Summary("up to the first", 4, r1))
     assert await store.summary(A) == Summary("up to the first", 4, r1)
