@@ -81,7 +81,11 @@ async def _memory(
     model: str | None = None,
 ) -> AsyncIterator[Memory]:
     store = await open_store(str(tmp_path / "teambot.db"))
-    async with FakeOpenAI(api_key="sk-test", reply=fake_reply) as fake, model_http_client(5.0) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        # Closed even when the test fails: the writer thread of an open store keeps the process alive.
+        stack.push_async_callback(store.close)
+        fake = await stack.enter_async_context(FakeOpenAI(api_key="sk-test", reply=fake_reply))
+        http = await stack.enter_async_context(model_http_client(5.0))
         llm = ChatClient(
             http,
             Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test"))),
@@ -93,7 +97,6 @@ async def _memory(
             yield Memory(core, fake, store)
         finally:
             await core.aclose(5.0)
-    await store.close()
 
 
 @pytest.fixture
