@@ -324,14 +324,14 @@ async def test_reset_during_a_slow_answer_is_deferred_at_once(discord_bot: Disco
 
 async def test_commands_are_synced_once_at_start_globally(discord_bot: Discord) -> None:
     assert [(scope, [c["name"] for c in body]) for scope, body in discord_bot.fake.command_syncs] == [
-        ("global", ["reset", "usage", "system", "model"])
+        ("global", ["reset", "usage", "system", "model", "summary"])
     ]
 
 
 @pytest.mark.parametrize("overrides", [{"discord_guild": int(GUILD_ID), "reset_command": "forget"}], indirect=False)
 async def test_commands_sync_to_the_configured_guild(discord_bot: Discord) -> None:
     assert [(scope, [c["name"] for c in body]) for scope, body in discord_bot.fake.command_syncs] == [
-        (f"guild:{GUILD_ID}", ["forget", "usage", "system", "model"]),
+        (f"guild:{GUILD_ID}", ["forget", "usage", "system", "model", "summary"]),
         ("global", []),  # no stale global copies showing twice in that guild
     ]
 
