@@ -107,6 +107,11 @@ class Memory:
     def enabled(self) -> bool:
         return self.settings.enabled
 
+    @property
+    def refreshing(self) -> int:
+        """How many conversations' summaries are being refreshed right now."""
+        return len(self._tasks)
+
     async def summary(self, key: ConversationKey) -> Summary | None:
         """The conversation's summary, for its prompt: from the database the first time, from memory after."""
         if not self.enabled:

@@ -235,7 +235,8 @@ async def test_the_summary_takes_a_slot_of_the_gate(tmp_path: Path, counter: Tok
         await m.say("remember this: the code word is PLUM")
         for i in range(12):
             await m.say(f"{FILLER} ({i})")
-            if m.summary_requests():
+            # Stop as soon as a refresh starts: with one slot, a further question would wait for it.
+            if m.core.memory.refreshing:
                 break
         await m.fake.wait_until(lambda: len(m.summary_requests()) == 1)
         # The only slot is the summary's: the next question waits for it.
@@ -257,7 +258,8 @@ async def test_shutdown_cancels_a_summary_under_way_and_charges_it(tmp_path: Pat
         await m.say("remember this: the code word is PLUM")
         for i in range(12):
             await m.say(f"{FILLER} ({i})")
-            if m.summary_requests():
+            # Stop as soon as a refresh starts: with one slot, a further question would wait for it.
+            if m.core.memory.refreshing:
                 break
         await m.fake.wait_until(lambda: len(m.summary_requests()) == 1)
         before = await store.usage_since(UsageScope("slack", "T1"), 0)
