@@ -53,6 +53,7 @@ WORDING = Wording(
     model_set=texts.CONSOLE_MODEL_SET,
     model_reset=texts.CONSOLE_MODEL_RESET,
     model_not_allowed=texts.CONSOLE_MODEL_NOT_ALLOWED,
+    usage_feedback=None,  # answers in a terminal carry no feedback buttons
 )
 
 

@@ -28,11 +28,15 @@ CANCEL_GRACE_SECONDS = 2 * CUT_OFF_SECONDS + 1.0
 
 
 class MessageSink(Protocol[H]):
-    """Where a reply goes: the adapter posts and edits messages; rate limits are waited out inside."""
+    """Where a reply goes: the adapter posts and edits messages; rate limits are waited out inside.
 
-    async def post(self, text: str) -> H: ...
+    ``feedback`` is given only with the last message of a finished reply: the stored reply's id, for the
+    platform's feedback buttons under it.
+    """
 
-    async def edit(self, handle: H, text: str) -> None: ...
+    async def post(self, text: str, feedback: int | None = None) -> H: ...
+
+    async def edit(self, handle: H, text: str, feedback: int | None = None) -> None: ...
 
 
 class ReplyStream(Protocol):
@@ -45,7 +49,9 @@ class ReplyStream(Protocol):
 
     async def feed(self, piece: str) -> None: ...
 
-    async def finish(self, final_text: str) -> None: ...
+    async def finish(self, final_text: str, feedback: int | None = None) -> None:
+        """Show exactly ``final_text``; with ``feedback`` (the stored reply's id), feedback buttons under it."""
+        ...
 
     async def cancel(self) -> None: ...
 
@@ -73,6 +79,7 @@ class StreamingReply(Generic[H]):
         self._on_first_post = on_first_post
         self._text = ""
         self._final: str | None = None
+        self._feedback: int | None = None
         self._wake = asyncio.Event()
         self._handles: list[H] = []
         self._shown: list[str] = []
@@ -93,9 +100,10 @@ class StreamingReply(Generic[H]):
         if self._pump is None:
             self._pump = asyncio.create_task(self._run(), name="stream-pump")
 
-    async def finish(self, final_text: str) -> None:
-        """Make the platform show exactly ``final_text``, then stop."""
-        self._final = final_text
+    async def finish(self, final_text: str, feedback: int | None = None) -> None:
+        """Make the platform show exactly ``final_text`` (with feedback buttons under it for ``feedback``), then
+        stop."""
+        self._final, self._feedback = final_text, feedback
         self._wake.set()
         if self._pump is None:
             self._pump = asyncio.create_task(self._run(), name="stream-pump")
@@ -134,11 +142,19 @@ class StreamingReply(Generic[H]):
         for index, chunk in enumerate(chunks):
             if not chunk.strip():
                 continue
+            # The buttons go under the last message of the finished reply (a sink without them is never asked).
+            feedback = self._feedback if final and index == len(chunks) - 1 else None
             try:
                 if index < len(self._handles):
-                    if self._shown[index] != chunk:
+                    if feedback is not None:
+                        await self._sink.edit(self._handles[index], chunk, feedback)
+                        self._shown[index] = chunk
+                    elif self._shown[index] != chunk:
                         await self._sink.edit(self._handles[index], chunk)
                         self._shown[index] = chunk
+                elif feedback is not None:
+                    self._handles.append(await self._sink.post(chunk, feedback))
+                    self._shown.append(chunk)
                 else:
                     self._handles.append(await self._sink.post(chunk))
                     self._shown.append(chunk)
@@ -212,11 +228,13 @@ async def deliver(
     reply_stream: ReplyStream | None = None,
     show_reasoning: str = "off",
     reasoning_sink: ReasoningSink | None = None,
+    feedback: bool = False,
 ) -> ReplyStream:
     """Run one turn and show its reply: the one top-level handler per event that every adapter uses.
 
     The reply streams through ``reply_stream`` when given (a platform's own streaming), else as posts and edits
-    of ``sink``. Known failures arrive as a reply with a message for people; anything else is a bug, logged with
+    of ``sink``; with ``feedback`` (TEAMBOT_FEEDBACK), a stored answer gets the platform's feedback buttons under it.
+    Known failures arrive as a reply with a message for people; anything else is a bug, logged with
     its traceback, and the people in the channel get a short apology instead of silence. Callers run it inside
     ``bot.logcontext.turn`` for the message, so every line of the delivery names the turn.
 
@@ -238,7 +256,9 @@ async def deliver(
         reply = await core.handle(msg, on_text, view.on_reasoning if view is not None else None)
         if view is not None and view.full:
             await view.before_answer()
-        if reply.should_post:
+        if reply.should_post and feedback and reply.reply_id is not None:
+            await reply_stream.finish(reply.text, reply.reply_id)
+        elif reply.should_post:
             await reply_stream.finish(reply.text)
         else:
             await reply_stream.cancel()

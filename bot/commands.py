@@ -1,4 +1,4 @@
-"""The slash commands every platform offers, answered privately: /reset, /usage, /system, /model.
+"""The slash commands every platform offers, answered privately: /reset, /usage, /system, /model, /summary.
 
 Adapters say who asks and whether the platform counts them as an admin, and may word the answers their own way
 (:class:`Wording`); this module decides the rest.
@@ -7,18 +7,19 @@ Adapters say who asks and whether the platform counts them as an admin, and may 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from bot import texts
 from bot.conversation import ConversationCore
-from bot.guards import REPORT_SCOPES, ScopeKind
+from bot.guards import REPORT_SCOPES, Period, ScopeKind
 from bot.llm import REASONING_EFFORTS, model_choice
 from bot.messages import ConversationKey
-from bot.store import ChannelSettings
+from bot.store import ChannelSettings, UsageScope
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("reset", "usage", "system", "model")
+COMMANDS = ("reset", "usage", "system", "model", "summary")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class Wording:
     model_set: str = texts.MODEL_SET
     model_reset: str = texts.MODEL_RESET
     model_not_allowed: str = texts.MODEL_NOT_ALLOWED
+    #: The /usage line counting the answers' 👍/👎; None where answers carry no feedback buttons (the console).
+    usage_feedback: str | None = texts.USAGE_FEEDBACK_LINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,8 @@ class CommandContext:
 class CommandPolicy:
     admin_users: frozenset[str] = frozenset()
     models: frozenset[str] = frozenset()
+    #: TEAMBOT_FEEDBACK: /usage counts the verdicts on answers
+    feedback: bool = False
 
 
 class Commands:
@@ -70,16 +75,37 @@ class Commands:
             count = await self._core.reset(ctx.key)
             return ctx.wording.reset_done.format(count=count, s=texts.plural(count))
         if name == "usage":
-            if self._core.guards.accounting is None:
-                return texts.USAGE_NO_BUDGETS
-            return await self._core.guards.accounting.report(
-                ctx.key, ctx.user_id, header=ctx.wording.usage_header, scopes=ctx.wording.usage_scopes
-            )
+            return await self._usage(ctx)
+        if name == "summary":
+            return await self._summary(ctx)
         if name == "system":
             return await self._system(ctx, arg)
         if name == "model":
             return await self._model(ctx, arg)
         return texts.UNKNOWN_COMMAND.format(command=f"/{name}")
+
+    async def _usage(self, ctx: CommandContext) -> str:
+        if self._core.guards.accounting is None:
+            report = texts.USAGE_NO_BUDGETS
+        else:
+            report = await self._core.guards.accounting.report(
+                ctx.key, ctx.user_id, header=ctx.wording.usage_header, scopes=ctx.wording.usage_scopes
+            )
+        if not self._policy.feedback or ctx.wording.usage_feedback is None:
+            return report
+        key = ctx.key
+        month = Period.MONTH.start(time.time()).timestamp()
+        votes = await self._core.store.feedback_since(UsageScope(key.platform, key.workspace, key.channel), month)
+        return f"{report}\n{ctx.wording.usage_feedback.format(up=votes.up, down=votes.down)}"
+
+    async def _summary(self, ctx: CommandContext) -> str:
+        memory = self._core.memory
+        if not memory.enabled:
+            return texts.SUMMARY_OFF
+        summary = await memory.summary(ctx.key)
+        if summary is None:
+            return texts.SUMMARY_NONE
+        return texts.SUMMARY_SHOW.format(summary=summary.text)
 
     async def _system(self, ctx: CommandContext, arg: str) -> str:
         store = self._core.store

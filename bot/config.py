@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1, le=1000, validation_alias=_env("TEAMBOT_DB_POOL_SIZE"))
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, validation_alias=_env("TEAMBOT_SYSTEM_PROMPT"))
     history_tokens: int = Field(8000, ge=256, validation_alias=_env("TEAMBOT_HISTORY_TOKENS"))
+    summaries: bool = Field(True, validation_alias=_env("TEAMBOT_SUMMARIES"))
+    summary_model: str | None = Field(None, min_length=1, validation_alias=_env("TEAMBOT_SUMMARY_MODEL"))
+    feedback: bool = Field(True, validation_alias=_env("TEAMBOT_FEEDBACK"))
 
     # Costs, budgets and abuse controls
     # [input, output] or [input, output, cached input], US dollars per million tokens

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from bot import errors, logcontext, texts
 from bot.guards import Busy, ConversationBusy, Guards
 from bot.llm import PER_MESSAGE_OVERHEAD, ChatClient, ChatMessage, Completion, TokenCounter, model_choice
+from bot.memory import Memory, MemorySettings
 from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, Usage
 from bot.metrics import Metrics
-from bot.store import Store, StoredMessage, UsageRecord
+from bot.store import FEEDBACK_VALUES, Store, StoredMessage, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class _Progress:
     text: list[str] = dataclasses.field(default_factory=list)
     #: The prompt's history had to cut its newest message to fit, so it holds nothing said before that message.
     history_cut: bool = False
+    #: The id of the oldest stored message in the prompt's history (None: it had none), for the summary.
+    window_start: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,9 @@ class TurnSettings:
     #: the prefix holds for five turns (a quarter held it for two or three: 56 % cached against 74 %, see
     #: BENCHMARKS.md), and the model still sees at least half the budget of history.
     trim_block: float = 0.5
+    #: TEAMBOT_SUMMARIES and TEAMBOT_SUMMARY_MODEL (see bot.memory); off unless the runtime switches it on.
+    summaries: bool = False
+    summary_model: str | None = None
 
 
 class ConversationCore:
@@ -123,6 +129,16 @@ class ConversationCore:
         self.metrics.watch_queue(lambda: self.guards.gate.waiting + self._locks.waiting)
         # A handful of system prompts (the default and those set per channel) are counted on every turn.
         self._count_system = functools.lru_cache(maxsize=256)(counter.count_message)
+        self.memory = Memory(
+            store,
+            llm,
+            counter,
+            self.guards,
+            self.metrics,
+            MemorySettings(settings.summaries, settings.summary_model, settings.history_tokens),
+            charge=self._charge,
+            record_cost=self._record_cost,
+        )
 
     @property
     def default_model(self) -> str:
@@ -190,6 +206,7 @@ class ConversationCore:
     async def reset(self, key: ConversationKey) -> int:
         async with self._locks.hold(str(key)), self.store.conversation_lock(key):
             count = await self.store.reset(key)
+            self.memory.forget(key)
         log.info("conversation %s reset: %d messages deleted", key, count)
         return count
 
@@ -199,6 +216,7 @@ class ConversationCore:
         channel = await self.store.channel_settings(msg.key)
         model, effort = model_choice(channel.model)
         system = self._system_message(channel.system_prompt)
+        system = self.memory.system_with_summary(system, await self.memory.summary(msg.key))
         # A single message may take at most half of what the system prompt leaves, so that the turns around it
         # still fit next time; a longer one is cut, and stored as the model saw it.
         room = self.settings.history_tokens - self._count_system(system["content"])
@@ -244,9 +262,11 @@ class ConversationCore:
             if ledger is not None:
                 await self._record_cost(ledger)
             return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
-        unsaved = await self._store_reply(
+        reply_id, unsaved = await self._store_reply(
             msg, completion.text, self._reply_tokens(completion), row, usage, completion.model, True, ledger
         )
+        # In the background, after this reply: the turns that fell out of the window go into the summary.
+        self.memory.after_turn(msg, model, progress.window_start)
         notice = _join(_history_notice(progress), unsaved, await self._notice(ledger))
         log.info(
             "answered %s in %s via %s (%d+%d tokens)",
@@ -256,7 +276,7 @@ class ConversationCore:
             usage.prompt_tokens,
             usage.completion_tokens,
         )
-        return Reply(ReplyKind.ANSWER, completion.text, usage, completion.model, notice)
+        return Reply(ReplyKind.ANSWER, completion.text, usage, completion.model, notice, reply_id)
 
     async def _budget_refusal(self, msg: IncomingMessage) -> str | None:
         if self.guards.accounting is None:
@@ -301,7 +321,9 @@ class ConversationCore:
             history_budget = max(0, budget - system_tokens - new_tokens)
             # The block width depends on nothing that changes per turn (not on this question's length).
             step = max(1, int((budget - system_tokens) * self.settings.trim_block))
-            history, progress.history_cut = await self._history(msg.key, history_budget, row, step)
+            history, progress.history_cut, progress.window_start = await self._history(
+                msg.key, history_budget, row, step
+            )
             prompt = [system, *history, {"role": "user", "content": content}]
             log.debug("prompt for %s: %s", msg.key, prompt)
             progress.prompt, progress.text = prompt, []
@@ -331,23 +353,26 @@ class ConversationCore:
                 log.info("conversation %s: context too long; retrying with %d tokens", msg.key, budget)
         raise AssertionError("unreachable: the second attempt returns")
 
-    async def _history(self, key: ConversationKey, budget: int, row: int, step: int) -> tuple[list[ChatMessage], bool]:
+    async def _history(
+        self, key: ConversationKey, budget: int, row: int, step: int
+    ) -> tuple[list[ChatMessage], bool, int | None]:
         """The stored turns before ``row`` that fit ``budget`` tokens, starting on a block boundary ``step`` tokens
-        wide, as chat messages; True when one was cut.
+        wide, as chat messages; True when one was cut; the id of the oldest (None: no history), for the summary.
 
         The store hands back the newest message alone when even it exceeds the budget (one very long answer):
         it is cut to fit, as an incoming message is, instead of leaving the prompt with no history at all.
         """
         history = await self.store.load_history(key, budget, before=row, step=step)
         if len(history) != 1 or history[0].tokens <= budget:
-            return [_to_chat(m) for m in history], False
+            return [_to_chat(m) for m in history], False, history[0].id if history else None
         newest = _to_chat(history[0])
         room = budget - PER_MESSAGE_OVERHEAD
         if room < MIN_CUT_TOKENS:
             log.info("conversation %s: no room for the newest stored message (%d tokens)", key, history[0].tokens)
-            return [], True
+            return [], True, history[0].id
         log.info("conversation %s: the newest stored message (%d tokens) is cut to %d", key, history[0].tokens, room)
-        return [{"role": newest["role"], "content": self._counter.truncate(newest["content"], room)}], True
+        cut = {"role": newest["role"], "content": self._counter.truncate(newest["content"], room)}
+        return [cut], True, history[0].id
 
     def _charge(self, msg: IncomingMessage, model: str | None, usage: Usage) -> UsageRecord | None:
         self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
@@ -380,9 +405,11 @@ class ConversationCore:
         text = exc.partial + texts.INTERRUPTED_MARK.format(reason=reason.rstrip("."))
         usage = self._estimate_usage(prompt, exc.partial)
         ledger = self._charge(msg, model, usage)
-        unsaved = await self._store_reply(msg, text, self._counter.count_message(text), row, usage, None, False, ledger)
+        reply_id, unsaved = await self._store_reply(
+            msg, text, self._counter.count_message(text), row, usage, None, False, ledger
+        )
         notice = _join(unsaved, await self._notice(ledger))
-        return Reply(ReplyKind.PARTIAL, text, usage, notice=notice)
+        return Reply(ReplyKind.PARTIAL, text, usage, notice=notice, reply_id=reply_id)
 
     async def _abandon(self, msg: IncomingMessage, progress: _Progress) -> None:
         """The turn is being cancelled (the process stops past its drain deadline) before its reply was stored.
@@ -419,23 +446,24 @@ class ConversationCore:
         model: str | None,
         complete: bool,
         ledger: UsageRecord | None,
-    ) -> str | None:
-        """Keep the reply and its ledger entry; None, or a notice for people when the reply could not be kept.
+    ) -> tuple[int | None, str | None]:
+        """Keep the reply and its ledger entry: its row id and None, or None and a notice for people when the reply
+        could not be kept.
 
         The person has the answer already (it streamed, or is about to be posted): a database that refuses to keep
         it (a full disk, a read-only file, a lost server) costs the bot its memory of it, never the answer itself,
         and never the ledger entry the provider's bill matches.
         """
         try:
-            await self.store.add_reply(
+            reply_id = await self.store.add_reply(
                 msg.key, text, tokens, reply_to=row, usage=usage, model=model, complete=complete, ledger=ledger
             )
-            return None
+            return reply_id, None
         except errors.StoreError as exc:
             log.error("conversation %s: the reply to %s could not be stored: %s", msg.key, msg.message_id, exc)
         if ledger is not None:
             await self._record_cost(ledger)
-        return texts.REPLY_NOT_SAVED
+        return None, texts.REPLY_NOT_SAVED
 
     async def _record_cost(self, ledger: UsageRecord) -> None:
         """The ledger entry in a transaction of its own: a row this small fits where a long reply did not."""
@@ -444,6 +472,26 @@ class ConversationCore:
         except errors.StoreError as exc:
             # The last place the cost can go: the log, for whoever reconciles the provider's bill.
             log.error("the ledger entry could not be stored either (%s): %s", exc, ledger)
+
+    async def feedback(self, platform: str, channel: str, reply_id: int, user_id: str, value: str) -> bool:
+        """Record a click on an answer's feedback buttons: ``user_id`` found the reply stored as ``reply_id`` good
+        (``up``) or bad (``down``). ``channel`` is where the button was clicked (a channel, or a Discord thread):
+        only a reply given there takes the verdict. False when none does (reset since, or not a reply of ours)."""
+        if value not in FEEDBACK_VALUES:
+            raise ValueError(f"not a feedback value: {value!r}")
+        kept = await self.store.add_feedback(platform, channel, reply_id, user_id, value, at=time.time())
+        if kept:
+            self.metrics.feedback.labels(platform, value).inc()
+            log.info("feedback %s on reply %d by %s", value, reply_id, user_id)
+        else:
+            log.info(
+                "feedback %s on reply %d in %s %s not kept: no such reply there", value, reply_id, platform, channel
+            )
+        return kept
+
+    async def aclose(self, drain_seconds: float) -> None:
+        """Stop the background work (summaries): let it finish up to ``drain_seconds``, cancel the rest."""
+        await self.memory.aclose(drain_seconds)
 
     def _system_message(self, override: str | None = None) -> ChatMessage:
         return {"role": "system", "content": f"{override or self.settings.system_prompt}\n\n{SPEAKER_NOTE}"}

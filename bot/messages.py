@@ -91,6 +91,8 @@ class Reply:
     model: str | None = None
     #: A separate message to post after the reply (a budget's soft-cap warning).
     notice: str | None = None
+    #: The row the reply is stored as (None: not stored), for the feedback buttons that name it.
+    reply_id: int | None = None
 
     @property
     def should_post(self) -> bool:

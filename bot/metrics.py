@@ -38,6 +38,9 @@ class Metrics:
             registry=r,
         )
         self.cost = Counter("teambot_cost_usd", "Estimated cost of model calls, US dollars", registry=r)
+        self.feedback = Counter(
+            "teambot_feedback", "Clicks on the answers' feedback buttons", ["platform", "value"], registry=r
+        )
         self.queue_depth = Gauge(
             "teambot_queue_depth", "Turns waiting: for their conversation or for a model call slot", registry=r
         )

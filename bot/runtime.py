@@ -89,7 +89,7 @@ def guards(settings: Settings, store: Store) -> Guards:
 
 
 def commands(settings: Settings, core: ConversationCore) -> Commands:
-    return Commands(core, CommandPolicy(settings.admin_users, settings.models))
+    return Commands(core, CommandPolicy(settings.admin_users, settings.models, feedback=settings.feedback))
 
 
 async def purge_periodically(store: Store, interval: float) -> None:
@@ -134,8 +134,18 @@ async def open_core(
                     max_call=settings.max_call_seconds,
                 ),
             )
-            turn = TurnSettings(settings.system_prompt, settings.history_tokens, settings.stream)
-            yield ConversationCore(store, llm, counter or TokenCounter.load(), turn, guards(settings, store))
+            turn = TurnSettings(
+                settings.system_prompt,
+                settings.history_tokens,
+                settings.stream,
+                summaries=settings.summaries,
+                summary_model=settings.summary_model,
+            )
+            core = ConversationCore(store, llm, counter or TokenCounter.load(), turn, guards(settings, store))
+            try:
+                yield core
+            finally:
+                await core.aclose(settings.drain_seconds)
     finally:
         purger.cancel()
         await asyncio.gather(purger, return_exceptions=True)

@@ -69,13 +69,14 @@ CONSOLE_BANNER = (
     "teambot console: talking to {model} at {base_url}. Conversation {key!r} is kept in {db}; the log goes to {log}.\n"
     "Type a message and press Enter. A pasted block of several lines is one message; to type one, put "
     '""" on a line of its own before and after it.\n'
-    "/reset forgets the conversation, /usage shows what it cost, /system and /model change the prompt and model. "
+    "/reset forgets the conversation, /usage shows what it cost, /system and /model change the prompt and model, "
+    "/summary shows what is remembered of older turns. "
     "Ctrl-C stops an answer; /exit, Ctrl-D or Ctrl-C twice quits."
 )
 #: Where the console's log goes when it is not a file.
 CONSOLE_LOG_STDERR = "stderr"
 CONSOLE_RESUMED = "Resuming the earlier conversation ({count} message{s}); /reset forgets it."
-CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}. Commands: /reset, /usage, /system, /model, /exit."
+CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}. Commands: /reset, /usage, /system, /model, /summary, /exit."
 CONSOLE_THINKING = "thinking\u2026"
 CONSOLE_CANCELLED = "Stopped. That question is not kept in the conversation. Ctrl-C again quits."
 CONSOLE_INTERRUPT_HINT = "Ctrl-C again quits (or type /exit)."
@@ -126,6 +127,7 @@ USAGE_CACHE_PART = "; {share:.0%} of this month's prompt tokens came from the pr
 USAGE_REASONING_PART = "; {tokens:,} of this month's tokens were reasoning"
 USAGE_BUDGET_LINE = "• {budget}: {spent} of {limit} used, {left} left; resets at {resets}"
 USAGE_NO_BUDGETS = "• No budgets are set."
+USAGE_FEEDBACK_LINE = "• Feedback on my answers in this channel this month: 👍 {up:,} · 👎 {down:,}"
 USAGE_UNPRICED = "Some calls used a model missing from the price table; they are counted at $0."
 
 ADMIN_ONLY = "Sorry, only {admins} can change that: it changes the bot for everyone in this channel."
@@ -174,3 +176,17 @@ DISCORD_TOKEN_REFUSED = (
     "Discord refused DISCORD_TOKEN (401 Unauthorized): copy the bot token again from the Developer Portal "
     "(Bot, Reset Token); the Discord adapter is stopped"
 )
+
+# Memory past the window (/summary)
+SUMMARY_SHOW = "What I remember of the earlier part of this conversation:\n{summary}"
+SUMMARY_NONE = (
+    "Nothing to summarise yet: everything said here still fits in what I read each time. Once older messages "
+    "fall out of that, I keep a short summary of them, and /summary shows it."
+)
+SUMMARY_OFF = "Summaries are switched off here (TEAMBOT_SUMMARIES=false): I remember only the recent messages."
+
+# Answer feedback
+FEEDBACK_UP = "Good answer"
+FEEDBACK_DOWN = "Bad answer"
+FEEDBACK_THANKS = "Thanks for the feedback!"
+FEEDBACK_GONE = "That answer is no longer kept (the conversation was reset), so the feedback was not recorded."

@@ -79,23 +79,26 @@ class DiscordSink:
         else:
             await self._trigger.reply(content, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
 
-    async def post(self, text: str) -> discord.Message:
+    async def post(self, text: str, feedback: int | None = None) -> discord.Message:
         none = discord.AllowedMentions.none()
+        # Only the last message of a finished answer carries the buttons; the others are sent as before.
+        extra: dict[str, Any] = {"view": feedback_view(feedback)} if feedback is not None else {}
         status, self._status = self._status, None
         if status is not None:
             # The status line was the reply to the trigger: the answer takes its place.
             self.stop_typing()
             self._typing = None
-            await status.edit(content=text, allowed_mentions=none)
+            await status.edit(content=text, allowed_mentions=none, **extra)
             return status
         if self._typing is not None:
             self._typing.cancel()
             self._typing = None
-            return await self._trigger.reply(text, mention_author=False, allowed_mentions=none)
-        return await self._trigger.channel.send(text, allowed_mentions=none)
+            return await self._trigger.reply(text, mention_author=False, allowed_mentions=none, **extra)
+        return await self._trigger.channel.send(text, allowed_mentions=none, **extra)
 
-    async def edit(self, handle: discord.Message, text: str) -> None:
-        await handle.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
+    async def edit(self, handle: discord.Message, text: str, feedback: int | None = None) -> None:
+        extra: dict[str, Any] = {"view": feedback_view(feedback)} if feedback is not None else {}
+        await handle.edit(content=text, allowed_mentions=discord.AllowedMentions.none(), **extra)
 
     def stop_typing(self) -> None:
         if self._typing is not None:
@@ -121,16 +124,52 @@ def subtext(thinking: str, limit: int) -> str:
     return "\n".join(lines)
 
 
+class FeedbackButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"teambot:feedback:(?P<verdict>up|down):(?P<reply>[0-9]{1,18})",
+):
+    """A 👍 or 👎 under an answer. Its custom id names the verdict and the stored reply, so a click is understood
+    by any replica, after any restart, without keeping a view per message in memory."""
+
+    def __init__(self, verdict: str, reply_id: int) -> None:
+        emoji, label = ("👍", texts.FEEDBACK_UP) if verdict == "up" else ("👎", texts.FEEDBACK_DOWN)
+        button: discord.ui.Button[discord.ui.View] = discord.ui.Button(
+            style=discord.ButtonStyle.secondary,
+            emoji=emoji,
+            custom_id=f"teambot:feedback:{verdict}:{reply_id}",
+        )
+        super().__init__(button)
+        self.verdict, self.reply_id, self.label = verdict, reply_id, label
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> FeedbackButton:
+        return cls(match["verdict"], int(match["reply"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        adapter = getattr(interaction.client, "adapter", None)
+        if isinstance(adapter, DiscordAdapter):
+            await adapter.on_feedback(interaction, self.verdict, self.reply_id)
+
+
+def feedback_view(reply_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(FeedbackButton("up", reply_id))
+    view.add_item(FeedbackButton("down", reply_id))
+    return view
+
+
 class _SyncsCommands:
     """What both client kinds add: the adapter, and the command sync once per start."""
 
     def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
         super().__init__(**options)
-        self._adapter = adapter
+        self.adapter = adapter
 
     async def setup_hook(self) -> None:
         # Runs once per start, unlike on_ready, which fires again after every reconnect.
-        await self._adapter.sync_commands()
+        await self.adapter.sync_commands()
 
 
 class _Client(_SyncsCommands, discord.Client):
@@ -234,6 +273,9 @@ class DiscordAdapter:
         for command in self._app_commands(settings.command_names()):
             self.tree.add_command(command)
         self.client.event(self.on_message)
+        if settings.feedback:
+            # Registered once: clicks on any answer's buttons (whatever process posted it) find their handler.
+            self.client.add_dynamic_items(FeedbackButton)
         self._inflight: set[asyncio.Task[object]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
@@ -423,6 +465,7 @@ class DiscordAdapter:
                 limit=TEXT_LIMIT,
                 show_reasoning=self._settings.show_reasoning,
                 reasoning_sink=sink,
+                feedback=self._settings.feedback,
             )
         finally:
             sink.stop_typing()
@@ -469,6 +512,9 @@ class DiscordAdapter:
         async def model(interaction: discord.Interaction, name: str = "", effort: str = "") -> None:
             await self._answer_command(interaction, "model", f"{name} {effort}".strip())
 
+        async def summary(interaction: discord.Interaction) -> None:
+            await self._answer_command(interaction, "summary", "")
+
         return [
             app_commands.Command(
                 name=names["reset"], description="Forget this channel's or thread's conversation", callback=reset
@@ -480,7 +526,26 @@ class DiscordAdapter:
                 name=names["system"], description="Show or set this channel's system prompt", callback=system
             ),
             app_commands.Command(name=names["model"], description="Show or pick this channel's model", callback=model),
+            app_commands.Command(
+                name="summary", description="What I remember of this conversation's older messages", callback=summary
+            ),
         ]
+
+    async def on_feedback(self, interaction: discord.Interaction, verdict: str, reply_id: int) -> None:
+        """A click on an answer's 👍/👎: kept with the reply, and thanked privately."""
+        channel = str(interaction.channel_id or "")
+        with logcontext.turn(f"discord:-:{channel}", f"discord:feedback:{interaction.id}"):
+            # The one top-level handler for a click: a bug is logged; the person sees a short apology.
+            try:
+                kept = await self._core.feedback("discord", channel, reply_id, str(interaction.user.id), verdict)
+                answer = texts.FEEDBACK_THANKS if kept else texts.FEEDBACK_GONE
+            except Exception:
+                log.exception("the feedback on reply %d could not be kept", reply_id)
+                answer = texts.APOLOGY
+            try:
+                await interaction.response.send_message(answer, ephemeral=True)
+            except discord.HTTPException as exc:
+                log.info("the thanks for feedback could not be sent: HTTP %s, code %s", exc.status, exc.code)
 
     async def _answer_command(self, interaction: discord.Interaction, name: str, arg: str) -> None:
         # Discord drops an interaction not answered within 3 s (10062), and a command can wait for the

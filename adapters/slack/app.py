@@ -40,6 +40,7 @@ from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.connection import CHECK_NETWORK, Backoff, failed_attempt
+from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import markdown_to_mrkdwn, unescape_slack
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
@@ -210,14 +211,21 @@ class SlackSink:
         self._channel = channel
         self._thread_ts = thread_ts
 
-    async def post(self, text: str) -> str:
+    async def post(self, text: str, feedback: int | None = None) -> str:
+        blocks = with_buttons(text, feedback) if feedback is not None else None
         response = await self._client.chat_postMessage(
-            channel=self._channel, thread_ts=self._thread_ts, text=text, unfurl_links=False, unfurl_media=False
+            channel=self._channel,
+            thread_ts=self._thread_ts,
+            text=text,
+            blocks=blocks,
+            unfurl_links=False,
+            unfurl_media=False,
         )
         return str(response["ts"])
 
-    async def edit(self, handle: str, text: str) -> None:
-        await self._client.chat_update(channel=self._channel, ts=handle, text=text)
+    async def edit(self, handle: str, text: str, feedback: int | None = None) -> None:
+        blocks = with_buttons(text, feedback) if feedback is not None else None
+        await self._client.chat_update(channel=self._channel, ts=handle, text=text, blocks=blocks)
 
 
 class SlackAdapter:
@@ -256,6 +264,8 @@ class SlackAdapter:
         self._command_names = {f"/{slash}": name for name, slash in settings.command_names().items()}
         for slash in self._command_names:
             self.app.command(slash)(self._on_command)
+        if settings.feedback:
+            self.app.action(ACTIONS)(self._on_feedback)
         self._names: OrderedDict[str, str] = OrderedDict()
         self._refusals = Refusals()
         # The assistant thread each person last used, per DM: slash commands there carry no thread.
@@ -584,6 +594,7 @@ class SlackAdapter:
             reply_stream=reply_stream,
             show_reasoning=self._settings.show_reasoning,
             reasoning_sink=SlackReasoning(self.client, channel, thread_ts),
+            feedback=self._settings.feedback,
         )
 
     def _refused(self, team: str, feature: str, error: str) -> None:
@@ -611,6 +622,30 @@ class SlackAdapter:
                 log.exception("the command %s in %s failed", command.get("command"), key)
                 answer = texts.APOLOGY
             await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
+
+    async def _on_feedback(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        """A click on an answer's feedback buttons (Slack's own or the plain pair): kept with the reply."""
+        await ack()
+        action = (body.get("actions") or [{}])[0]
+        parsed = parse(action.get("value"))
+        user = str((body.get("user") or {}).get("id") or "")
+        channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id") or "")
+        if parsed is None or not user or not channel:
+            log.info("a feedback click without a verdict, person or channel was ignored")
+            return
+        verdict, reply_id = parsed
+        with logcontext.turn(f"slack:-:{channel}", f"slack:feedback:{reply_id}"):
+            # The one top-level handler for a click: a bug is logged; the person sees no traceback.
+            try:
+                kept = await self._core.feedback("slack", channel, reply_id, user, verdict)
+                answer = texts.FEEDBACK_THANKS if kept else texts.FEEDBACK_GONE
+            except Exception:
+                log.exception("the feedback on reply %d could not be kept", reply_id)
+                answer = texts.APOLOGY
+            try:
+                await respond(text=answer, response_type="ephemeral", replace_original=False)
+            except _SLACK_ERRORS as exc:
+                log.info("the thanks for feedback could not be sent: %s", _reason(exc))
 
     async def _command_key(self, command: dict[str, Any], team: str, channel: str, user: str) -> ConversationKey:
         # In the assistant pane a command is about the thread in view, the one the person last used there: known

@@ -26,6 +26,7 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.feedback import context_actions
 from adapters.slack.format import escape_mrkdwn
 from adapters.streaming import ReplyStream
 from adapters.text_split import FENCE_CLOSE, cut_point, open_fence_after
@@ -244,6 +245,7 @@ class NativeReply:
         self._on_first_post = on_first_post
         self._text = ""  # the model's text so far
         self._final: str | None = None
+        self._feedback: int | None = None
         self._closing = False
         self._sent = 0  # characters of _text that Slack has been given
         self._ts: str | None = None  # the streamed message still open
@@ -272,14 +274,14 @@ class NativeReply:
         self._wake.set()
         self._ensure_pump()
 
-    async def finish(self, final_text: str) -> None:
-        self._final = final_text
+    async def finish(self, final_text: str, feedback: int | None = None) -> None:
+        self._final, self._feedback = final_text, feedback
         if self._fallback is None:
             self._wake.set()
             pump = self._ensure_pump()
             await pump
         if self._fallback is not None:
-            await self._fallback.finish(self._unsent(final_text))
+            await self._fallback.finish(self._unsent(final_text), feedback)
 
     async def cancel(self) -> None:
         # The pump is told to stop rather than cancelled: cut off inside chat.startStream, it would never learn
@@ -339,7 +341,7 @@ class NativeReply:
         while True:
             room = MESSAGE_LIMIT - len(self._reopen if self._ts is None else self._message)
             if len(pending) <= room:
-                await self._write(pending, stop=final)
+                await self._write(pending, stop=final, last=final)
                 return
             cut = cut_point(pending, max(room - len(FENCE_CLOSE), 0))
             piece = pending[:cut]
@@ -353,7 +355,9 @@ class NativeReply:
             self._reopen = f"{fence}\n" if fence else ""
             pending = rest
 
-    async def _write(self, piece: str, *, stop: bool, closing: str = "") -> None:
+    async def _write(self, piece: str, *, stop: bool, closing: str = "", last: bool = False) -> None:
+        """Send ``piece``; ``stop`` closes the message, ``last`` says it ends the reply (its feedback buttons go
+        under it)."""
         if self._ts is None:
             self._before = ""
         markdown = _neutralise_after(self._before, piece) + closing
@@ -379,11 +383,11 @@ class NativeReply:
                 if self._on_first_post is not None:
                     await self._on_first_post()
             if stop:
-                await self._stop(None)
+                await self._stop(None, last=last)
             return
         try:
             if stop:
-                await self._stop(markdown or None)
+                await self._stop(markdown or None, last=last)
             elif markdown:
                 await self._client.chat_appendStream(channel=self._channel, ts=self._ts, markdown_text=markdown)
                 self._message += markdown
@@ -391,9 +395,11 @@ class NativeReply:
             await self._fall_back(error_code(exc))
         self._sent += len(piece)
 
-    async def _stop(self, markdown: str | None) -> None:
+    async def _stop(self, markdown: str | None, *, last: bool = False) -> None:
         assert self._ts is not None
-        await self._client.chat_stopStream(channel=self._channel, ts=self._ts, markdown_text=markdown)
+        # Slack renders these blocks at the bottom of the finished message: the feedback buttons.
+        blocks = context_actions(self._feedback) if last and self._feedback is not None else None
+        await self._client.chat_stopStream(channel=self._channel, ts=self._ts, markdown_text=markdown, blocks=blocks)
         self._ts, self._message = None, ""
 
     async def _close_open_stream(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 
 from bot.errors import ConfigError
 from bot.store.base import (
+    FEEDBACK_VALUES,
     HISTORY_QUERY,
     IN_MEMORY_REFUSED,
     LAST_THREAD_QUERY,
@@ -19,10 +20,12 @@ from bot.store.base import (
     USAGE_COLUMNS,
     USAGE_TOTALS,
     ChannelSettings,
+    FeedbackTotal,
     RateBucket,
     Role,
     Store,
     StoredMessage,
+    Summary,
     UsageRecord,
     UsageScope,
     UsageTotal,
@@ -35,6 +38,7 @@ from bot.store.base import (
 from bot.store.memory_buckets import TokenBuckets
 
 __all__ = [
+    "FEEDBACK_VALUES",
     "HISTORY_QUERY",
     "IN_MEMORY_REFUSED",
     "LAST_THREAD_QUERY",
@@ -43,10 +47,12 @@ __all__ = [
     "USAGE_COLUMNS",
     "USAGE_TOTALS",
     "ChannelSettings",
+    "FeedbackTotal",
     "RateBucket",
     "Role",
     "Store",
     "StoredMessage",
+    "Summary",
     "TokenBuckets",
     "UsageRecord",
     "UsageScope",

@@ -89,6 +89,26 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Summary:
+    """The running summary of a conversation's turns that fell out of its history window."""
+
+    text: str
+    tokens: int
+    #: The id of the newest message the summary covers; the messages after it are not in it yet.
+    covered_to: int
+
+
+#: What a person can say about an answer with its buttons.
+FEEDBACK_VALUES = ("up", "down")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackTotal:
+    up: int = 0
+    down: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class UsageRecord:
     """One model call, for the ledger."""
 
@@ -282,13 +302,39 @@ class Store(Protocol):
         ...
 
     async def reset(self, key: ConversationKey) -> int:
-        """Delete the conversation's history from disk; returns how many messages were deleted.
+        """Delete the conversation's history (and its summary) from disk; returns how many messages were deleted.
 
         A key without a thread covers the channel and every thread in it.
         """
         ...
 
     async def count_messages(self, key: ConversationKey) -> int: ...
+
+    async def summary(self, key: ConversationKey) -> Summary | None:
+        """The conversation's running summary (see :meth:`set_summary`), or None when it has none."""
+        ...
+
+    async def messages_after(self, key: ConversationKey, after: int, before: int, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` of the conversation's messages with ``after < id < before``, oldest first."""
+        ...
+
+    async def set_summary(self, key: ConversationKey, summary: Summary) -> bool:
+        """Keep ``summary`` as the conversation's, unless the one kept covers as much already, or the message it
+        covers up to is gone (a ``/reset`` ran meanwhile: a summary of forgotten turns must not come back).
+        True when it was kept."""
+        ...
+
+    async def add_feedback(
+        self, platform: str, channel: str, reply: int, user_id: str, value: str, *, at: float
+    ) -> bool:
+        """Record ``user_id``'s verdict (one of :data:`FEEDBACK_VALUES`) on the reply stored as row ``reply``,
+        replacing their earlier one. Only a reply (an assistant message) of a conversation on ``platform`` whose
+        channel or thread is ``channel`` takes it: False, with nothing stored, for any other row."""
+        ...
+
+    async def feedback_since(self, scope: UsageScope, since: float) -> FeedbackTotal:
+        """How many verdicts of each kind the replies in ``scope`` got since ``since``."""
+        ...
 
     async def last_thread(self, key: ConversationKey, author_id: str) -> str | None:
         """The thread of ``key``'s channel where ``author_id`` last wrote (a kept message); None when that was

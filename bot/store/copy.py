@@ -76,6 +76,8 @@ TABLES = (
     _Table("usage", ("id", *USAGE_COLUMNS), flags=("exact", "priced"), serial="id"),
     _Table("channel_settings", ("platform", "workspace", "channel", "system_prompt", "model")),
     _Table("budget_warnings", ("scope", "period_start")),
+    _Table("summaries", ("conversation_id", "content", "tokens", "covered_to", "updated_at")),
+    _Table("feedback", ("message_id", "user_id", "value", "platform", "workspace", "channel", "at")),
 )
 
 

@@ -26,8 +26,10 @@ from bot.store.base import (
     USAGE_COLUMNS,
     USAGE_TOTALS,
     ChannelSettings,
+    FeedbackTotal,
     RateBucket,
     StoredMessage,
+    Summary,
     UsageRecord,
     UsageScope,
     UsageTotal,
@@ -38,8 +40,8 @@ from bot.store.base import (
 log = logging.getLogger(__name__)
 
 #: Each entry moves the schema one version up; the ``schema_version`` table records how far a database is.
-#: Versions 1 and 2 hold the same tables as SQLite's; version 3 adds what only replicas need; versions 4 and 5 are
-#: SQLite's 3 and 4.
+#: Versions 1 and 2 hold the same tables as SQLite's; version 3 adds what only replicas need; versions 4 to 7 are
+#: SQLite's 3 to 6 (the history index, seen requests, usage as billed with the token line, summaries and feedback).
 MIGRATIONS: Sequence[Sequence[str]] = (
     (
         """CREATE TABLE conversations (
@@ -167,6 +169,29 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX messages_by_conversation_line ON messages (conversation_id, id, tokens, tokens_before)",
         "DROP INDEX messages_by_conversation_tokens",
     ),
+    (
+        # Memory past the window: one running summary per conversation, covering its messages up to covered_to.
+        """CREATE TABLE summaries (
+            conversation_id BIGINT PRIMARY KEY REFERENCES conversations(id),
+            content TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            covered_to BIGINT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        # Answer feedback: one verdict per person and reply (a second click replaces the first). Kept by /reset,
+        # like the usage ledger: it holds no words of the conversation.
+        """CREATE TABLE feedback (
+            message_id BIGINT NOT NULL,
+            user_id TEXT NOT NULL,
+            value TEXT NOT NULL CHECK (value IN ('up', 'down')),
+            platform TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (message_id, user_id)
+        )""",
+        "CREATE INDEX feedback_by_channel ON feedback (platform, workspace, channel, at)",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -214,6 +239,14 @@ _CREATE_BUCKETS = (
     "INSERT INTO rate_buckets (key, tokens, updated_at) "
     "SELECT key, capacity, extract(epoch FROM clock_timestamp()) FROM unnest($1::text[], $2::float8[]) AS "
     "w(key, capacity) ON CONFLICT (key) DO NOTHING"
+)
+#: See bot.store.sqlite._ADD_FEEDBACK.
+_ADD_FEEDBACK = (
+    "INSERT INTO feedback (message_id, user_id, value, platform, workspace, channel, at) "
+    "SELECT m.id, $2::text, $3::text, c.platform, c.workspace, c.channel, $4::float8 FROM messages m "
+    "JOIN conversations c ON c.id = m.conversation_id "
+    "WHERE m.id = $1 AND m.role = 'assistant' AND c.platform = $5 AND (c.channel = $6 OR c.thread = $6) "
+    "ON CONFLICT (message_id, user_id) DO UPDATE SET value = excluded.value, at = excluded.at"
 )
 #: advisory lock namespaces (the first key of pg_advisory_lock(int, int)), so ours never meet another app's.
 _MIGRATION_LOCK = 0x7EB0
@@ -460,11 +493,75 @@ class PostgresStore:
                 "platform = $1 AND workspace = $2 AND channel = $3",
                 (key.platform, key.workspace, key.channel),
             )
-        async with self._pool.acquire() as conn:
-            status = await conn.execute(
-                f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE {where})", *args
-            )
+        conversations = f"SELECT id FROM conversations WHERE {where}"
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"DELETE FROM summaries WHERE conversation_id IN ({conversations})", *args)
+            status = await conn.execute(f"DELETE FROM messages WHERE conversation_id IN ({conversations})", *args)
         return _count(status)
+
+    async def summary(self, key: ConversationKey) -> Summary | None:
+        async with self._pool.acquire() as conn:
+            conversation = await self._existing_conversation_id(conn, key)
+            if conversation is None:
+                return None
+            row = await conn.fetchrow(
+                "SELECT content, tokens, covered_to FROM summaries WHERE conversation_id = $1", conversation
+            )
+        return Summary(str(row[0]), int(row[1]), int(row[2])) if row else None
+
+    async def messages_after(self, key: ConversationKey, after: int, before: int, limit: int) -> list[StoredMessage]:
+        async with self._pool.acquire() as conn:
+            conversation = await self._existing_conversation_id(conn, key)
+            if conversation is None:
+                return []
+            rows = await conn.fetch(
+                "SELECT id, role, author_name, content, tokens, created_at FROM messages "
+                "WHERE conversation_id = $1 AND id > $2 AND id < $3 ORDER BY id LIMIT $4",
+                conversation,
+                after,
+                before,
+                limit,
+            )
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def set_summary(self, key: ConversationKey, summary: Summary) -> bool:
+        async with self._pool.acquire() as conn:
+            conversation = await self._conversation_id(conn, key)
+            # One statement: the check that the covered message still exists and the write cannot be split by a
+            # /reset on another replica.
+            status = await conn.execute(
+                "INSERT INTO summaries (conversation_id, content, tokens, covered_to, updated_at) "
+                "SELECT $1::bigint, $2::text, $3::integer, $4::bigint, $5::float8 WHERE EXISTS "
+                "(SELECT 1 FROM messages WHERE id = $4 AND conversation_id = $1) "
+                "ON CONFLICT (conversation_id) DO UPDATE SET content = excluded.content, tokens = excluded.tokens, "
+                "covered_to = excluded.covered_to, updated_at = excluded.updated_at "
+                "WHERE summaries.covered_to < excluded.covered_to",
+                conversation,
+                summary.text,
+                summary.tokens,
+                summary.covered_to,
+                time.time(),
+            )
+        return _count(status) == 1
+
+    async def add_feedback(
+        self, platform: str, channel: str, reply: int, user_id: str, value: str, *, at: float
+    ) -> bool:
+        async with self._pool.acquire() as conn:
+            status = await conn.execute(_ADD_FEEDBACK, reply, user_id, value, at, platform, channel)
+        return _count(status) == 1
+
+    async def feedback_since(self, scope: UsageScope, since: float) -> FeedbackTotal:
+        conditions = [(c, v) for c, v in scope.conditions(since) if not c.startswith("user_id")]
+        where = " AND ".join(f"{c} ${n}" for n, (c, _) in enumerate(conditions, start=1))
+        query = (
+            "SELECT count(*) FILTER (WHERE value = 'up'), count(*) FILTER (WHERE value = 'down') FROM feedback "
+            f"WHERE {where}"
+        )
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(query, *(value for _, value in conditions))
+        assert row is not None
+        return FeedbackTotal(int(row[0]), int(row[1]))
 
     async def count_messages(self, key: ConversationKey) -> int:
         async with self._pool.acquire() as conn:

@@ -28,8 +28,10 @@ from bot.store.base import (
     USAGE_COLUMNS,
     USAGE_TOTALS,
     ChannelSettings,
+    FeedbackTotal,
     RateBucket,
     StoredMessage,
+    Summary,
     UsageRecord,
     UsageScope,
     UsageTotal,
@@ -139,6 +141,29 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX messages_by_conversation_line ON messages (conversation_id, id, tokens, tokens_before)",
         "DROP INDEX messages_by_conversation_tokens",
     ),
+    (
+        # Memory past the window: one running summary per conversation, covering its messages up to covered_to.
+        """CREATE TABLE summaries (
+            conversation_id INTEGER PRIMARY KEY REFERENCES conversations(id),
+            content TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            covered_to INTEGER NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        # Answer feedback: one verdict per person and reply (a second click replaces the first). Kept by /reset,
+        # like the usage ledger: it holds no words of the conversation.
+        """CREATE TABLE feedback (
+            message_id INTEGER NOT NULL,
+            user_id TEXT NOT NULL,
+            value TEXT NOT NULL CHECK (value IN ('up', 'down')),
+            platform TEXT NOT NULL,
+            workspace TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (message_id, user_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX feedback_by_channel ON feedback (platform, workspace, channel, at)",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -151,6 +176,16 @@ _LAST_THREAD = LAST_THREAD_QUERY.format(platform="?1", workspace="?2", channel="
 HISTORY_SQL = HISTORY_QUERY.format(conversation="?1", before="?2", rows="?3", budget="?4", step="?5")
 _TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="?1")
 _SETTINGS_CACHE_SIZE = 10_000
+#: A verdict on a reply, kept only where the row is a reply in a conversation on that platform whose channel (or,
+#: on Discord, thread) is where the button was clicked. The conversation's own workspace and channel are stored, so
+#: /usage counts the verdicts where the answers were given.
+_ADD_FEEDBACK = (
+    "INSERT INTO feedback (message_id, user_id, value, platform, workspace, channel, at) "
+    "SELECT m.id, ?2, ?3, c.platform, c.workspace, c.channel, ?4 FROM messages m "
+    "JOIN conversations c ON c.id = m.conversation_id "
+    "WHERE m.id = ?1 AND m.role = 'assistant' AND c.platform = ?5 AND (c.channel = ?6 OR c.thread = ?6) "
+    "ON CONFLICT (message_id, user_id) DO UPDATE SET value = excluded.value, at = excluded.at"
+)
 
 
 class SQLiteStore:
@@ -333,8 +368,75 @@ class SQLiteStore:
         else:
             # A channel's reset covers the threads under it: with reply-in-thread on, that is all there is.
             where, args = "platform = ? AND workspace = ? AND channel = ?", (key.platform, key.workspace, key.channel)
-        statement = f"DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE {where})"
-        return await self._writer.transaction(lambda db: max(db.execute(statement, args).rowcount, 0))
+        conversations = f"SELECT id FROM conversations WHERE {where}"
+
+        def work(db: sqlite3.Connection) -> int:
+            db.execute(f"DELETE FROM summaries WHERE conversation_id IN ({conversations})", args)
+            return max(db.execute(f"DELETE FROM messages WHERE conversation_id IN ({conversations})", args).rowcount, 0)
+
+        return await self._writer.transaction(work)
+
+    async def summary(self, key: ConversationKey) -> Summary | None:
+        conversation = await self._existing_conversation_id(key)
+        if conversation is None:
+            return None
+        rows = list(
+            await self._reader.execute_fetchall(
+                "SELECT content, tokens, covered_to FROM summaries WHERE conversation_id = ?", (conversation,)
+            )
+        )
+        return Summary(str(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
+
+    async def messages_after(self, key: ConversationKey, after: int, before: int, limit: int) -> list[StoredMessage]:
+        conversation = await self._existing_conversation_id(key)
+        if conversation is None:
+            return []
+        rows = await self._reader.execute_fetchall(
+            "SELECT id, role, author_name, content, tokens, created_at FROM messages "
+            "WHERE conversation_id = ? AND id > ? AND id < ? ORDER BY id LIMIT ?",
+            (conversation, after, before, limit),
+        )
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def set_summary(self, key: ConversationKey, summary: Summary) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            conversation = self._conversation_id(db, key)
+            cur = db.execute(
+                "INSERT INTO summaries (conversation_id, content, tokens, covered_to, updated_at) "
+                "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?) "
+                "ON CONFLICT (conversation_id) DO UPDATE SET content = excluded.content, tokens = excluded.tokens, "
+                "covered_to = excluded.covered_to, updated_at = excluded.updated_at "
+                "WHERE summaries.covered_to < excluded.covered_to",
+                (
+                    conversation,
+                    summary.text,
+                    summary.tokens,
+                    summary.covered_to,
+                    time.time(),
+                    summary.covered_to,
+                    conversation,
+                ),
+            )
+            return cur.rowcount == 1
+
+        return await self._writer.transaction(work)
+
+    async def add_feedback(
+        self, platform: str, channel: str, reply: int, user_id: str, value: str, *, at: float
+    ) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            cur = db.execute(_ADD_FEEDBACK, (reply, user_id, value, at, platform, channel))
+            return cur.rowcount == 1
+
+        return await self._writer.transaction(work)
+
+    async def feedback_since(self, scope: UsageScope, since: float) -> FeedbackTotal:
+        conditions = scope.conditions(since)
+        where = " AND ".join(f"{c} ?" for c, _ in conditions if not c.startswith("user_id"))
+        values = [value for c, value in conditions if not c.startswith("user_id")]
+        query = f"SELECT coalesce(sum(value = 'up'), 0), coalesce(sum(value = 'down'), 0) FROM feedback WHERE {where}"
+        [row] = list(await self._reader.execute_fetchall(query, values))
+        return FeedbackTotal(int(row[0]), int(row[1]))
 
     async def count_messages(self, key: ConversationKey) -> int:
         conversation = await self._existing_conversation_id(key)

@@ -99,6 +99,14 @@ class StoredMessage:
     payload: dict[str, Any]
     edits: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def components(self) -> list[dict[str, Any]]:
+        """The message's components as last sent: an edit that names none keeps the earlier ones."""
+        for body in reversed([self.payload, *self.edits]):
+            if "components" in body:
+                return list(body["components"] or [])
+        return []
+
 
 @dataclass
 class Interaction:
@@ -318,6 +326,23 @@ class FakeDiscord(LoopbackServer):
             }
         else:
             data["user"] = user
+        return data
+
+    def component_interaction(
+        self,
+        message: StoredMessage,
+        custom_id: str,
+        *,
+        user: dict[str, Any] = ADA,
+        guild_id: str | None = GUILD_ID,
+    ) -> dict[str, Any]:
+        """A click on a button (component type 2) of one of the bot's messages: an interaction of type 3
+        (MESSAGE_COMPONENT) carrying the message with its components, as Discord sends it."""
+        data = self.interaction_create("", user=user, channel_id=message.channel_id, guild_id=guild_id)
+        shown = self._message(message.content, BOT_USER, message.channel_id, guild_id, message.id)
+        data["type"] = 3
+        data["data"] = {"custom_id": custom_id, "component_type": 2}
+        data["message"] = shown | {"components": message.components}
         return data
 
     # --- payloads ------------------------------------------------------------------------------------------

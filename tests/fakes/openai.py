@@ -235,6 +235,8 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self.hold: asyncio.Event | None = None
+        #: With ``hold``: only the requests whose messages this accepts wait for it (None: all of them).
+        self.hold_if: Callable[[list[dict[str, Any]]], bool] | None = None
         #: ``[[keepalive]]`` streams still being kept open (a client that hangs up ends its stream).
         self.keepalive_streams = 0
         self._seen: Counter[tuple[str, str]] = Counter()
@@ -306,7 +308,8 @@ class FakeOpenAI:
                 self.headers.append(dict(request.headers))
             async with self._changed:
                 self._changed.notify_all()
-            if self.hold is not None:
+            held = self.hold_if is None or (isinstance(body, dict) and self.hold_if(body.get("messages") or []))
+            if self.hold is not None and held:
                 await self.hold.wait()
             if self.first_byte_delay:
                 await asyncio.sleep(self.first_byte_delay)

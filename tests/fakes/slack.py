@@ -50,6 +50,8 @@ class Posted:
     #: Set for a message made by chat.startStream: each call's markdown_text, and whether it is still open.
     appends: list[str] = field(default_factory=list)
     streaming: bool = False
+    #: The message's blocks as last set (chat.postMessage, chat.update, or chat.stopStream's closing blocks).
+    blocks: list[dict[str, Any]] | None = None
 
     @property
     def streamed(self) -> bool:
@@ -254,6 +256,7 @@ class FakeSlack(LoopbackServer):
         if method == "chat.postMessage":
             ts = f"{1700000100 + next(self._ts)}.000100"
             message = Posted(str(args["channel"]), ts, str(args.get("text", "")), args.get("thread_ts"))
+            message.blocks = _blocks(args)
             self.posted.append(message)
             self._text_set(message)
             return {"ok": True, "channel": message.channel, "ts": ts, "message": {"text": message.text, "ts": ts}}
@@ -261,6 +264,8 @@ class FakeSlack(LoopbackServer):
             for message in self.posted:
                 if message.channel == args.get("channel") and message.ts == args.get("ts"):
                     message.text = str(args.get("text", ""))
+                    # As Slack does: an update with text and no blocks removes the blocks.
+                    message.blocks = _blocks(args)
                     message.edits.append(message.text)
                     self._text_set(message)
                     return {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text}
@@ -326,6 +331,8 @@ class FakeSlack(LoopbackServer):
                 message.text += text or ""
                 message.appends.append(text or "")
                 message.streaming = method == "chat.appendStream"
+                if method == "chat.stopStream":
+                    message.blocks = _blocks(args)
                 self._text_set(message)
                 return {"ok": True, "channel": channel, "ts": message.ts}
         return {"ok": False, "error": "message_not_found"}
@@ -358,6 +365,64 @@ class FakeSlack(LoopbackServer):
                     self.acks[data["envelope_id"]] = data
                     await self._notify()
         return socket
+
+
+def _blocks(args: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The blocks of a call: a JSON list, or a JSON string of one (form-encoded calls)."""
+    blocks = args.get("blocks")
+    if isinstance(blocks, str):
+        blocks = json.loads(blocks)
+    return blocks if isinstance(blocks, list) else None
+
+
+def block_actions(
+    action: dict[str, Any],
+    *,
+    channel: str = "C1",
+    user: str = "U1",
+    team_id: str = "T1",
+    message_ts: str = "",
+    response_url: str = "",
+) -> dict[str, Any]:
+    """The interaction payload Slack posts (form-encoded, as ``payload=<json>``) when someone clicks a button."""
+    return {
+        "type": "block_actions",
+        "team": {"id": team_id, "domain": "test"},
+        "user": {"id": user, "username": "ada", "name": "ada", "team_id": team_id},
+        "api_app_id": "A1",
+        "token": "legacy-verification-token",
+        "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": False},
+        "trigger_id": "1.2.3",
+        "channel": {"id": channel, "name": "general"},
+        "message": {"type": "message", "ts": message_ts, "text": ""},
+        "response_url": response_url,
+        "actions": [{"action_ts": f"{time.time():.6f}", **action}],
+    }
+
+
+def clicked(blocks: list[dict[str, Any]], verdict: str) -> dict[str, Any]:
+    """The ``actions`` entry of a click on the ``up`` or ``down`` feedback button in ``blocks``, as Slack sends it:
+    for Slack's own feedback buttons the element's action id with the clicked button's value, for a plain button
+    that button."""
+    for block in blocks:
+        for element in block.get("elements") or []:
+            if element.get("type") == "feedback_buttons":
+                button = element["positive_button" if verdict == "up" else "negative_button"]
+                return {
+                    "type": "feedback_buttons",
+                    "action_id": element["action_id"],
+                    "block_id": block.get("block_id", ""),
+                    "value": button["value"],
+                }
+            if element.get("type") == "button" and str(element.get("value", "")).startswith(f"{verdict}:"):
+                return {
+                    "type": "button",
+                    "action_id": element["action_id"],
+                    "block_id": block.get("block_id", ""),
+                    "value": element["value"],
+                    "text": element["text"],
+                }
+    raise KeyError(f"no {verdict} feedback button in {blocks}")
 
 
 def signed_headers(signing_secret: str, body: str, timestamp: int | None = None) -> dict[str, str]:

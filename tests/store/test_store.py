@@ -612,10 +612,12 @@ async def test_block_trimming_never_passes_the_budget_or_leaves_a_hole(store: St
 
 async def test_migrating_places_existing_messages_on_their_conversations_token_line(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
+    # The schema as it was before the migration that placed messages on their token line.
+    line = next(n for n, step in enumerate(MIGRATIONS) if any("tokens_before" in s for s in step))
     with sqlite3.connect(path) as db:
-        for statement in (s for step in MIGRATIONS[:-1] for s in step):
+        for statement in (s for step in MIGRATIONS[:line] for s in step):
             db.execute(statement)
-        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+        db.execute(f"PRAGMA user_version = {line}")
         for conversation in (1, 2):
             db.execute(
                 "INSERT INTO conversations (id, key, platform, workspace, channel, created_at) "

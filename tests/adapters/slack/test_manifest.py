@@ -29,8 +29,10 @@ def without_urls(manifest: dict[str, Any]) -> dict[str, Any]:
         "slash_commands": [{k: v for k, v in c.items() if k != "url"} for c in manifest["features"]["slash_commands"]]
     }
     events = {k: v for k, v in manifest["settings"]["event_subscriptions"].items() if k != "request_url"}
+    interactivity = {k: v for k, v in manifest["settings"]["interactivity"].items() if k != "request_url"}
     settings = {k: v for k, v in manifest["settings"].items() if k != "socket_mode_enabled"}
-    return manifest | {"features": features, "settings": settings | {"event_subscriptions": events}}
+    settings |= {"event_subscriptions": events, "interactivity": interactivity}
+    return manifest | {"features": features, "settings": settings}
 
 
 def test_both_manifests_describe_the_same_app() -> None:
@@ -40,13 +42,17 @@ def test_both_manifests_describe_the_same_app() -> None:
     # Socket Mode has no URL anywhere; HTTP mode has one for events and one for every slash command.
     assert all("url" not in c for c in socket["features"]["slash_commands"])
     assert "request_url" not in socket["settings"]["event_subscriptions"]
-    assert [c["url"] for c in http["features"]["slash_commands"]] == [PLACEHOLDER] * 4
+    assert [c["url"] for c in http["features"]["slash_commands"]] == [PLACEHOLDER] * 5
     assert http["settings"]["event_subscriptions"]["request_url"] == PLACEHOLDER
+    # The answers' feedback buttons: their clicks come to the same URL.
+    assert "request_url" not in socket["settings"]["interactivity"]
+    assert http["settings"]["interactivity"] == {"is_enabled": True, "request_url": PLACEHOLDER}
 
 
 def test_the_manifest_commands_are_the_default_command_names() -> None:
     commands = [c["command"] for c in load("socket")["features"]["slash_commands"]]
-    assert commands == [f"/{name}" for name in Settings().command_names().values()]
+    # /summary keeps its name: only the four commands other apps commonly have can be renamed.
+    assert commands == [f"/{name}" for name in Settings().command_names().values()] + ["/summary"]
 
 
 def test_the_thinking_status_is_under_chat_write() -> None:
@@ -72,6 +78,7 @@ def test_the_documented_line_fills_every_url_of_the_http_manifest(tmp_path: Path
     subprocess.run(command, shell=True, cwd=tmp_path, check=True)
     filled = yaml.safe_load((tmp_path / "slack-manifest.yml").read_text())
     url = f"{host}/slack/events"
-    assert [c["url"] for c in filled["features"]["slash_commands"]] == [url] * 4
+    assert [c["url"] for c in filled["features"]["slash_commands"]] == [url] * 5
     assert filled["settings"]["event_subscriptions"]["request_url"] == url
+    assert filled["settings"]["interactivity"]["request_url"] == url
     assert without_urls(filled) == without_urls(load("http"))
