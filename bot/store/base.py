@@ -341,10 +341,6 @@ class Store(Protocol):
         the channel itself, or nowhere."""
         ...
 
-    async def forget_message(self, row: int) -> None:
-        """Delete one stored message (a refused question), keeping its id marked as handled."""
-        ...
-
     async def add_usage(self, ledger: UsageRecord) -> None:
         """Record a model call that left no reply stored with it (an empty completion the provider bills, a reply
         the database refused). Raises :class:`bot.errors.StoreError` when the database refuses it too."""

@@ -575,10 +575,6 @@ class PostgresStore:
             thread = await conn.fetchval(_LAST_THREAD, key.platform, key.workspace, key.channel, author_id)
         return None if thread is None else str(thread)
 
-    async def forget_message(self, row: int) -> None:
-        async with self._pool.acquire() as conn:
-            await conn.execute("DELETE FROM messages WHERE id = $1", row)
-
     async def add_usage(self, ledger: UsageRecord) -> None:
         try:
             async with self._pool.acquire() as conn:

@@ -455,9 +455,6 @@ class SQLiteStore:
         )
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
-    async def forget_message(self, row: int) -> None:
-        await self._writer.transaction(lambda db: db.execute("DELETE FROM messages WHERE id = ?", (row,)))
-
     async def add_usage(self, ledger: UsageRecord) -> None:
         try:
             await self._writer.transaction(lambda db: db.execute(_INSERT_USAGE, ledger.values()))
