@@ -6,14 +6,13 @@ import socket
 import ssl
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 
 from bot import errors
 from bot.config import Settings
-from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy
+from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, shown_url
 from bot.runtime import endpoints
 from bot.store import describe_db, is_postgres, open_store, sqlite_path, sqlite_schema
 
@@ -68,7 +67,7 @@ async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckRe
         failed = answered[-1] if answered and answered[-1].status_code >= 400 else None
         if failed is None:
             return CheckResult(name, False, f"{endpoint.base_url} with model {endpoint.model}: {type(exc).__name__}")
-        detail = f"HTTP {failed.status_code} from POST {_shown(str(failed.request.url))}"
+        detail = f"HTTP {failed.status_code} from POST {shown_url(failed.request.url)}"
         return CheckResult(name, False, detail + _HINTS.get(type(exc), ""))
     finally:
         http.event_hooks["response"].remove(record)
@@ -93,19 +92,19 @@ def describe_http_failure(exc: httpx.HTTPError, url: str, connect_timeout: float
     where = f"{target.host}:{target.port or (443 if target.scheme == 'https' else 80)}"
     causes = list(_chain(exc))
     if isinstance(exc, httpx.ConnectTimeout):
-        return f"no connection to {where} within {connect_timeout or 0:.0f} s ({_shown(url)}): check the network"
+        return f"no connection to {where} within {connect_timeout or 0:.0f} s ({shown_url(url)}): check the network"
     if isinstance(exc, httpx.TimeoutException):
-        return f"{where} did not answer in time ({_shown(url)})"
+        return f"{where} did not answer in time ({shown_url(url)})"
     if any(isinstance(c, ssl.SSLError) for c in causes):
         reason = next(c for c in causes if isinstance(c, ssl.SSLError))
-        return f"TLS error with {where}: {getattr(reason, 'reason', None) or type(reason).__name__} ({_shown(url)})"
+        return f"TLS error with {where}: {getattr(reason, 'reason', None) or type(reason).__name__} ({shown_url(url)})"
     if any(isinstance(c, socket.gaierror) for c in causes):
-        return f"cannot resolve the host name {target.host!r} (DNS) in {_shown(url)}: check OPENAI_BASE_URL"
+        return f"cannot resolve the host name {target.host!r} (DNS) in {shown_url(url)}: check OPENAI_BASE_URL"
     if any(isinstance(c, ConnectionRefusedError) for c in causes):
-        return f"connection refused by {where} ({_shown(url)}): is the server running there?"
+        return f"connection refused by {where} ({shown_url(url)}): is the server running there?"
     if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect to {where} ({_shown(url)}): check the network and proxy settings"
-    return f"the request to {_shown(url)} failed: {type(exc).__name__}"
+        return f"cannot connect to {where} ({shown_url(url)}): check the network and proxy settings"
+    return f"the request to {shown_url(url)} failed: {type(exc).__name__}"
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -115,14 +114,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
-
-
-def _shown(url: str) -> str:
-    """``url`` without credentials or query (a key may ride in either)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 async def check_model(settings: Settings) -> list[CheckResult]:

@@ -14,6 +14,7 @@ from bot.llm.client import (
     model_choice,
     model_http_client,
 )
+from bot.llm.errors import shown_url
 from bot.llm.sse import OnDelta, SSEDecoder, ThinkSplitter
 from bot.llm.tokens import PER_MESSAGE_OVERHEAD, TRUNCATION_MARK, TokenCounter
 
@@ -33,4 +34,5 @@ __all__ = [
     "TokenCounter",
     "model_choice",
     "model_http_client",
+    "shown_url",
 ]

@@ -63,7 +63,7 @@ def error_from_response(response: httpx.Response, model: str, key: str | None) -
         body,
         model=model,
         retry_after=retry_after(response.headers),
-        url=_shown_url(response.request.url),
+        url=shown_url(response.request.url),
     )
     log.debug("model endpoint answered HTTP %d: %s", response.status_code, redact(str(body)[:500], key))
     return exc
@@ -130,6 +130,7 @@ def _endpoint_detail(url: str | None, message: str) -> str:
     return texts.ENDPOINT_NOT_FOUND_DETAIL.format(url=url, answer=answer, hint=hint)
 
 
-def _shown_url(url: httpx.URL) -> str:
-    """The URL asked, without any user:password in it and without the query."""
-    return str(url.copy_with(username=None, password=None, query=None))
+def shown_url(url: httpx.URL | str) -> str:
+    """``url`` as it may be shown (a log line, ``teambot check``): without any user:password, query or fragment,
+    where a key may ride."""
+    return str(httpx.URL(url).copy_with(username=None, password=None, query=None, fragment=None))
