@@ -17,7 +17,7 @@ from bot import errors, logcontext, texts
 from bot.guards import Busy, ConversationBusy, Guards
 from bot.llm import PER_MESSAGE_OVERHEAD, ChatClient, ChatMessage, Completion, TokenCounter, model_choice
 from bot.memory import Memory, MemorySettings
-from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, Usage
+from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, TurnView, Usage
 from bot.metrics import Metrics
 from bot.store import FEEDBACK_VALUES, Store, StoredMessage, UsageRecord
 
@@ -149,15 +149,21 @@ class ConversationCore:
         return self._llm.reasoning_effort
 
     async def handle(
-        self, msg: IncomingMessage, on_text: OnText | None = None, on_reasoning: OnText | None = None
+        self,
+        msg: IncomingMessage,
+        on_text: OnText | None = None,
+        on_reasoning: OnText | None = None,
+        view: TurnView | None = None,
     ) -> Reply:
         """Answer ``msg``; ``on_text`` receives pieces of the reply as they stream in, ``on_reasoning`` pieces of the
-        model's thinking (never part of the reply, nor of the history), for the adapter to show apart or not at all.
+        model's thinking (never part of the reply, nor of the history), for the adapter to show apart or not at all;
+        ``view`` shows progress while tools run and asks for approvals (none: no status, approvals denied).
 
         Known failures come back as a ``Reply`` of kind ERROR with a message for people; only bugs raise.
         """
         with logcontext.turn(str(msg.key), msg.message_id):
             self.metrics.mentions.labels(msg.key.platform).inc()
+            del view  # the tool loop (bot.tools) is its first user
             reply = await self._handle(msg, on_text, on_reasoning)
             self.metrics.replies.labels(msg.key.platform, reply.kind.value).inc()
             return reply

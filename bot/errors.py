@@ -3,6 +3,7 @@
     TeambotError                  base; ``user_message`` is safe to show in a channel
     ├── ConfigError               a setting is missing or invalid (start-up only)
     ├── StoreError                the database refused a write the turn needed (disk full, read-only, gone)
+    ├── AttachmentError           a file could not be read (too big, refused host, missing scope, bad bytes)
     └── LLMError                  the model call failed; ``retryable`` says whether trying again may help
         ├── RateLimited           429 rate limit (``retry_after`` seconds, when the server said)
         ├── QuotaExhausted        429 insufficient_quota / 402 no credit: waiting will not help
@@ -44,6 +45,10 @@ class ConfigError(TeambotError):
 
 class StoreError(TeambotError):
     """The database refused a write (disk full, read-only, connection lost); the engine's error is the cause."""
+
+
+class AttachmentError(TeambotError):
+    """A file on a message could not be read; ``user_message`` is the one line the reply says about it."""
 
 
 class LLMError(TeambotError):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,63 @@ def dm_workspace(user_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file on a message, not downloaded yet: ``fetch`` reads it, from the platform's own file host only.
+
+    The adapter builds ``fetch`` (it holds the token and knows the allowed hosts); the core decides whether the
+    file is worth reading (type, size, how many) and what the model gets of it (bot.context).
+    """
+
+    #: The platform's id of the file (unique there), prefixed like message ids.
+    file_id: str
+    name: str
+    #: As the platform reports it; may be empty or wrong, so the core also looks at the bytes.
+    mimetype: str
+    #: As the platform reports it, in bytes; None when it does not say.
+    size: int | None
+    #: The file's bytes; raises ``bot.errors.AttachmentError`` with a message for people when it cannot.
+    fetch: Callable[[], Awaitable[bytes]] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextMessage:
+    """A message around the mention that the store does not hold yet: an earlier message of the thread, the
+    message replied to, a forwarded one. The core stores it in the conversation before the question."""
+
+    #: Unique across platforms (prefixed), like :attr:`IncomingMessage.message_id`.
+    message_id: str
+    author_id: str
+    author_name: str
+    text: str
+    #: Written by a bot (ours included, when the store lost it): stored as what that bot said.
+    from_bot: bool = False
+    attachments: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ContextRead:
+    """What a :class:`ContextSource` read: the messages after the cursor, oldest first, and the new cursor."""
+
+    messages: Sequence[ContextMessage]
+    #: Where the next read starts (opaque to the core: a Slack ``ts``, a Discord message id); None: unchanged.
+    cursor: str | None
+    #: The oldest part was left out to keep within the budget.
+    truncated: bool = False
+    #: Why the source could not read (or read only part): logged, never a failed turn.
+    problem: str | None = None
+
+
+class ContextSource(Protocol):
+    """Where the core reads the messages around a mention that it does not hold yet (a Slack thread, a Discord
+    thread or reply chain). The core keeps the cursor per conversation, so a thread is read once, by one replica."""
+
+    async def read(self, after: str | None, budget_tokens: int) -> ContextRead:
+        """The messages after ``after`` (None: from the start), newest kept first when they pass
+        ``budget_tokens``; never raises for the platform's refusals (429, missing scope): ``problem`` says why."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """A message addressed to the bot, already stripped of the bot's mention by the adapter.
 
@@ -54,6 +113,45 @@ class IncomingMessage:
     author_id: str
     author_name: str
     text: str
+    #: Files on the message itself (images, text files, PDFs).
+    attachments: tuple[Attachment, ...] = ()
+    #: Messages the adapter already has that belong before this one (a replied-to message from the gateway
+    #: payload, a forward's content), oldest first.
+    context: tuple[ContextMessage, ...] = ()
+    #: Where the core reads more of what surrounds the message (a thread), or None.
+    source: ContextSource | None = field(default=None, compare=False, repr=False)
+    #: A direct message (Slack im/mpim, Discord DM): tool policies may allow a tool there only.
+    in_dm: bool = False
+    #: The platform counts the author as an admin (workspace admin, Manage Server), for tool policies.
+    author_is_admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRequest:
+    """A tool call the model asked for that needs the asker's approval before it runs."""
+
+    call_id: str
+    #: The name the model knows the tool by (``server__tool`` for an MCP tool).
+    tool: str
+    #: The arguments as JSON text, shown to the person who approves.
+    arguments: str
+
+
+class TurnView(Protocol):
+    """What an adapter shows of a turn besides its text: progress while tools run, and approvals.
+
+    Optional for :meth:`bot.conversation.ConversationCore.handle`: without one, no status is shown and a tool that
+    needs approval is denied.
+    """
+
+    async def status(self, text: str | None) -> None:
+        """Show a short progress line (``Looking up the time…``); None takes it away."""
+        ...
+
+    async def approve(self, request: ToolRequest, asker_id: str, within: float) -> bool:
+        """Ask ``asker_id`` (only they may answer) to approve ``request``; False when denied or not answered
+        within ``within`` seconds (the buttons then say it was denied)."""
+        ...
 
 
 class ReplyKind(enum.Enum):

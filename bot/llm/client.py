@@ -25,7 +25,9 @@ from bot.messages import Usage
 
 log = logging.getLogger(__name__)
 
-ChatMessage = dict[str, str]
+#: One message of the chat format: ``content`` is text, or a list of parts (text, images); an assistant message
+#: may carry ``tool_calls`` and a ``tool`` message a ``tool_call_id``.
+ChatMessage = dict[str, Any]
 Sleep = Callable[[float], Awaitable[None]]
 
 
