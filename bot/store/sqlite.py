@@ -164,6 +164,26 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX feedback_by_channel ON feedback (platform, workspace, channel, at)",
     ),
+    (
+        # Full-text search over the history (the search_history tool), beyond what the window holds: an FTS5 index
+        # over messages.content that keeps no copy of the text (external content), kept in step by triggers, so
+        # every way a message comes or goes (a turn, /reset, an abandoned turn) updates it in the same transaction.
+        # unicode61 without stemming matches whole words in any language, case and accents aside.
+        "CREATE VIRTUAL TABLE messages_fts USING fts5(content, content = 'messages', content_rowid = 'id', "
+        "tokenize = 'unicode61 remove_diacritics 2')",
+        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+        END""",
+        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        END""",
+        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+            INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+        END""",
+        # The messages already there.
+        "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -176,6 +196,13 @@ _LAST_THREAD = LAST_THREAD_QUERY.format(platform="?1", workspace="?2", channel="
 HISTORY_SQL = HISTORY_QUERY.format(conversation="?1", before="?2", rows="?3", budget="?4", step="?5")
 _TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="?1")
 _SETTINGS_CACHE_SIZE = 10_000
+#: The search_history query: the index finds the words, the conversation and the row bound keep it to what came
+#: before the question in this conversation.
+_SEARCH = (
+    "SELECT m.id, m.role, m.author_name, m.content, m.tokens, m.created_at FROM messages_fts "
+    "JOIN messages m ON m.id = messages_fts.rowid "
+    "WHERE messages_fts MATCH ?1 AND m.conversation_id = ?2 AND m.id < ?3 ORDER BY m.id DESC LIMIT ?4"
+)
 #: A verdict on a reply, kept only where the row is a reply in a conversation on that platform whose channel (or,
 #: on Discord, thread) is where the button was clicked. The conversation's own workspace and channel are stored, so
 #: /usage counts the verdicts where the answers were given.
@@ -372,7 +399,14 @@ class SQLiteStore:
 
         def work(db: sqlite3.Connection) -> int:
             db.execute(f"DELETE FROM summaries WHERE conversation_id IN ({conversations})", args)
-            return max(db.execute(f"DELETE FROM messages WHERE conversation_id IN ({conversations})", args).rowcount, 0)
+            deleted = max(
+                db.execute(f"DELETE FROM messages WHERE conversation_id IN ({conversations})", args).rowcount, 0
+            )
+            if deleted:
+                # FTS5 deletes by adding tombstones: the words stay in older index segments until those are merged.
+                # Merging all of them now (about 2 s per 200,000 messages, measured) makes the reset forget them.
+                db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
+            return deleted
 
         return await self._writer.transaction(work)
 
@@ -396,6 +430,16 @@ class SQLiteStore:
             "WHERE conversation_id = ? AND id > ? AND id < ? ORDER BY id LIMIT ?",
             (conversation, after, before, limit),
         )
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def search_messages(
+        self, key: ConversationKey, query: str, *, before: int, limit: int
+    ) -> list[StoredMessage]:
+        match = fts5_query(query)
+        conversation = await self._existing_conversation_id(key)
+        if conversation is None or not match or limit <= 0:
+            return []
+        rows = await self._reader.execute_fetchall(_SEARCH, (match, conversation, before, limit))
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def set_summary(self, key: ConversationKey, summary: Summary) -> bool:
@@ -538,6 +582,21 @@ class SQLiteStore:
         return await self._writer.transaction(
             lambda db: max(db.execute("DELETE FROM handled_messages WHERE handled_at < ?", (cutoff,)).rowcount, 0)
         )
+
+
+def fts5_query(query: str) -> str:
+    """``query``'s words as an FTS5 query that every match must hold all of, or "" when it has none.
+
+    Each whitespace-separated part goes in as an FTS5 string (double quotes, a quote inside doubled), which the
+    index splits into words as it split the messages: ``foo" OR bar``, ``NEAR(`` or ``*`` are then words to look
+    for, never syntax, and no input can make MATCH fail. A part without a letter or digit would be an empty phrase.
+    """
+    parts = [part for part in query.split() if any(ch.isalnum() for ch in part)]
+    return " ".join('"' + part.replace('"', '""') + '"' for part in parts[:_SEARCH_WORDS])
+
+
+#: A search takes the first this many words of its query: a model pasting a paragraph gets an answer, not a scan.
+_SEARCH_WORDS = 32
 
 
 def check_sqlite_path(path: str) -> None:

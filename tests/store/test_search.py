@@ -1,0 +1,207 @@
+"""Full-text search over a conversation's history (the search_history tool's storage), on both engines."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from bot.messages import ConversationKey, IncomingMessage
+from bot.store import Store, open_store
+from bot.store.postgres import MIGRATIONS as PG_MIGRATIONS
+from bot.store.sqlite import MIGRATIONS, SQLiteStore, fts5_query
+
+A = ConversationKey("slack", "T1", "C1")
+THREAD = ConversationKey("slack", "T1", "C1", "1700000000.000100")
+OTHER = ConversationKey("slack", "T1", "C2")
+END = 10**12
+
+
+def incoming(key: ConversationKey, n: int, text: str) -> IncomingMessage:
+    return IncomingMessage(key, f"{key}:{n}", "U1", "Ada", text)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a database lives, on each engine in turn."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return str(tmp_path / "teambot.db")
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    s = await open_store(url)
+    yield s
+    await s.close()
+
+
+_ids = itertools.count()
+
+
+async def said(store: Store, key: ConversationKey, *texts: str) -> list[int]:
+    """Store each text as a person's message in ``key``; their row ids."""
+    return [await store.add_question(incoming(key, next(_ids), text), 10) for text in texts]
+
+
+async def test_search_finds_every_word_newest_first_and_only_before_the_question(store: Store) -> None:
+    rows = await said(
+        store,
+        A,
+        "the deploy of the billing service failed",
+        "lunch at noon?",
+        "Billing DEPLOY worked after the rollback",
+        "deploy billing again",  # the question being answered: not a result
+    )
+    reply = await store.add_reply(
+        A, "the billing deploy is done", 5, reply_to=rows[0], usage=None, model=None, complete=True
+    )
+    found = await store.search_messages(A, "billing deploy", before=rows[3], limit=10)
+    assert [m.id for m in found] == [rows[2], rows[0]]  # newest first, case aside, every word, nothing after
+    assert found[0].author_name == "Ada" and found[0].role == "user" and found[0].created_at > 0
+    everything = await store.search_messages(A, "billing deploy", before=END, limit=10)
+    assert [m.id for m in everything] == [reply, rows[3], rows[2], rows[0]]
+    assert [m.id for m in await store.search_messages(A, "billing deploy", before=END, limit=2)] == [reply, rows[3]]
+    assert await store.search_messages(A, "billing pizza", before=END, limit=10) == []
+
+
+async def test_search_never_reaches_another_conversation(store: Store) -> None:
+    # The access rule: the same conversation only. Another channel, and a thread of the same channel, are apart.
+    await said(store, OTHER, "the secret rollout plan is falcon")
+    await said(store, THREAD, "falcon in the thread")
+    [mine] = await said(store, A, "falcon here too")
+    assert [m.id for m in await store.search_messages(A, "falcon", before=END, limit=10)] == [mine]
+    assert await store.search_messages(ConversationKey("slack", "T1", "C9"), "falcon", before=END, limit=10) == []
+    assert [m.content for m in await store.search_messages(THREAD, "falcon", before=END, limit=10)] == [
+        "falcon in the thread"
+    ]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        'foo" OR bar',
+        "NEAR(",
+        "NEAR(foo bar",
+        "*",
+        '"',
+        "foo AND",
+        "OR",
+        "-foo",
+        "foo:bar",
+        "(",
+        ")",
+        "^foo",
+        "a'b",
+        "NOT",
+        "foo & | !bar",
+        "\\",
+        "{col}: foo",
+        "",
+        "   ",
+        "🙂",
+    ],
+)
+async def test_any_query_text_is_words_and_never_fails(store: Store, query: str) -> None:
+    await said(store, A, "foo\" OR bar NEAR( and (foo) AND OR NOT col a'b")
+    found = await store.search_messages(A, query, before=END, limit=10)
+    assert isinstance(found, list)
+
+
+async def test_operators_in_a_query_are_plain_words(store: Store) -> None:
+    [plain, both] = await said(store, A, "foo alone", "foo OR bar together")
+    # As FTS5 syntax `foo OR bar` would also match "foo alone"; as words, all three must be there.
+    assert [m.id for m in await store.search_messages(A, "foo OR bar", before=END, limit=10)] == [both]
+    assert [m.id for m in await store.search_messages(A, 'foo" OR "bar', before=END, limit=10)] == [both]
+    assert [m.id for m in await store.search_messages(A, "foo", before=END, limit=10)] == [both, plain]
+
+
+def test_the_fts5_query_quotes_every_part() -> None:
+    assert fts5_query('foo" OR bar') == '"foo""" "OR" "bar"'
+    assert fts5_query("NEAR( * (") == '"NEAR("'
+    assert fts5_query("  ") == ""
+
+
+async def test_reset_empties_the_search_too(store: Store) -> None:
+    await said(store, A, "the launch code is swordfish")
+    await said(store, THREAD, "swordfish in a thread")
+    assert await store.reset(A) == 2  # the channel's reset covers its threads
+    assert await store.search_messages(A, "swordfish", before=END, limit=10) == []
+    assert await store.search_messages(THREAD, "swordfish", before=END, limit=10) == []
+    [again] = await said(store, A, "swordfish once more")
+    assert [m.id for m in await store.search_messages(A, "swordfish", before=END, limit=10)] == [again]
+
+
+async def test_an_abandoned_turn_leaves_the_search(store: Store) -> None:
+    msg = incoming(A, 1, "a question about kiwis")
+    row = await store.begin_turn(msg, 10)
+    await store.abandon_turn(row, msg.message_id)
+    assert await store.search_messages(A, "kiwis", before=END, limit=10) == []
+
+
+async def test_reset_leaves_no_searchable_word_in_the_file(tmp_path: Path) -> None:
+    # FTS5 deletes by tombstone; the words would stay in older index segments if reset did not merge them away.
+    store = await open_store(str(tmp_path / "teambot.db"))
+    try:
+        for n in range(30):  # several index segments
+            await said(store, A, f"note {n} zanzibarquux")
+        await said(store, OTHER, "keep this")
+        await store.reset(A)
+    finally:
+        await store.close()
+    data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("teambot.db"))
+    assert b"zanzibarquux" not in data
+
+
+async def test_migrating_indexes_the_messages_already_there(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for statement in (s for step in MIGRATIONS[:-1] for s in step):
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+        db.execute(
+            "INSERT INTO conversations (id, key, platform, workspace, channel, created_at) "
+            "VALUES (1, 'slack:T1:C1', 'slack', 'T1', 'C1', 0)"
+        )
+        db.execute(
+            "INSERT INTO messages (conversation_id, role, content, tokens, created_at) "
+            "VALUES (1, 'user', 'an old word: quetzal', 10, 0)"
+        )
+    store = await open_store(str(path))
+    try:
+        assert isinstance(store, SQLiteStore)
+        assert [m.content for m in await store.search_messages(A, "quetzal", before=END, limit=5)] == [
+            "an old word: quetzal"
+        ]
+    finally:
+        await store.close()
+
+
+async def test_postgres_migrating_indexes_the_messages_already_there(postgres_url: str) -> None:
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in (s for step in PG_MIGRATIONS[:-1] for s in step):
+            await conn.execute(statement)
+        await conn.execute("INSERT INTO schema_version VALUES ($1)", len(PG_MIGRATIONS) - 1)
+        await conn.execute(
+            "INSERT INTO conversations (id, key, platform, workspace, channel, created_at) "
+            "VALUES (1, 'slack:T1:C1', 'slack', 'T1', 'C1', 0)"
+        )
+        await conn.execute(
+            "INSERT INTO messages (conversation_id, role, content, tokens, created_at) "
+            "VALUES (1, 'user', 'an old word: quetzal', 10, 0)"
+        )
+    finally:
+        await conn.close()
+    store = await open_store(postgres_url)
+    try:
+        assert [m.content for m in await store.search_messages(A, "quetzal", before=END, limit=5)] == [
+            "an old word: quetzal"
+        ]
+    finally:
+        await store.close()
