@@ -67,6 +67,12 @@ async def _handler(site: Site, request: web.Request) -> web.StreamResponse:
         while True:
             await response.write(b"y" * 16384)
             site.written += 16384
+    if name == "declared":
+        # Says it is large, then stalls: refused on its word, without waiting for a byte more.
+        response = web.StreamResponse(headers={"Content-Type": "text/plain", "Content-Length": "10000000"})
+        await response.prepare(request)
+        await response.write(b"z" * 1000)
+        await asyncio.Event().wait()
     if name == "bomb":
         body = gzip.compress(b"0" * 5_000_000)
         return web.Response(body=body, headers={"Content-Type": "text/plain", "Content-Encoding": "gzip"})
@@ -234,6 +240,12 @@ async def test_a_page_over_the_size_cap_is_refused(sites: dict[str, Site]) -> No
     assert (await fetcher(LOOPBACK, max_bytes=5000).fetch(f"{site.url}/big")).endswith("x" * 5000)
     with pytest.raises(ToolError, match="larger than 4999 bytes"):
         await fetcher(LOOPBACK, max_bytes=4999).fetch(f"{site.url}/big")
+
+
+async def test_a_page_declared_over_the_cap_is_refused_before_reading(sites: dict[str, Site]) -> None:
+    site = sites["127.0.0.1"]
+    with pytest.raises(ToolError, match="larger than 1000000 bytes"):
+        await fetcher(LOOPBACK, max_bytes=1_000_000, timeout=10).fetch(f"{site.url}/declared")
 
 
 async def test_an_endless_body_is_cut_at_the_cap_not_the_clock(sites: dict[str, Site]) -> None:
