@@ -153,8 +153,12 @@ async def test_reset_leaves_no_searchable_word_in_the_file(tmp_path: Path) -> No
         await store.reset(A)
     finally:
         await store.close()
-    data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("teambot.db"))
-    assert b"zanzibarquux" not in data
+    assert b"zanzibarquux" not in _database_bytes(tmp_path)
+
+
+def _database_bytes(folder: Path) -> bytes:
+    """The database file with its WAL and shared-memory files, as bytes."""
+    return b"".join(p.read_bytes() for p in folder.iterdir() if p.name.startswith("teambot.db"))
 
 
 async def test_migrating_indexes_the_messages_already_there(tmp_path: Path) -> None:

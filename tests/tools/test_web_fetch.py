@@ -118,9 +118,7 @@ class FixedResolver(AbstractResolver):
         self.asked.append(host)
         answers = self.names[host]
         address = answers.pop(0) if len(answers) > 1 else answers[0]
-        return [
-            {"hostname": host, "host": address, "port": port, "family": socket.AF_INET, "proto": 0, "flags": 0}
-        ]
+        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET, "proto": 0, "flags": 0}]
 
     async def close(self) -> None:
         return None
@@ -179,7 +177,7 @@ async def test_a_name_that_resolves_to_loopback_is_refused(sites: dict[str, Site
 @pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f000001", "017700000001", "127.0.0.1.", "0"])
 async def test_other_spellings_of_loopback_are_refused(sites: dict[str, Site], host: str) -> None:
     site = sites["127.0.0.1"]
-    with pytest.raises(ToolError, match="^fetch_url: "):
+    with pytest.raises(ToolError, match=r"^fetch_url: "):
         await fetcher().fetch(f"http://{host}:{port(site)}/page")
     assert site.seen == []
 
