@@ -139,7 +139,11 @@ class WebFetcher:
                 return await self._follow(session, target)
         except TimeoutError:
             raise ToolError(f"fetch_url: {target.host} did not answer within {self.timeout:g} s") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise ToolError(f"fetch_url: the TLS certificate of {exc.host} is not valid") from None
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, socket.gaierror):
+                raise ToolError(f"fetch_url: {exc.host} was not found (DNS)") from None
             raise ToolError(f"fetch_url: could not connect to {exc.host}") from None
         except aiohttp.ClientError as exc:
             raise ToolError(f"fetch_url: the request to {target.host} failed ({type(exc).__name__})") from None
@@ -156,8 +160,10 @@ class WebFetcher:
                 parsed = base.join(parsed)
         except ValueError:
             raise ToolError("fetch_url: not a valid URL") from None
+        if not parsed.scheme:
+            raise ToolError("fetch_url: give a full URL, starting with https:// or http://")
         if parsed.scheme not in ("http", "https"):
-            raise ToolError(f"fetch_url: only http and https URLs are fetched, not {parsed.scheme or 'this'!r}")
+            raise ToolError(f"fetch_url: only http and https URLs are fetched, not {parsed.scheme}:")
         if not parsed.host:
             raise ToolError("fetch_url: the URL has no host")
         if parsed.user is not None or parsed.password is not None:

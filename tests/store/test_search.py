@@ -12,6 +12,7 @@ import pytest
 
 from bot.messages import ConversationKey, IncomingMessage
 from bot.store import Store, open_store
+from bot.store import sqlite as sqlite_store
 from bot.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from bot.store.sqlite import MIGRATIONS, SQLiteStore, fts5_query
 
@@ -136,11 +137,50 @@ async def test_reset_empties_the_search_too(store: Store) -> None:
     assert [m.id for m in await store.search_messages(A, "swordfish", before=END, limit=10)] == [again]
 
 
-async def test_an_abandoned_turn_leaves_the_search(store: Store) -> None:
+async def test_reset_empties_the_search_of_messages_indexed_or_not_yet(store: Store) -> None:
+    await said(store, A, "indexed swordfish")
+    assert len(await store.search_messages(A, "swordfish", before=END, limit=10)) == 1  # indexed now
+    await said(store, A, "not yet indexed swordfish")
+    assert await store.reset(A) == 2
+    assert await store.search_messages(A, "swordfish", before=END, limit=10) == []
+    await _index_is_sound(store)
+
+
+@pytest.mark.parametrize("searched_first", [False, True])
+async def test_an_abandoned_turn_leaves_the_search(store: Store, searched_first: bool) -> None:
     msg = incoming(A, 1, "a question about kiwis")
     row = await store.begin_turn(msg, 10)
+    if searched_first:
+        assert len(await store.search_messages(A, "kiwis", before=END, limit=10)) == 1
     await store.abandon_turn(row, msg.message_id)
     assert await store.search_messages(A, "kiwis", before=END, limit=10) == []
+    await _index_is_sound(store)
+
+
+async def _index_is_sound(store: Store) -> None:
+    """FTS5's own check that its index matches the messages (a wrong 'delete' corrupts it silently)."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as db:
+            db.execute("INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)")
+
+
+async def test_storing_a_message_does_no_indexing_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The plain path (a turn, no tool) must cost what it did: no trigger, the index untouched until a search.
+    store = await open_store(str(tmp_path / "teambot.db"))
+    try:
+        assert isinstance(store, SQLiteStore)
+        rows = await said(store, A, *(f"note {n} about otters" for n in range(7)))
+        with sqlite3.connect(store.path) as db:
+            assert db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall() == []
+            assert db.execute("SELECT indexed_to FROM messages_fts_state").fetchall() == [(0,)]
+        monkeypatch.setattr(sqlite_store, "_INDEX_BATCH", 3)  # several batches, each its own transaction
+        found = await store.search_messages(A, "otters", before=END, limit=10)
+        assert [m.id for m in found] == rows[::-1]
+        with sqlite3.connect(store.path) as db:
+            assert db.execute("SELECT indexed_to FROM messages_fts_state").fetchall() == [(rows[-1],)]
+        await _index_is_sound(store)
+    finally:
+        await store.close()
 
 
 async def test_reset_leaves_no_searchable_word_in_the_file(tmp_path: Path) -> None:
@@ -149,6 +189,7 @@ async def test_reset_leaves_no_searchable_word_in_the_file(tmp_path: Path) -> No
     try:
         for n in range(30):  # several index segments
             await said(store, A, f"note {n} zanzibarquux")
+            await store.search_messages(A, "zanzibarquux", before=END, limit=1)
         await said(store, OTHER, "keep this")
         await store.reset(A)
     finally:

@@ -108,7 +108,7 @@ async def sites() -> AsyncIterator[dict[str, Site]]:
 class FixedResolver(AbstractResolver):
     """DNS as the test says: each name gives its addresses in turn (the last one repeats)."""
 
-    def __init__(self, names: dict[str, list[str]]) -> None:
+    def __init__(self, names: dict[str, list[str]]) -> None:  # a name not in ``names`` does not exist
         self.names = names
         self.asked: list[str] = []
 
@@ -116,6 +116,8 @@ class FixedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         self.asked.append(host)
+        if host not in self.names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         answers = self.names[host]
         address = answers.pop(0) if len(answers) > 1 else answers[0]
         return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET, "proto": 0, "flags": 0}]
@@ -270,6 +272,16 @@ async def test_http_errors_and_non_text_are_one_line(sites: dict[str, Site]) -> 
         await fetcher(LOOPBACK).fetch(f"{site.url}/missing")
     with pytest.raises(ToolError, match=r"sent image/png, not text$"):
         await fetcher(LOOPBACK).fetch(f"{site.url}/image")
+
+
+async def test_an_unknown_name_is_one_line() -> None:
+    with pytest.raises(ToolError, match=r"^fetch_url: nowhere\.example was not found \(DNS\)$"):
+        await fetcher(resolver=FixedResolver({})).fetch("https://nowhere.example/")
+
+
+async def test_a_url_without_a_scheme_says_what_is_missing() -> None:
+    with pytest.raises(ToolError, match=r"^fetch_url: give a full URL, starting with https:// or http://$"):
+        await fetcher().fetch("example.com/page")
 
 
 async def test_a_closed_port_is_one_line() -> None:
