@@ -63,6 +63,8 @@ def refusal(address: IPAddress, allowed: Iterable[IPNetwork] = ()) -> str | None
         ("unspecified", address.is_unspecified),
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
+        # fec0::/10, deprecated but still routed inside some networks; Python counts it neither private nor reserved.
+        ("site-local", isinstance(address, ipaddress.IPv6Address) and address.is_site_local),
         ("multicast", address.is_multicast),
         ("reserved", address.is_reserved),
         ("private", address.is_private),
