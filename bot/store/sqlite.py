@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import time
 import urllib.parse
@@ -609,14 +610,16 @@ class SQLiteStore:
 def fts5_query(query: str) -> str:
     """``query``'s words as an FTS5 query that every match must hold all of, or "" when it has none.
 
-    Each whitespace-separated part goes in as an FTS5 string (double quotes, a quote inside doubled), which the
-    index splits into words as it split the messages: ``foo" OR bar``, ``NEAR(`` or ``*`` are then words to look
-    for, never syntax, and no input can make MATCH fail. A part without a letter or digit would be an empty phrase.
+    The words are the runs of letters and digits, as the unicode61 tokenizer splits the messages, each an FTS5
+    string of its own (in double quotes): ``foo" OR bar``, ``NEAR(`` or ``*`` are then words to look for, never
+    syntax, so no input can make MATCH fail; and ``foo:bar`` needs both words anywhere, as PostgreSQL's
+    plainto_tsquery does, not the two side by side.
     """
-    parts = [part for part in query.split() if any(ch.isalnum() for ch in part)]
-    return " ".join('"' + part.replace('"', '""') + '"' for part in parts[:_SEARCH_WORDS])
+    return " ".join(f'"{word}"' for word in _WORD.findall(query)[:_SEARCH_WORDS])
 
 
+#: A word of a search: letters and digits (``\w`` without the underscore, which unicode61 splits on too).
+_WORD = re.compile(r"[^\W_]+")
 #: A search takes the first this many words of its query: a model pasting a paragraph gets an answer, not a scan.
 _SEARCH_WORDS = 32
 
