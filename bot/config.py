@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     summary_model: str | None = Field(None, min_length=1, validation_alias=_env("TEAMBOT_SUMMARY_MODEL"))
     feedback: bool = Field(True, validation_alias=_env("TEAMBOT_FEEDBACK"))
 
+    # Tools
+    # The JSON file of MCP servers ({"mcpServers": {...}}, the format other MCP hosts use); read at start.
+    mcp_config: Path | None = Field(None, validation_alias=_env("TEAMBOT_MCP_CONFIG"))
+
     # Costs, budgets and abuse controls
     # [input, output] or [input, output, cached input], US dollars per million tokens
     prices: dict[str, tuple[float, float] | tuple[float, float, float]] = Field(

@@ -25,8 +25,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TextIO
 
+from bot.guards import redact
 from bot.tools.base import ToolCallContext, ToolError, ToolSpec
 from bot.tools.mcp_config import HttpServer, ServerConfig, StdioServer
 
@@ -63,7 +64,7 @@ class _Attempt:
     """What one connection attempt leaves behind to explain a failure: the server's stderr (stdio), the last
     HTTP error status (the SDK turns a 401 into an error without its status)."""
 
-    stderr: IO[str]
+    stderr: TextIO
     http_status: int | None = None
 
 
@@ -182,6 +183,11 @@ class MCPTools:
             raise ToolError(f"the MCP server {server.name!r} stopped during the call; it is being restarted") from None
         return result_text(result)
 
+    @staticmethod
+    def secret_values(config: ServerConfig) -> tuple[str, ...]:
+        """The values in a server's configuration that may be secrets: every env and header value."""
+        return tuple((config.env if isinstance(config, StdioServer) else config.headers).values())
+
     # -- status ------------------------------------------------------------------------------------------------
 
     def status(self) -> list[ServerStatus]:
@@ -208,42 +214,45 @@ class MCPTools:
     async def _keep_connected(self, server: _Server) -> None:
         delay = self._retry_initial
         while not self._closing:
-            connected_at: float | None = None
-            failure: str | None = None
-            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            attempt = _Attempt(tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace"))
-            connection = asyncio.create_task(self._connection(server, ready, attempt))
-            try:
-                await asyncio.wait({connection, ready}, timeout=self._connect_timeout, return_when="FIRST_COMPLETED")
-                if ready.done():
-                    connected_at = time.monotonic()
-                    server.tried.set()
-                    await asyncio.wait({connection})
-                elif not connection.done():
-                    connection.cancel()
-                    failure = f"did not start within {self._connect_timeout:g} s"
-                await asyncio.gather(connection, return_exceptions=True)
-                error = None if connection.cancelled() else connection.exception()
-                said = _redact(_last_line(attempt.stderr), server.config)
-                if error is not None:
-                    failure = describe_failure(error, server.config, said, attempt.http_status)
-                elif failure is None:
-                    failure = describe_exit(server.config, said)
-            finally:
-                attempt.stderr.close()
-                self._disconnected(server)
+            started = time.monotonic()
+            failure, connected = await self._attempt(server)
             if self._closing:
                 return
             server.error = failure
             server.tried.set()
             if not self._retry:
                 return
-            if connected_at is not None and time.monotonic() - connected_at > self._retry_max:
+            if connected and time.monotonic() - started > self._retry_max:
                 delay = self._retry_initial  # it ran for a good while: a new failure starts the backoff over
             log.warning("MCP server %s: %s; trying again in %g s", server.name, failure, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=delay)
             delay = min(delay * 2, self._retry_max)
+
+    async def _attempt(self, server: _Server) -> tuple[str, bool]:
+        """Connect once and stay connected until the end; return why it ended, and whether it had connected."""
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as stderr:
+            attempt = _Attempt(stderr)
+            connection = asyncio.create_task(self._connection(server, ready, attempt))
+            failure: str | None = None
+            try:
+                await asyncio.wait({connection, ready}, timeout=self._connect_timeout, return_when="FIRST_COMPLETED")
+                if ready.done():
+                    server.tried.set()
+                    await asyncio.wait({connection})
+                elif not connection.done():
+                    failure = f"did not start within {self._connect_timeout:g} s"
+            finally:
+                # Also when this task is cancelled: the connection must not outlive its supervisor.
+                connection.cancel()
+                await asyncio.gather(connection, return_exceptions=True)
+                self._disconnected(server)
+            error = None if connection.cancelled() else connection.exception()
+            said = _redact(_last_line(stderr), server.config)
+        if error is not None:
+            failure = describe_failure(error, server.config, said, attempt.http_status)
+        return failure or describe_exit(server.config, said), ready.done()
 
     async def _connection(self, server: _Server, ready: asyncio.Future[None], attempt: _Attempt) -> None:
         """One connection, from connect to end, in this one task (the SDK's contexts must be left where entered)."""
@@ -262,7 +271,9 @@ class MCPTools:
                 server.relist.set()
 
         async with (
-            Client(_transport(server.config, attempt), mode=self._mode, cache=None, message_handler=on_message) as client,
+            Client(
+                _transport(server.config, attempt), mode=self._mode, cache=None, message_handler=on_message
+            ) as client,
             anyio.create_task_group() as tasks,
         ):
             server.tools = await _list_tools(client)
@@ -461,7 +472,7 @@ def _parameters(schema: dict[str, Any] | None) -> dict[str, Any]:
     return schema if schema.get("type") == "object" else {"type": "object", **schema}
 
 
-def _last_line(stderr: IO[str]) -> str | None:
+def _last_line(stderr: TextIO) -> str | None:
     """The last line the server wrote to stderr (usually the error), cut to fit a log line."""
     try:
         stderr.seek(0)
@@ -505,12 +516,7 @@ async def _owning(http: Any, transport: Any) -> Any:
 def _redact(line: str | None, config: ServerConfig) -> str | None:
     """The server's last words without any env or header value of its configuration (they hold secrets, and a
     failing server may well print them)."""
-    if line is None:
-        return None
-    values = config.env.values() if isinstance(config, StdioServer) else config.headers.values()
-    for value in sorted((v for v in values if len(v) >= 4), key=len, reverse=True):
-        line = line.replace(value, "[redacted]")
-    return line
+    return None if line is None else redact(line, *MCPTools.secret_values(config))
 
 
 async def _list_tools(client: Client) -> list[Tool]:

@@ -64,7 +64,7 @@ class _File(BaseModel):
     # Other top-level keys ("toolPolicies", a host's own settings) are not ours to judge.
     model_config = ConfigDict(extra="ignore")
 
-    mcpServers: dict[str, dict[str, Any]] = Field(default_factory=dict)  # noqa: N815 (the format's own name)
+    mcpServers: dict[str, dict[str, Any]] = Field(default_factory=dict)  # the format's own name
 
 
 def load_mcp_config(path: Path) -> dict[str, ServerConfig]:
@@ -84,7 +84,7 @@ def load_mcp_config(path: Path) -> dict[str, ServerConfig]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where} is not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must hold a JSON object with an \"mcpServers\" object in it")
+        raise ConfigError(f'{where} must hold a JSON object with an "mcpServers" object in it')
     try:
         servers = _File.model_validate(data).mcpServers
     except ValidationError as exc:
@@ -92,7 +92,7 @@ def load_mcp_config(path: Path) -> dict[str, ServerConfig]:
     parsed: dict[str, ServerConfig] = {}
     for name, entry in servers.items():
         if not name.strip():
-            raise ConfigError(f"{where}: a server in \"mcpServers\" has an empty name")
+            raise ConfigError(f'{where}: a server in "mcpServers" has an empty name')
         parsed[name] = _server(where, name, entry)
     return parsed
 
@@ -102,7 +102,7 @@ def _server(where: str, name: str, entry: dict[str, Any]) -> ServerConfig:
     if has_command == has_url:
         problem = "has both" if has_command else "needs"
         raise ConfigError(
-            f"{where}: server {name!r} {problem} \"command\" (a process over stdio) or \"url\" (streamable HTTP)"
+            f'{where}: server {name!r} {problem} "command" (a process over stdio) or "url" (streamable HTTP)'
         )
     model: type[StdioServer] | type[HttpServer] = StdioServer if has_command else HttpServer
     try:

@@ -70,6 +70,17 @@ for tool in sys.argv[1:]:
 app.run()
 """
 
+#: A server whose tools answer what is in its environment.
+ENVIRONMENT = """
+import os
+from mcp.server import MCPServer
+
+app = MCPServer("env")
+app.add_tool(lambda: os.environ.get("OPENAI_API_KEY", "none"), name="key")
+app.add_tool(lambda: os.environ.get("EXTRA", "none"), name="extra")
+app.run()
+"""
+
 #: A server that prints its secret to stderr and exits before it speaks MCP.
 LEAKY = """
 import os, sys

@@ -16,7 +16,16 @@ from bot.messages import ConversationKey
 from bot.tools import ToolCallContext, ToolError
 from bot.tools.mcp import TOOL_NAME, MCPTools, tool_names
 from bot.tools.mcp_config import HttpServer, StdioServer
-from tests.tools.mcp_servers import CHANGING, CRASHING, LEAKY, NAMED, http_server, script, time_server
+from tests.tools.mcp_servers import (
+    CHANGING,
+    CRASHING,
+    ENVIRONMENT,
+    LEAKY,
+    NAMED,
+    http_server,
+    script,
+    time_server,
+)
 
 CONTEXT = ToolCallContext(ConversationKey("console", "local", ""), "U1")
 
@@ -51,17 +60,19 @@ async def test_the_reference_time_server_over_stdio_lists_and_answers() -> None:
 
 async def test_a_tool_error_comes_back_as_tool_error_with_the_servers_text() -> None:
     async with MCPTools({"time": time_server()}) as tools:
-        with pytest.raises(ToolError, match="Invalid timezone|Nowhere/Special"):
+        with pytest.raises(ToolError, match=r"Invalid timezone|Nowhere/Special"):
             await tools.call("time__get_current_time", {"timezone": "Nowhere/Special"}, CONTEXT)
         with pytest.raises(ToolError, match="no tool 'time__nothing'"):
             await tools.call("time__nothing", {}, CONTEXT)
 
 
 async def test_streamable_http_with_the_configured_header() -> None:
-    async with http_server("X-Api-Key", "k-123") as url:
-        async with MCPTools({"calc": HttpServer(url=url, headers={"X-Api-Key": "k-123"})}) as tools:
-            assert names(tools) == ["calc__add"]
-            assert await tools.call("calc__add", {"a": 2, "b": 40}, CONTEXT) == "42"
+    async with (
+        http_server("X-Api-Key", "k-123") as url,
+        MCPTools({"calc": HttpServer(url=url, headers={"X-Api-Key": "k-123"})}) as tools,
+    ):
+        assert names(tools) == ["calc__add"]
+        assert await tools.call("calc__add", {"a": 2, "b": 40}, CONTEXT) == "42"
 
 
 async def test_streamable_http_refused_without_the_header_is_down_and_says_why(
@@ -157,7 +168,7 @@ async def test_a_server_secret_never_reaches_the_log(tmp_path: Path, caplog: pyt
     leaky = script(tmp_path, "leaky", LEAKY, env={"API_TOKEN": "tok-s3cr3t-value"})
     async with MCPTools({"leaky": leaky}, retry=False) as tools:
         [status] = tools.status()
-    assert status.error is not None and "refused" in status.error and "[redacted]" in status.error
+    assert status.error is not None and "refused" in status.error and "[REDACTED]" in status.error
     assert "tok-s3cr3t-value" not in caplog.text
     assert "tok-s3cr3t-value" not in status.error
 
@@ -166,8 +177,7 @@ async def test_stdio_servers_do_not_inherit_the_bots_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-bot-own-key")
-    source = NAMED.replace('app.run()', 'import os\napp.add_tool(lambda: os.environ.get("OPENAI_API_KEY", "none"), name="key")\napp.add_tool(lambda: os.environ.get("EXTRA", "none"), name="extra")\napp.run()')
-    server = script(tmp_path, "env", source, env={"EXTRA": "given"})
+    server = script(tmp_path, "env", ENVIRONMENT, env={"EXTRA": "given"})
     async with MCPTools({"env": server}) as tools:
         assert await tools.call("env__key", {}, CONTEXT) == "none"
         assert await tools.call("env__extra", {}, CONTEXT) == "given"
