@@ -32,6 +32,13 @@ def hello(name: str) -> str:
     \"\"\"Greets.\"\"\"
     return f"hello {name}"
 
+@app.tool()
+async def slow() -> str:
+    \"\"\"Takes a minute.\"\"\"
+    import anyio
+    await anyio.sleep(60)
+    return "done"
+
 app.run()
 """
 
@@ -94,6 +101,11 @@ def script(tmp_path: Path, name: str, source: str, *args: str, env: dict[str, st
     path = tmp_path / f"{name}.py"
     path.write_text(textwrap.dedent(source))
     return StdioServer(command=sys.executable, args=(str(path), *args), env=env or {})
+
+
+def silent(pid_file: Path) -> StdioServer:
+    """A process that never speaks MCP (it writes its pid to ``pid_file`` first)."""
+    return StdioServer(command="/bin/sh", args=("-c", f"echo $$ > '{pid_file}'; exec sleep 600"))
 
 
 def time_server() -> StdioServer:

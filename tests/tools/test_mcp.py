@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.tools.mcp_servers import (
     NAMED,
     http_server,
     script,
+    silent,
     time_server,
 )
 
@@ -108,7 +110,7 @@ async def test_a_missing_command_is_left_out_and_the_others_still_work(caplog: p
 
 async def test_a_server_that_dies_mid_call_raises_tool_error_and_is_restarted(tmp_path: Path) -> None:
     async with MCPTools({"crashy": script(tmp_path, "crashy", CRASHING)}, retry_initial=0.05) as tools:
-        assert names(tools) == ["crashy__crash", "crashy__hello"]
+        assert names(tools) == ["crashy__crash", "crashy__hello", "crashy__slow"]
         with pytest.raises(ToolError, match="'crashy' stopped during the call"):
             await tools.call("crashy__crash", {}, CONTEXT)
         # Its tools are gone at once, and back once the supervisor has started it again.
@@ -117,6 +119,26 @@ async def test_a_server_that_dies_mid_call_raises_tool_error_and_is_restarted(tm
             await tools.call("crashy__hello", {"name": "ada"}, CONTEXT)
         await until(lambda: "crashy__hello" in names(tools))
         assert await tools.call("crashy__hello", {"name": "ada"}, CONTEXT) == "hello ada"
+
+
+async def test_a_call_cancelled_by_the_loops_timeout_leaves_the_server_usable(tmp_path: Path) -> None:
+    async with MCPTools({"crashy": script(tmp_path, "crashy", CRASHING)}) as tools:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(tools.call("crashy__slow", {}, CONTEXT), timeout=0.5)
+        assert await tools.call("crashy__hello", {"name": "bo"}, CONTEXT) == "hello bo"
+        assert tools.status()[0].up
+
+
+async def test_a_server_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    pid_file = tmp_path / "pid"
+    async with MCPTools({"mute": silent(pid_file)}, connect_timeout=1.0, retry=False) as tools:
+        assert time.perf_counter() - started < 10
+        [status] = tools.status()
+        assert not status.up and status.error == "did not start within 1 s"
+        # The attempt that ran out of time took its process with it.
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), 0)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -159,6 +181,9 @@ def test_names_fit_the_wire_and_are_the_same_every_time() -> None:
     clash = tool_names([("a.b", "t"), ("a_b", "t"), ("a b", "t")])
     assert len(set(clash.values())) == 3
     assert all(TOOL_NAME.match(name) for name in clash.values())
+    # The separator itself can make two pairs meet: neither keeps the plain name.
+    split = tool_names([("a__b", "c"), ("a", "b__c")])
+    assert len(set(split.values())) == 2 and "a__b__c" not in split.values()
     long = tool_names([("s", "z" * 100), ("s", "z" * 99)])
     assert len(set(long.values())) == 2 and all(len(n) == 64 for n in long.values())
 
