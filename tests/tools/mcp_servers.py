@@ -33,6 +33,11 @@ def hello(name: str) -> str:
     return f"hello {name}"
 
 @app.tool()
+def pid() -> int:
+    \"\"\"The server's process id.\"\"\"
+    return os.getpid()
+
+@app.tool()
 async def slow() -> str:
     \"\"\"Takes a minute.\"\"\"
     import anyio

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,7 +111,7 @@ async def test_a_missing_command_is_left_out_and_the_others_still_work(caplog: p
 
 async def test_a_server_that_dies_mid_call_raises_tool_error_and_is_restarted(tmp_path: Path) -> None:
     async with MCPTools({"crashy": script(tmp_path, "crashy", CRASHING)}, retry_initial=0.05) as tools:
-        assert names(tools) == ["crashy__crash", "crashy__hello", "crashy__slow"]
+        assert names(tools) == ["crashy__crash", "crashy__hello", "crashy__pid", "crashy__slow"]
         with pytest.raises(ToolError, match="'crashy' stopped during the call"):
             await tools.call("crashy__crash", {}, CONTEXT)
         # Its tools are gone at once, and back once the supervisor has started it again.
@@ -119,6 +120,17 @@ async def test_a_server_that_dies_mid_call_raises_tool_error_and_is_restarted(tm
             await tools.call("crashy__hello", {"name": "ada"}, CONTEXT)
         await until(lambda: "crashy__hello" in names(tools))
         assert await tools.call("crashy__hello", {"name": "ada"}, CONTEXT) == "hello ada"
+
+
+async def test_a_server_that_dies_while_idle_is_found_by_the_health_check(tmp_path: Path) -> None:
+    # "legacy": no subscription stream to lose, so only the health check can notice.
+    server = script(tmp_path, "crashy", CRASHING)
+    async with MCPTools({"crashy": server}, mode="legacy", health_interval=0.2, retry_initial=0.05) as tools:
+        first = int(await tools.call("crashy__pid", {}, CONTEXT))
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: names(tools) == [])
+        await until(lambda: "crashy__pid" in names(tools))
+        assert int(await tools.call("crashy__pid", {}, CONTEXT)) != first
 
 
 async def test_a_call_cancelled_by_the_loops_timeout_leaves_the_server_usable(tmp_path: Path) -> None:

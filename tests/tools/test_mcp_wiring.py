@@ -13,7 +13,8 @@ import pytest
 from bot.check import check_mcp
 from bot.config import Settings
 from bot.errors import ConfigError
-from bot.runtime import open_core, open_tools
+from bot.guards import redact
+from bot.runtime import mcp_servers, open_core, open_tools
 from bot.tools import MCPTools, load_mcp_config
 from bot.tools.mcp_config import HttpServer, StdioServer
 from tests.bot_process import teambot
@@ -84,6 +85,18 @@ def test_a_bad_value_is_never_repeated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_mcp_config(bad_url)
     assert "s3cr3t-pass" not in str(caught.value)
+
+
+def test_env_and_header_values_are_masked_in_every_log_line(tmp_path: Path) -> None:
+    config = {
+        "mcpServers": {
+            "a": {"command": "x", "env": {"TOKEN": "env-s3cr3t-0001"}},
+            "b": {"url": "https://h/mcp", "headers": {"X-Key": "hdr-s3cr3t-0002"}},
+        }
+    }
+    mcp_servers(Settings(mcp_config=write(tmp_path, config)))
+    masked = redact("tried env-s3cr3t-0001 and hdr-s3cr3t-0002")
+    assert "s3cr3t" not in masked
 
 
 def test_a_missing_file_or_a_folder(tmp_path: Path) -> None:
