@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Self, TextIO
 
 from bot.guards import redact
 from bot.tools.base import ToolCallContext, ToolError, ToolSpec
@@ -101,7 +101,7 @@ class MCPTools:
         retry_max: float = 300.0,
         health_interval: float = 60.0,
         retry: bool = True,
-        mode: str = "auto",
+        mode: Literal["auto", "legacy"] = "auto",
     ) -> None:
         self._servers = [_Server(name, config) for name, config in servers.items()]
         self._connect_timeout = connect_timeout
@@ -155,6 +155,7 @@ class MCPTools:
         return self._specs
 
     async def call(self, name: str, arguments: dict[str, Any], context: ToolCallContext) -> str:
+        import anyio
         from mcp import MCPError
         from mcp.types import CONNECTION_CLOSED
         from pydantic import ValidationError
@@ -178,7 +179,7 @@ class MCPTools:
             raise ToolError(f"the MCP server {server.name!r} refused the call: {exc.message}") from None
         except ValidationError:
             raise ToolError(f"the MCP server {server.name!r} answered with a malformed result") from None
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             self._lost(server, f"the connection failed during a call ({type(exc).__name__})")
             raise ToolError(f"the MCP server {server.name!r} stopped during the call; it is being restarted") from None
         return result_text(result)
@@ -282,11 +283,15 @@ class MCPTools:
             self._reindex()
             log.info("MCP server %s: connected, %d tools", server.name, len(server.tools))
             ready.set_result(None)
-            tasks.start_soon(self._watch, server, client)
-            if _announces_changes(client):
-                tasks.start_soon(self._listen, server, client)
-            await server.ended.wait()
-            tasks.cancel_scope.cancel()
+            try:
+                tasks.start_soon(self._watch, server, client)
+                if _announces_changes(client):
+                    tasks.start_soon(self._listen, server, client)
+                await server.ended.wait()
+                tasks.cancel_scope.cancel()
+            finally:
+                # Before the SDK's teardown: a call that starts now gets a ToolError, not a closing session.
+                self._disconnected(server)
 
     async def _watch(self, server: _Server, client: Client) -> None:
         """List the tools again when the server says they changed, and now and then anyway (a health check)."""
@@ -302,7 +307,7 @@ class MCPTools:
             except (MCPError, ValidationError, OSError) as exc:
                 self._lost(server, f"listing its tools failed ({_short(exc)})")
                 return
-            if [t.name for t in tools] != [t.name for t in server.tools] or tools != server.tools:
+            if tools != server.tools:
                 server.tools = tools
                 self._reindex()
                 log.info("MCP server %s: its tools changed, %d now", server.name, len(tools))
