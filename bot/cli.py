@@ -147,6 +147,8 @@ def configure_logging(
     root.setLevel(level if log_file or not quiet or level == "DEBUG" else "WARNING")
     # httpx logs every request URL at INFO; ours carry no secrets, but they are noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The MCP SDK's httpx2 does the same with an MCP server's URL, whose query may hold a key.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     silence_library_noise()
 
 

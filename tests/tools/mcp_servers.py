@@ -147,7 +147,11 @@ async def http_server(header: str, value: str) -> AsyncIterator[str]:
         return a + b
 
     guarded = _RequireHeader(app.streamable_http_app(), header, value)
-    server = uvicorn.Server(uvicorn.Config(guarded, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            guarded, host="127.0.0.1", port=0, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+        )
+    )
     # The test process keeps its own signal handlers (uvicorn would take SIGINT and SIGTERM while it serves).
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     serving = asyncio.create_task(server.serve())

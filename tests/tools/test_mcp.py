@@ -91,6 +91,19 @@ async def test_streamable_http_refused_without_the_header_is_down_and_says_why(
     assert "wrong-secret-value" not in caplog.text
 
 
+async def test_an_http_server_that_goes_away_is_left_out_and_retried() -> None:
+    async with http_server("X-Api-Key", "k-123") as url:
+        tools = MCPTools({"calc": HttpServer(url=url, headers={"X-Api-Key": "k-123"})}, retry_initial=0.05)
+        await tools.start()
+    try:
+        await until(lambda: names(tools) == [])
+        with pytest.raises(ToolError, match="no tool 'calc__add'"):
+            await tools.call("calc__add", {"a": 1, "b": 2}, CONTEXT)
+        await until(lambda: (tools.status()[0].error or "").startswith("cannot connect to 127.0.0.1:"))
+    finally:
+        await tools.aclose()
+
+
 async def test_a_missing_command_is_left_out_and_the_others_still_work(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="bot.tools.mcp")
     servers = {"gone": StdioServer(command="/nonexistent/mcp-server"), "time": time_server()}

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.check import check_mcp
+from bot.cli import configure_logging
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.guards import redact
@@ -19,6 +22,8 @@ from bot.tools import MCPTools, load_mcp_config
 from bot.tools.mcp_config import HttpServer, StdioServer
 from tests.bot_process import teambot
 from tests.fakes.openai import FakeOpenAI
+from tests.tools.mcp_servers import http_server
+from tests.tools.test_mcp import CONTEXT
 
 
 def write(tmp_path: Path, data: Any) -> Path:
@@ -173,3 +178,28 @@ async def test_the_check_command_prints_the_server_lines(tmp_path: Path) -> None
         "PASS  mcp server time: 2 tools: time__get_current_time, time__convert_time",
         "FAIL  mcp server gone: cannot start: the command '/nonexistent/mcp' was not found",
     ]
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """configure_logging changes process-wide state: put the root logger and the levels back afterwards."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in ("httpx", "httpx2")}
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+async def test_an_mcp_url_with_a_key_in_it_is_not_logged(
+    root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO")
+    async with http_server("X-Api-Key", "k-123") as url:
+        config = HttpServer(url=f"{url}?key=q-s3cr3t-0003", headers={"X-Api-Key": "k-123"})
+        async with MCPTools({"calc": config}) as tools:
+            assert await tools.call("calc__add", {"a": 1, "b": 1}, CONTEXT) == "2"
+    err = capsys.readouterr().err
+    assert "MCP server calc: connected" in err
+    assert "q-s3cr3t-0003" not in err
