@@ -82,6 +82,8 @@ class _Server:
     #: Set once the first attempt to connect is over, whatever its outcome: start() waits for it.
     tried: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    #: Counts connections: news that a connection died ends that one only, never its successor.
+    generation: int = 0
 
 
 class MCPTools:
@@ -164,7 +166,7 @@ class MCPTools:
         if route is None:
             raise ToolError(f"there is no tool {name!r} now (its MCP server may be down)")
         server, tool = route
-        client = server.client
+        client, generation = server.client, server.generation
         if client is None or server.ended.is_set():
             raise ToolError(f"the MCP server {server.name!r} is not running; it is being restarted, try later")
         log.debug("MCP server %s: calling %s for %s", server.name, tool, context.key)
@@ -172,7 +174,7 @@ class MCPTools:
             result = await client.call_tool(tool, arguments)
         except MCPError as exc:
             if exc.code == CONNECTION_CLOSED:
-                self._lost(server, "the connection closed during a call")
+                self._lost(server, generation, "the connection closed during a call")
                 raise ToolError(
                     f"the MCP server {server.name!r} stopped during the call; it is being restarted"
                 ) from None
@@ -180,7 +182,7 @@ class MCPTools:
         except ValidationError:
             raise ToolError(f"the MCP server {server.name!r} answered with a malformed result") from None
         except (OSError, EOFError, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            self._lost(server, f"the connection failed during a call ({type(exc).__name__})")
+            self._lost(server, generation, f"the connection failed during a call ({type(exc).__name__})")
             raise ToolError(f"the MCP server {server.name!r} stopped during the call; it is being restarted") from None
         return result_text(result)
 
@@ -260,6 +262,7 @@ class MCPTools:
         import anyio
         from mcp import Client
 
+        server.generation += 1
         server.ended.clear()
         server.relist.clear()
         if self._closing:  # stopped between the supervisor's check and this task's first step
@@ -284,16 +287,16 @@ class MCPTools:
             log.info("MCP server %s: connected, %d tools", server.name, len(server.tools))
             ready.set_result(None)
             try:
-                tasks.start_soon(self._watch, server, client)
+                tasks.start_soon(self._watch, server, client, server.generation)
                 if _announces_changes(client):
-                    tasks.start_soon(self._listen, server, client)
+                    tasks.start_soon(self._listen, server, client, server.generation)
                 await server.ended.wait()
                 tasks.cancel_scope.cancel()
             finally:
                 # Before the SDK's teardown: a call that starts now gets a ToolError, not a closing session.
                 self._disconnected(server)
 
-    async def _watch(self, server: _Server, client: Client) -> None:
+    async def _watch(self, server: _Server, client: Client, generation: int) -> None:
         """List the tools again when the server says they changed, and now and then anyway (a health check)."""
         from mcp import MCPError
         from pydantic import ValidationError
@@ -303,16 +306,17 @@ class MCPTools:
                 await asyncio.wait_for(server.relist.wait(), timeout=self._health_interval)
             server.relist.clear()
             try:
-                tools = await _list_tools(client)
-            except (MCPError, ValidationError, OSError) as exc:
-                self._lost(server, f"listing its tools failed ({_short(exc)})")
+                # A server that no longer answers is as good as dead.
+                tools = await asyncio.wait_for(_list_tools(client), timeout=self._connect_timeout)
+            except (MCPError, ValidationError, OSError, TimeoutError) as exc:
+                self._lost(server, generation, f"listing its tools failed ({_short(exc)})")
                 return
             if tools != server.tools:
                 server.tools = tools
                 self._reindex()
                 log.info("MCP server %s: its tools changed, %d now", server.name, len(tools))
 
-    async def _listen(self, server: _Server, client: Client) -> None:
+    async def _listen(self, server: _Server, client: Client, generation: int) -> None:
         """On a 2026-07-28 connection, change notifications come through a subscription."""
         from mcp import MCPError
         from mcp.client.subscriptions import SubscriptionLost
@@ -323,14 +327,16 @@ class MCPTools:
                     server.relist.set()
         except SubscriptionLost:
             # The stream ends abruptly when the server does: that is news for the supervisor at once.
-            self._lost(server, "its change notifications stopped")
+            self._lost(server, generation, "its change notifications stopped")
         except (MCPError, RuntimeError) as exc:
             # The health check still notices a change, later; a lost stream is a dead connection for it too.
             log.debug("MCP server %s: no change notifications (%s)", server.name, _short(exc))
 
-    def _lost(self, server: _Server, why: str) -> None:
+    def _lost(self, server: _Server, generation: int, why: str) -> None:
         """The connection is dead: its tools go at once (the model must not be offered them while the
         supervisor winds the connection down), and the supervisor restarts it."""
+        if generation != server.generation:
+            return  # news of a connection already replaced
         if not server.ended.is_set():
             log.debug("MCP server %s: %s", server.name, why)
         server.ended.set()
