@@ -84,6 +84,8 @@ class _Server:
     task: asyncio.Task[None] | None = None
     #: Counts connections: news that a connection died ends that one only, never its successor.
     generation: int = 0
+    #: Why the bot ended the current connection itself (a call or the health check found it dead), for the log.
+    lost: str | None = None
 
 
 class MCPTools:
@@ -102,6 +104,7 @@ class MCPTools:
         retry_initial: float = 1.0,
         retry_max: float = 300.0,
         health_interval: float = 60.0,
+        health_timeout: float = 15.0,
         retry: bool = True,
         mode: Literal["auto", "legacy"] = "auto",
     ) -> None:
@@ -112,6 +115,8 @@ class MCPTools:
         #: How often a quiet connection is asked for its tools: it finds a server that died while idle, and
         #: changes a server did not announce.
         self._health_interval = health_interval
+        #: How long that listing may take before the server counts as dead.
+        self._health_timeout = health_timeout
         self._retry = retry
         #: How the protocol version is agreed: "auto" asks the server (2026-07-28 or the older handshake),
         #: "legacy" forces the handshake, as servers built on SDKs before 2026 speak it.
@@ -255,7 +260,7 @@ class MCPTools:
             said = _redact(_last_line(stderr), server.config)
         if error is not None:
             failure = describe_failure(error, server.config, said, attempt.http_status)
-        return failure or describe_exit(server.config, said), ready.done()
+        return failure or server.lost or describe_exit(server.config, said), ready.done()
 
     async def _connection(self, server: _Server, ready: asyncio.Future[None], attempt: _Attempt) -> None:
         """One connection, from connect to end, in this one task (the SDK's contexts must be left where entered)."""
@@ -263,6 +268,7 @@ class MCPTools:
         from mcp import Client
 
         server.generation += 1
+        server.lost = None
         server.ended.clear()
         server.relist.clear()
         if self._closing:  # stopped between the supervisor's check and this task's first step
@@ -307,9 +313,12 @@ class MCPTools:
             server.relist.clear()
             try:
                 # A server that no longer answers is as good as dead.
-                tools = await asyncio.wait_for(_list_tools(client), timeout=self._connect_timeout)
+                tools = await asyncio.wait_for(_list_tools(client), timeout=self._health_timeout)
             except (MCPError, ValidationError, OSError, TimeoutError) as exc:
-                self._lost(server, generation, f"listing its tools failed ({_short(exc)})")
+                why = (
+                    f"did not list its tools within {self._health_timeout:g} s" if isinstance(exc, TimeoutError) else ""
+                )
+                self._lost(server, generation, why or f"listing its tools failed ({_short(exc)})")
                 return
             if tools != server.tools:
                 server.tools = tools
@@ -327,7 +336,7 @@ class MCPTools:
                     server.relist.set()
         except SubscriptionLost:
             # The stream ends abruptly when the server does: that is news for the supervisor at once.
-            self._lost(server, generation, "its change notifications stopped")
+            self._lost(server, generation, "the connection dropped")
         except (MCPError, RuntimeError) as exc:
             # The health check still notices a change, later; a lost stream is a dead connection for it too.
             log.debug("MCP server %s: no change notifications (%s)", server.name, _short(exc))
@@ -338,7 +347,7 @@ class MCPTools:
         if generation != server.generation:
             return  # news of a connection already replaced
         if not server.ended.is_set():
-            log.debug("MCP server %s: %s", server.name, why)
+            server.lost = why
         server.ended.set()
         self._disconnected(server)
 

@@ -93,6 +93,25 @@ app.add_tool(lambda: os.environ.get("EXTRA", "none"), name="extra")
 app.run()
 """
 
+#: A server that lists its tools once, then never again: alive, but no longer answering.
+STUCK = """
+import anyio
+from mcp.server import MCPServer
+
+class Stuck(MCPServer):
+    listed = 0
+
+    async def list_tools(self):
+        Stuck.listed += 1
+        if Stuck.listed > 1:
+            await anyio.sleep(600)
+        return await super().list_tools()
+
+app = Stuck("stuck")
+app.add_tool(lambda: "ok", name="ok")
+app.run()
+"""
+
 #: A server that prints its secret to stderr and exits before it speaks MCP.
 LEAKY = """
 import os, sys

@@ -24,6 +24,7 @@ from tests.tools.mcp_servers import (
     ENVIRONMENT,
     LEAKY,
     NAMED,
+    STUCK,
     http_server,
     script,
     silent,
@@ -33,7 +34,7 @@ from tests.tools.mcp_servers import (
 CONTEXT = ToolCallContext(ConversationKey("console", "local", ""), "U1")
 
 
-async def until(condition: Callable[[], bool], within: float = 15.0) -> None:
+async def until(condition: Callable[[], bool], within: float = 30.0) -> None:
     """Until ``condition()`` holds: the provider signals no event for a server coming back."""
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - nothing to wait on
@@ -144,6 +145,20 @@ async def test_a_server_that_dies_while_idle_is_found_by_the_health_check(tmp_pa
         await until(lambda: names(tools) == [])
         await until(lambda: "crashy__pid" in names(tools))
         assert int(await tools.call("crashy__pid", {}, CONTEXT)) != first
+
+
+async def test_a_server_that_stops_answering_is_restarted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="bot.tools.mcp")
+    server = script(tmp_path, "stuck", STUCK)
+    async with MCPTools(
+        {"stuck": server}, mode="legacy", health_interval=0.1, health_timeout=0.5, retry_initial=0.05
+    ) as tools:
+        assert names(tools) == ["stuck__ok"]
+        await until(lambda: names(tools) == [])
+        await until(lambda: names(tools) == ["stuck__ok"])
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("MCP server stuck: connected, 1 tools") >= 2
+    assert "MCP server stuck: did not list its tools within 0.5 s; trying again in 0.05 s" in messages
 
 
 async def test_a_call_cancelled_by_the_loops_timeout_leaves_the_server_usable(tmp_path: Path) -> None:
