@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     builtin_tools: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias=_env("TEAMBOT_BUILTIN_TOOLS"))
     fetch_max_bytes: int = Field(2_000_000, ge=1024, validation_alias=_env("TEAMBOT_FETCH_MAX_BYTES"))
     fetch_timeout: float = Field(10.0, gt=0, le=300, validation_alias=_env("TEAMBOT_FETCH_TIMEOUT"))
+    # Tools
+    # The JSON file of MCP servers ({"mcpServers": {...}}, the format other MCP hosts use); read at start.
+    mcp_config: Path | None = Field(None, validation_alias=_env("TEAMBOT_MCP_CONFIG"))
 
     # Costs, budgets and abuse controls
     # [input, output] or [input, output, cached input], US dollars per million tokens

@@ -24,9 +24,11 @@ from bot.guards import (
     RateLimiter,
     ScopeKind,
     Unit,
+    remember,
 )
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, TokenCounter, model_http_client
 from bot.store import Store, open_store
+from bot.tools import MCPTools, ServerConfig, ToolProvider, load_mcp_config
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +108,43 @@ async def purge_periodically(store: Store, interval: float) -> None:
         log.debug("purged %d expired message ids", purged)
 
 
+def mcp_servers(settings: Settings) -> dict[str, ServerConfig]:
+    """The MCP servers of ``TEAMBOT_MCP_CONFIG`` (none when it is not set); a bad file is a ConfigError."""
+    if settings.mcp_config is None:
+        return {}
+    servers = load_mcp_config(settings.mcp_config)
+    for config in servers.values():
+        # Env and header values are secrets: masked in every log line from now on, wherever they turn up.
+        for value in MCPTools.secret_values(config):
+            remember(value)
+    return servers
+
+
+@contextlib.asynccontextmanager
+async def open_tools(servers: dict[str, ServerConfig]) -> AsyncIterator[list[ToolProvider]]:
+    """The tool providers, started, for the tool loop: the MCP servers (connected in parallel; one that cannot
+    start is retried in the background). Closed on exit: every stdio server is stopped."""
+    if not servers:
+        yield []
+        return
+    async with MCPTools(servers) as mcp:
+        yield [mcp]
+
+
 @contextlib.asynccontextmanager
 async def open_core(
     settings: Settings, counter: TokenCounter | None = None, *, purge_interval: float = PURGE_INTERVAL_S
 ) -> AsyncIterator[ConversationCore]:
     """The core and everything it owns (the store, its periodic purge, the model's HTTP client), closed on exit."""
     settings.require_model_access()
+    # A bad MCP file stops start-up before anything is opened.
+    servers = mcp_servers(settings)
     store = await open_store(settings.db, pool_size=settings.db_pool_size)
     purger = asyncio.create_task(purge_periodically(store, purge_interval), name="teambot-purge")
     try:
         timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
-        async with model_http_client(timeout) as http:
+        # The tool loop hands ``_tools`` to the core; until it does, the MCP servers run and stop with the core.
+        async with model_http_client(timeout) as http, open_tools(servers) as _tools:
             primary, fallback = endpoints(settings)
             llm = ChatClient(
                 http,

@@ -5,6 +5,20 @@ from __future__ import annotations
 
 from bot.tools.base import ToolCallContext, ToolError, ToolProvider, ToolSpec
 from bot.tools.builtin import BuiltinTools, builtin_tools
+from bot.tools.mcp import MCPTools, ServerStatus
+from bot.tools.mcp_config import ServerConfig, load_mcp_config
 from bot.tools.web_fetch import WebFetcher
 
-__all__ = ["BuiltinTools", "ToolCallContext", "ToolError", "ToolProvider", "ToolSpec", "WebFetcher", "builtin_tools"]
+__all__ = [
+    "BuiltinTools",
+    "MCPTools",
+    "ServerConfig",
+    "ServerStatus",
+    "ToolCallContext",
+    "ToolError",
+    "ToolProvider",
+    "ToolSpec",
+    "WebFetcher",
+    "builtin_tools",
+    "load_mcp_config",
+]
