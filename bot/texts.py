@@ -204,3 +204,5 @@ TOOL_TIMED_OUT = "Error: the tool {tool} did not answer within {seconds:g} secon
 TOOL_CRASHED = "Error: the tool {tool} failed unexpectedly."
 TOOL_DENIED = "The person who asked did not approve this call of {tool}, so it was not run. Do not call it again now."
 TOOL_NO_OUTPUT = "(the tool returned no output)"
+CONSOLE_TOOL_STATUS = "teambot: {status}"
+CONSOLE_APPROVE = "teambot wants to run {tool} with {arguments}. Run it? [y/N] "
