@@ -93,9 +93,6 @@ class Settings(BaseSettings):
     builtin_tools: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias=_env("TEAMBOT_BUILTIN_TOOLS"))
     fetch_max_bytes: int = Field(2_000_000, ge=1024, validation_alias=_env("TEAMBOT_FETCH_MAX_BYTES"))
     fetch_timeout: float = Field(10.0, gt=0, le=300, validation_alias=_env("TEAMBOT_FETCH_TIMEOUT"))
-    # Tools
-    # The JSON file of MCP servers ({"mcpServers": {...}}, the format other MCP hosts use); read at start.
-    mcp_config: Path | None = Field(None, validation_alias=_env("TEAMBOT_MCP_CONFIG"))
 
     # Costs, budgets and abuse controls
     # [input, output] or [input, output, cached input], US dollars per million tokens
@@ -123,6 +120,15 @@ class Settings(BaseSettings):
     allow_users: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_ALLOW_USERS"))
     deny_users: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_DENY_USERS"))
     refuse_silently: bool = Field(False, validation_alias=_env("TEAMBOT_REFUSE_SILENTLY"))
+
+    # Tools (bot.tools): the loop's limits, and the file that holds the MCP servers ({"mcpServers": {...}}, the
+    # format other MCP hosts use) and the tool policies; read at start
+    mcp_config: Path | None = Field(None, validation_alias=_env("TEAMBOT_MCP_CONFIG"))
+    max_tool_rounds: int = Field(6, ge=1, le=50, validation_alias=_env("TEAMBOT_MAX_TOOL_ROUNDS"))
+    tool_timeout: float = Field(30.0, gt=0, validation_alias=_env("TEAMBOT_TOOL_TIMEOUT"))
+    tool_output_tokens: int = Field(4000, ge=100, validation_alias=_env("TEAMBOT_TOOL_OUTPUT_TOKENS"))
+    approval_seconds: float = Field(120.0, gt=0, validation_alias=_env("TEAMBOT_APPROVAL_SECONDS"))
+    show_tools_used: bool = Field(True, validation_alias=_env("TEAMBOT_SHOW_TOOLS_USED"))
 
     # Operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("TEAMBOT_LOG_LEVEL"))

@@ -28,7 +28,17 @@ from bot.guards import (
 )
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, TokenCounter, model_http_client
 from bot.store import Store, open_store
-from bot.tools import MCPTools, ServerConfig, ToolProvider, load_mcp_config
+from bot.tools import (
+    LoopSettings,
+    MCPTools,
+    ServerConfig,
+    ToolLoop,
+    ToolPolicy,
+    ToolProvider,
+    ToolRegistry,
+    builtin_tools,
+    load_mcp_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +104,35 @@ def commands(settings: Settings, core: ConversationCore) -> Commands:
     return Commands(core, CommandPolicy(settings.admin_users, settings.models, feedback=settings.feedback))
 
 
+async def tool_providers(
+    settings: Settings, store: Store, servers: dict[str, ServerConfig], stack: contextlib.AsyncExitStack
+) -> list[ToolProvider]:
+    """Every source of tools, in order of precedence (a name two of them offer stays with the first): the MCP
+    servers, then the built-in tools. One that must be started and stopped enters ``stack``, which closes it on
+    shutdown. None configured (the default): the turns offer no tools and pay nothing for them."""
+    providers: list[ToolProvider] = list(await stack.enter_async_context(open_tools(servers)))
+    builtin = builtin_tools(settings, store)
+    if builtin is not None:
+        providers.append(builtin)
+    return providers
+
+
+def tool_loop(settings: Settings, providers: list[ToolProvider], counter: TokenCounter) -> ToolLoop | None:
+    """The tool loop over ``providers`` with the policy of TEAMBOT_MCP_CONFIG; None without providers."""
+    # Read even without providers: a broken policy file is one line at start-up, not a surprise later.
+    policy = ToolPolicy.from_file(settings.mcp_config, settings.admin_users)
+    if not providers:
+        return None
+    limits = LoopSettings(
+        max_rounds=settings.max_tool_rounds,
+        timeout=settings.tool_timeout,
+        output_tokens=settings.tool_output_tokens,
+        approval_seconds=settings.approval_seconds,
+        show_used=settings.show_tools_used,
+    )
+    return ToolLoop(ToolRegistry(providers), policy, counter, limits)
+
+
 async def purge_periodically(store: Store, interval: float) -> None:
     """Purge what the store keeps only for a while, every ``interval`` seconds, for as long as the bot runs: a
     process that stays up for months must not keep every message id it ever handled."""
@@ -139,12 +178,14 @@ async def open_core(
     settings.require_model_access()
     # A bad MCP file stops start-up before anything is opened.
     servers = mcp_servers(settings)
+    counter = counter or TokenCounter.load()
     store = await open_store(settings.db, pool_size=settings.db_pool_size)
     purger = asyncio.create_task(purge_periodically(store, purge_interval), name="teambot-purge")
+    tools_stack = contextlib.AsyncExitStack()
     try:
+        tools = tool_loop(settings, await tool_providers(settings, store, servers, tools_stack), counter)
         timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
-        # The tool loop hands ``_tools`` to the core; until it does, the MCP servers run and stop with the core.
-        async with model_http_client(timeout) as http, open_tools(servers) as _tools:
+        async with model_http_client(timeout) as http:
             primary, fallback = endpoints(settings)
             llm = ChatClient(
                 http,
@@ -169,12 +210,13 @@ async def open_core(
                 summaries=settings.summaries,
                 summary_model=settings.summary_model,
             )
-            core = ConversationCore(store, llm, counter or TokenCounter.load(), turn, guards(settings, store))
+            core = ConversationCore(store, llm, counter, turn, guards(settings, store), tools=tools)
             try:
                 yield core
             finally:
                 await core.aclose(settings.drain_seconds)
     finally:
+        await tools_stack.aclose()
         purger.cancel()
         await asyncio.gather(purger, return_exceptions=True)
         await store.close()

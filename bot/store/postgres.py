@@ -201,6 +201,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, content)) STORED",
         "CREATE INDEX messages_search ON messages USING GIN (search)",
     ),
+    (
+        # Tools: a reply that used tools keeps the calls and their results (JSON, in the API's form) beside it,
+        # so later turns know what was looked up. NULL on every other message: nothing to fill in.
+        "ALTER TABLE messages ADD COLUMN tool_trace TEXT",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -450,9 +455,10 @@ class PostgresStore:
         model: str | None,
         complete: bool,
         ledger: UsageRecord | None = None,
+        tool_trace: str | None = None,
     ) -> int:
         try:
-            return await self._add_reply(key, text, tokens, reply_to, usage, model, complete, ledger)
+            return await self._add_reply(key, text, tokens, reply_to, usage, model, complete, ledger, tool_trace)
         except _DB_ERRORS as exc:
             raise StoreError(f"storing the reply failed: {_reason(exc)}") from exc
 
@@ -466,13 +472,14 @@ class PostgresStore:
         model: str | None,
         complete: bool,
         ledger: UsageRecord | None,
+        tool_trace: str | None,
     ) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             conversation = await self._conversation_id(conn, key)
             row = await conn.fetchval(
                 "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
-                "prompt_tokens, completion_tokens, usage_exact, created_at, tokens_before) "
-                f"VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, {_TOKENS_BEFORE}) RETURNING id",
+                "prompt_tokens, completion_tokens, usage_exact, created_at, tool_trace, tokens_before) "
+                f"VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {_TOKENS_BEFORE}) RETURNING id",
                 conversation,
                 text,
                 tokens,
@@ -483,6 +490,7 @@ class PostgresStore:
                 usage.completion_tokens if usage else None,
                 usage.exact if usage else None,
                 time.time(),
+                tool_trace,
             )
             if ledger is not None:
                 await conn.execute(_INSERT_USAGE, *ledger.values())
@@ -500,7 +508,7 @@ class PostgresStore:
             rows = await conn.fetch(
                 _HISTORY, conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step)
             )
-        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     async def reset(self, key: ConversationKey) -> int:
         args: tuple[str, ...]
