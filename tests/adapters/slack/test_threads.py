@@ -27,6 +27,8 @@ fake, model, overrides, native, slack = base.fake, base.model, base.overrides, b
 
 ROOT = "1700000000.000100"
 REPLIES = "conversations.replies"
+#: After the fake Slack's first posts (its ts count from 1700000101): what people write after the bot answered.
+LATER = "1700000500.000100"
 
 
 def written(fake: FakeSlack, n: int, text: str, **kw: Any) -> str:
@@ -75,10 +77,12 @@ async def test_a_mention_in_a_thread_sees_its_messages_in_order_with_names(slack
 async def test_a_second_mention_fetches_only_what_is_new(slack: Slack) -> None:
     a_thread(slack.fake)
     await ask(slack, "1700000000.000500", "what did we decide?", answers=1)
-    written(slack.fake, 600, "it is back up", user="U2")  # after the bot's reply, which is in the thread too
-    await ask(slack, "1700000000.000700", "so are we done?", answers=2)
+    [reply] = slack.fake.posted
+    assert reply.ts < LATER  # the bot's reply is in the thread too, read back with what follows it
+    slack.fake.thread_message("it is back up", ts=LATER, thread_ts=ROOT, user="U2")
+    await ask(slack, f"{LATER}1", "so are we done?", answers=2)
     _, second = slack.fake.calls_to(REPLIES)
-    assert second["oldest"] == "1700000000.000500"
+    assert second["oldest"] == "1700000000.000500" and second["latest"] == f"{LATER}1"
     # Nothing of the first read is stored twice, and the bot's own reply comes once, from the store.
     assert prompt(slack)[4:] == [
         ("user", "Ada: what did we decide?"),
