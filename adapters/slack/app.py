@@ -247,10 +247,10 @@ class SlackAdapter:
             base_url=settings.slack_api_url,
             retry_handlers=[AsyncConnectionErrorRetryHandler(), AsyncRateLimitErrorRetryHandler(max_retry_count=5)],
         )
-        # Threads are read with a client of their own that leaves 429s to the reader: the one above would sleep
-        # through a Retry-After of a minute (conversations.replies' limit for apps outside the Marketplace) while
-        # the turn, and its conversation, wait.
-        self._threads = ThreadReader(
+        #: Reads threads for the core (adapters.slack.thread). With a client of its own that leaves 429s to the
+        #: reader: the one above would sleep through a Retry-After of a minute (conversations.replies' limit for
+        #: apps outside the Marketplace) while the turn, and its conversation, wait.
+        self.threads = ThreadReader(
             AsyncWebClient(
                 token=settings.slack_bot_token.get_secret_value(),
                 base_url=settings.slack_api_url,
@@ -328,7 +328,7 @@ class SlackAdapter:
         # sessions it makes itself.
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.client.timeout))
         self.client.session = self._session
-        self._threads.client.session = self._session
+        self.threads.client.session = self._session
         if self._settings.slack_app_token is not None:
             # Made before anything is awaited, so that a stop during the token check finds it to close.
             self._socket = _SocketModeHandler(self.app, self._settings.slack_app_token.get_secret_value(), self.client)
@@ -359,7 +359,7 @@ class SlackAdapter:
         await drain(self._inflight, drain_seconds)
         if self._session is not None:
             self.client.session = None
-            self._threads.client.session = None
+            self.threads.client.session = None
             await self._session.close()
             self._session = None
 
@@ -621,7 +621,7 @@ class SlackAdapter:
         if not thread_ts or thread_ts == event.get("ts"):
             return None
         me = Identity(context.get("bot_user_id"), context.get("bot_id"))
-        return self._threads.thread(key.workspace, key.channel, str(thread_ts), str(event["ts"]), me)
+        return self.threads.thread(key.workspace, key.channel, str(thread_ts), str(event["ts"]), me)
 
     def _refused(self, team: str, feature: str, error: str) -> None:
         self._refusals.refused(team, feature, error)
