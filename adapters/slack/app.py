@@ -551,7 +551,12 @@ class SlackAdapter:
             return
         user = str(event.get("user") or "")
         msg = IncomingMessage(
-            key, message_id, user, await self._name(user), text, source=self._thread(event, context, key)
+            key,
+            message_id,
+            user,
+            await self._name(user),
+            text,
+            source=self._thread(event, context, key, in_pane=set_title is not None),
         )
         status = None
         if thread_ts is not None and self._refusals.allows(team, STATUS):
@@ -614,14 +619,18 @@ class SlackAdapter:
             feedback=self._settings.feedback,
         )
 
-    def _thread(self, event: dict[str, Any], context: dict[str, Any], key: ConversationKey) -> SlackThread | None:
+    def _thread(
+        self, event: dict[str, Any], context: dict[str, Any], key: ConversationKey, *, in_pane: bool
+    ) -> SlackThread | None:
         """Where the core reads the thread's earlier messages: for a message inside a thread (a mention in a
         thread, a message in an assistant thread or in a DM thread), not for one that starts a thread."""
         thread_ts = event.get("thread_ts")
         if not thread_ts or thread_ts == event.get("ts"):
             return None
         me = Identity(context.get("bot_user_id"), context.get("bot_id"))
-        return self.threads.thread(key.workspace, key.channel, str(thread_ts), str(event["ts"]), me)
+        return self.threads.thread(
+            key.workspace, key.channel, str(thread_ts), str(event["ts"]), me, own_root=not in_pane
+        )
 
     def _refused(self, team: str, feature: str, error: str) -> None:
         self._refusals.refused(team, feature, error)

@@ -115,6 +115,8 @@ async def test_a_thread_under_the_bots_own_answer_starts_from_that_answer(slack:
 
 
 async def test_the_assistant_panes_threads_are_read_too(slack: Slack) -> None:
+    # The pane's thread root is the app's own (not something it said to anyone): left out.
+    slack.fake.thread_message("New Assistant Thread", ts=ROOT, thread_ts=ROOT, channel="D1", user="UBOT", bot_id="B1")
     slack.fake.thread_message("notes from yesterday", ts="1700000000.000200", thread_ts=ROOT, channel="D1")
     slack.fake.thread_message("more notes", ts="1700000000.000300", thread_ts=ROOT, channel="D1")
     await slack.event(assistant_message("summarise", thread_ts=ROOT, ts="1700000000.000400"))
