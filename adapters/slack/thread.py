@@ -79,9 +79,12 @@ class ThreadReader:
         self.text_in = text_in
         self._not_before: dict[str, float] = {}
 
-    def thread(self, team: str, channel: str, thread_ts: str, mention_ts: str, me: Identity) -> SlackThread:
-        """The thread ``thread_ts`` in ``channel`` as seen from the mention ``mention_ts``."""
-        return SlackThread(self, team, channel, thread_ts, mention_ts, me)
+    def thread(
+        self, team: str, channel: str, thread_ts: str, mention_ts: str, me: Identity, *, own_root: bool = True
+    ) -> SlackThread:
+        """The thread ``thread_ts`` in ``channel`` as seen from the mention ``mention_ts``; ``own_root``: a root
+        written by this bot is read (False in the assistant pane, whose thread roots Slack makes for the app)."""
+        return SlackThread(self, team, channel, thread_ts, mention_ts, me, own_root)
 
     def waiting(self, team: str) -> float:
         """Seconds until Slack may be asked again in ``team`` (0: now)."""
@@ -95,7 +98,14 @@ class SlackThread:
     """One thread, read for one mention: the :class:`bot.messages.ContextSource` the adapter hands the core."""
 
     def __init__(
-        self, reader: ThreadReader, team: str, channel: str, thread_ts: str, mention_ts: str, me: Identity
+        self,
+        reader: ThreadReader,
+        team: str,
+        channel: str,
+        thread_ts: str,
+        mention_ts: str,
+        me: Identity,
+        own_root: bool = True,
     ) -> None:
         self._reader = reader
         self._team = team
@@ -103,6 +113,7 @@ class SlackThread:
         self._thread_ts = thread_ts
         self._mention_ts = mention_ts
         self._me = me
+        self._own_root = own_root
 
     async def read(self, after: str | None, budget_tokens: int) -> ContextRead:
         start, end = _ts(after), _ts(self._mention_ts)
@@ -172,8 +183,8 @@ class SlackThread:
         if ts == self._mention_ts or message.get("subtype") not in _SAID:
             return None
         own = self._me.wrote(message)
-        if own and ts != self._thread_ts:
-            return None  # one of this conversation's replies: it is stored already
+        if own and (ts != self._thread_ts or not self._own_root):
+            return None  # one of this conversation's replies (stored already), or the pane's own root
         text = await self._reader.text_in(str(message.get("text") or ""), self._me.user_id)
         if not text:
             return None
