@@ -259,16 +259,29 @@ _ADD_FEEDBACK = (
     "WHERE m.id = $1 AND m.role = 'assistant' AND c.platform = $5 AND (c.channel = $6 OR c.thread = $6) "
     "ON CONFLICT (message_id, user_id) DO UPDATE SET value = excluded.value, at = excluded.at"
 )
-#: One context message, stored only if its id was claimed neither as a question nor as context, and claimed as
-#: context with it (see bot.store.sqlite.SQLiteStore.add_context); its row id, or NULL when it was skipped.
+#: A batch of context messages in one statement (one round trip however long the thread): each stored, in order,
+#: unless its id was claimed before, as a question or as context (see bot.store.sqlite.SQLiteStore.add_context),
+#: and claimed as context with it; placed on the conversation's token line after its newest message. The claim's
+#: primary key decides between concurrent writers: a claim that conflicts leaves its message out.
 _ADD_CONTEXT = (
-    "WITH fresh AS (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM handled_messages WHERE message_id = $2::text)), "
-    "claimed AS (INSERT INTO handled_messages (message_id, handled_at) SELECT $3::text, $4::float8 FROM fresh "
-    "ON CONFLICT (message_id) DO NOTHING RETURNING 1) "
-    "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
+    "WITH input AS ("
+    "  SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::integer[])"
+    "  WITH ORDINALITY AS i(message_id, role, author_id, author_name, content, tokens, n)"
+    "), fresh AS ("
+    "  SELECT DISTINCT ON (message_id) * FROM input i"
+    "  WHERE NOT EXISTS (SELECT 1 FROM handled_messages h WHERE h.message_id = i.message_id)"
+    "  ORDER BY message_id, n"
+    "), claimed AS ("
+    "  INSERT INTO handled_messages (message_id, handled_at) SELECT $8::text || message_id, $9::float8 FROM fresh"
+    "  ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
+    "), placed AS ("
+    "  SELECT f.*, base.line + sum(f.tokens) OVER (ORDER BY f.n) - f.tokens AS tokens_before"
+    "  FROM fresh f JOIN claimed c ON c.message_id = $8::text || f.message_id"
+    f"  CROSS JOIN (SELECT {TOKENS_BEFORE_QUERY.format(conversation='$1::bigint')} AS line) base"
+    ") INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
     "created_at, tokens_before) "
-    "SELECT $1::bigint, $5::text, $6::text, $7::text, $8::text, $9::integer, $2::text, $4::float8, "
-    f"{TOKENS_BEFORE_QUERY.format(conversation='$1::bigint')} FROM claimed RETURNING id"
+    "SELECT $1::bigint, role, author_id, author_name, content, tokens, message_id, $9::float8, tokens_before "
+    "FROM placed ORDER BY n RETURNING id"
 )
 _SET_CURSOR = (
     "INSERT INTO context_cursors (conversation_id, cursor, updated_at) VALUES ($1, $2, $3) "
@@ -456,23 +469,23 @@ class PostgresStore:
 
     async def add_context(self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None) -> int:
         now = time.time()
-        stored = 0
         async with self._pool.acquire() as conn, conn.transaction():
             conversation = await self._conversation_id(conn, key)
-            for entry in entries:
-                row = await conn.fetchval(
+            stored = 0
+            if entries:
+                rows = await conn.fetch(
                     _ADD_CONTEXT,
                     conversation,
-                    entry.message_id,
-                    CONTEXT_CLAIM + entry.message_id,
+                    [e.message_id for e in entries],
+                    [e.role for e in entries],
+                    [e.author_id for e in entries],
+                    [e.author_name for e in entries],
+                    [e.content for e in entries],
+                    [e.tokens for e in entries],
+                    CONTEXT_CLAIM,
                     now,
-                    entry.role,
-                    entry.author_id,
-                    entry.author_name,
-                    entry.content,
-                    entry.tokens,
                 )
-                stored += row is not None
+                stored = len(rows)
             if cursor is not None:
                 await conn.execute(_SET_CURSOR, conversation, cursor, now)
         return stored

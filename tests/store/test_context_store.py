@@ -110,3 +110,16 @@ async def test_the_migration_is_the_last_of_both_engines(tmp_path: Path) -> None
         columns = [r[1] for r in db.execute("PRAGMA table_info(context_cursors)")]
     assert columns == ["conversation_id", "cursor", "updated_at"]
     assert "context_cursors" in " ".join(MIGRATIONS[-1]) and "context_cursors" in " ".join(POSTGRES_MIGRATIONS[-1])
+
+
+async def test_a_long_batch_keeps_its_order_and_its_place_on_the_token_line(store: Store) -> None:
+    assert await store.begin_turn(incoming(A, 1), 7) is not None
+    batch = [ContextEntry(f"slack:T1:C1:{n}.5", "user", "U2", "Grace", f"line {n}", 10 + n) for n in range(60)]
+    batch.insert(30, batch[10])  # offered twice in one batch: stored once
+    assert await store.add_context(A, batch, "60.0") == 60
+    stored = await rows(store, "SELECT content, tokens, tokens_before FROM messages ORDER BY id")
+    assert [r[0] for r in stored] == ["message 1"] + [f"line {n}" for n in range(60)]
+    expected_line = [0]
+    for _, tokens, _ in stored[:-1]:
+        expected_line.append(expected_line[-1] + tokens)
+    assert [r[2] for r in stored] == expected_line
