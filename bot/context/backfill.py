@@ -120,15 +120,25 @@ class Backfill:
         return entries
 
     def _entry(self, message: ContextMessage) -> ContextEntry | None:
-        text = _CONTROL.sub("", message.text).strip()
+        text = _writable(_CONTROL.sub("", message.text).strip())
         if not text:
             return None
         if message.own:
             text = self._counter.truncate(text, self._single_cap)
             return ContextEntry(message.message_id, "assistant", None, None, text, self._counter.count_message(text))
-        name = message.author_name or message.author_id or "someone"
+        name = _writable(message.author_name or message.author_id or "someone")
         if message.from_bot and not name.endswith(BOT_MARK):
             name += BOT_MARK
         text = self._counter.truncate(text, self._single_cap)
         tokens = self._counter.count_message(f"{name}: {text}")
-        return ContextEntry(message.message_id, "user", message.author_id, name, text, tokens)
+        return ContextEntry(message.message_id, "user", _writable(message.author_id), name, text, tokens)
+
+
+def _writable(text: str) -> str:
+    """As for questions (bot.conversation): a lone surrogate, which no encoding writes and a database would refuse
+    with the whole batch, becomes ``?``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text

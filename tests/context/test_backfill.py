@@ -22,6 +22,10 @@ from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter, model_http_
 from bot.messages import ContextMessage, ContextRead, ConversationKey, IncomingMessage, ReplyKind
 from bot.store import Store, open_store
 from tests.fakes.openai import FakeOpenAI
+from tests.store import test_store as store_contract
+
+# A database on each engine in turn (the storage contract's fixture), for the tests that take ``url``.
+url = store_contract.url
 
 KEY = ConversationKey("slack", "T1", "C1", "100.0")
 
@@ -333,3 +337,18 @@ async def test_reset_forgets_the_thread_and_does_not_read_it_back(
         await store.close()
     assert thread.afters == [None, "2.0"]
     assert prompt(model) == [("user", "Ada: after the reset")]
+
+
+async def test_a_lone_surrogate_in_the_thread_is_stored_as_a_question_mark(
+    url: str, model: FakeOpenAI, counter: TokenCounter
+) -> None:
+    thread = Thread()
+    thread.add(said(1, "broken \ud800 text", name="Gr\udc00ace"))
+    store = await open_store(url)
+    try:
+        async with core_on(store, model, counter) as core:
+            reply = await core.handle(mention(2, "what does it say?", thread))
+    finally:
+        await store.close()
+    assert reply.kind is ReplyKind.ANSWER
+    assert prompt(model)[0] == ("user", "Gr?ace: broken ? text")
