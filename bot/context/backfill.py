@@ -124,14 +124,22 @@ class Backfill:
         if not text:
             return None
         if message.own:
-            text = self._counter.truncate(text, self._single_cap)
-            return ContextEntry(message.message_id, "assistant", None, None, text, self._counter.count_message(text))
+            text, tokens = self._fitted("", text)
+            return ContextEntry(message.message_id, "assistant", None, None, text, tokens)
         name = _writable(message.author_name or message.author_id or "someone")
         if message.from_bot and not name.endswith(BOT_MARK):
             name += BOT_MARK
-        text = self._counter.truncate(text, self._single_cap)
-        tokens = self._counter.count_message(f"{name}: {text}")
+        text, tokens = self._fitted(f"{name}: ", text)
         return ContextEntry(message.message_id, "user", _writable(message.author_id), name, text, tokens)
+
+    def _fitted(self, prefix: str, text: str) -> tuple[str, int]:
+        """``text`` cut to the single-message cap, and its tokens as the model sees it (after ``prefix``). Counted
+        once where it fits, as nearly all do: a thread of hundreds of messages is counted on the turn's time."""
+        tokens = self._counter.count_message(prefix + text)
+        if tokens - PER_MESSAGE_OVERHEAD <= self._single_cap:
+            return text, tokens
+        text = self._counter.truncate(text, self._single_cap)
+        return text, self._counter.count_message(prefix + text)
 
 
 def _writable(text: str) -> str:
