@@ -47,6 +47,11 @@ PAGE_SIZE = 200
 MAX_PAGES = 10
 #: A ``Retry-After`` this short is waited out, once per read; a longer one ends the read.
 SHORT_WAIT_S = 3.0
+#: Refusals that stand until someone changes the app (its scopes, its channels): after one, that workspace's
+#: channels of the kind are not asked again for REFUSAL_PAUSE_S, so a missing scope costs a call every few minutes,
+#: not one on every mention.
+_NOT_SOON = frozenset({"missing_scope", "not_allowed_token_type", "no_permission", "ekm_access_denied"})
+REFUSAL_PAUSE_S = 300.0
 #: Messages with these subtypes are things people said; the rest (joins, topic changes, tombstones) are not.
 _SAID = frozenset({None, "bot_message", "thread_broadcast", "file_share", "me_message"})
 
@@ -77,7 +82,9 @@ class ThreadReader:
         #: The adapter's own: cached ``users.info`` names, and Slack's markup turned into plain text.
         self.names = names
         self.text_in = text_in
-        self._not_before: dict[str, float] = {}
+        #: Per workspace (a rate limit) or per workspace and kind of channel (a missing scope): until when Slack is
+        #: not asked, and why.
+        self._paused: dict[str, tuple[float, str]] = {}
 
     def thread(
         self, team: str, channel: str, thread_ts: str, mention_ts: str, me: Identity, *, own_root: bool = True
@@ -86,12 +93,18 @@ class ThreadReader:
         written by this bot is read (False in the assistant pane, whose thread roots Slack makes for the app)."""
         return SlackThread(self, team, channel, thread_ts, mention_ts, me, own_root)
 
-    def waiting(self, team: str) -> float:
-        """Seconds until Slack may be asked again in ``team`` (0: now)."""
-        return max(0.0, self._not_before.get(team, 0.0) - time.monotonic())
+    def paused(self, *keys: str) -> str | None:
+        """Why Slack is not to be asked now for any of ``keys``, or None."""
+        now = time.monotonic()
+        for key in keys:
+            until, why = self._paused.get(key, (0.0, ""))
+            if until > now:
+                return f"{why}; not asked again for {until - now:.0f} s"
+        return None
 
-    def limited(self, team: str, seconds: float) -> None:
-        self._not_before[team] = max(self._not_before.get(team, 0.0), time.monotonic() + seconds)
+    def pause(self, key: str, seconds: float, why: str) -> None:
+        until, _ = self._paused.get(key, (0.0, ""))
+        self._paused[key] = (max(until, time.monotonic() + seconds), why)
 
 
 class SlackThread:
@@ -114,14 +127,16 @@ class SlackThread:
         self._mention_ts = mention_ts
         self._me = me
         self._own_root = own_root
+        #: The workspace and the kind of channel (C, G, D): a scope missing for one kind is missing for all of them.
+        self._kind = f"{team}:{channel[:1]}"
 
     async def read(self, after: str | None, budget_tokens: int) -> ContextRead:
         start, end = _ts(after), _ts(self._mention_ts)
         if end is None or (start is not None and start >= end):
             return ContextRead((), None)  # nothing can lie between the cursor and the mention
-        wait = self._reader.waiting(self._team)
-        if wait > 0:
-            return ContextRead((), None, problem=f"Slack asked to wait {wait:.0f} s more (rate limited)")
+        paused = self._reader.paused(self._team, self._kind)
+        if paused is not None:
+            return ContextRead((), None, problem=paused)
         raw, problem = await self._pages(after)
         fresh = [m for m in raw if (ts := _ts(m.get("ts"))) is not None and (start is None or ts > start) and ts <= end]
         newest = max((str(m["ts"]) for m in fresh), key=Decimal, default=None)
@@ -147,13 +162,18 @@ class SlackThread:
             except SlackApiError as exc:
                 retry_after = _retry_after(exc)
                 if retry_after is None:
-                    return messages, _refusal(exc)
+                    refusal = _refusal(exc)
+                    if error_code(exc) in _NOT_SOON:
+                        # Asking again cannot help until someone changes the app: not on every mention meanwhile.
+                        self._reader.pause(self._kind, REFUSAL_PAUSE_S, refusal)
+                    return messages, refusal
                 if not waited and retry_after <= SHORT_WAIT_S:
                     waited = True
                     await asyncio.sleep(retry_after)
                     continue
-                self._reader.limited(self._team, retry_after)
-                return messages, f"conversations.replies rate limited by Slack (Retry-After {retry_after:.0f} s)"
+                limited = f"conversations.replies rate limited by Slack (Retry-After {retry_after:.0f} s)"
+                self._reader.pause(self._team, retry_after, limited)
+                return messages, limited
             except (aiohttp.ClientError, TimeoutError) as exc:
                 return messages, f"conversations.replies failed: {type(exc).__name__}"
             messages.extend(m for m in response.get("messages") or [] if isinstance(m, dict))
