@@ -205,7 +205,7 @@ class SlackThread:
         own = self._me.wrote(message)
         if own and (ts != self._thread_ts or not self._own_root):
             return None  # one of this conversation's replies (stored already), or the pane's own root
-        text = await self._reader.text_in(str(message.get("text") or ""), self._me.user_id)
+        text = await self._reader.text_in(_said(message), self._me.user_id)
         if not text:
             return None
         message_id = f"slack:{self._team}:{self._channel}:{ts}"
@@ -218,6 +218,16 @@ class SlackThread:
             name = str(profile.get("name") or message.get("username") or bot_id or "a bot")
             return ContextMessage(message_id, user or str(bot_id), name, text, from_bot=True)
         return ContextMessage(message_id, user, await self._reader.names(user), text)
+
+
+def _said(message: dict[str, Any]) -> str:
+    """A message's text; for one with none (bots often post only legacy attachments), its attachments' text or
+    fallback, which Slack itself shows in notifications."""
+    text = str(message.get("text") or "")
+    if text.strip():
+        return text
+    parts = [a.get("text") or a.get("fallback") for a in message.get("attachments") or [] if isinstance(a, dict)]
+    return "\n".join(str(p) for p in parts if p)
 
 
 def _ts(value: object) -> Decimal | None:

@@ -93,6 +93,16 @@ async def test_a_second_mention_fetches_only_what_is_new(slack: Slack) -> None:
     assert len(prompt(slack)) == 8
 
 
+async def test_a_bots_message_with_only_attachments_is_read_from_them(slack: Slack) -> None:
+    slack.fake.thread_message("deploys today?", ts=ROOT, thread_ts=ROOT, user="U2")
+    posted = written(slack.fake, 200, "", user=None, bot_id="B9", bot_name="Deploys")
+    [report] = slack.fake.threads[("C1", ROOT)][-1:]
+    assert report["ts"] == posted
+    report["attachments"] = [{"fallback": "deploy 17 to prod: failed", "color": "danger"}]
+    await ask(slack, "1700000000.000300", "what failed?", answers=1)
+    assert prompt(slack)[1] == ("user", "Deploys (bot): deploy 17 to prod: failed")
+
+
 async def test_a_top_level_mention_reads_no_thread(slack: Slack) -> None:
     await slack.event(mention("<@UBOT> hello", ts="1700000000.000100"))
     await slack.wait_replies(1)
