@@ -19,6 +19,7 @@ import asyncpg
 from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store.base import (
+    CONTEXT_CLAIM,
     HISTORY_QUERY,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
@@ -26,6 +27,7 @@ from bot.store.base import (
     USAGE_COLUMNS,
     USAGE_TOTALS,
     ChannelSettings,
+    ContextEntry,
     FeedbackTotal,
     RateBucket,
     StoredMessage,
@@ -41,7 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Each entry moves the schema one version up; the ``schema_version`` table records how far a database is.
 #: Versions 1 and 2 hold the same tables as SQLite's; version 3 adds what only replicas need; versions 4 to 7 are
-#: SQLite's 3 to 6 (the history index, seen requests, usage as billed with the token line, summaries and feedback).
+#: SQLite's 3 to 6 (the history index, seen requests, usage as billed with the token line, summaries and feedback),
+#: and so on one up: the context cursors are SQLite's last, and this one's.
 MIGRATIONS: Sequence[Sequence[str]] = (
     (
         """CREATE TABLE conversations (
@@ -192,6 +195,14 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE INDEX feedback_by_channel ON feedback (platform, workspace, channel, at)",
     ),
+    (
+        # Thread context (issue 14; version 11 once merged beside the other rooms' migrations): see SQLite's.
+        """CREATE TABLE context_cursors (
+            conversation_id BIGINT PRIMARY KEY REFERENCES conversations(id),
+            cursor TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -247,6 +258,21 @@ _ADD_FEEDBACK = (
     "JOIN conversations c ON c.id = m.conversation_id "
     "WHERE m.id = $1 AND m.role = 'assistant' AND c.platform = $5 AND (c.channel = $6 OR c.thread = $6) "
     "ON CONFLICT (message_id, user_id) DO UPDATE SET value = excluded.value, at = excluded.at"
+)
+#: One context message, stored only if its id was claimed neither as a question nor as context, and claimed as
+#: context with it (see bot.store.sqlite.SQLiteStore.add_context); its row id, or NULL when it was skipped.
+_ADD_CONTEXT = (
+    "WITH fresh AS (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM handled_messages WHERE message_id = $2::text)), "
+    "claimed AS (INSERT INTO handled_messages (message_id, handled_at) SELECT $3::text, $4::float8 FROM fresh "
+    "ON CONFLICT (message_id) DO NOTHING RETURNING 1) "
+    "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
+    "created_at, tokens_before) "
+    "SELECT $1::bigint, $5::text, $6::text, $7::text, $8::text, $9::integer, $2::text, $4::float8, "
+    f"{TOKENS_BEFORE_QUERY.format(conversation='$1::bigint')} FROM claimed RETURNING id"
+)
+_SET_CURSOR = (
+    "INSERT INTO context_cursors (conversation_id, cursor, updated_at) VALUES ($1, $2, $3) "
+    "ON CONFLICT (conversation_id) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at"
 )
 #: advisory lock namespaces (the first key of pg_advisory_lock(int, int)), so ours never meet another app's.
 _MIGRATION_LOCK = 0x7EB0
@@ -419,6 +445,37 @@ class PostgresStore:
                 time.time(),
             )
         return int(row)
+
+    async def context_cursor(self, key: ConversationKey) -> str | None:
+        async with self._pool.acquire() as conn:
+            conversation = await self._existing_conversation_id(conn, key)
+            if conversation is None:
+                return None
+            cursor = await conn.fetchval("SELECT cursor FROM context_cursors WHERE conversation_id = $1", conversation)
+        return None if cursor is None else str(cursor)
+
+    async def add_context(self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None) -> int:
+        now = time.time()
+        stored = 0
+        async with self._pool.acquire() as conn, conn.transaction():
+            conversation = await self._conversation_id(conn, key)
+            for entry in entries:
+                row = await conn.fetchval(
+                    _ADD_CONTEXT,
+                    conversation,
+                    entry.message_id,
+                    CONTEXT_CLAIM + entry.message_id,
+                    now,
+                    entry.role,
+                    entry.author_id,
+                    entry.author_name,
+                    entry.content,
+                    entry.tokens,
+                )
+                stored += row is not None
+            if cursor is not None:
+                await conn.execute(_SET_CURSOR, conversation, cursor, now)
+        return stored
 
     async def add_reply(
         self,

@@ -20,6 +20,7 @@ import aiosqlite
 from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store.base import (
+    CONTEXT_CLAIM,
     HISTORY_QUERY,
     IN_MEMORY_REFUSED,
     LAST_THREAD_QUERY,
@@ -28,6 +29,7 @@ from bot.store.base import (
     USAGE_COLUMNS,
     USAGE_TOTALS,
     ChannelSettings,
+    ContextEntry,
     FeedbackTotal,
     RateBucket,
     StoredMessage,
@@ -164,6 +166,16 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX feedback_by_channel ON feedback (platform, workspace, channel, at)",
     ),
+    (
+        # Thread context (issue 14; version 10 once merged beside the other rooms' migrations): how far each
+        # conversation's context source (a Slack thread) was read, so that no later turn, restart or replica reads
+        # the same messages again. /reset keeps it, like the handled ids: what was forgotten is not read back.
+        """CREATE TABLE context_cursors (
+            conversation_id INTEGER PRIMARY KEY REFERENCES conversations(id),
+            cursor TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -176,6 +188,14 @@ _LAST_THREAD = LAST_THREAD_QUERY.format(platform="?1", workspace="?2", channel="
 HISTORY_SQL = HISTORY_QUERY.format(conversation="?1", before="?2", rows="?3", budget="?4", step="?5")
 _TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="?1")
 _SETTINGS_CACHE_SIZE = 10_000
+_ADD_CONTEXT = (
+    "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
+    f"created_at, tokens_before) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {_TOKENS_BEFORE})"
+)
+_SET_CURSOR = (
+    "INSERT INTO context_cursors (conversation_id, cursor, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (conversation_id) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at"
+)
 #: A verdict on a reply, kept only where the row is a reply in a conversation on that platform whose channel (or,
 #: on Discord, thread) is where the button was clicked. The conversation's own workspace and channel are stored, so
 #: /usage counts the verdicts where the answers were given.
@@ -310,6 +330,38 @@ class SQLiteStore:
             (self._conversation_id(db, msg.key), msg.author_id, msg.author_name, msg.text, tokens, msg.message_id, now),
         )
         return _row_id(cur)
+
+    async def context_cursor(self, key: ConversationKey) -> str | None:
+        conversation = await self._existing_conversation_id(key)
+        if conversation is None:
+            return None
+        rows = list(
+            await self._reader.execute_fetchall(
+                "SELECT cursor FROM context_cursors WHERE conversation_id = ?", (conversation,)
+            )
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def add_context(self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            now = time.time()
+            conversation = self._conversation_id(db, key)
+            stored = 0
+            for entry in entries:
+                # Handled as a question already (or being handled: its turn claims it before queueing): its turn
+                # stores it. Claimed as context: stored before, by this or another turn.
+                if db.execute("SELECT 1 FROM handled_messages WHERE message_id = ?", (entry.message_id,)).fetchone():
+                    continue
+                if not self._claim(db, CONTEXT_CLAIM + entry.message_id, now):
+                    continue
+                values = (entry.role, entry.author_id, entry.author_name, entry.content, entry.tokens)
+                db.execute(_ADD_CONTEXT, (conversation, *values, entry.message_id, now))
+                stored += 1
+            if cursor is not None:
+                db.execute(_SET_CURSOR, (conversation, cursor, now))
+            return stored
+
+        return await self._writer.transaction(work)
 
     async def add_reply(
         self,
