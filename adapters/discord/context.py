@@ -12,6 +12,7 @@ the adapter can say once what is missing instead of answering as if nothing had 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -273,9 +274,12 @@ class ThreadSource:
             message = await self._parent.fetch_message(self._thread_id)
         except discord.NotFound:
             return None  # a thread started on its own, or its message deleted
-        if message.author.id == self._me_id:
-            return None
-        return to_context(message, self._me_id, self.seen)
+        entry = to_context(message, self._me_id, self.seen)
+        if entry is not None and message.author.id == self._me_id:
+            # A thread started under one of the bot's answers: the answer is the parent channel's, not this
+            # conversation's, so it is stored here as what the bot said.
+            return dataclasses.replace(entry, own=True, from_bot=False)
+        return entry
 
 
 def _cost(message: ContextMessage) -> int:

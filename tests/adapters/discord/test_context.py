@@ -39,6 +39,11 @@ with_content = (
 MESSAGE_GET = rf"channels/{CHANNEL_ID}/messages/\d+"
 
 
+def gets(fake: FakeDiscord) -> list[str]:
+    """The messages the bot read one by one (``GET channels/{id}/messages/{id}``), in order."""
+    return [path for method, path, _ in fake.rest_calls if method == "GET" and re.fullmatch(MESSAGE_GET, path)]
+
+
 def prompt(bot: Discord, request: int = -1) -> list[str]:
     """What the model was sent, after the system prompt: each message's role and content."""
     return [f"{m['role']}: {m['content']}" for m in bot.model.requests[request]["messages"][1:]]
@@ -103,9 +108,7 @@ async def test_older_links_of_the_chain_come_by_rest_oldest_first_up_to_the_limi
         "user: Ada: why?",
     ]
     # Four came with the mention, three by REST with two resolved inside it; one is past the limit of 3.
-    assert [path for m, path, _ in fake.rest_calls if re.fullmatch(MESSAGE_GET, path)] == [
-        f"channels/{CHANNEL_ID}/messages/{three['id']}"
-    ]
+    assert gets(fake) == [f"channels/{CHANNEL_ID}/messages/{three['id']}"]
 
 
 @with_content[0]
@@ -161,7 +164,9 @@ async def test_the_chain_stops_at_the_bots_own_answer(discord_bot: Discord) -> N
         "user: Grace: so we should back off?",
         "user: Ada: and how long?",
     ]
-    assert fake.calls("GET", MESSAGE_GET) == []
+    # The answer was read (the fake, unlike Discord, does not echo the bot's own messages into its cache), found to
+    # be the bot's, and nothing behind it.
+    assert gets(fake) == [f"channels/{CHANNEL_ID}/messages/{answer.id}"]
 
 
 @with_content[0]
@@ -195,6 +200,15 @@ async def test_a_thread_mention_sees_the_starter_and_earlier_messages_once(disco
         "user: Ada: and now?",
     ]
     assert len(fake.calls("GET", rf"channels/{CHANNEL_ID}/messages/{THREAD_ID}")) == 1
+
+
+@with_content[0]
+@with_content[1]
+async def test_a_thread_started_under_the_bots_answer_sees_it_as_the_bots_own(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    fake.post(fake.message_create("HTTP 429 means too many requests.", author=BOT_USER, message_id=THREAD_ID))
+    await ask(discord_bot, "and 503?", channel=THREAD_ID)
+    assert prompt(discord_bot) == ["assistant: HTTP 429 means too many requests.", "user: Ada: and 503?"]
 
 
 @with_content[0]
