@@ -204,6 +204,25 @@ async def test_a_thread_mention_sees_the_starter_and_earlier_messages_once(disco
 
 @with_content[0]
 @with_content[1]
+async def test_a_thread_read_stops_at_the_mention(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    fake.post(fake.message_create("before the question", author=GRACE, channel_id=THREAD_ID))
+    mention = fake.message_create(f"{BOT_MENTION} what now?", mentions=(BOT_USER,), channel_id=THREAD_ID)
+    # Written after the mention, before the bot got to it: it belongs after the question, not before.
+    fake.post(fake.message_create("after the question", author=GRACE, channel_id=THREAD_ID))
+    await fake.dispatch("MESSAGE_CREATE", mention)
+    await discord_bot.wait_text("echo: Ada: what now?", channel=THREAD_ID)
+    assert prompt(discord_bot) == ["user: Grace: before the question", "user: Ada: what now?"]
+    await ask(discord_bot, "and then?", channel=THREAD_ID)
+    assert prompt(discord_bot)[2:] == [
+        "assistant: echo: Ada: what now?",
+        "user: Grace: after the question",
+        "user: Ada: and then?",
+    ]
+
+
+@with_content[0]
+@with_content[1]
 async def test_a_thread_started_under_the_bots_answer_sees_it_as_the_bots_own(discord_bot: Discord) -> None:
     fake = discord_bot.fake
     fake.post(fake.message_create("HTTP 429 means too many requests.", author=BOT_USER, message_id=THREAD_ID))
