@@ -1,7 +1,10 @@
 """Discord adapter: translates mentions, DMs, replies to the bot and ``/reset`` into core calls.
 
 Mentions and DMs carry their text without the privileged Message Content intent, so the bot asks for none by
-default. ``AllowedMentions.none()`` on the client (discord.py merges it into every send and edit, interaction
+default; what it then cannot read around a mention (the message replied to, a thread's earlier messages: see
+adapters.discord.context) is said once per channel in a reply, and in ``teambot check``.
+
+``AllowedMentions.none()`` on the client (discord.py merges it into every send and edit, interaction
 responses and followups included) means no model output can ping @everyone, @here, a role or a person; the sink
 passes it again on each of its own sends and edits, so the answers stay safe even on a client built without it.
 
