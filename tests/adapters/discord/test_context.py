@@ -286,6 +286,25 @@ async def test_without_the_content_intent_the_reply_says_so_once(discord_bot: Di
     assert [m.content for m in notes].count(texts.DISCORD_CONTENT_HIDDEN) == 1
 
 
+async def test_without_the_content_intent_a_thread_read_says_so_too(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    fake.post(fake.message_create("the thread's question", author=GRACE, message_id=THREAD_ID))
+    fake.post(fake.message_create("an answer in the thread", author=GRACE, channel_id=THREAD_ID))
+    await ask(discord_bot, "what was asked?", channel=THREAD_ID)
+    await discord_bot.wait_text(texts.DISCORD_CONTENT_HIDDEN, channel=THREAD_ID)
+    assert prompt(discord_bot) == ["user: Ada: what was asked?"]
+
+
+@with_content[0]
+@pytest.mark.parametrize("overrides", [{"discord_message_content": True, "discord_reply_chain": 0}])
+async def test_a_reply_chain_of_zero_reads_nothing(discord_bot: Discord) -> None:
+    fake = discord_bot.fake
+    *_, last = chain(fake, (GRACE, "first"), (ADA, "second"))
+    await ask(discord_bot, "only me?", referenced=last)
+    assert prompt(discord_bot) == ["user: Ada: only me?"]
+    assert gets(fake) == []
+
+
 async def test_without_the_content_intent_a_visible_context_needs_no_notice(discord_bot: Discord) -> None:
     fake = discord_bot.fake
     # A message that mentions the bot arrives whole even without the intent.
