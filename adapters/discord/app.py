@@ -492,7 +492,7 @@ class DiscordAdapter:
 
     async def _reply_chain(self, message: discord.Message, seen: Seen) -> tuple[ContextMessage, ...]:
         me = self.client.user
-        if me is None or self._settings.discord_reply_chain == 0:
+        if me is None:
             return ()
         return await reply_chain(message, self.client, me.id, self._settings.discord_reply_chain, seen)
 
