@@ -236,7 +236,7 @@ class ThreadSource:
                     used = _cost(starter)
                     if used > budget_tokens:
                         starter, used, truncated = None, 0, True
-                after_id = discord.Object(int(after)) if after else None
+                after_id = discord.Object(int(after)) if after and after.isdigit() else None
                 count = 0
                 async for message in self._thread.history(
                     limit=self._max_messages, before=self._mention, after=after_id, oldest_first=False
