@@ -25,9 +25,12 @@ class CheckResult:
     detail: str
     #: Nothing to check: the piece is not configured (a platform without its token). Not a failure.
     skipped: bool = False
+    #: Works, but less than it could: a line to read (WARN), not a failure.
+    warning: bool = False
 
     def line(self) -> str:
-        return f"{'SKIP' if self.skipped else 'PASS' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
+        status = "SKIP" if self.skipped else "FAIL" if not self.ok else "WARN" if self.warning else "PASS"
+        return f"{status}  {self.name}: {self.detail}"
 
 
 async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckResult:

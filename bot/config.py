@@ -147,6 +147,7 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
     discord_guild: int | None = Field(None, validation_alias=_env("TEAMBOT_DISCORD_GUILD"))
     discord_message_content: bool = Field(False, validation_alias=_env("TEAMBOT_DISCORD_MESSAGE_CONTENT"))
+    discord_reply_chain: int = Field(10, ge=0, le=100, validation_alias=_env("TEAMBOT_DISCORD_REPLY_CHAIN"))
     discord_shards: int | None = Field(None, ge=1, validation_alias=_env("TEAMBOT_DISCORD_SHARDS"))
     discord_shard_ids: Annotated[tuple[int, ...], NoDecode] = Field(
         (), validation_alias=_env("TEAMBOT_DISCORD_SHARD_IDS")

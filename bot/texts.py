@@ -61,6 +61,17 @@ DISCORD_GUILD_CLEARS_GLOBAL = (
     "so in the {count} other server{s} this bot is in {commands} disappear; unset it to "
     "register them everywhere"
 )
+# What a Discord mention sees around it (replies, threads, forwards)
+#: Heads a forwarded message's content, as the model reads it.
+DISCORD_FORWARDED = "[forwarded message]"
+DISCORD_FORWARDED_FROM = "[forwarded message from {author}]"
+#: Said once per channel beside an answer, when messages around the mention arrived empty.
+DISCORD_CONTENT_HIDDEN = (
+    "Note: I could not read some of the messages around your question (the one you replied to, or earlier "
+    "messages in this thread), because Discord gives me only messages that mention me. To let me read them, an "
+    "admin switches on Message Content Intent in the Discord Developer Portal (Bot, Privileged Gateway Intents) "
+    "and sets TEAMBOT_DISCORD_MESSAGE_CONTENT=true. I answered from what I could see."
+)
 REPLY_NOT_SAVED = "I could not save this answer (a problem with my storage), so I will not remember it later."
 
 RESET_DONE = "Forgot {count} message{s} of this conversation. The next mention starts fresh."
@@ -178,6 +189,21 @@ CHECK_SLACK_SCOPES_UNLISTED = "Slack did not list the token's scopes; thread rea
 SLACK_TOKEN_REFUSED = "Slack refused {setting} ({error}): {hint}; the Slack adapter is stopped"
 SLACK_BOT_TOKEN_HINT = "check the bot token (xoxb-...) and that the app is installed in the workspace"
 SLACK_APP_TOKEN_HINT = "check the app-level token (xapp-...) and that it has the connections:write scope"
+#: `teambot check`: the Message Content intent, asked for (TEAMBOT_DISCORD_MESSAGE_CONTENT) and granted (portal).
+CHECK_DISCORD_CONTENT_ON = "on: replied-to messages, threads and forwards are read whole"
+CHECK_DISCORD_CONTENT_REFUSED = (
+    "TEAMBOT_DISCORD_MESSAGE_CONTENT=true, but Message Content Intent is off in the Developer Portal, so Discord "
+    "will refuse the connection: switch it on (Bot, Privileged Gateway Intents) or unset the setting"
+)
+CHECK_DISCORD_CONTENT_OFF = (
+    "off: the bot reads only messages that mention it; the messages people reply to and a thread's earlier "
+    "messages arrive empty. To read them, switch on Message Content Intent in the Developer Portal (Bot, "
+    "Privileged Gateway Intents) and set TEAMBOT_DISCORD_MESSAGE_CONTENT=true"
+)
+CHECK_DISCORD_CONTENT_NOT_ASKED = (
+    "on in the Developer Portal but not asked for: set TEAMBOT_DISCORD_MESSAGE_CONTENT=true to read replied-to "
+    "messages and threads"
+)
 DISCORD_TOKEN_REFUSED = (
     "Discord refused DISCORD_TOKEN (401 Unauthorized): copy the bot token again from the Developer Portal "
     "(Bot, Reset Token); the Discord adapter is stopped"

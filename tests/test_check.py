@@ -86,7 +86,11 @@ async def test_discord_token_good_and_bad() -> None:
         with fake.patch_discord():
             good = await registry.check(settings(discord_token="the-right-token"))
             bad = await registry.check(settings(discord_token="a-wrong-token"))
-    assert [(r.name, r.ok) for r in good][1:] == [("discord token", True), ("discord invite", True)]
+    assert [(r.name, r.ok) for r in good][1:] == [
+        ("discord token", True),
+        ("discord invite", True),
+        ("discord message content", True),
+    ]
     assert good[0].skipped and good[0].line().startswith("SKIP  slack: not configured: set SLACK_BOT_TOKEN")
     assert [r.ok for r in bad] == [True, False]
     assert "a-wrong-token" not in bad[0].line()

@@ -1,7 +1,10 @@
 """Discord adapter: translates mentions, DMs, replies to the bot and ``/reset`` into core calls.
 
 Mentions and DMs carry their text without the privileged Message Content intent, so the bot asks for none by
-default. ``AllowedMentions.none()`` on the client (discord.py merges it into every send and edit, interaction
+default; what it then cannot read around a mention (the message replied to, a thread's earlier messages: see
+adapters.discord.context) is said once per channel in a reply, and in ``teambot check``.
+
+``AllowedMentions.none()`` on the client (discord.py merges it into every send and edit, interaction
 responses and followups included) means no model output can ping @everyone, @here, a role or a person; the sink
 passes it again on each of its own sends and edits, so the answers stay safe even on a client built without it.
 
@@ -25,22 +28,22 @@ from aiohttp import web
 from discord import app_commands
 
 from adapters.connection import CHECK_NETWORK, Backoff, describe, failed_attempt
-from adapters.streaming import deliver, drain
+from adapters.discord.context import Seen, ThreadSource, message_text, reply_chain
+from adapters.streaming import StreamingReply, deliver, drain
 from bot import logcontext, texts
 from bot.check import CheckResult
 from bot.commands import CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
 from bot.errors import ConfigError
-from bot.messages import ConversationKey, IncomingMessage, dm_workspace
+from bot.messages import ContextMessage, ConversationKey, IncomingMessage, dm_workspace
 from bot.runtime import commands
 
 log = logging.getLogger(__name__)
 
 TEXT_LIMIT = 2000
-_USER_MENTION = re.compile(r"<@!?(\d+)>")
-_ROLE_MENTION = re.compile(r"<@&(\d+)>")
-_CHANNEL_MENTION = re.compile(r"<#(\d+)>")
+#: How many channels the adapter remembers having told about the missing Message Content intent.
+_TOLD_HIDDEN_MAX = 10_000
 #: What the bot needs in a channel: see it, read what was said before (replies), answer there and in its threads.
 PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
@@ -281,6 +284,8 @@ class DiscordAdapter:
         self._stopping = False
         #: The gateway has been ready once: from then on discord.py's own reconnect loop is at work.
         self._ready_once = False
+        #: The channels (by id) already told, in a reply, that other people's messages arrive empty.
+        self._told_hidden: set[str] = set()
 
     def mount(self, app: web.Application) -> None:
         """Discord needs no HTTP route: everything arrives over the gateway."""
@@ -453,11 +458,23 @@ class DiscordAdapter:
                 return
             await message.reply(texts.EMPTY_MENTION, mention_author=False)
             return
-        msg = IncomingMessage(key, message_id, str(message.author.id), message.author.display_name, text)
         typing = asyncio.create_task(self._keep_typing(message.channel))
         sink = DiscordSink(message, typing)
         try:
-            await deliver(
+            seen = Seen()
+            # The plain mention (no reply, not in a thread) awaits nothing more than before.
+            chain = await self._reply_chain(message, seen) if message.reference is not None else ()
+            source = self._thread_source(message, key) if key.thread is not None else None
+            msg = IncomingMessage(
+                key,
+                message_id,
+                str(message.author.id),
+                message.author.display_name,
+                text,
+                context=chain,
+                source=source,
+            )
+            stream = await deliver(
                 self._core,
                 msg,
                 sink,
@@ -467,8 +484,45 @@ class DiscordAdapter:
                 reasoning_sink=sink,
                 feedback=self._settings.feedback,
             )
+            hidden = seen.hidden + (source.seen.hidden if source is not None else 0)
+            if hidden and isinstance(stream, StreamingReply) and stream.handles:
+                await self._say_content_hidden(key, sink, hidden)
         finally:
             sink.stop_typing()
+
+    async def _reply_chain(self, message: discord.Message, seen: Seen) -> tuple[ContextMessage, ...]:
+        me = self.client.user
+        if me is None:
+            return ()
+        return await reply_chain(message, self.client, me.id, self._settings.discord_reply_chain, seen)
+
+    def _thread_source(self, message: discord.Message, key: ConversationKey) -> ThreadSource | None:
+        me = self.client.user
+        if me is None or key.thread is None:
+            return None
+        thread = message.channel
+        # A private thread has no message it was started from; a forum post keeps its own in the thread.
+        no_starter = isinstance(thread, discord.Thread) and (
+            thread.type is discord.ChannelType.private_thread or isinstance(thread.parent, discord.ForumChannel)
+        )
+        guild_id = message.guild.id if message.guild else None
+        parent = None if no_starter else self.client.get_partial_messageable(int(key.channel), guild_id=guild_id)
+        return ThreadSource(thread, parent, int(key.thread), message, me.id)
+
+    async def _say_content_hidden(self, key: ConversationKey, sink: DiscordSink, hidden: int) -> None:
+        """Once per channel (its threads included) while the bot runs: what it could not read, and why."""
+        if self._settings.discord_message_content or key.channel in self._told_hidden:
+            return
+        if len(self._told_hidden) >= _TOLD_HIDDEN_MAX:
+            self._told_hidden.clear()  # bounded: at worst a channel hears it a second time
+        self._told_hidden.add(key.channel)
+        log.info(
+            "%d message%s around the mention arrived empty: no Message Content intent", hidden, texts.plural(hidden)
+        )
+        try:
+            await sink.post(texts.DISCORD_CONTENT_HIDDEN)
+        except discord.HTTPException as exc:
+            log.info("the note on the Message Content intent could not be sent: HTTP %s, code %s", exc.status, exc.code)
 
     @staticmethod
     async def _keep_typing(channel: discord.abc.Messageable) -> None:
@@ -480,19 +534,7 @@ class DiscordAdapter:
 
     def _text_in(self, message: discord.Message) -> str:
         me = self.client.user
-        text = message.content
-        if me is not None:
-            text = re.sub(rf"<@!?{me.id}>", "", text)
-        users = {str(u.id): u.display_name for u in message.mentions}
-        roles = {str(r.id): r.name for r in message.role_mentions}
-        text = _USER_MENTION.sub(lambda m: "@" + users.get(m.group(1), "someone"), text)
-        text = _ROLE_MENTION.sub(lambda m: "@" + roles.get(m.group(1), "role"), text)
-        text = _CHANNEL_MENTION.sub(lambda m: "#" + self._channel_name(message, int(m.group(1))), text)
-        return text.strip()
-
-    def _channel_name(self, message: discord.Message, channel_id: int) -> str:
-        channel = message.guild.get_channel_or_thread(channel_id) if message.guild else None
-        return channel.name if channel is not None else "channel"
+        return message_text(message, me.id if me is not None else None)
 
     def _app_commands(self, names: dict[str, str]) -> list[app_commands.Command[Any, Any, None]]:
         async def reset(interaction: discord.Interaction) -> None:
@@ -572,7 +614,8 @@ class DiscordAdapter:
 
 
 async def check_discord(settings: Settings) -> list[CheckResult]:
-    """``teambot check``: is the bot token accepted? And the link that invites the bot to a server."""
+    """``teambot check``: is the bot token accepted? The link that invites the bot to a server, and whether it
+    may read other people's messages (the Message Content intent)."""
     assert settings.discord_token is not None
     headers = {"Authorization": f"Bot {settings.discord_token.get_secret_value()}"}
     try:
@@ -581,18 +624,35 @@ async def check_discord(settings: Settings) -> list[CheckResult]:
             if response.status_code != 200:
                 return [CheckResult("discord token", False, f"DISCORD_TOKEN rejected (HTTP {response.status_code})")]
             token = CheckResult("discord token", True, f"accepted: {response.json().get('username')}")
-            return [token, await _check_invite(http, headers)]
+            response = await http.get(f"{discord.http.Route.BASE}/oauth2/applications/@me", headers=headers)
     except httpx.HTTPError as exc:
         return [CheckResult("discord token", False, f"cannot reach Discord: {type(exc).__name__}")]
-
-
-async def _check_invite(http: httpx.AsyncClient, headers: dict[str, str]) -> CheckResult:
-    """The invite link, from the application the token belongs to (its id is not always the bot user's)."""
-    response = await http.get(f"{discord.http.Route.BASE}/oauth2/applications/@me", headers=headers)
     try:
-        application_id = response.json()["id"] if response.status_code == 200 else None
-    except (ValueError, KeyError, TypeError):
-        application_id = None
-    if application_id is None:
-        return CheckResult("discord invite", False, f"cannot read the application (HTTP {response.status_code})")
-    return CheckResult("discord invite", True, invite_url(application_id))
+        application = response.json() if response.status_code == 200 else None
+    except ValueError:
+        application = None
+    if not isinstance(application, dict) or "id" not in application:
+        invite = CheckResult("discord invite", False, f"cannot read the application (HTTP {response.status_code})")
+        return [token, invite]
+    return [
+        token,
+        CheckResult("discord invite", True, invite_url(application["id"])),
+        _check_content_intent(settings, application.get("flags")),
+    ]
+
+
+#: The application flags that say Message Content Intent is switched on in the Developer Portal (the second for
+#: bots in 100 servers or more, verified or waiting for it).
+_GATEWAY_MESSAGE_CONTENT = (1 << 18) | (1 << 19)
+
+
+def _check_content_intent(settings: Settings, flags: object) -> CheckResult:
+    name = "discord message content"
+    granted = isinstance(flags, int) and bool(flags & _GATEWAY_MESSAGE_CONTENT)
+    if settings.discord_message_content:
+        if granted:
+            return CheckResult(name, True, texts.CHECK_DISCORD_CONTENT_ON)
+        return CheckResult(name, False, texts.CHECK_DISCORD_CONTENT_REFUSED)
+    if granted:
+        return CheckResult(name, True, texts.CHECK_DISCORD_CONTENT_NOT_ASKED, warning=True)
+    return CheckResult(name, True, texts.CHECK_DISCORD_CONTENT_OFF, warning=True)

@@ -147,6 +147,9 @@ class FakeDiscord(LoopbackServer):
         self.rest_calls: list[tuple[str, str, Any]] = []
         self.limited: list[tuple[str, str]] = []
         self.messages: dict[str, StoredMessage] = {}
+        #: What people wrote, as Discord keeps it (full payloads by id): every MESSAGE_CREATE dispatched, and what
+        #: ``post`` adds unannounced; served by ``GET channels/{id}/messages[/{id}]`` with the bot's own messages.
+        self.posted: dict[str, dict[str, Any]] = {}
         #: Called with a message each time the bot sends or edits it, once its content is stored.
         self.watchers: list[Callable[[StoredMessage], None]] = []
         self.interaction_responses: list[dict[str, Any]] = []
@@ -207,6 +210,7 @@ class FakeDiscord(LoopbackServer):
         """Send an event on its shard's connection: the one its ``guild_id`` falls on, unless ``shard`` says."""
         shard = self.shard_of(data.get("guild_id")) if shard is None else shard
         if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE"):
+            self.posted[data["id"]] = data
             data = self._as_seen(data, self.intents.get(shard, 0))
         elif event == "INTERACTION_CREATE":
             now = asyncio.get_running_loop().time()
@@ -256,6 +260,12 @@ class FakeDiscord(LoopbackServer):
     def new_id(self) -> str:
         return str(next(self._ids))
 
+    def post(self, *payloads: dict[str, Any]) -> None:
+        """Messages that exist on Discord without the bot having been told (sent before it listened, or in a
+        channel it does not watch): only REST reads them."""
+        for payload in payloads:
+            self.posted[payload["id"]] = payload
+
     def message_create(
         self,
         content: str,
@@ -267,7 +277,11 @@ class FakeDiscord(LoopbackServer):
         mention_roles: tuple[str, ...] = (),
         referenced: dict[str, Any] | None = None,
         message_id: str | None = None,
+        forwarded: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A message's payload as the gateway sends it. ``referenced`` makes it a reply (with that message as
+        ``referenced_message``, whose own ``referenced_message`` Discord never nests); ``forwarded`` makes it a
+        forward of that message: no content of its own, the original's in ``message_snapshots``."""
         payload = self._message(content, author, channel_id, guild_id, message_id or self.new_id())
         payload["mentions"] = list(mentions)
         payload["mention_roles"] = list(mention_roles)
@@ -275,13 +289,23 @@ class FakeDiscord(LoopbackServer):
             payload["member"] = {"roles": [], "joined_at": _now(), "deaf": False, "mute": False, "flags": 0}
         if referenced is not None:
             payload["type"] = 19
-            payload["referenced_message"] = referenced
+            payload["referenced_message"] = {k: v for k, v in referenced.items() if k != "referenced_message"}
             payload["message_reference"] = {
                 "message_id": referenced["id"],
                 "channel_id": channel_id,
                 "guild_id": guild_id,
                 "type": 0,
             }
+        if forwarded is not None:
+            payload["message_reference"] = {
+                "message_id": forwarded["id"],
+                "channel_id": forwarded["channel_id"],
+                "guild_id": forwarded.get("guild_id"),
+                "type": 1,
+            }
+            snapshot = {k: forwarded[k] for k in ("type", "content", "embeds", "attachments", "timestamp", "flags")}
+            snapshot |= {"edited_timestamp": None, "mentions": [], "mention_roles": []}
+            payload["message_snapshots"] = [{"message": snapshot}]
         return payload
 
     def interaction_create(
@@ -362,6 +386,9 @@ class FakeDiscord(LoopbackServer):
         )
         if not readable:
             seen |= {"content": "", "embeds": [], "attachments": [], "components": []}
+            if seen.get("message_snapshots"):
+                empty = {"content": "", "embeds": [], "attachments": []}
+                seen["message_snapshots"] = [{"message": s["message"] | empty} for s in seen["message_snapshots"]]
         return seen
 
     def _message(
@@ -560,7 +587,7 @@ class FakeDiscord(LoopbackServer):
         self.rest_calls.append((request.method, path, body))
         self._authorization = request.headers.get("Authorization", "")
         try:
-            return self._answer(request.method, path, body)
+            return self._answer(request.method, path, body, request.query)
         finally:
             await self._notify()
 
@@ -575,13 +602,51 @@ class FakeDiscord(LoopbackServer):
                     return dict(channel)
         return None
 
+    def _channel_log(self, channel_id: str) -> list[dict[str, Any]]:
+        """Every message in the channel, people's and the bot's, oldest first, as REST returns one."""
+        people = [m for m in self.posted.values() if m["channel_id"] == channel_id]
+        guild_id = self._guild_of(channel_id)
+        bots = [
+            self._message(m.content, BOT_USER, channel_id, guild_id, m.id) for m in self.channel_messages(channel_id)
+        ]
+        return sorted(people + bots, key=lambda m: int(m["id"]))
+
+    def _kept(self, channel_id: str, message_id: str) -> dict[str, Any] | None:
+        """One message as ``GET channels/{id}/messages/{id}`` returns it: a reply with its ``referenced_message``
+        (None when deleted), one level deep."""
+        found = next((m for m in self._channel_log(channel_id) if m["id"] == message_id), None)
+        if found is None:
+            return None
+        found = {k: v for k, v in found.items() if k != "referenced_message"}
+        reference = found.get("message_reference")
+        if reference and reference.get("type", 0) == 0:
+            log = self._channel_log(reference.get("channel_id", channel_id))
+            target = next((m for m in log if m["id"] == reference["message_id"]), None)
+            found["referenced_message"] = (
+                {k: v for k, v in target.items() if k != "referenced_message"} if target else None
+            )
+        return found
+
+    def _history(self, channel_id: str, query: Any) -> list[dict[str, Any]]:
+        """``GET channels/{id}/messages``: up to ``limit`` messages before ``before``, or just after ``after``, or
+        the newest; newest first, as Discord sends them."""
+        messages = self._channel_log(channel_id)
+        limit = min(int(query.get("limit", 50)), 100)
+        if "before" in query:
+            messages = [m for m in messages if int(m["id"]) < int(query["before"])][-limit:]
+        elif "after" in query:
+            messages = [m for m in messages if int(m["id"]) > int(query["after"])][:limit]
+        else:
+            messages = messages[-limit:]
+        return [self._kept(channel_id, m["id"]) or m for m in reversed(messages)]
+
     @staticmethod
     def _guild_of(channel_id: str) -> str | None:
         if channel_id.startswith("7"):  # the fake's DM channels
             return None
         return SECOND_GUILD_ID if channel_id == SECOND_CHANNEL_ID else GUILD_ID
 
-    def _answer(self, method: str, path: str, body: Any) -> web.Response:
+    def _answer(self, method: str, path: str, body: Any, query: Any = None) -> web.Response:
         route = (method, path)
         if route == ("GET", "users/@me"):
             if self.token is not None and self._authorization != f"Bot {self.token}":
@@ -598,7 +663,8 @@ class FakeDiscord(LoopbackServer):
                     "bot_require_code_grant": False,
                     "owner": ADA,
                     "verify_key": "0" * 64,
-                    "flags": 0,
+                    # GATEWAY_MESSAGE_CONTENT: the intent is switched on in the Developer Portal.
+                    "flags": (1 << 18) if self.privileged_intents & INTENT_MESSAGE_CONTENT else 0,
                     "team": None,
                     "summary": "",
                 }
@@ -620,6 +686,13 @@ class FakeDiscord(LoopbackServer):
             if channel is None:
                 return _json({"message": "Unknown Channel", "code": 10003}, 404)
             return _json(channel)
+        if method == "GET" and (match := re.fullmatch(r"channels/(\d+)/messages/(\d+)", path)):
+            found = self._kept(match.group(1), match.group(2))
+            if found is None:
+                return _json({"message": "Unknown Message", "code": 10008}, 404)
+            return _json(self._as_seen(found, self.privileged_intents))
+        if method == "GET" and (match := re.fullmatch(r"channels/(\d+)/messages", path)):
+            return _json([self._as_seen(m, self.privileged_intents) for m in self._history(match.group(1), query)])
         if match := re.fullmatch(r"channels/(\d+)/typing", path):
             self.typing_calls.append(match.group(1))
             return web.Response(status=204)
