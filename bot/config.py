@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     summary_model: str | None = Field(None, min_length=1, validation_alias=_env("TEAMBOT_SUMMARY_MODEL"))
     feedback: bool = Field(True, validation_alias=_env("TEAMBOT_FEEDBACK"))
 
+    # What the bot can see: files and images on messages
+    max_images: int = Field(4, ge=0, le=50, validation_alias=_env("TEAMBOT_MAX_IMAGES"))
+    max_attachment_bytes: int = Field(20 * 1024 * 1024, ge=1, validation_alias=_env("TEAMBOT_MAX_ATTACHMENT_BYTES"))
+    vision: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("TEAMBOT_VISION"))
+    image_store_mb: int = Field(1024, ge=0, validation_alias=_env("TEAMBOT_IMAGE_STORE_MB"))
+
     # Costs, budgets and abuse controls
     # [input, output] or [input, output, cached input], US dollars per million tokens
     prices: dict[str, tuple[float, float] | tuple[float, float, float]] = Field(

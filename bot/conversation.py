@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from bot import errors, logcontext, texts
+from bot.context import Files, FileSettings, ReadFiles, content_tokens
 from bot.guards import Busy, ConversationBusy, Guards
 from bot.llm import PER_MESSAGE_OVERHEAD, ChatClient, ChatMessage, Completion, TokenCounter, model_choice
 from bot.memory import Memory, MemorySettings
@@ -88,6 +89,8 @@ class _Progress:
     history_cut: bool = False
     #: The id of the oldest stored message in the prompt's history (None: it had none), for the summary.
     window_start: int | None = None
+    #: What the question's files gave (bot.context); None for a question without files.
+    files: ReadFiles | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +120,11 @@ class ConversationCore:
         settings: TurnSettings,
         guards: Guards | None = None,
         metrics: Metrics | None = None,
+        files: Files | None = None,
     ) -> None:
         self.store = store
+        #: Files and images on messages (bot.context): used only by turns whose messages have some.
+        self.files = files or Files(FileSettings(), counter)
         self._llm = llm
         self._counter = counter
         self.settings = settings
@@ -229,7 +235,14 @@ class ConversationCore:
         single_cap = max(16, room // 2 - PER_MESSAGE_OVERHEAD)
         cleaned = _writable(_CONTROL.sub("", msg.text))
         text = self._counter.truncate(cleaned, single_cap)
-        reply = await self._answer(_with_text(msg, text), system, model, on_text, progress, effort, on_reasoning)
+        question = text
+        if msg.attachments:
+            # Files (bot.context) follow the question within the same cap; what they gave rides in progress.
+            progress.files = await self.files.read(msg.attachments, single_cap - self._counter.count(text))
+            question = progress.files.question(text)
+        reply = await self._answer(_with_text(msg, question), system, model, on_text, progress, effort, on_reasoning)
+        if progress.files is not None and reply.kind in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
+            reply = dataclasses.replace(reply, notice=_join(progress.files.notice(), reply.notice))
         if text == cleaned or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
             return reply
         # A cut question would otherwise be answered as if it had been read whole: say so, beside any budget notice.
@@ -249,8 +262,12 @@ class ConversationCore:
         """The reply to ``msg``, whose text is already as the model will see it."""
         content = f"{msg.author_name}: {msg.text}"
         new_tokens = self._counter.count_message(content)
+        if progress.files is not None:
+            new_tokens += progress.files.image_tokens
         row = await self.store.add_question(msg, new_tokens)
         progress.row, progress.model = row, model
+        if progress.files is not None:
+            await self.files.keep(self.store, msg.key, row, progress.files)
         result = await self._call_model(
             msg, row, system, model, content, new_tokens, on_text, progress, effort, on_reasoning
         )
@@ -331,6 +348,8 @@ class ConversationCore:
                 msg.key, history_budget, row, step
             )
             prompt = [system, *history, {"role": "user", "content": content}]
+            if progress.files is not None or self.files.marked(history):
+                prompt = await self.files.prompt(prompt, self.store, model or self.default_model, progress.files)
             log.debug("prompt for %s: %s", msg.key, prompt)
             progress.prompt, progress.text = prompt, []
             try:
@@ -348,6 +367,8 @@ class ConversationCore:
                     log.warning("stream interrupted after %d chars: %s", len(exc.partial), exc)
                     partial = await self._keep_partial(msg, row, exc, prompt, model)
                     return dataclasses.replace(partial, notice=_join(_history_notice(progress), partial.notice))
+                if self.files.refused(exc, prompt, model or self.default_model):
+                    continue  # asked again at once, without the images the model cannot see
                 if not isinstance(exc, errors.ContextTooLong):
                     log.warning("conversation %s message %s: model call failed: %s", msg.key, msg.message_id, exc)
                     return Reply(ReplyKind.ERROR, exc.user_message)
@@ -504,7 +525,7 @@ class ConversationCore:
         return {"role": "system", "content": f"{override or self.settings.system_prompt}\n\n{SPEAKER_NOTE}"}
 
     def _estimate_usage(self, prompt: list[ChatMessage], text: str) -> Usage:
-        prompt_tokens = sum(self._counter.count_message(m["content"]) for m in prompt)
+        prompt_tokens = sum(content_tokens(self._counter, m["content"]) for m in prompt)
         return Usage(prompt_tokens, self._counter.count(text), exact=False)
 
     def _reply_tokens(self, completion: Completion) -> int:
@@ -541,4 +562,4 @@ def _join(*notices: str | None) -> str | None:
 def _with_text(msg: IncomingMessage, text: str) -> IncomingMessage:
     if text == msg.text:
         return msg
-    return IncomingMessage(msg.key, msg.message_id, msg.author_id, msg.author_name, text)
+    return dataclasses.replace(msg, text=text)

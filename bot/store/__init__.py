@@ -13,6 +13,7 @@ from bot.errors import ConfigError
 from bot.store.base import (
     FEEDBACK_VALUES,
     HISTORY_QUERY,
+    IMAGE_LRU_QUERY,
     IN_MEMORY_REFUSED,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
@@ -21,6 +22,7 @@ from bot.store.base import (
     USAGE_TOTALS,
     ChannelSettings,
     FeedbackTotal,
+    ImageBlob,
     RateBucket,
     Role,
     Store,
@@ -40,6 +42,7 @@ from bot.store.memory_buckets import TokenBuckets
 __all__ = [
     "FEEDBACK_VALUES",
     "HISTORY_QUERY",
+    "IMAGE_LRU_QUERY",
     "IN_MEMORY_REFUSED",
     "LAST_THREAD_QUERY",
     "MIN_MESSAGE_TOKENS",
@@ -48,6 +51,7 @@ __all__ = [
     "USAGE_TOTALS",
     "ChannelSettings",
     "FeedbackTotal",
+    "ImageBlob",
     "RateBucket",
     "Role",
     "Store",
