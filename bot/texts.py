@@ -169,6 +169,10 @@ CHECK_SLACK_NOT_CONFIGURED = (
     "not configured: set SLACK_BOT_TOKEN, and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)"
 )
 CHECK_DISCORD_NOT_CONFIGURED = "not configured: set DISCORD_TOKEN"
+CHECK_SLACK_SCOPES_MISSING = (
+    "the bot token lacks {scopes}: add them from deploy/slack-manifest-*.yml (OAuth & Permissions) and reinstall "
+    "the app (files:read: the bot cannot read files and images people attach)"
+)
 SLACK_TOKEN_REFUSED = "Slack refused {setting} ({error}): {hint}; the Slack adapter is stopped"
 SLACK_BOT_TOKEN_HINT = "check the bot token (xoxb-...) and that the app is installed in the workspace"
 SLACK_APP_TOKEN_HINT = "check the app-level token (xapp-...) and that it has the connections:write scope"
@@ -227,3 +231,4 @@ SLACK_FILES_SCOPE = "Slack sent a login page instead of the file: the app needs 
 #: Beside an answer given without the question's images, the model having refused them.
 VISION_UNSUPPORTED = "The model {model} cannot see images, so I answered without them."
 VISION_OFF = "Images are switched off here (TEAMBOT_VISION=off), so I answered without them."
+FILE_TOO_BIG_DOWNLOAD = "it is over the {limit} limit"

@@ -13,6 +13,7 @@ each of its threads is a conversation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -40,6 +41,7 @@ from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.connection import CHECK_NETWORK, Backoff, failed_attempt
+from adapters.downloads import FileHosts, download
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import markdown_to_mrkdwn, unescape_slack
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
@@ -49,8 +51,8 @@ from bot.check import CheckResult
 from bot.commands import CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
-from bot.errors import ConfigError
-from bot.messages import ConversationKey, IncomingMessage
+from bot.errors import AttachmentError, ConfigError
+from bot.messages import Attachment, ConversationKey, IncomingMessage
 from bot.runtime import commands
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,25 @@ _REFUSED = frozenset(
         "ekm_access_denied",
     }
 )
+
+
+#: Where Slack serves files (``url_private``, ``url_private_download``): only there does the bot token go.
+SLACK_FILE_HOST = "https://files.slack.com/"
+DEFAULT_API_URL = "https://slack.com/api/"
+#: The scopes the bot token needs (the manifests grant them; ``teambot check`` compares).
+REQUIRED_SCOPES = ("app_mentions:read", "chat:write", "commands", "files:read", "im:history", "users:read")
+#: Message subtypes that are questions all the same: a message with a file (in a DM) comes as ``file_share``.
+_QUESTION_SUBTYPES = frozenset({"file_share"})
+
+
+def file_hosts(api_url: str) -> FileHosts:
+    """files.slack.com, and the host of SLACK_API_URL where it is set to something else (a proxy, a test fake)."""
+    return FileHosts.of([SLACK_FILE_HOST] if api_url == DEFAULT_API_URL else [SLACK_FILE_HOST, api_url])
+
+
+def _looks_like_html(data: bytes) -> bool:
+    head = data[:512].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
 
 
 #: What to look at when Slack answers, but with an error that may pass.
@@ -267,6 +288,7 @@ class SlackAdapter:
         if settings.feedback:
             self.app.action(ACTIONS)(self._on_feedback)
         self._names: OrderedDict[str, str] = OrderedDict()
+        self._file_hosts = file_hosts(settings.slack_api_url)
         self._refusals = Refusals()
         # The assistant thread each person last used, per DM: slash commands there carry no thread.
         self._assistant_threads: OrderedDict[tuple[str, str, str], str] = OrderedDict()
@@ -479,8 +501,8 @@ class SlackAdapter:
             log.info("setting the title of %s failed: %s", key, _reason(exc))
 
     def _ignored(self, event: dict[str, Any]) -> bool:
-        # Edits, deletions, joins and the like carry a subtype; they are not questions.
-        if event.get("subtype") is not None:
+        # Edits, deletions, joins and the like carry a subtype; they are not questions. A file shared is one.
+        if event.get("subtype") is not None and event.get("subtype") not in _QUESTION_SUBTYPES:
             return True
         return bool(event.get("bot_id")) and self._settings.ignore_bots
 
@@ -531,11 +553,12 @@ class SlackAdapter:
         team, channel, thread_ts = key.workspace, key.channel, key.thread
         sink = SlackSink(self.client, channel, thread_ts)
         text = await self._text_in(str(event.get("text") or ""), context.get("bot_user_id"))
-        if not text.strip():
+        attachments = self._attachments(event)
+        if not text.strip() and not attachments:
             await sink.post(texts.EMPTY_MENTION)
             return
         user = str(event.get("user") or "")
-        msg = IncomingMessage(key, message_id, user, await self._name(user), text)
+        msg = IncomingMessage(key, message_id, user, await self._name(user), text, attachments)
         status = None
         if thread_ts is not None and self._refusals.allows(team, STATUS):
             status = ThinkingStatus(self.client, channel, thread_ts, lambda error: self._refused(team, STATUS, error))
@@ -669,6 +692,46 @@ class SlackAdapter:
             return False
         return bool(user.get("is_admin") or user.get("is_owner"))
 
+    # --- files in ---------------------------------------------------------------------------------------
+
+    def _attachments(self, event: dict[str, Any]) -> tuple[Attachment, ...]:
+        """The event's files, each fetched only when the core decides to read it."""
+        found = []
+        for file in event.get("files") or []:
+            if not isinstance(file, dict):
+                continue
+            url = str(file.get("url_private_download") or file.get("url_private") or "")
+            mimetype = str(file.get("mimetype") or "")
+            size = file.get("size")
+            found.append(
+                Attachment(
+                    f"slack:{file.get('id') or '-'}",
+                    str(file.get("name") or file.get("title") or "file"),
+                    mimetype,
+                    size if isinstance(size, int) else None,
+                    fetch=functools.partial(self._download, url, mimetype),
+                )
+            )
+        return tuple(found)
+
+    async def _download(self, url: str, mimetype: str) -> bytes:
+        """A Slack file, with the bot token, from Slack's file host only."""
+        if not url or self._session is None:
+            raise AttachmentError("no URL for the file", user_message=texts.FILE_UNAVAILABLE)
+        assert self._settings.slack_bot_token is not None
+        data, content_type = await download(
+            self._session,
+            url,
+            hosts=self._file_hosts,
+            max_bytes=self._settings.max_attachment_bytes,
+            headers={"Authorization": f"Bearer {self._settings.slack_bot_token.get_secret_value()}"},
+        )
+        # Without files:read (or without the token) Slack answers 200 with its login page, not an error.
+        if content_type.startswith("text/html") and not mimetype.startswith("text/html") and _looks_like_html(data):
+            log.warning("Slack sent an HTML page instead of a file: the app lacks the files:read scope")
+            raise AttachmentError("HTML page instead of the file", user_message=texts.SLACK_FILES_SCOPE)
+        return data
+
     # --- text in ----------------------------------------------------------------------------------------
 
     async def _text_in(self, text: str, bot_user_id: str | None) -> str:
@@ -739,6 +802,16 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+def _scopes_result(granted: str) -> CheckResult:
+    """Whether Slack granted the token every scope the bot uses (Slack lists them with every Web API answer)."""
+    have = {scope.strip() for scope in granted.split(",")}
+    missing = [scope for scope in REQUIRED_SCOPES if scope not in have]
+    if missing:
+        detail = texts.CHECK_SLACK_SCOPES_MISSING.format(scopes=", ".join(missing))
+        return CheckResult("slack scopes", False, detail)
+    return CheckResult("slack scopes", True, f"granted: {', '.join(REQUIRED_SCOPES)}")
+
+
 async def check_slack(settings: Settings) -> list[CheckResult]:
     """``teambot check``: is the bot token accepted, and the app token where Socket Mode is used?"""
     assert settings.slack_bot_token is not None
@@ -747,6 +820,9 @@ async def check_slack(settings: Settings) -> list[CheckResult]:
     try:
         me = await client.auth_test()
         results.append(CheckResult("slack bot token", True, f"accepted: @{me.get('user')} in {me.get('team')}"))
+        granted = next((v for k, v in me.headers.items() if str(k).lower() == "x-oauth-scopes"), None)
+        if granted is not None:
+            results.append(_scopes_result(str(granted)))
     except SlackApiError as exc:
         results.append(CheckResult("slack bot token", False, f"SLACK_BOT_TOKEN rejected ({error_code(exc)})"))
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -3,7 +3,16 @@ earlier turns. Thread history and replied-to messages join this package too."""
 
 from __future__ import annotations
 
-from bot.context.files import FileReader, FileSettings, ReadFiles, Vision, classify, decode_text, pdf_text
+from bot.context.files import (
+    FileReader,
+    FileSettings,
+    ReadFiles,
+    Vision,
+    classify,
+    decode_text,
+    pdf_text,
+    size_text,
+)
 from bot.context.images import Picture, image_format, image_tokens, model_size, prepare
 from bot.context.prompt import MARK, Files, content_tokens
 
@@ -23,4 +32,5 @@ __all__ = [
     "model_size",
     "pdf_text",
     "prepare",
+    "size_text",
 ]
