@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from adapters.slack import SlackAdapter
-from adapters.slack.app import check_slack
+from adapters.slack.app import REQUIRED_SCOPES, check_slack
 from bot import texts
 from bot.runtime import open_core
 from tests.adapters.slack.test_app import USERS, Slack, settings_for
@@ -138,9 +138,10 @@ async def test_a_file_that_lies_about_its_size_is_cut_off_at_the_cap(slack: Slac
     assert slack.fake.file_bytes_sent < 10 * 1024 * 1024  # the download stopped long before the end
 
 
-async def test_check_names_the_missing_files_read_scope() -> None:
-    async with FakeSlack(scopes=("app_mentions:read", "chat:write", "commands", "im:history", "users:read")) as fake:
-        async with FakeOpenAI() as model:
-            results = await check_slack(settings_for(fake, model, "unused.db"))
+@pytest.mark.parametrize("granted", [REQUIRED_SCOPES, tuple(s for s in REQUIRED_SCOPES if s != "files:read")])
+async def test_check_names_a_missing_files_read_scope(granted: tuple[str, ...]) -> None:
+    async with FakeSlack(scopes=granted) as fake, FakeOpenAI() as model:
+        results = await check_slack(settings_for(fake, model, "unused.db"))
     [scopes] = [r for r in results if r.name == "slack scopes"]
-    assert not scopes.ok and "files:read" in scopes.detail
+    assert scopes.ok == ("files:read" in granted)
+    assert scopes.detail.startswith("granted") if scopes.ok else "lacks files:read" in scopes.detail
