@@ -30,6 +30,7 @@ Row = tuple[str, str, str]
 async def run(quick: bool, pace: ModelPace) -> list[Row]:
     """Every measure on SQLite; the core's measures again on PostgreSQL where a server can be started."""
     from bench.e2e import run_e2e
+    from bench.files import run_files
     from tests.postgres_server import Unavailable, running_server
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,6 +45,8 @@ async def run(quick: bool, pace: ModelPace) -> list[Row]:
     rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_e2e(quick)]
     with tempfile.TemporaryDirectory() as tmp:
         rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_caching(Path(tmp))]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_files(quick, Path(tmp))]
     return rows
 
 
