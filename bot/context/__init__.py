@@ -13,7 +13,7 @@ from bot.context.files import (
     pdf_text,
     size_text,
 )
-from bot.context.images import Picture, image_format, image_tokens, model_size, prepare
+from bot.context.images import NotAnImage, Picture, image_format, image_tokens, model_size, prepare
 from bot.context.prompt import MARK, Files, content_tokens
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "FileReader",
     "FileSettings",
     "Files",
+    "NotAnImage",
     "Picture",
     "ReadFiles",
     "Vision",

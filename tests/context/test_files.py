@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from bot import errors, texts
-from bot.context import Files, FileSettings, classify, decode_text, image_tokens, model_size
+from bot.context import Files, FileSettings, NotAnImage, classify, decode_text, image_tokens, model_size, prepare
 from bot.conversation import ConversationCore, TurnSettings
 from bot.guards import KeySource
 from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter, model_http_client
@@ -247,6 +247,21 @@ async def test_a_model_that_refuses_images_is_asked_again_without_them_once_and_
 async def test_with_vision_on_a_refusal_is_an_error_not_a_retry(bot: Bot) -> None:
     reply = await bot.ask("see?", FileOnHand("photo.png", samples.small_png(), "image/png"))
     assert reply.kind is ReplyKind.ERROR and len(bot.fake.requests) == 1
+
+
+async def test_a_binary_file_of_no_known_type_is_told_by_its_bytes(bot: Bot) -> None:
+    blob = FileOnHand("data", b"\x00\x01\x02 binary \x00" * 100, "application/octet-stream")
+    text = FileOnHand("README", b"plain words, no type said", "application/octet-stream")
+    reply = await bot.ask("what are these?", blob, text)
+    assert reply.notice == texts.FILES_NOT_READ.format(files="data (not a type I can read)")
+    assert "plain words, no type said" in bot.last_question()
+
+
+def test_an_image_claiming_too_many_pixels_is_refused_before_decoding() -> None:
+    out = io.BytesIO()
+    Image.new("L", (8000, 7000)).save(out, "PNG")
+    with pytest.raises(NotAnImage, match="more than"):
+        prepare("huge.png", out.getvalue())
 
 
 async def test_a_question_without_files_is_sent_as_before(bot: Bot) -> None:
