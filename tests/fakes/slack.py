@@ -84,6 +84,8 @@ class FakeSlack(LoopbackServer):
         self.redirects: dict[str, str] = {}
         self.file_requests: list[tuple[str, bool]] = []
         self.file_bytes_sent = 0
+        #: True: files are sent chunked, without a Content-Length.
+        self.chunked_files = False
         #: False: the app lacks files:read, and Slack sends its login page even to the bot token.
         self.files_read = True
         self.bot_user_id = bot_user_id
@@ -200,7 +202,10 @@ class FakeSlack(LoopbackServer):
             return web.Response(status=404, text="not found")
         data, mimetype = self.files[path]
         response = web.StreamResponse(headers={"Content-Type": mimetype or "application/octet-stream"})
-        response.content_length = len(data)
+        if self.chunked_files:
+            response.enable_chunked_encoding()  # no Content-Length: the client learns the size only as it reads
+        else:
+            response.content_length = len(data)
         await response.prepare(request)
         for start in range(0, len(data), 256 * 1024):
             chunk = data[start : start + 256 * 1024]

@@ -129,8 +129,10 @@ async def test_a_30_mb_file_is_refused_by_its_reported_size_without_a_request(sl
     assert "dump.log (30.0 MB is over the 20.0 MB limit)" in out[1]
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize("overrides", [{"max_attachment_bytes": 1024 * 1024}])
-async def test_a_file_that_lies_about_its_size_is_cut_off_at_the_cap(slack: Slack) -> None:
+async def test_a_file_that_lies_about_its_size_is_cut_off_at_the_cap(slack: Slack, chunked: bool) -> None:
+    slack.fake.chunked_files = chunked
     big = slack.fake.add_file("dump.log", b"a" * (30 * 1024 * 1024), "text/plain", size=1000)
     await slack.event(with_files(mention("<@UBOT> read", ts="1700000000.000700"), big))
     out = await answered(slack, 2)
