@@ -264,9 +264,41 @@ def test_an_image_claiming_too_many_pixels_is_refused_before_decoding() -> None:
         prepare("huge.png", out.getvalue())
 
 
-async def test_a_question_without_files_is_sent_as_before(bot: Bot) -> None:
+class CountingStore:
+    """The real store, counting which of its methods a turn calls."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.called: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.store, name)
+        if callable(attribute):
+            self.called.append(name)
+        return attribute
+
+
+async def test_a_question_without_files_is_sent_as_before_and_touches_no_image(bot: Bot) -> None:
+    counting = CountingStore(bot.store)
+    bot.core.store = counting  # type: ignore[assignment]
     await bot.ask("plain question")
-    assert bot.last_question() == "Ada: plain question"
+    await bot.ask("another")
+    assert bot.last_question() == "Ada: another"
+    assert not {"add_images", "load_images"} & set(counting.called)
+
+
+async def test_a_restart_still_shows_the_stored_image(bot: Bot, tmp_path: Path, counter: TokenCounter) -> None:
+    await bot.ask("keep this", FileOnHand("chart.png", samples.small_png((10, 200, 10)), "image/png"))
+    store = await open_store(str(tmp_path / "teambot.db"))
+    try:
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(http, Endpoint("primary", bot.fake.base_url, "fake-model", KeySource(SecretStr("k"))))
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 8000))
+            await core.handle(IncomingMessage(KEY, "after-restart", "U1", "Ada", "what colour was it?"))
+    finally:
+        await store.close()
+    [part] = [p for m in bot.fake.requests[-1]["messages"] for p in image_parts(m)]
+    assert decoded(part).getpixel((5, 5))[1] > 150
 
 
 def test_files_are_told_apart_by_mimetype_and_extension() -> None:
