@@ -178,7 +178,7 @@ def decode_text(data: bytes) -> str:
     except UnicodeDecodeError as exc:
         if exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
             # UTF-8 cut inside a character (the file was read only up to the budget): drop that last half.
-            return _CONTROL.sub("", data[: exc.start].decode("utf-8"))
+            return _clean(data[: exc.start].decode("utf-8"))
         best = charset_normalizer.from_bytes(data).best()
         if best is None or best.encoding.startswith(_SINGLE_BYTE):
             # charset-normalizer often takes Western text (French, a price in euros) for Baltic or Central European:
@@ -189,7 +189,7 @@ def decode_text(data: bytes) -> str:
             best = western or best
         # Nothing plausible: every byte still becomes a character (U+FFFD for what UTF-8 cannot read).
         text = str(best) if best is not None else data.decode("utf-8", errors="replace")
-    return _CONTROL.sub("", text)
+    return _clean(text)
 
 
 def pdf_text(data: bytes, max_chars: int) -> str | None:
@@ -203,7 +203,7 @@ def pdf_text(data: bytes, max_chars: int) -> str | None:
         pages: list[str] = []
         size = 0
         for number, page in enumerate(reader.pages, start=1):
-            text = _CONTROL.sub("", page.extract_text() or "").strip()
+            text = _clean(page.extract_text() or "").strip()
             pages.append(f"{texts.PDF_PAGE.format(number=number)}\n{text}")
             size += len(text)
             if size > max_chars:
@@ -217,6 +217,17 @@ def pdf_text(data: bytes, max_chars: int) -> str | None:
     if size == 0:
         return None
     return "\n".join(pages)
+
+
+def _clean(text: str) -> str:
+    """``text`` without control characters, and storable: a lone surrogate (pypdf can produce one from a broken
+    font map) no encoding writes would make the database refuse the whole question; it becomes ``?``."""
+    text = _CONTROL.sub("", text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def size_text(size: int) -> str:
@@ -345,5 +356,5 @@ def image_mark(picture: Picture) -> str:
 
 def safe_name(name: str) -> str:
     """A file name as it may stand in the question: one line, no brackets to end a mark early, not too long."""
-    cleaned = _CONTROL.sub("", name).replace("\n", " ").replace("\r", " ").replace("[", "(").replace("]", ")")
+    cleaned = _clean(name).replace("\n", " ").replace("\r", " ").replace("[", "(").replace("]", ")")
     return cleaned.strip()[:200] or "file"

@@ -176,6 +176,7 @@ async def test_a_text_file_in_a_legacy_encoding_is_decoded(bot: Bot, encoding: s
 
 def test_bad_bytes_never_crash_the_decoder() -> None:
     assert isinstance(decode_text(bytes(range(256)) * 10), str)
+    assert decode_text("a\ud800b".encode("utf-8", "surrogatepass")).encode("utf-8")  # storable, whatever came
     assert decode_text("caf\u00e9".encode()[:-1]) == "caf"  # cut inside a character: that half is dropped
 
 
