@@ -98,7 +98,7 @@ def _size(db: Path) -> int:
 
 async def run_files(quick: bool, workdir: Path) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    timings, png_bytes, part_bytes = await image_mention(3 if quick else 15)
+    timings, png_bytes, part_bytes = await image_mention(2 if quick else 15)
     add_row(
         rows,
         (
@@ -108,7 +108,7 @@ async def run_files(quick: bool, workdir: Path) -> list[tuple[str, str]]:
             f"{png_bytes / 1024:,.0f} KB in, image part {part_bytes / 1024:,.0f} KB out (1024x768)",
         ),
     )
-    count = 50 if quick else 1000
+    count = 20 if quick else 1000
     per_image, mean = await asyncio.wait_for(store_cost(workdir, count), 600)
     add_row(
         rows,
