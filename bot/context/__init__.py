@@ -14,7 +14,7 @@ from bot.context.files import (
     size_text,
 )
 from bot.context.images import NotAnImage, Picture, image_format, image_tokens, model_size, prepare
-from bot.context.prompt import MARK, Files, content_tokens
+from bot.context.prompt import MARK, Files, content_tokens, without_hashes
 
 __all__ = [
     "MARK",
@@ -34,4 +34,5 @@ __all__ = [
     "pdf_text",
     "prepare",
     "size_text",
+    "without_hashes",
 ]

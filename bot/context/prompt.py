@@ -112,6 +112,13 @@ class Files:
         return sum(content_tokens(self._counter, m.get("content")) for m in prompt)
 
 
+def without_hashes(text: str) -> str:
+    """``text`` with its image marks as the model reads them (``[Image: name]``): the store's hashes left out."""
+    if _MARK_START not in text:
+        return text
+    return MARK.sub(lambda m: texts.IMAGE_MARK.format(name=m.group("name")), text)
+
+
 def content_tokens(counter: TokenCounter, content: Any) -> int:
     """A message's tokens, whether its content is text or a list of parts."""
     if isinstance(content, str):

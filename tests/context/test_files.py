@@ -15,7 +15,17 @@ from PIL import Image
 from pydantic import SecretStr
 
 from bot import errors, texts
-from bot.context import Files, FileSettings, NotAnImage, classify, decode_text, image_tokens, model_size, prepare
+from bot.context import (
+    Files,
+    FileSettings,
+    NotAnImage,
+    classify,
+    decode_text,
+    image_tokens,
+    model_size,
+    prepare,
+    without_hashes,
+)
 from bot.conversation import ConversationCore, TurnSettings
 from bot.guards import KeySource
 from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter, model_http_client
@@ -300,6 +310,12 @@ async def test_a_restart_still_shows_the_stored_image(bot: Bot, tmp_path: Path, 
         await store.close()
     [part] = [p for m in bot.fake.requests[-1]["messages"] for p in image_parts(m)]
     assert decoded(part).getpixel((5, 5))[1] > 150
+
+
+def test_the_store_hash_of_an_image_mark_stays_out_of_what_models_read() -> None:
+    mark = "see [Image: a.png #" + "ab" * 32 + "] here"
+    assert without_hashes(mark) == "see [Image: a.png] here"
+    assert without_hashes("no marks") == "no marks"
 
 
 def test_files_are_told_apart_by_mimetype_and_extension() -> None:
