@@ -31,6 +31,7 @@ Row = tuple[str, str, str]
 async def run(quick: bool, pace: ModelPace) -> list[Row]:
     """Every measure on SQLite; the core's measures again on PostgreSQL where a server can be started."""
     from bench.e2e import run_e2e
+    from bench.files import run_files
     from bench.threads import run_threads
     from tests.postgres_server import Unavailable, running_server
 
@@ -49,6 +50,7 @@ async def run(quick: bool, pace: ModelPace) -> list[Row]:
         rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_caching(Path(tmp))]
     with tempfile.TemporaryDirectory() as tmp:
         rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_tools(quick, Path(tmp))]
+        rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_files(quick, Path(tmp))]
     return rows
 
 

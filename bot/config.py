@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     builtin_tools: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias=_env("TEAMBOT_BUILTIN_TOOLS"))
     fetch_max_bytes: int = Field(2_000_000, ge=1024, validation_alias=_env("TEAMBOT_FETCH_MAX_BYTES"))
     fetch_timeout: float = Field(10.0, gt=0, le=300, validation_alias=_env("TEAMBOT_FETCH_TIMEOUT"))
+    # What the bot can see: files and images on messages
+    max_images: int = Field(4, ge=0, le=50, validation_alias=_env("TEAMBOT_MAX_IMAGES"))
+    max_attachment_bytes: int = Field(20 * 1024 * 1024, ge=1, validation_alias=_env("TEAMBOT_MAX_ATTACHMENT_BYTES"))
+    vision: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("TEAMBOT_VISION"))
+    image_store_mb: int = Field(1024, ge=0, validation_alias=_env("TEAMBOT_IMAGE_STORE_MB"))
 
     # Costs, budgets and abuse controls
     # [input, output] or [input, output, cached input], US dollars per million tokens

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from bot import errors, logcontext, texts
-from bot.context import Backfill
+from bot.context import Backfill, Files, FileSettings, ReadFiles, content_tokens
 from bot.guards import Busy, ConversationBusy, Guards
 from bot.llm import PER_MESSAGE_OVERHEAD, ChatClient, ChatMessage, Completion, TokenCounter, model_choice
 from bot.memory import Memory, MemorySettings
@@ -92,6 +92,8 @@ class _Progress:
     window_start: int | None = None
     #: Tool rounds already run (and charged): such a turn is not asked again from the start.
     tool_rounds: int = 0
+    #: What the question's files gave (bot.context); None for a question without files.
+    files: ReadFiles | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +124,11 @@ class ConversationCore:
         guards: Guards | None = None,
         metrics: Metrics | None = None,
         tools: ToolLoop | None = None,
+        files: Files | None = None,
     ) -> None:
         self.store = store
+        #: Files and images on messages (bot.context): used only by turns whose messages have some.
+        self.files = files or Files(FileSettings(), counter)
         self._llm = llm
         self._counter = counter
         self.settings = settings
@@ -249,7 +254,16 @@ class ConversationCore:
         single_cap = max(16, room // 2 - PER_MESSAGE_OVERHEAD)
         cleaned = _writable(_CONTROL.sub("", msg.text))
         text = self._counter.truncate(cleaned, single_cap)
-        reply = await self._answer(_with_text(msg, text), system, model, on_text, progress, effort, on_reasoning, view)
+        question = text
+        if msg.attachments:
+            # Files (bot.context) follow the question within the same cap; what they gave rides in progress.
+            progress.files = await self.files.read(msg.attachments, single_cap - self._counter.count(text))
+            question = progress.files.question(text)
+        reply = await self._answer(
+            _with_text(msg, question), system, model, on_text, progress, effort, on_reasoning, view
+        )
+        if progress.files is not None and reply.kind in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
+            reply = dataclasses.replace(reply, notice=_join(progress.files.notice(), reply.notice))
         if text == cleaned or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
             return reply
         # A cut question would otherwise be answered as if it had been read whole: say so, beside any budget notice.
@@ -270,8 +284,12 @@ class ConversationCore:
         """The reply to ``msg``, whose text is already as the model will see it."""
         content = f"{msg.author_name}: {msg.text}"
         new_tokens = self._counter.count_message(content)
+        if progress.files is not None:
+            new_tokens += progress.files.image_tokens
         row = await self.store.add_question(msg, new_tokens)
         progress.row, progress.model = row, model
+        if progress.files is not None:
+            await self.files.keep(self.store, msg.key, row, progress.files)
         # Tools are offered only where a provider is configured; the policy may leave none for this message.
         tools = self.tools.offer(msg) if self.tools is not None else None
         result = await self._call_model(
@@ -356,7 +374,9 @@ class ConversationCore:
             progress.text.append(piece)
             await on_text(piece)
 
-        for attempt in (1, 2):
+        halved = False
+        # At most three calls: one may go again without images (once per model), one with half the history.
+        while True:
             history_budget = max(0, budget - system_tokens - new_tokens)
             # The block width depends on nothing that changes per turn (not on this question's length).
             step = max(1, int((budget - system_tokens) * self.settings.trim_block))
@@ -364,6 +384,8 @@ class ConversationCore:
                 msg.key, history_budget, row, step
             )
             prompt = [system, *history, {"role": "user", "content": content}]
+            if progress.files is not None or self.files.marked(history):
+                prompt = await self.files.prompt(prompt, self.store, model or self.default_model, progress.files)
             log.debug("prompt for %s: %s", msg.key, prompt)
             progress.prompt, progress.text = prompt, []
             try:
@@ -396,18 +418,20 @@ class ConversationCore:
                     log.warning("stream interrupted after %d chars: %s", len(exc.partial), exc)
                     partial = await self._keep_partial(msg, row, exc, prompt, model)
                     return dataclasses.replace(partial, notice=_join(_history_notice(progress), partial.notice))
+                if self.files.refused(exc, prompt, model or self.default_model):
+                    continue  # asked again at once, without the images the model cannot see
                 if not isinstance(exc, errors.ContextTooLong):
                     log.warning("conversation %s message %s: model call failed: %s", msg.key, msg.message_id, exc)
                     return Reply(ReplyKind.ERROR, exc.user_message)
-                if attempt == 2 or progress.tool_rounds:
+                if halved or progress.tool_rounds:
                     # After tool rounds, asking again from the start would run the tools again: not for a tool
                     # that acts (creates a ticket, posts a message).
                     log.warning("conversation %s: context too long even at %d tokens", msg.key, budget)
                     return Reply(ReplyKind.ERROR, texts.CONTEXT_TOO_LONG)
                 # Our count is only an estimate for non-OpenAI models: trust the server and halve the budget.
                 budget //= 2
+                halved = True
                 log.info("conversation %s: context too long; retrying with %d tokens", msg.key, budget)
-        raise AssertionError("unreachable: the second attempt returns")
 
     async def _with_tools(
         self,
@@ -617,7 +641,7 @@ class ConversationCore:
 
     def _estimate_usage(self, prompt: list[ChatMessage], text: str) -> Usage:
         # An assistant message that only calls tools has no content.
-        prompt_tokens = sum(self._counter.count_message(m["content"] or "") for m in prompt)
+        prompt_tokens = sum(content_tokens(self._counter, m["content"] or "") for m in prompt)
         return Usage(prompt_tokens, self._counter.count(text), exact=False)
 
     def _reply_tokens(self, completion: Completion) -> int:

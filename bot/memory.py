@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot import errors, logcontext
+from bot.context import without_hashes
 from bot.guards import Busy, Guards
 from bot.llm import ChatClient, ChatMessage, TokenCounter
 from bot.messages import ConversationKey, IncomingMessage, Usage
@@ -226,7 +227,8 @@ class Memory:
 
     def _prompt(self, previous: Summary | None, batch: list[StoredMessage]) -> list[ChatMessage]:
         words = self.settings.max_tokens * 3 // 4
-        lines = "\n".join(f"{_speaker(m)}: {m.content}" for m in batch)
+        # An image's mark goes in as the model read it: its hash in the store means nothing to the summary.
+        lines = "\n".join(f"{_speaker(m)}: {without_hashes(m.content)}" for m in batch)
         so_far = previous.text if previous is not None else "(none yet)"
         return [
             {"role": "system", "content": INSTRUCTIONS.format(words=words)},

@@ -11,6 +11,7 @@ import httpx
 
 from bot.commands import CommandPolicy, Commands
 from bot.config import Settings
+from bot.context import Files, FileSettings
 from bot.conversation import ConversationCore, TurnSettings
 from bot.guards import (
     AccessPolicy,
@@ -62,6 +63,10 @@ def endpoints(settings: Settings) -> tuple[Endpoint, Endpoint | None]:
             KeySource(settings.fallback_api_key),
         )
     return primary, fallback
+
+
+def file_settings(settings: Settings) -> FileSettings:
+    return FileSettings(settings.max_images, settings.max_attachment_bytes, settings.vision, settings.image_store_mb)
 
 
 def budgets(settings: Settings) -> list[Budget]:
@@ -210,7 +215,8 @@ async def open_core(
                 summaries=settings.summaries,
                 summary_model=settings.summary_model,
             )
-            core = ConversationCore(store, llm, counter, turn, guards(settings, store), tools=tools)
+            files = Files(file_settings(settings), counter)
+            core = ConversationCore(store, llm, counter, turn, guards(settings, store), tools=tools, files=files)
             try:
                 yield core
             finally:

@@ -180,10 +180,10 @@ CHECK_SLACK_NOT_CONFIGURED = (
     "not configured: set SLACK_BOT_TOKEN, and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)"
 )
 CHECK_DISCORD_NOT_CONFIGURED = "not configured: set DISCORD_TOKEN"
-CHECK_SLACK_SCOPES_OK = "the bot token can read threads ({scopes})"
+CHECK_SLACK_SCOPES_OK = "granted: {scopes}"
 CHECK_SLACK_SCOPES_MISSING = (
-    "the bot token lacks {missing}: the bot answers there without reading the thread's earlier messages; add the "
-    "scopes under OAuth & Permissions (deploy/slack-manifest-*.yml lists them) and reinstall the app"
+    "the bot token lacks {missing}: add them from deploy/slack-manifest-*.yml (OAuth & Permissions) and reinstall "
+    "the app; meanwhile the bot answers without what they give"
 )
 CHECK_SLACK_SCOPES_UNLISTED = "Slack did not list the token's scopes; thread reading is checked on first use"
 SLACK_TOKEN_REFUSED = "Slack refused {setting} ({error}): {hint}; the Slack adapter is stopped"
@@ -238,3 +238,41 @@ TOOL_DENIED = "The person who asked did not approve this call of {tool}, so it w
 TOOL_NO_OUTPUT = "(the tool returned no output)"
 CONSOLE_TOOL_STATUS = "teambot: {status}"
 CONSOLE_APPROVE = "teambot wants to run {tool} with {arguments}. Run it? [y/N] "
+
+# What the bot can see: files on a message (bot.context)
+#: The header and footer around a text file's content in the question.
+FILE_HEADER = "[File: {name}]"
+FILE_FOOTER = "[End of file: {name}]"
+FILE_CUT = "[… the rest of {name} is left out: it is longer than fits (about {shown:,} of {total:,} tokens shown)]"
+#: A PDF's pages keep their markers, so the model can say where it read something.
+PDF_PAGE = "--- page {number} ---"
+PDF_NO_TEXT = "[This PDF has no text I can read: its pages may be scanned images.]"
+#: Where an image sits in the question; the model gets the image itself right after it.
+IMAGE_MARK = "[Image: {name}]"
+IMAGE_NOT_SHOWN = "[Image: {name} (not shown: {why})]"
+IMAGE_GONE = "no longer kept"
+IMAGE_OVER_CAP = "at most {count} images per question"
+IMAGE_BLIND = "the model cannot see images"
+IMAGE_OFF = "images are switched off"
+#: In the question, for the model: a file it does not get, and why.
+FILE_NOT_READ_MARK = "[File: {name} (not read: {why})]"
+#: The one line beside the answer naming the files the bot could not read.
+FILES_NOT_READ = "I could not read {files}."
+FILE_NOT_READ_ITEM = "{name} ({why})"
+FILE_TOO_BIG = "{size} is over the {limit} limit"
+FILE_TYPE = "not a type I can read"
+FILE_NO_ROOM = "no room left for it in what I read at once"
+FILE_BAD_IMAGE = "not an image I can open"
+FILE_BAD_PDF = "a PDF I cannot open"
+FILE_LOCKED_PDF = "the PDF is password-protected"
+FILE_TOO_MANY_IMAGES = "I look at {count} images per question at most"
+FILE_IMAGES_OFF = "images are switched off (TEAMBOT_VISION=off)"
+FILE_UNAVAILABLE = "the platform did not give me the file"
+FILE_HOST_REFUSED = "it is not on the platform's own file host, so I did not fetch it"
+FILE_HTTP_ERROR = "the file host answered HTTP {status}"
+FILE_DOWNLOAD_FAILED = "the download failed"
+SLACK_FILES_SCOPE = "Slack sent a login page instead of the file: the app needs the files:read scope (reinstall it)"
+#: Beside an answer given without the question's images, the model having refused them.
+VISION_UNSUPPORTED = "The model {model} cannot see images, so I answered without them."
+VISION_OFF = "Images are switched off here (TEAMBOT_VISION=off), so I answered without them."
+FILE_TOO_BIG_DOWNLOAD = "it is over the {limit} limit"

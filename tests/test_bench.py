@@ -45,6 +45,8 @@ async def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> 
         "prompt caching",
         "estimated cost per turn",
         "one tool round",
+        "mention with one 4000x3000 PNG",
+        "image store on disk",
     ):
         assert measure in table
     assert table == stdout.decode()

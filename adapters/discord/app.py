@@ -17,6 +17,7 @@ workspace of their own, ``discord:dm-<user id>:<channel>``, so budgets and rate 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from typing import Any
@@ -29,6 +30,7 @@ from discord import app_commands
 
 from adapters.connection import CHECK_NETWORK, Backoff, describe, failed_attempt
 from adapters.discord.context import Seen, ThreadSource, message_text, reply_chain
+from adapters.downloads import FileHosts, download
 from adapters.streaming import StreamingReply, deliver, drain
 from bot import logcontext, texts
 from bot.check import CheckResult
@@ -36,7 +38,7 @@ from bot.commands import CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
 from bot.errors import ConfigError
-from bot.messages import ContextMessage, ConversationKey, IncomingMessage, dm_workspace
+from bot.messages import Attachment, ContextMessage, ConversationKey, IncomingMessage, dm_workspace
 from bot.runtime import commands
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,17 @@ _TOLD_HIDDEN_MAX = 10_000
 PERMISSIONS = discord.Permissions(
     view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
 )
+
+
+#: Where Discord serves attachments: only there is an attachment's URL fetched.
+DISCORD_FILE_HOSTS = ("https://cdn.discordapp.com/", "https://media.discordapp.net/")
+DEFAULT_API_BASE = "https://discord.com/api/v10"
+
+
+def file_hosts() -> FileHosts:
+    """Discord's CDN hosts, and the host of an overridden API base (a proxy, the test fake)."""
+    base = discord.http.Route.BASE
+    return FileHosts.of(DISCORD_FILE_HOSTS if base == DEFAULT_API_BASE else (*DISCORD_FILE_HOSTS, base))
 
 
 def invite_url(application_id: int | str) -> str:
@@ -280,6 +293,8 @@ class DiscordAdapter:
             # Registered once: clicks on any answer's buttons (whatever process posted it) find their handler.
             self.client.add_dynamic_items(FeedbackButton)
         self._inflight: set[asyncio.Task[object]] = set()
+        #: For attachments, opened at the first one: discord.py's own session is private to it.
+        self._files: aiohttp.ClientSession | None = None
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
         #: The gateway has been ready once: from then on discord.py's own reconnect loop is at work.
@@ -353,6 +368,9 @@ class DiscordAdapter:
         self._stopping = True
         await drain(self._inflight, drain_seconds)
         await self.client.close()
+        if self._files is not None:
+            await self._files.close()
+            self._files = None
         if self._runner is not None:
             # discord.py may be sleeping before its next attempt: closed, it has nothing left to wait for.
             self._runner.cancel()
@@ -450,7 +468,17 @@ class DiscordAdapter:
 
     async def _answer(self, message: discord.Message, key: ConversationKey, message_id: str) -> None:
         text = self._text_in(message)
-        if not text:
+        attachments = tuple(
+            Attachment(
+                f"discord:{a.id}",
+                a.filename,
+                a.content_type or "",
+                a.size,
+                fetch=functools.partial(self._download, a.url),
+            )
+            for a in message.attachments
+        )
+        if not text and not attachments:
             if message.guild is not None and self.client.user not in message.mentions and not message.content:
                 # A reply that does not ping the bot arrives blank without the Message Content intent: the
                 # person did write something, so a hint to "mention me with a question" would be wrong.
@@ -471,6 +499,7 @@ class DiscordAdapter:
                 str(message.author.id),
                 message.author.display_name,
                 text,
+                attachments,
                 context=chain,
                 source=source,
             )
@@ -523,6 +552,13 @@ class DiscordAdapter:
             await sink.post(texts.DISCORD_CONTENT_HIDDEN)
         except discord.HTTPException as exc:
             log.info("the note on the Message Content intent could not be sent: HTTP %s, code %s", exc.status, exc.code)
+
+    async def _download(self, url: str) -> bytes:
+        """An attachment, from Discord's CDN only; its URL is signed, so no token goes with it."""
+        if self._files is None or self._files.closed:
+            self._files = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        data, _ = await download(self._files, url, hosts=file_hosts(), max_bytes=self._settings.max_attachment_bytes)
+        return data
 
     @staticmethod
     async def _keep_typing(channel: discord.abc.Messageable) -> None:

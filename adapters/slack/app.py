@@ -13,6 +13,7 @@ each of its threads is a conversation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -40,6 +41,7 @@ from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.connection import CHECK_NETWORK, Backoff, failed_attempt
+from adapters.downloads import FileHosts, download
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import markdown_to_mrkdwn, unescape_slack
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
@@ -50,8 +52,8 @@ from bot.check import CheckResult
 from bot.commands import CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
-from bot.errors import ConfigError
-from bot.messages import ConversationKey, IncomingMessage
+from bot.errors import AttachmentError, ConfigError
+from bot.messages import Attachment, ConversationKey, IncomingMessage
 from bot.runtime import commands
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,34 @@ _REFUSED = frozenset(
         "ekm_access_denied",
     }
 )
+
+
+#: Where Slack serves files (``url_private``, ``url_private_download``): only there does the bot token go.
+SLACK_FILE_HOST = "https://files.slack.com/"
+DEFAULT_API_URL = "https://slack.com/api/"
+#: The scopes the bot token needs (the manifests grant them; ``teambot check`` compares).
+#: Every scope the bot uses, and what it is for (``teambot check`` names the missing ones with it).
+SCOPE_USES = {
+    "app_mentions:read": "mentions in channels",
+    "chat:write": "posting answers",
+    "commands": "slash commands",
+    "files:read": "files and images people attach",
+    "users:read": "people's names",
+    **HISTORY_SCOPES,
+}
+REQUIRED_SCOPES = tuple(SCOPE_USES)
+#: Message subtypes that are questions all the same: a message with a file (in a DM) comes as ``file_share``.
+_QUESTION_SUBTYPES = frozenset({"file_share"})
+
+
+def file_hosts(api_url: str) -> FileHosts:
+    """files.slack.com, and the host of SLACK_API_URL where it is set to something else (a proxy, a test fake)."""
+    return FileHosts.of([SLACK_FILE_HOST] if api_url == DEFAULT_API_URL else [SLACK_FILE_HOST, api_url])
+
+
+def _looks_like_html(data: bytes) -> bool:
+    head = data[:512].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
 
 
 #: What to look at when Slack answers, but with an error that may pass.
@@ -280,6 +310,7 @@ class SlackAdapter:
         if settings.feedback:
             self.app.action(ACTIONS)(self._on_feedback)
         self._names: OrderedDict[str, str] = OrderedDict()
+        self._file_hosts = file_hosts(settings.slack_api_url)
         self._refusals = Refusals()
         # The assistant thread each person last used, per DM: slash commands there carry no thread.
         self._assistant_threads: OrderedDict[tuple[str, str, str], str] = OrderedDict()
@@ -494,8 +525,8 @@ class SlackAdapter:
             log.info("setting the title of %s failed: %s", key, _reason(exc))
 
     def _ignored(self, event: dict[str, Any]) -> bool:
-        # Edits, deletions, joins and the like carry a subtype; they are not questions.
-        if event.get("subtype") is not None:
+        # Edits, deletions, joins and the like carry a subtype; they are not questions. A file shared is one.
+        if event.get("subtype") is not None and event.get("subtype") not in _QUESTION_SUBTYPES:
             return True
         return bool(event.get("bot_id")) and self._settings.ignore_bots
 
@@ -546,7 +577,8 @@ class SlackAdapter:
         team, channel, thread_ts = key.workspace, key.channel, key.thread
         sink = SlackSink(self.client, channel, thread_ts)
         text = await self._text_in(str(event.get("text") or ""), context.get("bot_user_id"))
-        if not text.strip():
+        attachments = self._attachments(event)
+        if not text.strip() and not attachments:
             await sink.post(texts.EMPTY_MENTION)
             return
         user = str(event.get("user") or "")
@@ -556,6 +588,7 @@ class SlackAdapter:
             user,
             await self._name(user),
             text,
+            attachments,
             source=self._thread(event, context, key, in_pane=set_title is not None),
         )
         status = None
@@ -704,6 +737,46 @@ class SlackAdapter:
             return False
         return bool(user.get("is_admin") or user.get("is_owner"))
 
+    # --- files in ---------------------------------------------------------------------------------------
+
+    def _attachments(self, event: dict[str, Any]) -> tuple[Attachment, ...]:
+        """The event's files, each fetched only when the core decides to read it."""
+        found = []
+        for file in event.get("files") or []:
+            if not isinstance(file, dict):
+                continue
+            url = str(file.get("url_private_download") or file.get("url_private") or "")
+            mimetype = str(file.get("mimetype") or "")
+            size = file.get("size")
+            found.append(
+                Attachment(
+                    f"slack:{file.get('id') or '-'}",
+                    str(file.get("name") or file.get("title") or "file"),
+                    mimetype,
+                    size if isinstance(size, int) else None,
+                    fetch=functools.partial(self._download, url, mimetype),
+                )
+            )
+        return tuple(found)
+
+    async def _download(self, url: str, mimetype: str) -> bytes:
+        """A Slack file, with the bot token, from Slack's file host only."""
+        if not url or self._session is None:
+            raise AttachmentError("no URL for the file", user_message=texts.FILE_UNAVAILABLE)
+        assert self._settings.slack_bot_token is not None
+        data, content_type = await download(
+            self._session,
+            url,
+            hosts=self._file_hosts,
+            max_bytes=self._settings.max_attachment_bytes,
+            headers={"Authorization": f"Bearer {self._settings.slack_bot_token.get_secret_value()}"},
+        )
+        # Without files:read (or without the token) Slack answers 200 with its login page, not an error.
+        if content_type.startswith("text/html") and not mimetype.startswith("text/html") and _looks_like_html(data):
+            log.warning("Slack sent an HTML page instead of a file: the app lacks the files:read scope")
+            raise AttachmentError("HTML page instead of the file", user_message=texts.SLACK_FILES_SCOPE)
+        return data
+
     # --- text in ----------------------------------------------------------------------------------------
 
     async def _text_in(self, text: str, bot_user_id: str | None) -> str:
@@ -775,16 +848,16 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 def _scopes(headers: dict[str, Any]) -> CheckResult:
-    """``teambot check``: does the bot token carry the scopes that reading threads needs? Slack lists a token's
-    scopes in the ``x-oauth-scopes`` header of every Web API answer."""
+    """``teambot check``: does the bot token carry every scope the bot uses (reading threads and files included)?
+    Slack lists a token's scopes in the ``x-oauth-scopes`` header of every Web API answer."""
     listed = next((str(v) for k, v in headers.items() if k.lower() == "x-oauth-scopes"), None)
     if listed is None:
         return CheckResult("slack scopes", True, texts.CHECK_SLACK_SCOPES_UNLISTED)
     granted = {scope.strip() for scope in listed.split(",")}
-    missing = [f"{scope} ({why})" for scope, why in HISTORY_SCOPES.items() if scope not in granted]
+    missing = [f"{scope} ({why})" for scope, why in SCOPE_USES.items() if scope not in granted]
     if missing:
         return CheckResult("slack scopes", False, texts.CHECK_SLACK_SCOPES_MISSING.format(missing="; ".join(missing)))
-    return CheckResult("slack scopes", True, texts.CHECK_SLACK_SCOPES_OK.format(scopes=", ".join(HISTORY_SCOPES)))
+    return CheckResult("slack scopes", True, texts.CHECK_SLACK_SCOPES_OK.format(scopes=", ".join(REQUIRED_SCOPES)))
 
 
 async def check_slack(settings: Settings) -> list[CheckResult]:

@@ -122,6 +122,24 @@ class ContextEntry:
     tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class ImageBlob:
+    """An image as kept in the store: content-addressed (``sha256`` of ``data``), already downscaled."""
+
+    sha256: str
+    mimetype: str
+    data: bytes
+
+
+#: Drops the least recently used images past the store's cap ({cap} bytes, filled with each engine's marker): the
+#: newest that fit stay. Both engines run it after adding images.
+IMAGE_LRU_QUERY = (
+    "DELETE FROM images WHERE hash IN (SELECT hash FROM ("
+    "  SELECT hash, sum(size) OVER (ORDER BY used_at DESC, hash ROWS UNBOUNDED PRECEDING) AS running FROM images"
+    ") kept WHERE running > {cap})"
+)
+
+
 #: What a person can say about an answer with its buttons.
 FEEDBACK_VALUES = ("up", "down")
 
@@ -341,13 +359,25 @@ class Store(Protocol):
         ...
 
     async def reset(self, key: ConversationKey) -> int:
-        """Delete the conversation's history (and its summary) from disk; returns how many messages were deleted.
+        """Delete the conversation's history (its summary, and its images no other conversation uses) from disk;
+        returns how many messages were deleted.
 
         A key without a thread covers the channel and every thread in it.
         """
         ...
 
     async def count_messages(self, key: ConversationKey) -> int: ...
+
+    async def add_images(
+        self, key: ConversationKey, message: int, images: Sequence[ImageBlob], *, cap_bytes: int
+    ) -> None:
+        """Keep ``images`` (each once, whoever else sent it) linked to the stored message ``message`` of ``key``;
+        then drop the least recently used images until all of them together take at most ``cap_bytes``."""
+        ...
+
+    async def load_images(self, hashes: Sequence[str]) -> dict[str, ImageBlob]:
+        """The kept images among ``hashes`` (one dropped by the cap is missing), now counted as just used."""
+        ...
 
     async def summary(self, key: ConversationKey) -> Summary | None:
         """The conversation's running summary (see :meth:`set_summary`), or None when it has none."""

@@ -80,6 +80,8 @@ TABLES = (
     _Table("summaries", ("conversation_id", "content", "tokens", "covered_to", "updated_at")),
     _Table("feedback", ("message_id", "user_id", "value", "platform", "workspace", "channel", "at")),
     _Table("context_cursors", ("conversation_id", "cursor", "updated_at")),
+    _Table("images", ("hash", "mimetype", "data", "size", "used_at")),
+    _Table("message_images", ("message_id", "conversation_id", "hash")),
 )
 
 

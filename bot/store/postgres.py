@@ -21,6 +21,7 @@ from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store.base import (
     CONTEXT_CLAIM,
     HISTORY_QUERY,
+    IMAGE_LRU_QUERY,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
     TOKENS_BEFORE_QUERY,
@@ -29,6 +30,7 @@ from bot.store.base import (
     ChannelSettings,
     ContextEntry,
     FeedbackTotal,
+    ImageBlob,
     RateBucket,
     StoredMessage,
     Summary,
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 #: Each entry moves the schema one version up; the ``schema_version`` table records how far a database is.
 #: Versions 1 and 2 hold the same tables as SQLite's; version 3 adds what only replicas need; versions 4 to 7 are
 #: SQLite's 3 to 6 (the history index, seen requests, usage as billed with the token line, summaries and feedback),
-#: and so on one up: full-text search, tool traces and the context cursors, as SQLite's.
+#: and so on one up: full-text search, tool traces, the context cursors and the images, as SQLite's.
 MIGRATIONS: Sequence[Sequence[str]] = (
     (
         """CREATE TABLE conversations (
@@ -216,6 +218,25 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             updated_at DOUBLE PRECISION NOT NULL
         )""",
     ),
+    (
+        # The questions' images, content-addressed and downscaled, under one cap
+        # (least recently used first), and which messages show which (see bot.store.sqlite).
+        """CREATE TABLE images (
+            hash TEXT PRIMARY KEY,
+            mimetype TEXT NOT NULL,
+            data BYTEA NOT NULL,
+            size INTEGER NOT NULL,
+            used_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE message_images (
+            message_id BIGINT NOT NULL,
+            conversation_id BIGINT NOT NULL,
+            hash TEXT NOT NULL,
+            PRIMARY KEY (message_id, hash)
+        )""",
+        "CREATE INDEX message_images_by_conversation ON message_images (conversation_id)",
+        "CREATE INDEX message_images_by_hash ON message_images (hash)",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -310,6 +331,9 @@ _SET_CURSOR = (
     "INSERT INTO context_cursors (conversation_id, cursor, updated_at) VALUES ($1, $2, $3) "
     "ON CONFLICT (conversation_id) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at"
 )
+_IMAGE_LRU = IMAGE_LRU_QUERY.format(cap="$1")
+#: See bot.store.sqlite._UNLINKED_IMAGES.
+_UNLINKED_IMAGES = "DELETE FROM images WHERE NOT EXISTS (SELECT 1 FROM message_images l WHERE l.hash = images.hash)"
 #: advisory lock namespaces (the first key of pg_advisory_lock(int, int)), so ours never meet another app's.
 _MIGRATION_LOCK = 0x7EB0
 _CONVERSATION_LOCK = 0x7EB1
@@ -592,8 +616,47 @@ class PostgresStore:
         conversations = f"SELECT id FROM conversations WHERE {where}"
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(f"DELETE FROM summaries WHERE conversation_id IN ({conversations})", *args)
+            links = await conn.execute(f"DELETE FROM message_images WHERE conversation_id IN ({conversations})", *args)
+            if _count(links):
+                await conn.execute(_UNLINKED_IMAGES)
             status = await conn.execute(f"DELETE FROM messages WHERE conversation_id IN ({conversations})", *args)
         return _count(status)
+
+    async def add_images(
+        self, key: ConversationKey, message: int, images: Sequence[ImageBlob], *, cap_bytes: int
+    ) -> None:
+        now = time.time()
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                conversation = await self._conversation_id(conn, key)
+                await conn.executemany(
+                    "INSERT INTO images (hash, mimetype, data, size, used_at) VALUES ($1, $2, $3, $4, $5) "
+                    "ON CONFLICT (hash) DO UPDATE SET used_at = excluded.used_at",
+                    [(i.sha256, i.mimetype, i.data, len(i.data), now) for i in images],
+                )
+                await conn.executemany(
+                    "INSERT INTO message_images (message_id, conversation_id, hash) VALUES ($1, $2, $3) "
+                    "ON CONFLICT DO NOTHING",
+                    [(message, conversation, i.sha256) for i in images],
+                )
+                total = await conn.fetchval("SELECT coalesce(sum(size), 0) FROM images")
+                if total > cap_bytes and _count(await conn.execute(_IMAGE_LRU, cap_bytes)):
+                    await conn.execute("DELETE FROM message_images WHERE hash NOT IN (SELECT hash FROM images)")
+        except _DB_ERRORS as exc:
+            raise StoreError(f"storing the images failed: {_reason(exc)}") from exc
+
+    async def load_images(self, hashes: Sequence[str]) -> dict[str, ImageBlob]:
+        wanted = list(dict.fromkeys(hashes))
+        if not wanted:
+            return {}
+        async with self._pool.acquire() as conn:
+            # Shown again, so used again: the cap drops the images nobody looked at for longest.
+            rows = await conn.fetch(
+                "UPDATE images SET used_at = $1 WHERE hash = ANY($2::text[]) RETURNING hash, mimetype, data",
+                time.time(),
+                wanted,
+            )
+        return {str(r[0]): ImageBlob(str(r[0]), str(r[1]), bytes(r[2])) for r in rows}
 
     async def summary(self, key: ConversationKey) -> Summary | None:
         async with self._pool.acquire() as conn:
@@ -694,6 +757,8 @@ class PostgresStore:
     async def abandon_turn(self, row: int | None, message_id: str, ledger: UsageRecord | None = None) -> None:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
+                if _count(await conn.execute("DELETE FROM message_images WHERE message_id = $1", row)):
+                    await conn.execute(_UNLINKED_IMAGES)
                 await conn.execute("DELETE FROM messages WHERE id = $1", row)
                 await conn.execute("DELETE FROM handled_messages WHERE message_id = $1", message_id)
                 if ledger is not None:

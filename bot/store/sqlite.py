@@ -23,6 +23,7 @@ from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store.base import (
     CONTEXT_CLAIM,
     HISTORY_QUERY,
+    IMAGE_LRU_QUERY,
     IN_MEMORY_REFUSED,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
@@ -32,6 +33,7 @@ from bot.store.base import (
     ChannelSettings,
     ContextEntry,
     FeedbackTotal,
+    ImageBlob,
     RateBucket,
     StoredMessage,
     Summary,
@@ -196,6 +198,27 @@ MIGRATIONS: Sequence[Sequence[str]] = (
             updated_at REAL NOT NULL
         )""",
     ),
+    (
+        # Images of the questions, content-addressed and already downscaled, under one cap for all of them (the
+        # least recently used go first); a rowid table, as SQLite advises for rows this large. The links say which
+        # messages show which images, so /reset can drop a conversation's images that no other conversation shows.
+        """CREATE TABLE images (
+            id INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL UNIQUE,
+            mimetype TEXT NOT NULL,
+            data BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            used_at REAL NOT NULL
+        )""",
+        """CREATE TABLE message_images (
+            message_id INTEGER NOT NULL,
+            conversation_id INTEGER NOT NULL,
+            hash TEXT NOT NULL,
+            PRIMARY KEY (message_id, hash)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX message_images_by_conversation ON message_images (conversation_id)",
+        "CREATE INDEX message_images_by_hash ON message_images (hash)",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -231,6 +254,9 @@ _SET_CURSOR = (
     "INSERT INTO context_cursors (conversation_id, cursor, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (conversation_id) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at"
 )
+_IMAGE_LRU = IMAGE_LRU_QUERY.format(cap="?")
+#: Images no message links any more (after a /reset or an abandoned turn): nobody can be shown them again.
+_UNLINKED_IMAGES = "DELETE FROM images WHERE NOT EXISTS (SELECT 1 FROM message_images l WHERE l.hash = images.hash)"
 #: A verdict on a reply, kept only where the row is a reply in a conversation on that platform whose channel (or,
 #: on Discord, thread) is where the button was clicked. The conversation's own workspace and channel are stored, so
 #: /usage counts the verdicts where the answers were given.
@@ -461,6 +487,8 @@ class SQLiteStore:
 
         def work(db: sqlite3.Connection) -> int:
             db.execute(f"DELETE FROM summaries WHERE conversation_id IN ({conversations})", args)
+            if db.execute(f"DELETE FROM message_images WHERE conversation_id IN ({conversations})", args).rowcount:
+                db.execute(_UNLINKED_IMAGES)
             unindexed = db.execute(_UNINDEX.format(where=f"conversation_id IN ({conversations})"), args).rowcount
             deleted = max(
                 db.execute(f"DELETE FROM messages WHERE conversation_id IN ({conversations})", args).rowcount, 0
@@ -472,6 +500,47 @@ class SQLiteStore:
             return deleted
 
         return await self._writer.transaction(work)
+
+    async def add_images(
+        self, key: ConversationKey, message: int, images: Sequence[ImageBlob], *, cap_bytes: int
+    ) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            now = time.time()
+            conversation = self._conversation_id(db, key)
+            for image in images:
+                db.execute(
+                    "INSERT INTO images (hash, mimetype, data, size, used_at) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (hash) DO UPDATE SET used_at = excluded.used_at",
+                    (image.sha256, image.mimetype, image.data, len(image.data), now),
+                )
+                db.execute(
+                    "INSERT INTO message_images (message_id, conversation_id, hash) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO NOTHING",
+                    (message, conversation, image.sha256),
+                )
+            [(total,)] = db.execute("SELECT coalesce(sum(size), 0) FROM images").fetchall()
+            if total > cap_bytes and db.execute(_IMAGE_LRU, (cap_bytes,)).rowcount:
+                db.execute("DELETE FROM message_images WHERE hash NOT IN (SELECT hash FROM images)")
+
+        try:
+            await self._writer.transaction(work)
+        except sqlite3.Error as exc:
+            raise StoreError(f"storing the images failed: {exc}") from exc
+
+    async def load_images(self, hashes: Sequence[str]) -> dict[str, ImageBlob]:
+        wanted = list(dict.fromkeys(hashes))
+        if not wanted:
+            return {}
+        marks = ", ".join("?" for _ in wanted)
+
+        def work(db: sqlite3.Connection) -> list[tuple[str, str, bytes]]:
+            # Shown again, so used again: the cap drops the images nobody looked at for longest.
+            return db.execute(
+                f"UPDATE images SET used_at = ? WHERE hash IN ({marks}) RETURNING hash, mimetype, data",
+                (time.time(), *wanted),
+            ).fetchall()
+
+        return {str(h): ImageBlob(str(h), str(m), bytes(d)) for h, m, d in await self._writer.transaction(work)}
 
     async def summary(self, key: ConversationKey) -> Summary | None:
         conversation = await self._existing_conversation_id(key)
@@ -589,6 +658,8 @@ class SQLiteStore:
     async def abandon_turn(self, row: int | None, message_id: str, ledger: UsageRecord | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute(_UNINDEX.format(where="id = ?"), (row,))
+            if db.execute("DELETE FROM message_images WHERE message_id = ?", (row,)).rowcount:
+                db.execute(_UNLINKED_IMAGES)
             db.execute("DELETE FROM messages WHERE id = ?", (row,))
             db.execute("DELETE FROM handled_messages WHERE message_id = ?", (message_id,))
             if ledger is not None:

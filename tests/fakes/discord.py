@@ -20,6 +20,10 @@ or is the bot's own. ``invalidate_session`` sends op 9 (not resumable), so the c
 Interactions must be answered within ``interaction_deadline`` seconds of their dispatch (else 10062) and only
 once (else 40060); followups (``followups``) go to ``POST webhooks/{application_id}/{token}`` once acknowledged.
 
+Attachments: ``add_attachment`` keeps bytes and returns the attachment object for ``message_create(attachments=...)``,
+its ``url`` served by the fake at ``/attachments/...`` (the host of the overridden API base, as a CDN stand-in);
+``attachment_requests`` records the paths asked.
+
 Tested against discord.py 2.7.1 (pinned in pyproject.toml: these are internals).
 """
 
@@ -167,11 +171,14 @@ class FakeDiscord(LoopbackServer):
         self._ready_shards: set[int] = set()
         self._session_shards: dict[str, int] = {}
         self._limits: list[tuple[str, re.Pattern[str], float]] = []
+        self.attachments: dict[str, tuple[bytes, str]] = {}
+        self.attachment_requests: list[str] = []
         self._forbidden: list[tuple[str, re.Pattern[str]]] = []
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/gw", self._gateway)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        app.router.add_get("/attachments/{path:.*}", self._attachment)
 
     def patch_discord(self) -> contextlib.AbstractContextManager[None]:
         return point_discord_at(self.url)
@@ -278,11 +285,13 @@ class FakeDiscord(LoopbackServer):
         referenced: dict[str, Any] | None = None,
         message_id: str | None = None,
         forwarded: dict[str, Any] | None = None,
+        attachments: tuple[dict[str, Any], ...] = (),
     ) -> dict[str, Any]:
         """A message's payload as the gateway sends it. ``referenced`` makes it a reply (with that message as
         ``referenced_message``, whose own ``referenced_message`` Discord never nests); ``forwarded`` makes it a
         forward of that message: no content of its own, the original's in ``message_snapshots``."""
         payload = self._message(content, author, channel_id, guild_id, message_id or self.new_id())
+        payload["attachments"] = list(attachments)
         payload["mentions"] = list(mentions)
         payload["mention_roles"] = list(mention_roles)
         if guild_id is not None:
@@ -307,6 +316,32 @@ class FakeDiscord(LoopbackServer):
             snapshot |= {"edited_timestamp": None, "mentions": [], "mention_roles": []}
             payload["message_snapshots"] = [{"message": snapshot}]
         return payload
+
+    def add_attachment(
+        self, filename: str, data: bytes, content_type: str, *, size: int | None = None, channel_id: str = CHANNEL_ID
+    ) -> dict[str, Any]:
+        """Keep ``data`` and return the attachment object Discord puts in a message (``size`` may lie)."""
+        attachment_id = self.new_id()
+        path = f"{channel_id}/{attachment_id}/{filename}"
+        self.attachments[path] = (data, content_type)
+        url = f"{self.url}/attachments/{path}?ex=0&is=0&hm=signature"
+        return {
+            "id": attachment_id,
+            "filename": filename,
+            "content_type": content_type,
+            "size": len(data) if size is None else size,
+            "url": url,
+            "proxy_url": url,
+        }
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        path = request.match_info["path"]
+        self.attachment_requests.append(path)
+        await self._notify()
+        if path not in self.attachments:
+            return web.Response(status=404, text="not found")
+        data, content_type = self.attachments[path]
+        return web.Response(body=data, headers={"Content-Type": content_type or "application/octet-stream"})
 
     def interaction_create(
         self,

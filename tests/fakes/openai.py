@@ -38,6 +38,9 @@ Like a real server, a path it does not serve (a base URL without ``/v1``) answer
 ``404 page not found``, not an OpenAI error body (``not_found`` records the paths asked); with ``models=`` given,
 any other model is refused with OpenAI's 404 ``model_not_found``.
 
+Images: a model whose name starts with ``text-only-`` refuses any ``image_url`` part with HTTP 400, as OpenAI
+answers for a model without vision (``Invalid content type. image_url is only supported by certain models.``).
+
 Parameters are refused by model name, as OpenAI refuses them (HTTP 400, ``param`` naming the parameter):
 
     o1…, o3…, o4…, gpt-5…       ``max_tokens`` (unsupported_parameter: use max_completion_tokens), a ``temperature``
@@ -185,6 +188,18 @@ def _tokens(chars: int) -> int:
 def _content(message: dict[str, Any]) -> str:
     content = message.get("content")
     return content if isinstance(content, str) else json.dumps(content) if content is not None else ""
+
+
+#: A model by this prefix cannot see images: it answers 400 to a request with an image part.
+TEXT_ONLY_PREFIX = "text-only-"
+
+
+def image_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``image_url`` parts of a chat message (none when its content is plain text)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [p for p in content if isinstance(p, dict) and p.get("type") == "image_url"]
 
 
 def long_text(chars: int) -> str:
@@ -353,6 +368,14 @@ class FakeOpenAI:
             faults["404"] = 0.0
         if (failure := self._failure(faults, model) or _refused_parameter(body, model)) is not None:
             return failure
+        if model.startswith(TEXT_ONLY_PREFIX) and any(image_parts(m) for m in messages):
+            return _error(
+                400,
+                "Invalid content type. image_url is only supported by certain models.",
+                "invalid_request_error",
+                None,
+                "messages.[1].content.[1].type",
+            )
         calls = _tool_calls(body, messages, last_user, self.calls)
         if calls:
             preface = PREFACE if "preface" in faults else None

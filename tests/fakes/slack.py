@@ -12,6 +12,12 @@ arguments Slack requires of the AI-app methods (``assistant.threads.*``, ``chat.
 ``event_envelope``, ``assistant_thread_started``, ``slash_command_form``, signed with ``signed_headers``.
 ``watchers`` are called with each message whose text was just set, for callers that count replies as they come
 rather than scanning ``posted`` (the benchmark).
+
+Files: ``add_file`` keeps bytes and returns the file object Slack puts in an event's ``files``; its
+``url_private(_download)`` answers only with ``Authorization: Bearer <bot token>`` and otherwise, like Slack, 200 with
+an HTML login page. ``redirect`` serves a 302 to any URL. ``file_requests`` records each file request (path and
+whether it carried the token), ``file_bytes_sent`` how many bytes of file bodies went out. With ``scopes``, every
+Web API answer lists them in ``x-oauth-scopes``, as Slack does.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ MARKDOWN_LIMIT = 12_000
 
 
 _ERROR_PAGE = "<html><head><title>500 Internal Server Error</title></head><body>Server Error</body></html>"
+_LOGIN_PAGE = "<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to your workspace</body></html>"
 
 
 #: The bot token's scopes, as deploy/slack-manifest-*.yml asks for them.
@@ -47,6 +54,7 @@ SCOPES = (
     "chat:write",
     "channels:history",
     "commands",
+    "files:read",
     "groups:history",
     "im:history",
     "im:read",
@@ -101,6 +109,14 @@ class FakeSlack(LoopbackServer):
         #: gives commercially distributed apps outside the Marketplace.
         self.replies_page_cap: int | None = None
         self.bot_token = bot_token
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self.redirects: dict[str, str] = {}
+        self.file_requests: list[tuple[str, bool]] = []
+        self.file_bytes_sent = 0
+        #: True: files are sent chunked, without a Content-Length.
+        self.chunked_files = False
+        #: False: the app lacks files:read, and Slack sends its login page even to the bot token.
+        self.files_read = True
         self.bot_user_id = bot_user_id
         self.team_id = team_id
         self.users = users if users is not None else {}
@@ -123,6 +139,8 @@ class FakeSlack(LoopbackServer):
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/link", self._link)
         app.router.add_post("/response/{rid}", self._response)
+        app.router.add_get("/files-pri/{path:.*}", self._file)
+        app.router.add_get("/redirect/{rid}", self._redirect)
 
     async def start(self) -> None:
         await super().start()
@@ -199,6 +217,63 @@ class FakeSlack(LoopbackServer):
 
     def response_url(self, rid: str = "r1") -> str:
         return f"{self.url}/response/{rid}"
+
+    # --- files -------------------------------------------------------------------------------------------
+
+    def add_file(self, name: str, data: bytes, mimetype: str, *, size: int | None = None) -> dict[str, Any]:
+        """Keep ``data`` as a file and return the object Slack sends in an event's ``files`` (``size`` may lie)."""
+        file_id = f"F{len(self.files) + 1:04d}"
+        path = f"{self.team_id}-{file_id}/{name}"
+        self.files[path] = (data, mimetype)
+        self.files[f"{self.team_id}-{file_id}/download/{name}"] = (data, mimetype)
+        return {
+            "id": file_id,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": name.rsplit(".", 1)[-1],
+            "size": len(data) if size is None else size,
+            "mode": "hosted",
+            "url_private": f"{self.url}/files-pri/{path}",
+            "url_private_download": f"{self.url}/files-pri/{self.team_id}-{file_id}/download/{name}",
+        }
+
+    def redirect(self, to: str) -> str:
+        """A URL on this fake that answers 302 to ``to``."""
+        rid = f"r{len(self.redirects) + 1}"
+        self.redirects[rid] = to
+        return f"{self.url}/redirect/{rid}"
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        authorized = request.headers.get("Authorization") == f"Bearer {self.bot_token}"
+        self.file_requests.append((path, authorized))
+        await self._notify()
+        if not authorized or not self.files_read:
+            # Slack's answer to a file URL without the token (or without files:read): its login page, status 200.
+            return web.Response(text=_LOGIN_PAGE, content_type="text/html")
+        if path not in self.files:
+            return web.Response(status=404, text="not found")
+        data, mimetype = self.files[path]
+        response = web.StreamResponse(headers={"Content-Type": mimetype or "application/octet-stream"})
+        if self.chunked_files:
+            response.enable_chunked_encoding()  # no Content-Length: the client learns the size only as it reads
+        else:
+            response.content_length = len(data)
+        await response.prepare(request)
+        for start in range(0, len(data), 256 * 1024):
+            chunk = data[start : start + 256 * 1024]
+            try:
+                await response.write(chunk)
+            except (ConnectionResetError, RuntimeError):
+                break  # the client hung up: it wanted no more
+            self.file_bytes_sent += len(chunk)
+        return response
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        self.file_requests.append((f"redirect/{request.match_info['rid']}", "Authorization" in request.headers))
+        await self._notify()
+        return web.Response(status=302, headers={"Location": self.redirects[request.match_info["rid"]]})
 
     # --- Socket Mode -------------------------------------------------------------------------------------
 

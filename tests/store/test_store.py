@@ -6,6 +6,7 @@ Tests that take ``store`` run on both; the few about one engine's own files and 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 import sys
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage, Usage
-from bot.store import ChannelSettings, RateBucket, Store, UsageRecord, UsageScope, UsageTotal, open_store
+from bot.store import ChannelSettings, ImageBlob, RateBucket, Store, UsageRecord, UsageScope, UsageTotal, open_store
 from bot.store.postgres import PostgresStore
 from bot.store.sqlite import HISTORY_SQL as SQLITE_HISTORY
 from bot.store.sqlite import MIGRATIONS, SQLiteStore
@@ -641,3 +642,60 @@ async def test_migrating_places_existing_messages_on_their_conversations_token_l
         ledger = db.execute("SELECT cached_tokens, reasoning_tokens FROM usage").fetchall()
     assert placed == [(1, 0), (2, 0), (1, 10), (2, 7), (1, 30)]
     assert ledger == [(None, None)]  # what an older bot recorded is unknown, not zero
+
+
+# --- images: content-addressed, linked to messages, least recently used dropped first under one cap -------------
+
+IMG_A = ConversationKey("slack", "T1", "C1")
+IMG_B = ConversationKey("slack", "T1", "C2")
+
+
+def blob(fill: int, size: int = 1000) -> ImageBlob:
+    data = bytes([fill]) * size
+    return ImageBlob(hashlib.sha256(data).hexdigest(), "image/png", data)
+
+
+async def question(store: Store, key: ConversationKey, n: int) -> int:
+    return await store.add_question(incoming(key, n), 10)
+
+
+async def test_images_are_kept_once_and_come_back_by_hash(store: Store) -> None:
+    one, two = blob(1), blob(2)
+    await store.add_images(IMG_A, await question(store, IMG_A, 1), [one, two], cap_bytes=10**9)
+    await store.add_images(IMG_B, await question(store, IMG_B, 1), [one], cap_bytes=10**9)
+    assert await rows(store, "SELECT count(*) FROM images") == [(2,)]
+    loaded = await store.load_images([one.sha256, two.sha256, "0" * 64])
+    assert loaded == {one.sha256: one, two.sha256: two}
+
+
+async def test_reset_deletes_the_conversations_images_that_no_other_shows(store: Store) -> None:
+    shared, own = blob(1), blob(2)
+    await store.add_images(IMG_A, await question(store, IMG_A, 1), [shared, own], cap_bytes=10**9)
+    await store.add_images(IMG_B, await question(store, IMG_B, 1), [shared], cap_bytes=10**9)
+    await store.reset(IMG_A)
+    assert set(await store.load_images([shared.sha256, own.sha256])) == {shared.sha256}
+    assert await rows(store, "SELECT count(*) FROM message_images") == [(1,)]
+    await store.reset(IMG_B)
+    assert await rows(store, "SELECT count(*) FROM images") == [(0,)]
+
+
+async def test_the_least_recently_used_go_first_past_the_cap(store: Store) -> None:
+    old, used, new = blob(1), blob(2), blob(3)
+    await store.add_images(IMG_A, await question(store, IMG_A, 1), [old], cap_bytes=2500)
+    time.sleep(0.01)  # noqa: ASYNC251 - the images' use times must differ; nothing to await
+    await store.add_images(IMG_A, await question(store, IMG_A, 2), [used], cap_bytes=2500)
+    time.sleep(0.01)  # noqa: ASYNC251
+    assert set(await store.load_images([old.sha256])) == {old.sha256}  # shown again: now the most recent
+    time.sleep(0.01)  # noqa: ASYNC251
+    await store.add_images(IMG_A, await question(store, IMG_A, 3), [new], cap_bytes=2500)
+    kept = await store.load_images([old.sha256, used.sha256, new.sha256])
+    assert set(kept) == {old.sha256, new.sha256}
+    assert await rows(store, "SELECT count(*) FROM message_images") == [(2,)]
+    assert await rows(store, "SELECT sum(size) FROM images") == [(2000,)]
+
+
+async def test_an_abandoned_turn_takes_its_image_links_along(store: Store) -> None:
+    row = await question(store, IMG_A, 1)
+    await store.add_images(IMG_A, row, [blob(1)], cap_bytes=10**9)
+    await store.abandon_turn(row, "slack:T1:C1:1")
+    assert await rows(store, "SELECT count(*) FROM images") == [(0,)]
