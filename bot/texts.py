@@ -190,3 +190,19 @@ FEEDBACK_UP = "Good answer"
 FEEDBACK_DOWN = "Bad answer"
 FEEDBACK_THANKS = "Thanks for the feedback!"
 FEEDBACK_GONE = "That answer is no longer kept (the conversation was reset), so the feedback was not recorded."
+
+# Tool approvals (Slack and Discord buttons) and progress
+APPROVAL_REQUEST = "To answer {asker}, I would like to run {tool} with these arguments:"
+APPROVAL_FOOTER = "Only {asker} can approve or deny this. With no answer within {seconds} s it is denied."
+APPROVAL_APPROVE = "Approve"
+APPROVAL_DENY = "Deny"
+APPROVAL_APPROVED = "Approved by {asker}."
+APPROVAL_DENIED = "Denied by {asker}: not run."
+APPROVAL_EXPIRED = "Not answered within {seconds} s, so denied: not run."
+APPROVAL_STOPPED = "I had to stop (a restart) before this was answered, so it was not run."
+APPROVAL_NOT_ASKER = "Only {asker} can approve or deny this request."
+APPROVAL_UNKNOWN = (
+    "This request expired (or I restarted since it was posted), so nothing was run. Ask me again if you still need it."
+)
+#: Ends the arguments shown in an approval request when they are too long to show whole.
+APPROVAL_ARGUMENTS_CUT = "\n… ({count:,} more characters)"
