@@ -26,7 +26,7 @@ from bot import texts
 from bot.commands import COMMANDS, CommandContext, Commands, Wording
 from bot.conversation import ConversationCore
 from bot.guards import ScopeKind
-from bot.messages import ConversationKey, IncomingMessage
+from bot.messages import ConversationKey, IncomingMessage, ToolRequest
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,33 @@ class StreamReader:
         return raw.decode("utf-8", errors="replace").rstrip("\r\n")
 
 
+class ConsoleView:
+    """The console's :class:`bot.messages.TurnView`: progress on stderr (beside the answer, not in it), and an
+    approval asked at the prompt, ``y`` to run the tool; anything else, an empty line or the end of the input, denies.
+
+    The question is read in the turn itself, as every console read is: nothing else runs while the console waits for
+    its one person, who is the one who asked, so the approval waits for them (``within`` is for shared channels).
+    """
+
+    def __init__(self, reader: LineReader, err: TextIO, before_prompt: Callable[[], None]) -> None:
+        self._reader = reader
+        self._err = err
+        self._before_prompt = before_prompt
+
+    async def status(self, text: str | None) -> None:
+        if text is not None:
+            self._err.write(texts.CONSOLE_TOOL_STATUS.format(status=text) + "\n")
+            self._err.flush()
+
+    async def approve(self, request: ToolRequest, asker_id: str, within: float) -> bool:
+        self._before_prompt()
+        try:
+            answer = self._reader.read(texts.CONSOLE_APPROVE.format(tool=request.tool, arguments=request.arguments))
+        except EOFError:
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+
 def run_console(
     core: AbstractAsyncContextManager[ConversationCore],
     commands: Callable[[ConversationCore], Commands],
@@ -131,9 +158,12 @@ def run_console(
     history: Path | None = None,
     reader: LineReader | None = None,
     out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> None:
-    """Open ``core``, then read and answer until ``/exit``, end of input or a second Ctrl-C; close it again."""
+    """Open ``core``, then read and answer until ``/exit``, end of input or a second Ctrl-C; close it again.
+    Tool progress goes to ``err`` (stderr by default)."""
     out = out or sys.stdout
+    err = err or sys.stderr
     if isinstance(out, io.TextIOWrapper):
         out.reconfigure(errors="replace")  # a model can send anything, a lone surrogate included
     if reader is None:
@@ -146,7 +176,7 @@ def run_console(
         opened = runner.run(stack.enter_async_context(core))
         try:
             count = runner.run(opened.store.count_messages(CONSOLE_KEY))
-            session = _Session(runner, opened, commands(opened), reader, out, user_name, log)
+            session = _Session(runner, opened, commands(opened), reader, out, user_name, log, err)
             session.show(banner)
             if count:
                 session.show(texts.CONSOLE_RESUMED.format(count=count, s=texts.plural(count)))
@@ -170,8 +200,10 @@ class _Session:
         out: TextIO,
         user_name: str,
         log: str,
+        err: TextIO | None = None,
     ) -> None:
         self._runner = runner
+        self._err = err or sys.stderr
         self._core = core
         self._commands = commands
         self._reader = reader
@@ -273,9 +305,19 @@ class _Session:
             printed.append(piece)
             self.show(piece, end="")
 
-        message = IncomingMessage(CONSOLE_KEY, f"console:{uuid.uuid4()}", self._user, self._user, text)
+        def before_prompt() -> None:
+            # The question goes on a line of its own: after "thinking…", or after the text streamed so far.
+            settle()
+            if printed:
+                self.show("")
+
+        # The person at the terminal runs the bot: its admin, in a conversation no one else sees (tool policies).
+        message = IncomingMessage(
+            CONSOLE_KEY, f"console:{uuid.uuid4()}", self._user, self._user, text, in_dm=True, author_is_admin=True
+        )
+        view = ConsoleView(self._reader, self._err, before_prompt)
         try:
-            reply = await self._core.handle(message, on_text)
+            reply = await self._core.handle(message, on_text, view=view)
         except BaseException:
             # Cancelled or failed: the line is finished, and what follows starts on a line of its own.
             settle()

@@ -113,6 +113,14 @@ class Settings(BaseSettings):
     deny_users: IdList = Field(frozenset(), validation_alias=_env("TEAMBOT_DENY_USERS"))
     refuse_silently: bool = Field(False, validation_alias=_env("TEAMBOT_REFUSE_SILENTLY"))
 
+    # Tools (bot.tools): the loop's limits, and the file that holds the MCP servers and the tool policies
+    mcp_config: Path | None = Field(None, validation_alias=_env("TEAMBOT_MCP_CONFIG"))
+    max_tool_rounds: int = Field(6, ge=1, le=50, validation_alias=_env("TEAMBOT_MAX_TOOL_ROUNDS"))
+    tool_timeout: float = Field(30.0, gt=0, validation_alias=_env("TEAMBOT_TOOL_TIMEOUT"))
+    tool_output_tokens: int = Field(4000, ge=100, validation_alias=_env("TEAMBOT_TOOL_OUTPUT_TOKENS"))
+    approval_seconds: float = Field(120.0, gt=0, validation_alias=_env("TEAMBOT_APPROVAL_SECONDS"))
+    show_tools_used: bool = Field(True, validation_alias=_env("TEAMBOT_SHOW_TOOLS_USED"))
+
     # Operations
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("TEAMBOT_LOG_LEVEL"))
     log_file: Path | None = Field(None, validation_alias=_env("TEAMBOT_LOG_FILE"))

@@ -20,6 +20,7 @@ from bot.memory import Memory, MemorySettings
 from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, TurnView, Usage
 from bot.metrics import Metrics
 from bot.store import FEEDBACK_VALUES, Store, StoredMessage, UsageRecord
+from bot.tools import ToolLoop, ToolOutcome, TurnTools, with_traces
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class _Progress:
     history_cut: bool = False
     #: The id of the oldest stored message in the prompt's history (None: it had none), for the summary.
     window_start: int | None = None
+    #: Tool rounds already run (and charged): such a turn is not asked again from the start.
+    tool_rounds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class ConversationCore:
         settings: TurnSettings,
         guards: Guards | None = None,
         metrics: Metrics | None = None,
+        tools: ToolLoop | None = None,
     ) -> None:
         self.store = store
         self._llm = llm
@@ -124,6 +128,10 @@ class ConversationCore:
         self.settings = settings
         self.guards = guards or Guards()
         self.metrics = metrics or Metrics()
+        #: None when no tool provider is configured: then no turn offers tools, nor pays anything for them.
+        self.tools = tools
+        if tools is not None:
+            tools.metrics = self.metrics  # one registry for /metrics
         self._locks = KeyedLocks()
         # Turns waiting for their conversation are queued as much as those waiting for a call slot.
         self.metrics.watch_queue(lambda: self.guards.gate.waiting + self._locks.waiting)
@@ -163,12 +171,13 @@ class ConversationCore:
         """
         with logcontext.turn(str(msg.key), msg.message_id):
             self.metrics.mentions.labels(msg.key.platform).inc()
-            del view  # the tool loop (bot.tools) is its first user
-            reply = await self._handle(msg, on_text, on_reasoning)
+            reply = await self._handle(msg, on_text, on_reasoning, view)
             self.metrics.replies.labels(msg.key.platform, reply.kind.value).inc()
             return reply
 
-    async def _handle(self, msg: IncomingMessage, on_text: OnText | None, on_reasoning: OnText | None) -> Reply:
+    async def _handle(
+        self, msg: IncomingMessage, on_text: OnText | None, on_reasoning: OnText | None, view: TurnView | None = None
+    ) -> Reply:
         """Admission, cheapest and most certain refusal first; a refused question costs nothing and leaves no trace
         in the history (its id stays handled)."""
         if not self.guards.access.allows(msg):
@@ -200,7 +209,7 @@ class ConversationCore:
                     # Calls charged while this one queued may have used the budget up: look again.
                     if waited and (refusal := await self._budget_refusal(msg)) is not None:
                         return Reply(ReplyKind.REFUSED, refusal)
-                    return await self._turn(msg, on_text, progress, on_reasoning)
+                    return await self._turn(msg, on_text, progress, on_reasoning, view)
         except Busy as exc:
             log.warning("conversation %s: %s", msg.key, exc)
             return Reply(ReplyKind.REFUSED, exc.user_message)
@@ -217,7 +226,12 @@ class ConversationCore:
         return count
 
     async def _turn(
-        self, msg: IncomingMessage, on_text: OnText | None, progress: _Progress, on_reasoning: OnText | None
+        self,
+        msg: IncomingMessage,
+        on_text: OnText | None,
+        progress: _Progress,
+        on_reasoning: OnText | None,
+        view: TurnView | None = None,
     ) -> Reply:
         channel = await self.store.channel_settings(msg.key)
         model, effort = model_choice(channel.model)
@@ -229,7 +243,7 @@ class ConversationCore:
         single_cap = max(16, room // 2 - PER_MESSAGE_OVERHEAD)
         cleaned = _CONTROL.sub("", msg.text)
         text = self._counter.truncate(cleaned, single_cap)
-        reply = await self._answer(_with_text(msg, text), system, model, on_text, progress, effort, on_reasoning)
+        reply = await self._answer(_with_text(msg, text), system, model, on_text, progress, effort, on_reasoning, view)
         if text == cleaned or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
             return reply
         # A cut question would otherwise be answered as if it had been read whole: say so, beside any budget notice.
@@ -245,20 +259,26 @@ class ConversationCore:
         progress: _Progress,
         effort: str | None = None,
         on_reasoning: OnText | None = None,
+        view: TurnView | None = None,
     ) -> Reply:
         """The reply to ``msg``, whose text is already as the model will see it."""
         content = f"{msg.author_name}: {msg.text}"
         new_tokens = self._counter.count_message(content)
         row = await self.store.add_question(msg, new_tokens)
         progress.row, progress.model = row, model
+        # Tools are offered only where a provider is configured; the policy may leave none for this message.
+        tools = self.tools.offer(msg) if self.tools is not None else None
         result = await self._call_model(
-            msg, row, system, model, content, new_tokens, on_text, progress, effort, on_reasoning
+            msg, row, system, model, content, new_tokens, on_text, progress, effort, on_reasoning, tools, view
         )
         # From here the turn ends as an answer or an error: a cut-off no longer releases its message.
         progress.settled = True
         if isinstance(result, Reply):
             return result
-        completion, prompt = result
+        completion, prompt, outcome = result
+        if outcome is not None and outcome.refusal is not None:
+            # A budget ran out between tool rounds: every round so far is charged already; no answer follows.
+            return Reply(ReplyKind.REFUSED, outcome.refusal)
 
         usage = completion.usage or self._estimate_usage(prompt, completion.text)
         ledger = self._charge(msg, completion.model, usage)
@@ -268,8 +288,12 @@ class ConversationCore:
             if ledger is not None:
                 await self._record_cost(ledger)
             return Reply(ReplyKind.ERROR, texts.EMPTY_COMPLETION)
+        shown, trace = completion.text, None
+        if outcome is not None and self.tools is not None:
+            shown = outcome.reply_text(self.tools.settings.show_used)
+            trace = outcome.trace_record(self._counter)
         reply_id, unsaved = await self._store_reply(
-            msg, completion.text, self._reply_tokens(completion), row, usage, completion.model, True, ledger
+            msg, completion.text, self._reply_tokens(completion), row, usage, completion.model, True, ledger, trace
         )
         # In the background, after this reply: the turns that fell out of the window go into the summary.
         self.memory.after_turn(msg, model, progress.window_start)
@@ -282,7 +306,7 @@ class ConversationCore:
             usage.prompt_tokens,
             usage.completion_tokens,
         )
-        return Reply(ReplyKind.ANSWER, completion.text, usage, completion.model, notice, reply_id)
+        return Reply(ReplyKind.ANSWER, shown, usage, completion.model, notice, reply_id)
 
     async def _budget_refusal(self, msg: IncomingMessage) -> str | None:
         if self.guards.accounting is None:
@@ -304,8 +328,11 @@ class ConversationCore:
         progress: _Progress,
         effort: str | None = None,
         on_reasoning: OnText | None = None,
-    ) -> tuple[Completion, list[ChatMessage]] | Reply:
-        """The model's completion and the prompt it answered, or the Reply that explains why there is none.
+        tools: TurnTools | None = None,
+        view: TurnView | None = None,
+    ) -> tuple[Completion, list[ChatMessage], ToolOutcome | None] | Reply:
+        """The model's completion, the prompt it answered and, with ``tools``, how the tool rounds went; or the
+        Reply that explains why there is none.
 
         ``progress`` follows the request under way, for a turn cut off in the middle of it.
         """
@@ -334,6 +361,21 @@ class ConversationCore:
             log.debug("prompt for %s: %s", msg.key, prompt)
             progress.prompt, progress.text = prompt, []
             try:
+                if tools is not None:
+                    outcome = await self._with_tools(
+                        msg,
+                        row,
+                        prompt,
+                        tools,
+                        model,
+                        effort,
+                        timed if streaming else None,
+                        on_reasoning,
+                        progress,
+                        view,
+                    )
+                    self.metrics.model_latency.observe(time.monotonic() - started)
+                    return outcome.completion, outcome.prompt, outcome
                 if streaming:
                     completion = await self._llm.stream(
                         prompt, timed, model=model, effort=effort, on_reasoning=on_reasoning
@@ -341,7 +383,7 @@ class ConversationCore:
                 else:
                     completion = await self._llm.complete(prompt, model=model, effort=effort, on_reasoning=on_reasoning)
                 self.metrics.model_latency.observe(time.monotonic() - started)
-                return completion, prompt
+                return completion, prompt, None
             except errors.LLMError as exc:
                 self.metrics.errors.labels(type(exc).__name__).inc()
                 if isinstance(exc, errors.StreamInterrupted):
@@ -351,13 +393,64 @@ class ConversationCore:
                 if not isinstance(exc, errors.ContextTooLong):
                     log.warning("conversation %s message %s: model call failed: %s", msg.key, msg.message_id, exc)
                     return Reply(ReplyKind.ERROR, exc.user_message)
-                if attempt == 2:
+                if attempt == 2 or progress.tool_rounds:
+                    # After tool rounds, asking again from the start would run the tools again: not for a tool
+                    # that acts (creates a ticket, posts a message).
                     log.warning("conversation %s: context too long even at %d tokens", msg.key, budget)
                     return Reply(ReplyKind.ERROR, texts.CONTEXT_TOO_LONG)
                 # Our count is only an estimate for non-OpenAI models: trust the server and halve the budget.
                 budget //= 2
                 log.info("conversation %s: context too long; retrying with %d tokens", msg.key, budget)
         raise AssertionError("unreachable: the second attempt returns")
+
+    async def _with_tools(
+        self,
+        msg: IncomingMessage,
+        row: int,
+        prompt: list[ChatMessage],
+        tools: TurnTools,
+        model: str | None,
+        effort: str | None,
+        on_text: OnText | None,
+        on_reasoning: OnText | None,
+        progress: _Progress,
+        view: TurnView | None,
+    ) -> ToolOutcome:
+        """The turn's model calls with ``tools`` offered (bot.tools.ToolLoop): each round charged as it returns, the
+        budget checked again before the next."""
+        assert self.tools is not None
+
+        async def call(
+            messages: list[ChatMessage], on_piece: OnText | None, wire: list[dict[str, object]], choice: str | None
+        ) -> Completion:
+            progress.prompt = messages
+            if on_piece is not None:
+                return await self._llm.stream(
+                    messages,
+                    on_piece,
+                    model=model,
+                    effort=effort,
+                    on_reasoning=on_reasoning,
+                    tools=wire,
+                    tool_choice=choice,
+                )
+            return await self._llm.complete(
+                messages, model=model, effort=effort, on_reasoning=on_reasoning, tools=wire, tool_choice=choice
+            )
+
+        async def charge(completion: Completion, messages: list[ChatMessage]) -> None:
+            progress.tool_rounds += 1
+            # Charged now: a turn cut off later must not charge this call a second time as an estimate.
+            progress.prompt = None
+            usage = completion.usage or self._estimate_usage(messages, completion.text)
+            ledger = self._charge(msg, completion.model, usage)
+            if ledger is not None:
+                await self._record_cost(ledger)
+
+        async def recheck() -> str | None:
+            return await self._budget_refusal(msg)
+
+        return await self.tools.run(call, charge, recheck, prompt, tools, msg, row, view, on_text)
 
     async def _history(
         self, key: ConversationKey, budget: int, row: int, step: int
@@ -370,7 +463,11 @@ class ConversationCore:
         """
         history = await self.store.load_history(key, budget, before=row, step=step)
         if len(history) != 1 or history[0].tokens <= budget:
-            return [_to_chat(m) for m in history], False, history[0].id if history else None
+            chat = [_to_chat(m) for m in history]
+            if self.tools is not None:
+                # Only a bot with tools sends earlier tool calls back; they fill what the budget leaves.
+                chat = with_traces(history, chat, budget)
+            return chat, False, history[0].id if history else None
         newest = _to_chat(history[0])
         room = budget - PER_MESSAGE_OVERHEAD
         if room < MIN_CUT_TOKENS:
@@ -452,6 +549,7 @@ class ConversationCore:
         model: str | None,
         complete: bool,
         ledger: UsageRecord | None,
+        tool_trace: str | None = None,
     ) -> tuple[int | None, str | None]:
         """Keep the reply and its ledger entry: its row id and None, or None and a notice for people when the reply
         could not be kept.
@@ -462,7 +560,15 @@ class ConversationCore:
         """
         try:
             reply_id = await self.store.add_reply(
-                msg.key, text, tokens, reply_to=row, usage=usage, model=model, complete=complete, ledger=ledger
+                msg.key,
+                text,
+                tokens,
+                reply_to=row,
+                usage=usage,
+                model=model,
+                complete=complete,
+                ledger=ledger,
+                tool_trace=tool_trace,
             )
             return reply_id, None
         except errors.StoreError as exc:
@@ -503,7 +609,8 @@ class ConversationCore:
         return {"role": "system", "content": f"{override or self.settings.system_prompt}\n\n{SPEAKER_NOTE}"}
 
     def _estimate_usage(self, prompt: list[ChatMessage], text: str) -> Usage:
-        prompt_tokens = sum(self._counter.count_message(m["content"]) for m in prompt)
+        # An assistant message that only calls tools has no content.
+        prompt_tokens = sum(self._counter.count_message(m["content"] or "") for m in prompt)
         return Usage(prompt_tokens, self._counter.count(text), exact=False)
 
     def _reply_tokens(self, completion: Completion) -> int:
@@ -530,4 +637,5 @@ def _join(*notices: str | None) -> str | None:
 def _with_text(msg: IncomingMessage, text: str) -> IncomingMessage:
     if text == msg.text:
         return msg
-    return IncomingMessage(msg.key, msg.message_id, msg.author_id, msg.author_name, text)
+    # Everything else stays: the tool policy reads in_dm and author_is_admin.
+    return dataclasses.replace(msg, text=text)

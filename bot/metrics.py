@@ -7,6 +7,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80)
+#: Tools run from a millisecond (a built-in lookup) to the timeout (30 s by default).
+_TOOL_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
@@ -40,6 +42,14 @@ class Metrics:
         self.cost = Counter("teambot_cost_usd", "Estimated cost of model calls, US dollars", registry=r)
         self.feedback = Counter(
             "teambot_feedback", "Clicks on the answers' feedback buttons", ["platform", "value"], registry=r
+        )
+        # outcome: ok, error (the tool said it failed), timeout, crashed, denied (no approval), unknown (no such tool
+        # here: its name is "(unknown)"), bad_arguments (not a JSON object).
+        self.tool_calls = Counter(
+            "teambot_tool_calls", "Tool calls by tool and outcome", ["tool", "outcome"], registry=r
+        )
+        self.tool_seconds = Histogram(
+            "teambot_tool_seconds", "Tool call duration (calls that ran)", ["tool"], buckets=_TOOL_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(
             "teambot_queue_depth", "Turns waiting: for their conversation or for a model call slot", registry=r

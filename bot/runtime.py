@@ -27,6 +27,7 @@ from bot.guards import (
 )
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, TokenCounter, model_http_client
 from bot.store import Store, open_store
+from bot.tools import LoopSettings, ToolLoop, ToolPolicy, ToolProvider, ToolRegistry
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,30 @@ def commands(settings: Settings, core: ConversationCore) -> Commands:
     return Commands(core, CommandPolicy(settings.admin_users, settings.models, feedback=settings.feedback))
 
 
+async def tool_providers(settings: Settings, store: Store, stack: contextlib.AsyncExitStack) -> list[ToolProvider]:
+    """Every source of tools, in order of precedence (a name two of them offer stays with the first). Each is
+    added here in one line; one that must be started and stopped enters ``stack``, which closes it on shutdown.
+    None configured (the default): the turns offer no tools and pay nothing for them."""
+    providers: list[ToolProvider] = []
+    return providers
+
+
+def tool_loop(settings: Settings, providers: list[ToolProvider], counter: TokenCounter) -> ToolLoop | None:
+    """The tool loop over ``providers`` with the policy of TEAMBOT_MCP_CONFIG; None without providers."""
+    # Read even without providers: a broken policy file is one line at start-up, not a surprise later.
+    policy = ToolPolicy.from_file(settings.mcp_config, settings.admin_users)
+    if not providers:
+        return None
+    limits = LoopSettings(
+        max_rounds=settings.max_tool_rounds,
+        timeout=settings.tool_timeout,
+        output_tokens=settings.tool_output_tokens,
+        approval_seconds=settings.approval_seconds,
+        show_used=settings.show_tools_used,
+    )
+    return ToolLoop(ToolRegistry(providers), policy, counter, limits)
+
+
 async def purge_periodically(store: Store, interval: float) -> None:
     """Purge what the store keeps only for a while, every ``interval`` seconds, for as long as the bot runs: a
     process that stays up for months must not keep every message id it ever handled."""
@@ -112,9 +137,12 @@ async def open_core(
 ) -> AsyncIterator[ConversationCore]:
     """The core and everything it owns (the store, its periodic purge, the model's HTTP client), closed on exit."""
     settings.require_model_access()
+    counter = counter or TokenCounter.load()
     store = await open_store(settings.db, pool_size=settings.db_pool_size)
     purger = asyncio.create_task(purge_periodically(store, purge_interval), name="teambot-purge")
+    tools_stack = contextlib.AsyncExitStack()
     try:
+        tools = tool_loop(settings, await tool_providers(settings, store, tools_stack), counter)
         timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
         async with model_http_client(timeout) as http:
             primary, fallback = endpoints(settings)
@@ -141,12 +169,13 @@ async def open_core(
                 summaries=settings.summaries,
                 summary_model=settings.summary_model,
             )
-            core = ConversationCore(store, llm, counter or TokenCounter.load(), turn, guards(settings, store))
+            core = ConversationCore(store, llm, counter, turn, guards(settings, store), tools=tools)
             try:
                 yield core
             finally:
                 await core.aclose(settings.drain_seconds)
     finally:
+        await tools_stack.aclose()
         purger.cancel()
         await asyncio.gather(purger, return_exceptions=True)
         await store.close()

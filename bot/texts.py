@@ -191,6 +191,22 @@ FEEDBACK_DOWN = "Bad answer"
 FEEDBACK_THANKS = "Thanks for the feedback!"
 FEEDBACK_GONE = "That answer is no longer kept (the conversation was reset), so the feedback was not recorded."
 
+# Tools (bot.tools): what people see of the tool loop, and what the model reads as a tool's result
+TOOL_STATUS = "Looking up {tools}…"
+TOOLS_USED = "_Tools used: {tools}_"
+TOOLS_STOPPED = "(I stopped calling tools after {rounds} rounds; this answer is based on what I had found by then.)"
+#: These go to the model as the tool's result, so it can tell the person (or try again).
+TOOL_OUTPUT_CUT = "\n[The tool's output was cut here: only its first {tokens} tokens are shown.]"
+TOOL_UNKNOWN = "Error: there is no tool named {tool!r} available here."
+TOOL_BAD_ARGUMENTS = "Error: the arguments were not a valid JSON object ({why}); call the tool again with valid JSON."
+TOOL_FAILED = "Error: the tool {tool} failed: {why}"
+TOOL_TIMED_OUT = "Error: the tool {tool} did not answer within {seconds:g} seconds."
+TOOL_CRASHED = "Error: the tool {tool} failed unexpectedly."
+TOOL_DENIED = "The person who asked did not approve this call of {tool}, so it was not run. Do not call it again now."
+TOOL_NO_OUTPUT = "(the tool returned no output)"
+CONSOLE_TOOL_STATUS = "teambot: {status}"
+CONSOLE_APPROVE = "teambot wants to run {tool} with {arguments}. Run it? [y/N] "
+
 # Tool approvals (Slack and Discord buttons) and progress
 APPROVAL_REQUEST = "To answer {asker}, I would like to run {tool} with these arguments:"
 APPROVAL_FOOTER = "Only {asker} can approve or deny this. With no answer within {seconds} s it is denied."

@@ -15,7 +15,7 @@ from bot.llm.client import (
     model_http_client,
 )
 from bot.llm.errors import shown_url
-from bot.llm.sse import OnDelta, SSEDecoder, ThinkSplitter
+from bot.llm.sse import OnDelta, SSEDecoder, ThinkSplitter, ToolCall
 from bot.llm.tokens import PER_MESSAGE_OVERHEAD, TRUNCATION_MARK, TokenCounter
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "SSEDecoder",
     "ThinkSplitter",
     "TokenCounter",
+    "ToolCall",
     "model_choice",
     "model_http_client",
     "shown_url",

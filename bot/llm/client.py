@@ -20,7 +20,7 @@ from httpx_aiohttp import HttpxAiohttpClient
 from bot import errors
 from bot.guards import KeySource, redact
 from bot.llm.errors import error_from_response
-from bot.llm.sse import OnDelta, StreamResult, consume_sse, drain, read_plain
+from bot.llm.sse import OnDelta, StreamResult, ToolCall, consume_sse, drain, read_plain
 from bot.messages import Usage
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class Completion:
     endpoint: str
     #: The thinking the server sent apart from the answer (or in a leading ``<think>`` block); never in ``text``.
     reasoning: str = ""
+    #: The functions the model asked to call (only when the request offered ``tools``), in its order.
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 #: The values of ``reasoning_effort`` that OpenAI's models take (each model takes some of them).
@@ -159,9 +161,12 @@ class ChatClient:
         model: str | None = None,
         effort: str | None = None,
         on_reasoning: OnDelta | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
     ) -> Completion:
-        """One plain (non-streaming) call; ``on_reasoning`` gets the model's thinking, if any, in one piece."""
-        return await self._with_fallback(messages, model, _Call(None, on_reasoning, effort))
+        """One plain (non-streaming) call; ``on_reasoning`` gets the model's thinking, if any, in one piece.
+        ``tools`` (OpenAI's function format) and ``tool_choice`` are sent only when given."""
+        return await self._with_fallback(messages, model, _Call(None, on_reasoning, effort, tools, tool_choice))
 
     async def stream(
         self,
@@ -171,10 +176,14 @@ class ChatClient:
         model: str | None = None,
         effort: str | None = None,
         on_reasoning: OnDelta | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | None = None,
     ) -> Completion:
         """A streaming call; ``on_delta`` gets each piece of the answer as it arrives, ``on_reasoning`` each piece of
-        the model's thinking (never part of the answer). ``effort`` overrides the configured reasoning effort."""
-        return await self._with_fallback(messages, model, _Call(on_delta, on_reasoning, effort))
+        the model's thinking (never part of the answer). ``effort`` overrides the configured reasoning effort;
+        ``tools`` and ``tool_choice`` are sent only when given, and the calls streamed back come in
+        :attr:`Completion.tool_calls`."""
+        return await self._with_fallback(messages, model, _Call(on_delta, on_reasoning, effort, tools, tool_choice))
 
     async def _with_fallback(self, messages: list[ChatMessage], model: str | None, call: _Call) -> Completion:
         loop = asyncio.get_running_loop()
@@ -274,6 +283,10 @@ class ChatClient:
         if effort is not None:
             wanted["reasoning_effort"] = effort
         body: dict[str, Any] = {"model": model, "messages": messages}
+        if call.tools:
+            body["tools"] = call.tools
+            if call.tool_choice is not None:
+                body["tool_choice"] = call.tool_choice
         refused = self._refused.get((endpoint.base_url, model))
         if refused is None:
             return body | wanted
@@ -370,7 +383,13 @@ class ChatClient:
         if on_delta is not None and result.finish_reason is None and not result.done:
             raise _interrupted_or(result, errors.ConnectionFailed("the stream ended before the answer was complete"))
         return Completion(
-            result.text, result.usage, result.model or model, result.finish_reason, endpoint.name, result.reasoning
+            result.text,
+            result.usage,
+            result.model or model,
+            result.finish_reason,
+            endpoint.name,
+            result.reasoning,
+            result.tool_calls(),
         )
 
 
@@ -381,6 +400,8 @@ class _Call:
     on_delta: OnDelta | None
     on_reasoning: OnDelta | None
     effort: str | None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | None = None
 
 
 def _timed_out(exc: BaseException) -> bool:

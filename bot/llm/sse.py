@@ -91,6 +91,35 @@ def _partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function the model asked to call: its call id, the tool's name, and the arguments as the JSON text the
+    model wrote (parsed by the tool loop, which answers malformed JSON with an error the model can read)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def wire(self) -> dict[str, Any]:
+        """The call as an assistant message's ``tool_calls`` entry."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+def _tool_calls_from(raw: object) -> tuple[ToolCall, ...]:
+    """The ``tool_calls`` of a whole (non-streamed) message; entries without a function name are dropped."""
+    calls = []
+    for n, entry in enumerate(raw if isinstance(raw, list) else ()):
+        function = entry.get("function") if isinstance(entry, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            continue
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            # Some servers send the arguments as an object instead of its JSON text.
+            arguments = json.dumps(arguments) if arguments is not None else "{}"
+        calls.append(ToolCall(str(entry.get("id") or f"call_{n}"), function["name"], arguments))
+    return tuple(calls)
+
+
 @dataclass(slots=True)
 class StreamResult:
     text: str = ""
@@ -101,6 +130,42 @@ class StreamResult:
     finish_reason: str | None = None
     done: bool = False
     splitter: ThinkSplitter = field(default_factory=ThinkSplitter)
+    #: Streamed tool calls being put together, by their ``index``: [id, name, argument fragments].
+    tool_parts: dict[int, list[Any]] | None = None
+    #: The tool calls of a whole (non-streamed) message.
+    whole_tool_calls: tuple[ToolCall, ...] = ()
+
+    def add_tool_deltas(self, deltas: object) -> None:
+        """Join streamed ``delta.tool_calls`` fragments by their ``index``: the id and the name come once, the
+        arguments in pieces that may split anywhere, even inside a JSON string."""
+        if not isinstance(deltas, list):
+            return
+        parts = self.tool_parts if self.tool_parts is not None else {}
+        self.tool_parts = parts
+        for delta in deltas:
+            if not isinstance(delta, dict):
+                continue
+            index = delta.get("index")
+            index = index if isinstance(index, int) else len(parts)
+            part = parts.setdefault(index, ["", "", []])
+            if isinstance(delta.get("id"), str) and delta["id"]:
+                part[0] = delta["id"]
+            function = delta.get("function")
+            if isinstance(function, dict):
+                if isinstance(function.get("name"), str) and function["name"] and not part[1]:
+                    part[1] = function["name"]
+                if isinstance(function.get("arguments"), str):
+                    part[2].append(function["arguments"])
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """Every tool call the answer made, in the order of their index."""
+        if self.tool_parts is None:
+            return self.whole_tool_calls
+        return tuple(
+            ToolCall(ident or f"call_{index}", name, "".join(pieces))
+            for index, (ident, name, pieces) in sorted(self.tool_parts.items())
+            if name
+        )
 
     async def add(self, content: str, thinking: str, on_delta: OnDelta | None, on_reasoning: OnDelta | None) -> None:
         """Take one piece of the answer's content and of the thinking a server sent apart from it."""
@@ -220,10 +285,15 @@ async def take_event(data: str, result: StreamResult, on_delta: OnDelta, on_reas
         thinking = _thinking(delta)
         if thinking or result.splitter.undecided:
             await result.add(piece if isinstance(piece, str) else "", thinking, on_delta, on_reasoning)
+            if "tool_calls" in delta:
+                result.add_tool_deltas(delta["tool_calls"])
         elif isinstance(piece, str) and piece:
             # The plain path, every token of every answer once its start is known not to be a <think> block.
             result.text += piece
             await on_delta(piece)
+        elif "tool_calls" in delta:
+            # Only where a chunk carries no text: a text token never pays for tool calls.
+            result.add_tool_deltas(delta["tool_calls"])
         if choice.get("finish_reason"):
             result.finish_reason = choice["finish_reason"]
     return False
@@ -250,6 +320,8 @@ def read_plain(response: httpx.Response, result: StreamResult) -> None:
     result.reasoning = _thinking(message) + thinking + more_thinking
     result.text = answer + rest
     result.finish_reason = choice.get("finish_reason")
+    if message.get("tool_calls"):
+        result.whole_tool_calls = _tool_calls_from(message["tool_calls"])
     result.model = body.get("model")
     result.done = True
     if isinstance(body.get("usage"), dict):

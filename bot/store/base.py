@@ -51,7 +51,7 @@ LAST_THREAD_QUERY = (
 #: evaluates that lookup only then, one more index probe on that rare path.
 #: Placeholders are filled with each engine's parameter markers.
 HISTORY_QUERY = (
-    "SELECT id, role, author_name, content, tokens, created_at FROM messages "
+    "SELECT id, role, author_name, content, tokens, created_at, tool_trace FROM messages "
     "WHERE conversation_id = {conversation} AND id < {before} AND id >= ("
     "  SELECT coalesce(min(id), ("
     "    SELECT max(id) FROM messages WHERE conversation_id = {conversation} AND id < {before}"
@@ -86,6 +86,10 @@ class StoredMessage:
     content: str
     tokens: int
     created_at: float
+    #: On a reply that used tools: the tool calls and their results that came before it, as JSON
+    #: ``{"tokens": N, "messages": [...]}`` (the chat messages in the API's form, N their tokens); None otherwise.
+    #: Not counted in ``tokens``: the history takes it only where the budget has room left (see bot.tools).
+    tool_trace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,9 +284,11 @@ class Store(Protocol):
         model: str | None,
         complete: bool,
         ledger: UsageRecord | None = None,
+        tool_trace: str | None = None,
     ) -> int:
         """Store the assistant's reply to the message ``reply_to``, and its ``ledger`` entry in the same transaction;
-        ``complete`` is False for a cut-off one.
+        ``complete`` is False for a cut-off one; ``tool_trace`` is the turn's tool calls and results (see
+        :attr:`StoredMessage.tool_trace`), loaded back with the reply by :meth:`load_history`.
 
         Raises :class:`bot.errors.StoreError` when the database refuses the write; then neither is stored.
         """

@@ -68,6 +68,7 @@ TABLES = (
             "usage_exact",
             "created_at",
             "tokens_before",
+            "tool_trace",
         ),
         flags=("complete", "usage_exact"),
         serial="id",

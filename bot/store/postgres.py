@@ -192,6 +192,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE INDEX feedback_by_channel ON feedback (platform, workspace, channel, at)",
     ),
+    (
+        # Tools: a reply that used tools keeps the calls and their results (JSON, in the API's form) beside it,
+        # so later turns know what was looked up. NULL on every other message: nothing to fill in.
+        "ALTER TABLE messages ADD COLUMN tool_trace TEXT",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -431,9 +436,10 @@ class PostgresStore:
         model: str | None,
         complete: bool,
         ledger: UsageRecord | None = None,
+        tool_trace: str | None = None,
     ) -> int:
         try:
-            return await self._add_reply(key, text, tokens, reply_to, usage, model, complete, ledger)
+            return await self._add_reply(key, text, tokens, reply_to, usage, model, complete, ledger, tool_trace)
         except _DB_ERRORS as exc:
             raise StoreError(f"storing the reply failed: {_reason(exc)}") from exc
 
@@ -447,13 +453,14 @@ class PostgresStore:
         model: str | None,
         complete: bool,
         ledger: UsageRecord | None,
+        tool_trace: str | None,
     ) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             conversation = await self._conversation_id(conn, key)
             row = await conn.fetchval(
                 "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
-                "prompt_tokens, completion_tokens, usage_exact, created_at, tokens_before) "
-                f"VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, {_TOKENS_BEFORE}) RETURNING id",
+                "prompt_tokens, completion_tokens, usage_exact, created_at, tool_trace, tokens_before) "
+                f"VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {_TOKENS_BEFORE}) RETURNING id",
                 conversation,
                 text,
                 tokens,
@@ -464,6 +471,7 @@ class PostgresStore:
                 usage.completion_tokens if usage else None,
                 usage.exact if usage else None,
                 time.time(),
+                tool_trace,
             )
             if ledger is not None:
                 await conn.execute(_INSERT_USAGE, *ledger.values())
@@ -481,7 +489,7 @@ class PostgresStore:
             rows = await conn.fetch(
                 _HISTORY, conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step)
             )
-        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     async def reset(self, key: ConversationKey) -> int:
         args: tuple[str, ...]

@@ -164,6 +164,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX feedback_by_channel ON feedback (platform, workspace, channel, at)",
     ),
+    (
+        # Tools: a reply that used tools keeps the calls and their results (JSON, in the API's form) beside it,
+        # so later turns know what was looked up. NULL on every other message: nothing to fill in.
+        "ALTER TABLE messages ADD COLUMN tool_trace TEXT",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -322,12 +327,13 @@ class SQLiteStore:
         model: str | None,
         complete: bool,
         ledger: UsageRecord | None = None,
+        tool_trace: str | None = None,
     ) -> int:
         def work(db: sqlite3.Connection) -> int:
             cur = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
-                "prompt_tokens, completion_tokens, usage_exact, created_at, tokens_before) "
-                f"VALUES (?1, 'assistant', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {_TOKENS_BEFORE})",
+                "prompt_tokens, completion_tokens, usage_exact, created_at, tool_trace, tokens_before) "
+                f"VALUES (?1, 'assistant', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, {_TOKENS_BEFORE})",
                 (
                     self._conversation_id(db, key),
                     text,
@@ -339,6 +345,7 @@ class SQLiteStore:
                     usage.completion_tokens if usage else None,
                     int(usage.exact) if usage else None,
                     time.time(),
+                    tool_trace,
                 ),
             )
             if ledger is not None:
@@ -359,7 +366,7 @@ class SQLiteStore:
         rows = await self._reader.execute_fetchall(
             HISTORY_SQL, (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step))
         )
-        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     async def reset(self, key: ConversationKey) -> int:
         args: tuple[str, ...]

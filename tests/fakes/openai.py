@@ -53,6 +53,17 @@ tokens, then 1,024 plus whole blocks of 128. Tokens are the fake's usual four ch
 messages' contents in order (roles must match too), the same measure as ``prompt_tokens``: a prefix is the whole
 messages two prompts share plus the common start of the first message where they differ.
 
+Tools: a request that offers ``tools`` (and no ``tool_choice: "none"``) gets tool calls instead of text when the last
+user message holds these tokens; once the last message is a tool result, the model answers
+``tool results: <each result> | <...>`` (so a test sees the real result reach the model), unless it never stops:
+
+    [[call:NAME]]               call NAME with ``{}``; several tokens make several calls in one answer (parallel)
+    [[call:NAME:{"a": 1}]]      call NAME with those arguments (the JSON may hold no ``]]``)
+    [[badargs:NAME]]            call NAME with arguments that are not valid JSON
+    [[callforever:NAME]]        call NAME again on every request that offers tools: a model that never stops
+Streamed, each call comes as OpenAI sends it: the id and name in a first delta, then the arguments in pieces of
+three characters (split inside strings and keys), keyed by ``index``; ``finish_reason`` is ``tool_calls``.
+
 Examples: ``[[500x2]]`` fails twice then succeeds; ``[[429:ra=0.2x1]]`` is rate limited once for 0.2 s.
 
 Run standalone for a first try of the bot without a key: ``python -m tests.fakes.openai`` (from a checkout) serves
@@ -108,6 +119,9 @@ _TOKEN = re.compile(
     r"(?::(?:ra=)?(?P<value>\d+(?:\.\d+)?))?"
     r"(?:x(?P<times>\d+))?\]\]"
 )
+_CALL = re.compile(r"\[\[(?P<kind>call|badargs|callforever):(?P<name>[A-Za-z0-9_-]+)(?::(?P<args>\{.*?\}))?\]\]")
+#: The arguments of ``[[badargs:NAME]]``: cut off inside a string, as a model that ran out of tokens writes them.
+BAD_ARGUMENTS = '{"city": "Tok'
 _SERVER_ERRORS = {
     500: "The server had an error while processing your request. Sorry about that!",
     502: "Bad gateway.",
@@ -335,7 +349,14 @@ class FakeOpenAI:
             faults["404"] = 0.0
         if (failure := self._failure(faults, model) or _refused_parameter(body, model)) is not None:
             return failure
+        calls = _tool_calls(body, messages, last_user, self.calls)
+        if calls:
+            return await self._call_tools(request, body, model, calls, _tokens(prompt_chars))
         text = "" if "empty" in faults else self.reply(messages) if self.reply else f"echo: {last_user}"
+        if messages and messages[-1].get("role") == "tool" and self.reply is None:
+            text = "tool results: " + " | ".join(
+                _content(m) for m in _since_last_user(messages) if m.get("role") == "tool"
+            )
         if "long" in faults:
             text = long_text(int(faults["long"]))
         thinking = {"thinking": "reasoning_content", "reasoning": "reasoning"}
@@ -386,6 +407,63 @@ class FakeOpenAI:
                 "usage": usage,
             },
         )
+
+    async def _call_tools(
+        self, request: web.Request, body: dict[str, Any], model: str, calls: list[dict[str, Any]], prompt_tokens: int
+    ) -> web.StreamResponse:
+        completion_tokens = _tokens(sum(len(c["function"]["arguments"]) + len(c["function"]["name"]) for c in calls))
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        self.usages.append(usage)
+        ident, created = f"chatcmpl-fake{self.calls}", int(time.time())
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+            return _json(
+                200,
+                {"id": ident, "object": "chat.completion", "created": created, "model": model, "choices": [choice]}
+                | {"usage": usage},
+            )
+        response = web.StreamResponse(status=200, headers={"Cache-Control": "no-cache"})
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return _sse(
+                {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+                | {"choices": [choice]}
+            )
+
+        await response.write(chunk({"role": "assistant", "content": None}))
+        for index, call in enumerate(calls):
+            first = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            await response.write(chunk({"tool_calls": [first]}))
+            arguments = call["function"]["arguments"]
+            for start in range(0, len(arguments), 3):
+                piece = {"index": index, "function": {"arguments": arguments[start : start + 3]}}
+                await response.write(chunk({"tool_calls": [piece]}))
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+        await response.write(chunk({}, "tool_calls"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(
+                _sse(
+                    {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+                    | {"choices": [], "usage": usage}
+                )
+            )
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     def _cached(self, messages: list[dict[str, Any]], prompt_tokens: int) -> int:
         """How many of this prompt's leading tokens the prompt cache holds; then the prompt joins the cache."""
@@ -576,6 +654,28 @@ class FakeOpenAI:
         # terminating chunk, which is what a client sees when a proxy or the upstream dies mid-answer.
         if request.transport is not None:
             request.transport.close()
+
+
+def _since_last_user(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    return messages[last + 1 :]
+
+
+def _tool_calls(body: dict[str, Any], messages: list[dict[str, Any]], last_user: str, n: int) -> list[dict[str, Any]]:
+    """The calls the ``[[call:…]]`` tokens of the last user message ask for; none once the tools have answered
+    (unless the model never stops), nor when the request offers no tools or forbids calling them."""
+    if not body.get("tools") or body.get("tool_choice") == "none":
+        return []
+    found = list(_CALL.finditer(last_user))
+    answered = bool(messages) and messages[-1].get("role") == "tool"
+    if answered and not any(m.group("kind") == "callforever" for m in found):
+        return []
+    calls = []
+    for index, match in enumerate(found):
+        arguments = BAD_ARGUMENTS if match.group("kind") == "badargs" else match.group("args") or "{}"
+        function = {"name": match.group("name"), "arguments": arguments}
+        calls.append({"id": f"call_{n}_{index}", "type": "function", "function": function})
+    return calls
 
 
 def _refused_parameter(body: dict[str, Any], model: str) -> web.Response | None:
