@@ -22,12 +22,17 @@ from adapters.discord.app import (
 )
 from adapters.streaming import StreamingReply
 from bot import texts
+from bot.config import Settings
 from bot.messages import ToolRequest
+from bot.tools import ToolRule
 from tests.adapters.discord import test_app as base
-from tests.adapters.discord.test_app import Discord
-from tests.fakes.discord import ADA, CHANNEL_ID, EPHEMERAL, GRACE, StoredMessage
+from tests.adapters.discord.test_app import BOT_MENTION, Discord
+from tests.fakes.discord import ADA, BOT_USER, CHANNEL_ID, EPHEMERAL, GRACE, FakeDiscord, StoredMessage
+from tests.tools.harness import ToolHarness, counter, harness
 
 model, overrides, granted_intents, discord_bot = base.model, base.overrides, base.granted_intents, base.discord_bot
+# The tool tests' harness: the real core and tool loop over the tests' own tools, against the fake model.
+harness, counter = harness, counter
 
 REQUEST = ToolRequest("call_1", "time__get_current_time", '{"timezone": "Asia/Tokyo"}')
 
@@ -159,3 +164,47 @@ async def test_a_status_line_shows_until_the_answer_replaces_it(discord_bot: Dis
     await reply.feed("It is noon.")
     await reply.finish("It is noon.")
     assert status.content == "It is noon." and len(discord_bot.sent()) == 2
+
+
+# --- end to end: the fake model calls a tool that needs approval -------------------------------------------------
+
+TOKYO = '[[call:time__now:{"city": "Tokyo"}]]'
+
+
+async def test_a_tool_call_is_approved_by_the_asker_and_its_result_answers(harness: ToolHarness) -> None:
+    harness.fake.chunk_delay = 0.01
+    core = harness.core(rules=[ToolRule(("time__*",), approval=True)], approval_seconds=30.0)
+    settings = Settings(
+        openai_base_url=harness.fake.base_url, db=str(harness.db), discord_token="fake", stream_edit_interval=0.2
+    )
+    async with FakeDiscord() as fake:
+        with fake.patch_discord():
+            adapter = DiscordAdapter(core, settings, guild_ready_timeout=0.05)
+            await asyncio.wait_for(adapter.start(), 10)
+            bot = Discord(fake, harness.fake, adapter, harness.db)
+            try:
+                question = fake.message_create(f"{BOT_MENTION} time in Tokyo? {TOKYO}", mentions=(BOT_USER,))
+                await fake.dispatch("MESSAGE_CREATE", question)
+                await fake.wait_for(lambda: any(buttons(m) for m in bot.sent()), 10)
+                [request] = [m for m in bot.sent() if buttons(m)]
+                assert "`time__now`" in request.content and '"city": "Tokyo"' in request.content
+                assert str(request.payload["message_reference"]["message_id"]) == question["id"]
+                step = status_line(texts.TOOL_STATUS.format(tools="time__now"))
+                await fake.wait_for(lambda: any(m.content == step for m in bot.sent()))
+                [reply] = [m for m in bot.sent() if m.content == step]
+                assert harness.desk.calls == []
+
+                response = await click(bot, request, approve=True, user=GRACE)
+                assert response["data"]["content"] == texts.APPROVAL_NOT_ASKER.format(asker="Ada")
+                assert harness.desk.calls == []
+
+                await click(bot, request, approve=True)
+                answer = "tool results: 14:00 in Tokyo"
+                await fake.wait_for(lambda: reply.content.startswith(answer), 10)
+                assert [name for name, _, _ in harness.desk.calls] == ["time__now"]
+                await fake.wait_for(lambda: not buttons(request))
+                assert request.content.endswith(f"-# {texts.APPROVAL_APPROVED.format(asker='Ada')}")
+                tool_results = [m for m in harness.fake.requests[-1]["messages"] if m["role"] == "tool"]
+                assert [m["content"] for m in tool_results] == ["14:00 in Tokyo"]
+            finally:
+                await adapter.stop()

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -23,12 +24,16 @@ from adapters.streaming import ReplyStream, StreamingReply
 from bot import texts
 from bot.config import Settings
 from bot.messages import ToolRequest
+from bot.tools import ToolRule
 from tests.adapters.slack import test_app as base
 from tests.adapters.slack.test_app import SECRET, Slack
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack, Posted, approval_click, block_actions, form_body, mention, signed_headers
+from tests.tools.harness import ToolHarness, counter, harness
 
 fake, model, overrides, native, slack = base.fake, base.model, base.overrides, base.native, base.slack
+# The tool tests' harness: the real core and tool loop over the tests' own tools, against the fake model.
+harness, counter = harness, counter
 
 REQUEST = ToolRequest("call_1", "time__get_current_time", '{"timezone": "Asia/Tokyo"}')
 
@@ -314,3 +319,77 @@ async def test_no_thinking_line_when_reasoning_is_not_shown(slack: Slack) -> Non
     await slack.event(mention("<@UBOT> [[think]] why?", ts="1700000000.000100"))
     await slack.wait_replies(1)
     assert texts.REASONING_STATUS not in json.dumps(slack.fake.calls)
+
+
+# --- end to end: the fake model calls a tool that needs approval -------------------------------------------------
+
+TOKYO = '[[call:time__now:{"city": "Tokyo"}]]'
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["native", "post-and-edit"])
+async def test_a_tool_call_is_approved_by_the_asker_and_its_result_answers(
+    harness: ToolHarness, fake: FakeSlack, streaming: bool
+) -> None:
+    harness.fake.chunk_delay = 0.01
+    core = harness.core(rules=[ToolRule(("time__*",), approval=True)], approval_seconds=30.0)
+    settings = base.settings_for(fake, harness.fake, harness.db, slack_native_streaming=streaming)
+    async with httpx.AsyncClient() as http:
+        adapter = SlackAdapter(core, settings)
+        await adapter.start()
+        slack = Slack(fake, harness.fake, adapter, http, harness.db)
+        try:
+            await slack.event(mention(f"<@UBOT> what time is it in Tokyo? {TOKYO}", ts="1700000000.000100"))
+            await fake.wait_for(lambda: any(_has_buttons(m) for m in fake.posted), 10)
+            [request] = [m for m in fake.posted if _has_buttons(m)]
+            shown = shown_text(request.blocks or [])
+            assert "time__now" in shown and '"city": "Tokyo"' in shown
+            assert harness.desk.calls == []  # nothing runs before the asker says so
+
+            # The reply shows what the turn is doing meanwhile.
+            await fake.wait_for(lambda: len(fake.posted) == 2)
+            [reply] = [m for m in fake.posted if m is not request]
+            step = texts.TOOL_STATUS.format(tools="time__now")
+            if streaming:
+                assert reply.tasks() == {"step-1": (step, "in_progress")}
+            else:
+                assert reply.text == f"_{step}_"
+
+            blocks = list(request.blocks or [])
+            await click(slack, blocks, approve=True, user="U2", rid="grace")
+            await fake.wait_for(lambda: len(fake.responses) == 1)
+            assert fake.responses[0]["text"] == texts.APPROVAL_NOT_ASKER.format(asker="Ada")
+            assert harness.desk.calls == []
+
+            await click(slack, blocks, approve=True)
+            answer = "tool results: 14:00 in Tokyo"
+            await fake.wait_for(lambda: answer in reply.text and not reply.streaming, 10)
+            assert [name for name, _, _ in harness.desk.calls] == ["time__now"]
+            assert request.text == texts.APPROVAL_APPROVED.format(asker="Ada") and not _has_buttons(request)
+            # The status line (or task card) is gone: the answer took its place.
+            assert step not in reply.text
+            if streaming:
+                assert reply.tasks() == {"step-1": (step, "complete")}
+            tool_results = [m for m in harness.fake.requests[-1]["messages"] if m["role"] == "tool"]
+            assert [m["content"] for m in tool_results] == ["14:00 in Tokyo"]
+        finally:
+            await adapter.stop()
+
+
+async def test_a_denied_tool_call_does_not_run_and_the_model_hears_why(harness: ToolHarness, fake: FakeSlack) -> None:
+    core = harness.core(rules=[ToolRule(("time__*",), approval=True)], approval_seconds=30.0)
+    settings = base.settings_for(fake, harness.fake, harness.db)
+    async with httpx.AsyncClient() as http:
+        adapter = SlackAdapter(core, settings)
+        await adapter.start()
+        slack = Slack(fake, harness.fake, adapter, http, harness.db)
+        try:
+            await slack.event(mention(f"<@UBOT> time? {TOKYO}", ts="1700000000.000100"))
+            await fake.wait_for(lambda: any(_has_buttons(m) for m in fake.posted), 10)
+            [request] = [m for m in fake.posted if _has_buttons(m)]
+            await click(slack, list(request.blocks or []), approve=False)
+            denied = texts.TOOL_DENIED.format(tool="time__now")
+            await fake.wait_for(lambda: any(denied in m.text for m in fake.posted), 10)
+            assert harness.desk.calls == []
+            assert request.text == texts.APPROVAL_DENIED.format(asker="Ada")
+        finally:
+            await adapter.stop()
