@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from bench.core import ModelPace, PostgresEngine, SQLiteEngine, run_caching, run_core
+from bench.tools import run_tools
 
 
 def machine() -> str:
@@ -44,6 +45,8 @@ async def run(quick: bool, pace: ModelPace) -> list[Row]:
     rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_e2e(quick)]
     with tempfile.TemporaryDirectory() as tmp:
         rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_caching(Path(tmp))]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_tools(quick, Path(tmp))]
     return rows
 
 

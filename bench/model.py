@@ -24,6 +24,9 @@ class BenchModel:
         self.reply_tokens = reply_tokens
         #: request tag (the last user message) -> (arrived, last byte written)
         self.timings: dict[str, tuple[float, float]] = {}
+        #: request tag -> (arrived, last byte written) of every request with that tag: a turn with tool rounds
+        #: sends several (bench.tools)
+        self.rounds: dict[str, list[tuple[float, float]]] = {}
         self.base_url = ""
         self._runner: web.AppRunner | None = None
 
@@ -31,6 +34,7 @@ class BenchModel:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._complete)
         app.router.add_get("/timings", self._timings)
+        app.router.add_get("/rounds", self._rounds)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
@@ -43,10 +47,20 @@ class BenchModel:
     async def _timings(self, request: web.Request) -> web.Response:
         return web.json_response(self.timings)
 
+    async def _rounds(self, request: web.Request) -> web.Response:
+        return web.json_response(self.rounds)
+
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         body = await request.json()
-        tag = str(body["messages"][-1]["content"])
+        messages = body["messages"]
+        if messages[-1]["role"] != "user":
+            # A tool round: the turn is still the one its question names; answered in words, the tools had their go.
+            tag = next(str(m["content"]) for m in reversed(messages) if m["role"] == "user")
+        else:
+            tag = str(messages[-1]["content"])
+            if body.get("tools"):
+                return await self._call_tool(request, body, tag, arrived)
         if self.first_byte:
             await asyncio.sleep(self.first_byte)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -65,6 +79,30 @@ class BenchModel:
         }
         await response.write(f"data: {json.dumps(done)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
         self.timings[tag] = (arrived, time.monotonic())
+        self.rounds.setdefault(tag, []).append(self.timings[tag])
+        await response.write_eof()
+        return response
+
+    async def _call_tool(
+        self, request: web.Request, body: dict[str, object], tag: str, arrived: float
+    ) -> web.StreamResponse:
+        """Call the first tool offered, at once, with its arguments in two pieces as a real stream splits them."""
+        tools = body["tools"]
+        assert isinstance(tools, list)
+        name = tools[0]["function"]["name"]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        deltas = [
+            {"index": 0, "id": "call_bench", "type": "function", "function": {"name": name, "arguments": "{"}},
+            {"index": 0, "function": {"arguments": "}"}},
+        ]
+        for delta in deltas:
+            chunk = {"model": "bench", "choices": [{"index": 0, "delta": {"tool_calls": [delta]}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        done = {"model": "bench", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+        usage = {"model": "bench", "choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 5}}
+        await response.write(f"data: {json.dumps(done)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        self.rounds.setdefault(tag, []).append((arrived, time.monotonic()))
         await response.write_eof()
         return response
 
@@ -89,6 +127,10 @@ class ModelProcess:
         if self._proc is not None:
             self._proc.terminate()
             await self._proc.wait()
+
+    async def rounds(self, http: httpx.AsyncClient) -> dict[str, list[tuple[float, float]]]:
+        data = (await http.get(self.base_url.removesuffix("/v1") + "/rounds")).json()
+        return {tag: [(pair[0], pair[1]) for pair in pairs] for tag, pairs in data.items()}
 
     async def timings(self, http: httpx.AsyncClient) -> dict[str, tuple[float, float]]:
         data = (await http.get(self.base_url.removesuffix("/v1") + "/timings")).json()

@@ -43,6 +43,7 @@ async def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> 
         "Discord",
         "prompt caching",
         "estimated cost per turn",
+        "one tool round",
     ):
         assert measure in table
     assert table == stdout.decode()

@@ -310,3 +310,12 @@ async def test_a_tool_that_needs_approval_runs_only_once_the_asker_approves(
     outcome = "ok" if runs else "denied"
     assert core.metrics.tool_calls.labels("time__now", outcome)._value.get() == 1
     assert reply.kind is ReplyKind.ANSWER
+
+
+async def test_a_prompt_too_long_after_a_tool_round_is_not_asked_again_from_the_start(harness: ToolHarness) -> None:
+    # The question fits; the tool's long output does not: the second request is refused as too long.
+    harness.fake.context_limit_chars = 5000
+    reply = await harness.say(harness.core(), "[[call:big__dump]] dump it")
+    assert reply.kind is ReplyKind.ERROR and reply.text == texts.CONTEXT_TOO_LONG
+    # Asking again with half the history would run the tool again: a tool that acts must not act twice.
+    assert len(harness.desk.calls) == 1 and len(harness.fake.requests) == 2
