@@ -28,7 +28,16 @@ from bot.tools import ToolRule
 from tests.adapters.slack import test_app as base
 from tests.adapters.slack.test_app import SECRET, Slack
 from tests.fakes.openai import FakeOpenAI
-from tests.fakes.slack import FakeSlack, Posted, approval_click, block_actions, form_body, mention, signed_headers
+from tests.fakes.slack import (
+    FakeSlack,
+    Posted,
+    approval_click,
+    assistant_message,
+    block_actions,
+    form_body,
+    mention,
+    signed_headers,
+)
 from tests.tools.harness import ToolHarness, counter, harness
 
 fake, model, overrides, native, slack = base.fake, base.model, base.overrides, base.native, base.slack
@@ -393,3 +402,32 @@ async def test_a_denied_tool_call_does_not_run_and_the_model_hears_why(harness: 
             assert request.text == texts.APPROVAL_DENIED.format(asker="Ada")
         finally:
             await adapter.stop()
+
+
+async def test_in_the_assistant_pane_the_status_names_the_step(harness: ToolHarness, fake: FakeSlack) -> None:
+    harness.fake.chunk_delay = 0.01
+    core = harness.core(rules=[ToolRule(("time__*",), approval=True)], approval_seconds=30.0)
+    settings = base.settings_for(fake, harness.fake, harness.db, slack_native_streaming=True)
+    async with httpx.AsyncClient() as http:
+        adapter = SlackAdapter(core, settings)
+        await adapter.start()
+        slack = Slack(fake, harness.fake, adapter, http, harness.db)
+        try:
+            thread = "1700000000.000100"
+            await slack.event(assistant_message(f"time? {TOKYO}", thread_ts=thread, ts="1700000000.000200"))
+            await fake.wait_for(lambda: any(_has_buttons(m) for m in fake.posted), 10)
+            [request] = [m for m in fake.posted if _has_buttons(m)]
+            assert (request.channel, request.thread_ts) == ("D1", thread)
+            step = texts.TOOL_STATUS.format(tools="time__now")
+            await fake.wait_for(lambda: step in statuses(fake))
+            await click(slack, list(request.blocks or []), approve=True)
+            await fake.wait_for(lambda: any("14:00 in Tokyo" in m.text and not m.streaming for m in fake.posted), 10)
+            # "is thinking...", then the step in its place, "is thinking..." again; cleared once the answer shows.
+            await fake.wait_for(lambda: statuses(fake)[-1] == "")
+            assert statuses(fake) == [texts.THINKING_STATUS, step, texts.THINKING_STATUS, ""]
+        finally:
+            await adapter.stop()
+
+
+def statuses(fake: FakeSlack) -> list[str]:
+    return [c["status"] for c in fake.calls_to("assistant.threads.setStatus")]
