@@ -92,7 +92,13 @@ class Approvals:
         answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiting[approval_id] = _Waiting(asker_id, asker_name, answer)
         try:
-            handle = await prompt.ask(approval_id, request, within)
+            try:
+                handle = await prompt.ask(approval_id, request, within)
+            except Exception:
+                # The platform's refusal or a network failure (the question deleted, a missing permission): with
+                # nowhere to ask, the call is denied, and the answer goes on without it.
+                log.warning("the approval request for %s could not be posted; denied", request.tool, exc_info=True)
+                return False
             try:
                 outcome = await asyncio.wait_for(asyncio.shield(answer), within)
             except TimeoutError:

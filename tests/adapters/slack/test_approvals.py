@@ -431,3 +431,9 @@ async def test_in_the_assistant_pane_the_status_names_the_step(harness: ToolHarn
 
 def statuses(fake: FakeSlack) -> list[str]:
     return [c["status"] for c in fake.calls_to("assistant.threads.setStatus")]
+
+
+async def test_a_request_slack_refuses_to_post_is_a_denial(slack: Slack) -> None:
+    slack.fake.refuse("chat.postMessage", "channel_not_found")
+    assert await asyncio.wait_for(view_for(slack).approve(REQUEST, "U1", 30), 5) is False
+    assert len(slack.adapter._approvals) == 0
