@@ -31,6 +31,7 @@ Row = tuple[str, str, str]
 async def run(quick: bool, pace: ModelPace) -> list[Row]:
     """Every measure on SQLite; the core's measures again on PostgreSQL where a server can be started."""
     from bench.e2e import run_e2e
+    from bench.threads import run_threads
     from tests.postgres_server import Unavailable, running_server
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,6 +44,7 @@ async def run(quick: bool, pace: ModelPace) -> list[Row]:
         postgres, missing = {}, f"not measured: {exc}"
     rows: list[Row] = [(name, value, postgres.get(name, missing)) for name, value in sqlite]
     rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_e2e(quick)]
+    rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_threads(quick)]
     with tempfile.TemporaryDirectory() as tmp:
         rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_caching(Path(tmp))]
     with tempfile.TemporaryDirectory() as tmp:

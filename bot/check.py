@@ -13,8 +13,9 @@ import httpx
 from bot import errors
 from bot.config import Settings
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, shown_url
-from bot.runtime import endpoints
+from bot.runtime import endpoints, mcp_servers
 from bot.store import describe_db, is_postgres, open_store, sqlite_path, sqlite_schema
+from bot.tools import MCPTools
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,3 +160,27 @@ async def platform_check(name: str, where: str, check: Awaitable[list[CheckResul
         return await check
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         return [CheckResult(name, False, f"cannot reach {where}: {type(exc).__name__}")]
+
+
+async def check_mcp(settings: Settings, *, connect_timeout: float = 15.0) -> list[CheckResult]:
+    """One line per MCP server of ``TEAMBOT_MCP_CONFIG``: its tools as the model sees them, or why it is down.
+
+    Each server is started once, all at the same time, and stopped again; nothing when the setting is unset."""
+    if settings.mcp_config is None:
+        return []
+    try:
+        servers = mcp_servers(settings)
+    except errors.ConfigError as exc:
+        return [CheckResult("mcp servers", False, str(exc))]
+    if not servers:
+        return [CheckResult("mcp servers", True, f"{str(settings.mcp_config)!r} names no server")]
+    async with MCPTools(servers, connect_timeout=connect_timeout, retry=False) as tools:
+        status = tools.status()
+    return [
+        CheckResult(
+            f"mcp server {s.name}",
+            s.up,
+            (f"{len(s.tools)} tools: {', '.join(s.tools)}" if s.tools else "up, no tools") if s.up else str(s.error),
+        )
+        for s in status
+    ]

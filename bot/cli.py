@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot import runtime, texts
-from bot.check import CheckResult, check_database, check_model
+from bot.check import CheckResult, check_database, check_mcp, check_model
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.guards import RedactingFilter
@@ -45,11 +45,11 @@ _HELP = {
     "check": (
         "check the settings, the model endpoint, the database and the platform tokens",
         "Validate every setting, ask the model endpoint (and the fallback) for the model, open the database "
-        "without changing it, and try each configured platform token. One PASS/FAIL line each; exit code 0 when "
-        "all pass, 1 when one fails, 2 when a setting is invalid.",
+        "without changing it, try each configured platform token, and start each MCP server once. One PASS/FAIL "
+        "line each; exit code 0 when all pass, 1 when one fails, 2 when a setting is invalid.",
         "OPENAI_API_KEY or OPENAI_API_KEY_FILE, OPENAI_BASE_URL, OPENAI_MODEL; TEAMBOT_FALLBACK_BASE_URL, "
         "TEAMBOT_FALLBACK_MODEL, TEAMBOT_FALLBACK_API_KEY; TEAMBOT_DB; SLACK_BOT_TOKEN, SLACK_APP_TOKEN, "
-        "SLACK_SIGNING_SECRET, DISCORD_TOKEN; and validates every other setting.",
+        "SLACK_SIGNING_SECRET, DISCORD_TOKEN; TEAMBOT_MCP_CONFIG; and validates every other setting.",
     ),
     "console": (
         "chat with the bot in this terminal",
@@ -147,6 +147,8 @@ def configure_logging(
     root.setLevel(level if log_file or not quiet or level == "DEBUG" else "WARNING")
     # httpx logs every request URL at INFO; ours carry no secrets, but they are noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The MCP SDK's httpx2 does the same with an MCP server's URL, whose query may hold a key.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     silence_library_noise()
 
 
@@ -358,6 +360,7 @@ async def _check(settings: Settings) -> bool:
         results += _print(await check_model(settings))
     results += _print([await check_database(settings)])
     results += _print(await registry.check(settings))
+    results += _print(await check_mcp(settings))
     return all(r.ok for r in results)
 
 

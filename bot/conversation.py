@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from bot import errors, logcontext, texts
+from bot.context import Backfill
 from bot.guards import Busy, ConversationBusy, Guards
 from bot.llm import PER_MESSAGE_OVERHEAD, ChatClient, ChatMessage, Completion, TokenCounter, model_choice
 from bot.memory import Memory, MemorySettings
@@ -133,6 +134,7 @@ class ConversationCore:
         if tools is not None:
             tools.metrics = self.metrics  # one registry for /metrics
         self._locks = KeyedLocks()
+        self.backfill = Backfill(store, counter, settings.history_tokens)
         # Turns waiting for their conversation are queued as much as those waiting for a call slot.
         self.metrics.watch_queue(lambda: self.guards.gate.waiting + self._locks.waiting)
         # A handful of system prompts (the default and those set per channel) are counted on every turn.
@@ -203,6 +205,10 @@ class ConversationCore:
                 refusal = await self._budget_refusal(msg)
                 if refusal is not None:
                     return Reply(ReplyKind.REFUSED, refusal)
+                # The thread's earlier messages, before the question and under both locks, so that one turn at a
+                # time (of any replica) reads them; not in the way of the plain path, which brings none.
+                if Backfill.wanted(msg):
+                    await self.backfill.run(msg)
                 # The slot is held until the call is charged, so every call that passed the budget check and is
                 # not yet charged holds a slot: a cap is passed by at most the calls running when it runs out.
                 async with self.guards.gate.slot() as waited:
@@ -648,5 +654,5 @@ def _join(*notices: str | None) -> str | None:
 def _with_text(msg: IncomingMessage, text: str) -> IncomingMessage:
     if text == msg.text:
         return msg
-    # Everything else stays: the tool policy reads in_dm and author_is_admin.
+    # Everything else stays: the files, the context, and the flags the turn and the tool policy look at.
     return dataclasses.replace(msg, text=text)

@@ -72,9 +72,14 @@ class ContextMessage:
     author_id: str
     author_name: str
     text: str
-    #: Written by a bot (ours included, when the store lost it): stored as what that bot said.
+    #: Written by another bot (a CI bot, an integration): stored as a user message under the bot's name, marked as
+    #: a bot's, so the model never takes it for its own words.
     from_bot: bool = False
     attachments: tuple[Attachment, ...] = ()
+    #: Written by this bot, and not in this conversation's store (the root of a thread started under one of its
+    #: channel answers, a reply the store lost): stored as an assistant message. Adapters leave out the replies the
+    #: conversation stored itself.
+    own: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,10 +24,21 @@ from bot.guards import (
     RateLimiter,
     ScopeKind,
     Unit,
+    remember,
 )
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, TokenCounter, model_http_client
 from bot.store import Store, open_store
-from bot.tools import LoopSettings, ToolLoop, ToolPolicy, ToolProvider, ToolRegistry
+from bot.tools import (
+    LoopSettings,
+    MCPTools,
+    ServerConfig,
+    ToolLoop,
+    ToolPolicy,
+    ToolProvider,
+    ToolRegistry,
+    builtin_tools,
+    load_mcp_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +104,16 @@ def commands(settings: Settings, core: ConversationCore) -> Commands:
     return Commands(core, CommandPolicy(settings.admin_users, settings.models, feedback=settings.feedback))
 
 
-async def tool_providers(settings: Settings, store: Store, stack: contextlib.AsyncExitStack) -> list[ToolProvider]:
-    """Every source of tools, in order of precedence (a name two of them offer stays with the first). Each is
-    added here in one line; one that must be started and stopped enters ``stack``, which closes it on shutdown.
-    None configured (the default): the turns offer no tools and pay nothing for them."""
-    providers: list[ToolProvider] = []
+async def tool_providers(
+    settings: Settings, store: Store, servers: dict[str, ServerConfig], stack: contextlib.AsyncExitStack
+) -> list[ToolProvider]:
+    """Every source of tools, in order of precedence (a name two of them offer stays with the first): the MCP
+    servers, then the built-in tools. One that must be started and stopped enters ``stack``, which closes it on
+    shutdown. None configured (the default): the turns offer no tools and pay nothing for them."""
+    providers: list[ToolProvider] = list(await stack.enter_async_context(open_tools(servers)))
+    builtin = builtin_tools(settings, store)
+    if builtin is not None:
+        providers.append(builtin)
     return providers
 
 
@@ -131,18 +147,43 @@ async def purge_periodically(store: Store, interval: float) -> None:
         log.debug("purged %d expired message ids", purged)
 
 
+def mcp_servers(settings: Settings) -> dict[str, ServerConfig]:
+    """The MCP servers of ``TEAMBOT_MCP_CONFIG`` (none when it is not set); a bad file is a ConfigError."""
+    if settings.mcp_config is None:
+        return {}
+    servers = load_mcp_config(settings.mcp_config)
+    for config in servers.values():
+        # Env and header values are secrets: masked in every log line from now on, wherever they turn up.
+        for value in MCPTools.secret_values(config):
+            remember(value)
+    return servers
+
+
+@contextlib.asynccontextmanager
+async def open_tools(servers: dict[str, ServerConfig]) -> AsyncIterator[list[ToolProvider]]:
+    """The tool providers, started, for the tool loop: the MCP servers (connected in parallel; one that cannot
+    start is retried in the background). Closed on exit: every stdio server is stopped."""
+    if not servers:
+        yield []
+        return
+    async with MCPTools(servers) as mcp:
+        yield [mcp]
+
+
 @contextlib.asynccontextmanager
 async def open_core(
     settings: Settings, counter: TokenCounter | None = None, *, purge_interval: float = PURGE_INTERVAL_S
 ) -> AsyncIterator[ConversationCore]:
     """The core and everything it owns (the store, its periodic purge, the model's HTTP client), closed on exit."""
     settings.require_model_access()
+    # A bad MCP file stops start-up before anything is opened.
+    servers = mcp_servers(settings)
     counter = counter or TokenCounter.load()
     store = await open_store(settings.db, pool_size=settings.db_pool_size)
     purger = asyncio.create_task(purge_periodically(store, purge_interval), name="teambot-purge")
     tools_stack = contextlib.AsyncExitStack()
     try:
-        tools = tool_loop(settings, await tool_providers(settings, store, tools_stack), counter)
+        tools = tool_loop(settings, await tool_providers(settings, store, servers, tools_stack), counter)
         timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
         async with model_http_client(timeout) as http:
             primary, fallback = endpoints(settings)

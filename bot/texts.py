@@ -169,6 +169,12 @@ CHECK_SLACK_NOT_CONFIGURED = (
     "not configured: set SLACK_BOT_TOKEN, and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)"
 )
 CHECK_DISCORD_NOT_CONFIGURED = "not configured: set DISCORD_TOKEN"
+CHECK_SLACK_SCOPES_OK = "the bot token can read threads ({scopes})"
+CHECK_SLACK_SCOPES_MISSING = (
+    "the bot token lacks {missing}: the bot answers there without reading the thread's earlier messages; add the "
+    "scopes under OAuth & Permissions (deploy/slack-manifest-*.yml lists them) and reinstall the app"
+)
+CHECK_SLACK_SCOPES_UNLISTED = "Slack did not list the token's scopes; thread reading is checked on first use"
 SLACK_TOKEN_REFUSED = "Slack refused {setting} ({error}): {hint}; the Slack adapter is stopped"
 SLACK_BOT_TOKEN_HINT = "check the bot token (xoxb-...) and that the app is installed in the workspace"
 SLACK_APP_TOKEN_HINT = "check the app-level token (xapp-...) and that it has the connections:write scope"

@@ -41,6 +41,7 @@ async def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> 
         "Slack HTTP mode",
         "Slack Socket Mode",
         "Discord",
+        "Slack thread of 200 messages",
         "prompt caching",
         "estimated cost per turn",
         "one tool round",

@@ -66,7 +66,12 @@ async def test_slack_tokens_good_and_bad() -> None:
         bad = await registry.check(
             settings(slack_bot_token="xoxb-wrong", slack_signing_secret="s", slack_api_url=slack.api_url)
         )
-    assert [(r.name, r.ok) for r in good] == [("slack bot token", True), ("slack app token", True), ("discord", True)]
+    assert [(r.name, r.ok) for r in good] == [
+        ("slack bot token", True),
+        ("slack scopes", True),
+        ("slack app token", True),
+        ("discord", True),
+    ]
     assert [(r.name, r.ok) for r in bad] == [
         ("slack bot token", False),
         ("slack signing secret", True),

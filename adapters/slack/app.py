@@ -46,6 +46,7 @@ from adapters.slack.approvals import APPROVE, SlackApprovalPrompt, SlackTurnView
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import escape_mrkdwn, markdown_to_mrkdwn, unescape_slack
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
+from adapters.slack.thread import HISTORY_SCOPES, Identity, SlackThread, ThreadReader
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
 from bot import logcontext, texts
 from bot.check import CheckResult
@@ -249,6 +250,18 @@ class SlackAdapter:
             base_url=settings.slack_api_url,
             retry_handlers=[AsyncConnectionErrorRetryHandler(), AsyncRateLimitErrorRetryHandler(max_retry_count=5)],
         )
+        #: Reads threads for the core (adapters.slack.thread). With a client of its own that leaves 429s to the
+        #: reader: the one above would sleep through a Retry-After of a minute (conversations.replies' limit for
+        #: apps outside the Marketplace) while the turn, and its conversation, wait.
+        self.threads = ThreadReader(
+            AsyncWebClient(
+                token=settings.slack_bot_token.get_secret_value(),
+                base_url=settings.slack_api_url,
+                retry_handlers=[AsyncConnectionErrorRetryHandler()],
+            ),
+            self._name,
+            self._text_in,
+        )
         socket_mode = settings.slack_app_token is not None
         signing = settings.slack_signing_secret
         self.app = AsyncApp(
@@ -321,6 +334,7 @@ class SlackAdapter:
         # sessions it makes itself.
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.client.timeout))
         self.client.session = self._session
+        self.threads.client.session = self._session
         if self._settings.slack_app_token is not None:
             # Made before anything is awaited, so that a stop during the token check finds it to close.
             self._socket = _SocketModeHandler(self.app, self._settings.slack_app_token.get_secret_value(), self.client)
@@ -355,6 +369,7 @@ class SlackAdapter:
         await drain(self._inflight, drain_seconds)
         if self._session is not None:
             self.client.session = None
+            self.threads.client.session = None
             await self._session.close()
             self._session = None
 
@@ -545,7 +560,14 @@ class SlackAdapter:
             await sink.post(texts.EMPTY_MENTION)
             return
         user = str(event.get("user") or "")
-        msg = IncomingMessage(key, message_id, user, await self._name(user), text)
+        msg = IncomingMessage(
+            key,
+            message_id,
+            user,
+            await self._name(user),
+            text,
+            source=self._thread(event, context, key, in_pane=set_title is not None),
+        )
         status = None
         if thread_ts is not None and self._refusals.allows(team, STATUS):
             status = ThinkingStatus(self.client, channel, thread_ts, lambda error: self._refused(team, STATUS, error))
@@ -613,6 +635,19 @@ class SlackAdapter:
             reasoning_sink=SlackReasoning(self.client, channel, thread_ts, thinking_in_reply),
             feedback=self._settings.feedback,
             view=view,
+        )
+
+    def _thread(
+        self, event: dict[str, Any], context: dict[str, Any], key: ConversationKey, *, in_pane: bool
+    ) -> SlackThread | None:
+        """Where the core reads the thread's earlier messages: for a message inside a thread (a mention in a
+        thread, a message in an assistant thread or in a DM thread), not for one that starts a thread."""
+        thread_ts = event.get("thread_ts")
+        if not thread_ts or thread_ts == event.get("ts"):
+            return None
+        me = Identity(context.get("bot_user_id"), context.get("bot_id"))
+        return self.threads.thread(
+            key.workspace, key.channel, str(thread_ts), str(event["ts"]), me, own_root=not in_pane
         )
 
     def _refused(self, team: str, feature: str, error: str) -> None:
@@ -786,6 +821,19 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+def _scopes(headers: dict[str, Any]) -> CheckResult:
+    """``teambot check``: does the bot token carry the scopes that reading threads needs? Slack lists a token's
+    scopes in the ``x-oauth-scopes`` header of every Web API answer."""
+    listed = next((str(v) for k, v in headers.items() if k.lower() == "x-oauth-scopes"), None)
+    if listed is None:
+        return CheckResult("slack scopes", True, texts.CHECK_SLACK_SCOPES_UNLISTED)
+    granted = {scope.strip() for scope in listed.split(",")}
+    missing = [f"{scope} ({why})" for scope, why in HISTORY_SCOPES.items() if scope not in granted]
+    if missing:
+        return CheckResult("slack scopes", False, texts.CHECK_SLACK_SCOPES_MISSING.format(missing="; ".join(missing)))
+    return CheckResult("slack scopes", True, texts.CHECK_SLACK_SCOPES_OK.format(scopes=", ".join(HISTORY_SCOPES)))
+
+
 async def check_slack(settings: Settings) -> list[CheckResult]:
     """``teambot check``: is the bot token accepted, and the app token where Socket Mode is used?"""
     assert settings.slack_bot_token is not None
@@ -794,6 +842,7 @@ async def check_slack(settings: Settings) -> list[CheckResult]:
     try:
         me = await client.auth_test()
         results.append(CheckResult("slack bot token", True, f"accepted: @{me.get('user')} in {me.get('team')}"))
+        results.append(_scopes(me.headers))
     except SlackApiError as exc:
         results.append(CheckResult("slack bot token", False, f"SLACK_BOT_TOKEN rejected ({error_code(exc)})"))
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -11,6 +11,7 @@ import asyncio
 
 from bot.errors import ConfigError
 from bot.store.base import (
+    CONTEXT_CLAIM,
     FEEDBACK_VALUES,
     HISTORY_QUERY,
     IN_MEMORY_REFUSED,
@@ -20,6 +21,7 @@ from bot.store.base import (
     USAGE_COLUMNS,
     USAGE_TOTALS,
     ChannelSettings,
+    ContextEntry,
     FeedbackTotal,
     RateBucket,
     Role,
@@ -38,6 +40,7 @@ from bot.store.base import (
 from bot.store.memory_buckets import TokenBuckets
 
 __all__ = [
+    "CONTEXT_CLAIM",
     "FEEDBACK_VALUES",
     "HISTORY_QUERY",
     "IN_MEMORY_REFUSED",
@@ -47,6 +50,7 @@ __all__ = [
     "USAGE_COLUMNS",
     "USAGE_TOTALS",
     "ChannelSettings",
+    "ContextEntry",
     "FeedbackTotal",
     "RateBucket",
     "Role",

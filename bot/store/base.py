@@ -102,6 +102,26 @@ class Summary:
     covered_to: int
 
 
+#: The prefix of a context message's claim in the record of handled message ids: a message stored as context
+#: (an earlier message of a thread) is claimed apart from its claim as a question, so that it is never stored twice
+#: as context, yet still answered if it later arrives as a mention.
+CONTEXT_CLAIM = "context:"
+
+
+@dataclass(frozen=True, slots=True)
+class ContextEntry:
+    """A message around a mention, ready to store before the question: an earlier message of the thread."""
+
+    #: The platform's message id (as :attr:`bot.messages.ContextMessage.message_id`): claimed as
+    #: ``CONTEXT_CLAIM + message_id``, and skipped when already claimed that way or as a question.
+    message_id: str
+    role: Role
+    author_id: str | None
+    author_name: str | None
+    content: str
+    tokens: int
+
+
 #: What a person can say about an answer with its buttons.
 FEEDBACK_VALUES = ("up", "down")
 
@@ -273,6 +293,19 @@ class Store(Protocol):
         """Store the person's message, whose id :meth:`claim_message` already claimed; returns its row id."""
         ...
 
+    async def context_cursor(self, key: ConversationKey) -> str | None:
+        """Where the conversation's context source was last read up to (a Slack ``ts``), or None: never read."""
+        ...
+
+    async def add_context(self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None) -> int:
+        """Store ``entries`` in the conversation, in order, each unless its id was claimed before (as context or as
+        a question), claiming those stored; and keep ``cursor`` as the conversation's (None: unchanged), all in one
+        transaction. Returns how many were stored.
+
+        A ``/reset`` deletes the stored messages but keeps the cursor: what was forgotten is not read back.
+        """
+        ...
+
     async def add_reply(
         self,
         key: ConversationKey,
@@ -322,6 +355,17 @@ class Store(Protocol):
 
     async def messages_after(self, key: ConversationKey, after: int, before: int, limit: int) -> list[StoredMessage]:
         """Up to ``limit`` of the conversation's messages with ``after < id < before``, oldest first."""
+        ...
+
+    async def search_messages(
+        self, key: ConversationKey, query: str, *, before: int, limit: int
+    ) -> list[StoredMessage]:
+        """Up to ``limit`` of the conversation's messages older than row ``before`` that hold every word of ``query``,
+        newest first (the ``search_history`` tool). Only ``key``'s own conversation is searched, never another.
+
+        Words match whole, whatever their case; ``query`` is plain words, never search syntax: quotes, operators and
+        punctuation in it cannot fail the search. Empty when ``query`` has no word.
+        """
         ...
 
     async def set_summary(self, key: ConversationKey, summary: Summary) -> bool:

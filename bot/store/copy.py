@@ -79,6 +79,7 @@ TABLES = (
     _Table("budget_warnings", ("scope", "period_start")),
     _Table("summaries", ("conversation_id", "content", "tokens", "covered_to", "updated_at")),
     _Table("feedback", ("message_id", "user_id", "value", "platform", "workspace", "channel", "at")),
+    _Table("context_cursors", ("conversation_id", "cursor", "updated_at")),
 )
 
 

@@ -19,6 +19,7 @@ import asyncpg
 from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage, Usage
 from bot.store.base import (
+    CONTEXT_CLAIM,
     HISTORY_QUERY,
     LAST_THREAD_QUERY,
     MIN_MESSAGE_TOKENS,
@@ -26,6 +27,7 @@ from bot.store.base import (
     USAGE_COLUMNS,
     USAGE_TOTALS,
     ChannelSettings,
+    ContextEntry,
     FeedbackTotal,
     RateBucket,
     StoredMessage,
@@ -41,7 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Each entry moves the schema one version up; the ``schema_version`` table records how far a database is.
 #: Versions 1 and 2 hold the same tables as SQLite's; version 3 adds what only replicas need; versions 4 to 7 are
-#: SQLite's 3 to 6 (the history index, seen requests, usage as billed with the token line, summaries and feedback).
+#: SQLite's 3 to 6 (the history index, seen requests, usage as billed with the token line, summaries and feedback),
+#: and so on one up: full-text search, tool traces and the context cursors, as SQLite's.
 MIGRATIONS: Sequence[Sequence[str]] = (
     (
         """CREATE TABLE conversations (
@@ -193,9 +196,25 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX feedback_by_channel ON feedback (platform, workspace, channel, at)",
     ),
     (
+        # Full-text search over the history (the search_history tool), beyond what the window holds. A generated
+        # column is computed for the rows already there when it is added, and by the server for every row after;
+        # 'simple' does not stem, like SQLite's unicode61: whole words in any language, whatever their case.
+        "ALTER TABLE messages ADD COLUMN search tsvector "
+        "GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, content)) STORED",
+        "CREATE INDEX messages_search ON messages USING GIN (search)",
+    ),
+    (
         # Tools: a reply that used tools keeps the calls and their results (JSON, in the API's form) beside it,
         # so later turns know what was looked up. NULL on every other message: nothing to fill in.
         "ALTER TABLE messages ADD COLUMN tool_trace TEXT",
+    ),
+    (
+        # Thread context: see SQLite's.
+        """CREATE TABLE context_cursors (
+            conversation_id BIGINT PRIMARY KEY REFERENCES conversations(id),
+            cursor TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
     ),
 )
 
@@ -245,6 +264,16 @@ _CREATE_BUCKETS = (
     "SELECT key, capacity, extract(epoch FROM clock_timestamp()) FROM unnest($1::text[], $2::float8[]) AS "
     "w(key, capacity) ON CONFLICT (key) DO NOTHING"
 )
+#: The search_history query. plainto_tsquery reads any text as words that must all appear (no syntax to get wrong),
+#: with the parser that made the column; the conversation and the row bound keep it to what came before the
+#: question in this conversation.
+_SEARCH = (
+    "SELECT id, role, author_name, content, tokens, created_at FROM messages "
+    "WHERE conversation_id = $1 AND id < $2 AND search @@ plainto_tsquery('simple'::regconfig, $3) "
+    "ORDER BY id DESC LIMIT $4"
+)
+#: A search takes at most this much of its query: a model pasting a page gets an answer, not a scan.
+_SEARCH_CHARS = 500
 #: See bot.store.sqlite._ADD_FEEDBACK.
 _ADD_FEEDBACK = (
     "INSERT INTO feedback (message_id, user_id, value, platform, workspace, channel, at) "
@@ -252,6 +281,34 @@ _ADD_FEEDBACK = (
     "JOIN conversations c ON c.id = m.conversation_id "
     "WHERE m.id = $1 AND m.role = 'assistant' AND c.platform = $5 AND (c.channel = $6 OR c.thread = $6) "
     "ON CONFLICT (message_id, user_id) DO UPDATE SET value = excluded.value, at = excluded.at"
+)
+#: A batch of context messages in one statement (one round trip however long the thread): each stored, in order,
+#: unless its id was claimed before, as a question or as context (see bot.store.sqlite.SQLiteStore.add_context),
+#: and claimed as context with it; placed on the conversation's token line after its newest message. The claim's
+#: primary key decides between concurrent writers: a claim that conflicts leaves its message out.
+_ADD_CONTEXT = (
+    "WITH input AS ("
+    "  SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::integer[])"
+    "  WITH ORDINALITY AS i(message_id, role, author_id, author_name, content, tokens, n)"
+    "), fresh AS ("
+    "  SELECT DISTINCT ON (message_id) * FROM input i"
+    "  WHERE NOT EXISTS (SELECT 1 FROM handled_messages h WHERE h.message_id = i.message_id)"
+    "  ORDER BY message_id, n"
+    "), claimed AS ("
+    "  INSERT INTO handled_messages (message_id, handled_at) SELECT $8::text || message_id, $9::float8 FROM fresh"
+    "  ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
+    "), placed AS ("
+    "  SELECT f.*, base.line + sum(f.tokens) OVER (ORDER BY f.n) - f.tokens AS tokens_before"
+    "  FROM fresh f JOIN claimed c ON c.message_id = $8::text || f.message_id"
+    f"  CROSS JOIN (SELECT {TOKENS_BEFORE_QUERY.format(conversation='$1::bigint')} AS line) base"
+    ") INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
+    "created_at, tokens_before) "
+    "SELECT $1::bigint, role, author_id, author_name, content, tokens, message_id, $9::float8, tokens_before "
+    "FROM placed ORDER BY n RETURNING id"
+)
+_SET_CURSOR = (
+    "INSERT INTO context_cursors (conversation_id, cursor, updated_at) VALUES ($1, $2, $3) "
+    "ON CONFLICT (conversation_id) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at"
 )
 #: advisory lock namespaces (the first key of pg_advisory_lock(int, int)), so ours never meet another app's.
 _MIGRATION_LOCK = 0x7EB0
@@ -425,6 +482,37 @@ class PostgresStore:
             )
         return int(row)
 
+    async def context_cursor(self, key: ConversationKey) -> str | None:
+        async with self._pool.acquire() as conn:
+            conversation = await self._existing_conversation_id(conn, key)
+            if conversation is None:
+                return None
+            cursor = await conn.fetchval("SELECT cursor FROM context_cursors WHERE conversation_id = $1", conversation)
+        return None if cursor is None else str(cursor)
+
+    async def add_context(self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None) -> int:
+        now = time.time()
+        async with self._pool.acquire() as conn, conn.transaction():
+            conversation = await self._conversation_id(conn, key)
+            stored = 0
+            if entries:
+                rows = await conn.fetch(
+                    _ADD_CONTEXT,
+                    conversation,
+                    [e.message_id for e in entries],
+                    [e.role for e in entries],
+                    [e.author_id for e in entries],
+                    [e.author_name for e in entries],
+                    [e.content for e in entries],
+                    [e.tokens for e in entries],
+                    CONTEXT_CLAIM,
+                    now,
+                )
+                stored = len(rows)
+            if cursor is not None:
+                await conn.execute(_SET_CURSOR, conversation, cursor, now)
+        return stored
+
     async def add_reply(
         self,
         key: ConversationKey,
@@ -530,6 +618,19 @@ class PostgresStore:
                 before,
                 limit,
             )
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def search_messages(
+        self, key: ConversationKey, query: str, *, before: int, limit: int
+    ) -> list[StoredMessage]:
+        # Without a letter or digit the query has no lexeme: the server would only say so in a NOTICE.
+        if limit <= 0 or not any(ch.isalnum() for ch in query):
+            return []
+        async with self._pool.acquire() as conn:
+            conversation = await self._existing_conversation_id(conn, key)
+            if conversation is None:
+                return []
+            rows = await conn.fetch(_SEARCH, conversation, before, query[:_SEARCH_CHARS], limit)
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def set_summary(self, key: ConversationKey, summary: Summary) -> bool:

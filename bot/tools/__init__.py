@@ -4,14 +4,22 @@ a shared channel needs."""
 from __future__ import annotations
 
 from bot.tools.base import ToolCallContext, ToolError, ToolProvider, ToolSpec
+from bot.tools.builtin import BuiltinTools, builtin_tools
 from bot.tools.history import with_traces
 from bot.tools.loop import LoopSettings, ToolLoop, ToolOutcome, TurnTools
+from bot.tools.mcp import MCPTools, ServerStatus
+from bot.tools.mcp_config import ServerConfig, load_mcp_config
 from bot.tools.policy import POLICY_KEY, ToolPolicy, ToolRule, parse_rules
 from bot.tools.registry import ToolRegistry
+from bot.tools.web_fetch import WebFetcher
 
 __all__ = [
     "POLICY_KEY",
+    "BuiltinTools",
     "LoopSettings",
+    "MCPTools",
+    "ServerConfig",
+    "ServerStatus",
     "ToolCallContext",
     "ToolError",
     "ToolLoop",
@@ -22,6 +30,9 @@ __all__ = [
     "ToolRule",
     "ToolSpec",
     "TurnTools",
+    "WebFetcher",
+    "builtin_tools",
+    "load_mcp_config",
     "parse_rules",
     "with_traces",
 ]

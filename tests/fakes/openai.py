@@ -61,6 +61,7 @@ user message holds these tokens; once the last message is a tool result, the mod
     [[call:NAME:{"a": 1}]]      call NAME with those arguments (the JSON may hold no ``]]``)
     [[badargs:NAME]]            call NAME with arguments that are not valid JSON
     [[callforever:NAME]]        call NAME again on every request that offers tools: a model that never stops
+    [[preface]]                 with the calls, the model first writes :data:`PREFACE` (text, then the calls)
 Streamed, each call comes as OpenAI sends it: the id and name in a first delta, then the arguments in pieces of
 three characters (split inside strings and keys), keyed by ``index``; ``finish_reason`` is ``tool_calls``.
 
@@ -112,6 +113,7 @@ _FAULTS = (
     "reasoning",
     "think",
     "reasoning_tokens",
+    "preface",
 )
 # The name is an explicit alternation so that "x" in "[[500x2]]" can never be swallowed into the name.
 _TOKEN = re.compile(
@@ -120,6 +122,8 @@ _TOKEN = re.compile(
     r"(?:x(?P<times>\d+))?\]\]"
 )
 _CALL = re.compile(r"\[\[(?P<kind>call|badargs|callforever):(?P<name>[A-Za-z0-9_-]+)(?::(?P<args>\{.*?\}))?\]\]")
+#: What the model writes before its calls with ``[[preface]]``.
+PREFACE = "Let me look that up."
 #: The arguments of ``[[badargs:NAME]]``: cut off inside a string, as a model that ran out of tokens writes them.
 BAD_ARGUMENTS = '{"city": "Tok'
 _SERVER_ERRORS = {
@@ -351,7 +355,8 @@ class FakeOpenAI:
             return failure
         calls = _tool_calls(body, messages, last_user, self.calls)
         if calls:
-            return await self._call_tools(request, body, model, calls, _tokens(prompt_chars))
+            preface = PREFACE if "preface" in faults else None
+            return await self._call_tools(request, body, model, calls, _tokens(prompt_chars), preface)
         text = "" if "empty" in faults else self.reply(messages) if self.reply else f"echo: {last_user}"
         if messages and messages[-1].get("role") == "tool" and self.reply is None:
             text = "tool results: " + " | ".join(
@@ -409,7 +414,13 @@ class FakeOpenAI:
         )
 
     async def _call_tools(
-        self, request: web.Request, body: dict[str, Any], model: str, calls: list[dict[str, Any]], prompt_tokens: int
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        model: str,
+        calls: list[dict[str, Any]],
+        prompt_tokens: int,
+        preface: str | None = None,
     ) -> web.StreamResponse:
         completion_tokens = _tokens(sum(len(c["function"]["arguments"]) + len(c["function"]["name"]) for c in calls))
         usage = {
@@ -420,7 +431,7 @@ class FakeOpenAI:
         self.usages.append(usage)
         ident, created = f"chatcmpl-fake{self.calls}", int(time.time())
         if not body.get("stream"):
-            message = {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}
+            message = {"role": "assistant", "content": preface, "tool_calls": calls, "refusal": None}
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
             return _json(
                 200,
@@ -439,6 +450,8 @@ class FakeOpenAI:
             )
 
         await response.write(chunk({"role": "assistant", "content": None}))
+        for word in re.findall(r"\s*\S+\s*", preface or ""):
+            await response.write(chunk({"content": word}))
         for index, call in enumerate(calls):
             first = {
                 "index": index,

@@ -3,7 +3,10 @@
 Started in the test's own loop on 127.0.0.1, port 0; the real ``AsyncWebClient`` talks to it through
 ``base_url=fake.api_url``. It records every call (``calls``), keeps posted and streamed messages with their latest
 text (``message_text``), and fails on demand (``rate_limit``, ``refuse``, ``error_page``, and at the network
-level ``drop`` and ``stall``). It checks the
+level ``drop`` and ``stall``). Threads (``threads``, filled with ``thread_message`` and by the bot's own replies)
+are served by ``conversations.replies`` as Slack does: root first, ``oldest``/``latest``/``inclusive``, pages of
+``limit`` (at most ``replies_page_cap``) with a ``next_cursor``, and ``missing_scope`` where the token lacks the
+channel type's history scope (``scopes``, also listed in every answer's ``x-oauth-scopes`` header). It checks the
 arguments Slack requires of the AI-app methods (``assistant.threads.*``, ``chat.startStream``/``appendStream``/
 ``stopStream``) and answers ``invalid_arguments`` without them. Helpers build what Slack sends to an app:
 ``event_envelope``, ``assistant_thread_started``, ``slash_command_form``, signed with ``signed_headers``.
@@ -19,8 +22,9 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -34,6 +38,24 @@ MARKDOWN_LIMIT = 12_000
 
 
 _ERROR_PAGE = "<html><head><title>500 Internal Server Error</title></head><body>Server Error</body></html>"
+
+
+#: The bot token's scopes, as deploy/slack-manifest-*.yml asks for them.
+SCOPES = (
+    "app_mentions:read",
+    "assistant:write",
+    "chat:write",
+    "channels:history",
+    "commands",
+    "groups:history",
+    "im:history",
+    "im:read",
+    "im:write",
+    "mpim:history",
+    "users:read",
+)
+#: The scope conversations.replies needs, by the channel id's first letter.
+_HISTORY_SCOPE = {"C": "channels:history", "G": "groups:history", "D": "im:history"}
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -78,8 +100,16 @@ class FakeSlack(LoopbackServer):
         bot_user_id: str = "UBOT",
         team_id: str = "T1",
         users: dict[str, dict[str, Any]] | None = None,
+        scopes: Sequence[str] = SCOPES,
     ) -> None:
         super().__init__()
+        self.scopes = list(scopes)
+        #: Threads by (channel, root ts): their messages in any order (served oldest first), the bot's replies among
+        #: them as they are posted.
+        self.threads: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        #: conversations.replies gives at most this many messages a page, whatever ``limit`` asks: 15 is what Slack
+        #: gives commercially distributed apps outside the Marketplace.
+        self.replies_page_cap: int | None = None
         self.bot_token = bot_token
         self.bot_user_id = bot_user_id
         self.team_id = team_id
@@ -121,6 +151,31 @@ class FakeSlack(LoopbackServer):
 
     def messages_in(self, channel: str, thread_ts: str | None = None) -> list[Posted]:
         return [m for m in self.posted if m.channel == channel and m.thread_ts == thread_ts]
+
+    def thread_message(
+        self,
+        text: str,
+        *,
+        ts: str,
+        thread_ts: str,
+        channel: str = "C1",
+        user: str | None = "U1",
+        bot_id: str | None = None,
+        bot_name: str | None = None,
+        subtype: str | None = None,
+    ) -> dict[str, Any]:
+        """Put a message in a thread (its root when ``ts == thread_ts``), as someone writing it in Slack would;
+        returns it as conversations.replies serves it."""
+        message: dict[str, Any] = {"type": "message", "text": text, "ts": ts, "thread_ts": thread_ts}
+        if user is not None:
+            message["user"] = user
+        if bot_id is not None:
+            message["bot_id"] = bot_id
+            message["bot_profile"] = {"id": bot_id, "name": bot_name or bot_id}
+        if subtype is not None:
+            message["subtype"] = subtype
+        self.threads.setdefault((channel, thread_ts), []).append(message)
+        return message
 
     def rate_limit(self, method: str, times: int = 1, retry_after: float = 1) -> None:
         """The next ``times`` calls of ``method`` get HTTP 429 with ``Retry-After`` and change nothing."""
@@ -229,7 +284,8 @@ class FakeSlack(LoopbackServer):
                 return _json({"ok": False, "error": refusals.pop(0)})
             if method == "apps.connections.open":
                 return _json({"ok": True, "url": f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/link"})
-            return _json(self._answer(method, args))
+            # Slack lists the token's scopes in every Web API answer.
+            return _json(self._answer(method, args), headers={"x-oauth-scopes": ",".join(self.scopes)})
         finally:
             await self._notify()
 
@@ -263,11 +319,14 @@ class FakeSlack(LoopbackServer):
                     "profile": profile,
                 },
             }
+        if method == "conversations.replies":
+            return self._replies(args)
         if method == "chat.postMessage":
             ts = f"{1700000100 + next(self._ts)}.000100"
             message = Posted(str(args["channel"]), ts, str(args.get("text", "")), args.get("thread_ts"))
             message.blocks = _blocks(args)
             self.posted.append(message)
+            self._in_thread(message)
             self._text_set(message)
             return {"ok": True, "channel": message.channel, "ts": ts, "message": {"text": message.text, "ts": ts}}
         if method == "chat.update":
@@ -289,6 +348,53 @@ class FakeSlack(LoopbackServer):
         if method == "conversations.info":
             return {"ok": True, "channel": {"id": args.get("channel"), "name": "general", "is_im": False}}
         return {"ok": True}
+
+    def _in_thread(self, message: Posted) -> None:
+        """The bot's reply in a thread is one of the thread's messages, its text as last set."""
+        if message.thread_ts is not None:
+            entry = {"type": "message", "ts": message.ts, "thread_ts": message.thread_ts, "posted": message}
+            self.threads.setdefault((message.channel, message.thread_ts), []).append(entry)
+
+    def _replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, root = str(args.get("channel") or ""), str(args.get("ts") or "")
+        if not channel or not root:
+            return {"ok": False, "error": "invalid_arguments"}
+        needed = _HISTORY_SCOPE.get(channel[:1], "channels:history")
+        if needed not in self.scopes:
+            return {"ok": False, "error": "missing_scope", "needed": needed, "provided": ",".join(self.scopes)}
+        thread = self.threads.get((channel, root))
+        if thread is None:
+            return {"ok": False, "error": "thread_not_found"}
+        inclusive = str(args.get("inclusive", "")).lower() in ("1", "true")
+
+        def within(ts: Decimal) -> bool:
+            oldest, latest = args.get("oldest"), args.get("latest")
+            if oldest is not None and (ts < Decimal(str(oldest)) or (ts == Decimal(str(oldest)) and not inclusive)):
+                return False
+            return latest is None or ts < Decimal(str(latest)) or (ts == Decimal(str(latest)) and inclusive)
+
+        ordered = sorted(thread, key=lambda m: Decimal(m["ts"]))
+        # As Slack does: the root first, whatever the range, then the replies within it.
+        items = [m for m in ordered if m["ts"] == root] + [
+            m for m in ordered if m["ts"] != root and within(Decimal(m["ts"]))
+        ]
+        limit = int(args.get("limit") or 1000)
+        if self.replies_page_cap is not None:
+            limit = min(limit, self.replies_page_cap)
+        offset = int(str(args.get("cursor") or "page:0").removeprefix("page:"))
+        page = items[offset : offset + limit]
+        more = offset + limit < len(items)
+        body: dict[str, Any] = {"ok": True, "messages": [self._served(m) for m in page], "has_more": more}
+        body["response_metadata"] = {"next_cursor": f"page:{offset + limit}" if more else ""}
+        return body
+
+    def _served(self, message: dict[str, Any]) -> dict[str, Any]:
+        posted = message.get("posted")
+        if not isinstance(posted, Posted):
+            return dict(message)
+        served = {k: v for k, v in message.items() if k != "posted"}
+        bot = {"id": "B1", "name": "teambot"}
+        return served | {"user": self.bot_user_id, "bot_id": "B1", "bot_profile": bot, "text": posted.text}
 
     @staticmethod
     def _assistant(method: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -336,6 +442,7 @@ class FakeSlack(LoopbackServer):
             thread = str(args["thread_ts"]) if args.get("thread_ts") else None
             message = Posted(channel, ts, text or "", thread, appends=[text or ""], streaming=True, chunks=tasks)
             self.posted.append(message)
+            self._in_thread(message)
             self._text_set(message)
             return {"ok": True, "channel": channel, "ts": ts}
         if not channel or not args.get("ts") or (method == "chat.appendStream" and not text and not tasks):

@@ -14,7 +14,7 @@ from bot.guards import Accounting, Budget, Guards, Period, PriceTable, ScopeKind
 from bot.llm import TokenCounter
 from bot.messages import ReplyKind
 from bot.tools import ToolRule
-from tests.fakes.openai import BAD_ARGUMENTS
+from tests.fakes.openai import BAD_ARGUMENTS, PREFACE
 from tests.tools.harness import ToolHarness, View, counter, harness  # noqa: F401 - fixtures
 
 TOKYO = '[[call:time__now:{"city": "Tokyo"}]]'
@@ -319,3 +319,14 @@ async def test_a_prompt_too_long_after_a_tool_round_is_not_asked_again_from_the_
     assert reply.kind is ReplyKind.ERROR and reply.text == texts.CONTEXT_TOO_LONG
     # Asking again with half the history would run the tool again: a tool that acts must not act twice.
     assert len(harness.desk.calls) == 1 and len(harness.fake.requests) == 2
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+async def test_text_before_the_calls_is_shown_and_kept_with_them(harness: ToolHarness, stream: bool) -> None:
+    core = harness.core(stream=stream)
+    reply = await harness.say(core, f"{TOKYO} [[preface]] time?")
+    assert reply.text == f"{PREFACE}\n\ntool results: 14:00 in Tokyo\n\n" + texts.TOOLS_USED.format(tools="time__now")
+    await harness.say(core, "thanks")
+    replayed = harness.fake.requests[-1]["messages"]
+    assert replayed[2]["content"] == PREFACE and replayed[2]["tool_calls"]
+    assert replayed[4] == {"role": "assistant", "content": "tool results: 14:00 in Tokyo"}

@@ -1,0 +1,152 @@
+"""Backfill: the messages around a mention that the store does not hold yet, stored before its question.
+
+The adapter hands them over two ways (see bot.messages): ``IncomingMessage.context``, messages it already has (a
+Discord replied-to message), and ``IncomingMessage.source``, where more can be read (a Slack thread). The turn runs
+this under its conversation's locks (the process's own, and across replicas the database's advisory lock), so one
+turn at a time reads the source: from the conversation's cursor, storing what it read together with the new cursor
+in one transaction. A thread is read once, whatever turns, restarts or replicas come after; each message is
+claimed by id as it is stored, so none is stored twice.
+
+Who said what: people are stored as user messages under their name, as questions are; another bot's messages
+likewise, its name marked with :data:`BOT_MARK`; this bot's own messages (those the adapter found missing from the
+store) as assistant messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+
+from bot.llm import PER_MESSAGE_OVERHEAD, TokenCounter
+from bot.messages import ContextMessage, ContextRead, ContextSource, IncomingMessage
+from bot.store import ContextEntry, Store
+
+log = logging.getLogger(__name__)
+
+#: How long a turn waits for its context source before answering without it: its conversation stays locked
+#: meanwhile, and a platform that stopped answering must not hold the conversation up.
+READ_TIMEOUT_S = 20.0
+#: After another bot's name in the history: the model tells a bot's report from a person's words, and from its own.
+BOT_MARK = " (bot)"
+#: As for questions (bot.conversation): C0 control characters other than tab and newlines go.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class Backfill:
+    """Stores what surrounds a mention before its question; see the module's doc."""
+
+    def __init__(self, store: Store, counter: TokenCounter, budget_tokens: int) -> None:
+        self._store = store
+        self._counter = counter
+        #: What the source may return: the whole history budget, as nothing beyond it reaches a prompt.
+        self.budget_tokens = budget_tokens
+        # One message may take at most half the budget, as a question may (bot.conversation), so that one pasted
+        # log leaves room for the rest of the thread.
+        self._single_cap = max(16, budget_tokens // 2 - PER_MESSAGE_OVERHEAD)
+
+    @staticmethod
+    def wanted(msg: IncomingMessage) -> bool:
+        """Whether ``msg`` brings anything to backfill: without it the turn must not pay a query or an await."""
+        return bool(msg.context) or msg.source is not None
+
+    async def run(self, msg: IncomingMessage) -> int:
+        """Store what surrounds ``msg`` that the store does not hold; returns how many messages were stored.
+
+        Never fails because of the source: a refusal (429, a missing scope), a timeout or a partial read is logged
+        in one line, and the turn answers from what is stored.
+        """
+        cursor: str | None = None
+        read: ContextRead | None = None
+        if msg.source is not None:
+            cursor = await self._store.context_cursor(msg.key)
+            read = await self._read(msg, msg.source, cursor)
+        entries = self._entries(msg, msg.context, read.messages if read is not None else ())
+        new_cursor = read.cursor if read is not None and read.cursor != cursor else None
+        if not entries and new_cursor is None:
+            return 0
+        stored = await self._store.add_context(msg.key, entries, new_cursor)
+        log.info(
+            "conversation %s: %d earlier messages stored before %s (%d offered)",
+            msg.key,
+            stored,
+            msg.message_id,
+            len(entries),
+        )
+        return stored
+
+    async def _read(self, msg: IncomingMessage, source: ContextSource, cursor: str | None) -> ContextRead | None:
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                read = await source.read(cursor, self.budget_tokens)
+        except TimeoutError:
+            log.warning(
+                "conversation %s: reading its earlier messages took over %.0f s; answering from what is stored",
+                msg.key,
+                READ_TIMEOUT_S,
+            )
+            return None
+        if read.problem is not None:
+            log.warning(
+                "conversation %s: its earlier messages could not be read in full (%s); answering from what is stored",
+                msg.key,
+                read.problem,
+            )
+        if read.truncated:
+            log.info(
+                "conversation %s: the oldest earlier messages were left out to keep within %d tokens",
+                msg.key,
+                self.budget_tokens,
+            )
+        return read
+
+    def _entries(
+        self, msg: IncomingMessage, given: Sequence[ContextMessage], read: Sequence[ContextMessage]
+    ) -> list[ContextEntry]:
+        """The messages to store, in order: those the adapter gave that the source did not read (they come from
+        before it, as a replied-to message older than the cursor does), then what the source read, in its order.
+        The mention itself is its turn's to store."""
+        in_read = {m.message_id for m in read}
+        seen = {msg.message_id}
+        entries = []
+        for message in [*(m for m in given if m.message_id not in in_read), *read]:
+            if message.message_id in seen:
+                continue
+            seen.add(message.message_id)
+            entry = self._entry(message)
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    def _entry(self, message: ContextMessage) -> ContextEntry | None:
+        text = _writable(_CONTROL.sub("", message.text).strip())
+        if not text:
+            return None
+        if message.own:
+            text, tokens = self._fitted("", text)
+            return ContextEntry(message.message_id, "assistant", None, None, text, tokens)
+        name = _writable(message.author_name or message.author_id or "someone")
+        if message.from_bot and not name.endswith(BOT_MARK):
+            name += BOT_MARK
+        text, tokens = self._fitted(f"{name}: ", text)
+        return ContextEntry(message.message_id, "user", _writable(message.author_id), name, text, tokens)
+
+    def _fitted(self, prefix: str, text: str) -> tuple[str, int]:
+        """``text`` cut to the single-message cap, and its tokens as the model sees it (after ``prefix``). Counted
+        once where it fits, as nearly all do: a thread of hundreds of messages is counted on the turn's time."""
+        tokens = self._counter.count_message(prefix + text)
+        if tokens - PER_MESSAGE_OVERHEAD <= self._single_cap:
+            return text, tokens
+        text = self._counter.truncate(text, self._single_cap)
+        return text, self._counter.count_message(prefix + text)
+
+
+def _writable(text: str) -> str:
+    """As for questions (bot.conversation): a lone surrogate, which no encoding writes and a database would refuse
+    with the whole batch, becomes ``?``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
