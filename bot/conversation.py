@@ -41,6 +41,10 @@ class KeyedLocks:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def idle(self, key: str) -> bool:
+        """Nobody holds or waits for ``key``: :meth:`hold` takes it without suspending."""
+        return key not in self._entries
+
     @contextlib.asynccontextmanager
     async def hold(self, key: str, *, max_waiting: int | None = None) -> AsyncIterator[None]:
         """Hold ``key``'s lock; with ``max_waiting``, raise ConversationBusy at once when that many already wait."""
@@ -80,6 +84,8 @@ class _Progress:
     """How far a turn got: its stored question, the prompt of the request under way, and the text it streamed."""
 
     row: int | None = None
+    #: Whether the message's id is claimed: a cut-off releases only its own claim, never a handled message's.
+    claimed: bool = True
     model: str | None = None
     prompt: list[ChatMessage] | None = None
     settled: bool = False
@@ -88,6 +94,20 @@ class _Progress:
     history_cut: bool = False
     #: The id of the oldest stored message in the prompt's history (None: it had none), for the summary.
     window_start: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A question as the model will see it: cut to fit if it had to be (``cut_to`` tokens), with its system message."""
+
+    msg: IncomingMessage
+    system: ChatMessage
+    model: str | None
+    effort: str | None
+    #: The question as a chat message's content ("Name: text") and its tokens.
+    content: str
+    tokens: int
+    cut_to: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +145,8 @@ class ConversationCore:
         self.guards = guards or Guards()
         self.metrics = metrics or Metrics()
         self._locks = KeyedLocks()
+        #: Conversations whose turn took the one-write path and has not taken its rate tokens yet (see _handle).
+        self._admitting: dict[str, asyncio.Event] = {}
         # Turns waiting for their conversation are queued as much as those waiting for a call slot.
         self.metrics.watch_queue(lambda: self.guards.gate.waiting + self._locks.waiting)
         # A handful of system prompts (the default and those set per channel) are counted on every turn.
@@ -176,31 +198,62 @@ class ConversationCore:
             if self.guards.access.refuse_silently:
                 return Reply(ReplyKind.IGNORED, "")
             return Reply(ReplyKind.REFUSED, texts.NOT_ALLOWED)
-        # A redelivery is silent, and neither waits nor spends the person's rate tokens.
-        if not await self.store.claim_message(msg.message_id):
-            log.info("message %s in %s was already handled; not answering again", msg.message_id, msg.key)
-            return Reply(ReplyKind.DUPLICATE, "")
-        # Before queueing for the conversation: a flood in one channel is slowed down at once, not minutes later.
-        wait = await self.guards.rate_wait(msg)
-        if wait > 0:
-            log.info("message %s in %s rate-limited for %d s", msg.message_id, msg.key, wait)
-            return Reply(ReplyKind.REFUSED, texts.SLOW_DOWN.format(seconds=wait))
-        progress = _Progress()
+        key = str(msg.key)
+        # The plain case: a conversation nobody here is answering or waiting for, in a database no other process
+        # uses. There is no queue to keep a redelivery or a flood out of, so the message is claimed and stored in
+        # one write once the conversation is held, and the rate check follows (a refusal deletes the question
+        # again). One write less per mention, about 15 % of the core's CPU per turn (BENCHMARKS.md).
+        idle = self.store.single_process and self._locks.idle(key)
+        if not idle:
+            # A redelivery is silent, and neither waits nor spends the person's rate tokens.
+            if not await self.store.claim_message(msg.message_id):
+                return _duplicate(msg)
+            # A turn that took the one-write path ahead of this one takes its rate tokens first, as it came first.
+            if (ahead := self._admitting.get(key)) is not None:
+                await ahead.wait()
+            # Before queueing for the conversation: a flood in one channel is slowed down at once, not minutes later.
+            if (slow_down := await self._rate_refusal(msg)) is not None:
+                return slow_down
+        progress = _Progress(claimed=not idle)
         try:
+            # No await between the idle check and holding the lock: an idle lock is taken without suspending.
             async with (
-                self._locks.hold(str(msg.key), max_waiting=self.guards.max_queued_per_conversation),
+                self._locks.hold(key, max_waiting=self.guards.max_queued_per_conversation),
                 self.store.conversation_lock(msg.key),
             ):
+                if idle:
+                    self._admitting[key] = admitted = asyncio.Event()
+                    try:
+                        prepared = await self._prepare(msg)
+                        progress.row = await self.store.begin_turn(prepared.msg, prepared.tokens)
+                        if progress.row is None:
+                            return _duplicate(msg)
+                        progress.claimed = True
+                        if (slow_down := await self._rate_refusal(msg)) is not None:
+                            return await self._forget(progress, slow_down)
+                    finally:
+                        del self._admitting[key]
+                        admitted.set()
+                else:
+                    prepared = await self._prepare(msg)
                 refusal = await self._budget_refusal(msg)
                 if refusal is not None:
-                    return Reply(ReplyKind.REFUSED, refusal)
+                    return await self._forget(progress, Reply(ReplyKind.REFUSED, refusal))
                 # The slot is held until the call is charged, so every call that passed the budget check and is
                 # not yet charged holds a slot: a cap is passed by at most the calls running when it runs out.
-                async with self.guards.gate.slot() as waited:
-                    # Calls charged while this one queued may have used the budget up: look again.
-                    if waited and (refusal := await self._budget_refusal(msg)) is not None:
-                        return Reply(ReplyKind.REFUSED, refusal)
-                    return await self._turn(msg, on_text, progress, on_reasoning)
+                try:
+                    async with self.guards.gate.slot() as waited:
+                        # Calls charged while this one queued may have used the budget up: look again.
+                        if waited and (refusal := await self._budget_refusal(msg)) is not None:
+                            return await self._forget(progress, Reply(ReplyKind.REFUSED, refusal))
+                        return await self._turn(prepared, on_text, progress, on_reasoning)
+                except Busy as exc:
+                    if progress.prompt is not None or progress.settled:
+                        raise
+                    # No slot (the gate's queue is full): refused while the conversation is still held, so no
+                    # turn after it sees the question in its history.
+                    log.warning("conversation %s: %s", msg.key, exc)
+                    return await self._forget(progress, Reply(ReplyKind.REFUSED, exc.user_message))
         except Busy as exc:
             log.warning("conversation %s: %s", msg.key, exc)
             return Reply(ReplyKind.REFUSED, exc.user_message)
@@ -209,6 +262,21 @@ class ConversationCore:
             await self._abandon(msg, progress)
             raise
 
+    async def _rate_refusal(self, msg: IncomingMessage) -> Reply | None:
+        wait = await self.guards.rate_wait(msg)
+        if wait <= 0:
+            return None
+        log.info("message %s in %s rate-limited for %d s", msg.message_id, msg.key, wait)
+        return Reply(ReplyKind.REFUSED, texts.SLOW_DOWN.format(seconds=wait))
+
+    async def _forget(self, progress: _Progress, refusal: Reply) -> Reply:
+        """A question stored before a refusal (the one-write path) leaves no trace in the history; its id stays
+        handled. A refusal is only a refusal: the question was never answered, so nothing else is undone."""
+        if progress.row is not None:
+            row, progress.row = progress.row, None
+            await self.store.forget_message(row)
+        return refusal
+
     async def reset(self, key: ConversationKey) -> int:
         async with self._locks.hold(str(key)), self.store.conversation_lock(key):
             count = await self.store.reset(key)
@@ -216,9 +284,8 @@ class ConversationCore:
         log.info("conversation %s reset: %d messages deleted", key, count)
         return count
 
-    async def _turn(
-        self, msg: IncomingMessage, on_text: OnText | None, progress: _Progress, on_reasoning: OnText | None
-    ) -> Reply:
+    async def _prepare(self, msg: IncomingMessage) -> _Prepared:
+        """The question as the model will see it, and the system message and model it goes with."""
         channel = await self.store.channel_settings(msg.key)
         model, effort = model_choice(channel.model)
         system = self._system_message(channel.system_prompt)
@@ -229,27 +296,30 @@ class ConversationCore:
         single_cap = max(16, room // 2 - PER_MESSAGE_OVERHEAD)
         cleaned = _CONTROL.sub("", msg.text)
         text = self._counter.truncate(cleaned, single_cap)
-        reply = await self._answer(_with_text(msg, text), system, model, on_text, progress, effort, on_reasoning)
-        if text == cleaned or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
+        cut = text != cleaned
+        msg = _with_text(msg, text)
+        content = f"{msg.author_name}: {msg.text}"
+        tokens = self._counter.count_message(content)
+        return _Prepared(msg, system, model, effort, content, tokens, single_cap if cut else None)
+
+    async def _turn(
+        self, prepared: _Prepared, on_text: OnText | None, progress: _Progress, on_reasoning: OnText | None
+    ) -> Reply:
+        reply = await self._answer(prepared, on_text, progress, on_reasoning)
+        if prepared.cut_to is None or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
             return reply
         # A cut question would otherwise be answered as if it had been read whole: say so, beside any budget notice.
-        cut = texts.MESSAGE_CUT.format(tokens=single_cap)
+        cut = texts.MESSAGE_CUT.format(tokens=prepared.cut_to)
         return dataclasses.replace(reply, notice=f"{cut}\n\n{reply.notice}" if reply.notice else cut)
 
     async def _answer(
-        self,
-        msg: IncomingMessage,
-        system: ChatMessage,
-        model: str | None,
-        on_text: OnText | None,
-        progress: _Progress,
-        effort: str | None = None,
-        on_reasoning: OnText | None = None,
+        self, prepared: _Prepared, on_text: OnText | None, progress: _Progress, on_reasoning: OnText | None = None
     ) -> Reply:
-        """The reply to ``msg``, whose text is already as the model will see it."""
-        content = f"{msg.author_name}: {msg.text}"
-        new_tokens = self._counter.count_message(content)
-        row = await self.store.add_question(msg, new_tokens)
+        """The reply to the prepared question."""
+        msg, system, model, effort = prepared.msg, prepared.system, prepared.model, prepared.effort
+        content, new_tokens = prepared.content, prepared.tokens
+        # Stored already where the turn claimed its message and stored it in one write.
+        row = progress.row if progress.row is not None else await self.store.add_question(msg, new_tokens)
         progress.row, progress.model = row, model
         result = await self._call_model(
             msg, row, system, model, content, new_tokens, on_text, progress, effort, on_reasoning
@@ -425,7 +495,7 @@ class ConversationCore:
         marks the text already shown as cut off. A request that went out is charged (an estimate): the provider
         bills what it generated. Bounded by a short timeout: the process is going away.
         """
-        if progress.settled:
+        if progress.settled or not progress.claimed:
             return
         ledger = None
         if progress.prompt is not None:
@@ -525,6 +595,11 @@ def _history_notice(progress: _Progress) -> str | None:
 
 def _join(*notices: str | None) -> str | None:
     return "\n\n".join(n for n in notices if n) or None
+
+
+def _duplicate(msg: IncomingMessage) -> Reply:
+    log.info("message %s in %s was already handled; not answering again", msg.message_id, msg.key)
+    return Reply(ReplyKind.DUPLICATE, "")
 
 
 def _with_text(msg: IncomingMessage, text: str) -> IncomingMessage:

@@ -249,6 +249,11 @@ class ChannelSettings:
 class Store(Protocol):
     """Conversation history and the record of which platform messages were already handled."""
 
+    #: True where this process is the database's only user (SQLite): a conversation idle here is idle everywhere,
+    #: so the core may claim a message and store it in one write (:meth:`begin_turn`) once it holds the
+    #: conversation. False where replicas share the database: the claim comes first, on its own.
+    single_process: bool
+
     async def begin_turn(self, msg: IncomingMessage, tokens: int) -> int | None:
         """Store the user's message and claim its ``message_id``, atomically.
 
@@ -267,6 +272,11 @@ class Store(Protocol):
 
     async def add_question(self, msg: IncomingMessage, tokens: int) -> int:
         """Store the person's message, whose id :meth:`claim_message` already claimed; returns its row id."""
+        ...
+
+    async def forget_message(self, row: int) -> None:
+        """Delete one stored message (a question refused after :meth:`begin_turn` stored it), keeping its id
+        marked as handled."""
         ...
 
     async def add_reply(

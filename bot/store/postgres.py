@@ -259,6 +259,9 @@ _CONNECT_TIMEOUT_S = 10.0
 class PostgresStore:
     """The :class:`bot.store.Store` on a PostgreSQL database shared by any number of teambot processes."""
 
+    #: Other replicas may hold a conversation this process sees idle: a message is claimed before it queues.
+    single_process = False
+
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._dsn = dsn
@@ -419,6 +422,10 @@ class PostgresStore:
                 time.time(),
             )
         return int(row)
+
+    async def forget_message(self, row: int) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute("DELETE FROM messages WHERE id = $1", row)
 
     async def add_reply(
         self,

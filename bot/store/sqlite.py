@@ -191,6 +191,9 @@ _ADD_FEEDBACK = (
 class SQLiteStore:
     """The :class:`bot.store.Store` on a SQLite file."""
 
+    #: One process per file, as the rate buckets kept in memory already assume.
+    single_process = True
+
     def __init__(self, writer: SQLiteWriter, reader: aiosqlite.Connection, path: str) -> None:
         self._writer = writer
         self._reader = reader
@@ -310,6 +313,9 @@ class SQLiteStore:
             (self._conversation_id(db, msg.key), msg.author_id, msg.author_name, msg.text, tokens, msg.message_id, now),
         )
         return _row_id(cur)
+
+    async def forget_message(self, row: int) -> None:
+        await self._writer.transaction(lambda db: db.execute("DELETE FROM messages WHERE id = ?", (row,)))
 
     async def add_reply(
         self,
