@@ -41,8 +41,10 @@ async def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> 
         "Slack HTTP mode",
         "Slack Socket Mode",
         "Discord",
+        "time to first visible word",
         "prompt caching",
         "estimated cost per turn",
+        "summaries (TEAMBOT_SUMMARIES)",
     ):
         assert measure in table
     assert table == stdout.decode()
