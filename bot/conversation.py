@@ -221,10 +221,11 @@ class ConversationCore:
                 self._locks.hold(key, max_waiting=self.guards.max_queued_per_conversation),
                 self.store.conversation_lock(msg.key),
             ):
+                stored: _Prepared | None = None
                 if idle:
                     self._admitting[key] = admitted = asyncio.Event()
                     try:
-                        prepared = await self._prepare(msg)
+                        stored = prepared = await self._prepare(msg)
                         progress.row = await self.store.begin_turn(prepared.msg, prepared.tokens)
                         if progress.row is None:
                             return _duplicate(msg)
@@ -234,8 +235,6 @@ class ConversationCore:
                     finally:
                         del self._admitting[key]
                         admitted.set()
-                else:
-                    prepared = await self._prepare(msg)
                 refusal = await self._budget_refusal(msg)
                 if refusal is not None:
                     return await self._forget(progress, Reply(ReplyKind.REFUSED, refusal))
@@ -246,6 +245,10 @@ class ConversationCore:
                         # Calls charged while this one queued may have used the budget up: look again.
                         if waited and (refusal := await self._budget_refusal(msg)) is not None:
                             return await self._forget(progress, Reply(ReplyKind.REFUSED, refusal))
+                        if stored is None or waited:
+                            # The channel's settings and summary as they are now, after any wait for a slot;
+                            # a question already stored keeps the form it was stored in.
+                            prepared = _stored_as(await self._prepare(msg), stored)
                         return await self._turn(prepared, on_text, progress, on_reasoning)
                 except Busy as exc:
                     if progress.prompt is not None or progress.settled:
@@ -595,6 +598,14 @@ def _history_notice(progress: _Progress) -> str | None:
 
 def _join(*notices: str | None) -> str | None:
     return "\n\n".join(n for n in notices if n) or None
+
+
+def _stored_as(fresh: _Prepared, stored: _Prepared | None) -> _Prepared:
+    if stored is None:
+        return fresh
+    return dataclasses.replace(
+        fresh, msg=stored.msg, content=stored.content, tokens=stored.tokens, cut_to=stored.cut_to
+    )
 
 
 def _duplicate(msg: IncomingMessage) -> Reply:
