@@ -38,13 +38,14 @@ class Measured:
 
 
 def _settings(model: ModelProcess, db: Path, burst: int, **platform: Any) -> Settings:
-    """The defaults, guards on (rate limits, the call gate, per-conversation queues), with the two queues sized for
-    a burst of ``burst`` mentions over :data:`CHANNELS` channels: at the defaults (64 calls, 8 per conversation)
-    most of a burst would be told the bot is busy, and the row would measure refusals."""
+    """The defaults, guards on (rate limits, the call gate, per-conversation queues), with the gate and the queues
+    sized for a burst of ``burst`` mentions over :data:`CHANNELS` channels: at the defaults (8 calls at once, 64
+    queued, 8 per conversation) most of a burst would be told the bot is busy, and the row would measure refusals."""
     return Settings(
         openai_base_url=model.base_url,
         openai_model="bench",
         db=str(db),
+        max_concurrent_calls=max(burst, 8),
         max_queued_calls=max(burst, 64),
         max_queued_per_conversation=max(burst // CHANNELS, 8),
         stream_edit_interval=1.0,
