@@ -33,6 +33,9 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+#: The tools built into teambot (bot.tools), each offered to the model only when TEAMBOT_BUILTIN_TOOLS names it.
+BUILTIN_TOOLS = ("search_history", "fetch_url")
+
 #: What Slack and Discord accept as a slash command's name (lower case, digits, '-' and '_').
 _COMMAND_NAME = r"^[a-z0-9_-]{1,32}$"
 
@@ -85,6 +88,11 @@ class Settings(BaseSettings):
     summaries: bool = Field(True, validation_alias=_env("TEAMBOT_SUMMARIES"))
     summary_model: str | None = Field(None, min_length=1, validation_alias=_env("TEAMBOT_SUMMARY_MODEL"))
     feedback: bool = Field(True, validation_alias=_env("TEAMBOT_FEEDBACK"))
+
+    # Built-in tools (bot.tools): none unless named, so a bot without tools sends the model no `tools` at all
+    builtin_tools: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias=_env("TEAMBOT_BUILTIN_TOOLS"))
+    fetch_max_bytes: int = Field(2_000_000, ge=1024, validation_alias=_env("TEAMBOT_FETCH_MAX_BYTES"))
+    fetch_timeout: float = Field(10.0, gt=0, le=300, validation_alias=_env("TEAMBOT_FETCH_TIMEOUT"))
 
     # Costs, budgets and abuse controls
     # [input, output] or [input, output, cached input], US dollars per million tokens
@@ -165,6 +173,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("builtin_tools", mode="before")
+    @classmethod
+    def _tool_names(cls, value: object) -> object:
+        names = value.split(",") if isinstance(value, str) else value
+        if not isinstance(names, list | tuple):
+            return value
+        found = tuple(dict.fromkeys(str(name).strip() for name in names if str(name).strip()))
+        unknown = [name for name in found if name not in BUILTIN_TOOLS]
+        if unknown:
+            raise ValueError(f"unknown built-in tool {unknown[0]!r}; the built-in tools are {', '.join(BUILTIN_TOOLS)}")
+        return found
 
     @field_validator("log_level", mode="before")
     @classmethod

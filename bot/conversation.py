@@ -297,7 +297,7 @@ class ConversationCore:
         # still fit next time; a longer one is cut, and stored as the model saw it.
         room = self.settings.history_tokens - self._count_system(system["content"])
         single_cap = max(16, room // 2 - PER_MESSAGE_OVERHEAD)
-        cleaned = _CONTROL.sub("", msg.text)
+        cleaned = _writable(_CONTROL.sub("", msg.text))
         text = self._counter.truncate(cleaned, single_cap)
         cut = text != cleaned
         msg = _with_text(msg, text)
@@ -533,6 +533,7 @@ class ConversationCore:
         it (a full disk, a read-only file, a lost server) costs the bot its memory of it, never the answer itself,
         and never the ledger entry the provider's bill matches.
         """
+        text = _writable(text)
         try:
             reply_id = await self.store.add_reply(
                 msg.key, text, tokens, reply_to=row, usage=usage, model=model, complete=complete, ledger=ledger
@@ -589,6 +590,16 @@ def _to_chat(message: StoredMessage) -> ChatMessage:
     if message.role == "user":
         return {"role": "user", "content": f"{message.author_name or 'someone'}: {message.content}"}
     return {"role": "assistant", "content": message.content}
+
+
+def _writable(text: str) -> str:
+    """``text`` as a database can store it: a lone surrogate (valid JSON, ``"\\ud800"``, from a model or a platform)
+    is a ``str`` that no encoding writes, so the store would refuse the whole message; it becomes ``?``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _history_notice(progress: _Progress) -> str | None:

@@ -238,6 +238,27 @@ async def test_control_characters_and_nuls_are_dropped(harness: Harness) -> None
     assert user_contents(harness.fake.requests[-1])[-1] == "Ada: abc\td\ne ☃ שלום 🎉"
 
 
+async def test_a_lone_surrogate_from_the_model_or_a_person_is_stored_as_a_question_mark(
+    tmp_path: Path, counter: TokenCounter
+) -> None:
+    # "\ud800" is valid JSON but no encoding writes it: storing it as it is would make the database refuse the turn.
+    async with FakeOpenAI(api_key="sk-test-key-123456", reply=lambda messages: "odd \ud800 text") as fake:
+        store = await open_store(str(tmp_path / "teambot.db"))
+        try:
+            async with model_http_client(5.0) as http:
+                llm = ChatClient(
+                    http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+                )
+                core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000))
+                first = await core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "bad \udc80 input"))
+                assert first.kind is ReplyKind.ANSWER and first.reply_id is not None
+                await core.handle(IncomingMessage(KEY, "m2", "U1", "Ada", "again"))
+            history = [m["content"] for m in fake.requests[-1]["messages"][1:-1]]
+            assert history == ["Ada: bad ? input", "odd ? text"]
+        finally:
+            await store.close()
+
+
 async def test_reset_forgets_and_counts(harness: Harness) -> None:
     await harness.say("one")
     await harness.say("two")

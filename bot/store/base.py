@@ -328,6 +328,17 @@ class Store(Protocol):
         """Up to ``limit`` of the conversation's messages with ``after < id < before``, oldest first."""
         ...
 
+    async def search_messages(
+        self, key: ConversationKey, query: str, *, before: int, limit: int
+    ) -> list[StoredMessage]:
+        """Up to ``limit`` of the conversation's messages older than row ``before`` that hold every word of ``query``,
+        newest first (the ``search_history`` tool). Only ``key``'s own conversation is searched, never another.
+
+        Words match whole, whatever their case; ``query`` is plain words, never search syntax: quotes, operators and
+        punctuation in it cannot fail the search. Empty when ``query`` has no word.
+        """
+        ...
+
     async def set_summary(self, key: ConversationKey, summary: Summary) -> bool:
         """Keep ``summary`` as the conversation's, unless the one kept covers as much already, or the message it
         covers up to is gone (a ``/reset`` ran meanwhile: a summary of forgotten turns must not come back).

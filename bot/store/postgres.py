@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Each entry moves the schema one version up; the ``schema_version`` table records how far a database is.
 #: Versions 1 and 2 hold the same tables as SQLite's; version 3 adds what only replicas need; versions 4 to 7 are
-#: SQLite's 3 to 6 (the history index, seen requests, usage as billed with the token line, summaries and feedback).
+#: SQLite's 3 to 6 (the history index, seen requests, usage as billed with the token line, summaries and feedback);
+#: the last adds full-text search, as SQLite's last does.
 MIGRATIONS: Sequence[Sequence[str]] = (
     (
         """CREATE TABLE conversations (
@@ -192,6 +193,14 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )""",
         "CREATE INDEX feedback_by_channel ON feedback (platform, workspace, channel, at)",
     ),
+    (
+        # Full-text search over the history (the search_history tool), beyond what the window holds. A generated
+        # column is computed for the rows already there when it is added, and by the server for every row after;
+        # 'simple' does not stem, like SQLite's unicode61: whole words in any language, whatever their case.
+        "ALTER TABLE messages ADD COLUMN search tsvector "
+        "GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, content)) STORED",
+        "CREATE INDEX messages_search ON messages USING GIN (search)",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -240,6 +249,16 @@ _CREATE_BUCKETS = (
     "SELECT key, capacity, extract(epoch FROM clock_timestamp()) FROM unnest($1::text[], $2::float8[]) AS "
     "w(key, capacity) ON CONFLICT (key) DO NOTHING"
 )
+#: The search_history query. plainto_tsquery reads any text as words that must all appear (no syntax to get wrong),
+#: with the parser that made the column; the conversation and the row bound keep it to what came before the
+#: question in this conversation.
+_SEARCH = (
+    "SELECT id, role, author_name, content, tokens, created_at FROM messages "
+    "WHERE conversation_id = $1 AND id < $2 AND search @@ plainto_tsquery('simple'::regconfig, $3) "
+    "ORDER BY id DESC LIMIT $4"
+)
+#: A search takes at most this much of its query: a model pasting a page gets an answer, not a scan.
+_SEARCH_CHARS = 500
 #: See bot.store.sqlite._ADD_FEEDBACK.
 _ADD_FEEDBACK = (
     "INSERT INTO feedback (message_id, user_id, value, platform, workspace, channel, at) "
@@ -529,6 +548,19 @@ class PostgresStore:
                 before,
                 limit,
             )
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def search_messages(
+        self, key: ConversationKey, query: str, *, before: int, limit: int
+    ) -> list[StoredMessage]:
+        # Without a letter or digit the query has no lexeme: the server would only say so in a NOTICE.
+        if limit <= 0 or not any(ch.isalnum() for ch in query):
+            return []
+        async with self._pool.acquire() as conn:
+            conversation = await self._existing_conversation_id(conn, key)
+            if conversation is None:
+                return []
+            rows = await conn.fetch(_SEARCH, conversation, before, query[:_SEARCH_CHARS], limit)
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def set_summary(self, key: ConversationKey, summary: Summary) -> bool:

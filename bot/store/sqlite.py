@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import time
 import urllib.parse
@@ -164,6 +165,20 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX feedback_by_channel ON feedback (platform, workspace, channel, at)",
     ),
+    (
+        # Full-text search over the history (the search_history tool), beyond what the window holds: an FTS5 index
+        # over messages.content that keeps no copy of the text (external content). unicode61 without stemming
+        # matches whole words in any language, case and accents aside.
+        "CREATE VIRTUAL TABLE messages_fts USING fts5(content, content = 'messages', content_rowid = 'id', "
+        "tokenize = 'unicode61 remove_diacritics 2')",
+        # Indexed up to this message id. Not by a trigger on every insert: an FTS5 insert writes an index segment
+        # per transaction, which tripled the cost of storing a message (measured), on every turn of every bot,
+        # searching or not. A search first indexes what came since (SQLiteStore._index_new).
+        "CREATE TABLE messages_fts_state (id INTEGER PRIMARY KEY CHECK (id = 1), indexed_to INTEGER NOT NULL)",
+        # The messages already there.
+        "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
+        "INSERT INTO messages_fts_state (id, indexed_to) SELECT 1, coalesce(max(id), 0) FROM messages",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -176,6 +191,21 @@ _LAST_THREAD = LAST_THREAD_QUERY.format(platform="?1", workspace="?2", channel="
 HISTORY_SQL = HISTORY_QUERY.format(conversation="?1", before="?2", rows="?3", budget="?4", step="?5")
 _TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="?1")
 _SETTINGS_CACHE_SIZE = 10_000
+#: The search_history query: the index finds the words, the conversation and the row bound keep it to what came
+#: before the question in this conversation.
+#: Takes out of the index the messages about to be deleted (``{where}``) that it holds, with the text it was given
+#: (an external-content index cannot look it up once the row is gone).
+_UNINDEX = (
+    "INSERT INTO messages_fts (messages_fts, rowid, content) SELECT 'delete', id, content FROM messages "
+    "WHERE {where} AND id <= (SELECT indexed_to FROM messages_fts_state)"
+)
+#: How many new messages one writer transaction adds to the index before letting other writes in.
+_INDEX_BATCH = 2000
+_SEARCH = (
+    "SELECT m.id, m.role, m.author_name, m.content, m.tokens, m.created_at FROM messages_fts "
+    "JOIN messages m ON m.id = messages_fts.rowid "
+    "WHERE messages_fts MATCH ?1 AND m.conversation_id = ?2 AND m.id < ?3 ORDER BY m.id DESC LIMIT ?4"
+)
 #: A verdict on a reply, kept only where the row is a reply in a conversation on that platform whose channel (or,
 #: on Discord, thread) is where the button was clicked. The conversation's own workspace and channel are stored, so
 #: /usage counts the verdicts where the answers were given.
@@ -378,7 +408,15 @@ class SQLiteStore:
 
         def work(db: sqlite3.Connection) -> int:
             db.execute(f"DELETE FROM summaries WHERE conversation_id IN ({conversations})", args)
-            return max(db.execute(f"DELETE FROM messages WHERE conversation_id IN ({conversations})", args).rowcount, 0)
+            unindexed = db.execute(_UNINDEX.format(where=f"conversation_id IN ({conversations})"), args).rowcount
+            deleted = max(
+                db.execute(f"DELETE FROM messages WHERE conversation_id IN ({conversations})", args).rowcount, 0
+            )
+            if unindexed > 0:
+                # FTS5 deletes by adding tombstones: the words stay in older index segments until those are merged.
+                # Merging all of them now (about 2 s per 200,000 messages, measured) makes the reset forget them.
+                db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
+            return deleted
 
         return await self._writer.transaction(work)
 
@@ -403,6 +441,34 @@ class SQLiteStore:
             (conversation, after, before, limit),
         )
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def search_messages(
+        self, key: ConversationKey, query: str, *, before: int, limit: int
+    ) -> list[StoredMessage]:
+        match = fts5_query(query)
+        conversation = await self._existing_conversation_id(key)
+        if conversation is None or not match or limit <= 0:
+            return []
+        while await self._writer.transaction(self._index_new) == _INDEX_BATCH:
+            pass
+        rows = await self._reader.execute_fetchall(_SEARCH, (match, conversation, before, limit))
+        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    @staticmethod
+    def _index_new(db: sqlite3.Connection) -> int:
+        """Add up to _INDEX_BATCH messages stored since the last search to the index; how many it added.
+
+        Every write runs on the writer's thread one transaction at a time, so the ids below the newest committed
+        one are all committed: nothing is skipped past.
+        """
+        [(indexed_to,)] = db.execute("SELECT indexed_to FROM messages_fts_state").fetchall()
+        rows = db.execute(
+            "SELECT id, content FROM messages WHERE id > ? ORDER BY id LIMIT ?", (indexed_to, _INDEX_BATCH)
+        ).fetchall()
+        if rows:
+            db.executemany("INSERT INTO messages_fts (rowid, content) VALUES (?, ?)", rows)
+            db.execute("UPDATE messages_fts_state SET indexed_to = ?", (rows[-1][0],))
+        return len(rows)
 
     async def set_summary(self, key: ConversationKey, summary: Summary) -> bool:
         def work(db: sqlite3.Connection) -> bool:
@@ -469,6 +535,7 @@ class SQLiteStore:
 
     async def abandon_turn(self, row: int | None, message_id: str, ledger: UsageRecord | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
+            db.execute(_UNINDEX.format(where="id = ?"), (row,))
             db.execute("DELETE FROM messages WHERE id = ?", (row,))
             db.execute("DELETE FROM handled_messages WHERE message_id = ?", (message_id,))
             if ledger is not None:
@@ -544,6 +611,23 @@ class SQLiteStore:
         return await self._writer.transaction(
             lambda db: max(db.execute("DELETE FROM handled_messages WHERE handled_at < ?", (cutoff,)).rowcount, 0)
         )
+
+
+def fts5_query(query: str) -> str:
+    """``query``'s words as an FTS5 query that every match must hold all of, or "" when it has none.
+
+    The words are the runs of letters and digits, as the unicode61 tokenizer splits the messages, each an FTS5
+    string of its own (in double quotes): ``foo" OR bar``, ``NEAR(`` or ``*`` are then words to look for, never
+    syntax, so no input can make MATCH fail; and ``foo:bar`` needs both words anywhere, as PostgreSQL's
+    plainto_tsquery does, not the two side by side.
+    """
+    return " ".join(f'"{word}"' for word in _WORD.findall(query)[:_SEARCH_WORDS])
+
+
+#: A word of a search: letters and digits (``\w`` without the underscore, which unicode61 splits on too).
+_WORD = re.compile(r"[^\W_]+")
+#: A search takes the first this many words of its query: a model pasting a paragraph gets an answer, not a scan.
+_SEARCH_WORDS = 32
 
 
 def check_sqlite_path(path: str) -> None:
