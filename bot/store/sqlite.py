@@ -345,7 +345,12 @@ class SQLiteStore:
         return _row_id(cur)
 
     async def forget_message(self, row: int) -> None:
-        await self._writer.transaction(lambda db: db.execute("DELETE FROM messages WHERE id = ?", (row,)))
+        def work(db: sqlite3.Connection) -> None:
+            # A search may have indexed it in the moment it was there.
+            db.execute(_UNINDEX.format(where="id = ?"), (row,))
+            db.execute("DELETE FROM messages WHERE id = ?", (row,))
+
+        await self._writer.transaction(work)
 
     async def add_reply(
         self,
