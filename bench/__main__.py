@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import platform
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from bench.core import ModelPace, PostgresEngine, SQLiteEngine, run_caching, run_core
 from bench.tools import run_tools
+from bot import eventloop
 
 
 def machine() -> str:
@@ -66,14 +66,22 @@ def main() -> None:
         "--tokens-per-second", type=float, default=default.tokens_per_second, help="overhead rows: model's pace"
     )
     parser.add_argument("--reply-tokens", type=int, default=default.reply_tokens, help="overhead rows: reply length")
+    parser.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the bot's event loop, as TEAMBOT_UVLOOP picks it (default uvloop, where installed)",
+    )
     args = parser.parse_args()
     pace = ModelPace(args.first_byte, args.tokens_per_second, args.reply_tokens)
     started = time.time()
-    rows = asyncio.run(run(args.quick, pace))
+    use_uvloop = args.event_loop == "uvloop"
+    rows = eventloop.run(run(args.quick, pace), use_uvloop=use_uvloop)
+    loop = "uvloop" if use_uvloop and eventloop.loop_factory(True) else "asyncio"
     lines = [
         f"Machine: {machine()}",
-        f"Command: python -m bench{' --quick' if args.quick else ''}  ({time.time() - started:.0f} s)",
-        f"Model in the overhead rows: {pace.describe()}",
+        f"Command: {' '.join(['python -m bench', *sys.argv[1:]])} ({time.time() - started:.0f} s)",
+        f"Model in the overhead rows: {pace.describe()}; the bot's event loop: {loop}",
         "",
         "| measure | SQLite | PostgreSQL |",
         "| --- | --- | --- |",

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -316,19 +317,63 @@ def _prose(seed: int, words: int) -> str:
     return " ".join(_WORDS[(seed * 7 + i * i * 3 + i) % len(_WORDS)] for i in range(words)) + "."
 
 
-async def prompt_caching(trim_block: float, workdir: Path) -> dict[str, float]:
+#: Model classes whose prices the caching rows show, each with its cached-input discount: 50 % off (gpt-4o
+#: class), 75 % (gpt-4.1), 90 % (gpt-5). The list prices come from the ledger's table (bot.guards.PriceTable).
+CACHE_PRICE_CLASSES = ("gpt-4o-mini", "gpt-4.1-mini", "gpt-5-mini")
+#: The summaries row's summary: about as long as a running summary of a team chat gets (well under its cap here).
+SUMMARY_WORDS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class CachingRun:
+    """Steady state (turns 11-60) of the 60-turn conversation: the turns' usage and the summary calls' usage."""
+
+    turns: list[dict[str, Any]]
+    summaries: list[dict[str, Any]]
+
+    @property
+    def cached_share(self) -> float:
+        return sum(u["prompt_tokens_details"]["cached_tokens"] for u in self.turns) / sum(
+            u["prompt_tokens"] for u in self.turns
+        )
+
+    @property
+    def mean_prompt(self) -> float:
+        return sum(u["prompt_tokens"] for u in self.turns) / len(self.turns)
+
+    def cost_per_turn(self, model: str, *, prompt_only: bool = False) -> float:
+        """Mean estimated dollars per turn at ``model``'s list prices, summary calls included."""
+        prices = PriceTable()
+        total = 0.0
+        for usage in self.turns + self.summaries:
+            completion = 0 if prompt_only else usage["completion_tokens"]
+            cached = usage["prompt_tokens_details"]["cached_tokens"]
+            total += prices.cost(model, usage["prompt_tokens"], completion, cached_tokens=cached).cost
+        return total / len(self.turns)
+
+    def tokens_per_turn(self) -> float:
+        """Mean tokens (prompt and completion) per turn, summary calls included."""
+        every = self.turns + self.summaries
+        return sum(u["prompt_tokens"] + u["completion_tokens"] for u in every) / len(self.turns)
+
+
+async def prompt_caching(trim_block: float, workdir: Path, *, summaries: bool = False) -> CachingRun:
     """A 60-turn conversation whose history budget fills after 10 turns, against the fake model's prompt cache.
 
-    Returns the share of prompt tokens the cache served over the turns after the window filled (steady state), and
-    the mean estimated cost per turn there (the ledger's price, cached input at its own price).
+    Returns the usage the fake reported for the turns after the window filled (steady state), and for the summary
+    calls made meanwhile (``summaries``: TEAMBOT_SUMMARIES on; each refresh is awaited before the next question,
+    as a person's pause would allow).
     """
     from tests.fakes.openai import FakeOpenAI
 
     system = "You are the team's assistant. " + _prose(0, 220)  # a system prompt of a few hundred tokens
 
     def answer(messages: list[dict[str, object]]) -> str:
+        last = str(messages[-1]["content"])
+        if last.startswith("Summary so far:"):
+            return "Summary: " + _prose(last.count("question "), SUMMARY_WORDS)
         # Each answer its own (seeded by the question's number), about 400 tokens, a chat answer with some substance.
-        number = int(str(messages[-1]["content"]).split("question ", 1)[1].split(":", 1)[0])
+        number = int(last.split("question ", 1)[1].split(":", 1)[0])
         return f"About question {number}: " + _prose(number * 13 + 5, 300)
 
     # The question as the bot counts it, the answer as stored: the server's completion_tokens (the fake's four
@@ -336,65 +381,97 @@ async def prompt_caching(trim_block: float, workdir: Path) -> dict[str, float]:
     sample_answer = "About question 10: " + _prose(135, 300)
     per_turn = COUNTER.count_message("Ada: question 10: " + _prose(12, 40)) + math.ceil(len(sample_answer) / 4) + 4
     budget = COUNTER.count_message(f"{system}\n\nEach message") + 20 + CACHE_FILL_TURNS * per_turn
-    store = await open_store(str(workdir / f"caching-{trim_block:g}.db".replace(".", "_", 1)))
+    label = f"caching-{trim_block:g}{'-summaries' if summaries else ''}".replace(".", "_")
+    store = await open_store(str(workdir / f"{label}.db"))
     try:
         async with FakeOpenAI(reply=answer, usage_details=True) as fake, model_http_client(60) as http:
             llm = ChatClient(http, Endpoint("bench", fake.base_url, CACHE_MODEL))
-            accounting = Accounting(store, PriceTable(), [])
-            settings = TurnSettings(system, budget, stream=False, trim_block=trim_block)
-            core = ConversationCore(store, llm, COUNTER, settings, Guards(accounting=accounting))
-            key = ConversationKey("bench", "W", f"cache-{trim_block:g}")
-            costs: list[float] = []
-            inputs: list[float] = []
+            settings = TurnSettings(system, budget, stream=False, trim_block=trim_block, summaries=summaries)
+            core = ConversationCore(
+                store, llm, COUNTER, settings, Guards(accounting=Accounting(store, PriceTable(), []))
+            )
+            key = ConversationKey("bench", "W", f"cache-{label}")
+            turns: list[dict[str, Any]] = []
+            summary_calls: list[dict[str, Any]] = []
             for turn in range(CACHE_TURNS):
                 question = f"question {turn}: " + _prose(turn + 2, 40)
+                before = len(fake.usages)
                 reply = await core.handle(IncomingMessage(key, f"q{turn}", "U", "Ada", question))
                 assert reply.usage is not None
-                costs.append(accounting.charge(key, "U", CACHE_MODEL, reply.usage).cost)
-                usage = reply.usage
-                inputs.append(
-                    PriceTable().cost(CACHE_MODEL, usage.prompt_tokens, 0, cached_tokens=usage.cached_tokens).cost
-                )
-            steady = fake.usages[CACHE_FILL_TURNS:]
+                answered = len(fake.usages)
+                async with asyncio.timeout(30):
+                    while core.memory.refreshing:  # noqa: ASYNC110 - the core signals no event for it
+                        await asyncio.sleep(0.01)
+                if turn >= CACHE_FILL_TURNS:
+                    turns += fake.usages[before:answered]
+                    summary_calls += fake.usages[answered:]
+            await core.aclose(5)
     finally:
         await store.close()
-    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in steady)
-    prompt = sum(u["prompt_tokens"] for u in steady)
-    return {
-        "cached": cached / prompt,
-        "cost": sum(costs[CACHE_FILL_TURNS:]) / len(steady),
-        "input": sum(inputs[CACHE_FILL_TURNS:]) / len(steady),
-        "prompt": prompt / len(steady),
-    }
+    assert len(turns) == CACHE_TURNS - CACHE_FILL_TURNS
+    return CachingRun(turns, summary_calls)
 
 
 async def run_caching(workdir: Path) -> list[tuple[str, str]]:
-    """Block trimming against one-by-one trimming: the same conversation, the same fake prompt cache."""
+    """Block trimming against one-by-one trimming: the same conversation, the same fake prompt cache; then the
+    default again with the running summary on."""
     rows: list[tuple[str, str]] = []
-    results = {share: await prompt_caching(share, workdir) for share in (0.5, 0.25, 0.0)}
-    labels = {0.5: "blocks of 1/2 of the budget (default)", 0.25: "blocks of 1/4 of the budget", 0.0: "one by one"}
+    shares = (0.5, 0.25, 0.75, 0.0)
+    results = {share: await prompt_caching(share, workdir) for share in shares}
+    labels = {
+        0.5: "blocks of 1/2 of the budget (default)",
+        0.25: "blocks of 1/4 of the budget",
+        0.75: "blocks of 3/4 of the budget",
+        0.0: "one by one",
+    }
+    steady = f"turns {CACHE_FILL_TURNS + 1}-{CACHE_TURNS}"
     for share, result in results.items():
         add_row(
             rows,
             (
                 f"prompt caching, {CACHE_TURNS}-turn conversation filling its window after {CACHE_FILL_TURNS} turns, "
-                f"trimming {labels[share]}: prompt tokens served from the cache (turns {CACHE_FILL_TURNS + 1}-"
-                f"{CACHE_TURNS})",
-                f"{result['cached']:.0%} (mean prompt {result['prompt']:,.0f} tokens)",
+                f"trimming {labels[share]}: prompt tokens served from the cache ({steady})",
+                f"{result.cached_share:.0%} (mean prompt {result.mean_prompt:,.0f} tokens)",
             ),
         )
     single = results[0.0]
-    for share in (0.5, 0.25):
+    for share in (0.5, 0.25, 0.75):
         result = results[share]
+        cells = []
+        for model in CACHE_PRICE_CLASSES:
+            ratio = single.cost_per_turn(model) / result.cost_per_turn(model)
+            prompt_ratio = single.cost_per_turn(model, prompt_only=True) / result.cost_per_turn(model, prompt_only=True)
+            cells.append(
+                f"{model} ${result.cost_per_turn(model):.6f} vs ${single.cost_per_turn(model):.6f}: {ratio:.2f}x "
+                f"(prompt alone {prompt_ratio:.2f}x)"
+            )
         add_row(
             rows,
             (
-                f"estimated cost per turn at {CACHE_MODEL} prices, {labels[share]} vs one by one (turns "
-                f"{CACHE_FILL_TURNS + 1}-{CACHE_TURNS}); then the prompt's part alone",
-                f"${result['cost']:.6f} vs ${single['cost']:.6f} ({single['cost'] / result['cost']:.2f}x cheaper); "
-                f"prompt ${result['input']:.6f} vs ${single['input']:.6f} ({single['input'] / result['input']:.2f}x)",
+                f"estimated cost per turn, {labels[share]} vs one by one ({steady}), at list prices of three model "
+                "classes (cached input 50 %, 75 %, 90 % off)",
+                "; ".join(cells),
             ),
         )
+    plain = results[0.5]
+    remembered = await prompt_caching(0.5, workdir, summaries=True)
+    extra_tokens = remembered.tokens_per_turn() - plain.tokens_per_turn()
+    cells = [
+        f"{model} +${remembered.cost_per_turn(model) - plain.cost_per_turn(model):.6f} "
+        f"(+{remembered.cost_per_turn(model) / plain.cost_per_turn(model) - 1:.0%})"
+        for model in CACHE_PRICE_CLASSES
+    ]
+    add_row(
+        rows,
+        (
+            f"summaries (TEAMBOT_SUMMARIES) on the same conversation, blocks of 1/2: extra per turn ({steady}): "
+            "tokens, then estimated cost",
+            f"+{extra_tokens:,.0f} tokens ({len(remembered.summaries)} summary calls, "
+            f"{sum(u['prompt_tokens'] for u in remembered.summaries) / max(1, len(remembered.summaries)):,.0f} + "
+            f"{sum(u['completion_tokens'] for u in remembered.summaries) / max(1, len(remembered.summaries)):,.0f} "
+            f"tokens each; {remembered.cached_share:.0%} of the turns' prompt cached); " + "; ".join(cells),
+        ),
+    )
     return rows
 
 

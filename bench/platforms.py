@@ -10,10 +10,13 @@ app beside it, and prints one JSON line: ``{"url": the fake, "control": the cont
 - ``POST /singles`` ``{"count": n}``: mentions 0..n-1, one at a time; answers ``{"latencies_ms": [...]}``.
 - ``POST /burst`` ``{"first": i, "count": n}``: mentions i..i+n-1 all at once; answers ``{"seconds": ...,
   "cpu_seconds": ...}``, the time until the last final reply and this process's CPU time meanwhile.
+- ``POST /first-words`` ``{"first": i, "count": n}``: mentions i..i+n-1, one at a time; answers ``{"first_ms":
+  [...], "final_ms": [...]}``: from the mention to the first text of its reply a person can see (the first post or
+  the first streamed text), and to the final text.
 
-Mention i goes to channel i % 100. Every time is taken here, on one clock, from just before a mention is sent until
-the fake records a reply text ending in ``LAST_TOKEN``: replies are counted, so the n-th final reply means all of
-the first n mentions are answered. :class:`PlatformProcess` runs it for the benchmark, as
+Mention i goes to channel i % 100, from person i. Every time is taken here, on one clock, from just before a mention
+is sent until the fake records a reply text ending in ``LAST_TOKEN``: replies are counted, so the n-th final reply
+means all of the first n mentions are answered. :class:`PlatformProcess` runs it for the benchmark, as
 :class:`bench.model.ModelProcess` runs the model.
 """
 
@@ -30,13 +33,16 @@ from typing import Literal, Self, cast
 import aiohttp
 from aiohttp import web
 
-from tests.fakes.discord import BOT_USER, CHANNEL_ID, GUILD_ID, FakeDiscord
+from tests.fakes.discord import BOT_USER, CHANNEL_ID, GUILD_ID, FakeDiscord, user_payload
 from tests.fakes.slack import FakeSlack, event_envelope, mention, signed_headers
 
 Kind = Literal["slack-http", "slack-socket", "discord"]
 KINDS: tuple[Kind, ...] = ("slack-http", "slack-socket", "discord")
 SLACK_BOT_TOKEN = "xoxb-bench"
 CHANNELS = 100
+#: Mention i comes from person i (a different person each, so the per-person rate limit at its default never
+#: refuses one); the fake Slack knows this many by name, as a workspace knows its members.
+PEOPLE = 20_000
 #: The fake guild's text channels, announced when the client connects, as Discord announces every channel it can see.
 DISCORD_CHANNELS = [CHANNEL_ID, *(str(5000 + n) for n in range(CHANNELS - 1))]
 
@@ -49,9 +55,17 @@ class Finals:
         self.times: list[float] = []
         self._seen: set[object] = set()
         self._grew = asyncio.Event()
+        #: When the first text of a reply not yet final was stored since :meth:`expect_first` (None: not yet): the
+        #: first word a person sees, posted or streamed. Meant for one mention at a time.
+        self.first_text: float | None = None
+
+    def expect_first(self) -> None:
+        self.first_text = None
 
     def see(self, key: object, text: str) -> None:
         # Called on every text the fake stores, so it must stay O(1): thousands of calls per burst.
+        if self.first_text is None and key not in self._seen and text.strip():
+            self.first_text = time.perf_counter()
         if key not in self._seen and text.rstrip().endswith(self.last_token):
             self._seen.add(key)
             self.times.append(time.perf_counter())
@@ -73,7 +87,8 @@ class Platform:
         self.kind = kind
         self.secret = secret
         self.finals = Finals(last_token)
-        self.slack = FakeSlack(bot_token=SLACK_BOT_TOKEN)
+        people = {f"U{n}": {"display_name": f"person {n}"} for n in range(PEOPLE)}
+        self.slack = FakeSlack(bot_token=SLACK_BOT_TOKEN, users=people)
         self.discord = FakeDiscord(extra_channels=tuple(DISCORD_CHANNELS[1:]))
         self.slack.watchers.append(lambda m: self.finals.see((m.channel, m.ts), m.text))
         self.discord.watchers.append(lambda m: self.finals.see(m.id, m.content))
@@ -89,6 +104,7 @@ class Platform:
         app.router.add_post("/connect", self._connect)
         app.router.add_post("/singles", self._singles)
         app.router.add_post("/burst", self._burst)
+        app.router.add_post("/first-words", self._first_words)
         return app
 
     async def send(self, i: int) -> None:
@@ -96,13 +112,14 @@ class Platform:
         if self.kind == "discord":
             payload = self.discord.message_create(
                 f"<@{BOT_USER['id']}> q{i}",
+                author=user_payload(str(100_000 + i), f"person{i}", global_name=f"person {i}"),
                 mentions=(BOT_USER,),
                 channel_id=DISCORD_CHANNELS[channel],
                 guild_id=GUILD_ID,
             )
             await self.discord.dispatch("MESSAGE_CREATE", payload)
             return
-        envelope = event_envelope(mention(f"<@UBOT> q{i}", channel=f"C{channel}", ts=f"{i}.1"))
+        envelope = event_envelope(mention(f"<@UBOT> q{i}", channel=f"C{channel}", user=f"U{i}", ts=f"{i}.1"))
         if self.kind == "slack-socket":
             await self.slack.send_envelope("events_api", envelope)
             return
@@ -129,6 +146,20 @@ class Platform:
             await self.send(i)
             latencies.append((await self.finals.wait(i + 1, 30) - started) * 1000)
         return web.json_response({"latencies_ms": latencies})
+
+    async def _first_words(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        first, count = int(body["first"]), int(body["count"])
+        firsts, finals = [], []
+        for i in range(first, first + count):
+            self.finals.expect_first()
+            started = time.perf_counter()
+            await self.send(i)
+            final = await self.finals.wait(i + 1, 30)
+            assert self.finals.first_text is not None  # the final text is a text too
+            firsts.append((self.finals.first_text - started) * 1000)
+            finals.append((final - started) * 1000)
+        return web.json_response({"first_ms": firsts, "final_ms": finals})
 
     async def _burst(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -206,6 +237,13 @@ class PlatformProcess:
 
     async def singles(self, count: int) -> list[float]:
         return [float(ms) for ms in cast(list[float], (await self._call("singles", {"count": count}))["latencies_ms"])]
+
+    async def first_words(self, first: int, count: int) -> tuple[list[float], list[float]]:
+        answer = await self._call("first-words", {"first": first, "count": count})
+        return (
+            [float(ms) for ms in cast(list[float], answer["first_ms"])],
+            [float(ms) for ms in cast(list[float], answer["final_ms"])],
+        )
 
     async def burst(self, first: int, count: int) -> Burst:
         answer = await self._call("burst", {"first": first, "count": count})

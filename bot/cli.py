@@ -15,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot import runtime, texts
+from bot import eventloop, runtime, texts
 from bot.check import CheckResult, check_database, check_mcp, check_model
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError(f"db copy: {str(args.source)!r} is not a SQLite file")
             asyncio.run(_db(settings, args))
         else:
-            asyncio.run(_run(settings))
+            eventloop.run(_run(settings), use_uvloop=settings.uvloop)
     except ConfigError as exc:
         # Once: check reports on stdout, line by line like everything else it finds; the others on stderr.
         if args.command == "check":

@@ -169,6 +169,8 @@ class Settings(BaseSettings):
     ignore_bots: bool = Field(True, validation_alias=_env("TEAMBOT_IGNORE_BOTS"))
     drain_seconds: float = Field(10.0, ge=0, validation_alias=_env("TEAMBOT_DRAIN_SECONDS"))
     stream_edit_interval: float = Field(1.0, ge=0.2, validation_alias=_env("TEAMBOT_STREAM_EDIT_INTERVAL"))
+    # uvloop as the event loop where it can be imported (bot.eventloop); false: asyncio's own loop.
+    uvloop: bool = Field(True, validation_alias=_env("TEAMBOT_UVLOOP"))
 
     @field_validator(
         "admin_users",

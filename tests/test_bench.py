@@ -47,6 +47,8 @@ async def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> 
         "one tool round",
         "mention with one 4000x3000 PNG",
         "image store on disk",
+        "time to first visible word",
+        "summaries (TEAMBOT_SUMMARIES)",
     ):
         assert measure in table
     assert table == stdout.decode()

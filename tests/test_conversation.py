@@ -417,6 +417,32 @@ async def test_a_flood_in_one_conversation_is_told_at_once_and_its_queue_is_coun
         await store.close()
 
 
+async def test_a_question_refused_by_the_rate_limit_leaves_no_trace(
+    tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # A refused question leaves no trace in the history, and its id stays handled (a redelivery is silent, not
+    # told to slow down twice).
+    guards = Guards(user_rate=RateLimiter(1), buckets=TokenBuckets(clock=lambda: 0.0))
+    store = await open_store(str(tmp_path / "refused.db"))
+    try:
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(
+                http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+            )
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000), guards)
+            first = await core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first"))
+            assert first.kind is ReplyKind.ANSWER
+            slowed = await core.handle(IncomingMessage(KEY, "m2", "U1", "Ada", "second"))
+            assert slowed.text == texts.SLOW_DOWN.format(seconds=60)
+            assert await store.count_messages(KEY) == 2
+            assert (await core.handle(IncomingMessage(KEY, "m2", "U1", "Ada", "second"))).kind is ReplyKind.DUPLICATE
+            third = await core.handle(IncomingMessage(KEY, "m3", "U2", "Grace", "third"))
+            assert third.kind is ReplyKind.ANSWER
+            assert user_contents(fake.requests[-1]) == ["Ada: first", "Grace: third"]
+    finally:
+        await store.close()
+
+
 async def test_lock_table_is_bounded_to_active_conversations() -> None:
     locks = KeyedLocks()
     async with locks.hold("a"), locks.hold("b"):

@@ -353,6 +353,15 @@ async def test_a_stream_that_ends_without_finish_or_done_is_interrupted() -> Non
     assert caught.value.partial == "half an ans"
 
 
+async def test_an_event_the_fast_parser_refuses_but_json_reads_is_still_an_answer() -> None:
+    # The SSE events are parsed with orjson, which refuses a lone surrogate escaped in a string (half an emoji, as
+    # some servers send a token); json reads it, as the client always did: the answer must not become an error.
+    body = sse('{"model": "m", "choices": [{"index": 0, "delta": {"content": "half \\ud83d"}}]}', chunk(finish="stop"))
+    script = Script(httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}))
+    text, pieces = await collect(client(script))
+    assert text == "half \ud83d" and pieces == [text]
+
+
 async def test_malformed_sse_event_is_typed() -> None:
     body = sse("{not json", done=True)
     script = Script(*[httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})] * 4)
