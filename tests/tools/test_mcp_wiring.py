@@ -17,6 +17,7 @@ from bot.cli import configure_logging
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.guards import redact
+from bot.messages import ConversationKey, IncomingMessage, ReplyKind
 from bot.runtime import mcp_servers, open_core, open_tools
 from bot.tools import MCPTools, load_mcp_config
 from bot.tools.mcp_config import HttpServer, StdioServer
@@ -203,3 +204,28 @@ async def test_an_mcp_url_with_a_key_in_it_is_not_logged(
     err = capsys.readouterr().err
     assert "MCP server calc: connected" in err
     assert "q-s3cr3t-0003" not in err
+
+
+async def test_a_running_bot_offers_the_mcp_and_built_in_tools_and_the_real_result_reaches_the_model(
+    tmp_path: Path,
+) -> None:
+    # The whole wiring of `teambot run`: the settings name an MCP server (the reference time server from PyPI) and a
+    # built-in tool; the model calls the server's tool and reads its real answer.
+    config = write(tmp_path, {"mcpServers": {"time": TIME}})
+    async with FakeOpenAI() as model:
+        settings = Settings(
+            openai_base_url=model.base_url,
+            openai_api_key="sk-test",
+            db=str(tmp_path / "t.db"),
+            mcp_config=config,
+            builtin_tools=("search_history",),
+        )
+        async with open_core(settings) as core:
+            key = ConversationKey("slack", "T1", "C1")
+            question = '[[call:time__get_current_time:{"timezone": "UTC"}]] what time is it?'
+            reply = await core.handle(IncomingMessage(key, "m1", "U1", "Ada", question))
+        offered = {tool["function"]["name"] for tool in model.requests[0]["tools"]}
+        assert {"time__get_current_time", "time__convert_time", "search_history"} <= offered
+        [result] = [m for m in model.requests[-1]["messages"] if m["role"] == "tool"]
+        assert '"timezone": "UTC"' in result["content"] and '"datetime"' in result["content"]
+        assert reply.kind is ReplyKind.ANSWER and "time__get_current_time" in reply.text.splitlines()[-1]
