@@ -52,9 +52,11 @@ class SQLiteWriter:
     async def transaction(self, work: Work[T]) -> T:
         """Run ``work(connection)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; an exception rolls it back.
 
-        A caller cancelled while the work runs does not stop it: the transaction still commits or rolls back whole.
+        A caller cancelled while the work runs, or while it waits for the writer's thread, does not stop it: the
+        transaction still runs, and commits or rolls back whole. (Cancelling the executor's future would drop work
+        still queued behind another transaction: a reply the person has seen would then never be stored.)
         """
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, work)
+        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._executor, self._run, work))
 
     async def probe(self, statement: str, args: tuple[object, ...]) -> None:
         """Run one write ``statement`` in a transaction and roll it back: it proves the database takes writes
