@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from adapters.text_split import split_message
 from bot import texts
 from bot.conversation import ConversationCore
-from bot.messages import IncomingMessage
+from bot.messages import IncomingMessage, ReplyKind
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ async def deliver(
     show_reasoning: str = "off",
     reasoning_sink: ReasoningSink | None = None,
     feedback: bool = False,
+    refuse: Callable[[str], Awaitable[None]] | None = None,
 ) -> ReplyStream:
     """Run one turn and show its reply: the one top-level handler per event that every adapter uses.
 
@@ -239,7 +240,8 @@ async def deliver(
     ``bot.logcontext.turn`` for the message, so every line of the delivery names the turn.
 
     The model's thinking goes to ``reasoning_sink`` as ``show_reasoning`` says (``off``, ``status``, ``full``),
-    never into the reply.
+    never into the reply. With ``refuse``, a refusal (access, rate limit, budget) goes there, to the person alone,
+    instead of the channel: a click on a message action is one person's, not the channel's.
     """
     if reply_stream is None:
         reply_stream = StreamingReply(sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post)
@@ -256,7 +258,10 @@ async def deliver(
         reply = await core.handle(msg, on_text, view.on_reasoning if view is not None else None)
         if view is not None and view.full:
             await view.before_answer()
-        if reply.should_post and feedback and reply.reply_id is not None:
+        if reply.kind is ReplyKind.REFUSED and refuse is not None:
+            await reply_stream.cancel()
+            await refuse(reply.text)
+        elif reply.should_post and feedback and reply.reply_id is not None:
             await reply_stream.finish(reply.text, reply.reply_id)
         elif reply.should_post:
             await reply_stream.finish(reply.text)

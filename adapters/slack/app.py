@@ -42,6 +42,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.connection import CHECK_NETWORK, Backoff, failed_attempt
 from adapters.downloads import FileHosts, download
+from adapters.slack.actions import SlackActions
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import markdown_to_mrkdwn, unescape_slack
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
@@ -309,12 +310,24 @@ class SlackAdapter:
             self.app.command(slash)(self._on_command)
         if settings.feedback:
             self.app.action(ACTIONS)(self._on_feedback)
+        self._inflight: set[asyncio.Task[Any]] = set()
+        # The message shortcuts (adapters.slack.actions): a click is a question by whoever clicked.
+        SlackActions(
+            core,
+            settings,
+            self.threads,
+            names=self._name,
+            text_in=self._text_in,
+            files=self._attachments,
+            sinks=lambda channel, thread_ts: SlackSink(self.client, channel, thread_ts),
+            inflight=self._inflight,
+            limit=TEXT_LIMIT,
+        ).register(self.app)
         self._names: OrderedDict[str, str] = OrderedDict()
         self._file_hosts = file_hosts(settings.slack_api_url)
         self._refusals = Refusals()
         # The assistant thread each person last used, per DM: slash commands there carry no thread.
         self._assistant_threads: OrderedDict[tuple[str, str, str], str] = OrderedDict()
-        self._inflight: set[asyncio.Task[Any]] = set()
         self._socket: _SocketModeHandler | None = None
         #: Slack accepted the bot token (auth.test): until then, and for good once it refused it, not ready.
         self._authenticated = False
