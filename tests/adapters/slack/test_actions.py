@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from adapters.slack.actions import ASK, SUMMARIZE
 from bot import texts
@@ -139,3 +141,14 @@ async def test_a_message_with_nothing_to_read_gets_a_private_line(slack: Slack) 
     await slack.fake.wait_for(lambda: len(slack.fake.responses) == 1)
     assert slack.fake.responses[0]["text"] == texts.ACTION_NOTHING_TO_READ
     assert slack.model.requests == []
+
+
+@pytest.mark.parametrize("manifest", ["deploy/slack-manifest-http.yml", "deploy/slack-manifest-socket.yml"])
+def test_the_manifests_declare_both_shortcuts_with_interactivity_on(manifest: str) -> None:
+    loaded = yaml.safe_load((Path(__file__).parents[3] / manifest).read_text())
+    shortcuts = {s["callback_id"]: s for s in loaded["features"]["shortcuts"]}
+    assert set(shortcuts) == {ASK, SUMMARIZE}
+    assert all(s["type"] == "message" and len(s["description"]) <= 80 for s in shortcuts.values())
+    assert shortcuts[ASK]["name"] == texts.SLACK_ACTION_ASK
+    assert shortcuts[SUMMARIZE]["name"] == texts.SLACK_ACTION_SUMMARIZE
+    assert loaded["settings"]["interactivity"]["is_enabled"] is True
