@@ -29,6 +29,7 @@ from aiohttp import web
 from discord import app_commands
 
 from adapters.connection import CHECK_NETWORK, Backoff, describe, failed_attempt
+from adapters.discord.actions import DiscordActions
 from adapters.discord.context import Seen, ThreadSource, message_text, reply_chain
 from adapters.downloads import FileHosts, download
 from adapters.streaming import StreamingReply, deliver, drain
@@ -288,11 +289,23 @@ class DiscordAdapter:
         self._commands = commands(settings, core)
         for command in self._app_commands(settings.command_names()):
             self.tree.add_command(command)
+        self._inflight: set[asyncio.Task[object]] = set()
+        # The message commands (adapters.discord.actions), synced with the slash commands.
+        actions = DiscordActions(
+            core,
+            settings,
+            self.client,
+            keys=self._key,
+            sinks=lambda message: DiscordSink(message, asyncio.create_task(self._keep_typing(message.channel))),
+            inflight=self._inflight,
+            limit=TEXT_LIMIT,
+        )
+        for menu in actions.commands():
+            self.tree.add_command(menu)
         self.client.event(self.on_message)
         if settings.feedback:
             # Registered once: clicks on any answer's buttons (whatever process posted it) find their handler.
             self.client.add_dynamic_items(FeedbackButton)
-        self._inflight: set[asyncio.Task[object]] = set()
         #: For attachments, opened at the first one: discord.py's own session is private to it.
         self._files: aiohttp.ClientSession | None = None
         self._runner: asyncio.Task[None] | None = None
