@@ -152,3 +152,14 @@ def test_the_manifests_declare_both_shortcuts_with_interactivity_on(manifest: st
     assert shortcuts[ASK]["name"] == texts.SLACK_ACTION_ASK
     assert shortcuts[SUMMARIZE]["name"] == texts.SLACK_ACTION_SUMMARIZE
     assert loaded["settings"]["interactivity"]["is_enabled"] is True
+
+
+async def test_the_click_is_acknowledged_before_the_model_answers(slack: Slack) -> None:
+    # The fake model stalls 2 s on this message (it is quoted in the question): Slack's 3 s must not wait on it.
+    message = slack.fake.thread_message("[[stall:2]] why so slow?", ts=ROOT, thread_ts=ROOT)
+    started = time.monotonic()
+    await click(slack, ASK, message)
+    assert time.monotonic() - started < 1.5
+    assert not any("why so slow" in p.text for p in slack.fake.posted)  # the answer is still being written
+    await slack.fake.wait_for(lambda: any("why so slow" in p.text for p in slack.fake.posted), within=10)
+    assert slack.fake.posted[0].thread_ts == ROOT
