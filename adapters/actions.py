@@ -67,6 +67,9 @@ class Noted:
                 piece = f"{note}\n\n{piece}"
         await self._inner.feed(piece)
 
+    async def status(self, text: str | None) -> None:
+        await self._inner.status(text)
+
     async def finish(self, final_text: str, feedback: int | None = None) -> None:
         note = self._note()
         if note:

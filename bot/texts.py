@@ -302,3 +302,19 @@ DISCORD_ACTION_SUMMARIZE = "Summarize"
 ACTION_ANSWERED = "Answered under the message."
 #: A message action on a message with nothing to read.
 ACTION_NOTHING_TO_READ = "That message has no text I can read."
+
+# Tool approvals (Slack and Discord buttons) and progress
+APPROVAL_REQUEST = "To answer {asker}, I would like to run {tool} with these arguments:"
+APPROVAL_FOOTER = "Only {asker} can approve or deny this. With no answer within {seconds} s it is denied."
+APPROVAL_APPROVE = "Approve"
+APPROVAL_DENY = "Deny"
+APPROVAL_APPROVED = "Approved by {asker}."
+APPROVAL_DENIED = "Denied by {asker}: not run."
+APPROVAL_EXPIRED = "Not answered within {seconds} s, so denied: not run."
+APPROVAL_STOPPED = "I had to stop (a restart) before this was answered, so it was not run."
+APPROVAL_NOT_ASKER = "Only {asker} can approve or deny this request."
+APPROVAL_UNKNOWN = (
+    "This request expired (or I restarted since it was posted), so nothing was run. Ask me again if you still need it."
+)
+#: Ends the arguments shown in an approval request when they are too long to show whole.
+APPROVAL_ARGUMENTS_CUT = "\n… ({count:,} more characters)"
