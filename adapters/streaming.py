@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from adapters.text_split import split_message
 from bot import texts
 from bot.conversation import ConversationCore
-from bot.messages import IncomingMessage, TurnView
+from bot.messages import IncomingMessage, ReplyKind, TurnView
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,7 @@ async def deliver(
     reasoning_sink: ReasoningSink | None = None,
     feedback: bool = False,
     view: TurnView | None = None,
+    refuse: Callable[[str], Awaitable[None]] | None = None,
 ) -> ReplyStream:
     """Run one turn and show its reply: the one top-level handler per event that every adapter uses.
 
@@ -277,7 +278,8 @@ async def deliver(
 
     The model's thinking goes to ``reasoning_sink`` as ``show_reasoning`` says (``off``, ``status``, ``full``),
     never into the reply. ``view`` (the platform's :class:`bot.messages.TurnView`) shows tool progress and asks
-    for approvals.
+    for approvals. With ``refuse``, a refusal (access, rate limit, budget) goes there, to the person alone,
+    instead of the channel: a click on a message action is one person's, not the channel's.
     """
     if reply_stream is None:
         reply_stream = StreamingReply(sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post)
@@ -295,7 +297,10 @@ async def deliver(
         reply = await core.handle(msg, on_text, thinking.on_reasoning if thinking is not None else None, view=view)
         if thinking is not None and thinking.full:
             await thinking.before_answer()
-        if reply.should_post and feedback and reply.reply_id is not None:
+        if reply.kind is ReplyKind.REFUSED and refuse is not None:
+            await reply_stream.cancel()
+            await refuse(reply.text)
+        elif reply.should_post and feedback and reply.reply_id is not None:
             await reply_stream.finish(reply.text, reply.reply_id)
         elif reply.should_post:
             await reply_stream.finish(reply.text)

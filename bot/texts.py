@@ -277,6 +277,32 @@ VISION_UNSUPPORTED = "The model {model} cannot see images, so I answered without
 VISION_OFF = "Images are switched off here (TEAMBOT_VISION=off), so I answered without them."
 FILE_TOO_BIG_DOWNLOAD = "it is over the {limit} limit"
 
+# Message actions (Slack message shortcuts, Discord message context-menu commands)
+#: The question a click on "Ask teambot about this" / "Ask teambot" asks, the message itself given as context.
+ACTION_ASK = (
+    'Explain the message by {author} that starts "{excerpt}": what it says and means, and answer it if it asks '
+    "something."
+)
+#: The question a click on "Summarize this thread" / "Summarize" asks, the thread (or channel) given as context.
+ACTION_SUMMARIZE = (
+    "Summarize the conversation above: the main points, what was decided, and what is still open, with who said "
+    "what where it matters."
+)
+#: How much of the message the question quotes, so the model knows which one is meant.
+ACTION_EXCERPT_LENGTH = 80
+#: Heads a summary that could not read the whole thread within the budget.
+ACTION_OLDEST_LEFT_OUT = "_(The thread is longer than I can read at once: I left out its oldest messages.)_"
+#: Slack's names for the two message shortcuts (also in deploy/slack-manifest-*.yml).
+SLACK_ACTION_ASK = "Ask teambot about this"
+SLACK_ACTION_SUMMARIZE = "Summarize this thread"
+#: Discord's names for the two message context-menu commands.
+DISCORD_ACTION_ASK = "Ask teambot"
+DISCORD_ACTION_SUMMARIZE = "Summarize"
+#: The private note to the person who clicked, once the answer is posted in the channel.
+ACTION_ANSWERED = "Answered under the message."
+#: A message action on a message with nothing to read.
+ACTION_NOTHING_TO_READ = "That message has no text I can read."
+
 # Tool approvals (Slack and Discord buttons) and progress
 APPROVAL_REQUEST = "To answer {asker}, I would like to run {tool} with these arguments:"
 APPROVAL_FOOTER = "Only {asker} can approve or deny this. With no answer within {seconds} s it is denied."

@@ -30,6 +30,7 @@ from discord import app_commands
 
 from adapters.approvals import Approvals, Click, Outcome, outcome_line, shown_arguments
 from adapters.connection import CHECK_NETWORK, Backoff, describe, failed_attempt
+from adapters.discord.actions import DiscordActions
 from adapters.discord.context import Seen, ThreadSource, message_text, reply_chain
 from adapters.downloads import FileHosts, download
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
@@ -394,6 +395,19 @@ class DiscordAdapter:
         self._commands = commands(settings, core)
         for command in self._app_commands(settings.command_names()):
             self.tree.add_command(command)
+        self._inflight: set[asyncio.Task[object]] = set()
+        # The message commands (adapters.discord.actions), synced with the slash commands.
+        actions = DiscordActions(
+            core,
+            settings,
+            self.client,
+            keys=self._key,
+            sinks=lambda message: DiscordSink(message, asyncio.create_task(self._keep_typing(message.channel))),
+            inflight=self._inflight,
+            limit=TEXT_LIMIT,
+        )
+        for menu in actions.commands():
+            self.tree.add_command(menu)
         self.client.event(self.on_message)
         if settings.feedback:
             # Registered once: clicks on any answer's buttons (whatever process posted it) find their handler.
@@ -401,7 +415,6 @@ class DiscordAdapter:
         # Always: a click on an approval request from before a restart is told it expired.
         self.client.add_dynamic_items(ApprovalButton)
         self._approvals = Approvals()
-        self._inflight: set[asyncio.Task[object]] = set()
         #: For attachments, opened at the first one: discord.py's own session is private to it.
         self._files: aiohttp.ClientSession | None = None
         self._runner: asyncio.Task[None] | None = None

@@ -43,6 +43,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.approvals import Approvals, Click
 from adapters.connection import CHECK_NETWORK, Backoff, failed_attempt
 from adapters.downloads import FileHosts, download
+from adapters.slack.actions import SlackActions
 from adapters.slack.approvals import ACTIONS as APPROVAL_ACTIONS
 from adapters.slack.approvals import APPROVE, SlackApprovalPrompt, SlackTurnView
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
@@ -312,6 +313,19 @@ class SlackAdapter:
             self.app.command(slash)(self._on_command)
         if settings.feedback:
             self.app.action(ACTIONS)(self._on_feedback)
+        self._inflight: set[asyncio.Task[Any]] = set()
+        # The message shortcuts (adapters.slack.actions): a click is a question by whoever clicked.
+        SlackActions(
+            core,
+            settings,
+            self.threads,
+            names=self._name,
+            text_in=self._text_in,
+            files=self._attachments,
+            sinks=lambda channel, thread_ts: SlackSink(self.client, channel, thread_ts),
+            inflight=self._inflight,
+            limit=TEXT_LIMIT,
+        ).register(self.app)
         # Always registered: a click on an approval request from before a restart is told it expired.
         self.app.action(APPROVAL_ACTIONS)(self._on_approval)
         self._approvals = Approvals()
@@ -320,7 +334,6 @@ class SlackAdapter:
         self._refusals = Refusals()
         # The assistant thread each person last used, per DM: slash commands there carry no thread.
         self._assistant_threads: OrderedDict[tuple[str, str, str], str] = OrderedDict()
-        self._inflight: set[asyncio.Task[Any]] = set()
         self._socket: _SocketModeHandler | None = None
         #: Slack accepted the bot token (auth.test): until then, and for good once it refused it, not ready.
         self._authenticated = False

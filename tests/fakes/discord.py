@@ -387,6 +387,31 @@ class FakeDiscord(LoopbackServer):
             data["user"] = user
         return data
 
+    def message_command(
+        self,
+        name: str,
+        target: dict[str, Any],
+        *,
+        user: dict[str, Any] = ADA,
+        guild_id: str | None = GUILD_ID,
+        roles: tuple[str, ...] = (),
+        interaction_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A message context-menu command (Apps → ``name``) picked on ``target`` (a message payload, as
+        ``message_create`` builds it): an interaction of type 2 whose data is of type 3, the message in
+        ``resolved.messages``, its content whole whatever the intents (Discord sends it to the app it is for)."""
+        data = self.interaction_create(name, user=user, channel_id=target["channel_id"], guild_id=guild_id, roles=roles)
+        if interaction_id is not None:
+            data["id"], data["token"] = interaction_id, f"itoken-{interaction_id}"
+        data["data"] = {
+            "id": self.new_id(),
+            "name": name,
+            "type": 3,
+            "target_id": target["id"],
+            "resolved": {"messages": {target["id"]: target}},
+        }
+        return data
+
     def component_interaction(
         self,
         message: StoredMessage,
@@ -793,6 +818,8 @@ class FakeDiscord(LoopbackServer):
                 [
                     command
                     | {
+                        # Discord gives message and user commands an empty description.
+                        "description": command.get("description", ""),
                         "id": self.new_id(),
                         "application_id": APP_ID,
                         "version": "1",

@@ -618,6 +618,39 @@ def block_actions(
     }
 
 
+_trigger_ids = itertools.count(1)
+
+
+def message_action(
+    callback_id: str,
+    message: dict[str, Any],
+    *,
+    channel: str = "C1",
+    user: str = "U1",
+    team_id: str = "T1",
+    response_url: str = "",
+    trigger_id: str | None = None,
+) -> dict[str, Any]:
+    """The interaction payload Slack posts (form-encoded, as ``payload=<json>``) when someone picks a message
+    shortcut on ``message`` (as conversations.replies serves it, or a posted one): each click has a trigger id of
+    its own."""
+    return {
+        "type": "message_action",
+        "token": "legacy-verification-token",
+        "action_ts": f"{time.time():.6f}",
+        "team": {"id": team_id, "domain": "test"},
+        "user": {"id": user, "username": "ada", "name": "ada", "team_id": team_id},
+        "channel": {"id": channel, "name": "general"},
+        "is_enterprise_install": False,
+        "enterprise": None,
+        "callback_id": callback_id,
+        "trigger_id": trigger_id or f"{next(_trigger_ids)}.1.abc",
+        "response_url": response_url,
+        "message_ts": message["ts"],
+        "message": dict(message),
+    }
+
+
 def clicked(blocks: list[dict[str, Any]], verdict: str) -> dict[str, Any]:
     """The ``actions`` entry of a click on the ``up`` or ``down`` feedback button in ``blocks``, as Slack sends it:
     for Slack's own feedback buttons the element's action id with the clicked button's value, for a plain button
