@@ -139,7 +139,7 @@ class ConversationCore:
         if tools is not None:
             tools.metrics = self.metrics  # one registry for /metrics
         self._locks = KeyedLocks()
-        self.backfill = Backfill(store, counter, settings.history_tokens)
+        self.backfill = Backfill(store, counter, settings.history_tokens, self.files)
         # Turns waiting for their conversation are queued as much as those waiting for a call slot.
         self.metrics.watch_queue(lambda: self.guards.gate.waiting + self._locks.waiting)
         # A handful of system prompts (the default and those set per channel) are counted on every turn.

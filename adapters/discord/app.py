@@ -20,6 +20,7 @@ import asyncio
 import functools
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -31,7 +32,7 @@ from discord import app_commands
 from adapters.approvals import Approvals, Click, Outcome, outcome_line, shown_arguments
 from adapters.connection import CHECK_NETWORK, Backoff, describe, failed_attempt
 from adapters.discord.actions import DiscordActions
-from adapters.discord.context import Seen, ThreadSource, message_text, reply_chain
+from adapters.discord.context import Seen, ThreadSource, message_files, message_text, reply_chain
 from adapters.downloads import FileHosts, download
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
 from bot import logcontext, texts
@@ -592,16 +593,7 @@ class DiscordAdapter:
 
     async def _answer(self, message: discord.Message, key: ConversationKey, message_id: str) -> None:
         text = self._text_in(message)
-        attachments = tuple(
-            Attachment(
-                f"discord:{a.id}",
-                a.filename,
-                a.content_type or "",
-                a.size,
-                fetch=functools.partial(self._download, a.url),
-            )
-            for a in message.attachments
-        )
+        attachments = self._attachments(message_files(message))
         if not text and not attachments:
             if message.guild is not None and self.client.user not in message.mentions and not message.content:
                 # A reply that does not ping the bot arrives blank without the Message Content intent: the
@@ -654,7 +646,9 @@ class DiscordAdapter:
         me = self.client.user
         if me is None:
             return ()
-        return await reply_chain(message, self.client, me.id, self._settings.discord_reply_chain, seen)
+        return await reply_chain(
+            message, self.client, me.id, self._settings.discord_reply_chain, seen, self._attachments
+        )
 
     def _thread_source(self, message: discord.Message, key: ConversationKey) -> ThreadSource | None:
         me = self.client.user
@@ -667,7 +661,7 @@ class DiscordAdapter:
         )
         guild_id = message.guild.id if message.guild else None
         parent = None if no_starter else self.client.get_partial_messageable(int(key.channel), guild_id=guild_id)
-        return ThreadSource(thread, parent, int(key.thread), message, me.id)
+        return ThreadSource(thread, parent, int(key.thread), message, me.id, files_in=self._attachments)
 
     async def _say_content_hidden(self, key: ConversationKey, sink: DiscordSink, hidden: int) -> None:
         """Once per channel (its threads included) while the bot runs: what it could not read, and why."""
@@ -683,6 +677,19 @@ class DiscordAdapter:
             await sink.post(texts.DISCORD_CONTENT_HIDDEN)
         except discord.HTTPException as exc:
             log.info("the note on the Message Content intent could not be sent: HTTP %s, code %s", exc.status, exc.code)
+
+    def _attachments(self, found: Sequence[discord.Attachment]) -> tuple[Attachment, ...]:
+        """discord.py's attachments, each fetched only when the core decides to read it."""
+        return tuple(
+            Attachment(
+                f"discord:{a.id}",
+                a.filename,
+                a.content_type or "",
+                a.size,
+                fetch=functools.partial(self._download, a.url),
+            )
+            for a in found
+        )
 
     async def _download(self, url: str) -> bytes:
         """An attachment, from Discord's CDN only; its URL is signed, so no token goes with it."""

@@ -2,7 +2,8 @@
 
 Only translation: discord.py's messages become :class:`bot.messages.ContextMessage` (oldest first, with the
 author's display name), a thread becomes a :class:`bot.messages.ContextSource`; the core decides what is stored
-and what reaches the model.
+and what reaches the model. A message's attachments (and those of the messages it forwards) become its
+attachments through the adapter's ``files_in``, fetched only if the core reads them, from Discord's CDN only.
 
 Without the privileged Message Content intent Discord sends other people's messages empty (except those that
 mention the bot), over the gateway and over REST alike. Such a message is left out, and counted as *hidden*, so
@@ -15,6 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -22,7 +24,7 @@ import discord
 
 from bot import texts
 from bot.llm import TokenCounter
-from bot.messages import ContextMessage, ContextRead
+from bot.messages import Attachment, ContextMessage, ContextRead
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,21 @@ _CHANNEL_MENTION = re.compile(r"<#(\d+)>")
 
 #: The budget of a thread read is counted with the cheap estimate (four bytes a token): the core counts again.
 _ESTIMATE = TokenCounter(None)
+
+#: discord.py's attachments as the core's: the adapter's, with its allow-listed download.
+FilesIn = Callable[[Sequence[discord.Attachment]], tuple[Attachment, ...]]
+
+
+def _no_files(attachments: Sequence[discord.Attachment]) -> tuple[Attachment, ...]:
+    return ()
+
+
+def message_files(message: discord.Message) -> list[discord.Attachment]:
+    """A message's attachments, then those of the messages it forwards (``message_snapshots``)."""
+    found = list(message.attachments)
+    for snapshot in message.message_snapshots or ():
+        found.extend(snapshot.attachments)
+    return found
 
 
 def readable(text: str, message: discord.Message, strip_id: int | None = None) -> str:
@@ -99,10 +116,14 @@ class Seen:
     hidden: int = 0
 
 
-def to_context(message: discord.Message, me_id: int, seen: Seen) -> ContextMessage | None:
+def to_context(
+    message: discord.Message, me_id: int, seen: Seen, files_in: FilesIn = _no_files
+) -> ContextMessage | None:
     """The message as context, or None when there is nothing to read (counted in ``seen`` when Discord hid it)."""
     text = message_text(message)
-    if not text:
+    # The bot's own messages carry no files of people's: nothing to read there.
+    attachments = files_in(message_files(message)) if message.author.id != me_id else ()
+    if not text and not attachments:
         if _hidden(message, me_id):
             seen.hidden += 1
         return None
@@ -112,6 +133,7 @@ def to_context(message: discord.Message, me_id: int, seen: Seen) -> ContextMessa
         author_name=_name(message),
         text=text,
         from_bot=message.author.bot,
+        attachments=attachments,
     )
 
 
@@ -129,7 +151,12 @@ def _hidden(message: discord.Message, me_id: int) -> bool:
 
 
 async def reply_chain(
-    message: discord.Message, client: discord.Client, me_id: int, limit: int, seen: Seen
+    message: discord.Message,
+    client: discord.Client,
+    me_id: int,
+    limit: int,
+    seen: Seen,
+    files_in: FilesIn = _no_files,
 ) -> tuple[ContextMessage, ...]:
     """The messages ``message`` replies to, the one it answers first, up to ``limit`` links, oldest first.
 
@@ -149,7 +176,7 @@ async def reply_chain(
                 if linked is None or linked.author.id == me_id:
                     break
                 if linked.type in _SPOKEN:
-                    entry = to_context(linked, me_id, seen)
+                    entry = to_context(linked, me_id, seen, files_in)
                     if entry is not None:
                         links.append(entry)
                 current = linked
@@ -213,8 +240,10 @@ class ThreadSource:
         me_id: int,
         *,
         max_messages: int = THREAD_MAX_MESSAGES,
+        files_in: FilesIn = _no_files,
     ) -> None:
         self._thread = thread
+        self._files_in = files_in
         #: Where a thread started from a message keeps that message (its id is the thread's); None: nowhere.
         self._parent = parent
         self._thread_id = thread_id
@@ -246,7 +275,7 @@ class ThreadSource:
                         continue
                     if starter is not None and message.id == self._thread_id:
                         continue  # a forum post's starter is in the thread itself
-                    entry = to_context(message, self._me_id, self.seen)
+                    entry = to_context(message, self._me_id, self.seen, self._files_in)
                     if entry is None:
                         continue
                     cost = _cost(entry)
@@ -274,7 +303,7 @@ class ThreadSource:
             message = await self._parent.fetch_message(self._thread_id)
         except discord.NotFound:
             return None  # a thread started on its own, or its message deleted
-        entry = to_context(message, self._me_id, self.seen)
+        entry = to_context(message, self._me_id, self.seen, self._files_in)
         if entry is not None and message.author.id == self._me_id:
             # A thread started under one of the bot's answers: the answer is the parent channel's, not this
             # conversation's, so it is stored here as what the bot said.

@@ -292,6 +292,7 @@ class SlackAdapter:
             ),
             self._name,
             self._text_in,
+            self._attachments,
         )
         socket_mode = settings.slack_app_token is not None
         signing = settings.slack_signing_secret

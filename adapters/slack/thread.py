@@ -6,7 +6,8 @@ mention (``oldest``/``latest``), page by page (``cursor``/``limit``; Slack gives
 read and the newest kept until the budget is full), with each author's name (people through the adapter's cached
 ``users.info``, bots by their profile's name). Left out: the mention itself (its turn stores it) and this bot's own
 replies (the conversation stored them), except a thread's root written by this bot (a thread started under one of
-its channel answers, which the thread's conversation never stored).
+its channel answers, which the thread's conversation never stored). A message's ``files`` become its attachments,
+made by the adapter as the question's are (fetched only if the core reads them, from Slack's file host only).
 
 Slack's limits: ``conversations.replies`` is Tier 3 (50+ a minute) for internal apps, and about one a minute with at
 most 15 messages a page for commercially distributed apps outside the Marketplace (since 2025-05-29). A 429 with a
@@ -30,7 +31,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.stream import error_code
 from bot.llm import PER_MESSAGE_OVERHEAD
-from bot.messages import ContextMessage, ContextRead
+from bot.messages import Attachment, ContextMessage, ContextRead
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,12 @@ _SAID = frozenset({None, "bot_message", "thread_broadcast", "file_share", "me_me
 
 Names = Callable[[str], Awaitable[str]]
 TextIn = Callable[[str, str | None], Awaitable[str]]
+#: A message's (or event's) ``files`` as attachments; the adapter's, with its allow-listed download.
+FilesIn = Callable[[dict[str, Any]], tuple[Attachment, ...]]
+
+
+def _no_files(message: dict[str, Any]) -> tuple[Attachment, ...]:
+    return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +84,13 @@ class ThreadReader:
     """What every thread read of one adapter shares: the Web API client (one that leaves 429s to us), the name
     lookups, and per workspace the time before which Slack asked not to be called again."""
 
-    def __init__(self, client: AsyncWebClient, names: Names, text_in: TextIn) -> None:
+    def __init__(self, client: AsyncWebClient, names: Names, text_in: TextIn, files_in: FilesIn = _no_files) -> None:
         self.client = client
-        #: The adapter's own: cached ``users.info`` names, and Slack's markup turned into plain text.
+        #: The adapter's own: cached ``users.info`` names, Slack's markup turned into plain text, and files made
+        #: into attachments.
         self.names = names
         self.text_in = text_in
+        self.files_in = files_in
         #: Per workspace (a rate limit) or per workspace and kind of channel (a missing scope): until when Slack is
         #: not asked, and why.
         self._paused: dict[str, tuple[float, str]] = {}
@@ -206,7 +215,8 @@ class SlackThread:
         if own and (ts != self._thread_ts or not self._own_root):
             return None  # one of this conversation's replies (stored already), or the pane's own root
         text = await self._reader.text_in(_said(message), self._me.user_id)
-        if not text:
+        files = () if own else self._reader.files_in(message)
+        if not text and not files:
             return None
         message_id = f"slack:{self._team}:{self._channel}:{ts}"
         bot_id = message.get("bot_id")
@@ -216,8 +226,8 @@ class SlackThread:
         if bot_id or message.get("subtype") == "bot_message":
             profile = message.get("bot_profile") or {}
             name = str(profile.get("name") or message.get("username") or bot_id or "a bot")
-            return ContextMessage(message_id, user or str(bot_id), name, text, from_bot=True)
-        return ContextMessage(message_id, user, await self._reader.names(user), text)
+            return ContextMessage(message_id, user or str(bot_id), name, text, from_bot=True, attachments=files)
+        return ContextMessage(message_id, user, await self._reader.names(user), text, attachments=files)
 
 
 def _said(message: dict[str, Any]) -> str:

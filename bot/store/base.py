@@ -120,6 +120,8 @@ class ContextEntry:
     author_name: str | None
     content: str
     tokens: int
+    #: The images of the message's files (their marks are in ``content``): kept linked to its row, as a question's.
+    images: tuple[ImageBlob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,14 +313,24 @@ class Store(Protocol):
         """Store the person's message, whose id :meth:`claim_message` already claimed; returns its row id."""
         ...
 
+    async def handled(self, message_ids: Sequence[str]) -> set[str]:
+        """Those of ``message_ids`` already claimed, as a question or as context: their files need no reading, as
+        :meth:`add_context` would not store them."""
+        ...
+
     async def context_cursor(self, key: ConversationKey) -> str | None:
         """Where the conversation's context source was last read up to (a Slack ``ts``), or None: never read."""
         ...
 
-    async def add_context(self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None) -> int:
+    async def add_context(
+        self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None, *, cap_bytes: int | None = None
+    ) -> int:
         """Store ``entries`` in the conversation, in order, each unless its id was claimed before (as context or as
         a question), claiming those stored; and keep ``cursor`` as the conversation's (None: unchanged), all in one
         transaction. Returns how many were stored.
+
+        The images of an entry stored are kept linked to its row, as :meth:`add_images` keeps them (with
+        ``cap_bytes`` as its cap; None: no cap), in the same transaction; those of an entry skipped are not.
 
         A ``/reset`` deletes the stored messages but keeps the cursor: what was forgotten is not read back.
         """

@@ -325,7 +325,7 @@ _ADD_CONTEXT = (
     ") INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
     "created_at, tokens_before) "
     "SELECT $1::bigint, role, author_id, author_name, content, tokens, message_id, $9::float8, tokens_before "
-    "FROM placed ORDER BY n RETURNING id"
+    "FROM placed ORDER BY n RETURNING id, platform_message_id"
 )
 _SET_CURSOR = (
     "INSERT INTO context_cursors (conversation_id, cursor, updated_at) VALUES ($1, $2, $3) "
@@ -514,7 +514,20 @@ class PostgresStore:
             cursor = await conn.fetchval("SELECT cursor FROM context_cursors WHERE conversation_id = $1", conversation)
         return None if cursor is None else str(cursor)
 
-    async def add_context(self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None) -> int:
+    async def handled(self, message_ids: Sequence[str]) -> set[str]:
+        wanted = list(dict.fromkeys(message_ids))
+        if not wanted:
+            return set()
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT message_id FROM handled_messages WHERE message_id = ANY($1::text[])",
+                [*wanted, *(CONTEXT_CLAIM + m for m in wanted)],
+            )
+        return {str(r[0]).removeprefix(CONTEXT_CLAIM) for r in rows}
+
+    async def add_context(
+        self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None, *, cap_bytes: int | None = None
+    ) -> int:
         now = time.time()
         async with self._pool.acquire() as conn, conn.transaction():
             conversation = await self._conversation_id(conn, key)
@@ -533,6 +546,12 @@ class PostgresStore:
                     now,
                 )
                 stored = len(rows)
+                images = {e.message_id: e.images for e in entries if e.images}
+                for row in rows:
+                    if str(row[1]) in images:
+                        await _put_images(conn, conversation, int(row[0]), images[str(row[1])], now)
+                if cap_bytes is not None and images:
+                    await _drop_over_cap(conn, cap_bytes)
             if cursor is not None:
                 await conn.execute(_SET_CURSOR, conversation, cursor, now)
         return stored
@@ -628,20 +647,8 @@ class PostgresStore:
         now = time.time()
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                conversation = await self._conversation_id(conn, key)
-                await conn.executemany(
-                    "INSERT INTO images (hash, mimetype, data, size, used_at) VALUES ($1, $2, $3, $4, $5) "
-                    "ON CONFLICT (hash) DO UPDATE SET used_at = excluded.used_at",
-                    [(i.sha256, i.mimetype, i.data, len(i.data), now) for i in images],
-                )
-                await conn.executemany(
-                    "INSERT INTO message_images (message_id, conversation_id, hash) VALUES ($1, $2, $3) "
-                    "ON CONFLICT DO NOTHING",
-                    [(message, conversation, i.sha256) for i in images],
-                )
-                total = await conn.fetchval("SELECT coalesce(sum(size), 0) FROM images")
-                if total > cap_bytes and _count(await conn.execute(_IMAGE_LRU, cap_bytes)):
-                    await conn.execute("DELETE FROM message_images WHERE hash NOT IN (SELECT hash FROM images)")
+                await _put_images(conn, await self._conversation_id(conn, key), message, images, now)
+                await _drop_over_cap(conn, cap_bytes)
         except _DB_ERRORS as exc:
             raise StoreError(f"storing the images failed: {_reason(exc)}") from exc
 
@@ -915,3 +922,25 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+async def _put_images(
+    conn: asyncpg.Connection, conversation: int, message: int, images: Sequence[ImageBlob], now: float
+) -> None:
+    """Keep ``images`` (each once) linked to the row ``message``."""
+    await conn.executemany(
+        "INSERT INTO images (hash, mimetype, data, size, used_at) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (hash) DO UPDATE SET used_at = excluded.used_at",
+        [(i.sha256, i.mimetype, i.data, len(i.data), now) for i in images],
+    )
+    await conn.executemany(
+        "INSERT INTO message_images (message_id, conversation_id, hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        [(message, conversation, i.sha256) for i in images],
+    )
+
+
+async def _drop_over_cap(conn: asyncpg.Connection, cap_bytes: int) -> None:
+    """The least recently used images dropped until all of them take at most ``cap_bytes``."""
+    total = await conn.fetchval("SELECT coalesce(sum(size), 0) FROM images")
+    if total > cap_bytes and _count(await conn.execute(_IMAGE_LRU, cap_bytes)):
+        await conn.execute("DELETE FROM message_images WHERE hash NOT IN (SELECT hash FROM images)")

@@ -403,7 +403,20 @@ class SQLiteStore:
         )
         return str(rows[0][0]) if rows else None
 
-    async def add_context(self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None) -> int:
+    async def handled(self, message_ids: Sequence[str]) -> set[str]:
+        wanted = list(dict.fromkeys(message_ids))
+        if not wanted:
+            return set()
+        marks = ", ".join("?" for _ in wanted)
+        args = [*wanted, *(CONTEXT_CLAIM + m for m in wanted)]
+        rows = await self._reader.execute_fetchall(
+            f"SELECT message_id FROM handled_messages WHERE message_id IN ({marks}, {marks})", args
+        )
+        return {str(r[0]).removeprefix(CONTEXT_CLAIM) for r in rows}
+
+    async def add_context(
+        self, key: ConversationKey, entries: Sequence[ContextEntry], cursor: str | None, *, cap_bytes: int | None = None
+    ) -> int:
         def work(db: sqlite3.Connection) -> int:
             now = time.time()
             conversation = self._conversation_id(db, key)
@@ -416,8 +429,12 @@ class SQLiteStore:
                 if not self._claim(db, CONTEXT_CLAIM + entry.message_id, now):
                     continue
                 values = (entry.role, entry.author_id, entry.author_name, entry.content, entry.tokens)
-                db.execute(_ADD_CONTEXT, (conversation, *values, entry.message_id, now))
+                cur = db.execute(_ADD_CONTEXT, (conversation, *values, entry.message_id, now))
+                if entry.images:
+                    _put_images(db, conversation, _row_id(cur), entry.images, now)
                 stored += 1
+            if cap_bytes is not None and any(e.images for e in entries):
+                _drop_over_cap(db, cap_bytes)
             if cursor is not None:
                 db.execute(_SET_CURSOR, (conversation, cursor, now))
             return stored
@@ -505,22 +522,8 @@ class SQLiteStore:
         self, key: ConversationKey, message: int, images: Sequence[ImageBlob], *, cap_bytes: int
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
-            now = time.time()
-            conversation = self._conversation_id(db, key)
-            for image in images:
-                db.execute(
-                    "INSERT INTO images (hash, mimetype, data, size, used_at) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (hash) DO UPDATE SET used_at = excluded.used_at",
-                    (image.sha256, image.mimetype, image.data, len(image.data), now),
-                )
-                db.execute(
-                    "INSERT INTO message_images (message_id, conversation_id, hash) VALUES (?, ?, ?) "
-                    "ON CONFLICT DO NOTHING",
-                    (message, conversation, image.sha256),
-                )
-            [(total,)] = db.execute("SELECT coalesce(sum(size), 0) FROM images").fetchall()
-            if total > cap_bytes and db.execute(_IMAGE_LRU, (cap_bytes,)).rowcount:
-                db.execute("DELETE FROM message_images WHERE hash NOT IN (SELECT hash FROM images)")
+            _put_images(db, self._conversation_id(db, key), message, images, time.time())
+            _drop_over_cap(db, cap_bytes)
 
         try:
             await self._writer.transaction(work)
@@ -863,3 +866,26 @@ async def _migrate(writer: SQLiteWriter) -> None:
 
     # One transaction for all the steps: a file is at one version or the next, never in between.
     await writer.transaction(work)
+
+
+def _put_images(
+    db: sqlite3.Connection, conversation: int, message: int, images: Sequence[ImageBlob], now: float
+) -> None:
+    """Keep ``images`` (each once) linked to the row ``message``."""
+    for image in images:
+        db.execute(
+            "INSERT INTO images (hash, mimetype, data, size, used_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (hash) DO UPDATE SET used_at = excluded.used_at",
+            (image.sha256, image.mimetype, image.data, len(image.data), now),
+        )
+        db.execute(
+            "INSERT INTO message_images (message_id, conversation_id, hash) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (message, conversation, image.sha256),
+        )
+
+
+def _drop_over_cap(db: sqlite3.Connection, cap_bytes: int) -> None:
+    """The least recently used images dropped until all of them take at most ``cap_bytes``."""
+    [(total,)] = db.execute("SELECT coalesce(sum(size), 0) FROM images").fetchall()
+    if total > cap_bytes and db.execute(_IMAGE_LRU, (cap_bytes,)).rowcount:
+        db.execute("DELETE FROM message_images WHERE hash NOT IN (SELECT hash FROM images)")

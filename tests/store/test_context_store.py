@@ -11,7 +11,7 @@ from bot.store import CONTEXT_CLAIM, ContextEntry, Store, open_store
 from bot.store.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from bot.store.sqlite import MIGRATIONS
 from tests.store import test_store as base
-from tests.store.test_store import A, B, incoming, rows
+from tests.store.test_store import A, B, blob, incoming, rows
 
 # The contract tests' fixtures: a database on each engine in turn, and the store open on it.
 url, store = base.url, base.store
@@ -124,3 +124,35 @@ async def test_a_long_batch_keeps_its_order_and_its_place_on_the_token_line(stor
     for _, tokens, _ in stored[:-1]:
         expected_line.append(expected_line[-1] + tokens)
     assert [r[2] for r in stored] == expected_line
+
+
+# --- files on context messages: what is stored already is known before any download; images kept with the row ----
+
+
+async def test_handled_names_the_messages_claimed_as_context_or_as_a_question(store: Store) -> None:
+    assert await store.handled([]) == set()
+    await store.add_context(A, [entry(1)], None)
+    assert await store.claim_message("slack:T1:C1:2.0")
+    wanted = ["slack:T1:C1:1.0", "slack:T1:C1:2.0", "slack:T1:C1:3.0"]
+    assert await store.handled(wanted) == {"slack:T1:C1:1.0", "slack:T1:C1:2.0"}
+
+
+async def test_a_context_messages_images_are_kept_with_its_row(store: Store) -> None:
+    one, two = blob(1), blob(2)
+    with_images = ContextEntry("slack:T1:C1:1.0", "user", "U2", "Grace", "look", 7, (one, two))
+    assert await store.add_context(A, [with_images, entry(2)], "2.0", cap_bytes=10**9) == 2
+    [(row,)] = await rows(store, "SELECT id FROM messages WHERE platform_message_id = 'slack:T1:C1:1.0'")
+    links = await rows(store, "SELECT message_id, hash FROM message_images ORDER BY hash")
+    assert links == sorted([(row, one.sha256), (row, two.sha256)], key=lambda r: r[1])
+    assert set(await store.load_images([one.sha256, two.sha256])) == {one.sha256, two.sha256}
+    # Offered again (stored already): nothing more kept; the cap applies as it does to a question's images.
+    again = ContextEntry("slack:T1:C1:1.0", "user", "U2", "Grace", "look", 7, (blob(3),))
+    assert await store.add_context(A, [again], None, cap_bytes=10**9) == 0
+    assert await rows(store, "SELECT count(*) FROM images") == [(2,)]
+    three = ContextEntry("slack:T1:C1:3.0", "user", "U2", "Grace", "more", 7, (blob(3),))
+    assert await store.add_context(A, [three], None, cap_bytes=1500) == 1
+    assert await rows(store, "SELECT count(*) FROM images") == [(1,)]
+    # /reset takes them along.
+    await store.reset(A)
+    assert await rows(store, "SELECT count(*) FROM images") == [(0,)]
+    assert await rows(store, "SELECT count(*) FROM message_images") == [(0,)]
