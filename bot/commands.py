@@ -23,6 +23,8 @@ from bot.store import UsageScope
 log = logging.getLogger(__name__)
 
 COMMANDS = ("reset", "usage", "system", "model", "summary", "speak", "scope")
+#: The commands about the people of a shared channel (bot.speak): nothing to say at a terminal.
+CHANNEL_COMMANDS = ("speak", "scope")
 
 
 @dataclass(frozen=True, slots=True)
