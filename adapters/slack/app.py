@@ -104,11 +104,8 @@ SCOPE_USES = {
     "commands": "slash commands",
     "files:read": "files and images people attach",
     "users:read": "people's names",
+    # Also what the message events without a mention need (bot.speak): thread follow-ups, help channels, group DMs.
     **HISTORY_SCOPES,
-    # The message events that need no mention (bot.speak): thread follow-ups, help channels, group DMs.
-    "channels:history": f"{HISTORY_SCOPES['channels:history']}, and messages there without a mention",
-    "groups:history": f"{HISTORY_SCOPES['groups:history']}, and messages there without a mention",
-    "mpim:history": f"{HISTORY_SCOPES['mpim:history']}, and group DMs answered without a mention",
 }
 REQUIRED_SCOPES = tuple(SCOPE_USES)
 #: Conversations whose every message is for the bot: direct messages and group DMs.
