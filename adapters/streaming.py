@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from adapters.text_split import split_message
 from bot import texts
 from bot.conversation import ConversationCore
-from bot.messages import IncomingMessage
+from bot.messages import IncomingMessage, TurnView
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,14 @@ class ReplyStream(Protocol):
         """Every piece fed so far, joined."""
         ...
 
-    async def feed(self, piece: str) -> None: ...
+    async def feed(self, piece: str) -> None:
+        """More of the answer; it takes the place of a status line shown meanwhile."""
+        ...
+
+    async def status(self, text: str | None) -> None:
+        """Show a short progress line with the reply (``Looking up the time…``, ``Thinking…``) until the answer
+        goes on; None takes it away."""
+        ...
 
     async def finish(self, final_text: str, feedback: int | None = None) -> None:
         """Show exactly ``final_text``; with ``feedback`` (the stored reply's id), feedback buttons under it."""
@@ -61,6 +68,10 @@ class StreamingReply(Generic[H]):
 
     A reply that is complete before the first post went out is posted once, whole, so streaming never makes a
     fast answer slower or noisier. Text longer than ``limit`` continues in further messages.
+
+    A status line (:meth:`status`, drawn by ``status_line`` in the platform's format) shows under the text so far,
+    or alone before any text: the answer's next words, and the final text, replace it. ``on_first_post`` runs
+    once the first words of the answer are out, not for a status line alone.
     """
 
     def __init__(
@@ -71,8 +82,12 @@ class StreamingReply(Generic[H]):
         limit: int,
         render: Callable[[str], str] = lambda text: text,
         on_first_post: Callable[[], Awaitable[None]] | None = None,
+        status_line: Callable[[str], str] = lambda text: f"_{text}_",
     ) -> None:
         self._sink = sink
+        self._status_line = status_line
+        self._status: str | None = None
+        self._answer_shown = False
         self._interval = interval
         self._limit = limit
         self._render = render
@@ -96,6 +111,17 @@ class StreamingReply(Generic[H]):
 
     async def feed(self, piece: str) -> None:
         self._text += piece
+        self._status = None
+        self._wake.set()
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._run(), name="stream-pump")
+
+    async def status(self, text: str | None) -> None:
+        if text == self._status:
+            return
+        self._status = text
+        if text is None and not self._handles:
+            return  # nothing was shown yet, so nothing to take away
         self._wake.set()
         if self._pump is None:
             self._pump = asyncio.create_task(self._run(), name="stream-pump")
@@ -134,11 +160,19 @@ class StreamingReply(Generic[H]):
                         continue
                     except TimeoutError:
                         pass
-            if self._text.strip():
+            if self._text.strip() or self._status:
                 await self._show(self._text, final=False)
 
+    def _rendered(self, text: str, *, final: bool) -> str:
+        rendered = self._render(text) if text.strip() or final else ""
+        if final or self._status is None:
+            return rendered
+        line = self._status_line(self._status)
+        return f"{rendered}\n\n{line}" if rendered.strip() else line
+
     async def _show(self, text: str, *, final: bool) -> None:
-        chunks = split_message(self._render(text), self._limit) or [self._render(text)]
+        rendered = self._rendered(text, final=final)
+        chunks = split_message(rendered, self._limit) or [rendered]
         for index, chunk in enumerate(chunks):
             if not chunk.strip():
                 continue
@@ -158,14 +192,16 @@ class StreamingReply(Generic[H]):
                 else:
                     self._handles.append(await self._sink.post(chunk))
                     self._shown.append(chunk)
-                    if len(self._handles) == 1 and self._on_first_post is not None:
-                        await self._on_first_post()
             except Exception:
                 if final:
                     raise
                 # A failed intermediate edit is not worth a lost reply: the next one, or the final, catches up.
                 log.warning("streaming update failed; the next update will carry the text", exc_info=True)
                 break
+            if not self._answer_shown and self._handles and (text.strip() or final):
+                self._answer_shown = True
+                if self._on_first_post is not None:
+                    await self._on_first_post()
         self._last_send = time.monotonic()
 
 
@@ -229,6 +265,7 @@ async def deliver(
     show_reasoning: str = "off",
     reasoning_sink: ReasoningSink | None = None,
     feedback: bool = False,
+    view: TurnView | None = None,
 ) -> ReplyStream:
     """Run one turn and show its reply: the one top-level handler per event that every adapter uses.
 
@@ -239,23 +276,25 @@ async def deliver(
     ``bot.logcontext.turn`` for the message, so every line of the delivery names the turn.
 
     The model's thinking goes to ``reasoning_sink`` as ``show_reasoning`` says (``off``, ``status``, ``full``),
-    never into the reply.
+    never into the reply. ``view`` (the platform's :class:`bot.messages.TurnView`) shows tool progress and asks
+    for approvals.
     """
     if reply_stream is None:
         reply_stream = StreamingReply(sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post)
-    view = ReasoningView(show_reasoning, reasoning_sink) if reasoning_sink and show_reasoning != "off" else None
+    thinking = ReasoningView(show_reasoning, reasoning_sink) if reasoning_sink and show_reasoning != "off" else None
     on_text = reply_stream.feed
-    if view is not None and view.full:
+    if thinking is not None and thinking.full:
         stream_feed = reply_stream.feed
+        full = thinking
 
         async def on_text(piece: str) -> None:
-            await view.before_answer()  # the thinking goes out before the answer it led to
+            await full.before_answer()  # the thinking goes out before the answer it led to
             await stream_feed(piece)
 
     try:
-        reply = await core.handle(msg, on_text, view.on_reasoning if view is not None else None)
-        if view is not None and view.full:
-            await view.before_answer()
+        reply = await core.handle(msg, on_text, thinking.on_reasoning if thinking is not None else None, view=view)
+        if thinking is not None and thinking.full:
+            await thinking.before_answer()
         if reply.should_post and feedback and reply.reply_id is not None:
             await reply_stream.finish(reply.text, reply.reply_id)
         elif reply.should_post:

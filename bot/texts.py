@@ -292,3 +292,19 @@ SLACK_FILES_SCOPE = "Slack sent a login page instead of the file: the app needs 
 VISION_UNSUPPORTED = "The model {model} cannot see images, so I answered without them."
 VISION_OFF = "Images are switched off here (TEAMBOT_VISION=off), so I answered without them."
 FILE_TOO_BIG_DOWNLOAD = "it is over the {limit} limit"
+
+# Tool approvals (Slack and Discord buttons) and progress
+APPROVAL_REQUEST = "To answer {asker}, I would like to run {tool} with these arguments:"
+APPROVAL_FOOTER = "Only {asker} can approve or deny this. With no answer within {seconds} s it is denied."
+APPROVAL_APPROVE = "Approve"
+APPROVAL_DENY = "Deny"
+APPROVAL_APPROVED = "Approved by {asker}."
+APPROVAL_DENIED = "Denied by {asker}: not run."
+APPROVAL_EXPIRED = "Not answered within {seconds} s, so denied: not run."
+APPROVAL_STOPPED = "I had to stop (a restart) before this was answered, so it was not run."
+APPROVAL_NOT_ASKER = "Only {asker} can approve or deny this request."
+APPROVAL_UNKNOWN = (
+    "This request expired (or I restarted since it was posted), so nothing was run. Ask me again if you still need it."
+)
+#: Ends the arguments shown in an approval request when they are too long to show whole.
+APPROVAL_ARGUMENTS_CUT = "\n… ({count:,} more characters)"

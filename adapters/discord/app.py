@@ -28,17 +28,18 @@ import httpx
 from aiohttp import web
 from discord import app_commands
 
+from adapters.approvals import Approvals, Click, Outcome, outcome_line, shown_arguments
 from adapters.connection import CHECK_NETWORK, Backoff, describe, failed_attempt
 from adapters.discord.context import Seen, ThreadSource, message_text, reply_chain
 from adapters.downloads import FileHosts, download
-from adapters.streaming import StreamingReply, deliver, drain
+from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
 from bot import logcontext, texts
 from bot.check import CheckResult
 from bot.commands import CommandContext
 from bot.config import Settings
 from bot.conversation import ConversationCore
 from bot.errors import ConfigError
-from bot.messages import Attachment, ContextMessage, ConversationKey, IncomingMessage, dm_workspace
+from bot.messages import Attachment, ContextMessage, ConversationKey, IncomingMessage, ToolRequest, dm_workspace
 from bot.runtime import commands
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,111 @@ def feedback_view(reply_id: int) -> discord.ui.View:
     return view
 
 
+class ApprovalButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"teambot:approval:(?P<verdict>approve|deny):(?P<id>[A-Za-z0-9_-]{1,40})",
+):
+    """Approve or Deny under a tool approval request. Its custom id carries the request's id (see
+    :mod:`adapters.approvals`), so a click on a request from before a restart still finds this handler, which
+    tells the person it expired."""
+
+    def __init__(self, verdict: str, approval_id: str) -> None:
+        approve = verdict == "approve"
+        button: discord.ui.Button[discord.ui.View] = discord.ui.Button(
+            style=discord.ButtonStyle.success if approve else discord.ButtonStyle.danger,
+            label=texts.APPROVAL_APPROVE if approve else texts.APPROVAL_DENY,
+            custom_id=f"teambot:approval:{verdict}:{approval_id}",
+        )
+        super().__init__(button)
+        self.approve, self.approval_id = approve, approval_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ApprovalButton:
+        return cls(match["verdict"], match["id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        adapter = getattr(interaction.client, "adapter", None)
+        if isinstance(adapter, DiscordAdapter):
+            await adapter.on_approval(interaction, self.approve, self.approval_id)
+
+
+#: The arguments shown in an approval request; the rest of the message's 2,000 characters is the ask around them.
+ARGUMENTS_LIMIT = 1400
+_NAME_LIMIT = 100
+
+
+def _plain(text: str) -> str:
+    """Text shown as written: no Markdown, no mentions."""
+    return discord.utils.escape_markdown(discord.utils.escape_mentions(text))
+
+
+def approval_content(request: ToolRequest, asker: str, footer: str) -> str:
+    """An approval request as a message: the ask with the tool's name in code, the arguments in a code block
+    (a fence inside them broken so they cannot leave it), and ``footer`` as subtext."""
+    tool = request.tool[:_NAME_LIMIT].replace("`", "'")
+    ask = _plain(texts.APPROVAL_REQUEST.format(asker=asker, tool="\x00")).replace("\x00", f"`{tool}`")
+    arguments = shown_arguments(request.arguments, ARGUMENTS_LIMIT).replace("```", "``\u200b`")
+    return f"{ask}\n```json\n{arguments}\n```\n-# {_plain(footer)}"
+
+
+class DiscordApprovalPrompt:
+    """Posts approval requests as replies to the question, and edits them once they have ended."""
+
+    def __init__(self, trigger: discord.Message, asker_name: str) -> None:
+        self._trigger = trigger
+        self._asker = asker_name
+        self._within = 0.0
+
+    async def ask(self, approval_id: str, request: ToolRequest, within: float) -> discord.Message:
+        self._within = within
+        view = discord.ui.View(timeout=None)
+        view.add_item(ApprovalButton("approve", approval_id))
+        view.add_item(ApprovalButton("deny", approval_id))
+        footer = texts.APPROVAL_FOOTER.format(asker=self._asker, seconds=round(within))
+        return await self._trigger.reply(
+            approval_content(request, self._asker, footer),
+            view=view,
+            mention_author=False,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    async def settle(self, handle: discord.Message, request: ToolRequest, outcome: Outcome) -> None:
+        line = outcome_line(outcome, self._asker, self._within)
+        await handle.edit(
+            content=approval_content(request, self._asker, line),
+            view=None,  # the buttons go
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+
+class DiscordTurnView:
+    """One turn's :class:`bot.messages.TurnView` on Discord: progress as a status line in the reply (the answer
+    replaces it), approvals as a reply with buttons."""
+
+    def __init__(
+        self, approvals: Approvals, prompt: DiscordApprovalPrompt, reply: ReplyStream, asker_id: str, asker_name: str
+    ) -> None:
+        self._approvals = approvals
+        self._prompt = prompt
+        self._reply = reply
+        self._asker_id = asker_id
+        self._asker_name = asker_name
+
+    async def status(self, text: str | None) -> None:
+        await self._reply.status(text)
+
+    async def approve(self, request: ToolRequest, asker_id: str, within: float) -> bool:
+        name = self._asker_name if asker_id == self._asker_id else asker_id
+        return await self._approvals.ask(self._prompt, request, asker_id, name, within)
+
+
+def status_line(text: str) -> str:
+    """A progress line in a reply: subtext, shown as written."""
+    return f"-# {_plain(text)}"
+
+
 class _SyncsCommands:
     """What both client kinds add: the adapter, and the command sync once per start."""
 
@@ -292,6 +398,9 @@ class DiscordAdapter:
         if settings.feedback:
             # Registered once: clicks on any answer's buttons (whatever process posted it) find their handler.
             self.client.add_dynamic_items(FeedbackButton)
+        # Always: a click on an approval request from before a restart is told it expired.
+        self.client.add_dynamic_items(ApprovalButton)
+        self._approvals = Approvals()
         self._inflight: set[asyncio.Task[object]] = set()
         #: For attachments, opened at the first one: discord.py's own session is private to it.
         self._files: aiohttp.ClientSession | None = None
@@ -366,6 +475,8 @@ class DiscordAdapter:
         neither finish nor be marked cut off.
         """
         self._stopping = True
+        # Nobody could answer a waiting approval request after the restart: denied now, the turns end at once.
+        self._approvals.stop()
         await drain(self._inflight, drain_seconds)
         await self.client.close()
         if self._files is not None:
@@ -500,6 +611,11 @@ class DiscordAdapter:
             return
         typing = asyncio.create_task(self._keep_typing(message.channel))
         sink = DiscordSink(message, typing)
+        interval = self._settings.stream_edit_interval
+        reply = StreamingReply(sink, interval=interval, limit=TEXT_LIMIT, status_line=status_line)
+        author_id, author_name = str(message.author.id), message.author.display_name
+        prompt = DiscordApprovalPrompt(message, author_name)
+        view = DiscordTurnView(self._approvals, prompt, reply, author_id, author_name)
         try:
             seen = Seen()
             # The plain mention (no reply, not in a thread) awaits nothing more than before.
@@ -508,8 +624,8 @@ class DiscordAdapter:
             msg = IncomingMessage(
                 key,
                 message_id,
-                str(message.author.id),
-                message.author.display_name,
+                author_id,
+                author_name,
                 text,
                 attachments,
                 context=chain,
@@ -520,11 +636,13 @@ class DiscordAdapter:
                 self._core,
                 msg,
                 sink,
-                interval=self._settings.stream_edit_interval,
+                interval=interval,
                 limit=TEXT_LIMIT,
+                reply_stream=reply,
                 show_reasoning=self._settings.show_reasoning,
                 reasoning_sink=sink,
                 feedback=self._settings.feedback,
+                view=view,
             )
             hidden = seen.hidden + (source.seen.hidden if source is not None else 0)
             if hidden and isinstance(stream, StreamingReply) and stream.handles:
@@ -651,6 +769,26 @@ class DiscordAdapter:
                 await interaction.response.send_message(answer, ephemeral=True)
             except discord.HTTPException as exc:
                 log.info("the thanks for feedback could not be sent: HTTP %s, code %s", exc.status, exc.code)
+
+    async def on_approval(self, interaction: discord.Interaction, approve: bool, approval_id: str) -> None:
+        """A click on an approval request's Approve or Deny button.
+
+        The asker's click goes to the turn that waits for it, which edits the request (the click itself is only
+        acknowledged); anyone else, and a click on a request this process does not wait for (it ended, or is from
+        before a restart), gets a line only they see, and nothing changes.
+        """
+        result = self._approvals.click(approval_id, str(interaction.user.id), approve)
+        log.info("a click on an approval request by %s: %s", interaction.user.id, result.click.value)
+        try:
+            if result.click is Click.DECIDED:
+                await interaction.response.defer()
+            elif result.click is Click.NOT_ASKER:
+                answer = texts.APPROVAL_NOT_ASKER.format(asker=_plain(result.asker_name))
+                await interaction.response.send_message(answer, ephemeral=True)
+            else:
+                await interaction.response.send_message(texts.APPROVAL_UNKNOWN, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.info("a click on an approval request could not be answered: HTTP %s, code %s", exc.status, exc.code)
 
     async def _answer_command(self, interaction: discord.Interaction, name: str, arg: str) -> None:
         # Discord drops an interaction not answered within 3 s (10062), and a command can wait for the

@@ -40,10 +40,13 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.approvals import Approvals, Click
 from adapters.connection import CHECK_NETWORK, Backoff, failed_attempt
 from adapters.downloads import FileHosts, download
+from adapters.slack.approvals import ACTIONS as APPROVAL_ACTIONS
+from adapters.slack.approvals import APPROVE, SlackApprovalPrompt, SlackTurnView
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
-from adapters.slack.format import markdown_to_mrkdwn, unescape_slack
+from adapters.slack.format import escape_mrkdwn, markdown_to_mrkdwn, unescape_slack
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
 from adapters.slack.thread import HISTORY_SCOPES, Identity, SlackThread, ThreadReader
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
@@ -314,6 +317,9 @@ class SlackAdapter:
             self.app.command(slash)(self._on_command)
         if settings.feedback:
             self.app.action(ACTIONS)(self._on_feedback)
+        # Always registered: a click on an approval request from before a restart is told it expired.
+        self.app.action(APPROVAL_ACTIONS)(self._on_approval)
+        self._approvals = Approvals()
         self._names: OrderedDict[str, str] = OrderedDict()
         self._file_hosts = file_hosts(settings.slack_api_url)
         self._refusals = Refusals()
@@ -384,8 +390,12 @@ class SlackAdapter:
         log.info("Slack adapter serving POST /slack/events on %s:%s", self._settings.http_host, self.http_port)
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
-        """Stop taking events, then let the turns under way finish (up to ``drain_seconds``)."""
+        """Stop taking events, then let the turns under way finish (up to ``drain_seconds``).
+
+        Approval requests still waiting are denied at once: nobody could answer them after the restart.
+        """
         self._started = False
+        self._approvals.stop()
         if self._socket is not None:
             await self._socket.client.close()
             self._socket = None
@@ -642,6 +652,7 @@ class SlackAdapter:
                 limit=TEXT_LIMIT,
                 render=markdown_to_mrkdwn,
                 on_first_post=on_first_post,
+                status_line=_status_line,
             )
 
         reply_stream: ReplyStream = post_and_edit()
@@ -659,6 +670,12 @@ class SlackAdapter:
                 on_refused=lambda error: self._refused(team, STREAM, error),
                 on_first_post=on_first_post,
             )
+        prompt = SlackApprovalPrompt(self.client, channel, thread_ts, msg.author_name)
+        view = SlackTurnView(self._approvals, prompt, reply_stream, status, user, msg.author_name)
+        # Outside a DM (the assistant pane) Slack shows no "is thinking..." status: the reply shows "Thinking…"
+        # (TEAMBOT_SHOW_REASONING=status; with ``full`` the thinking itself goes first, in a message of its own).
+        in_reply = self._settings.show_reasoning == "status" and not _is_dm(event)
+        thinking_in_reply = reply_stream if in_reply else None
         await deliver(
             self._core,
             msg,
@@ -668,8 +685,9 @@ class SlackAdapter:
             render=markdown_to_mrkdwn,
             reply_stream=reply_stream,
             show_reasoning=self._settings.show_reasoning,
-            reasoning_sink=SlackReasoning(self.client, channel, thread_ts),
+            reasoning_sink=SlackReasoning(self.client, channel, thread_ts, thinking_in_reply),
             feedback=self._settings.feedback,
+            view=view,
         )
 
     def _thread(
@@ -735,6 +753,30 @@ class SlackAdapter:
                 await respond(text=answer, response_type="ephemeral", replace_original=False)
             except _SLACK_ERRORS as exc:
                 log.info("the thanks for feedback could not be sent: %s", _reason(exc))
+
+    async def _on_approval(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        """A click on an approval request's Approve or Deny button.
+
+        The asker's click goes to the turn that waits for it, which edits the request; anyone else, and a click
+        on a request this process does not wait for (it ended, or is from before a restart), gets a line only
+        they see, and nothing changes.
+        """
+        await ack()
+        action = (body.get("actions") or [{}])[0]
+        user = str((body.get("user") or {}).get("id") or "")
+        approve = action.get("action_id") == APPROVE
+        result = self._approvals.click(str(action.get("value") or ""), user, approve)
+        log.info("a click on an approval request by %s: %s", user, result.click.value)
+        if result.click is Click.DECIDED:
+            return
+        if result.click is Click.NOT_ASKER:
+            answer = texts.APPROVAL_NOT_ASKER.format(asker=result.asker_name)
+        else:
+            answer = texts.APPROVAL_UNKNOWN
+        try:
+            await respond(text=escape_mrkdwn(answer), response_type="ephemeral", replace_original=False)
+        except _SLACK_ERRORS as exc:
+            log.info("the answer to a click on an approval request could not be sent: %s", _reason(exc))
 
     async def _command_key(self, command: dict[str, Any], team: str, channel: str, user: str) -> ConversationKey:
         # In the assistant pane a command is about the thread in view, the one the person last used there: known
@@ -854,6 +896,11 @@ def _reason(exc: BaseException) -> str:
 def _header(req: AsyncBoltRequest, name: str) -> str | None:
     values = req.headers.get(name)
     return str(values[0]) if values else None
+
+
+def _status_line(text: str) -> str:
+    """A progress line under a posted reply: small italics, escaped."""
+    return f"_{escape_mrkdwn(text)}_"
 
 
 def _is_dm(event: dict[str, Any]) -> bool:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -157,6 +158,13 @@ class ThinkingStatus:
         if await self._setting:
             await self._set("")
 
+    async def show(self, text: str | None) -> None:
+        """A tool's progress (``Looking up the time…``) in place of "is thinking..."; None puts that back, or
+        clears the status once the answer shows. Nothing where Slack refused the first status."""
+        if self._setting is None or not await self._setting:
+            return
+        await self._set(text if text is not None else "" if self._cleared else texts.THINKING_STATUS)
+
     async def _set(self, status: str) -> bool:
         try:
             await self._client.assistant_threads_setStatus(
@@ -180,18 +188,24 @@ class SlackReasoning:
     """A model's thinking in Slack, apart from the answer (TEAMBOT_SHOW_REASONING).
 
     ``status``: in a thread, the assistant status ("is thinking...") set at the start of every turn already stays
-    until the answer's first words, however long the model thinks, so nothing more is sent; at the top of a
-    channel Slack has no status to show. ``full``: the thinking itself, before the answer, as a message of its own
-    holding one context block (small grey text), escaped so that it can ping nobody.
+    until the answer's first words, however long the model thinks. In a channel, where that status is not
+    Slack's assistant pane, the reply (``reply``) also shows "Thinking…": a task card in a native stream, a
+    status line in a posted and edited reply, replaced by the answer. ``full``: the thinking itself, before the
+    answer, as a message of its own holding one context block (small grey text), escaped so that it can ping
+    nobody.
     """
 
-    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str | None) -> None:
+    def __init__(
+        self, client: AsyncWebClient, channel: str, thread_ts: str | None, reply: ReplyStream | None = None
+    ) -> None:
         self._client = client
         self._channel = channel
         self._thread_ts = thread_ts
+        self._reply = reply
 
     async def thinking(self) -> None:
-        return None
+        if self._reply is not None:
+            await self._reply.status(texts.REASONING_STATUS)
 
     async def reasoning(self, text: str) -> None:
         header = f"_{texts.REASONING_HEADER}_\n"
@@ -257,6 +271,10 @@ class NativeReply:
         self._wake = asyncio.Event()
         self._last_send = 0.0
         self._pump: asyncio.Task[None] | None = None
+        #: Task cards (``task_update`` chunks) waiting to go out before any more text, and the one in progress.
+        self._chunks: list[dict[str, Any]] = []
+        self._task: tuple[str, str] | None = None
+        self._task_ids = itertools.count(1)
 
     @property
     def fell_back(self) -> bool:
@@ -271,8 +289,30 @@ class NativeReply:
         if self._fallback is not None:
             await self._fallback.feed(piece)
             return
+        self._end_task()  # the answer goes on: the step before it is done
         self._wake.set()
         self._ensure_pump()
+
+    async def status(self, text: str | None) -> None:
+        """A step of the turn (a tool at work, the model thinking) as a task card in the stream: in progress
+        until the next step, the answer's next words or None, then complete."""
+        if self._fallback is not None:
+            await self._fallback.status(text)
+            return
+        if self._task is not None and self._task[1] == text:
+            return
+        self._end_task()
+        if text is not None:
+            self._task = (f"step-{next(self._task_ids)}", text)
+            self._chunks.append(_task_update(*self._task, "in_progress"))
+        if self._chunks:
+            self._wake.set()
+            self._ensure_pump()
+
+    def _end_task(self) -> None:
+        if self._task is not None:
+            self._chunks.append(_task_update(*self._task, "complete"))
+            self._task = None
 
     async def finish(self, final_text: str, feedback: int | None = None) -> None:
         self._final, self._feedback = final_text, feedback
@@ -328,8 +368,11 @@ class NativeReply:
             return
 
     async def _flush(self, text: str, *, final: bool) -> None:
+        if final:
+            self._end_task()
         if final and not text.startswith(self._text[: self._sent]):
             await self._fall_back(None)
+        await self._send_chunks()
         end = len(text) if final else _safe_end(text, self._sent)
         pending = text[self._sent : end]
         if self._ts is None and not pending.strip():
@@ -355,6 +398,31 @@ class NativeReply:
             self._reopen = f"{fence}\n" if fence else ""
             pending = rest
 
+    async def _send_chunks(self) -> None:
+        """The task cards waiting, in one call: they start the stream when no text has yet."""
+        if not self._chunks:
+            return
+        chunks, self._chunks = self._chunks, []
+        try:
+            if self._ts is None:
+                args: dict[str, Any] = {"channel": self._channel, "chunks": chunks, **self._recipient}
+                if self._thread_ts is not None:
+                    args["thread_ts"] = self._thread_ts
+                if self._reopen:
+                    args["markdown_text"] = self._reopen
+                response = await self._client.api_call("chat.startStream", json=args)
+                self._ts = str(response["ts"])
+                self._message, self._reopen = args.get("markdown_text", ""), ""
+                self._before = ""
+            else:
+                await self._client.chat_appendStream(channel=self._channel, ts=self._ts, chunks=chunks)
+        except SlackApiError as exc:
+            error = error_code(exc)
+            if self._ts is None:
+                self._on_refused(error)
+            await self._fall_back(error)
+        self._last_send = time.monotonic()
+
     async def _write(self, piece: str, *, stop: bool, closing: str = "", last: bool = False) -> None:
         """Send ``piece``; ``stop`` closes the message, ``last`` says it ends the reply (its feedback buttons go
         under it)."""
@@ -378,10 +446,7 @@ class NativeReply:
             self._ts = str(response["ts"])
             self._message, self._reopen = markdown, ""
             self._sent += len(piece)
-            if not self._posted:
-                self._posted = True
-                if self._on_first_post is not None:
-                    await self._on_first_post()
+            await self._answer_shown(piece)
             if stop:
                 await self._stop(None, last=last)
             return
@@ -394,6 +459,14 @@ class NativeReply:
         except SlackApiError as exc:
             await self._fall_back(error_code(exc))
         self._sent += len(piece)
+        await self._answer_shown(piece)
+
+    async def _answer_shown(self, piece: str) -> None:
+        # The first words of the answer, not a task card: what ends the "is thinking..." status.
+        if not self._posted and piece.strip():
+            self._posted = True
+            if self._on_first_post is not None:
+                await self._on_first_post()
 
     async def _stop(self, markdown: str | None, *, last: bool = False) -> None:
         assert self._ts is not None
@@ -421,7 +494,23 @@ class NativeReply:
         unsent = self._text[self._sent :]
         if unsent.strip() and self._final is None:
             await fallback.feed(unsent)
+        if self._task is not None and self._final is None:
+            await fallback.status(self._task[1])
         raise _FellBack
+
+
+def _task_update(task_id: str, title: str, status: str) -> dict[str, Any]:
+    """A ``task_update`` chunk of chat.startStream / appendStream: one step as a card (Slack's timeline)."""
+    return {
+        "type": "task_update",
+        "id": task_id,
+        "title": neutralise_mentions(title[:TASK_TITLE_LIMIT]),
+        "status": status,
+    }
+
+
+#: Kept short: a task card's title is one line.
+TASK_TITLE_LIMIT = 256
 
 
 class _FellBack(Exception):

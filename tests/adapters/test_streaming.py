@@ -21,6 +21,7 @@ from bot.runtime import open_core
 from tests.fakes.discord import BOT_USER, CHANNEL_ID, GUILD_ID, FakeDiscord
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack, event_envelope, mention, signed_headers
+from tests.test_conversation import until
 
 
 class Channel:
@@ -172,3 +173,25 @@ async def test_a_discord_stop_past_the_deadline_marks_the_reply_before_disconnec
             assert reply.content.startswith("echo:") and reply.content.endswith(texts.STOPPING + "]_")
             assert await core.store.count_messages(ConversationKey("discord", GUILD_ID, CHANNEL_ID)) == 0
             assert model.calls == 1
+
+
+async def test_a_status_line_shows_alone_then_under_the_text_and_the_answer_replaces_it() -> None:
+    seen: list[str] = []
+
+    async def hook() -> None:
+        seen.append("first words")
+
+    channel = Channel()
+    stream = StreamingReply(channel, interval=0.01, limit=100, on_first_post=hook, status_line=lambda s: f"({s})")
+    await stream.status("Looking up the time…")
+    await stream.status(None)  # taken away before anything showed... then set again: shown alone
+    await stream.status("Looking up the time…")
+    await until(lambda: channel.messages == ["(Looking up the time…)"])
+    assert seen == []  # a status line alone is not the answer's first words
+    await stream.feed("It is")
+    await until(lambda: channel.messages == ["It is"])  # the words replace the line
+    assert seen == ["first words"]
+    await stream.status("Checking again…")
+    await until(lambda: channel.messages == ["It is\n\n(Checking again…)"])
+    await stream.finish("It is noon.")
+    assert channel.messages == ["It is noon."] and seen == ["first words"]

@@ -394,14 +394,16 @@ class FakeDiscord(LoopbackServer):
         *,
         user: dict[str, Any] = ADA,
         guild_id: str | None = GUILD_ID,
+        components: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """A click on a button (component type 2) of one of the bot's messages: an interaction of type 3
-        (MESSAGE_COMPONENT) carrying the message with its components, as Discord sends it."""
+        (MESSAGE_COMPONENT) carrying the message with its components, as Discord sends it. ``components`` are
+        those the clicking client still shows, when not the message's latest (a client that missed an edit)."""
         data = self.interaction_create("", user=user, channel_id=message.channel_id, guild_id=guild_id)
         shown = self._message(message.content, BOT_USER, message.channel_id, guild_id, message.id)
         data["type"] = 3
         data["data"] = {"custom_id": custom_id, "component_type": 2}
-        data["message"] = shown | {"components": message.components}
+        data["message"] = shown | {"components": message.components if components is None else components}
         return data
 
     # --- payloads ------------------------------------------------------------------------------------------

@@ -82,6 +82,16 @@ class Posted:
     streaming: bool = False
     #: The message's blocks as last set (chat.postMessage, chat.update, or chat.stopStream's closing blocks).
     blocks: list[dict[str, Any]] | None = None
+    #: The task and plan chunks streamed into it (``task_update``, ``plan_update``), in order.
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+
+    def tasks(self) -> dict[str, tuple[str, str]]:
+        """Each task card's latest ``(title, status)``, by id, as Slack would show them at the end."""
+        shown: dict[str, tuple[str, str]] = {}
+        for chunk in self.chunks:
+            if chunk["type"] == "task_update":
+                shown[chunk["id"]] = (chunk["title"], chunk["status"])
+        return shown
 
     @property
     def streamed(self) -> bool:
@@ -484,9 +494,15 @@ class FakeSlack(LoopbackServer):
 
     def _stream(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         text = args.get("markdown_text")
-        for chunk in args.get("chunks") or []:
+        chunks = args.get("chunks") or []
+        if not isinstance(chunks, list) or not all(_valid_chunk(c) for c in chunks):
+            return {"ok": False, "error": "invalid_chunks"}
+        if args.get("task_display_mode", "timeline") not in ("timeline", "plan"):
+            return {"ok": False, "error": "invalid_arguments"}
+        for chunk in chunks:
             if chunk.get("type") == "markdown_text":
                 text = (text or "") + str(chunk.get("text", ""))
+        tasks = [c for c in chunks if c["type"] != "markdown_text"]
         if text is not None and len(text) > MARKDOWN_LIMIT:
             return {"ok": False, "error": "msg_too_long"}
         channel = str(args.get("channel") or "")
@@ -499,12 +515,12 @@ class FakeSlack(LoopbackServer):
                 return {"ok": False, "error": "invalid_arguments"}
             ts = f"{1700000100 + next(self._ts)}.000100"
             thread = str(args["thread_ts"]) if args.get("thread_ts") else None
-            message = Posted(channel, ts, text or "", thread, appends=[text or ""], streaming=True)
+            message = Posted(channel, ts, text or "", thread, appends=[text or ""], streaming=True, chunks=tasks)
             self.posted.append(message)
             self._in_thread(message)
             self._text_set(message)
             return {"ok": True, "channel": channel, "ts": ts}
-        if not channel or not args.get("ts") or (method == "chat.appendStream" and not text):
+        if not channel or not args.get("ts") or (method == "chat.appendStream" and not text and not tasks):
             return {"ok": False, "error": "invalid_arguments"}
         for message in self.posted:
             if message.channel == channel and message.ts == args["ts"]:
@@ -512,6 +528,7 @@ class FakeSlack(LoopbackServer):
                     return {"ok": False, "error": "message_not_in_streaming_state"}
                 message.text += text or ""
                 message.appends.append(text or "")
+                message.chunks.extend(tasks)
                 message.streaming = method == "chat.appendStream"
                 if method == "chat.stopStream":
                     message.blocks = _blocks(args)
@@ -547,6 +564,25 @@ class FakeSlack(LoopbackServer):
                     self.acks[data["envelope_id"]] = data
                     await self._notify()
         return socket
+
+
+#: What a ``task_update`` chunk's status may be (docs.slack.dev, chat.appendStream).
+TASK_STATUSES = ("pending", "in_progress", "complete", "error")
+
+
+def _valid_chunk(chunk: object) -> bool:
+    """A chunk as Slack takes it: markdown text, a task card with an id, a title and a known status, or a plan
+    title."""
+    if not isinstance(chunk, dict):
+        return False
+    kind = chunk.get("type")
+    if kind == "markdown_text":
+        return isinstance(chunk.get("text"), str)
+    if kind == "task_update":
+        return bool(chunk.get("id")) and bool(chunk.get("title")) and chunk.get("status") in TASK_STATUSES
+    if kind == "plan_update":
+        return bool(chunk.get("title"))
+    return False
 
 
 def _blocks(args: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -605,6 +641,27 @@ def clicked(blocks: list[dict[str, Any]], verdict: str) -> dict[str, Any]:
                     "text": element["text"],
                 }
     raise KeyError(f"no {verdict} feedback button in {blocks}")
+
+
+def approval_click(blocks: list[dict[str, Any]], approve: bool) -> dict[str, Any]:
+    """The ``actions`` entry of a click on an approval request's Approve (``approve``) or Deny button, as Slack
+    sends it: the button's action id, block id, value and text."""
+    for block in blocks:
+        if block.get("type") != "actions":
+            continue
+        for element in block.get("elements") or []:
+            if element.get("type") == "button" and str(element["action_id"]).endswith(
+                "_approve" if approve else "_deny"
+            ):
+                return {
+                    "type": "button",
+                    "action_id": element["action_id"],
+                    "block_id": block.get("block_id", ""),
+                    "value": element["value"],
+                    "text": element["text"],
+                    "style": element.get("style"),
+                }
+    raise KeyError(f"no approval button in {blocks}")
 
 
 def signed_headers(signing_secret: str, body: str, timestamp: int | None = None) -> dict[str, str]:

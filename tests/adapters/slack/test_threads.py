@@ -244,7 +244,9 @@ async def test_two_replicas_on_one_postgresql_read_a_thread_once(
         await model.wait_for_requests(2)
         await one.wait_replies(2)
     reads = fake.calls_to(REPLIES)
-    assert len(reads) == 2 and ["oldest" in r for r in reads].count(False) == 1
+    # The whole thread is read once. Whichever replica takes the lock second reads from the cursor on; when that is
+    # the earlier mention, nothing can lie between the cursor and it, so it asks Slack nothing.
+    assert ["oldest" in r for r in reads].count(False) == 1 and len(reads) in (1, 2)
     everything = [c for request in model.requests for _, c in prompt_of(request)]
     assert max(everything.count(f"{name}: {text}") for name, text in THREAD_LINES) == 2  # the second saw it once
 
