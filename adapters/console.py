@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TextIO
 
 from bot import texts
-from bot.commands import COMMANDS, CommandContext, Commands, Wording
+from bot.commands import CHANNEL_COMMANDS, COMMANDS, CommandContext, Commands, Wording
 from bot.conversation import ConversationCore
 from bot.guards import ScopeKind
 from bot.messages import ConversationKey, IncomingMessage, ToolRequest
@@ -279,7 +279,7 @@ class _Session:
     async def _command(self, line: str) -> None:
         match = re.match(r"/(\S*)\s*(.*)", line, re.DOTALL)
         name, arg = (match.group(1), match.group(2)) if match else ("", "")
-        if name not in COMMANDS:
+        if name not in COMMANDS or name in CHANNEL_COMMANDS:
             self.show(BOT + texts.CONSOLE_UNKNOWN_COMMAND.format(command=f"/{name}"))
             return
         # The person at the terminal runs the bot, so they are its admin.

@@ -1,4 +1,5 @@
-"""The slash commands every platform offers, answered privately: /reset, /usage, /system, /model, /summary.
+"""The slash commands every platform offers, answered privately: /reset, /usage, /system, /model, /summary,
+/speak, /scope.
 
 Adapters say who asks and whether the platform counts them as an admin, and may word the answers their own way
 (:class:`Wording`); this module decides the rest.
@@ -6,6 +7,7 @@ Adapters say who asks and whether the platform counts them as an admin, and may 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -15,11 +17,14 @@ from bot.conversation import ConversationCore
 from bot.guards import REPORT_SCOPES, Period, ScopeKind
 from bot.llm import REASONING_EFFORTS, model_choice
 from bot.messages import ConversationKey
-from bot.store import ChannelSettings, UsageScope
+from bot.speak import SCOPES, SPEAK_MODES
+from bot.store import UsageScope
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("reset", "usage", "system", "model", "summary")
+COMMANDS = ("reset", "usage", "system", "model", "summary", "speak", "scope")
+#: The commands about the people of a shared channel (bot.speak): nothing to say at a terminal.
+CHANNEL_COMMANDS = ("speak", "scope")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,8 @@ class CommandContext:
     platform_admin: bool = False
     admins: str = texts.ADMINS_SLACK
     wording: Wording = Wording()
+    #: A direct message or group DM: one conversation whatever the channel's scope.
+    in_dm: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,8 @@ class Commands:
     async def run(self, name: str, ctx: CommandContext, arg: str = "") -> str:
         """The private answer to ``/name arg``."""
         arg = arg.strip()
+        # In a ``person`` channel /reset, /usage and /summary are about the asker's own conversation there.
+        ctx = dataclasses.replace(ctx, key=self._core.speaking.scoped(ctx.key, ctx.user_id, in_dm=ctx.in_dm))
         if name == "reset":
             count = await self._core.reset(ctx.key)
             return ctx.wording.reset_done.format(count=count, s=texts.plural(count))
@@ -82,6 +91,10 @@ class Commands:
             return await self._system(ctx, arg)
         if name == "model":
             return await self._model(ctx, arg)
+        if name == "speak":
+            return await self._speak(ctx, arg.lower())
+        if name == "scope":
+            return await self._scope(ctx, arg.lower())
         return texts.UNKNOWN_COMMAND.format(command=f"/{name}")
 
     async def _usage(self, ctx: CommandContext) -> str:
@@ -115,10 +128,10 @@ class Commands:
         if not self._admin(ctx):
             return texts.ADMIN_ONLY.format(admins=ctx.admins)
         if arg == "reset":
-            await store.set_channel_settings(ctx.key, ChannelSettings(None, current.model))
+            await store.set_channel_settings(ctx.key, dataclasses.replace(current, system_prompt=None))
             log.info("system prompt of %s reset by %s", ctx.key, ctx.user_id)
             return ctx.wording.system_reset
-        await store.set_channel_settings(ctx.key, ChannelSettings(arg, current.model))
+        await store.set_channel_settings(ctx.key, dataclasses.replace(current, system_prompt=arg))
         log.info("system prompt of %s changed by %s", ctx.key, ctx.user_id)
         return ctx.wording.system_set
 
@@ -138,7 +151,7 @@ class Commands:
         if not self._admin(ctx):
             return texts.ADMIN_ONLY.format(admins=ctx.admins)
         if arg == "reset":
-            await store.set_channel_settings(ctx.key, ChannelSettings(current.system_prompt, None))
+            await store.set_channel_settings(ctx.key, dataclasses.replace(current, model=None))
             return ctx.wording.model_reset.format(model=default)
         name, _, rest = arg.partition(" ")
         effort = rest.strip().lower() or None
@@ -146,11 +159,43 @@ class Commands:
             return ctx.wording.model_not_allowed.format(model=name, allowed=", ".join(allowed))
         if effort is not None and effort not in REASONING_EFFORTS:
             return texts.EFFORT_NOT_KNOWN.format(effort=rest.strip(), efforts=", ".join(REASONING_EFFORTS))
-        await store.set_channel_settings(
-            ctx.key, ChannelSettings(current.system_prompt, f"{name} {effort or ''}".strip())
-        )
+        await store.set_channel_settings(ctx.key, dataclasses.replace(current, model=f"{name} {effort or ''}".strip()))
         log.info("model of %s set to %s (effort %s) by %s", ctx.key, name, effort or "default", ctx.user_id)
         return ctx.wording.model_set.format(model=f"{name}{_effort(effort)}")
+
+    async def _speak(self, ctx: CommandContext, arg: str) -> str:
+        """``/speak``, ``/speak thread|mention|all``: where the bot answers in this channel (bot.speak)."""
+        speaking = self._core.speaking
+        if not arg:
+            mode = speaking.speak(ctx.key)
+            return texts.SPEAK_SHOW.format(what=texts.SPEAK_MODES[mode], mode=mode)
+        if not self._admin(ctx):
+            return texts.ADMIN_ONLY.format(admins=ctx.admins)
+        if arg not in SPEAK_MODES:
+            return texts.SPEAK_NOT_KNOWN.format(mode=arg)
+        await self._change(ctx, speak=arg)
+        log.info("speak mode of %s set to %s by %s", ctx.key, arg, ctx.user_id)
+        return texts.SPEAK_SET.format(what=texts.SPEAK_MODES[arg], mode=arg)
+
+    async def _scope(self, ctx: CommandContext, arg: str) -> str:
+        """``/scope``, ``/scope channel|person``: whose conversation a message in this channel joins."""
+        speaking = self._core.speaking
+        if not arg:
+            scope = speaking.scope(ctx.key)
+            return texts.SCOPE_SHOW.format(what=texts.SCOPES[scope], scope=scope)
+        if not self._admin(ctx):
+            return texts.ADMIN_ONLY.format(admins=ctx.admins)
+        if arg not in SCOPES:
+            return texts.SCOPE_NOT_KNOWN.format(scope=arg)
+        await self._change(ctx, scope=arg)
+        log.info("conversation scope of %s set to %s by %s", ctx.key, arg, ctx.user_id)
+        return texts.SCOPE_SET.format(what=texts.SCOPES[arg], scope=arg)
+
+    async def _change(self, ctx: CommandContext, **changes: str) -> None:
+        store = self._core.store
+        settings = dataclasses.replace(await store.channel_settings(ctx.key), **changes)
+        await store.set_channel_settings(ctx.key, settings)
+        self._core.speaking.changed(ctx.key, settings)
 
 
 def _effort(effort: str | None) -> str:

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     max_attachment_bytes: int = Field(20 * 1024 * 1024, ge=1, validation_alias=_env("TEAMBOT_MAX_ATTACHMENT_BYTES"))
     vision: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("TEAMBOT_VISION"))
     image_store_mb: int = Field(1024, ge=0, validation_alias=_env("TEAMBOT_IMAGE_STORE_MB"))
+    # Where the bot speaks (bot.speak): the defaults of the channels whose admins set nothing with /speak, /scope
+    speak: Literal["thread", "mention", "all"] = Field("thread", validation_alias=_env("TEAMBOT_SPEAK"))
+    conversation_scope: Literal["channel", "person"] = Field(
+        "channel", validation_alias=_env("TEAMBOT_CONVERSATION_SCOPE")
+    )
 
     # Costs, budgets and abuse controls
     # [input, output] or [input, output, cached input], US dollars per million tokens
@@ -166,6 +171,8 @@ class Settings(BaseSettings):
     usage_command: str = Field("usage", pattern=_COMMAND_NAME, validation_alias=_env("TEAMBOT_USAGE_COMMAND"))
     system_command: str = Field("system", pattern=_COMMAND_NAME, validation_alias=_env("TEAMBOT_SYSTEM_COMMAND"))
     model_command: str = Field("model", pattern=_COMMAND_NAME, validation_alias=_env("TEAMBOT_MODEL_COMMAND"))
+    speak_command: str = Field("speak", pattern=_COMMAND_NAME, validation_alias=_env("TEAMBOT_SPEAK_COMMAND"))
+    scope_command: str = Field("scope", pattern=_COMMAND_NAME, validation_alias=_env("TEAMBOT_SCOPE_COMMAND"))
     ignore_bots: bool = Field(True, validation_alias=_env("TEAMBOT_IGNORE_BOTS"))
     drain_seconds: float = Field(10.0, ge=0, validation_alias=_env("TEAMBOT_DRAIN_SECONDS"))
     stream_edit_interval: float = Field(1.0, ge=0.2, validation_alias=_env("TEAMBOT_STREAM_EDIT_INTERVAL"))
@@ -269,12 +276,15 @@ class Settings(BaseSettings):
         return value
 
     def command_names(self) -> dict[str, str]:
-        """The name each platform registers for each command (``reset``, ``usage``, ``system``, ``model``)."""
+        """The name each platform registers for each command (``reset``, ``usage``, ``system``, ``model``,
+        ``speak``, ``scope``)."""
         return {
             "reset": self.reset_command,
             "usage": self.usage_command,
             "system": self.system_command,
             "model": self.model_command,
+            "speak": self.speak_command,
+            "scope": self.scope_command,
         }
 
     def secret_values(self) -> tuple[str, ...]:

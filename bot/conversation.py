@@ -20,6 +20,7 @@ from bot.llm import PER_MESSAGE_OVERHEAD, ChatClient, ChatMessage, Completion, T
 from bot.memory import Memory, MemorySettings
 from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, TurnView, Usage
 from bot.metrics import Metrics
+from bot.speak import Speaking
 from bot.store import FEEDBACK_VALUES, Store, StoredMessage, UsageRecord
 from bot.tools import ToolLoop, ToolOutcome, TurnTools, with_traces
 
@@ -125,8 +126,11 @@ class ConversationCore:
         metrics: Metrics | None = None,
         tools: ToolLoop | None = None,
         files: Files | None = None,
+        speaking: Speaking | None = None,
     ) -> None:
         self.store = store
+        #: Where the bot speaks per channel, and whose conversation a message joins (bot.speak).
+        self.speaking = speaking or Speaking(store)
         #: Files and images on messages (bot.context): used only by turns whose messages have some.
         self.files = files or Files(FileSettings(), counter)
         self._llm = llm
@@ -176,6 +180,8 @@ class ConversationCore:
 
         Known failures come back as a ``Reply`` of kind ERROR with a message for people; only bugs raise.
         """
+        # In a ``person`` channel the asker's own conversation (in memory: nothing to await).
+        msg = self.speaking.scoped_message(msg)
         with logcontext.turn(str(msg.key), msg.message_id):
             self.metrics.mentions.labels(msg.key.platform).inc()
             reply = await self._handle(msg, on_text, on_reasoning, view)
@@ -220,7 +226,11 @@ class ConversationCore:
                     # Calls charged while this one queued may have used the budget up: look again.
                     if waited and (refusal := await self._budget_refusal(msg)) is not None:
                         return Reply(ReplyKind.REFUSED, refusal)
-                    return await self._turn(msg, on_text, progress, on_reasoning, view)
+                    reply = await self._turn(msg, on_text, progress, on_reasoning, view)
+                    if reply.kind in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
+                        # Its later messages need no mention in a ``thread`` channel.
+                        self.speaking.answered(msg.key)
+                    return reply
         except Busy as exc:
             log.warning("conversation %s: %s", msg.key, exc)
             return Reply(ReplyKind.REFUSED, exc.user_message)

@@ -28,6 +28,7 @@ from bot.guards import (
     remember,
 )
 from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, TokenCounter, model_http_client
+from bot.speak import Speaking
 from bot.store import Store, open_store
 from bot.tools import (
     LoopSettings,
@@ -216,10 +217,17 @@ async def open_core(
                 summary_model=settings.summary_model,
             )
             files = Files(file_settings(settings), counter)
-            core = ConversationCore(store, llm, counter, turn, guards(settings, store), tools=tools, files=files)
+            speaking = Speaking(store, settings.speak, settings.conversation_scope)
+            await speaking.load()
+            refresher = asyncio.create_task(speaking.refresh_periodically(), name="teambot-speak-modes")
+            core = ConversationCore(
+                store, llm, counter, turn, guards(settings, store), tools=tools, files=files, speaking=speaking
+            )
             try:
                 yield core
             finally:
+                refresher.cancel()
+                await asyncio.gather(refresher, return_exceptions=True)
                 await core.aclose(settings.drain_seconds)
     finally:
         await tools_stack.aclose()

@@ -160,6 +160,22 @@ EFFORT_NOT_KNOWN = (
 MODEL_RESET = "Done: this channel is back to the default model, {model}."
 MODEL_NOT_ALLOWED = "{model} is not on the list of allowed models: {allowed}."
 UNKNOWN_COMMAND = "Unknown command {command!r}."
+#: /speak and /scope (bot.speak): the modes, in the words people read.
+SPEAK_MODES = {
+    "thread": "answers mentions, and every later message of a thread it answered in",
+    "mention": "answers only when mentioned",
+    "all": "answers every message here, mentioned or not",
+}
+SPEAK_SHOW = "Here the bot {what} (`{mode}`). Choose with /speak thread, /speak mention or /speak all."
+SPEAK_SET = "Done: here the bot now {what} (`{mode}`)."
+SPEAK_NOT_KNOWN = "{mode!r} is not a speak mode. Use /speak thread, /speak mention or /speak all."
+SCOPES = {
+    "channel": "everybody here shares one conversation",
+    "person": "each person here has a conversation of their own (threads stay shared)",
+}
+SCOPE_SHOW = "Here {what} (`{scope}`). Choose with /scope channel or /scope person."
+SCOPE_SET = "Done: here {what} from now on (`{scope}`)."
+SCOPE_NOT_KNOWN = "{scope!r} is not a conversation scope. Use /scope channel or /scope person."
 
 # Start-up: the settings file and the names in it
 BASE_URL_WITH_PATH = "ends in /chat/completions, which teambot adds itself: set it to {root}"

@@ -550,7 +550,10 @@ class DiscordAdapter:
             return
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return
-        if not self._addressed(message):
+        addressed = self._addressed(message)
+        # Not addressed: a question all the same where the channel's speak mode says so (bot.speak); decided
+        # in memory for a message outside a thread, which is most of them.
+        if not addressed and not isinstance(message.channel, discord.Thread) and not self._speaks_everywhere(message):
             return
         # discord.py runs each event handler as a detached task; remembering them lets stop() drain them.
         task = asyncio.current_task()
@@ -572,8 +575,17 @@ class DiscordAdapter:
                 exc.code,
             )
             return
+        if not addressed and not await self._core.speaking.wants(key, str(message.author.id)):
+            return
         with logcontext.turn(str(key), message_id):
             await self._answer(message, key, message_id)
+
+    def _speaks_everywhere(self, message: discord.Message) -> bool:
+        """The message's channel (not a thread) is one where every message is a question (``/speak all``)."""
+        guild = message.guild
+        if guild is None:
+            return False
+        return self._core.speaking.speak(ConversationKey("discord", str(guild.id), str(message.channel.id))) == "all"
 
     async def _key(self, channel: object, channel_id: int, guild_id: int | None, user_id: int) -> ConversationKey:
         """The conversation a message or command belongs to.
@@ -623,6 +635,7 @@ class DiscordAdapter:
                 attachments,
                 context=chain,
                 source=source,
+                in_dm=message.guild is None,
             )
             stream = await deliver(
                 self._core,
@@ -731,6 +744,14 @@ class DiscordAdapter:
         async def summary(interaction: discord.Interaction) -> None:
             await self._answer_command(interaction, "summary", "")
 
+        @app_commands.describe(mode="thread, mention or all; empty shows the current one")
+        async def speak(interaction: discord.Interaction, mode: str = "") -> None:
+            await self._answer_command(interaction, "speak", mode)
+
+        @app_commands.describe(scope="channel or person; empty shows the current one")
+        async def scope(interaction: discord.Interaction, scope: str = "") -> None:
+            await self._answer_command(interaction, "scope", scope)
+
         return [
             app_commands.Command(
                 name=names["reset"], description="Forget this channel's or thread's conversation", callback=reset
@@ -742,6 +763,12 @@ class DiscordAdapter:
                 name=names["system"], description="Show or set this channel's system prompt", callback=system
             ),
             app_commands.Command(name=names["model"], description="Show or pick this channel's model", callback=model),
+            app_commands.Command(
+                name=names["speak"], description="Where I answer here, mentioned or not", callback=speak
+            ),
+            app_commands.Command(
+                name=names["scope"], description="One conversation for the channel, or one per person", callback=scope
+            ),
             app_commands.Command(
                 name="summary", description="What I remember of this conversation's older messages", callback=summary
             ),
@@ -798,7 +825,13 @@ class DiscordAdapter:
             key = await self._key(interaction.channel, interaction.channel_id or 0, interaction.guild_id, member.id)
             with logcontext.turn(str(key), command_id):
                 admin = isinstance(member, discord.Member) and member.guild_permissions.manage_guild
-                ctx = CommandContext(key, str(member.id), platform_admin=admin, admins=texts.ADMINS_DISCORD)
+                ctx = CommandContext(
+                    key,
+                    str(member.id),
+                    platform_admin=admin,
+                    admins=texts.ADMINS_DISCORD,
+                    in_dm=interaction.guild_id is None,
+                )
                 answer = await self._commands.run(name, ctx, arg)
         except Exception:
             with logcontext.turn(str(key or f"discord:-:{interaction.channel_id}"), command_id):

@@ -108,9 +108,14 @@ SCOPE_USES = {
     "commands": "slash commands",
     "files:read": "files and images people attach",
     "users:read": "people's names",
+    # Also what the message events without a mention need (bot.speak): thread follow-ups, help channels, group DMs.
     **HISTORY_SCOPES,
 }
 REQUIRED_SCOPES = tuple(SCOPE_USES)
+#: Conversations whose every message is for the bot: direct messages and group DMs.
+_DM_TYPES = frozenset({"im", "mpim"})
+#: The commands whose argument changes the channel for everyone: for admins only.
+_ADMIN_COMMANDS = frozenset({"system", "model", "speak", "scope"})
 #: Message subtypes that are questions all the same: a message with a file (in a DM) comes as ``file_share``.
 _QUESTION_SUBTYPES = frozenset({"file_share"})
 
@@ -482,11 +487,25 @@ class SlackAdapter:
         await self._answer(body, event, context, thread_ts)
 
     async def _on_message(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
-        # Channel messages reach the bot as app_mention; only direct messages are for it without a mention.
-        # Those inside a thread are the assistant middleware's (see _on_assistant_message).
-        if event.get("channel_type") != "im" or self._ignored(event):
+        # Direct messages and group DMs are for the bot without a mention (those inside a DM thread are the
+        # assistant middleware's, see _on_assistant_message); in channels, where the speak mode says (bot.speak).
+        if self._ignored(event):
             return
-        await self._answer(body, event, context, event.get("thread_ts"))
+        if event.get("channel_type") in _DM_TYPES:
+            await self._answer(body, event, context, event.get("thread_ts"))
+            return
+        # A mention comes as app_mention too, and is answered there: one event per message to start a turn, else
+        # both would set and clear the thinking status.
+        me = context.get("bot_user_id")
+        if me and f"<@{me}" in str(event.get("text") or ""):
+            return
+        thread_ts = event.get("thread_ts")
+        key = ConversationKey("slack", _team(body, event, context), str(event["channel"]), thread_ts)
+        if not await self._core.speaking.wants(key, str(event.get("user") or "")):
+            return
+        if thread_ts is None and self._settings.slack_reply_in_thread:
+            thread_ts = event["ts"]
+        await self._answer(body, event, context, thread_ts)
 
     # --- the assistant pane -------------------------------------------------------------------------------
 
@@ -614,6 +633,7 @@ class SlackAdapter:
             text,
             attachments,
             source=self._thread(event, context, key, in_pane=set_title is not None),
+            in_dm=_is_dm(event) or event.get("channel_type") == "mpim",
         )
         status = None
         if thread_ts is not None and self._refusals.allows(team, STATUS):
@@ -706,7 +726,7 @@ class SlackAdapter:
         user = str(command.get("user_id") or "")
         name = self._command_names.get(str(command.get("command")), "")
         channel = str(command["channel_id"])
-        needs_admin = name in ("system", "model") and bool(str(command.get("text") or "").strip())
+        needs_admin = name in _ADMIN_COMMANDS and bool(str(command.get("text") or "").strip())
         command_id = f"slack:{team}:{channel}:command:{command.get('trigger_id') or '-'}"
         key = ConversationKey("slack", team, channel)  # until its thread is known
         with logcontext.turn(str(key), command_id):
@@ -716,7 +736,8 @@ class SlackAdapter:
                 key = await self._command_key(command, team, channel, user)
                 with logcontext.turn(str(key), command_id):
                     admin = needs_admin and await self._is_admin(user, team)
-                    ctx = CommandContext(key, user, platform_admin=admin, admins=texts.ADMINS_SLACK)
+                    in_dm = channel.startswith("D") or str(command.get("channel_name") or "").startswith("mpdm-")
+                    ctx = CommandContext(key, user, platform_admin=admin, admins=texts.ADMINS_SLACK, in_dm=in_dm)
                     answer = await self._commands.run(name, ctx, str(command.get("text") or ""))
             except Exception:
                 log.exception("the command %s in %s failed", command.get("command"), key)

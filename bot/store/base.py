@@ -288,6 +288,10 @@ class ChannelSettings:
 
     system_prompt: str | None = None
     model: str | None = None
+    #: Where the bot speaks: ``thread``, ``mention``, ``all`` (see bot.speak).
+    speak: str | None = None
+    #: Whose conversation a channel message joins: ``channel`` or ``person``.
+    scope: str | None = None
 
 
 class Store(Protocol):
@@ -468,6 +472,11 @@ class Store(Protocol):
     async def channel_settings(self, key: ConversationKey) -> ChannelSettings: ...
 
     async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None: ...
+
+    async def speaking_channels(self) -> dict[tuple[str, str, str], ChannelSettings]:
+        """The settings of every channel whose speak mode or conversation scope was set, by (platform, workspace,
+        channel): few, read at start and now and then, so that no channel message waits on the database for them."""
+        ...
 
     async def take_tokens(self, buckets: Sequence[RateBucket]) -> float:
         """Spend one token of each of ``buckets`` (distinct keys), atomically: all of them, or none.

@@ -75,7 +75,7 @@ TABLES = (
     ),
     _Table("handled_messages", ("message_id", "handled_at")),
     _Table("usage", ("id", *USAGE_COLUMNS), flags=("exact", "priced"), serial="id"),
-    _Table("channel_settings", ("platform", "workspace", "channel", "system_prompt", "model")),
+    _Table("channel_settings", ("platform", "workspace", "channel", "system_prompt", "model", "speak", "scope")),
     _Table("budget_warnings", ("scope", "period_start")),
     _Table("summaries", ("conversation_id", "content", "tokens", "covered_to", "updated_at")),
     _Table("feedback", ("message_id", "user_id", "value", "platform", "workspace", "channel", "at")),

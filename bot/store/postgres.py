@@ -237,6 +237,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX message_images_by_conversation ON message_images (conversation_id)",
         "CREATE INDEX message_images_by_hash ON message_images (hash)",
     ),
+    (
+        # Where the bot speaks in a channel and whose conversation a message joins there (see bot.speak).
+        "ALTER TABLE channel_settings ADD COLUMN speak TEXT",
+        "ALTER TABLE channel_settings ADD COLUMN scope TEXT",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -809,26 +814,38 @@ class PostgresStore:
         # Not cached, unlike SQLite: another replica may have changed them.
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                "SELECT system_prompt, model FROM channel_settings WHERE platform = $1 AND workspace = $2 "
+                "SELECT system_prompt, model, speak, scope FROM channel_settings WHERE platform = $1 "
+                "AND workspace = $2 "
                 "AND channel = $3",
                 key.platform,
                 key.workspace,
                 key.channel,
             )
-        return ChannelSettings(row[0], row[1]) if row else ChannelSettings()
+        return ChannelSettings(row[0], row[1], row[2], row[3]) if row else ChannelSettings()
 
     async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None:
         async with self._pool.acquire() as conn:
             await conn.execute(
-                "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (platform, workspace, channel) "
-                "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model",
+                "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model, speak, scope) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (platform, workspace, channel) "
+                "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model, "
+                "speak = excluded.speak, scope = excluded.scope",
                 key.platform,
                 key.workspace,
                 key.channel,
                 settings.system_prompt,
                 settings.model,
+                settings.speak,
+                settings.scope,
             )
+
+    async def speaking_channels(self) -> dict[tuple[str, str, str], ChannelSettings]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT platform, workspace, channel, system_prompt, model, speak, scope FROM channel_settings "
+                "WHERE speak IS NOT NULL OR scope IS NOT NULL"
+            )
+        return {(r[0], r[1], r[2]): ChannelSettings(r[3], r[4], r[5], r[6]) for r in rows}
 
     async def take_tokens(self, buckets: Sequence[RateBucket]) -> float:
         keys = [b.key for b in buckets]

@@ -219,6 +219,12 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX message_images_by_conversation ON message_images (conversation_id)",
         "CREATE INDEX message_images_by_hash ON message_images (hash)",
     ),
+    (
+        # Where the bot speaks in a channel (thread, mention, all) and whose conversation a message joins there
+        # (channel, person); NULL: the configured default (see bot.speak).
+        "ALTER TABLE channel_settings ADD COLUMN speak TEXT",
+        "ALTER TABLE channel_settings ADD COLUMN scope TEXT",
+    ),
 )
 
 #: The readiness probe's write, rolled back: the claim of a message id, as every turn's first write.
@@ -706,12 +712,12 @@ class SQLiteStore:
             return cached
         rows = list(
             await self._reader.execute_fetchall(
-                "SELECT system_prompt, model FROM channel_settings "
+                "SELECT system_prompt, model, speak, scope FROM channel_settings "
                 "WHERE platform = ? AND workspace = ? AND channel = ?",
                 channel,
             )
         )
-        found = ChannelSettings(rows[0][0], rows[0][1]) if rows else ChannelSettings()
+        found = ChannelSettings(*rows[0]) if rows else ChannelSettings()
         if len(self._channel_settings) >= _SETTINGS_CACHE_SIZE:
             self._channel_settings.clear()
         self._channel_settings[channel] = found
@@ -719,13 +725,29 @@ class SQLiteStore:
 
     async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None:
         statement = (
-            "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (platform, workspace, channel) "
-            "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model"
+            "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model, speak, scope) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (platform, workspace, channel) "
+            "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model, "
+            "speak = excluded.speak, scope = excluded.scope"
         )
-        values = (key.platform, key.workspace, key.channel, settings.system_prompt, settings.model)
+        values = (
+            key.platform,
+            key.workspace,
+            key.channel,
+            settings.system_prompt,
+            settings.model,
+            settings.speak,
+            settings.scope,
+        )
         await self._writer.transaction(lambda db: db.execute(statement, values))
         self._channel_settings[(key.platform, key.workspace, key.channel)] = settings
+
+    async def speaking_channels(self) -> dict[tuple[str, str, str], ChannelSettings]:
+        rows = await self._reader.execute_fetchall(
+            "SELECT platform, workspace, channel, system_prompt, model, speak, scope FROM channel_settings "
+            "WHERE speak IS NOT NULL OR scope IS NOT NULL"
+        )
+        return {(r[0], r[1], r[2]): ChannelSettings(r[3], r[4], r[5], r[6]) for r in rows}
 
     async def take_tokens(self, buckets: Sequence[RateBucket]) -> float:
         return await self._buckets.take_tokens(buckets)

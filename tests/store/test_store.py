@@ -699,3 +699,19 @@ async def test_an_abandoned_turn_takes_its_image_links_along(store: Store) -> No
     await store.add_images(IMG_A, row, [blob(1)], cap_bytes=10**9)
     await store.abandon_turn(row, "slack:T1:C1:1")
     assert await rows(store, "SELECT count(*) FROM images") == [(0,)]
+
+
+async def test_speak_mode_and_scope_are_kept_per_channel_and_listed_for_the_speaking_table(store: Store) -> None:
+    assert await store.speaking_channels() == {}
+    await store.set_channel_settings(A, ChannelSettings("be brief", None))
+    # A channel with only a prompt or a model is no business of bot.speak: not listed.
+    assert await store.speaking_channels() == {}
+    await store.set_channel_settings(A, ChannelSettings("be brief", "m", speak="all", scope="person"))
+    other = ConversationKey("discord", "G1", "C9")
+    await store.set_channel_settings(other, ChannelSettings(speak="mention"))
+    # A thread's key reads its channel's settings.
+    assert await store.channel_settings(B) == ChannelSettings("be brief", "m", "all", "person")
+    assert await store.speaking_channels() == {
+        ("slack", "T1", "C1"): ChannelSettings("be brief", "m", "all", "person"),
+        ("discord", "G1", "C9"): ChannelSettings(None, None, "mention", None),
+    }

@@ -324,7 +324,7 @@ async def test_reset_during_a_slow_answer_is_deferred_at_once(discord_bot: Disco
 
 async def test_commands_are_synced_once_at_start_globally(discord_bot: Discord) -> None:
     assert [(scope, [c["name"] for c in body]) for scope, body in discord_bot.fake.command_syncs] == [
-        ("global", ["reset", "usage", "system", "model", "summary", "Ask teambot", "Summarize"])
+        ("global", ["reset", "usage", "system", "model", "speak", "scope", "summary", "Ask teambot", "Summarize"])
     ]
 
 
@@ -334,7 +334,10 @@ RENAMED = {"reset_command": "forget", "usage_command": "spend", "model_command":
 @pytest.mark.parametrize("overrides", [{"discord_guild": int(GUILD_ID), **RENAMED}], indirect=False)
 async def test_commands_sync_to_the_configured_guild(discord_bot: Discord) -> None:
     assert [(scope, [c["name"] for c in body]) for scope, body in discord_bot.fake.command_syncs] == [
-        (f"guild:{GUILD_ID}", ["forget", "spend", "system", "llm", "summary", "Ask teambot", "Summarize"]),
+        (
+            f"guild:{GUILD_ID}",
+            ["forget", "spend", "system", "llm", "speak", "scope", "summary", "Ask teambot", "Summarize"],
+        ),
         ("global", []),  # no stale global copies showing twice in that guild
     ]
 

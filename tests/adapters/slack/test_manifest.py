@@ -42,7 +42,9 @@ def test_both_manifests_describe_the_same_app() -> None:
     # Socket Mode has no URL anywhere; HTTP mode has one for events and one for every slash command.
     assert all("url" not in c for c in socket["features"]["slash_commands"])
     assert "request_url" not in socket["settings"]["event_subscriptions"]
-    assert [c["url"] for c in http["features"]["slash_commands"]] == [PLACEHOLDER] * 5
+    assert [c["url"] for c in http["features"]["slash_commands"]] == [PLACEHOLDER] * len(
+        http["features"]["slash_commands"]
+    )
     assert http["settings"]["event_subscriptions"]["request_url"] == PLACEHOLDER
     # The answers' feedback buttons: their clicks come to the same URL.
     assert "request_url" not in socket["settings"]["interactivity"]
@@ -53,6 +55,15 @@ def test_the_manifest_commands_are_the_default_command_names() -> None:
     commands = [c["command"] for c in load("socket")["features"]["slash_commands"]]
     # /summary keeps its name: only the four commands other apps commonly have can be renamed.
     assert commands == [f"/{name}" for name in Settings().command_names().values()] + ["/summary"]
+
+
+def test_messages_without_a_mention_and_group_dms_reach_the_bot() -> None:
+    # Thread follow-ups and help channels (/speak), and group DMs answered like DMs (bot.speak).
+    for mode in ("socket", "http"):
+        manifest = load(mode)
+        events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
+        assert {"message.channels", "message.groups", "message.mpim", "message.im"} <= events
+        assert {"channels:history", "groups:history", "mpim:history"} <= set(manifest["oauth_config"]["scopes"]["bot"])
 
 
 def test_the_thinking_status_is_under_chat_write() -> None:
@@ -78,7 +89,7 @@ def test_the_documented_line_fills_every_url_of_the_http_manifest(tmp_path: Path
     subprocess.run(command, shell=True, cwd=tmp_path, check=True)
     filled = yaml.safe_load((tmp_path / "slack-manifest.yml").read_text())
     url = f"{host}/slack/events"
-    assert [c["url"] for c in filled["features"]["slash_commands"]] == [url] * 5
+    assert {c["url"] for c in filled["features"]["slash_commands"]} == {url}
     assert filled["settings"]["event_subscriptions"]["request_url"] == url
     assert filled["settings"]["interactivity"]["request_url"] == url
     assert without_urls(filled) == without_urls(load("http"))
