@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,14 +21,13 @@ from bot.messages import ConversationKey, IncomingMessage, Reply, ReplyKind, Tur
 from bot.metrics import Metrics
 from bot.speak import Speaking
 from bot.store import FEEDBACK_VALUES, Store, StoredMessage, UsageRecord
+from bot.text_clean import clean, storable
 from bot.tools import ToolLoop, ToolOutcome, TurnTools, with_traces
 
 log = logging.getLogger(__name__)
 
 OnText = Callable[[str], Awaitable[None]]
 
-#: C0 control characters other than tab and newlines: models and some servers choke on them (NUL above all).
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 SPEAKER_NOTE = "Each message from a person starts with their name and a colon."
 
 
@@ -262,7 +260,7 @@ class ConversationCore:
         # still fit next time; a longer one is cut, and stored as the model saw it.
         room = self.settings.history_tokens - self._count_system(system["content"])
         single_cap = max(16, room // 2 - PER_MESSAGE_OVERHEAD)
-        cleaned = _writable(_CONTROL.sub("", msg.text))
+        cleaned = clean(msg.text)
         text = self._counter.truncate(cleaned, single_cap)
         question = text
         if msg.attachments:
@@ -598,7 +596,7 @@ class ConversationCore:
         it (a full disk, a read-only file, a lost server) costs the bot its memory of it, never the answer itself,
         and never the ledger entry the provider's bill matches.
         """
-        text = _writable(text)
+        text = storable(text)
         try:
             reply_id = await self.store.add_reply(
                 msg.key,
@@ -664,16 +662,6 @@ def _to_chat(message: StoredMessage) -> ChatMessage:
     if message.role == "user":
         return {"role": "user", "content": f"{message.author_name or 'someone'}: {message.content}"}
     return {"role": "assistant", "content": message.content}
-
-
-def _writable(text: str) -> str:
-    """``text`` as a database can store it: a lone surrogate (valid JSON, ``"\\ud800"``, from a model or a platform)
-    is a ``str`` that no encoding writes, so the store would refuse the whole message; it becomes ``?``."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
 
 
 def _history_notice(progress: _Progress) -> str | None:

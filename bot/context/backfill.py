@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Sequence
 
 from bot import texts
@@ -30,6 +29,7 @@ from bot.context.prompt import Files
 from bot.llm import PER_MESSAGE_OVERHEAD, TokenCounter
 from bot.messages import Attachment, ContextMessage, ContextRead, ContextSource, IncomingMessage
 from bot.store import ContextEntry, ImageBlob, Store
+from bot.text_clean import clean, storable
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 20.0
 #: After another bot's name in the history: the model tells a bot's report from a person's words, and from its own.
 BOT_MARK = " (bot)"
-#: As for questions (bot.conversation): C0 control characters other than tab and newlines go.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class Backfill:
@@ -171,24 +169,24 @@ class Backfill:
         return found
 
     def _entry(self, message: ContextMessage, files: ReadFiles | None = None) -> ContextEntry | None:
-        text = _writable(_CONTROL.sub("", message.text).strip())
+        text = clean(message.text).strip()
         if not text and not (files is not None and files.sections):
             return None
         if message.own:
             text, tokens = self._fitted("", text)
             return ContextEntry(message.message_id, "assistant", None, None, text, tokens)
-        name = _writable(message.author_name or message.author_id or "someone")
+        name = storable(message.author_name or message.author_id or "someone")
         if message.from_bot and not name.endswith(BOT_MARK):
             name += BOT_MARK
         text, tokens = self._fitted(f"{name}: ", text) if text else ("", 0)
         if files is None or not files.sections:
-            return ContextEntry(message.message_id, "user", _writable(message.author_id), name, text, tokens)
+            return ContextEntry(message.message_id, "user", storable(message.author_id), name, text, tokens)
         # The files follow the text (already within their budget), as a question's do; the images' tokens counted
         # with the message, as a question's are.
         content = files.question(text) if text else "\n\n".join(files.sections)
         tokens = self._counter.count_message(f"{name}: {content}") + files.image_tokens
         images = tuple(ImageBlob(p.sha256, p.mimetype, p.data) for p in files.pictures)
-        return ContextEntry(message.message_id, "user", _writable(message.author_id), name, content, tokens, images)
+        return ContextEntry(message.message_id, "user", storable(message.author_id), name, content, tokens, images)
 
     def _fitted(self, prefix: str, text: str) -> tuple[str, int]:
         """``text`` cut to the single-message cap, and its tokens as the model sees it (after ``prefix``). Counted
@@ -198,13 +196,3 @@ class Backfill:
             return text, tokens
         text = self._counter.truncate(text, self._single_cap)
         return text, self._counter.count_message(prefix + text)
-
-
-def _writable(text: str) -> str:
-    """As for questions (bot.conversation): a lone surrogate, which no encoding writes and a database would refuse
-    with the whole batch, becomes ``?``."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from bot import errors, texts
 from bot.context.images import NotAnImage, Picture, image_format, prepare
 from bot.llm import TokenCounter
 from bot.messages import Attachment
+from bot.text_clean import clean
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,6 @@ _BYTES_PER_TOKEN = 8
 _MIN_DECODE_BYTES = 256 * 1024
 #: Encodings of one byte a character, which charset-normalizer confuses with one another.
 _SINGLE_BYTE = ("cp12", "cp7", "cp8", "iso8859", "latin", "mac")
-#: C0 control characters other than tab and newlines (NUL above all): models and servers choke on them.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 #: What pypdf may raise on a malformed file besides its own errors: it parses untrusted bytes deep into their
 #: structure, and a broken one surfaces as whatever that structure broke.
 _PDF_ERRORS = (
@@ -178,7 +176,7 @@ def decode_text(data: bytes) -> str:
     except UnicodeDecodeError as exc:
         if exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
             # UTF-8 cut inside a character (the file was read only up to the budget): drop that last half.
-            return _clean(data[: exc.start].decode("utf-8"))
+            return clean(data[: exc.start].decode("utf-8"))
         best = charset_normalizer.from_bytes(data).best()
         if best is None or best.encoding.startswith(_SINGLE_BYTE):
             # charset-normalizer often takes Western text (French, a price in euros) for Baltic or Central European:
@@ -189,7 +187,7 @@ def decode_text(data: bytes) -> str:
             best = western or best
         # Nothing plausible: every byte still becomes a character (U+FFFD for what UTF-8 cannot read).
         text = str(best) if best is not None else data.decode("utf-8", errors="replace")
-    return _clean(text)
+    return clean(text)
 
 
 def pdf_text(data: bytes, max_chars: int) -> str | None:
@@ -203,7 +201,7 @@ def pdf_text(data: bytes, max_chars: int) -> str | None:
         pages: list[str] = []
         size = 0
         for number, page in enumerate(reader.pages, start=1):
-            text = _clean(page.extract_text() or "").strip()
+            text = clean(page.extract_text() or "").strip()
             pages.append(f"{texts.PDF_PAGE.format(number=number)}\n{text}")
             size += len(text)
             if size > max_chars:
@@ -217,17 +215,6 @@ def pdf_text(data: bytes, max_chars: int) -> str | None:
     if size == 0:
         return None
     return "\n".join(pages)
-
-
-def _clean(text: str) -> str:
-    """``text`` without control characters, and storable: a lone surrogate (pypdf can produce one from a broken
-    font map) no encoding writes would make the database refuse the whole question; it becomes ``?``."""
-    text = _CONTROL.sub("", text)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
 
 
 def size_text(size: int) -> str:
@@ -356,5 +343,5 @@ def image_mark(picture: Picture) -> str:
 
 def safe_name(name: str) -> str:
     """A file name as it may stand in the question: one line, no brackets to end a mark early, not too long."""
-    cleaned = _clean(name).replace("\n", " ").replace("\r", " ").replace("[", "(").replace("]", ")")
+    cleaned = clean(name).replace("\n", " ").replace("\r", " ").replace("[", "(").replace("]", ")")
     return cleaned.strip()[:200] or "file"
