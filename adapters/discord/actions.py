@@ -20,26 +20,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-import aiohttp
 import discord
 from discord import app_commands
 
 from adapters.actions import Noted, WholeThread, excerpt, oldest_left_out
-from adapters.discord.context import THREAD_MAX_MESSAGES, THREAD_SECONDS, Seen, to_context
+from adapters.discord.context import READ_ERRORS, THREAD_MAX_MESSAGES, THREAD_SECONDS, Seen, take_newest, to_context
 from adapters.streaming import MessageSink, StreamingReply, deliver
 from bot import logcontext, texts
 from bot.config import Settings
 from bot.conversation import ConversationCore
-from bot.llm import TokenCounter
 from bot.messages import ContextMessage, ContextRead, ConversationKey, IncomingMessage
 
 log = logging.getLogger(__name__)
 
-#: The kinds of message a person writes; system messages (pins, joins) say nothing.
-_SPOKEN = (discord.MessageType.default, discord.MessageType.reply)
-_READ_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
-#: A history read is counted with the cheap estimate (four bytes a token): the core counts again.
-_ESTIMATE = TokenCounter(None)
 
 Keys = Callable[[object, int, int | None, int], Awaitable[ConversationKey]]
 
@@ -66,30 +59,16 @@ class ChannelHistory:
 
     async def read(self, after: str | None, budget_tokens: int) -> ContextRead:
         picked: list[ContextMessage] = []
-        used = 0
         truncated = False
         problem: str | None = None
         try:
             async with asyncio.timeout(THREAD_SECONDS):
-                count = 0
-                async for message in self._channel.history(
+                history = self._channel.history(
                     limit=self._max_messages, before=discord.Object(self._before), oldest_first=False
-                ):
-                    count += 1
-                    if message.author.id == self._me_id or message.type not in _SPOKEN:
-                        continue
-                    entry = to_context(message, self._me_id, self.seen)
-                    if entry is None:
-                        continue
-                    cost = _ESTIMATE.count_message(f"{entry.author_name}: {entry.text}")
-                    if used + cost > budget_tokens:
-                        truncated = True
-                        break
-                    picked.append(entry)
-                    used += cost
-                else:
-                    truncated = count >= self._max_messages
-        except _READ_ERRORS as exc:
+                )
+                full, count = await take_newest(history, picked, budget_tokens, self._me_id, self.seen)
+                truncated = full or count >= self._max_messages
+        except READ_ERRORS as exc:
             problem = f"the channel's history could not be read: {type(exc).__name__}"
             truncated = bool(picked)
         return ContextRead(picked[::-1], None, truncated=truncated, problem=problem)

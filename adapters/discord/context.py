@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -36,7 +36,7 @@ THREAD_SECONDS = 10.0
 #: At most this many of a thread's messages are read at once (two REST pages); older ones count as left out.
 THREAD_MAX_MESSAGES = 200
 #: Discord's network and HTTP failures: logged in one line, never a failed turn.
-_READ_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
+READ_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
 #: The kinds of message a person writes; system messages (pins, joins, a thread's starter stub) say nothing.
 _SPOKEN = (discord.MessageType.default, discord.MessageType.reply)
 
@@ -180,7 +180,7 @@ async def reply_chain(
                     if entry is not None:
                         links.append(entry)
                 current = linked
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         log.warning(
             "reply chain of %s: read %d of up to %d messages, then stopped: %s",
             message.id,
@@ -266,27 +266,16 @@ class ThreadSource:
                     if used > budget_tokens:
                         starter, used, truncated = None, 0, True
                 after_id = discord.Object(int(after)) if after and after.isdigit() else None
-                count = 0
-                async for message in self._thread.history(
+                history = self._thread.history(
                     limit=self._max_messages, before=self._mention, after=after_id, oldest_first=False
-                ):
-                    count += 1
-                    if message.author.id == self._me_id or message.type not in _SPOKEN:
-                        continue
-                    if starter is not None and message.id == self._thread_id:
-                        continue  # a forum post's starter is in the thread itself
-                    entry = to_context(message, self._me_id, self.seen, self._files_in)
-                    if entry is None:
-                        continue
-                    cost = _cost(entry)
-                    if used + cost > budget_tokens:
-                        truncated = True
-                        break
-                    picked.append(entry)
-                    used += cost
-                else:
-                    truncated = truncated or count >= self._max_messages
-        except _READ_ERRORS as exc:
+                )
+                # A forum post's starter is in the thread itself.
+                skip = self._thread_id if starter is not None else None
+                full, count = await take_newest(
+                    history, picked, budget_tokens - used, self._me_id, self.seen, self._files_in, skip=skip
+                )
+                truncated = truncated or full or count >= self._max_messages
+        except READ_ERRORS as exc:
             problem = f"the thread's history could not be read: {_failure(exc)}"
             if not picked and starter is None:
                 return ContextRead((), None, problem=problem)
@@ -309,6 +298,36 @@ class ThreadSource:
             # conversation's, so it is stored here as what the bot said.
             return dataclasses.replace(entry, own=True, from_bot=False)
         return entry
+
+
+async def take_newest(
+    history: AsyncIterator[discord.Message],
+    picked: list[ContextMessage],
+    budget_tokens: int,
+    me_id: int,
+    seen: Seen,
+    files_in: FilesIn = _no_files,
+    *,
+    skip: int | None = None,
+) -> tuple[bool, int]:
+    """Take what people wrote in ``history`` (newest first) into ``picked`` until ``budget_tokens`` is full; the bot's
+    own messages, joins and the like, and message ``skip`` are passed over. Returns whether a message did not fit,
+    and how many messages were looked at. ``picked`` holds what was taken even when the read fails part way."""
+    used = 0
+    count = 0
+    async for message in history:
+        count += 1
+        if message.author.id == me_id or message.type not in _SPOKEN or message.id == skip:
+            continue
+        entry = to_context(message, me_id, seen, files_in)
+        if entry is None:
+            continue
+        cost = _cost(entry)
+        if used + cost > budget_tokens:
+            return True, count
+        picked.append(entry)
+        used += cost
+    return False, count
 
 
 def _cost(message: ContextMessage) -> int:
