@@ -337,6 +337,15 @@ async def _show_cut_off(reply_stream: ReplyStream, msg: IncomingMessage) -> None
         log.warning("could not mark the reply to %s in %s as cut off", msg.message_id, msg.key, exc_info=True)
 
 
+def track(turns: set[asyncio.Task[Any]]) -> None:
+    """Keep the running task in ``turns`` until it ends, so that :func:`drain` waits for it: the SDKs run each event
+    handler as a detached task, which a stop would otherwise cut off."""
+    task = asyncio.current_task()
+    if task is not None:
+        turns.add(task)
+        task.add_done_callback(turns.discard)
+
+
 async def drain(turns: set[asyncio.Task[Any]], deadline: float) -> None:
     """Let the turns under way finish, up to ``deadline`` seconds; then cancel the rest and give them a moment
     (:data:`CANCEL_GRACE_SECONDS`) to mark their replies cut off and release their messages for another try.

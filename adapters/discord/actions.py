@@ -25,7 +25,7 @@ from discord import app_commands
 
 from adapters.actions import Noted, WholeThread, excerpt, oldest_left_out
 from adapters.discord.context import READ_ERRORS, THREAD_MAX_MESSAGES, THREAD_SECONDS, Seen, take_newest, to_context
-from adapters.streaming import MessageSink, StreamingReply, deliver
+from adapters.streaming import MessageSink, StreamingReply, deliver, track
 from bot import logcontext, texts
 from bot.config import Settings
 from bot.conversation import ConversationCore
@@ -117,10 +117,7 @@ class DiscordActions:
         except (discord.HTTPException, discord.InteractionResponded) as exc:
             log.info("message command %s not answered: it could not be acknowledged (%s)", interaction.id, exc)
             return
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+        track(self._inflight)
         # The click's own id: each click is a question of its own.
         message_id = f"discord:interaction:{interaction.id}"
         with logcontext.turn(f"discord:-:{interaction.channel_id}", message_id):

@@ -34,7 +34,7 @@ from adapters.connection import CHECK_NETWORK, Backoff, describe, failed_attempt
 from adapters.discord.actions import DiscordActions
 from adapters.discord.context import Seen, ThreadSource, message_files, message_text, reply_chain
 from adapters.downloads import FileHosts, download
-from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
+from adapters.streaming import ReplyStream, StreamingReply, deliver, drain, track
 from bot import logcontext, texts
 from bot.check import CheckResult
 from bot.commands import CommandContext
@@ -556,10 +556,7 @@ class DiscordAdapter:
         if not addressed and not isinstance(message.channel, discord.Thread) and not self._speaks_everywhere(message):
             return
         # discord.py runs each event handler as a detached task; remembering them lets stop() drain them.
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+        track(self._inflight)
         message_id = f"discord:{message.id}"
         guild_id = message.guild.id if message.guild else None
         try:

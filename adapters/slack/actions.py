@@ -26,7 +26,7 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 from adapters.actions import Noted, WholeThread, excerpt, oldest_left_out
 from adapters.slack.format import markdown_to_mrkdwn
 from adapters.slack.thread import Identity, ThreadReader
-from adapters.streaming import MessageSink, StreamingReply, deliver
+from adapters.streaming import MessageSink, StreamingReply, deliver, track
 from bot import logcontext, texts
 from bot.config import Settings
 from bot.conversation import ConversationCore
@@ -90,10 +90,7 @@ class SlackActions:
     async def _run(
         self, body: dict[str, Any], context: dict[str, Any], respond: AsyncRespond, *, summarize: bool
     ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+        track(self._inflight)
         team = str((body.get("team") or {}).get("id") or context.get("team_id") or "-")
         channel = str((body.get("channel") or {}).get("id") or "")
         user = str((body.get("user") or {}).get("id") or "")

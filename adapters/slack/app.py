@@ -50,7 +50,7 @@ from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import escape_mrkdwn, markdown_to_mrkdwn, unescape_slack
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
 from adapters.slack.thread import HISTORY_SCOPES, Identity, SlackThread, ThreadReader
-from adapters.streaming import ReplyStream, StreamingReply, deliver, drain
+from adapters.streaming import ReplyStream, StreamingReply, deliver, drain, track
 from bot import logcontext, texts
 from bot.check import CheckResult
 from bot.commands import CommandContext
@@ -583,10 +583,7 @@ class SlackAdapter:
         set_title: AsyncSetTitle | None = None,
     ) -> None:
         # Bolt runs listeners as detached tasks after the ack; remembering them lets stop() drain them.
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+        track(self._inflight)
         team = _team(body, event, context)
         channel = str(event["channel"])
         key = ConversationKey("slack", team, channel, thread_ts)
