@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 
 from bench.model import ModelProcess
+from bot import heap
 from bot.conversation import ConversationCore, TurnSettings
 from bot.guards import Accounting, ConcurrencyGate, Guards, PriceTable
 from bot.llm import ChatClient, Endpoint, TokenCounter, model_http_client
@@ -55,7 +56,9 @@ async def bench_core(db: str, model: ModelProcess) -> AsyncIterator[Conversation
         async with model_http_client(60, max_connections=1000) as http:
             llm = ChatClient(http, Endpoint("bench", model.base_url, "bench"))
             guards = Guards(gate=ConcurrencyGate(10_000, 10_000), accounting=Accounting(store, PriceTable(), []))
-            yield ConversationCore(store, llm, COUNTER, TurnSettings("You are a benchmark.", 4000), guards)
+            core = ConversationCore(store, llm, COUNTER, TurnSettings("You are a benchmark.", 4000), guards)
+            heap.settle()  # as `teambot run` does once it is up
+            yield core
     finally:
         await store.close()
 

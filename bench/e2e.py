@@ -18,6 +18,7 @@ from adapters.slack import SlackAdapter
 from bench.core import ModelPace, add_row, percentile
 from bench.model import ModelProcess
 from bench.platforms import CHANNELS, KINDS, SLACK_BOT_TOKEN, Kind, PlatformProcess
+from bot import heap
 from bot.config import Settings
 from bot.runtime import open_core
 from tests.fakes.discord import point_discord_at
@@ -68,6 +69,7 @@ async def _bot(
                     await adapter.start()
                     try:
                         await platform.connect()
+                        heap.settle()  # as `teambot run` does once it is up
                         yield platform
                     finally:
                         await adapter.stop()
@@ -89,6 +91,7 @@ async def _bot(
             await slack.start()
             try:
                 await platform.connect(None if socket_mode else f"http://127.0.0.1:{slack.http_port}/slack/events")
+                heap.settle()
                 yield platform
             finally:
                 await slack.stop()

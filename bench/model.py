@@ -12,9 +12,16 @@ import asyncio
 import json
 import sys
 import time
+from typing import Any
 
 import httpx
 from aiohttp import web
+
+from bot import eventloop
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
 
 
 class BenchModel:
@@ -29,6 +36,14 @@ class BenchModel:
         self.rounds: dict[str, list[tuple[float, float]]] = {}
         self.base_url = ""
         self._runner: web.AppRunner | None = None
+        # Every answer is the same stream: encoded once, so the fake spends its CPU on the sockets, not on JSON.
+        self._chunks = [
+            _event({"model": "bench", "choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]})
+            for i in range(reply_tokens)
+        ]
+        done = {"model": "bench", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        usage = {"model": "bench", "choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": reply_tokens}}
+        self._ending = _event(done) + _event(usage) + b"data: [DONE]\n\n"
 
     async def start(self) -> None:
         app = web.Application()
@@ -66,18 +81,11 @@ class BenchModel:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         gap = 1 / self.tokens_per_second if self.tokens_per_second else 0.0
-        for i in range(self.reply_tokens):
-            chunk = {"model": "bench", "choices": [{"index": 0, "delta": {"content": f"tok{i} "}}]}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        for chunk in self._chunks:
+            await response.write(chunk)
             if gap:
                 await asyncio.sleep(gap)
-        done = {"model": "bench", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        usage = {
-            "model": "bench",
-            "choices": [],
-            "usage": {"prompt_tokens": 50, "completion_tokens": self.reply_tokens},
-        }
-        await response.write(f"data: {json.dumps(done)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        await response.write(self._ending)
         self.timings[tag] = (arrived, time.monotonic())
         self.rounds.setdefault(tag, []).append(self.timings[tag])
         await response.write_eof()
@@ -145,4 +153,5 @@ async def _serve(first_byte: float, tokens_per_second: float, reply_tokens: int)
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])))
+    # The fake runs on the bot's default loop too: a slow fake adds its own lag to what is counted as the bot's.
+    eventloop.run(_serve(float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])), use_uvloop=True)

@@ -15,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot import eventloop, runtime, texts
+from bot import eventloop, heap, runtime, texts
 from bot.check import CheckResult, check_database, check_mcp, check_model
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
@@ -287,6 +287,7 @@ async def _run(settings: Settings) -> None:
                 running.append(server)
             up = await _start_adapters(adapters, stop)
             if not stop.is_set():
+                heap.settle()
                 log.info("teambot is running: %s", ", ".join(a.name for a in up) or "no platform connected")
                 await stop.wait()
             log.info("stopping: letting replies in progress finish (up to %.0f s)", settings.drain_seconds)

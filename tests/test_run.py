@@ -104,6 +104,11 @@ async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -
     logged = [m["text"] for m in lines]
     for expected in ("prompt for", "answered slack:T1:C1:1.1", "/api/chat.stopStream", "answering slack:T1:C1:1.2"):
         assert any(expected in text for text in logged), expected
+    # Start-up's objects are frozen out of the cyclic collector's walk once the adapters are up, before any turn.
+    parsed = [m for line in bot.stderr if (m := _LOG_LINE.match(line))]
+    settled = next(i for i, m in enumerate(parsed) if m["logger"] == "bot.heap")
+    assert int(re.findall(r"\d+", parsed[settled]["text"])[0]) > 10_000
+    assert settled < next(i for i, m in enumerate(parsed) if m["turn"] != "-")
 
 
 async def test_ops_endpoints_can_be_kept_off_the_public_port(fakes, tmp_path: Path) -> None:

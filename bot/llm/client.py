@@ -10,7 +10,8 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -338,7 +339,7 @@ class ChatClient:
                     if later < 0 or later > step or (later > 0 and limit in (deadline, cap)):
                         scope.reschedule(limit)
 
-                async with self._http.stream("POST", url, json=body, headers=headers) as response:
+                async with self._http.stream("POST", url, json=body, headers=headers) as response, _released(response):
                     if response.status_code >= 400:
                         await response.aread()
                         raise error_from_response(response, model, key)
@@ -391,6 +392,24 @@ class ChatClient:
             result.reasoning,
             result.tool_calls(),
         )
+
+
+@asynccontextmanager
+async def _released(response: httpx.Response) -> AsyncIterator[None]:
+    """Once the response is closed, let go of its stream.
+
+    httpx's response and the stream bound to it point at each other, so neither is freed when the call ends: with
+    aiohttp's request, response and headers hanging off them (about 26 objects a turn) they wait for the cyclic
+    collector, whose pass over a few hundred turns' worth stalled the event loop 10-70 ms at 500 conversations.
+    The stream is spent by then; an empty one in its place ends the cycle, and the turn's objects go at once.
+    """
+    try:
+        yield
+    finally:
+        # Runs before the outer ``async with`` closes the response, which still needs the bound stream: so the
+        # swap waits for that close, done here first (closing twice is a no-op in httpx).
+        await response.aclose()
+        response.stream = httpx.ByteStream(b"")
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import socket
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -582,3 +584,26 @@ async def test_the_404_detail_shows_no_password_from_the_base_url() -> None:
         "HTTP 404 for http://proxy.test/llm/chat/completions: the server has no such path (Not Found); "
         "the base URL usually ends in /v1: try http://proxy.test/llm/v1"
     )
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_a_finished_call_leaves_nothing_for_the_cyclic_collector(streamed: bool) -> None:
+    """The response of a call is freed when the call returns, by reference counting alone: left to the cyclic
+    collector, each turn's response piles up until a collection walks them all on the event loop (BENCHMARKS.md,
+    "Round three")."""
+    responses: list[weakref.ref[httpx.Response]] = []
+
+    async def keep(response: httpx.Response) -> None:
+        responses.append(weakref.ref(response))
+
+    async with FakeOpenAI() as fake, model_http_client(30) as http:
+        http.event_hooks["response"].append(keep)
+        c = ChatClient(http, Endpoint("primary", fake.base_url, "m"))
+        gc.disable()
+        try:
+            text = (await collect(c))[0] if streamed else (await c.complete(PROMPT)).text
+            assert text
+            assert len(responses) == 1
+            assert responses[0]() is None, "the response is still alive: something holds it in a reference cycle"
+        finally:
+            gc.enable()
