@@ -113,7 +113,16 @@ async def start_bot(
     env = {"TEAMBOT_HTTP_PORT": str(port), **(env or {})}
     proc = await spawn_bot(fake, slack, db, cwd=cwd, env=env, discord_url=discord_url, discord_gateway=discord_gateway)
     bot = Bot(proc, port)
-    await bot.up(http)
+    try:
+        await bot.up(http)
+    except BaseException:
+        # A bot that never came up (or a test cancelled meanwhile) would otherwise outlive the test and keep its
+        # port, its database and the fakes' connections: the next tests would meet it.
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        await bot._reader
+        raise
     return bot
 
 
