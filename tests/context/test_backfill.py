@@ -319,7 +319,12 @@ async def test_the_plain_path_makes_no_new_query(tmp_path: Path, model: FakeOpen
         await inner.close()
     assert "context_cursor" not in plain and "add_context" not in plain
     assert threaded.count("context_cursor") == 1
-    assert [c for c in threaded if c not in ("context_cursor", "add_context")] == plain
+    # The same calls but for the thread's; the thread's turn claims its message on arrival and stores the question
+    # after the thread's messages, where the plain turn does both in one write once it holds the conversation.
+    rest = [c for c in threaded if c not in ("context_cursor", "add_context")]
+    assert rest.index("claim_message") < rest.index("conversation_lock") < rest.index("add_question")
+    one_write = [c for c in rest if c != "claim_message"]
+    assert [("begin_turn" if c == "add_question" else c) for c in one_write] == plain
 
 
 async def test_reset_forgets_the_thread_and_does_not_read_it_back(
