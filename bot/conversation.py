@@ -162,12 +162,10 @@ class ConversationCore:
         if tools is not None:
             tools.metrics = self.metrics  # one registry for /metrics
         self._locks = KeyedLocks()
-        #: Turns between their claim and their conversation's queue, per conversation: while one is there, a turn
-        #: arriving after it does not take the one-write path past it (see _handle).
-        self._arriving: dict[str, int] = {}
-        #: The conversation whose turn took the one-write path and has not taken its rate tokens yet: turns arriving
-        #: meanwhile take theirs after it, as it came first.
-        self._admitting: dict[str, asyncio.Event] = {}
+        #: Per conversation (SQLite only), the last turn to arrive that is not yet past its claim and rate check
+        #: (see _admitted): the next one takes its rate tokens and its place in the queue after it, and a turn
+        #: takes the one-write path only where there is none.
+        self._admission: dict[str, asyncio.Event] = {}
         self.backfill = Backfill(store, counter, settings.history_tokens, self.files)
         # Turns waiting for their conversation are queued as much as those waiting for a call slot.
         self.metrics.watch_queue(lambda: self.guards.gate.waiting + self._locks.waiting)
@@ -225,34 +223,32 @@ class ConversationCore:
             return Reply(ReplyKind.REFUSED, texts.NOT_ALLOWED)
         key = str(msg.key)
         # The plain case: a text mention (nothing to store before its question: no thread to backfill, no files)
-        # in a conversation nobody here is answering, waiting for or arriving at, in a database no other process
-        # uses. No turn can come between, so once the conversation is held the message is claimed and stored in
-        # one write, and the rate check follows (a refusal deletes the question again, its id stays handled). One
-        # write less per mention, 10-15 % of a turn's CPU (BENCHMARKS.md). A backfill or files are read after the
-        # rate check and stored before the question, so such a turn claims first, as on PostgreSQL.
-        one_write = (
-            self.store.single_process
-            and not msg.attachments
-            and not Backfill.wanted(msg)
-            and key not in self._arriving
-            and self._locks.idle(key)
-        )
+        # in a conversation nobody here is answering, waiting for or being admitted to, in a database no other
+        # process uses. No turn can come between, so once the conversation is held the message is claimed and
+        # stored in one write, and the rate check follows (a refusal deletes the question again, its id stays
+        # handled). One write less per mention, 10-15 % of a turn's CPU (BENCHMARKS.md). A backfill or files are
+        # read after the rate check and stored before the question, so such a turn claims first, as on PostgreSQL.
+        one_write, ahead, admitted = False, None, None
+        if self.store.single_process:
+            ahead = self._admission.get(key)
+            one_write = ahead is None and not msg.attachments and not Backfill.wanted(msg) and self._locks.idle(key)
+            self._admission[key] = admitted = asyncio.Event()
         if not one_write:
-            self._arriving[key] = self._arriving.get(key, 0) + 1
             try:
-                # A redelivery is silent, and neither waits nor spends the person's rate tokens.
-                if not await self.store.claim_message(msg.message_id):
-                    return _duplicate(msg)
-                # A turn that took the one-write path ahead of this one takes its rate tokens first.
-                if (ahead := self._admitting.get(key)) is not None:
+                # A redelivery is silent, and neither waits for the conversation nor spends the person's rate tokens.
+                claimed = await self.store.claim_message(msg.message_id)
+                # Rate tokens and places in the conversation's queue go in the order the turns came, whichever
+                # path the turn ahead took (its write may come after this one's claim).
+                if ahead is not None:
                     await ahead.wait()
+                if not claimed:
+                    return _duplicate(msg)
                 # Before queueing for the conversation: a flood in one channel is slowed down at once.
                 if (slow_down := await self._rate_refusal(msg)) is not None:
                     return slow_down
             finally:
-                # No await from here to the lock's queue below: a turn arriving meanwhile sees this one there.
-                if (arriving := self._arriving.pop(key) - 1) > 0:
-                    self._arriving[key] = arriving
+                # The turn behind runs once this one is in the conversation's queue: no await from here to there.
+                self._admitted(key, admitted)
         progress = _Progress(claimed=not one_write)
         try:
             # An idle lock is taken without suspending: nothing comes between the check above and holding it.
@@ -262,7 +258,6 @@ class ConversationCore:
             ):
                 stored: _Question | None = None
                 if one_write:
-                    self._admitting[key] = admitted = asyncio.Event()
                     try:
                         stored = await self._question(msg)
                         progress.tokens = self._counter.count_message(f"{msg.author_name}: {stored.text}")
@@ -273,8 +268,7 @@ class ConversationCore:
                         if (slow_down := await self._rate_refusal(msg)) is not None:
                             return await self._forget(msg, progress, slow_down)
                     finally:
-                        del self._admitting[key]
-                        admitted.set()
+                        self._admitted(key, admitted)
                 refusal = await self._budget_refusal(msg)
                 if refusal is not None:
                     return await self._forget(msg, progress, Reply(ReplyKind.REFUSED, refusal))
@@ -311,6 +305,14 @@ class ConversationCore:
             # Cut off (the process stops past its drain deadline), whether still queued or mid-call.
             await self._abandon(msg, progress)
             raise
+
+    def _admitted(self, key: str, admitted: asyncio.Event | None) -> None:
+        """The turn is past its admission (claim and rate check): the one behind it in ``key`` may go on."""
+        if admitted is None:
+            return
+        admitted.set()
+        if self._admission.get(key) is admitted:
+            del self._admission[key]
 
     async def _rate_refusal(self, msg: IncomingMessage) -> Reply | None:
         wait = await self.guards.rate_wait(msg)
