@@ -314,7 +314,8 @@ class Store(Protocol):
         """Mark a platform message id as handled: True for its first delivery, False for a redelivery.
 
         The turn claims its message before it queues for the conversation, so a redelivery neither waits nor
-        spends a rate-limit token; it stores the message with :meth:`add_question` once it is its turn.
+        spends a rate-limit token; it stores the message with :meth:`add_question` once it is its turn. (A plain
+        turn finding its conversation idle on a :attr:`single_process` store does both with :meth:`begin_turn`.)
         """
         ...
 
