@@ -493,6 +493,33 @@ async def test_mentions_at_once_take_their_rate_tokens_in_the_order_they_came(
         await store.close()
 
 
+async def test_a_redelivery_between_two_mentions_does_not_let_the_second_pass_the_first(
+    tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # The first mention takes the one-write path, the other two claim on arrival, their claims written before its
+    # write. The redelivery in the middle must not step aside before the first's rate check, or the third would
+    # take the person's last token ahead of the first.
+    guards = Guards(user_rate=RateLimiter(1), buckets=TokenBuckets(clock=lambda: 0.0))
+    store = await open_store(str(tmp_path / "between.db"))
+    try:
+        assert await store.claim_message("old")  # delivered before, say before a restart
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(
+                http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+            )
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000), guards)
+            first, again, second = await asyncio.gather(
+                core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first")),
+                core.handle(IncomingMessage(KEY, "old", "U2", "Grace", "old")),
+                core.handle(IncomingMessage(KEY, "m2", "U1", "Ada", "second")),
+            )
+            assert first.kind is ReplyKind.ANSWER and again.kind is ReplyKind.DUPLICATE
+            assert second.text == texts.SLOW_DOWN.format(seconds=60)
+            assert await store.count_messages(KEY) == 2
+    finally:
+        await store.close()
+
+
 async def test_a_turn_cut_off_before_its_one_write_releases_no_claim(
     tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
 ) -> None:
