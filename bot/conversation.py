@@ -42,6 +42,10 @@ class KeyedLocks:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def idle(self, key: str) -> bool:
+        """Nobody holds or waits for ``key``: :meth:`hold` takes it without suspending."""
+        return key not in self._entries
+
     @contextlib.asynccontextmanager
     async def hold(self, key: str, *, max_waiting: int | None = None) -> AsyncIterator[None]:
         """Hold ``key``'s lock; with ``max_waiting``, raise ConversationBusy at once when that many already wait."""
@@ -81,6 +85,10 @@ class _Progress:
     """How far a turn got: its stored question, the prompt of the request under way, and the text it streamed."""
 
     row: int | None = None
+    #: The stored question's tokens, where it was stored with its claim in one write (see ConversationCore._handle).
+    tokens: int = 0
+    #: Whether this turn claimed the message's id: a cut-off releases only its own claim, never another turn's.
+    claimed: bool = True
     model: str | None = None
     prompt: list[ChatMessage] | None = None
     settled: bool = False
@@ -93,6 +101,19 @@ class _Progress:
     tool_rounds: int = 0
     #: What the question's files gave (bot.context); None for a question without files.
     files: ReadFiles | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Question:
+    """A question as the model will see it: its channel's system message and model, its text cleaned and cut to
+    ``single_cap`` tokens if it had to be."""
+
+    system: ChatMessage
+    model: str | None
+    effort: str | None
+    cleaned: str
+    text: str
+    single_cap: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +162,10 @@ class ConversationCore:
         if tools is not None:
             tools.metrics = self.metrics  # one registry for /metrics
         self._locks = KeyedLocks()
+        #: Per conversation (SQLite only), the last turn to arrive that is not yet past its claim and rate check
+        #: (see _admitted): the next one takes its rate tokens and its place in the queue after it, and a turn
+        #: takes the one-write path only where there is none.
+        self._admission: dict[str, asyncio.Event] = {}
         self.backfill = Backfill(store, counter, settings.history_tokens, self.files)
         # Turns waiting for their conversation are queued as much as those waiting for a call slot.
         self.metrics.watch_queue(lambda: self.guards.gate.waiting + self._locks.waiting)
@@ -196,39 +221,83 @@ class ConversationCore:
             if self.guards.access.refuse_silently:
                 return Reply(ReplyKind.IGNORED, "")
             return Reply(ReplyKind.REFUSED, texts.NOT_ALLOWED)
-        # A redelivery is silent, and neither waits nor spends the person's rate tokens.
-        if not await self.store.claim_message(msg.message_id):
-            log.info("message %s in %s was already handled; not answering again", msg.message_id, msg.key)
-            return Reply(ReplyKind.DUPLICATE, "")
-        # Before queueing for the conversation: a flood in one channel is slowed down at once, not minutes later.
-        wait = await self.guards.rate_wait(msg)
-        if wait > 0:
-            log.info("message %s in %s rate-limited for %d s", msg.message_id, msg.key, wait)
-            return Reply(ReplyKind.REFUSED, texts.SLOW_DOWN.format(seconds=wait))
-        progress = _Progress()
+        key = str(msg.key)
+        # The plain case: a text mention (nothing to store before its question: no thread to backfill, no files)
+        # in a conversation nobody here is answering, waiting for or being admitted to, in a database no other
+        # process uses. No turn can come between, so once the conversation is held the message is claimed and
+        # stored in one write, and the rate check follows (a refusal deletes the question again, its id stays
+        # handled). One write less per mention, 10-15 % of a turn's CPU (BENCHMARKS.md). A backfill or files are
+        # read after the rate check and stored before the question, so such a turn claims first, as on PostgreSQL.
+        one_write, ahead, admitted = False, None, None
+        if self.store.single_process:
+            ahead = self._admission.get(key)
+            one_write = ahead is None and not msg.attachments and not Backfill.wanted(msg) and self._locks.idle(key)
+            self._admission[key] = admitted = asyncio.Event()
+        if not one_write:
+            try:
+                # A redelivery is silent, and neither waits for the conversation nor spends the person's rate tokens.
+                claimed = await self.store.claim_message(msg.message_id)
+                # Rate tokens and places in the conversation's queue go in the order the turns came, whichever
+                # path the turn ahead took (its write may come after this one's claim).
+                if ahead is not None:
+                    await ahead.wait()
+                if not claimed:
+                    return _duplicate(msg)
+                # Before queueing for the conversation: a flood in one channel is slowed down at once.
+                if (slow_down := await self._rate_refusal(msg)) is not None:
+                    return slow_down
+            finally:
+                # The turn behind runs once this one is in the conversation's queue: no await from here to there.
+                self._admitted(key, admitted)
+        progress = _Progress(claimed=not one_write)
         try:
+            # An idle lock is taken without suspending: nothing comes between the check above and holding it.
             async with (
-                self._locks.hold(str(msg.key), max_waiting=self.guards.max_queued_per_conversation),
+                self._locks.hold(key, max_waiting=self.guards.max_queued_per_conversation),
                 self.store.conversation_lock(msg.key),
             ):
+                stored: _Question | None = None
+                if one_write:
+                    try:
+                        stored = await self._question(msg)
+                        progress.tokens = self._counter.count_message(f"{msg.author_name}: {stored.text}")
+                        progress.row = await self.store.begin_turn(_with_text(msg, stored.text), progress.tokens)
+                        if progress.row is None:
+                            return _duplicate(msg)
+                        progress.claimed = True
+                        if (slow_down := await self._rate_refusal(msg)) is not None:
+                            return await self._forget(msg, progress, slow_down)
+                    finally:
+                        self._admitted(key, admitted)
                 refusal = await self._budget_refusal(msg)
                 if refusal is not None:
-                    return Reply(ReplyKind.REFUSED, refusal)
+                    return await self._forget(msg, progress, Reply(ReplyKind.REFUSED, refusal))
                 # The thread's earlier messages, before the question and under both locks, so that one turn at a
                 # time (of any replica) reads them; not in the way of the plain path, which brings none.
                 if Backfill.wanted(msg):
                     await self.backfill.run(msg)
-                # The slot is held until the call is charged, so every call that passed the budget check and is
-                # not yet charged holds a slot: a cap is passed by at most the calls running when it runs out.
-                async with self.guards.gate.slot() as waited:
-                    # Calls charged while this one queued may have used the budget up: look again.
-                    if waited and (refusal := await self._budget_refusal(msg)) is not None:
-                        return Reply(ReplyKind.REFUSED, refusal)
-                    reply = await self._turn(msg, on_text, progress, on_reasoning, view)
-                    if reply.kind in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
-                        # Its later messages need no mention in a ``thread`` channel.
-                        self.speaking.answered(msg.key)
-                    return reply
+                try:
+                    # The slot is held until the call is charged, so every call that passed the budget check and is
+                    # not yet charged holds a slot: a cap is passed by at most the calls running when it runs out.
+                    async with self.guards.gate.slot() as waited:
+                        # Calls charged while this one queued may have used the budget up: look again.
+                        if waited and (refusal := await self._budget_refusal(msg)) is not None:
+                            return await self._forget(msg, progress, Reply(ReplyKind.REFUSED, refusal))
+                        # The channel's settings and summary as they are now, after any wait for a slot; a question
+                        # stored already keeps the form it was stored in.
+                        question = stored if stored is not None and not waited else await self._question(msg, stored)
+                        reply = await self._turn(msg, question, on_text, progress, on_reasoning, view)
+                        if reply.kind in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
+                            # Its later messages need no mention in a ``thread`` channel.
+                            self.speaking.answered(msg.key)
+                        return reply
+                except Busy as exc:
+                    if progress.row is None or progress.prompt is not None or progress.settled:
+                        raise
+                    # No call slot (the gate's queue is full) for a question stored already: refused while the
+                    # conversation is still held, so no turn after it sees the question in its history.
+                    log.warning("conversation %s: %s", msg.key, exc)
+                    return await self._forget(msg, progress, Reply(ReplyKind.REFUSED, exc.user_message))
         except Busy as exc:
             log.warning("conversation %s: %s", msg.key, exc)
             return Reply(ReplyKind.REFUSED, exc.user_message)
@@ -237,6 +306,37 @@ class ConversationCore:
             await self._abandon(msg, progress)
             raise
 
+    def _admitted(self, key: str, admitted: asyncio.Event | None) -> None:
+        """The turn is past its admission (claim and rate check): the one behind it in ``key`` may go on."""
+        if admitted is None:
+            return
+        admitted.set()
+        if self._admission.get(key) is admitted:
+            del self._admission[key]
+
+    async def _rate_refusal(self, msg: IncomingMessage) -> Reply | None:
+        wait = await self.guards.rate_wait(msg)
+        if wait <= 0:
+            return None
+        log.info("message %s in %s rate-limited for %d s", msg.message_id, msg.key, wait)
+        return Reply(ReplyKind.REFUSED, texts.SLOW_DOWN.format(seconds=wait))
+
+    async def _forget(self, msg: IncomingMessage, progress: _Progress, refusal: Reply) -> Reply:
+        """A question stored before its refusal (the one-write path) leaves no trace in the history; its id stays
+        handled. Nothing else was done for it: no call went out, nothing was charged."""
+        if progress.row is not None:
+            try:
+                await self.store.forget_message(progress.row)
+            except errors.StoreError as exc:
+                # The refusal is said all the same; the question stays in the history, unanswered.
+                log.error(
+                    "conversation %s: the refused question %d could not be deleted: %s", msg.key, progress.row, exc
+                )
+            progress.row = None
+            # Refused for good: a cut-off from here on must not release the id.
+            progress.settled = True
+        return refusal
+
     async def reset(self, key: ConversationKey) -> int:
         async with self._locks.hold(str(key)), self.store.conversation_lock(key):
             count = await self.store.reset(key)
@@ -244,35 +344,43 @@ class ConversationCore:
         log.info("conversation %s reset: %d messages deleted", key, count)
         return count
 
-    async def _turn(
-        self,
-        msg: IncomingMessage,
-        on_text: OnText | None,
-        progress: _Progress,
-        on_reasoning: OnText | None,
-        view: TurnView | None = None,
-    ) -> Reply:
+    async def _question(self, msg: IncomingMessage, stored: _Question | None = None) -> _Question:
+        """``msg``'s question as the model will see it, with its channel's system message and model as they are now;
+        a question ``stored`` already keeps the text it was stored with."""
         channel = await self.store.channel_settings(msg.key)
         model, effort = model_choice(channel.model)
         system = self._system_message(channel.system_prompt)
         system = self.memory.system_with_summary(system, await self.memory.summary(msg.key))
+        if stored is not None:
+            return dataclasses.replace(stored, system=system, model=model, effort=effort)
         # A single message may take at most half of what the system prompt leaves, so that the turns around it
         # still fit next time; a longer one is cut, and stored as the model saw it.
         room = self.settings.history_tokens - self._count_system(system["content"])
         single_cap = max(16, room // 2 - PER_MESSAGE_OVERHEAD)
         cleaned = clean(msg.text)
-        text = self._counter.truncate(cleaned, single_cap)
+        return _Question(system, model, effort, cleaned, self._counter.truncate(cleaned, single_cap), single_cap)
+
+    async def _turn(
+        self,
+        msg: IncomingMessage,
+        asked: _Question,
+        on_text: OnText | None,
+        progress: _Progress,
+        on_reasoning: OnText | None,
+        view: TurnView | None = None,
+    ) -> Reply:
+        text, single_cap = asked.text, asked.single_cap
         question = text
         if msg.attachments:
             # Files (bot.context) follow the question within the same cap; what they gave rides in progress.
             progress.files = await self.files.read(msg.attachments, single_cap - self._counter.count(text))
             question = progress.files.question(text)
         reply = await self._answer(
-            _with_text(msg, question), system, model, on_text, progress, effort, on_reasoning, view
+            _with_text(msg, question), asked.system, asked.model, on_text, progress, asked.effort, on_reasoning, view
         )
         if progress.files is not None and reply.kind in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
             reply = dataclasses.replace(reply, notice=_join(progress.files.notice(), reply.notice))
-        if text == cleaned or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
+        if text == asked.cleaned or reply.kind not in (ReplyKind.ANSWER, ReplyKind.PARTIAL):
             return reply
         # A cut question would otherwise be answered as if it had been read whole: say so, beside any budget notice.
         cut = texts.MESSAGE_CUT.format(tokens=single_cap)
@@ -291,10 +399,14 @@ class ConversationCore:
     ) -> Reply:
         """The reply to ``msg``, whose text is already as the model will see it."""
         content = f"{msg.author_name}: {msg.text}"
-        new_tokens = self._counter.count_message(content)
-        if progress.files is not None:
-            new_tokens += progress.files.image_tokens
-        row = await self.store.add_question(msg, new_tokens)
+        if progress.row is not None:
+            # Stored already, with its claim in one write (see _handle).
+            row, new_tokens = progress.row, progress.tokens
+        else:
+            new_tokens = self._counter.count_message(content)
+            if progress.files is not None:
+                new_tokens += progress.files.image_tokens
+            row = await self.store.add_question(msg, new_tokens)
         progress.row, progress.model = row, model
         if progress.files is not None:
             await self.files.keep(self.store, msg.key, row, progress.files)
@@ -560,7 +672,7 @@ class ConversationCore:
         marks the text already shown as cut off. A request that went out is charged (an estimate): the provider
         bills what it generated. Bounded by a short timeout: the process is going away.
         """
-        if progress.settled:
+        if progress.settled or not progress.claimed:
             return
         ledger = None
         if progress.prompt is not None:
@@ -671,6 +783,11 @@ def _history_notice(progress: _Progress) -> str | None:
 
 def _join(*notices: str | None) -> str | None:
     return "\n\n".join(n for n in notices if n) or None
+
+
+def _duplicate(msg: IncomingMessage) -> Reply:
+    log.info("message %s in %s was already handled; not answering again", msg.message_id, msg.key)
+    return Reply(ReplyKind.DUPLICATE, "")
 
 
 def _with_text(msg: IncomingMessage, text: str) -> IncomingMessage:

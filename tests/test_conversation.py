@@ -443,6 +443,108 @@ async def test_a_question_refused_by_the_rate_limit_leaves_no_trace(
         await store.close()
 
 
+def count_writes(core: ConversationCore) -> list[str]:
+    """The write transactions the core's SQLite store makes from now on, by the name of the work done in each."""
+    writer = core.store._writer  # type: ignore[attr-defined]
+    transaction = writer.transaction
+    writes: list[str] = []
+
+    async def counted(work: Callable[[sqlite3.Connection], object]) -> object:
+        writes.append(getattr(work, "__qualname__", "?"))
+        return await transaction(work)
+
+    writer.transaction = counted
+    return writes
+
+
+async def test_a_plain_turn_claims_and_stores_its_question_in_one_write(harness: Harness) -> None:
+    # The plain path's cost (BENCHMARKS.md): a mention in an idle conversation writes twice, the claim with the
+    # question, then the reply; a third write (the claim alone, on arrival) cost 10-15 % of a turn's CPU.
+    writes = count_writes(harness.core)
+    assert (await harness.say("hello")).kind is ReplyKind.ANSWER
+    assert len(writes) == 2, writes
+    assert (await harness.say("again")).kind is ReplyKind.ANSWER
+    assert len(writes) == 4, writes
+    assert (await harness.say("hello", mid="m1")).kind is ReplyKind.DUPLICATE  # the claim was made all the same
+    assert user_contents(harness.fake.requests[-1]) == ["Ada: hello", "Ada: again"]
+
+
+async def test_mentions_at_once_take_their_rate_tokens_in_the_order_they_came(
+    tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # The first takes the one-write path (its rate tokens after its write), the second claims on arrival: it must
+    # still wait for the first's rate check, or it would take the person's last token from the one who came first.
+    guards = Guards(user_rate=RateLimiter(1), buckets=TokenBuckets(clock=lambda: 0.0))
+    store = await open_store(str(tmp_path / "order.db"))
+    try:
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(
+                http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+            )
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000), guards)
+            first, second = await asyncio.gather(
+                core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first")),
+                core.handle(IncomingMessage(KEY, "m2", "U1", "Ada", "second")),
+            )
+            assert first.kind is ReplyKind.ANSWER
+            assert second.text == texts.SLOW_DOWN.format(seconds=60)
+            assert await store.count_messages(KEY) == 2 and await store.handled(["m1", "m2"]) == {"m1", "m2"}
+    finally:
+        await store.close()
+
+
+async def test_a_redelivery_between_two_mentions_does_not_let_the_second_pass_the_first(
+    tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # The first mention takes the one-write path, the other two claim on arrival, their claims written before its
+    # write. The redelivery in the middle must not step aside before the first's rate check, or the third would
+    # take the person's last token ahead of the first.
+    guards = Guards(user_rate=RateLimiter(1), buckets=TokenBuckets(clock=lambda: 0.0))
+    store = await open_store(str(tmp_path / "between.db"))
+    try:
+        assert await store.claim_message("old")  # delivered before, say before a restart
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(
+                http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+            )
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000), guards)
+            first, again, second = await asyncio.gather(
+                core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first")),
+                core.handle(IncomingMessage(KEY, "old", "U2", "Grace", "old")),
+                core.handle(IncomingMessage(KEY, "m2", "U1", "Ada", "second")),
+            )
+            assert first.kind is ReplyKind.ANSWER and again.kind is ReplyKind.DUPLICATE
+            assert second.text == texts.SLOW_DOWN.format(seconds=60)
+            assert await store.count_messages(KEY) == 2
+    finally:
+        await store.close()
+
+
+async def test_a_turn_cut_off_before_its_one_write_releases_no_claim(
+    tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # On the one-write path a turn holds its conversation before it claims its id: cut off before its write, it
+    # must not release a claim it never made (here the id's first delivery, answered already).
+    store = await open_store(str(tmp_path / "uncut.db"))
+    try:
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(
+                http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+            )
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000))
+            assert (await core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first"))).kind is ReplyKind.ANSWER
+            again = asyncio.create_task(core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first")))
+            await asyncio.sleep(0)  # the redelivery runs up to its write: it holds the conversation
+            assert len(core._locks) == 1 and not again.done()
+            again.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await again
+            assert (await core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first"))).kind is ReplyKind.DUPLICATE
+            assert fake.calls == 1 and await store.count_messages(KEY) == 2
+    finally:
+        await store.close()
+
+
 async def test_lock_table_is_bounded_to_active_conversations() -> None:
     locks = KeyedLocks()
     async with locks.hold("a"), locks.hold("b"):

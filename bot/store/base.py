@@ -297,6 +297,11 @@ class ChannelSettings:
 class Store(Protocol):
     """Conversation history and the record of which platform messages were already handled."""
 
+    #: True where this process is the database's only user (SQLite): a conversation idle here is idle everywhere,
+    #: so the core may claim a message and store it in one write (:meth:`begin_turn`) once it holds the
+    #: conversation. False where replicas share the database: the claim comes first, on its own.
+    single_process: bool
+
     async def begin_turn(self, msg: IncomingMessage, tokens: int) -> int | None:
         """Store the user's message and claim its ``message_id``, atomically.
 
@@ -309,12 +314,18 @@ class Store(Protocol):
         """Mark a platform message id as handled: True for its first delivery, False for a redelivery.
 
         The turn claims its message before it queues for the conversation, so a redelivery neither waits nor
-        spends a rate-limit token; it stores the message with :meth:`add_question` once it is its turn.
+        spends a rate-limit token; it stores the message with :meth:`add_question` once it is its turn. (A plain
+        turn finding its conversation idle on a :attr:`single_process` store does both with :meth:`begin_turn`.)
         """
         ...
 
     async def add_question(self, msg: IncomingMessage, tokens: int) -> int:
         """Store the person's message, whose id :meth:`claim_message` already claimed; returns its row id."""
+        ...
+
+    async def forget_message(self, row: int) -> None:
+        """Delete the question stored as ``row`` (refused after :meth:`begin_turn` stored it with its claim), keeping
+        its id handled: a refused question leaves no trace in the history, and its redelivery is not answered."""
         ...
 
     async def handled(self, message_ids: Sequence[str]) -> set[str]:

@@ -350,6 +350,9 @@ _CONNECT_TIMEOUT_S = 10.0
 class PostgresStore:
     """The :class:`bot.store.Store` on a PostgreSQL database shared by any number of teambot processes."""
 
+    #: Other replicas may hold a conversation this process sees idle: a message is claimed before it queues.
+    single_process = False
+
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._dsn = dsn
@@ -765,6 +768,15 @@ class PostgresStore:
                 await conn.execute(_INSERT_USAGE, *ledger.values())
         except _DB_ERRORS as exc:
             raise StoreError(f"storing the ledger entry failed: {_reason(exc)}") from exc
+
+    async def forget_message(self, row: int) -> None:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if _count(await conn.execute("DELETE FROM message_images WHERE message_id = $1", row)):
+                    await conn.execute(_UNLINKED_IMAGES)
+                await conn.execute("DELETE FROM messages WHERE id = $1", row)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"deleting the refused question failed: {_reason(exc)}") from exc
 
     async def abandon_turn(self, row: int | None, message_id: str, ledger: UsageRecord | None = None) -> None:
         try:

@@ -278,6 +278,9 @@ _ADD_FEEDBACK = (
 class SQLiteStore:
     """The :class:`bot.store.Store` on a SQLite file."""
 
+    #: One process per file, as the rate buckets kept in memory already assume.
+    single_process = True
+
     def __init__(self, writer: SQLiteWriter, reader: aiosqlite.Connection, path: str) -> None:
         self._writer = writer
         self._reader = reader
@@ -664,12 +667,15 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"storing the ledger entry failed: {exc}") from exc
 
+    async def forget_message(self, row: int) -> None:
+        try:
+            await self._writer.transaction(lambda db: _delete_message(db, row))
+        except sqlite3.Error as exc:
+            raise StoreError(f"deleting the refused question failed: {exc}") from exc
+
     async def abandon_turn(self, row: int | None, message_id: str, ledger: UsageRecord | None = None) -> None:
         def work(db: sqlite3.Connection) -> None:
-            db.execute(_UNINDEX.format(where="id = ?"), (row,))
-            if db.execute("DELETE FROM message_images WHERE message_id = ?", (row,)).rowcount:
-                db.execute(_UNLINKED_IMAGES)
-            db.execute("DELETE FROM messages WHERE id = ?", (row,))
+            _delete_message(db, row)
             db.execute("DELETE FROM handled_messages WHERE message_id = ?", (message_id,))
             if ledger is not None:
                 db.execute(_INSERT_USAGE, ledger.values())
@@ -911,3 +917,11 @@ def _drop_over_cap(db: sqlite3.Connection, cap_bytes: int) -> None:
     [(total,)] = db.execute("SELECT coalesce(sum(size), 0) FROM images").fetchall()
     if total > cap_bytes and db.execute(_IMAGE_LRU, (cap_bytes,)).rowcount:
         db.execute("DELETE FROM message_images WHERE hash NOT IN (SELECT hash FROM images)")
+
+
+def _delete_message(db: sqlite3.Connection, row: int | None) -> None:
+    """Delete the message ``row`` (None: nothing), with its search-index entry and its images' links."""
+    db.execute(_UNINDEX.format(where="id = ?"), (row,))
+    if db.execute("DELETE FROM message_images WHERE message_id = ?", (row,)).rowcount:
+        db.execute(_UNLINKED_IMAGES)
+    db.execute("DELETE FROM messages WHERE id = ?", (row,))

@@ -129,6 +129,31 @@ async def test_a_thread_is_stored_before_the_question_in_order_with_names(
     assert thread.afters == [None]
 
 
+async def test_a_plain_mention_right_behind_a_threaded_one_comes_after_its_thread_and_question(
+    tmp_path: Path, model: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # The threaded mention claims on arrival and stores its thread, then its question; the plain one, arriving while
+    # the first still claims, must not take the one-write path past it into the idle conversation.
+    thread = Thread()
+    thread.add(said(1, "the deploy failed"), said(2, "I reverted it", name="Linus"))
+    store = await open_store(str(tmp_path / "t.db"))
+    try:
+        async with core_on(store, model, counter) as core:
+            threaded, plain = await asyncio.gather(
+                core.handle(mention(3, "what did we decide?", thread)), core.handle(mention(4, "and now?"))
+            )
+    finally:
+        await store.close()
+    assert threaded.kind is ReplyKind.ANSWER and plain.kind is ReplyKind.ANSWER
+    assert prompt(model) == [
+        ("user", "Grace: the deploy failed"),
+        ("user", "Linus: I reverted it"),
+        ("user", "Ada: what did we decide?"),
+        ("assistant", "echo: Ada: what did we decide?"),
+        ("user", "Ada: and now?"),
+    ]
+
+
 async def test_a_second_mention_reads_only_what_is_new(
     tmp_path: Path, model: FakeOpenAI, counter: TokenCounter
 ) -> None:
@@ -319,7 +344,12 @@ async def test_the_plain_path_makes_no_new_query(tmp_path: Path, model: FakeOpen
         await inner.close()
     assert "context_cursor" not in plain and "add_context" not in plain
     assert threaded.count("context_cursor") == 1
-    assert [c for c in threaded if c not in ("context_cursor", "add_context")] == plain
+    # The same calls but for the thread's; the thread's turn claims its message on arrival and stores the question
+    # after the thread's messages, where the plain turn does both in one write once it holds the conversation.
+    rest = [c for c in threaded if c not in ("context_cursor", "add_context")]
+    assert rest.index("claim_message") < rest.index("conversation_lock") < rest.index("add_question")
+    one_write = [c for c in rest if c != "claim_message"]
+    assert [("begin_turn" if c == "add_question" else c) for c in one_write] == plain
 
 
 async def test_reset_forgets_the_thread_and_does_not_read_it_back(

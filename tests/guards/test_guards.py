@@ -220,6 +220,11 @@ async def test_calls_queued_for_a_slot_are_refused_once_the_budget_is_spent(tmp_
         reached = texts.BUDGET_REACHED.format(budget="your daily budget", resets="2026-11-25 00:00 UTC")
         assert all(r.text == reached for r in replies if r.kind is ReplyKind.REFUSED)
         assert fake.calls == 1 and len(b.ledger()) == 1  # only the call running when it ran out
+        # The refused questions left no trace, and their ids stay handled.
+        assert [await b.store.count_messages(k) for k in keys] == [
+            2 if r.kind is ReplyKind.ANSWER else 0 for r in replies
+        ]
+        assert await b.store.handled([f"m{n}" for n in range(1, 5)]) == {f"m{n}" for n in range(1, 5)}
 
 
 async def test_a_budget_used_exactly_up_to_its_limit_is_used_up(tmp_path: Path) -> None:
@@ -371,6 +376,11 @@ async def test_a_full_queue_answers_busy_and_calls_wait_their_turn(tmp_path, fak
         assert kinds == ["answer", "answer", "refused"]
         assert next(r for r in replies if r.kind is ReplyKind.REFUSED).text == texts.BUSY
         assert fake.max_in_flight == 1 and fake.calls == 2
+        # The refused question left no trace, and its id stays handled.
+        assert [await b.store.count_messages(k) for k in keys] == [
+            2 if r.kind is ReplyKind.ANSWER else 0 for r in replies
+        ]
+        assert await b.store.handled([f"m{n}" for n in range(1, 4)]) == {f"m{n}" for n in range(1, 4)}
 
 
 @pytest.mark.parametrize(

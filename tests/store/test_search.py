@@ -158,6 +158,18 @@ async def test_an_abandoned_turn_leaves_the_search(store: Store, searched_first:
     await _index_is_sound(store)
 
 
+@pytest.mark.parametrize("searched_first", [False, True])
+async def test_a_forgotten_question_leaves_the_search(store: Store, searched_first: bool) -> None:
+    # A question refused after the one write that stored it with its claim (bot.conversation) is deleted again.
+    row = await store.begin_turn(incoming(A, 1, "a question about kiwis"), 10)
+    assert row is not None
+    if searched_first:
+        assert len(await store.search_messages(A, "kiwis", before=END, limit=10)) == 1
+    await store.forget_message(row)
+    assert await store.search_messages(A, "kiwis", before=END, limit=10) == []
+    await _index_is_sound(store)
+
+
 async def _index_is_sound(store: Store) -> None:
     """FTS5's own check that its index matches the messages (a wrong 'delete' corrupts it silently)."""
     if isinstance(store, SQLiteStore):

@@ -123,6 +123,19 @@ async def test_a_message_id_is_claimed_once_and_its_message_stored_later(store: 
     assert await store.begin_turn(msg, 10) is None  # the same id, delivered again, is handled
 
 
+async def test_a_forgotten_question_leaves_the_history_and_its_id_stays_handled(store: Store) -> None:
+    # The core stores a question with its claim in one write when the conversation is idle; a refusal after that
+    # (rate, budget, a full call queue) deletes the question again, and its redelivery is still a duplicate.
+    first = await store.begin_turn(incoming(A, 1), 10)
+    refused = await store.begin_turn(incoming(A, 2, "refused"), 10)
+    assert first is not None and refused is not None
+    await store.forget_message(refused)
+    assert [m.id for m in await store.load_history(A, 10_000, before=refused + 10)] == [first]
+    assert await store.count_messages(A) == 1
+    assert await store.begin_turn(incoming(A, 2), 10) is None
+    assert await store.claim_message(incoming(A, 2).message_id) is False
+
+
 async def test_conversations_are_isolated(store: Store) -> None:
     await store.begin_turn(incoming(A, 1, "in the channel"), 10)
     await store.begin_turn(incoming(B, 1, "in the thread"), 10)
