@@ -19,7 +19,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -137,6 +137,33 @@ _STATUS_PAGE = "Slack's status page (https://slack-status.com)"
 def _refused(setting: str, error: str) -> ConfigError:
     what = texts.SLACK_APP_TOKEN_HINT if setting == "SLACK_APP_TOKEN" else texts.SLACK_BOT_TOKEN_HINT
     return ConfigError(texts.SLACK_TOKEN_REFUSED.format(setting=setting, error=error, hint=what))
+
+
+class SdkLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """slack_sdk's Web API logger, with a ``level`` that says what is really logged.
+
+    slack_sdk decides whether to build its debug lines (every request's arguments and headers, every answer's
+    headers and body, as f-strings) by ``logger.level <= DEBUG``; a logger left at NOTSET (0), as its own is,
+    passes that test however the logging is configured, so every call paid for two big strings that nobody
+    logged (about a tenth of a Web API call's CPU). Here ``level`` is the effective level, read at each call: set
+    ``slack_sdk`` to DEBUG and the lines come as before.
+    """
+
+    def __init__(self, name: str = "slack_sdk.web.async_client") -> None:
+        super().__init__(logging.getLogger(name), {})
+
+    @property
+    def level(self) -> int:
+        return self.logger.getEffectiveLevel()
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return msg, kwargs  # the adapter adds nothing to a record
+
+
+def web_client(token: str, base_url: str, retry_handlers: list[Any]) -> AsyncWebClient:
+    """slack_sdk's Web API client, logging through :class:`SdkLogger`."""
+    logger = cast(logging.Logger, SdkLogger())
+    return AsyncWebClient(token=token, base_url=base_url, retry_handlers=retry_handlers, logger=logger)
 
 
 class _SocketModeClient(SocketModeClient):
@@ -281,19 +308,19 @@ class SlackAdapter:
         # One HTTP session for every Web API call: slack_sdk otherwise opens a new one (and a new TCP and TLS
         # connection) per request. Created on start, inside the running loop.
         self._session: aiohttp.ClientSession | None = None
-        self.client = AsyncWebClient(
-            token=settings.slack_bot_token.get_secret_value(),
-            base_url=settings.slack_api_url,
-            retry_handlers=[AsyncConnectionErrorRetryHandler(), AsyncRateLimitErrorRetryHandler(max_retry_count=5)],
+        self.client = web_client(
+            settings.slack_bot_token.get_secret_value(),
+            settings.slack_api_url,
+            [AsyncConnectionErrorRetryHandler(), AsyncRateLimitErrorRetryHandler(max_retry_count=5)],
         )
         #: Reads threads for the core (adapters.slack.thread). With a client of its own that leaves 429s to the
         #: reader: the one above would sleep through a Retry-After of a minute (conversations.replies' limit for
         #: apps outside the Marketplace) while the turn, and its conversation, wait.
         self.threads = ThreadReader(
-            AsyncWebClient(
-                token=settings.slack_bot_token.get_secret_value(),
-                base_url=settings.slack_api_url,
-                retry_handlers=[AsyncConnectionErrorRetryHandler()],
+            web_client(
+                settings.slack_bot_token.get_secret_value(),
+                settings.slack_api_url,
+                [AsyncConnectionErrorRetryHandler()],
             ),
             self._name,
             self._text_in,
