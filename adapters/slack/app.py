@@ -694,6 +694,7 @@ class SlackAdapter:
             )
 
         reply_stream: ReplyStream = post_and_edit()
+        on_complete = None
         # Slack streams replies in threads, and top-level messages in channels, but not top-level in a DM.
         streamable = thread_ts is not None or not _is_dm(event)
         if streamable and self._settings.slack_native_streaming and self._refusals.allows(team, STREAM):
@@ -708,6 +709,7 @@ class SlackAdapter:
                 on_refused=lambda error: self._refused(team, STREAM, error),
                 on_first_post=on_first_post,
             )
+            on_complete = reply_stream.complete
         prompt = SlackApprovalPrompt(self.client, channel, thread_ts, msg.author_name)
         view = SlackTurnView(self._approvals, prompt, reply_stream, status, user, msg.author_name)
         # Outside a DM (the assistant pane) Slack shows no "is thinking..." status: the reply shows "Thinking…"
@@ -726,6 +728,7 @@ class SlackAdapter:
             reasoning_sink=SlackReasoning(self.client, channel, thread_ts, thinking_in_reply),
             feedback=self._settings.feedback,
             view=view,
+            on_complete=on_complete,
         )
 
     def _thread(
