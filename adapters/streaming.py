@@ -267,6 +267,7 @@ async def deliver(
     feedback: bool = False,
     view: TurnView | None = None,
     refuse: Callable[[str], Awaitable[None]] | None = None,
+    on_complete: Callable[[], None] | None = None,
 ) -> ReplyStream:
     """Run one turn and show its reply: the one top-level handler per event that every adapter uses.
 
@@ -279,7 +280,8 @@ async def deliver(
     The model's thinking goes to ``reasoning_sink`` as ``show_reasoning`` says (``off``, ``status``, ``full``),
     never into the reply. ``view`` (the platform's :class:`bot.messages.TurnView`) shows tool progress and asks
     for approvals. With ``refuse``, a refusal (access, rate limit, budget) goes there, to the person alone,
-    instead of the channel: a click on a message action is one person's, not the channel's.
+    instead of the channel: a click on a message action is one person's, not the channel's. ``on_complete`` hears
+    that the model's answer is whole, just before the core stores it (see ``ConversationCore.handle``).
     """
     if reply_stream is None:
         reply_stream = StreamingReply(sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post)
@@ -294,7 +296,8 @@ async def deliver(
             await stream_feed(piece)
 
     try:
-        reply = await core.handle(msg, on_text, thinking.on_reasoning if thinking is not None else None, view=view)
+        on_reasoning = thinking.on_reasoning if thinking is not None else None
+        reply = await core.handle(msg, on_text, on_reasoning, view=view, on_complete=on_complete)
         if thinking is not None and thinking.full:
             await thinking.before_answer()
         if reply.kind is ReplyKind.REFUSED and refuse is not None:

@@ -101,6 +101,8 @@ class _Progress:
     tool_rounds: int = 0
     #: What the question's files gave (bot.context); None for a question without files.
     files: ReadFiles | None = None
+    #: Told when the model's answer is whole, before it is stored (see ``handle``).
+    on_complete: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +198,13 @@ class ConversationCore:
         on_text: OnText | None = None,
         on_reasoning: OnText | None = None,
         view: TurnView | None = None,
+        on_complete: Callable[[], None] | None = None,
     ) -> Reply:
         """Answer ``msg``; ``on_text`` receives pieces of the reply as they stream in, ``on_reasoning`` pieces of the
         model's thinking (never part of the reply, nor of the history), for the adapter to show apart or not at all;
         ``view`` shows progress while tools run and asks for approvals (none: no status, approvals denied).
+        ``on_complete`` is called once the model's answer is whole, before it is stored: the reply this returns
+        follows in moments, so an adapter that has shown nothing yet can wait and show it in one message.
 
         Known failures come back as a ``Reply`` of kind ERROR with a message for people; only bugs raise.
         """
@@ -207,12 +212,17 @@ class ConversationCore:
         msg = self.speaking.scoped_message(msg)
         with logcontext.turn(str(msg.key), msg.message_id):
             self.metrics.mentions.labels(msg.key.platform).inc()
-            reply = await self._handle(msg, on_text, on_reasoning, view)
+            reply = await self._handle(msg, on_text, on_reasoning, view, on_complete)
             self.metrics.replies.labels(msg.key.platform, reply.kind.value).inc()
             return reply
 
     async def _handle(
-        self, msg: IncomingMessage, on_text: OnText | None, on_reasoning: OnText | None, view: TurnView | None = None
+        self,
+        msg: IncomingMessage,
+        on_text: OnText | None,
+        on_reasoning: OnText | None,
+        view: TurnView | None = None,
+        on_complete: Callable[[], None] | None = None,
     ) -> Reply:
         """Admission, cheapest and most certain refusal first; a refused question costs nothing and leaves no trace
         in the history (its id stays handled)."""
@@ -249,7 +259,7 @@ class ConversationCore:
             finally:
                 # The turn behind runs once this one is in the conversation's queue: no await from here to there.
                 self._admitted(key, admitted)
-        progress = _Progress(claimed=not one_write)
+        progress = _Progress(claimed=not one_write, on_complete=on_complete)
         try:
             # An idle lock is taken without suspending: nothing comes between the check above and holding it.
             async with (
@@ -436,6 +446,8 @@ class ConversationCore:
         if outcome is not None and self.tools is not None:
             shown = outcome.reply_text(self.tools.settings.show_used)
             trace = outcome.trace_record(self._counter)
+        if progress.on_complete is not None:
+            progress.on_complete()
         reply_id, unsaved = await self._store_reply(
             msg, completion.text, self._reply_tokens(completion), row, usage, completion.model, True, ledger, trace
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import sqlite3
@@ -119,6 +120,31 @@ async def test_streaming_hands_out_pieces_that_add_up_to_the_reply(harness: Harn
     assert len(pieces) > 1 and "".join(pieces) == reply.text
     assert harness.fake.requests[-1]["stream"] is True
     assert reply.usage is not None and reply.usage.exact
+
+
+async def test_on_complete_hears_the_whole_answer_before_it_is_stored(harness: Harness) -> None:
+    # An adapter that has shown nothing yet waits for the reply and posts it in one message: it must hear that the
+    # text is whole after the last piece and before the reply is stored (which the reply's id waits for).
+    pieces: list[str] = []
+    heard: list[tuple[str, int]] = []
+
+    async def on_text(piece: str) -> None:
+        pieces.append(piece)
+
+    def on_complete() -> None:
+        with contextlib.closing(sqlite3.connect(harness.db)) as db:
+            answers = db.execute("SELECT count(*) FROM messages WHERE role = 'assistant'").fetchone()[0]
+        heard.append(("".join(pieces), answers))
+
+    reply = await harness.core.handle(harness.message("stream this please"), on_text, on_complete=on_complete)
+    assert reply.kind is ReplyKind.ANSWER
+    assert heard == [(reply.text, 0)]  # once, with all the text, before the reply was stored
+
+
+async def test_on_complete_is_not_called_for_an_error(harness: Harness) -> None:
+    heard: list[None] = []
+    reply = await harness.core.handle(harness.message("[[500x9]] hello"), on_complete=lambda: heard.append(None))
+    assert reply.kind is ReplyKind.ERROR and heard == []
 
 
 async def test_conversations_do_not_share_history(harness: Harness) -> None:

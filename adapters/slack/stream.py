@@ -258,6 +258,8 @@ class NativeReply:
         self._on_refused = on_refused
         self._on_first_post = on_first_post
         self._text = ""  # the model's text so far
+        #: The model's answer is whole (``complete``): its finish follows, so nothing is shown before it.
+        self._complete = False
         self._final: str | None = None
         self._feedback: int | None = None
         self._closing = False
@@ -314,6 +316,11 @@ class NativeReply:
             self._chunks.append(_task_update(*self._task, "complete"))
             self._task = None
 
+    def complete(self) -> None:
+        """The model's answer is whole and its :meth:`finish` follows once it is stored: if nothing is shown yet,
+        the pump waits for it, and the reply goes out as one message."""
+        self._complete = True
+
     async def finish(self, final_text: str, feedback: int | None = None) -> None:
         self._final, self._feedback = final_text, feedback
         if self._fallback is None:
@@ -357,6 +364,8 @@ class NativeReply:
                 if self._final is not None:
                     await self._flush(self._final, final=True)
                     return
+                if self._complete and self._ts is None and not self._sent:
+                    continue  # the whole answer is here: wait the moment for finish, then post it at once
                 wait = self._last_send + self._interval - time.monotonic()
                 if self._ts is not None and wait > 0:
                     with contextlib.suppress(TimeoutError):
@@ -372,6 +381,11 @@ class NativeReply:
             self._end_task()
         if final and not text.startswith(self._text[: self._sent]):
             await self._fall_back(None)
+        # Nothing shown yet and the whole reply fits one message: one post, not a stream opened and closed at once.
+        whole = final and self._ts is None and not self._sent and not self._chunks
+        if whole and text.strip() and len(text) <= MESSAGE_LIMIT:
+            await self._post_whole(text)
+            return
         await self._send_chunks()
         end = len(text) if final else _safe_end(text, self._sent)
         pending = text[self._sent : end]
@@ -397,6 +411,31 @@ class NativeReply:
                 rest = rest[skipped:]
             self._reopen = f"{fence}\n" if fence else ""
             pending = rest
+
+    async def _post_whole(self, text: str) -> None:
+        """The whole reply, nothing of it shown yet, in one ``chat.postMessage``: a ``markdown`` block (the same
+        Markdown a stream renders, mentions broken up), with the feedback buttons under it, instead of
+        ``chat.startStream`` and ``chat.stopStream``. One Web API call where a stream takes two; the person sees
+        the same message, at once."""
+        markdown = neutralise_mentions(text)
+        blocks: list[dict[str, Any]] = [{"type": "markdown", "text": markdown}]
+        if self._feedback is not None:
+            blocks += context_actions(self._feedback)
+        try:
+            await self._client.chat_postMessage(
+                channel=self._channel,
+                thread_ts=self._thread_ts,
+                # Slack shows a message's blocks; ``text`` is what notifications read.
+                text=markdown,
+                blocks=blocks,
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+        except SlackApiError as exc:
+            # Not a refusal of streaming: the post-then-edit path tries once more, in mrkdwn section blocks.
+            await self._fall_back(error_code(exc))
+        self._sent = len(text)
+        await self._answer_shown(text)
 
     async def _send_chunks(self) -> None:
         """The task cards waiting, in one call: they start the stream when no text has yet."""

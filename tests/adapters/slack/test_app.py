@@ -689,3 +689,22 @@ async def test_every_command_can_be_renamed_in_the_running_bot(tmp_path: Path) -
         finally:
             bot.proc.terminate()
             assert await bot.wait() == 0
+
+
+async def test_web_api_debug_lines_follow_the_logging_configuration(
+    slack: Slack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # slack_sdk builds its per-call debug lines (arguments, headers, body) only when its logger's ``level`` is
+    # DEBUG or below: that must follow the configured level, not sit at NOTSET and build them for every call.
+    sdk = logging.getLogger("slack_sdk")
+    assert slack.adapter.client.logger.level == logging.getLogger("slack_sdk.web.async_client").getEffectiveLevel()
+    with caplog.at_level(logging.INFO, logger="slack_sdk"):
+        assert slack.adapter.client.logger.level == logging.INFO
+        await slack.adapter.client.users_info(user="U1")
+    assert not [r for r in caplog.records if r.name.startswith("slack_sdk.web")]
+    with caplog.at_level(logging.DEBUG, logger="slack_sdk"):
+        assert sdk.getEffectiveLevel() == logging.DEBUG
+        await slack.adapter.client.users_info(user="U1")
+    sent = [r.getMessage() for r in caplog.records if r.name == "slack_sdk.web.async_client"]
+    assert any(line.startswith("Sending a request - url: ") and "users.info" in line for line in sent)
+    assert all("xoxb" not in line for line in sent)  # the token stays redacted, as slack_sdk does it

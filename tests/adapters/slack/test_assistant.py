@@ -67,6 +67,18 @@ def replies(slack: Slack) -> list[Any]:
     return [m for m in slack.fake.posted if m.text != texts.ASSISTANT_GREETING]
 
 
+#: Seconds between the model's words. An answer whole before anything of it was shown goes out in one post
+#: (tests/adapters/slack/test_stream.py); the tests of the stream, and of its fallback, need words that come apart.
+WORD_GAP = 0.01
+
+
+async def until_texts(slack: Slack, *expected: str) -> None:
+    """Until the replies out are exactly ``expected``, each as it ends, and none is still streaming."""
+    await slack.fake.wait_for(
+        lambda: [m.text for m in replies(slack)] == list(expected) and not any(m.streaming for m in slack.fake.posted)
+    )
+
+
 async def test_a_new_assistant_thread_is_greeted_with_suggested_prompts(slack: Slack) -> None:
     await slack.event(assistant_thread_started(thread_ts=THREAD))
     await slack.fake.wait_for(lambda: bool(slack.fake.calls_to("assistant.threads.setSuggestedPrompts")))
@@ -130,6 +142,7 @@ async def test_each_assistant_thread_is_its_own_conversation(slack: Slack) -> No
 
 
 async def test_a_mention_in_a_channel_thread_streams_natively_to_its_author(slack: Slack) -> None:
+    slack.model.chunk_delay = WORD_GAP
     await slack.event(mention("<@UBOT> stream me", ts="1.2", thread_ts="1.1"))
     await answered(slack)
     [start] = slack.fake.calls_to("chat.startStream")
@@ -142,6 +155,7 @@ async def test_a_mention_in_a_channel_thread_streams_natively_to_its_author(slac
 
 @pytest.mark.parametrize("overrides", [{"slack_reply_in_thread": True}])
 async def test_a_top_level_mention_streams_natively_when_replies_go_in_a_thread(slack: Slack) -> None:
+    slack.model.chunk_delay = WORD_GAP
     await slack.event(mention("<@UBOT> hello", ts="1700000000.000100"))
     await answered(slack)
     assert replies(slack)[0].streamed and replies(slack)[0].thread_ts == "1700000000.000100"
@@ -200,11 +214,11 @@ async def test_a_refused_stream_falls_back_to_one_post_and_the_refusal_is_rememb
 
 async def test_a_failure_about_one_thread_falls_back_but_is_not_remembered(slack: Slack) -> None:
     slack.fake.refuse("chat.startStream", "thread_not_found", times=1)
+    slack.model.chunk_delay = WORD_GAP
     await slack.event(mention("<@UBOT> one", ts="1.2", thread_ts="1.1"))
-    await slack.wait_posts(1)
-    assert slack.fake.posted[0].text == "echo: Ada: one"
+    await until_texts(slack, "echo: Ada: one")
     await slack.event(mention("<@UBOT> two", ts="1.3", thread_ts="1.1"))
-    await answered(slack, 2)
+    await until_texts(slack, "echo: Ada: one", "echo: Ada: two")
     assert len(slack.fake.calls_to("chat.startStream")) == 2
     assert slack.fake.posted[1].streamed and slack.fake.posted[1].text == "echo: Ada: two"
 
@@ -221,10 +235,11 @@ def fail(slack: Slack, method: str, failure: str) -> None:
 @pytest.mark.parametrize("failure", ["internal_error", "fatal_error", "request_timeout", "text/html", "text/plain"])
 async def test_a_passing_failure_costs_only_that_reply_its_native_path(slack: Slack, method: str, failure: str) -> None:
     fail(slack, method, failure)
+    slack.model.chunk_delay = WORD_GAP
     await slack.event(mention("<@UBOT> one", ts="1.2", thread_ts="1.1"))
-    await answered(slack, 1)
+    await until_texts(slack, "echo: Ada: one")
     await slack.event(mention("<@UBOT> two", ts="1.3", thread_ts="1.1"))
-    await answered(slack, 2)
+    await until_texts(slack, "echo: Ada: one", "echo: Ada: two")
     assert [m.text for m in slack.fake.posted] == ["echo: Ada: one", "echo: Ada: two"]  # each answered once
     assert slack.fake.posted[1].streamed
     if method == "chat.startStream":
@@ -239,10 +254,11 @@ async def test_a_passing_failure_costs_only_that_reply_its_native_path(slack: Sl
 @pytest.mark.parametrize("error", ["missing_scope", "no_permission", "method_deprecated", "unknown_method"])
 async def test_a_real_refusal_is_remembered_for_the_workspace(slack: Slack, method: str, error: str) -> None:
     fail(slack, method, error)
+    slack.model.chunk_delay = WORD_GAP
     await slack.event(mention("<@UBOT> one", ts="1.2", thread_ts="1.1"))
-    await answered(slack, 1)
+    await until_texts(slack, "echo: Ada: one")
     await slack.event(mention("<@UBOT> two", ts="1.3", thread_ts="1.1"))
-    await answered(slack, 2)
+    await until_texts(slack, "echo: Ada: one", "echo: Ada: two")
     assert [m.text for m in slack.fake.posted] == ["echo: Ada: one", "echo: Ada: two"]
     assert len(slack.fake.calls_to(method)) == 1
 
@@ -358,6 +374,7 @@ def socket_settings(fake: FakeSlack, model: FakeOpenAI, tmp_path: Path) -> Calla
 async def test_the_assistant_pane_over_socket_mode(
     fake: FakeSlack, model: FakeOpenAI, socket_settings: Callable[[], Settings]
 ) -> None:
+    model.chunk_delay = WORD_GAP
     async with base.socket_mode_adapter(fake, socket_settings()):
         started = await fake.send_envelope("events_api", event_envelope(assistant_thread_started(thread_ts=THREAD)))
         await fake.wait_for_ack(started)

@@ -130,6 +130,7 @@ async def test_feedback_can_be_switched_off(slack: Slack) -> None:
 
 @pytest.mark.parametrize("native", [True])
 async def test_a_streamed_answer_ends_with_slacks_feedback_buttons(slack: Slack) -> None:
+    slack.model.chunk_delay = 0.01  # the words come apart: the answer streams
     post = await answer(slack)
     assert post.streamed
     [stop] = slack.fake.calls_to("chat.stopStream")

@@ -81,3 +81,48 @@ async def test_a_cancelled_reply_closes_its_open_stream(fake: FakeSlack) -> None
     await fake.wait_for(lambda: bool(fake.streamed()))
     await reply.cancel()
     assert not fake.streamed()[0].streaming and fake.calls_to("chat.stopStream")
+
+
+async def test_an_answer_whole_before_anything_showed_is_one_post_with_its_feedback_buttons(fake: FakeSlack) -> None:
+    reply = native(fake)
+    await reply.feed("Hi <!here>, ")
+    await reply.feed("**all** done")
+    reply.complete()  # the core: the answer is whole; the reply follows once stored
+    # A round trip to Slack gives the pump its turn: it must not start a stream for text whose finish is near.
+    await reply._client.auth_test()
+    await reply.finish("Hi <!here>, **all** done", feedback=7)
+    assert fake.calls_to("chat.startStream") == [] and fake.calls_to("chat.stopStream") == []
+    [post] = fake.calls_to("chat.postMessage")
+    [message] = fake.posted
+    markdown = "Hi <\u2060!here>, **all** done"  # the same Markdown a stream shows, the mention broken up
+    assert post["text"] == markdown and message.thread_ts == "1.1" and not message.streamed
+    shown, buttons = message.blocks or []
+    assert shown == {"type": "markdown", "text": markdown}
+    assert buttons["type"] == "context_actions" and buttons["block_id"] == "teambot_feedback:7"
+
+
+async def test_an_answer_still_coming_streams_at_once(fake: FakeSlack) -> None:
+    reply = native(fake)
+    await reply.feed("the first words")
+    await fake.wait_for(lambda: bool(fake.streamed()))  # not held back: only a whole answer waits for its finish
+    await reply.feed(", then the rest")
+    reply.complete()
+    await reply.finish("the first words, then the rest", feedback=3)
+    [message] = fake.streamed()
+    assert message.text == "the first words, then the rest" and not message.streaming
+    assert fake.calls_to("chat.postMessage") == []
+
+
+async def test_a_whole_answer_slack_will_not_post_goes_out_through_the_fallback(fake: FakeSlack) -> None:
+    reply = native(fake)
+    await reply.feed("short answer")
+    reply.complete()
+    fake.refuse("chat.postMessage", "invalid_blocks", times=1)
+    await reply.finish("short answer", feedback=5)
+    assert reply.fell_back
+    first, second = fake.calls_to("chat.postMessage")
+    assert first["blocks"][0]["type"] == "markdown"
+    # The post-then-edit path: mrkdwn sections and the plain pair of buttons.
+    assert [b["type"] for b in second["blocks"]] == ["section", "actions"]
+    [message] = fake.posted
+    assert message.text == "short answer"
