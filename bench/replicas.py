@@ -49,6 +49,8 @@ REPLICAS = (1, 2, 4)
 QUICK_REPLICAS = (1, 2)
 #: Seconds every bot process gets to open its core and report ready (imports and the tokenizer on a busy machine).
 _READY_TIMEOUT_S = 120.0
+#: Seconds a bot process may take over its share of the load (about 20 s on a quiet machine) before it is a hang.
+_RUN_TIMEOUT_S = 600.0
 #: Seconds between sending the start time and the start, so that every process has read it before.
 _START_MARGIN_S = 0.5
 
@@ -157,7 +159,7 @@ async def _drive(workers: list[asyncio.subprocess.Process]) -> list[dict[str, An
         await worker.stdin.drain()
     results = []
     for worker in workers:
-        stdout, _ = await worker.communicate()
+        stdout, _ = await asyncio.wait_for(worker.communicate(), _RUN_TIMEOUT_S)
         if worker.returncode != 0:
             raise RuntimeError(f"a bot process failed (exit {worker.returncode}; its errors are above)")
         results.append(json.loads(stdout))
