@@ -198,10 +198,11 @@ async def _start_bot(
 
 
 async def spread_http(
-    replicas: int, engine: PostgresEngine, pace: ModelPace, load: tuple[int, int, float]
+    replicas: int, engine: PostgresEngine, pace: ModelPace, load: tuple[int, int, float], **settings: str
 ) -> tuple[Spread, float]:
     """One run of ``load`` through the fake Slack over ``replicas`` ``teambot run`` processes on a new database;
-    also the fake Slack's CPU seconds."""
+    also the fake Slack's CPU seconds. ``settings``: more environment variables for the bots (to find what a
+    figure depends on)."""
     concurrency, turns, _ = load
     db = await engine.new_db(f"slack_replicas-{replicas}")
     store = await open_store(db)
@@ -230,6 +231,7 @@ async def spread_http(
             # Sized for the load: the defaults (8 calls at once, 64 queued) would make it a measure of refusals.
             "TEAMBOT_MAX_CONCURRENT_CALLS": str(concurrency),
             "TEAMBOT_MAX_QUEUED_CALLS": str(concurrency),
+            **settings,
         }
         bots: list[asyncio.subprocess.Process] = []
         try:
