@@ -27,11 +27,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from bench.core import ModelPace, PostgresEngine, add_row, bench_core, percentile
@@ -62,14 +65,72 @@ class Spread:
     samples_ms: list[float]
     cpu_seconds: list[float]
     seconds: list[float]
+    #: The PostgreSQL server's CPU seconds meanwhile; None where it cannot be read.
+    server_cpu_seconds: float | None = None
 
     def describe(self) -> str:
         shares = ", ".join(f"{cpu / wall:.0%}" for cpu, wall in zip(self.cpu_seconds, self.seconds, strict=True))
         per_mention = sum(self.cpu_seconds) / len(self.samples_ms) * 1000
+        server = ""
+        if self.server_cpu_seconds is not None:
+            server = f"; PostgreSQL server {self.server_cpu_seconds / max(self.seconds):.0%} of a core"
         return (
             f"p50 {percentile(self.samples_ms, 50):.2f} ms, p99 {percentile(self.samples_ms, 99):.2f} ms "
-            f"(n={len(self.samples_ms)}); bot CPU {shares} of a core, {per_mention:.2f} ms per mention"
+            f"(n={len(self.samples_ms)}); bot CPU {shares} of a core, {per_mention:.2f} ms per mention{server}"
         )
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (the 3rd field on is [1]); None once it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _postmaster(data_directory: Path) -> int | None:
+    try:
+        with open(data_directory / "postmaster.pid") as pidfile:
+            return int(pidfile.readline())
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU seconds so far, from /proc (another process: no process_time for it)."""
+    fields = _stat(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCPU:
+    """CPU seconds of a PostgreSQL server's processes: the postmaster, its children alive, and those it has reaped
+    (a backend ends with its connection, and its time moves into the postmaster's children's time). It tells whether
+    the shared database, rather than the bot processes, is what a figure waits on."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+
+    @classmethod
+    async def of(cls, db: str) -> ServerCPU | None:
+        """The server of ``db``; None where its files or /proc cannot be read (another machine, another user)."""
+        conn = await asyncpg.connect(db)
+        try:
+            folder = await conn.fetchval("SHOW data_directory")
+        finally:
+            await conn.close()
+        pid = _postmaster(Path(folder))
+        return cls(pid) if pid is not None and _stat(pid) is not None else None
+
+    def seconds(self) -> float:
+        fields = _stat(self._pid)
+        if fields is None:
+            return float("nan")
+        total = sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and (child := _stat(int(entry.name))) is not None and int(child[1]) == self._pid:
+                total += (int(child[11]) + int(child[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
 
 def row_name(replicas: int, quick: bool) -> str:
@@ -121,7 +182,7 @@ async def spread(replicas: int, engine: PostgresEngine, pace: ModelPace, load: t
             for index in range(replicas)
         ]
         try:
-            results = await _drive(workers)
+            results, server_cpu = await _drive(workers, await ServerCPU.of(db))
         finally:
             for worker in workers:
                 if worker.returncode is None:
@@ -142,17 +203,22 @@ async def spread(replicas: int, engine: PostgresEngine, pace: ModelPace, load: t
         # The model sees the question as the core sends it: "name: text".
         arrived, last_byte = timings[f"u: {tag}"]
         samples.append(((arrived - started) + (finished - last_byte)) * 1000)
-    return Spread(samples, [float(r["cpu_seconds"]) for r in results], [float(r["seconds"]) for r in results])
+    cpu, seconds = [float(r["cpu_seconds"]) for r in results], [float(r["seconds"]) for r in results]
+    return Spread(samples, cpu, seconds, server_cpu)
 
 
-async def _drive(workers: list[asyncio.subprocess.Process]) -> list[dict[str, Any]]:
-    """Wait until every bot process is ready, give them one start time, and collect what each measured."""
+async def _drive(
+    workers: list[asyncio.subprocess.Process], server: ServerCPU | None
+) -> tuple[list[dict[str, Any]], float | None]:
+    """Wait until every bot process is ready, give them one start time, and collect what each measured; and the
+    database server's CPU seconds from the start until the last bot process is done."""
     for worker in workers:
         assert worker.stdout is not None
         line = await asyncio.wait_for(worker.stdout.readline(), _READY_TIMEOUT_S)
         if line.strip() != b"ready":
             raise RuntimeError(f"a bot process did not start (exit {await worker.wait()}; its errors are above)")
     start = time.monotonic() + _START_MARGIN_S
+    server_before = server.seconds() if server is not None else 0.0
     for worker in workers:
         assert worker.stdin is not None
         worker.stdin.write(f"{start!r}\n".encode())
@@ -163,7 +229,7 @@ async def _drive(workers: list[asyncio.subprocess.Process]) -> list[dict[str, An
         if worker.returncode != 0:
             raise RuntimeError(f"a bot process failed (exit {worker.returncode}; its errors are above)")
         results.append(json.loads(stdout))
-    return results
+    return results, (server.seconds() - server_before if server is not None else None)
 
 
 async def run_replicas(

@@ -36,7 +36,7 @@ from aiohttp import web
 from bench.core import ModelPace, PostgresEngine, add_row
 from bench.model import ModelProcess
 from bench.platforms import SLACK_BOT_TOKEN, Platform
-from bench.replicas import LOAD, QUICK_LOAD, REPLICAS, Spread
+from bench.replicas import LOAD, QUICK_LOAD, REPLICAS, ServerCPU, Spread, cpu_seconds
 from bot import eventloop
 from bot.store import open_store
 from tests.fakes.slack import Posted, event_envelope, mention, signed_headers
@@ -170,13 +170,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _cpu_seconds(pid: int) -> float:
-    """A process's user + system CPU seconds so far, from /proc (another process: no process_time for it)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _start_bot(
     env: dict[str, str], workdir: Path, http: httpx.AsyncClient
 ) -> tuple[asyncio.subprocess.Process, str]:
@@ -239,9 +232,12 @@ async def spread_http(
                 # A folder of its own as the working directory: no .env of the developer's is read.
                 started = [await _start_bot(env, Path(workdir), http) for _ in range(replicas)]
                 bots = [proc for proc, _ in started]
-                before = [_cpu_seconds(proc.pid) for proc in bots]
+                server = await ServerCPU.of(db)
+                server_before = server.seconds() if server is not None else 0.0
+                before = [cpu_seconds(proc.pid) for proc in bots]
                 result = await slack.load([url for _, url in started], load, pace.turn_seconds)
-                cpu = [_cpu_seconds(proc.pid) - was for proc, was in zip(bots, before, strict=True)]
+                cpu = [cpu_seconds(proc.pid) - was for proc, was in zip(bots, before, strict=True)]
+                server_cpu = server.seconds() - server_before if server is not None else None
         finally:
             for proc in bots:
                 if proc.returncode is None:
@@ -262,7 +258,7 @@ async def spread_http(
         arrived, last_byte = timings[tag]
         samples.append(((final - sent) - (last_byte - arrived)) * 1000)
     seconds = float(result["seconds"])
-    return Spread(samples, cpu, [seconds] * replicas), float(result["cpu_seconds"])
+    return Spread(samples, cpu, [seconds] * replicas, server_cpu), float(result["cpu_seconds"])
 
 
 def row_name(replicas: int, quick: bool) -> str:
