@@ -65,8 +65,9 @@ class Spread:
     samples_ms: list[float]
     cpu_seconds: list[float]
     seconds: list[float]
-    #: The PostgreSQL server's CPU seconds meanwhile; None where it cannot be read.
+    #: The PostgreSQL server's and the model process's CPU seconds meanwhile; None where they cannot be read.
     server_cpu_seconds: float | None = None
+    model_cpu_seconds: float | None = None
 
     def describe(self) -> str:
         shares = ", ".join(f"{cpu / wall:.0%}" for cpu, wall in zip(self.cpu_seconds, self.seconds, strict=True))
@@ -74,6 +75,8 @@ class Spread:
         server = ""
         if self.server_cpu_seconds is not None:
             server = f"; PostgreSQL server {self.server_cpu_seconds / max(self.seconds):.0%} of a core"
+        if self.model_cpu_seconds is not None:
+            server += f", model {self.model_cpu_seconds / max(self.seconds):.0%}"
         return (
             f"p50 {percentile(self.samples_ms, 50):.2f} ms, p99 {percentile(self.samples_ms, 99):.2f} ms "
             f"(n={len(self.samples_ms)}); bot CPU {shares} of a core, {per_mention:.2f} ms per mention{server}"
@@ -101,6 +104,19 @@ def cpu_seconds(pid: int) -> float:
     """A process's user + system CPU seconds so far, from /proc (another process: no process_time for it)."""
     fields = _stat(pid)
     return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def model_pid() -> int | None:
+    """The pid of this process's :class:`bench.model.ModelProcess` (the child running ``bench.model``), to read
+    its CPU: a model process short of CPU stamps requests late, and its lag would count as the bot's."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None and int(fields[1]) == os.getpid():
+            try:
+                if b"bench.model" in (entry / "cmdline").read_bytes().split(b"\0"):
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
 
 
 class ServerCPU:
@@ -182,7 +198,7 @@ async def spread(replicas: int, engine: PostgresEngine, pace: ModelPace, load: t
             for index in range(replicas)
         ]
         try:
-            results, server_cpu = await _drive(workers, await ServerCPU.of(db))
+            results, server_cpu, model_cpu = await _drive(workers, await ServerCPU.of(db), model_pid())
         finally:
             for worker in workers:
                 if worker.returncode is None:
@@ -204,14 +220,14 @@ async def spread(replicas: int, engine: PostgresEngine, pace: ModelPace, load: t
         arrived, last_byte = timings[f"u: {tag}"]
         samples.append(((arrived - started) + (finished - last_byte)) * 1000)
     cpu, seconds = [float(r["cpu_seconds"]) for r in results], [float(r["seconds"]) for r in results]
-    return Spread(samples, cpu, seconds, server_cpu)
+    return Spread(samples, cpu, seconds, server_cpu, model_cpu)
 
 
 async def _drive(
-    workers: list[asyncio.subprocess.Process], server: ServerCPU | None
-) -> tuple[list[dict[str, Any]], float | None]:
+    workers: list[asyncio.subprocess.Process], server: ServerCPU | None, model: int | None
+) -> tuple[list[dict[str, Any]], float | None, float | None]:
     """Wait until every bot process is ready, give them one start time, and collect what each measured; and the
-    database server's CPU seconds from the start until the last bot process is done."""
+    database server's and the model process's CPU seconds from the start until the last bot process is done."""
     for worker in workers:
         assert worker.stdout is not None
         line = await asyncio.wait_for(worker.stdout.readline(), _READY_TIMEOUT_S)
@@ -219,6 +235,7 @@ async def _drive(
             raise RuntimeError(f"a bot process did not start (exit {await worker.wait()}; its errors are above)")
     start = time.monotonic() + _START_MARGIN_S
     server_before = server.seconds() if server is not None else 0.0
+    model_before = cpu_seconds(model) if model is not None else 0.0
     for worker in workers:
         assert worker.stdin is not None
         worker.stdin.write(f"{start!r}\n".encode())
@@ -229,7 +246,8 @@ async def _drive(
         if worker.returncode != 0:
             raise RuntimeError(f"a bot process failed (exit {worker.returncode}; its errors are above)")
         results.append(json.loads(stdout))
-    return results, (server.seconds() - server_before if server is not None else None)
+    server_cpu = server.seconds() - server_before if server is not None else None
+    return results, server_cpu, (cpu_seconds(model) - model_before if model is not None else None)
 
 
 async def run_replicas(

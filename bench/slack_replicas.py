@@ -36,7 +36,7 @@ from aiohttp import web
 from bench.core import ModelPace, PostgresEngine, add_row
 from bench.model import ModelProcess
 from bench.platforms import SLACK_BOT_TOKEN, Platform
-from bench.replicas import LOAD, QUICK_LOAD, REPLICAS, ServerCPU, Spread, cpu_seconds
+from bench.replicas import LOAD, QUICK_LOAD, REPLICAS, ServerCPU, Spread, cpu_seconds, model_pid
 from bot import eventloop
 from bot.store import open_store
 from tests.fakes.slack import Posted, event_envelope, mention, signed_headers
@@ -234,10 +234,13 @@ async def spread_http(
                 bots = [proc for proc, _ in started]
                 server = await ServerCPU.of(db)
                 server_before = server.seconds() if server is not None else 0.0
+                model_process = model_pid()
+                model_before = cpu_seconds(model_process) if model_process is not None else 0.0
                 before = [cpu_seconds(proc.pid) for proc in bots]
                 result = await slack.load([url for _, url in started], load, pace.turn_seconds)
                 cpu = [cpu_seconds(proc.pid) - was for proc, was in zip(bots, before, strict=True)]
                 server_cpu = server.seconds() - server_before if server is not None else None
+                model_cpu = cpu_seconds(model_process) - model_before if model_process is not None else None
         finally:
             for proc in bots:
                 if proc.returncode is None:
@@ -258,7 +261,7 @@ async def spread_http(
         arrived, last_byte = timings[tag]
         samples.append(((final - sent) - (last_byte - arrived)) * 1000)
     seconds = float(result["seconds"])
-    return Spread(samples, cpu, [seconds] * replicas, server_cpu), float(result["cpu_seconds"])
+    return Spread(samples, cpu, [seconds] * replicas, server_cpu, model_cpu), float(result["cpu_seconds"])
 
 
 def row_name(replicas: int, quick: bool) -> str:
