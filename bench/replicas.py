@@ -16,10 +16,14 @@ Two ways in:
 - ``python -m bench.replicas [--runs 3] [--replicas 1 2 4] [--quick]`` runs only these rows, each count ``runs``
   times, on a throwaway PostgreSQL server.
 
+Each row gives p50 and p99 of the samples, each bot process's share of a core and its CPU per mention, and the
+share of a core the PostgreSQL server and the model process used meanwhile: on a machine with fewer cores than
+processes, which of them was short of CPU.
+
 A bot process is ``python -m bench.replicas worker CONFIG`` (CONFIG: JSON): it opens its core, answers one warm-up
-turn in a conversation of its own, prints ``ready``,
-waits for the start time (a monotonic clock reading) on its stdin, drives its share of the conversations and prints
-one JSON line, ``{"spans": {tag: [started, finished]}, "cpu_seconds": ..., "seconds": ...}``.
+turn in a conversation of its own, prints ``ready``, waits for the start time (a monotonic clock reading) on its
+stdin, drives its share of the conversations and prints one JSON line, ``{"spans": {tag: [started, finished]},
+"cpu_seconds": ..., "seconds": ...}``.
 """
 
 from __future__ import annotations
@@ -72,11 +76,12 @@ class Spread:
     def describe(self) -> str:
         shares = ", ".join(f"{cpu / wall:.0%}" for cpu, wall in zip(self.cpu_seconds, self.seconds, strict=True))
         per_mention = sum(self.cpu_seconds) / len(self.samples_ms) * 1000
-        server = ""
-        if self.server_cpu_seconds is not None:
-            server = f"; PostgreSQL server {self.server_cpu_seconds / max(self.seconds):.0%} of a core"
-        if self.model_cpu_seconds is not None:
-            server += f", model {self.model_cpu_seconds / max(self.seconds):.0%}"
+        others = [
+            f"{name} {cpu / max(self.seconds):.0%} of a core"
+            for name, cpu in (("PostgreSQL server", self.server_cpu_seconds), ("model", self.model_cpu_seconds))
+            if cpu is not None
+        ]
+        server = "".join(f"; {other}" for other in others)
         return (
             f"p50 {percentile(self.samples_ms, 50):.2f} ms, p99 {percentile(self.samples_ms, 99):.2f} ms "
             f"(n={len(self.samples_ms)}); bot CPU {shares} of a core, {per_mention:.2f} ms per mention{server}"
