@@ -11,6 +11,10 @@ import time
 from pathlib import Path
 
 from bench.core import ModelPace, PostgresEngine, SQLiteEngine, run_caching, run_core
+from bench.replicas import row_names as replica_rows
+from bench.replicas import run_replicas
+from bench.slack_replicas import row_names as slack_replica_rows
+from bench.slack_replicas import run_slack_replicas
 from bench.tools import run_tools
 from bot import eventloop
 
@@ -29,7 +33,8 @@ Row = tuple[str, str, str]
 
 
 async def run(quick: bool, pace: ModelPace) -> list[Row]:
-    """Every measure on SQLite; the core's measures again on PostgreSQL where a server can be started."""
+    """Every measure on SQLite; the core's measures again on PostgreSQL where a server can be started, and the
+    500-conversation overhead spread over several bot processes on it, in the core and through Slack HTTP mode."""
     from bench.e2e import run_e2e
     from bench.files import run_files
     from bench.threads import run_threads
@@ -40,10 +45,15 @@ async def run(quick: bool, pace: ModelPace) -> list[Row]:
     try:
         with running_server() as server:
             postgres = dict(await run_core(quick, PostgresEngine(server.url()), pace))
+            postgres.update(await run_replicas(quick, PostgresEngine(server.url()), pace))
+            postgres.update(await run_slack_replicas(quick, PostgresEngine(server.url()), pace))
         missing = "n/a"
     except Unavailable as exc:
         postgres, missing = {}, f"not measured: {exc}"
     rows: list[Row] = [(name, value, postgres.get(name, missing)) for name, value in sqlite]
+    # Several bot processes on one database is PostgreSQL's mode alone: SQLite is one process's own file.
+    replicas = [*replica_rows(quick), *slack_replica_rows(quick)]
+    rows += [(name, "n/a (replicas share PostgreSQL)", postgres.get(name, missing)) for name in replicas]
     rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_e2e(quick)]
     rows += [(name, value, "n/a (runs on SQLite)") for name, value in await run_threads(quick)]
     with tempfile.TemporaryDirectory() as tmp:

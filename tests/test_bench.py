@@ -49,6 +49,9 @@ async def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> 
         "image store on disk",
         "time to first visible word",
         "summaries (TEAMBOT_SUMMARIES)",
+        "over 1 bot process sharing one PostgreSQL database",
+        "over 2 bot processes sharing one PostgreSQL database",
+        "events dealt round robin to 2 teambot run processes sharing one PostgreSQL database",
     ):
         assert measure in table
     assert table == stdout.decode()
