@@ -14,7 +14,7 @@ from tests.postgres_server import REQUIRE_ENV
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 async def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     proc = await asyncio.create_subprocess_exec(
@@ -29,7 +29,8 @@ async def test_the_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 240)
+    # About 100 s on a quiet machine with two cores; CI runs it beside the other tests on both.
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 420)
     assert proc.returncode == 0, stderr.decode()[-2000:]
     table = out.read_text()
     for measure in (
