@@ -76,6 +76,7 @@ def main() -> None:
     pace = ModelPace(args.first_byte, args.tokens_per_second, args.reply_tokens)
     started = time.time()
     use_uvloop = args.event_loop == "uvloop"
+    eventloop.tune_gc()  # as `teambot run` does
     rows = eventloop.run(run(args.quick, pace), use_uvloop=use_uvloop)
     loop = "uvloop" if use_uvloop and eventloop.loop_factory(True) else "asyncio"
     lines = [

@@ -401,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError(f"db copy: {str(args.source)!r} is not a SQLite file")
             asyncio.run(_db(settings, args))
         else:
+            eventloop.tune_gc()
             eventloop.run(_run(settings), use_uvloop=settings.uvloop)
     except ConfigError as exc:
         # Once: check reports on stdout, line by line like everything else it finds; the others on stderr.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 
 import pytest
@@ -32,3 +33,15 @@ def test_without_uvloop_installed_the_bot_falls_back_to_asyncio(monkeypatch: pyt
     monkeypatch.setitem(sys.modules, "uvloop", None)  # what an interpreter without the package sees: ImportError
     assert eventloop.loop_factory(True) is None
     assert eventloop.run(_loop_module(), use_uvloop=True).startswith("asyncio")
+
+
+def test_tune_gc_freezes_what_exists_and_collects_the_young_generation_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        eventloop.tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (eventloop.GC_YOUNG_THRESHOLD, before[1], before[2])
+        assert before[0] < eventloop.GC_YOUNG_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
