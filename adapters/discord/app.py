@@ -79,7 +79,7 @@ class DiscordSink:
     answer follows in a message of its own.
     """
 
-    def __init__(self, trigger: discord.Message, typing: asyncio.Task[None] | None = None) -> None:
+    def __init__(self, trigger: discord.Message, typing: Typing | None = None) -> None:
         self._trigger = trigger
         self._typing = typing
         self._status: discord.Message | None = None
@@ -110,7 +110,7 @@ class DiscordSink:
             await status.edit(content=text, allowed_mentions=none, **extra)
             return status
         if self._typing is not None:
-            self._typing.cancel()
+            self._typing.stop()
             self._typing = None
             return await self._trigger.reply(text, mention_author=False, allowed_mentions=none, **extra)
         return await self._trigger.channel.send(text, allowed_mentions=none, **extra)
@@ -121,7 +121,47 @@ class DiscordSink:
 
     def stop_typing(self) -> None:
         if self._typing is not None:
-            self._typing.cancel()
+            self._typing.stop()
+
+
+#: How long an answer may take before the typing indicator starts. An answer out by then needs none (Discord takes
+#: the indicator away when the bot posts anyway), and not starting it saves a REST call and two tasks per mention;
+#: a person waiting longer sees the bot typing from then on, until the answer's first words.
+TYPING_DELAY = 0.5
+
+
+class Typing:
+    """The typing indicator while one answer is prepared: started only if the answer is not out within
+    :data:`TYPING_DELAY` (a timer until then, no task), then kept up until :meth:`stop`."""
+
+    def __init__(self, channel: discord.abc.Messageable) -> None:
+        self._channel = channel
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(TYPING_DELAY, self._start)
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    def _start(self) -> None:
+        self._timer = None
+        self._task = asyncio.create_task(keep_typing(self._channel), name="discord-typing")
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def keep_typing(channel: discord.abc.Messageable) -> None:
+    """Show the bot typing in ``channel`` until cancelled (discord.py sends it again every few seconds)."""
+    try:
+        async with channel.typing():
+            await asyncio.Event().wait()
+    except discord.HTTPException as exc:
+        log.debug("typing indicator failed: %s", exc)
 
 
 def subtext(thinking: str, limit: int) -> str:
@@ -403,7 +443,7 @@ class DiscordAdapter:
             settings,
             self.client,
             keys=self._key,
-            sinks=lambda message: DiscordSink(message, asyncio.create_task(self._keep_typing(message.channel))),
+            sinks=lambda message: DiscordSink(message, Typing(message.channel)),
             inflight=self._inflight,
             limit=TEXT_LIMIT,
         )
@@ -611,8 +651,7 @@ class DiscordAdapter:
                 return
             await message.reply(texts.EMPTY_MENTION, mention_author=False)
             return
-        typing = asyncio.create_task(self._keep_typing(message.channel))
-        sink = DiscordSink(message, typing)
+        sink = DiscordSink(message, Typing(message.channel))
         interval = self._settings.stream_edit_interval
         reply = StreamingReply(sink, interval=interval, limit=TEXT_LIMIT, status_line=status_line)
         author_id, author_name = str(message.author.id), message.author.display_name
@@ -707,14 +746,6 @@ class DiscordAdapter:
             self._files = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         data, _ = await download(self._files, url, hosts=file_hosts(), max_bytes=self._settings.max_attachment_bytes)
         return data
-
-    @staticmethod
-    async def _keep_typing(channel: discord.abc.Messageable) -> None:
-        try:
-            async with channel.typing():
-                await asyncio.Event().wait()
-        except discord.HTTPException as exc:
-            log.debug("typing indicator failed: %s", exc)
 
     def _text_in(self, message: discord.Message) -> str:
         me = self.client.user

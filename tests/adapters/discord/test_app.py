@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from adapters.discord import TEXT_LIMIT, DiscordAdapter
+from adapters.discord import app as discord_app
 from bot import texts
 from bot.config import Settings
 from bot.errors import ConfigError
@@ -107,7 +108,29 @@ async def test_a_mention_in_a_guild_is_answered_as_a_reply(discord_bot: Discord)
     assert str(first.payload["message_reference"]["message_id"]) == trigger["id"]
     assert first.payload["allowed_mentions"]["parse"] == []
     assert all(edit["allowed_mentions"]["parse"] == [] for m in discord_bot.sent() for edit in m.edits)
-    assert fake.typing_calls == [CHANNEL_ID]
+
+
+async def test_an_answer_slower_than_the_typing_delay_shows_the_bot_typing_first(
+    discord_bot: Discord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord_app, "TYPING_DELAY", 0.05)
+    discord_bot.model.first_byte_delay = 0.5
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} take your time", mentions=(BOT_USER,)))
+    await fake.wait_for(lambda: fake.typing_calls == [CHANNEL_ID], 5)
+    assert not discord_bot.sent()  # typing while the answer is not out yet
+    await discord_bot.wait_text("echo: Ada: take your time")
+
+
+async def test_an_answer_out_within_the_typing_delay_sends_no_typing_indicator(
+    discord_bot: Discord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The REST call and the two tasks of the indicator would be spent on nothing: the answer is there at once.
+    monkeypatch.setattr(discord_app, "TYPING_DELAY", 30.0)
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} quick one", mentions=(BOT_USER,)))
+    await discord_bot.wait_text("echo: Ada: quick one")
+    assert fake.typing_calls == []
 
 
 async def test_direct_messages_need_no_mention(discord_bot: Discord) -> None:
