@@ -121,6 +121,27 @@ async def test_streaming_hands_out_pieces_that_add_up_to_the_reply(harness: Harn
     assert reply.usage is not None and reply.usage.exact
 
 
+async def test_the_complete_signal_comes_once_the_text_is_whole_and_before_the_reply_is_stored(
+    harness: Harness,
+) -> None:
+    pieces: list[str] = []
+    seen: list[tuple[str, int]] = []
+
+    async def on_text(piece: str) -> None:
+        pieces.append(piece)
+
+    async def on_text_complete() -> None:
+        # The question is stored, the reply not yet: its id comes with the Reply.
+        seen.append(("".join(pieces), await harness.core.store.count_messages(KEY)))
+
+    reply = await harness.core.handle(
+        harness.message("stream this long sentence please"), on_text, on_text_complete=on_text_complete
+    )
+    assert reply.kind is ReplyKind.ANSWER and reply.reply_id is not None
+    assert seen == [(reply.text, 1)]
+    assert await harness.core.store.count_messages(KEY) == 2
+
+
 async def test_conversations_do_not_share_history(harness: Harness) -> None:
     await harness.say("secret in C1")
     await harness.say("hello from C2", key=OTHER)
