@@ -110,7 +110,7 @@ class DiscordSink:
             await status.edit(content=text, allowed_mentions=none, **extra)
             return status
         if self._typing is not None:
-            self._typing.stop()
+            self._typing.stop(posting=True)
             self._typing = None
             return await self._trigger.reply(text, mention_author=False, allowed_mentions=none, **extra)
         return await self._trigger.channel.send(text, allowed_mentions=none, **extra)
@@ -130,29 +130,71 @@ class DiscordSink:
 TYPING_DELAY = 0.5
 
 
+class ChannelTypers:
+    """The typing indicators of one client: one per channel, however many answers are prepared there.
+
+    Discord shows one "teambot is typing…" per channel, so a second indicator in a channel is a REST call (and
+    again every few seconds) that changes nothing anyone sees: in a busy channel, most of them. A post of the bot
+    takes the indicator away (Discord does that); an answer that starts waiting in the channel after it shows it
+    again at once, and those still waiting bring it back with discord.py's next refresh (within 5 s), as before.
+    """
+
+    def __init__(self) -> None:
+        #: channel id -> the indicator's task and how many answers are waiting for it
+        self._typers: dict[int, tuple[asyncio.Task[None], int]] = {}
+        #: channels with an indicator where the bot has posted since it was last started
+        self._posted: set[int] = set()
+
+    def join(self, channel: discord.abc.Messageable, channel_id: int) -> None:
+        found = self._typers.get(channel_id)
+        if found is not None and channel_id not in self._posted:
+            self._typers[channel_id] = (found[0], found[1] + 1)
+            return
+        waiting = 0
+        if found is not None:
+            found[0].cancel()  # shown again at once: a post took it away
+            waiting = found[1]
+        self._posted.discard(channel_id)
+        self._typers[channel_id] = (asyncio.create_task(keep_typing(channel), name="discord-typing"), waiting + 1)
+
+    def leave(self, channel_id: int, *, posting: bool) -> None:
+        task, waiting = self._typers[channel_id]
+        if waiting > 1:
+            self._typers[channel_id] = (task, waiting - 1)
+            if posting:
+                self._posted.add(channel_id)
+            return
+        task.cancel()
+        del self._typers[channel_id]
+        self._posted.discard(channel_id)
+
+
 class Typing:
     """The typing indicator while one answer is prepared: started only if the answer is not out within
-    :data:`TYPING_DELAY` (a timer until then, no task), then kept up until :meth:`stop`."""
+    :data:`TYPING_DELAY` (a timer until then, no task), then kept up (shared with the channel's other waiting
+    answers, :class:`ChannelTypers`) until :meth:`stop`."""
 
-    def __init__(self, channel: discord.abc.Messageable) -> None:
+    def __init__(self, channel: discord.abc.Messageable, channel_id: int, typers: ChannelTypers) -> None:
         self._channel = channel
-        self._task: asyncio.Task[None] | None = None
+        self._channel_id = channel_id
+        self._typers = typers
+        self._joined = False
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(TYPING_DELAY, self._start)
-
-    @property
-    def started(self) -> bool:
-        return self._task is not None
 
     def _start(self) -> None:
         self._timer = None
-        self._task = asyncio.create_task(keep_typing(self._channel), name="discord-typing")
+        self._joined = True
+        self._typers.join(self._channel, self._channel_id)
 
-    def stop(self) -> None:
+    def stop(self, *, posting: bool = False) -> None:
+        """No more typing for this answer; ``posting``: because its first message goes out now. Called any
+        number of times."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._task is not None:
-            self._task.cancel()
+        if self._joined:
+            self._joined = False
+            self._typers.leave(self._channel_id, posting=posting)
 
 
 async def keep_typing(channel: discord.abc.Messageable) -> None:
@@ -437,13 +479,14 @@ class DiscordAdapter:
         for command in self._app_commands(settings.command_names()):
             self.tree.add_command(command)
         self._inflight: set[asyncio.Task[object]] = set()
+        self._typers = ChannelTypers()
         # The message commands (adapters.discord.actions), synced with the slash commands.
         actions = DiscordActions(
             core,
             settings,
             self.client,
             keys=self._key,
-            sinks=lambda message: DiscordSink(message, Typing(message.channel)),
+            sinks=lambda message: DiscordSink(message, Typing(message.channel, message.channel.id, self._typers)),
             inflight=self._inflight,
             limit=TEXT_LIMIT,
         )
@@ -651,7 +694,7 @@ class DiscordAdapter:
                 return
             await message.reply(texts.EMPTY_MENTION, mention_author=False)
             return
-        sink = DiscordSink(message, Typing(message.channel))
+        sink = DiscordSink(message, Typing(message.channel, message.channel.id, self._typers))
         interval = self._settings.stream_edit_interval
         reply = StreamingReply(sink, interval=interval, limit=TEXT_LIMIT, status_line=status_line)
         author_id, author_name = str(message.author.id), message.author.display_name
