@@ -100,7 +100,7 @@ class StreamingReply(Generic[H]):
         self._shown: list[str] = []
         self._last_send = 0.0
         self._pump: asyncio.Task[None] | None = None
-        #: The model's text is whole (:meth:`text_complete`): a first post not yet made waits for :meth:`finish`.
+        #: The model's answer is whole (:meth:`text_complete`): a first post not yet made waits for :meth:`finish`.
         self._complete = False
 
     @property
@@ -128,7 +128,7 @@ class StreamingReply(Generic[H]):
         if self._pump is None:
             self._pump = asyncio.create_task(self._run(), name="stream-pump")
 
-    async def text_complete(self) -> None:
+    def text_complete(self) -> None:
         """The model's answer is whole and about to be stored. If none of it is shown yet (a fast answer, the first
         post not yet gone out), it is posted once, by :meth:`finish`, with its feedback buttons, instead of posted
         now and edited a moment later for the buttons: one message create, not a create and an edit."""
@@ -277,6 +277,7 @@ async def deliver(
     feedback: bool = False,
     view: TurnView | None = None,
     refuse: Callable[[str], Awaitable[None]] | None = None,
+    on_complete: Callable[[], None] | None = None,
 ) -> ReplyStream:
     """Run one turn and show its reply: the one top-level handler per event that every adapter uses.
 
@@ -289,7 +290,8 @@ async def deliver(
     The model's thinking goes to ``reasoning_sink`` as ``show_reasoning`` says (``off``, ``status``, ``full``),
     never into the reply. ``view`` (the platform's :class:`bot.messages.TurnView`) shows tool progress and asks
     for approvals. With ``refuse``, a refusal (access, rate limit, budget) goes there, to the person alone,
-    instead of the channel: a click on a message action is one person's, not the channel's.
+    instead of the channel: a click on a message action is one person's, not the channel's. ``on_complete`` hears
+    that the model's answer is whole, just before the core stores it (see ``ConversationCore.handle``).
     """
     if reply_stream is None:
         reply_stream = StreamingReply(sink, interval=interval, limit=limit, render=render, on_first_post=on_first_post)
@@ -303,16 +305,12 @@ async def deliver(
             await full.before_answer()  # the thinking goes out before the answer it led to
             await stream_feed(piece)
 
-    # With buttons to show, a fast answer (whole before its first post) is posted once, buttons and all.
-    complete = reply_stream.text_complete if feedback and isinstance(reply_stream, StreamingReply) else None
+    if on_complete is None and feedback and isinstance(reply_stream, StreamingReply):
+        # With buttons to show, a fast answer (whole before its first post) is posted once, buttons and all.
+        on_complete = reply_stream.text_complete
     try:
-        reply = await core.handle(
-            msg,
-            on_text,
-            thinking.on_reasoning if thinking is not None else None,
-            view=view,
-            on_text_complete=complete,
-        )
+        on_reasoning = thinking.on_reasoning if thinking is not None else None
+        reply = await core.handle(msg, on_text, on_reasoning, view=view, on_complete=on_complete)
         if thinking is not None and thinking.full:
             await thinking.before_answer()
         if reply.kind is ReplyKind.REFUSED and refuse is not None:

@@ -93,8 +93,8 @@ class _Progress:
     tool_rounds: int = 0
     #: What the question's files gave (bot.context); None for a question without files.
     files: ReadFiles | None = None
-    #: Told once the model's text is whole, before the reply is stored (see :meth:`ConversationCore.handle`).
-    on_text_complete: Callable[[], Awaitable[None]] | None = None
+    #: Told when the model's answer is whole, before it is stored (see ``handle``).
+    on_complete: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +173,13 @@ class ConversationCore:
         on_text: OnText | None = None,
         on_reasoning: OnText | None = None,
         view: TurnView | None = None,
-        on_text_complete: Callable[[], Awaitable[None]] | None = None,
+        on_complete: Callable[[], None] | None = None,
     ) -> Reply:
         """Answer ``msg``; ``on_text`` receives pieces of the reply as they stream in, ``on_reasoning`` pieces of the
         model's thinking (never part of the reply, nor of the history), for the adapter to show apart or not at all;
         ``view`` shows progress while tools run and asks for approvals (none: no status, approvals denied).
-        ``on_text_complete`` is awaited once the model's answer is whole, before it is stored (the stored reply's id
-        comes with the returned Reply): an adapter that has shown nothing yet can then post the answer once, with
-        what needs that id (feedback buttons), instead of posting it and editing it a moment later.
+        ``on_complete`` is called once the model's answer is whole, before it is stored: the reply this returns
+        follows in moments, so an adapter that has shown nothing yet can wait and show it in one message.
 
         Known failures come back as a ``Reply`` of kind ERROR with a message for people; only bugs raise.
         """
@@ -188,7 +187,7 @@ class ConversationCore:
         msg = self.speaking.scoped_message(msg)
         with logcontext.turn(str(msg.key), msg.message_id):
             self.metrics.mentions.labels(msg.key.platform).inc()
-            reply = await self._handle(msg, on_text, on_reasoning, view, on_text_complete)
+            reply = await self._handle(msg, on_text, on_reasoning, view, on_complete)
             self.metrics.replies.labels(msg.key.platform, reply.kind.value).inc()
             return reply
 
@@ -198,7 +197,7 @@ class ConversationCore:
         on_text: OnText | None,
         on_reasoning: OnText | None,
         view: TurnView | None = None,
-        on_text_complete: Callable[[], Awaitable[None]] | None = None,
+        on_complete: Callable[[], None] | None = None,
     ) -> Reply:
         """Admission, cheapest and most certain refusal first; a refused question costs nothing and leaves no trace
         in the history (its id stays handled)."""
@@ -216,7 +215,7 @@ class ConversationCore:
         if wait > 0:
             log.info("message %s in %s rate-limited for %d s", msg.message_id, msg.key, wait)
             return Reply(ReplyKind.REFUSED, texts.SLOW_DOWN.format(seconds=wait))
-        progress = _Progress(on_text_complete=on_text_complete)
+        progress = _Progress(on_complete=on_complete)
         try:
             async with (
                 self._locks.hold(str(msg.key), max_waiting=self.guards.max_queued_per_conversation),
@@ -335,8 +334,8 @@ class ConversationCore:
         if outcome is not None and self.tools is not None:
             shown = outcome.reply_text(self.tools.settings.show_used)
             trace = outcome.trace_record(self._counter)
-        if progress.on_text_complete is not None:
-            await progress.on_text_complete()
+        if progress.on_complete is not None:
+            progress.on_complete()
         reply_id, unsaved = await self._store_reply(
             msg, completion.text, self._reply_tokens(completion), row, usage, completion.model, True, ledger, trace
         )

@@ -121,21 +121,20 @@ async def test_streaming_hands_out_pieces_that_add_up_to_the_reply(harness: Harn
     assert reply.usage is not None and reply.usage.exact
 
 
-async def test_the_complete_signal_comes_once_the_text_is_whole_and_before_the_reply_is_stored(
-    harness: Harness,
-) -> None:
+async def test_on_complete_comes_once_the_text_is_whole_and_before_the_reply_is_stored(harness: Harness) -> None:
     pieces: list[str] = []
     seen: list[tuple[str, int]] = []
 
     async def on_text(piece: str) -> None:
         pieces.append(piece)
 
-    async def on_text_complete() -> None:
+    def on_complete() -> None:
         # The question is stored, the reply not yet: its id comes with the Reply.
-        seen.append(("".join(pieces), await harness.core.store.count_messages(KEY)))
+        with sqlite3.connect(harness.db) as db:
+            seen.append(("".join(pieces), db.execute("SELECT count(*) FROM messages").fetchone()[0]))
 
     reply = await harness.core.handle(
-        harness.message("stream this long sentence please"), on_text, on_text_complete=on_text_complete
+        harness.message("stream this long sentence please"), on_text, on_complete=on_complete
     )
     assert reply.kind is ReplyKind.ANSWER and reply.reply_id is not None
     assert seen == [(reply.text, 1)]

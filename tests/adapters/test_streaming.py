@@ -79,7 +79,7 @@ async def test_an_answer_whole_before_its_first_post_goes_out_once_with_its_butt
     stream = StreamingReply(channel, interval=1.0, limit=100)
     for piece in ("Hel", "lo ", "there"):
         await stream.feed(piece)
-    await stream.text_complete()  # the core says so before it stores the reply, which takes a while
+    stream.text_complete()  # the core says so before it stores the reply, which takes a while
     for _ in range(5):
         await asyncio.sleep(0)  # the pump's turns while the reply is stored: it must not post the text yet
     assert channel.calls == []
