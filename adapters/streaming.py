@@ -305,9 +305,6 @@ async def deliver(
             await full.before_answer()  # the thinking goes out before the answer it led to
             await stream_feed(piece)
 
-    if on_complete is None and feedback and isinstance(reply_stream, StreamingReply):
-        # With buttons to show, a fast answer (whole before its first post) is posted once, buttons and all.
-        on_complete = reply_stream.text_complete
     try:
         on_reasoning = thinking.on_reasoning if thinking is not None else None
         reply = await core.handle(msg, on_text, on_reasoning, view=view, on_complete=on_complete)

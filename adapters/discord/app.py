@@ -727,6 +727,8 @@ class DiscordAdapter:
                 reasoning_sink=sink,
                 feedback=self._settings.feedback,
                 view=view,
+                # With buttons to show, a fast answer (whole before its first post) goes out once, buttons and all.
+                on_complete=reply.text_complete if self._settings.feedback else None,
             )
             hidden = seen.hidden + (source.seen.hidden if source is not None else 0)
             if hidden and isinstance(stream, StreamingReply) and stream.handles:
