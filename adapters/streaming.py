@@ -100,6 +100,8 @@ class StreamingReply(Generic[H]):
         self._shown: list[str] = []
         self._last_send = 0.0
         self._pump: asyncio.Task[None] | None = None
+        #: The model's answer is whole (:meth:`text_complete`): a first post not yet made waits for :meth:`finish`.
+        self._complete = False
 
     @property
     def text_so_far(self) -> str:
@@ -126,6 +128,12 @@ class StreamingReply(Generic[H]):
         if self._pump is None:
             self._pump = asyncio.create_task(self._run(), name="stream-pump")
 
+    def text_complete(self) -> None:
+        """The model's answer is whole and about to be stored. If none of it is shown yet (a fast answer, the first
+        post not yet gone out), it is posted once, by :meth:`finish`, with its feedback buttons, instead of posted
+        now and edited a moment later for the buttons: one message create, not a create and an edit."""
+        self._complete = True
+
     async def finish(self, final_text: str, feedback: int | None = None) -> None:
         """Make the platform show exactly ``final_text`` (with feedback buttons under it for ``feedback``), then
         stop."""
@@ -150,6 +158,8 @@ class StreamingReply(Generic[H]):
             if self._final is not None:
                 await self._show(self._final, final=True)
                 return
+            if self._complete and not self._handles:
+                continue  # the whole answer goes out with finish, a few milliseconds from now
             if self._handles:
                 # Throttle edits; a finish arriving during the wait is shown at once.
                 wait = self._last_send + self._interval - time.monotonic()

@@ -1,10 +1,17 @@
-"""What the process does with its heap once it has started: keep the start-up objects out of the cyclic collector.
+"""The cyclic garbage collector set up for a server with many turns in flight: :func:`settle`, once it is up.
 
-Everything loaded before the first message (settings, the token counter's tables, SDK clients, the platform's
-caches, the modules themselves) lives as long as the process. CPython's full collection would walk all of it
-again each time, and that walk runs on the event loop: with about 100,000 such objects it took 30-70 ms, landing
-on whichever turns were streaming at that moment (BENCHMARKS.md, "Round three"). ``gc.freeze()`` moves them to a
-generation the collector never walks; what turns create is still collected as before.
+Every collection runs on the event loop and stalls every turn under way. Two costs were measured (BENCHMARKS.md,
+"Round three"):
+
+- Everything loaded before the first message (modules, settings, the token counter's tables, SDK clients, the
+  platform's caches; about 100,000 to 130,000 objects) lives as long as the process, yet each full collection
+  walked it again: 30-70 ms at a time. ``gc.freeze()`` moves it where the collector never looks.
+- The youngest generation was collected every 700 allocations, and each time it walked the objects of every turn
+  under way (about 15,000 at 500 conversations: 3-9 ms), which, outliving a few such walks (a turn lasts longer
+  than 700 allocations), moved on to be walked again in the older generations. In a Discord burst the collector
+  took over a quarter of the bot's CPU. Every :data:`YOUNG_THRESHOLD` allocations instead: most objects die by
+  reference counting long before, and the turn's hot path makes no cyclic garbage (tests/llm/test_client.py), so
+  what waits longer is a few thousand objects at most.
 """
 
 from __future__ import annotations
@@ -14,9 +21,15 @@ import logging
 
 log = logging.getLogger(__name__)
 
+#: Net container allocations between two collections of the youngest generation (Python's default: 700).
+YOUNG_THRESHOLD = 10_000
+
 
 def settle() -> None:
-    """Collect once, then freeze what is left: call when start-up is over, before the first message is taken."""
+    """Collect once, freeze what is left, collect the young generation less often: call when start-up is over,
+    before the first message is taken. The older generations keep Python's ratios."""
     gc.collect()
     gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, oldest)
     log.debug("heap settled: %d objects frozen out of the collector's walk", gc.get_freeze_count())

@@ -79,7 +79,7 @@ class DiscordSink:
     answer follows in a message of its own.
     """
 
-    def __init__(self, trigger: discord.Message, typing: asyncio.Task[None] | None = None) -> None:
+    def __init__(self, trigger: discord.Message, typing: Typing | None = None) -> None:
         self._trigger = trigger
         self._typing = typing
         self._status: discord.Message | None = None
@@ -110,7 +110,7 @@ class DiscordSink:
             await status.edit(content=text, allowed_mentions=none, **extra)
             return status
         if self._typing is not None:
-            self._typing.cancel()
+            self._typing.stop(posting=True)
             self._typing = None
             return await self._trigger.reply(text, mention_author=False, allowed_mentions=none, **extra)
         return await self._trigger.channel.send(text, allowed_mentions=none, **extra)
@@ -121,7 +121,89 @@ class DiscordSink:
 
     def stop_typing(self) -> None:
         if self._typing is not None:
-            self._typing.cancel()
+            self._typing.stop()
+
+
+#: How long an answer may take before the typing indicator starts. An answer out by then needs none (Discord takes
+#: the indicator away when the bot posts anyway), and not starting it saves a REST call and two tasks per mention;
+#: a person waiting longer sees the bot typing from then on, until the answer's first words.
+TYPING_DELAY = 0.5
+
+
+class ChannelTypers:
+    """The typing indicators of one client: one per channel, however many answers are prepared there.
+
+    Discord shows one "teambot is typing…" per channel, so a second indicator in a channel is a REST call (and
+    again every few seconds) that changes nothing anyone sees: in a busy channel, most of them. A post of the bot
+    takes the indicator away (Discord does that); an answer that starts waiting in the channel after it shows it
+    again at once, and those still waiting bring it back with discord.py's next refresh (within 5 s), as before.
+    """
+
+    def __init__(self) -> None:
+        #: channel id -> the indicator's task and how many answers are waiting for it
+        self._typers: dict[int, tuple[asyncio.Task[None], int]] = {}
+        #: channels with an indicator where the bot has posted since it was last started
+        self._posted: set[int] = set()
+
+    def join(self, channel: discord.abc.Messageable, channel_id: int) -> None:
+        found = self._typers.get(channel_id)
+        if found is not None and channel_id not in self._posted:
+            self._typers[channel_id] = (found[0], found[1] + 1)
+            return
+        waiting = 0
+        if found is not None:
+            found[0].cancel()  # shown again at once: a post took it away
+            waiting = found[1]
+        self._posted.discard(channel_id)
+        self._typers[channel_id] = (asyncio.create_task(keep_typing(channel), name="discord-typing"), waiting + 1)
+
+    def leave(self, channel_id: int, *, posting: bool) -> None:
+        task, waiting = self._typers[channel_id]
+        if waiting > 1:
+            self._typers[channel_id] = (task, waiting - 1)
+            if posting:
+                self._posted.add(channel_id)
+            return
+        task.cancel()
+        del self._typers[channel_id]
+        self._posted.discard(channel_id)
+
+
+class Typing:
+    """The typing indicator while one answer is prepared: started only if the answer is not out within
+    :data:`TYPING_DELAY` (a timer until then, no task), then kept up (shared with the channel's other waiting
+    answers, :class:`ChannelTypers`) until :meth:`stop`."""
+
+    def __init__(self, channel: discord.abc.Messageable, channel_id: int, typers: ChannelTypers) -> None:
+        self._channel = channel
+        self._channel_id = channel_id
+        self._typers = typers
+        self._joined = False
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(TYPING_DELAY, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        self._joined = True
+        self._typers.join(self._channel, self._channel_id)
+
+    def stop(self, *, posting: bool = False) -> None:
+        """No more typing for this answer; ``posting``: because its first message goes out now. Called any
+        number of times."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._joined:
+            self._joined = False
+            self._typers.leave(self._channel_id, posting=posting)
+
+
+async def keep_typing(channel: discord.abc.Messageable) -> None:
+    """Show the bot typing in ``channel`` until cancelled (discord.py sends it again every few seconds)."""
+    try:
+        async with channel.typing():
+            await asyncio.Event().wait()
+    except discord.HTTPException as exc:
+        log.debug("typing indicator failed: %s", exc)
 
 
 def subtext(thinking: str, limit: int) -> str:
@@ -397,13 +479,14 @@ class DiscordAdapter:
         for command in self._app_commands(settings.command_names()):
             self.tree.add_command(command)
         self._inflight: set[asyncio.Task[object]] = set()
+        self._typers = ChannelTypers()
         # The message commands (adapters.discord.actions), synced with the slash commands.
         actions = DiscordActions(
             core,
             settings,
             self.client,
             keys=self._key,
-            sinks=lambda message: DiscordSink(message, asyncio.create_task(self._keep_typing(message.channel))),
+            sinks=lambda message: DiscordSink(message, Typing(message.channel, message.channel.id, self._typers)),
             inflight=self._inflight,
             limit=TEXT_LIMIT,
         )
@@ -611,8 +694,7 @@ class DiscordAdapter:
                 return
             await message.reply(texts.EMPTY_MENTION, mention_author=False)
             return
-        typing = asyncio.create_task(self._keep_typing(message.channel))
-        sink = DiscordSink(message, typing)
+        sink = DiscordSink(message, Typing(message.channel, message.channel.id, self._typers))
         interval = self._settings.stream_edit_interval
         reply = StreamingReply(sink, interval=interval, limit=TEXT_LIMIT, status_line=status_line)
         author_id, author_name = str(message.author.id), message.author.display_name
@@ -645,6 +727,8 @@ class DiscordAdapter:
                 reasoning_sink=sink,
                 feedback=self._settings.feedback,
                 view=view,
+                # With buttons to show, a fast answer (whole before its first post) goes out once, buttons and all.
+                on_complete=reply.text_complete if self._settings.feedback else None,
             )
             hidden = seen.hidden + (source.seen.hidden if source is not None else 0)
             if hidden and isinstance(stream, StreamingReply) and stream.handles:
@@ -707,14 +791,6 @@ class DiscordAdapter:
             self._files = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         data, _ = await download(self._files, url, hosts=file_hosts(), max_bytes=self._settings.max_attachment_bytes)
         return data
-
-    @staticmethod
-    async def _keep_typing(channel: discord.abc.Messageable) -> None:
-        try:
-            async with channel.typing():
-                await asyncio.Event().wait()
-        except discord.HTTPException as exc:
-            log.debug("typing indicator failed: %s", exc)
 
     def _text_in(self, message: discord.Message) -> str:
         me = self.client.user

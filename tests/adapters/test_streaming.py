@@ -55,6 +55,49 @@ async def test_a_reply_complete_before_the_first_post_is_posted_once_whole() -> 
     assert [c for c, _ in channel.calls] == ["post"]
 
 
+class ButtonsChannel(Channel):
+    """A channel whose last message of a finished reply carries feedback buttons, as on Discord."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buttons: dict[int, int] = {}
+
+    async def post(self, text: str, feedback: int | None = None) -> int:  # type: ignore[override]
+        handle = await super().post(text)
+        if feedback is not None:
+            self.buttons[handle] = feedback
+        return handle
+
+    async def edit(self, handle: int, text: str, feedback: int | None = None) -> None:  # type: ignore[override]
+        await super().edit(handle, text)
+        if feedback is not None:
+            self.buttons[handle] = feedback
+
+
+async def test_an_answer_whole_before_its_first_post_goes_out_once_with_its_buttons() -> None:
+    channel = ButtonsChannel()
+    stream = StreamingReply(channel, interval=1.0, limit=100)
+    for piece in ("Hel", "lo ", "there"):
+        await stream.feed(piece)
+    stream.text_complete()  # the core says so before it stores the reply, which takes a while
+    for _ in range(5):
+        await asyncio.sleep(0)  # the pump's turns while the reply is stored: it must not post the text yet
+    assert channel.calls == []
+    await stream.finish("Hello there", feedback=7)
+    assert [c for c, _ in channel.calls] == ["post"]
+    assert channel.messages == ["Hello there"] and channel.buttons == {0: 7}
+
+
+async def test_without_the_complete_signal_the_text_is_posted_at_once_and_the_buttons_come_by_edit() -> None:
+    channel = ButtonsChannel()
+    stream = StreamingReply(channel, interval=1.0, limit=100)
+    await stream.feed("Hello there")
+    await until(lambda: channel.calls)  # a streamed answer's first words go out as soon as they arrive
+    await stream.finish("Hello there", feedback=7)
+    assert [c for c, _ in channel.calls] == ["post", "edit"]
+    assert channel.buttons == {0: 7}
+
+
 async def test_first_text_is_posted_at_once_and_edits_are_throttled() -> None:
     channel = Channel()
     stream = StreamingReply(channel, interval=0.2, limit=1000)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from adapters.discord import TEXT_LIMIT, DiscordAdapter
+from adapters.discord import app as discord_app
 from bot import texts
 from bot.config import Settings
 from bot.errors import ConfigError
@@ -37,6 +38,7 @@ from tests.fakes.discord import (
     FakeDiscord,
 )
 from tests.fakes.openai import FakeOpenAI
+from tests.test_conversation import until
 
 BOT_MENTION = f"<@{BOT_USER['id']}>"
 DM_CHANNEL = "7001"
@@ -107,7 +109,53 @@ async def test_a_mention_in_a_guild_is_answered_as_a_reply(discord_bot: Discord)
     assert str(first.payload["message_reference"]["message_id"]) == trigger["id"]
     assert first.payload["allowed_mentions"]["parse"] == []
     assert all(edit["allowed_mentions"]["parse"] == [] for m in discord_bot.sent() for edit in m.edits)
-    assert fake.typing_calls == [CHANNEL_ID]
+
+
+async def test_an_answer_slower_than_the_typing_delay_shows_the_bot_typing_first(
+    discord_bot: Discord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord_app, "TYPING_DELAY", 0.05)
+    discord_bot.model.first_byte_delay = 0.5
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} take your time", mentions=(BOT_USER,)))
+    await fake.wait_for(lambda: fake.typing_calls == [CHANNEL_ID], 5)
+    assert not discord_bot.sent()  # typing while the answer is not out yet
+    await discord_bot.wait_text("echo: Ada: take your time")
+
+
+async def test_answers_waiting_in_one_channel_share_one_typing_indicator(
+    discord_bot: Discord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Discord shows one "teambot is typing…" per channel: a second indicator there would change nothing.
+    monkeypatch.setattr(discord_app, "TYPING_DELAY", 0.05)
+    discord_bot.model.hold = asyncio.Event()
+    fake = discord_bot.fake
+    typers = discord_bot.adapter._typers._typers
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} first", mentions=(BOT_USER,)))
+    await fake.wait_for(lambda: fake.typing_calls == [CHANNEL_ID], 5)
+    # The second waits behind the first (one conversation) and, past the delay, for the same indicator.
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} second", mentions=(BOT_USER,)))
+    await until(lambda: typers.get(int(CHANNEL_ID), (None, 0))[1] == 2)
+    elsewhere = fake.message_create(f"{BOT_MENTION} elsewhere", mentions=(BOT_USER,), channel_id=OTHER_CHANNEL_ID)
+    await fake.dispatch("MESSAGE_CREATE", elsewhere)
+    await fake.wait_for(lambda: OTHER_CHANNEL_ID in fake.typing_calls, 5)
+    discord_bot.model.hold.set()
+    await discord_bot.wait_text("echo: Ada: first")
+    await discord_bot.wait_text("echo: Ada: second")
+    await discord_bot.wait_text("echo: Ada: elsewhere", channel=OTHER_CHANNEL_ID)
+    assert fake.typing_calls == [CHANNEL_ID, OTHER_CHANNEL_ID]
+    assert typers == {}  # every indicator stopped with its last answer
+
+
+async def test_an_answer_out_within_the_typing_delay_sends_no_typing_indicator(
+    discord_bot: Discord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The REST call and the two tasks of the indicator would be spent on nothing: the answer is there at once.
+    monkeypatch.setattr(discord_app, "TYPING_DELAY", 30.0)
+    fake = discord_bot.fake
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} quick one", mentions=(BOT_USER,)))
+    await discord_bot.wait_text("echo: Ada: quick one")
+    assert fake.typing_calls == []
 
 
 async def test_direct_messages_need_no_mention(discord_bot: Discord) -> None:
