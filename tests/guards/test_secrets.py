@@ -144,15 +144,20 @@ async def test_the_running_bot_masks_every_kind_of_secret_in_its_log(tmp_path: P
     async with FakeOpenAI() as fake, FakeSlack() as slack, httpx.AsyncClient() as http:
         env = {"TEAMBOT_LOG_LEVEL": "DEBUG", "OPENAI_API_KEY_FILE": str(key_file)}
         bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env=env)
+
+        def replies() -> int:
+            # A streamed reply ends with chat.stopStream; one whole before its first flush is one chat.postMessage.
+            return len(slack.calls_to("chat.stopStream")) + len(slack.calls_to("chat.postMessage"))
+
         try:
             await bot.send(http, event_envelope(mention("<@UBOT> " + " ".join(pasted.values()), ts="1.1")))
-            await slack.wait_for(lambda: fake.calls == 1 and bool(slack.calls_to("chat.stopStream")), 15)
+            await slack.wait_for(lambda: fake.calls == 1 and replies() == 1, 15)
             key_file.write_text(rotated + "\n")
             os.utime(key_file, (1_900_000_000, 1_900_000_000))
             await bot.send(http, event_envelope(mention("<@UBOT> the key changed", ts="1.2")))
             await slack.wait_for(lambda: fake.calls == 2, 15)  # this call reads the rotated key
             await bot.send(http, event_envelope(mention(f"<@UBOT> oops {rotated}", ts="1.3")))
-            await slack.wait_for(lambda: fake.calls == 3 and len(slack.calls_to("chat.stopStream")) == 3, 15)
+            await slack.wait_for(lambda: fake.calls == 3 and replies() == 3, 15)
         finally:
             bot.proc.send_signal(signal.SIGTERM)
             assert await bot.wait() == 0
