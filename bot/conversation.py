@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from bot import errors, logcontext, texts
 from bot.context import Backfill, Files, FileSettings, ReadFiles, content_tokens
@@ -25,6 +26,8 @@ from bot.text_clean import clean, storable
 from bot.tools import ToolLoop, ToolOutcome, TurnTools, with_traces
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 OnText = Callable[[str], Awaitable[None]]
 
@@ -243,14 +246,25 @@ class ConversationCore:
             ahead = self._admission.get(key)
             one_write = ahead is None and not msg.attachments and not Backfill.wanted(msg) and self._locks.idle(key)
             self._admission[key] = admitted = asyncio.Event()
+        progress = _Progress(claimed=False, on_complete=on_complete)
         if not one_write:
             try:
                 # A redelivery is silent, and neither waits for the conversation nor spends the person's rate tokens.
-                claimed = await self.store.claim_message(msg.message_id)
-                # Rate tokens and places in the conversation's queue go in the order the turns came, whichever
-                # path the turn ahead took (its write may come after this one's claim).
-                if ahead is not None:
-                    await ahead.wait()
+                claim = asyncio.ensure_future(self.store.claim_message(msg.message_id))
+                try:
+                    claimed = await asyncio.shield(claim)
+                    progress.claimed = claimed
+                    # Rate tokens and places in the conversation's queue go in the order the turns came, whichever
+                    # path the turn ahead took (its write may come after this one's claim).
+                    if ahead is not None:
+                        await ahead.wait()
+                except asyncio.CancelledError:
+                    # Cut off (the process stops) while claiming or waiting: the store commits a claim whatever
+                    # happens to this turn, so one that went in is released, and the message is answered if the
+                    # platform delivers it again.
+                    progress.claimed = await _outcome(claim) is True
+                    await self._abandon(msg, progress)
+                    raise
                 if not claimed:
                     return _duplicate(msg)
                 # Before queueing for the conversation: a flood in one channel is slowed down at once.
@@ -259,7 +273,6 @@ class ConversationCore:
             finally:
                 # The turn behind runs once this one is in the conversation's queue: no await from here to there.
                 self._admitted(key, admitted)
-        progress = _Progress(claimed=not one_write, on_complete=on_complete)
         try:
             # An idle lock is taken without suspending: nothing comes between the check above and holding it.
             async with (
@@ -271,7 +284,17 @@ class ConversationCore:
                     try:
                         stored = await self._question(msg)
                         progress.tokens = self._counter.count_message(f"{msg.author_name}: {stored.text}")
-                        progress.row = await self.store.begin_turn(_with_text(msg, stored.text), progress.tokens)
+                        write = asyncio.ensure_future(
+                            self.store.begin_turn(_with_text(msg, stored.text), progress.tokens)
+                        )
+                        try:
+                            progress.row = await asyncio.shield(write)
+                        except asyncio.CancelledError:
+                            # The store commits the write whatever happens to this turn: what it claimed and
+                            # stored is known before the cut-off below releases it (_abandon).
+                            progress.row = await _outcome(write)
+                            progress.claimed = progress.row is not None
+                            raise
                         if progress.row is None:
                             return _duplicate(msg)
                         progress.claimed = True
@@ -654,9 +677,17 @@ class ConversationCore:
         return record
 
     async def _notice(self, ledger: UsageRecord | None) -> str | None:
+        """The budget's notice for this reply, if any. Best effort: the answer is whole by now (an adapter may be
+        holding it to post it at once), and a database that fails here must not cost it."""
         if ledger is None or self.guards.accounting is None:
             return None
-        return await self.guards.accounting.notice(ledger)
+        try:
+            return await self.guards.accounting.notice(ledger)
+        except Exception:
+            log.warning(
+                "the budget notice for this reply could not be read; the reply goes out without it", exc_info=True
+            )
+            return None
 
     async def _keep_partial(
         self,
@@ -786,6 +817,16 @@ def _to_chat(message: StoredMessage) -> ChatMessage:
     if message.role == "user":
         return {"role": "user", "content": f"{message.author_name or 'someone'}: {message.content}"}
     return {"role": "assistant", "content": message.content}
+
+
+async def _outcome(write: asyncio.Future[T]) -> T | None:
+    """What a store write did, for a turn cut off while it ran: the store runs it to its end anyway. None if it
+    failed, or is not done within :data:`ABANDON_SECONDS` (the process is going away)."""
+    try:
+        async with asyncio.timeout(ABANDON_SECONDS):
+            return await asyncio.shield(write)
+    except Exception:
+        return None
 
 
 def _history_notice(progress: _Progress) -> str | None:

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -568,6 +569,47 @@ async def test_a_turn_cut_off_before_its_one_write_releases_no_claim(
             assert (await core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first"))).kind is ReplyKind.DUPLICATE
             assert fake.calls == 1 and await store.count_messages(KEY) == 2
     finally:
+        await store.close()
+
+
+async def test_turns_cut_off_while_their_writes_wait_release_what_those_writes_did(
+    tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter
+) -> None:
+    # The store runs a write to its end even when the turn that asked for it is cut off meanwhile (the process
+    # stops past its drain deadline while the writer is backed up): the one write of a plain turn (claim and
+    # question) and the claim of the turn behind it must both be undone, so each message is answered when the
+    # platform delivers it again, from a history without a question left hanging.
+    store = await open_store(str(tmp_path / "backed-up.db"))
+    gate = threading.Event()
+    try:
+        async with model_http_client(5.0) as http:
+            llm = ChatClient(
+                http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
+            )
+            core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000))
+            queue = store._writer._executor._work_queue  # type: ignore[attr-defined]
+            blocker = asyncio.ensure_future(store._writer.transaction(lambda db: gate.wait(10)))  # type: ignore[attr-defined]
+            first = asyncio.create_task(core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first")))
+            second = asyncio.create_task(core.handle(IncomingMessage(KEY, "m2", "U1", "Ada", "second")))
+            async with asyncio.timeout(10):
+                # The first turn's one write and the second's claim wait behind the blocker: on the writer's thread.
+                while queue.qsize() < 2:  # noqa: ASYNC110 - a thread's queue: nothing to be notified by
+                    await asyncio.sleep(0.01)
+            first.cancel()
+            second.cancel()
+            await asyncio.sleep(0)  # one step: both take their cut-off and wait for their writes' outcome
+            gate.set()
+            await blocker
+            for task in (first, second):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert await store.handled(["m1", "m2"]) == set()
+            assert await store.count_messages(KEY) == 0
+            for message_id in ("m1", "m2"):
+                reply = await core.handle(IncomingMessage(KEY, message_id, "U1", "Ada", "again"))
+                assert reply.kind is ReplyKind.ANSWER
+    finally:
+        gate.set()
         await store.close()
 
 

@@ -147,7 +147,8 @@ class ChannelTypers:
 
     def join(self, channel: discord.abc.Messageable, channel_id: int) -> None:
         found = self._typers.get(channel_id)
-        if found is not None and channel_id not in self._posted:
+        # A typer that ended (a failed typing call) is started again, not shared: it would show nothing.
+        if found is not None and channel_id not in self._posted and not found[0].done():
             self._typers[channel_id] = (found[0], found[1] + 1)
             return
         waiting = 0
