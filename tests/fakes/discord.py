@@ -159,6 +159,8 @@ class FakeDiscord(LoopbackServer):
         self.interaction_responses: list[dict[str, Any]] = []
         self.command_syncs: list[tuple[str, list[dict[str, Any]]]] = []
         self.typing_calls: list[str] = []
+        #: How many typing calls to come are refused (403 Missing Permissions): a channel the bot may not type in.
+        self.typing_refusals = 0
         self.identify_count = 0
         self.resume_count = 0
         self.identify_payloads: list[dict[str, Any]] = []
@@ -757,6 +759,9 @@ class FakeDiscord(LoopbackServer):
             return _json([self._as_seen(m, self.privileged_intents) for m in self._history(match.group(1), query)])
         if match := re.fullmatch(r"channels/(\d+)/typing", path):
             self.typing_calls.append(match.group(1))
+            if self.typing_refusals > 0:
+                self.typing_refusals -= 1
+                return _json({"message": "Missing Permissions", "code": 50013}, 403)
             return web.Response(status=204)
         if method == "POST" and (match := re.fullmatch(r"channels/(\d+)/messages", path)):
             channel_id = match.group(1)

@@ -147,6 +147,27 @@ async def test_answers_waiting_in_one_channel_share_one_typing_indicator(
     assert typers == {}  # every indicator stopped with its last answer
 
 
+async def test_a_typing_indicator_that_failed_is_started_again_for_the_next_answer(
+    discord_bot: Discord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A refused typing call ends its indicator: the next answer to wait in that channel starts a new one instead of
+    # counting itself in on one that shows nothing.
+    monkeypatch.setattr(discord_app, "TYPING_DELAY", 0.05)
+    discord_bot.model.hold = asyncio.Event()
+    fake = discord_bot.fake
+    fake.typing_refusals = 1
+    typers = discord_bot.adapter._typers._typers
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} first", mentions=(BOT_USER,)))
+    await fake.wait_for(lambda: fake.typing_calls == [CHANNEL_ID], 5)
+    await until(lambda: int(CHANNEL_ID) in typers and typers[int(CHANNEL_ID)][0].done())
+    await fake.dispatch("MESSAGE_CREATE", fake.message_create(f"{BOT_MENTION} second", mentions=(BOT_USER,)))
+    await fake.wait_for(lambda: fake.typing_calls == [CHANNEL_ID, CHANNEL_ID], 5)
+    discord_bot.model.hold.set()
+    await discord_bot.wait_text("echo: Ada: first")
+    await discord_bot.wait_text("echo: Ada: second")
+    assert typers == {}
+
+
 async def test_an_answer_out_within_the_typing_delay_sends_no_typing_indicator(
     discord_bot: Discord, monkeypatch: pytest.MonkeyPatch
 ) -> None:
