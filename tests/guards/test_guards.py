@@ -442,3 +442,16 @@ async def test_a_rotated_key_file_takes_effect_on_the_next_call(tmp_path: Path, 
         sent = [h["Authorization"] for h in fake.headers]
         assert sent == ["Bearer sk-first-key-000000", "Bearer sk-second-key-111111"]
     await store.close()
+
+
+async def test_a_budget_warning_the_database_cannot_record_does_not_cost_the_answer(tmp_path, fake, counter) -> None:
+    # Past the soft cap, the warning is claimed with a write once the answer is whole (an adapter may be holding the
+    # whole answer to post it at once): a database failing there drops the warning, never the answer.
+    fake.reply = lambda messages: "ok"
+    budget = Budget(ScopeKind.CHANNEL, Period.DAY, 600)
+    async with make_bot(tmp_path, fake, counter, budgets=[budget]) as b:
+        with sqlite3.connect(b.db) as db:
+            db.execute("DROP TABLE budget_warnings")
+        replies = [await b.ask() for _ in range(12)]
+        assert sum(row[2] + row[3] for row in b.ledger()) >= 480  # past the soft cap: a warning was due
+        assert [(r.kind, r.text, r.notice) for r in replies] == [(ReplyKind.ANSWER, "ok", None)] * 12
