@@ -191,12 +191,13 @@ class Burst:
     cpu_seconds: float
 
 
-class PlatformProcess:
-    """A :class:`Platform` in a subprocess: ``async with PlatformProcess("discord", ...) as platform``, then point
-    the bot at ``platform.url`` and drive it with :meth:`connect`, :meth:`singles` and :meth:`burst`."""
+class ControlledProcess:
+    """A fake in a subprocess, ``python -m MODULE ARGS``, that prints one JSON line, ``{"url": the fake, "control":
+    its control app}``, and is then driven through the control app's routes (:meth:`_call`)."""
 
-    def __init__(self, kind: Kind, *, secret: str, last_token: str) -> None:
-        self._args = [kind, secret, last_token]
+    def __init__(self, name: str, module: str, args: list[str], *, ready_within: float, calls_within: float) -> None:
+        self._name, self._module, self._args = name, module, args
+        self._ready_within, self._calls_within = ready_within, calls_within
         self.url = ""
         self._control = ""
         self._proc: asyncio.subprocess.Process | None = None
@@ -204,16 +205,16 @@ class PlatformProcess:
 
     async def __aenter__(self) -> Self:
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.platforms", *self._args, stdout=asyncio.subprocess.PIPE
+            sys.executable, "-m", self._module, *self._args, stdout=asyncio.subprocess.PIPE
         )
         assert self._proc.stdout is not None
-        line = await asyncio.wait_for(self._proc.stdout.readline(), 60)
+        line = await asyncio.wait_for(self._proc.stdout.readline(), self._ready_within)
         if not line:
             await self.__aexit__(None, None, None)
-            raise RuntimeError("the fake platform process exited before it printed its URLs")
+            raise RuntimeError(f"the {self._name} process exited before it printed its URLs")
         urls = json.loads(line)
         self.url, self._control = urls["url"], urls["control"]
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._calls_within))
         return self
 
     async def __aexit__(
@@ -229,8 +230,18 @@ class PlatformProcess:
         assert self._http is not None
         async with self._http.post(f"{self._control}/{route}", json=body) as response:
             if response.status != 200:
-                raise RuntimeError(f"fake platform /{route}: {response.status} {await response.text()}")
+                raise RuntimeError(f"{self._name} /{route}: {response.status} {await response.text()}")
             return cast(dict[str, object], await response.json())
+
+
+class PlatformProcess(ControlledProcess):
+    """A :class:`Platform` in a subprocess: ``async with PlatformProcess("discord", ...) as platform``, then point
+    the bot at ``platform.url`` and drive it with :meth:`connect`, :meth:`singles` and :meth:`burst`."""
+
+    def __init__(self, kind: Kind, *, secret: str, last_token: str) -> None:
+        super().__init__(
+            "fake platform", "bench.platforms", [kind, secret, last_token], ready_within=60, calls_within=300
+        )
 
     async def connect(self, events_url: str | None = None) -> None:
         await self._call("connect", {"events_url": events_url})

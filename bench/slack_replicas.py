@@ -26,16 +26,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 
-import aiohttp
 import httpx
 from aiohttp import web
 
 from bench.core import ModelPace, PostgresEngine, add_row
 from bench.model import ModelProcess
-from bench.platforms import SLACK_BOT_TOKEN, Platform
+from bench.platforms import SLACK_BOT_TOKEN, ControlledProcess, Platform
 from bench.replicas import LOAD, QUICK_LOAD, REPLICAS, ServerCPU, Spread, cpu_seconds, model_pid
 from bot import eventloop
 from bot.store import open_store
@@ -114,54 +112,23 @@ class LoadPlatform(Platform):
         )
 
 
-class LoadProcess:
+class LoadProcess(ControlledProcess):
     """A :class:`LoadPlatform` in a subprocess: ``async with LoadProcess(last_token) as slack``, point the bots at
     ``slack.url``, then :meth:`load`."""
 
     def __init__(self, last_token: str) -> None:
-        self._last_token = last_token
-        self.url = ""
-        self._control = ""
-        self._proc: asyncio.subprocess.Process | None = None
-        self._http: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Self:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
+        super().__init__(
+            "fake Slack",
             "bench.slack_replicas",
-            "platform",
-            SECRET,
-            self._last_token,
-            stdout=asyncio.subprocess.PIPE,
+            ["platform", SECRET, last_token],
+            ready_within=_READY_TIMEOUT_S,
+            calls_within=600,
         )
-        assert self._proc.stdout is not None
-        line = await asyncio.wait_for(self._proc.stdout.readline(), _READY_TIMEOUT_S)
-        if not line:
-            await self.__aexit__(None, None, None)
-            raise RuntimeError("the fake Slack process exited before it printed its URLs")
-        urls = json.loads(line)
-        self.url, self._control = urls["url"], urls["control"]
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._http is not None:
-            await self._http.close()
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
-            await self._proc.wait()
 
     async def load(self, events_urls: list[str], load: tuple[int, int, float], cycle: float) -> dict[str, Any]:
-        assert self._http is not None
         concurrency, turns, pause = load
         body = {"events_urls": events_urls, "concurrency": concurrency, "turns": turns, "pause": pause, "cycle": cycle}
-        async with self._http.post(f"{self._control}/load", json=body) as response:
-            if response.status != 200:
-                raise RuntimeError(f"fake Slack /load: {response.status} {await response.text()}")
-            return cast(dict[str, Any], await response.json())
+        return cast(dict[str, Any], await self._call("load", body))
 
 
 def _free_port() -> int:
