@@ -255,11 +255,49 @@ class FeedbackButton(
             await adapter.on_feedback(interaction, self.verdict, self.reply_id)
 
 
-def feedback_view(reply_id: int) -> discord.ui.View:
+_VERDICTS = ("up", "down")
+
+
+@functools.cache
+def _feedback_row() -> dict[str, Any]:
+    """The buttons' action row as discord.py renders a view of the two :class:`FeedbackButton`, for reply 0."""
     view = discord.ui.View(timeout=None)
-    view.add_item(FeedbackButton("up", reply_id))
-    view.add_item(FeedbackButton("down", reply_id))
-    return view
+    for verdict in _VERDICTS:
+        view.add_item(FeedbackButton(verdict, 0))
+    [row] = view.to_components()
+    return row
+
+
+def feedback_components(reply_id: int) -> list[dict[str, Any]]:
+    """The 👍/👎 under reply ``reply_id``: discord.py's own rendering of the two :class:`FeedbackButton` (see
+    :func:`_feedback_row`), with this reply's custom ids."""
+    row = _feedback_row()
+    buttons = [
+        {**button, "custom_id": f"teambot:feedback:{verdict}:{reply_id}"}
+        for verdict, button in zip(_VERDICTS, row["components"], strict=True)
+    ]
+    return [{**row, "components": buttons}]
+
+
+class FeedbackButtons(discord.ui.View):
+    """The feedback buttons of one answer, as a view without items: it only renders their components.
+
+    A view of item objects (each pointing back at its view) left about 18 cyclic objects per answer for the
+    collector, and discord.py walked it to register its dynamic items again on every send. Clicks never needed
+    it: :class:`FeedbackButton` is registered once (``add_dynamic_items``) and matched by custom id. A view with
+    no items is not dispatchable, so discord.py keeps nothing of it after the send.
+    """
+
+    def __init__(self, reply_id: int) -> None:
+        super().__init__(timeout=None)
+        self._components = feedback_components(reply_id)
+
+    def to_components(self) -> list[dict[str, Any]]:
+        return self._components
+
+
+def feedback_view(reply_id: int) -> discord.ui.View:
+    return FeedbackButtons(reply_id)
 
 
 class ApprovalButton(

@@ -3,11 +3,15 @@ component interaction (type 3) when someone clicks one, against the loopback fak
 
 from __future__ import annotations
 
+import gc
 import sqlite3
+import weakref
 from typing import Any
 
+import discord
 import pytest
 
+from adapters.discord.app import FeedbackButton, feedback_view
 from bot import texts
 from tests.adapters.discord import test_app as base
 from tests.adapters.discord.test_app import BOT_MENTION, Discord
@@ -108,3 +112,24 @@ async def test_feedback_can_be_switched_off(discord_bot: Discord) -> None:
     await discord_bot.wait_text("echo: Ada: hi")
     await until(lambda: not discord_bot.adapter._inflight)
     assert not any(m.components for m in discord_bot.sent())
+
+
+async def test_the_buttons_are_what_discord_py_renders_for_them(discord_bot: Discord) -> None:
+    message = await answered(discord_bot, "render them")
+    reply_id = int(buttons(message)[0]["custom_id"].rsplit(":", 1)[1])
+    view = discord.ui.View(timeout=None)
+    view.add_item(FeedbackButton("up", reply_id))
+    view.add_item(FeedbackButton("down", reply_id))
+    assert message.components == view.to_components()
+
+
+async def test_an_answers_buttons_leave_nothing_for_the_collector() -> None:
+    # A view of button objects is a cycle (each item points at its view): ~18 objects per answer for the collector.
+    gc.disable()
+    try:
+        view = feedback_view(7)
+        gone = weakref.ref(view)
+        del view
+        assert gone() is None
+    finally:
+        gc.enable()
