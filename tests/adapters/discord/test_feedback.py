@@ -123,6 +123,17 @@ async def test_the_buttons_are_what_discord_py_renders_for_them(discord_bot: Dis
     assert message.components == view.to_components()
 
 
+async def test_a_streamed_answer_gets_its_buttons_with_the_final_edit(discord_bot: Discord) -> None:
+    discord_bot.model.chunk_delay = 0.02
+    words = " ".join(f"word{i}" for i in range(60))
+    message = await answered(discord_bot, words)
+    assert not message.payload.get("components")  # posted while it streamed, without the buttons
+    [final] = [edit for edit in message.edits if edit.get("components")]
+    assert final["content"] == f"echo: Ada: {words}"
+    await click(discord_bot, message, "down")
+    assert rows(discord_bot) == [(base.ADA["id"], "down", "discord", GUILD_ID, CHANNEL_ID)]
+
+
 async def test_an_answers_buttons_leave_nothing_for_the_collector() -> None:
     # A view of button objects is a cycle (each item points at its view): ~18 objects per answer for the collector.
     gc.disable()
