@@ -121,6 +121,7 @@ async def test_the_buttons_are_what_discord_py_renders_for_them(discord_bot: Dis
     view.add_item(FeedbackButton("up", reply_id))
     view.add_item(FeedbackButton("down", reply_id))
     assert message.components == view.to_components()
+    assert discord_bot.adapter.client.persistent_views == []  # discord.py keeps no view per answer
 
 
 async def test_a_streamed_answer_gets_its_buttons_with_the_final_edit(discord_bot: Discord) -> None:
