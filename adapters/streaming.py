@@ -100,6 +100,10 @@ class StreamingReply(Generic[H]):
         self._shown: list[str] = []
         self._last_send = 0.0
         self._pump: asyncio.Task[None] | None = None
+        #: The pump is to start at the loop's next turn (:meth:`_start_soon`).
+        self._starting = False
+        #: :meth:`finish` or :meth:`cancel` was called: no pump starts any more.
+        self._closed = False
         #: The model's answer is whole (:meth:`text_complete`): a first post not yet made waits for :meth:`finish`.
         self._complete = False
 
@@ -115,7 +119,19 @@ class StreamingReply(Generic[H]):
         self._text += piece
         self._status = None
         self._wake.set()
-        if self._pump is None:
+        if self._pump is None and not self._starting:
+            self._start_soon()
+
+    def _start_soon(self) -> None:
+        """Start the pump at the loop's next turn, when a task would have taken its first step: the first words
+        go out as soon as before. A fast answer whole by then (:meth:`text_complete`) needs no pump: :meth:`finish`
+        posts it, and the task and its wake-ups are saved."""
+        self._starting = True
+        asyncio.get_running_loop().call_soon(self._start_pump)
+
+    def _start_pump(self) -> None:
+        self._starting = False
+        if self._pump is None and not self._closed and not (self._complete and not self._handles):
             self._pump = asyncio.create_task(self._run(), name="stream-pump")
 
     async def status(self, text: str | None) -> None:
@@ -138,13 +154,17 @@ class StreamingReply(Generic[H]):
         """Make the platform show exactly ``final_text`` (with feedback buttons under it for ``feedback``), then
         stop."""
         self._final, self._feedback = final_text, feedback
+        self._closed = True
         self._wake.set()
         if self._pump is None:
-            self._pump = asyncio.create_task(self._run(), name="stream-pump")
+            # Nothing under way to wait for: shown from here.
+            await self._show(final_text, final=True)
+            return
         await self._pump
 
     async def cancel(self) -> None:
         """Stop updating; whatever failed in the pump was already reported by ``finish``."""
+        self._closed = True
         pump, self._pump = self._pump, None
         if pump is None:
             return

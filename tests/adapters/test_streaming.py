@@ -88,6 +88,33 @@ async def test_an_answer_whole_before_its_first_post_goes_out_once_with_its_butt
     assert channel.messages == ["Hello there"] and channel.buttons == {0: 7}
 
 
+def pumps() -> list[asyncio.Task[object]]:
+    return [task for task in asyncio.all_tasks() if task.get_name() == "stream-pump"]
+
+
+async def test_an_answer_whole_before_the_loop_turns_needs_no_pump() -> None:
+    channel = ButtonsChannel()
+    stream = StreamingReply(channel, interval=1.0, limit=100)
+    for piece in ("Hel", "lo ", "there"):
+        await stream.feed(piece)
+    stream.text_complete()  # in the same turn of the loop as its words: an instant model's stream read at once
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert pumps() == [] and channel.calls == []
+    await stream.finish("Hello there", feedback=7)
+    assert channel.messages == ["Hello there"] and channel.buttons == {0: 7}
+
+
+async def test_a_reply_cancelled_before_its_pump_started_posts_nothing() -> None:
+    channel = Channel()
+    stream = StreamingReply(channel, interval=1.0, limit=100)
+    await stream.feed("the first words")
+    await stream.cancel()  # the turn failed or was refused before the loop turned
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert channel.calls == [] and pumps() == []
+
+
 async def test_without_the_complete_signal_the_text_is_posted_at_once_and_the_buttons_come_by_edit() -> None:
     channel = ButtonsChannel()
     stream = StreamingReply(channel, interval=1.0, limit=100)
