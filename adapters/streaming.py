@@ -123,9 +123,10 @@ class StreamingReply(Generic[H]):
             self._start_soon()
 
     def _start_soon(self) -> None:
-        """Start the pump at the loop's next turn, when a task would have taken its first step: the first words
-        go out as soon as before. A fast answer whole by then (:meth:`text_complete`) needs no pump: :meth:`finish`
-        posts it, and the task and its wake-ups are saved."""
+        """Start the pump at the loop's next turn: the first words go out one turn of the loop later than from a
+        task created here (microseconds on an idle loop). A fast answer whole by then (:meth:`text_complete`, an
+        instant model's stream read at once) needs no pump: :meth:`finish` posts it, and the task and its
+        wake-ups (~20 µs per answer) are saved."""
         self._starting = True
         asyncio.get_running_loop().call_soon(self._start_pump)
 
