@@ -315,6 +315,8 @@ class ChatClient:
         elif key:
             headers["Authorization"] = f"Bearer {key}"
         headers["Content-Type"] = "application/json"
+        if where.proxy_authorization is not None:
+            headers["Proxy-Authorization"] = where.proxy_authorization
         # The prompt (the history: several KB) is serialized for every call: orjson does it in a third of the time
         # of json.dumps, to the same compact UTF-8. What it refuses (a lone surrogate) goes through the encoder
         # httpx used, which fails the same way it always did.

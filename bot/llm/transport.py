@@ -104,7 +104,9 @@ class Target:
     #: ``Basic ...`` from a user:password in the base URL, which httpx sent in place of the key's bearer header.
     basic: str | None
     proxy: URL | None
-    #: ``Proxy-Authorization`` from a user:password in the proxy's URL (aiohttp does not read it from there).
+    #: ``Proxy-Authorization`` from a user:password in the proxy's URL (aiohttp does not read it from there): for a
+    #: plain-HTTP model it goes with each request, for HTTPS on the proxy's CONNECT (``proxy_headers``).
+    proxy_authorization: str | None
     proxy_headers: dict[str, str] | None
 
 
@@ -116,11 +118,15 @@ def target(base_url: str) -> Target:
         basic = aiohttp.encode_basic_auth(url.user or "", url.password or "")  # UTF-8, as httpx encoded it
         url = url.with_user(None)
     proxy = env_proxy(url)
-    proxy_headers = None
+    proxy_authorization = proxy_headers = None
     if proxy is not None and (proxy.user is not None or proxy.password is not None):
-        proxy_headers = {"Proxy-Authorization": aiohttp.encode_basic_auth(proxy.user or "", proxy.password or "")}
+        credentials = aiohttp.encode_basic_auth(proxy.user or "", proxy.password or "")
         proxy = proxy.with_user(None)
-    return Target(url, written, basic, proxy, proxy_headers)
+        if url.scheme == "https":
+            proxy_headers = {"Proxy-Authorization": credentials}
+        else:
+            proxy_authorization = credentials
+    return Target(url, written, basic, proxy, proxy_authorization, proxy_headers)
 
 
 def env_proxy(url: URL) -> URL | None:

@@ -3,6 +3,7 @@ script (tests/llm/script.py), or the fake OpenAI server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import json
@@ -21,6 +22,7 @@ from pydantic import SecretStr
 from bot import errors
 from bot.guards import KeySource
 from bot.llm import ChatClient, Endpoint, RetryPolicy, SSEDecoder, model_http_client
+from bot.llm.sse import StreamResult, consume_sse
 from tests.fakes.openai import FakeOpenAI
 from tests.llm.script import (
     HANG_UP,
@@ -395,8 +397,10 @@ async def test_key_never_reaches_logs_or_errors(script: Script, caplog: pytest.L
     assert KEY not in caplog.text
 
 
-async def test_a_stream_is_read_to_its_end_so_the_connection_is_reused() -> None:
+@pytest.mark.parametrize("late_end", [False, True], ids=["end-with-done", "end-after-done"])
+async def test_a_stream_is_read_to_its_end_so_the_connection_is_reused(late_end: bool) -> None:
     peers: list[object] = []
+    answered = asyncio.Event()
 
     async def completions(request: web.Request) -> web.StreamResponse:
         assert request.transport is not None
@@ -404,8 +408,15 @@ async def test_a_stream_is_read_to_its_end_so_the_connection_is_reused() -> None
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(sse(chunk("whole", "stop"), done=True))
+        if late_end:
+            # The body's end comes only once the client has the answer: it must still read on to it.
+            await answered.wait()
+            answered.clear()
         await response.write_eof()
         return response
+
+    async def on_delta(piece: str) -> None:
+        answered.set()
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
@@ -417,7 +428,7 @@ async def test_a_stream_is_read_to_its_end_so_the_connection_is_reused() -> None
         async with model_http_client(30) as http:
             c = ChatClient(http, Endpoint("primary", base, "m"))
             for _ in range(3):
-                assert (await collect(c))[0] == "whole"
+                assert (await c.stream(PROMPT, on_delta)).text == "whole"
     finally:
         await runner.cleanup()
     assert len(peers) == 3 and len(set(peers)) == 1  # one TCP connection served all three
@@ -562,3 +573,108 @@ async def test_a_finished_call_leaves_nothing_for_the_cyclic_collector(streamed:
             assert responses[0]() is None, "the response is still alive: something holds it in a reference cycle"
         finally:
             gc.enable()
+
+
+async def test_a_cookie_the_server_sets_is_never_sent_back(script: Script) -> None:
+    one = plain("one")
+    with_cookie = Reply(one.status, one.body, {**one.headers, "Set-Cookie": "session=abc123; Path=/"})
+    # A host name, not an address: aiohttp's cookie jar would keep no cookie of an IP address anyway.
+    c = script.client(with_cookie, plain("two"), base_url=script.url.replace("127.0.0.1", "localhost") + "/v1")
+    assert (await c.complete(PROMPT)).text == "one"
+    assert (await c.complete(PROMPT)).text == "two"
+    assert [r.headers.get("cookie") for r in script.requests] == [None, None]
+
+
+async def test_a_proxy_from_the_environment_carries_the_calls(script: Script, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The script's server plays the proxy: the request comes to it in absolute form, for the model's host.
+    monkeypatch.setenv("HTTP_PROXY", script.url.replace("http://", "http://proxyuser:proxypw@"))
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    c = script.client(plain("through the proxy"), base_url="http://model.invalid/v1")
+    assert (await c.complete(PROMPT)).text == "through the proxy"
+    [request] = script.requests
+    assert (request.host, request.path) == ("model.invalid", "/v1/chat/completions")
+    assert request.headers["proxy-authorization"] == "Basic " + base64.b64encode(b"proxyuser:proxypw").decode()
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+
+
+async def test_no_proxy_exempts_a_host(script: Script, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there: used, it would refuse
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert (await script.client(plain("direct")).complete(PROMPT)).text == "direct"
+
+
+async def test_what_broke_is_told_in_the_log_text(script: Script) -> None:
+    """The detail of each failure as the log shows it (the person gets the one sentence of its type)."""
+    one_try = RetryPolicy(max_retries=0)
+    with pytest.raises(errors.Timeout) as slow:
+        await script.client(SILENT, retry=one_try).complete(PROMPT)
+    assert str(slow.value) == "ReadTimeout talking to primary"
+    with pytest.raises(errors.ConnectionFailed) as dropped:
+        await script.client(HANG_UP, retry=one_try).complete(PROMPT)
+    assert str(dropped.value) == "ServerDisconnectedError: cannot reach primary: Server disconnected"
+    port = closed_port()
+    refused = script.client(retry=one_try, base_url=f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(errors.ConnectionFailed) as caught:
+        await refused.complete(PROMPT)
+    assert str(caught.value).startswith(
+        f"ClientConnectorError: cannot reach primary: Cannot connect to host 127.0.0.1:{port}"
+    )
+
+
+class Pieces:
+    """aiohttp's reader of a body, as consume_sse uses it: the stream handed out in pieces of a given size."""
+
+    def __init__(self, stream: bytes, size: int) -> None:
+        self._pieces = iter([stream[i : i + size] for i in range(0, len(stream), size)])
+
+    async def readany(self) -> bytes:
+        return next(self._pieces, b"")
+
+
+#: Events as servers send them: comments, runs of blank lines, an event of two data lines, another field, a "data:"
+#: without its space, bytes that are not UTF-8 (read as the line decoder always read them), a [DONE] with a space.
+LF_STREAM = (
+    b": keep-alive\n\n"
+    + sse(chunk("H\u00e9llo "), done=False)
+    + b"\n\n"
+    + b'data: {"model": "m", "choices": [{"index": 0,\ndata: "delta": {"content": "w\xc3\xb6rld "}}]}\n\n'
+    + b'event: token\ndata: {"model": "m", "choices": [{"delta": {"content": "\xf0\x9f\x98\x80 "}}]}\n\n'
+    + b'data:{"model": "m", "choices": [{"delta": {"content": "bad\xff "}}]}\n\n'
+    + sse(chunk("end", "stop"), done=False)
+    + b"data: [DONE] \n\n"
+    + b'data: {"model": "m", "choices": [{"delta": {"content": "after done"}}]}\n\n'
+)
+LF_PIECES = ["H\u00e9llo ", "w\u00f6rld ", "\U0001f600 ", "bad\ufffd ", "end"]
+
+
+@pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 13, 64, 10_000])
+async def test_the_stream_gives_the_same_answer_however_its_bytes_are_cut(size: int, crlf: bool) -> None:
+    stream = LF_STREAM.replace(b"\n", b"\r\n") if crlf else LF_STREAM
+    pieces: list[str] = []
+    progress: list[None] = []
+
+    async def on_delta(piece: str) -> None:
+        pieces.append(piece)
+
+    result = StreamResult()
+    await consume_sse(Pieces(stream, size), result, on_delta, lambda: progress.append(None))  # type: ignore[arg-type]
+    assert pieces == LF_PIECES and result.text == "".join(LF_PIECES)
+    assert result.done and result.finish_reason == "stop"
+    assert len(progress) == 5  # one per event before [DONE]; none for a comment or a blank line
+
+
+async def test_a_stream_without_a_last_blank_line_still_gives_its_last_event() -> None:
+    pieces: list[str] = []
+
+    async def on_delta(piece: str) -> None:
+        pieces.append(piece)
+
+    result = StreamResult()
+    stream = (
+        sse(chunk("first ")).replace(b"data: [DONE]\n\n", b"") + b'data: {"choices": [{"delta": {"content": "last"}}]}'
+    )
+    await consume_sse(Pieces(stream, 4), result, on_delta, lambda: None)  # type: ignore[arg-type]
+    assert pieces == ["first ", "last"]
