@@ -7,6 +7,8 @@ were about 45 % of a call's CPU, a call a third of the bot's CPU in a burst (BEN
 
 from __future__ import annotations
 
+import functools
+import ssl
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,8 +59,7 @@ class ModelHTTP:
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
             keepalive_timeout=KEEPALIVE_SECONDS,
-            # The certificates httpx trusted: SSL_CERT_FILE or SSL_CERT_DIR when set, else certifi's bundle.
-            ssl=httpx.create_ssl_context(),
+            ssl=_ssl_context(),
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -75,6 +76,13 @@ class ModelHTTP:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """The certificates httpx trusted: SSL_CERT_FILE or SSL_CERT_DIR when set, else certifi's bundle. Loading the
+    bundle takes about 0.1 s: once per process, shared by every client (a context may serve many connections)."""
+    return httpx.create_ssl_context()
 
 
 def model_http_client(
