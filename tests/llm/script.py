@@ -25,7 +25,7 @@ from bot.llm import ChatClient, Endpoint, GenerationParams, ModelHTTP, RetryPoli
 KEY = "sk-test-0123456789abcdef"
 PROMPT = [{"role": "user", "content": "Ada: hi"}]
 #: The read limit of the clients made here: a SILENT step times out after it.
-READ_TIMEOUT = 0.5
+READ_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
