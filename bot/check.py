@@ -6,13 +6,14 @@ import socket
 import ssl
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import aiohttp
 import httpx
 
 from bot import errors
 from bot.config import Settings
-from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, shown_url
+from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, model_http_client, shown_url
 from bot.runtime import endpoints, mcp_servers
 from bot.store import describe_db, is_postgres, open_store, sqlite_path, sqlite_schema
 from bot.tools import MCPTools
@@ -38,6 +39,8 @@ async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckRe
 
     A failure is told by its cause (the connection refused, the name that does not resolve, the TLS error, the
     HTTP status and the URL that answered it): the sentence the chat would get says only that something failed.
+    The list is asked with httpx (this is no hot path, and its errors say the most); the one token goes through the
+    model client the bot uses, over aiohttp, whose requests are watched for the status that refused it.
     """
     name = f"model endpoint ({endpoint.name})"
     key = endpoint.keys.get()
@@ -55,26 +58,30 @@ async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckRe
         listed = False
     if listed:
         return CheckResult(name, True, f"{endpoint.base_url} lists {endpoint.model}")
-    answered: list[httpx.Response] = []
+    answered: list[int] = []
 
-    async def record(response: httpx.Response) -> None:
-        answered.append(response)
+    async def record(session: object, context: SimpleNamespace, params: aiohttp.TraceRequestEndParams) -> None:
+        answered.append(params.response.status)
 
-    http.event_hooks["response"].append(record)
-    client = ChatClient(http, endpoint, params=GenerationParams(max_output_tokens=1), retry=RetryPolicy(max_retries=0))
-    try:
-        await client.complete([{"role": "user", "content": "Say OK."}])
-    except errors.EndpointNotFound as exc:
-        # The detail names the URL asked and the one to try (the chat sentence can only name the setting).
-        return CheckResult(name, False, str(exc))
-    except errors.LLMError as exc:
-        failed = answered[-1] if answered and answered[-1].status_code >= 400 else None
-        if failed is None:
-            return CheckResult(name, False, f"{endpoint.base_url} with model {endpoint.model}: {type(exc).__name__}")
-        detail = f"HTTP {failed.status_code} from POST {shown_url(failed.request.url)}"
-        return CheckResult(name, False, detail + _HINTS.get(type(exc), ""))
-    finally:
-        http.event_hooks["response"].remove(record)
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(record)
+    timeout = http.timeout.read or 20.0
+    async with model_http_client(timeout, connect=http.timeout.connect, trace_configs=[trace]) as model_http:
+        client = ChatClient(
+            model_http, endpoint, params=GenerationParams(max_output_tokens=1), retry=RetryPolicy(max_retries=0)
+        )
+        try:
+            await client.complete([{"role": "user", "content": "Say OK."}])
+        except errors.EndpointNotFound as exc:
+            # The detail names the URL asked and the one to try (the chat sentence can only name the setting).
+            return CheckResult(name, False, str(exc))
+        except errors.LLMError as exc:
+            if not answered or answered[-1] < 400:
+                return CheckResult(
+                    name, False, f"{endpoint.base_url} with model {endpoint.model}: {type(exc).__name__}"
+                )
+            detail = f"HTTP {answered[-1]} from POST {shown_url(f'{endpoint.base_url}/chat/completions')}"
+            return CheckResult(name, False, detail + _HINTS.get(type(exc), ""))
     return CheckResult(name, True, f"{endpoint.base_url} answered a one-token request with {endpoint.model}")
 
 

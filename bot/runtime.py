@@ -7,8 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
-
 from bot.commands import CommandPolicy, Commands
 from bot.config import Settings
 from bot.context import Files, FileSettings
@@ -190,8 +188,7 @@ async def open_core(
     tools_stack = contextlib.AsyncExitStack()
     try:
         tools = tool_loop(settings, await tool_providers(settings, store, servers, tools_stack), counter)
-        timeout = httpx.Timeout(settings.request_timeout, connect=min(10.0, settings.request_timeout))
-        async with model_http_client(timeout) as http:
+        async with model_http_client(settings.request_timeout, connect=min(10.0, settings.request_timeout)) as http:
             primary, fallback = endpoints(settings)
             llm = ChatClient(
                 http,

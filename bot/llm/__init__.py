@@ -12,11 +12,11 @@ from bot.llm.client import (
     GenerationParams,
     RetryPolicy,
     model_choice,
-    model_http_client,
 )
 from bot.llm.errors import shown_url
 from bot.llm.sse import OnDelta, SSEDecoder, ThinkSplitter, ToolCall
 from bot.llm.tokens import PER_MESSAGE_OVERHEAD, TRUNCATION_MARK, TokenCounter
+from bot.llm.transport import ModelHTTP, model_http_client
 
 __all__ = [
     "PER_MESSAGE_OVERHEAD",
@@ -27,6 +27,7 @@ __all__ = [
     "Completion",
     "Endpoint",
     "GenerationParams",
+    "ModelHTTP",
     "OnDelta",
     "RetryPolicy",
     "SSEDecoder",

@@ -1,4 +1,4 @@
-"""OpenAI-compatible chat completions over httpx: plain and streaming calls, retries, fallback.
+"""OpenAI-compatible chat completions over aiohttp: plain and streaming calls, retries, fallback.
 
 Works against OpenAI, Ollama, vLLM, llama.cpp's server and OpenRouter. Every failure leaves as one of the
 :mod:`bot.errors` types; the key never appears in a URL, a log line or an exception message.
@@ -7,22 +7,22 @@ Works against OpenAI, Ollama, vLLM, llama.cpp's server and OpenRouter. Every fai
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
-from httpx_aiohttp import HttpxAiohttpClient
 
 from bot import errors
 from bot.guards import KeySource, redact
 from bot.llm.errors import error_from_response
 from bot.llm.sse import OnDelta, StreamResult, ToolCall, consume_sse, drain, read_plain
+from bot.llm.transport import ModelHTTP, Target, target
 from bot.messages import Usage
 
 log = logging.getLogger(__name__)
@@ -31,17 +31,6 @@ log = logging.getLogger(__name__)
 #: may carry ``tool_calls`` and a ``tool`` message a ``tool_call_id``.
 ChatMessage = dict[str, Any]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-def model_http_client(timeout: httpx.Timeout | float, *, max_connections: int = 256) -> httpx.AsyncClient:
-    """The one HTTP client for model calls: httpx's API over aiohttp's connection pool.
-
-    httpcore's own pool looks at every open connection for every request (and polls the idle ones), so its cost
-    per request grows with the number of concurrent calls; measured through the core with 200 concurrent
-    conversations it took over half the process's time (``python -m bench``, BENCHMARKS.md).
-    """
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return HttpxAiohttpClient(timeout=timeout, limits=limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +117,11 @@ _QUOTED_PARAM = re.compile(r"'(" + "|".join(_INSTEAD) + r")'")
 
 
 class ChatClient:
-    """Calls ``POST {base_url}/chat/completions`` on one shared ``httpx.AsyncClient``."""
+    """Calls ``POST {base_url}/chat/completions`` on one shared :class:`~bot.llm.transport.ModelHTTP`."""
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: ModelHTTP,
         primary: Endpoint,
         *,
         fallback: Endpoint | None = None,
@@ -150,8 +139,8 @@ class ChatClient:
         self._rand = rand
         #: Per (server, model): the parameters it refused, each mapped to the name to use instead (None: leave out).
         self._refused: dict[tuple[str, str], dict[str, str | None]] = {}
-        #: Each endpoint's completions URL, parsed once: httpx would parse the string again for every call.
-        self._urls: dict[str, httpx.URL] = {}
+        #: Each endpoint's completions URL (and proxy), worked out once: not again for every call.
+        self._targets: dict[str, Target] = {}
 
     @property
     def reasoning_effort(self) -> str | None:
@@ -314,62 +303,76 @@ class ChatClient:
         if on_delta is not None:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+        where = self._targets.get(endpoint.base_url)
+        if where is None:
+            where = self._targets[endpoint.base_url] = target(endpoint.base_url)
         headers = {"Accept": "text/event-stream" if on_delta else "application/json"}
         key = endpoint.keys.get()
-        if key:
+        if where.basic is not None:
+            # A user:password in the base URL (a proxy in front of the model) is sent as basic authorization in
+            # place of the key's bearer header, as httpx did.
+            headers["Authorization"] = where.basic
+        elif key:
             headers["Authorization"] = f"Bearer {key}"
-        url = self._urls.get(endpoint.base_url)
-        if url is None:
-            url = self._urls[endpoint.base_url] = httpx.URL(f"{endpoint.base_url}/chat/completions")
+        headers["Content-Type"] = "application/json"
+        if where.proxy_authorization is not None:
+            headers["Proxy-Authorization"] = where.proxy_authorization
         # The prompt (the history: several KB) is serialized for every call: orjson does it in a third of the time
-        # of httpx's json.dumps, to the same compact UTF-8. What it refuses (a lone surrogate) goes through httpx's
-        # encoder, which fails the same way it always did.
+        # of json.dumps, to the same compact UTF-8. What it refuses (a lone surrogate) goes through the encoder
+        # httpx used, which fails the same way it always did.
         try:
-            payload: dict[str, Any] = {"content": orjson.dumps(body)}
-            headers["Content-Type"] = "application/json"
+            content = orjson.dumps(body)
         except orjson.JSONEncodeError:
-            payload = {"json": body}
+            content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         result = StreamResult()
         loop = asyncio.get_running_loop()
         # The read timeout counts bytes, and a comment line is bytes: between events it is applied again here,
         # to events only, so a stream that sends nothing but ": keep-alive" stalls out like a silent one.
-        stall = self._http.timeout.read
+        stall = self._http.read_timeout
         # Each reschedule makes a new timer (about 3 µs); for every token that is waste, and moving the limit in
         # steps of a twentieth of the stall time is as good.
-        step = stall / 20 if stall is not None else 0.0
+        step = stall / 20
         try:
             async with asyncio.timeout_at(deadline) as scope:
 
                 def progress() -> None:
                     # Once text flows (thinking counts: the model is at work), the deadline for the answer to start is
                     # met; the cap on the call remains.
-                    limit = cap if result.text or result.reasoning else deadline
-                    if stall is not None:
-                        limit = min(limit, loop.time() + stall)
+                    limit = min(cap if result.text or result.reasoning else deadline, loop.time() + stall)
                     when = scope.when()
                     later = limit - when if when is not None else -1.0  # None is no limit: any is earlier
                     # Earlier always; later in steps, except to a hard limit, which is kept to the letter.
                     if later < 0 or later > step or (later > 0 and limit in (deadline, cap)):
                         scope.reschedule(limit)
 
-                async with (
-                    self._http.stream("POST", url, headers=headers, **payload) as response,
-                    _released(response),
-                ):
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise error_from_response(response, model, key)
+                async with self._http.session.request(
+                    "POST",
+                    where.url,
+                    data=content,
+                    headers=headers,
+                    allow_redirects=False,
+                    proxy=where.proxy,
+                    proxy_headers=where.proxy_headers,
+                ) as response:
+                    if response.status >= 400:
+                        raise error_from_response(
+                            response.status,
+                            await response.read(),
+                            response.headers,
+                            response.charset,
+                            where.written,
+                            model,
+                            key,
+                        )
                     content_type = response.headers.get("content-type", "")
                     if on_delta is not None and content_type.startswith("text/event-stream"):
                         progress()
-                        chunks = response.aiter_bytes()
-                        await consume_sse(chunks, result, on_delta, progress, call.on_reasoning)
+                        await consume_sse(response.content, result, on_delta, progress, call.on_reasoning)
                         # The answer is whole; drain() has its own short limit, and must not turn into a timeout.
                         scope.reschedule(None)
-                        await drain(chunks)
+                        await drain(response.content)
                     else:
-                        await response.aread()
-                        read_plain(response, result)
+                        read_plain(response.status, await response.read(), result)
                         if call.on_reasoning is not None and result.reasoning:
                             await call.on_reasoning(result.reasoning)
                         if on_delta is not None and result.text:
@@ -378,21 +381,17 @@ class ChatClient:
             if result.text and on_delta is not None:
                 raise errors.StreamInterrupted(str(exc), partial=result.text, cause=exc) from None
             raise
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            if not _timed_out(exc):
-                raise _interrupted_or(
-                    result,
-                    errors.ConnectionFailed(
-                        f"{type(exc.__cause__).__name__}: cannot reach {endpoint.name}: {redact(str(exc))}"
-                    ),
-                ) from None
+        except TimeoutError as exc:
+            # Ours (the deadline, the cap, the stall limit) or aiohttp's (connect, read): a timeout either way.
             limit = _which_limit(exc, loop.time(), cap, stall, endpoint)
             raise _interrupted_or(result, errors.Timeout(limit)) from None
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except aiohttp.ClientPayloadError:
+            # The body broke off (the connection dropped inside a chunked answer).
             raise _interrupted_or(
-                result, errors.ConnectionFailed(f"{type(exc).__name__}: connection to {endpoint.name} broke")
+                result, errors.ConnectionFailed(f"ReadError: connection to {endpoint.name} broke")
             ) from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
+            # Refused, reset, an unknown host, a TLS failure, a server that hung up before it answered.
             raise _interrupted_or(
                 result,
                 errors.ConnectionFailed(f"{type(exc).__name__}: cannot reach {endpoint.name}: {redact(str(exc))}"),
@@ -410,24 +409,6 @@ class ChatClient:
         )
 
 
-@asynccontextmanager
-async def _released(response: httpx.Response) -> AsyncIterator[None]:
-    """Once the response is closed, let go of its stream.
-
-    httpx's response and the stream bound to it point at each other, so neither is freed when the call ends: with
-    aiohttp's request, response and headers hanging off them (about 26 objects a turn) they wait for the cyclic
-    collector, whose pass over a few hundred turns' worth stalled the event loop 10-70 ms at 500 conversations.
-    The stream is spent by then; an empty one in its place ends the cycle, and the turn's objects go at once.
-    """
-    try:
-        yield
-    finally:
-        # Runs before the outer ``async with`` closes the response, which still needs the bound stream: so the
-        # swap waits for that close, done here first (closing twice is a no-op in httpx).
-        await response.aclose()
-        response.stream = httpx.ByteStream(b"")
-
-
 @dataclass(frozen=True, slots=True)
 class _Call:
     """What one call asks for besides the prompt: where its answer and thinking go, and its reasoning effort."""
@@ -439,20 +420,15 @@ class _Call:
     tool_choice: str | None = None
 
 
-def _timed_out(exc: BaseException) -> bool:
-    """Whether a timeout really is one: httpx-aiohttp reports every aiohttp connection error, a refused
-    connection and an unknown host included, as ``ConnectTimeout``, with the real error as its cause."""
-    cause = exc.__cause__
-    return not isinstance(exc, httpx.TimeoutException) or cause is None or isinstance(cause, TimeoutError)
-
-
-def _which_limit(exc: BaseException, now: float, cap: float, stall: float | None, endpoint: Endpoint) -> str:
+def _which_limit(exc: TimeoutError, now: float, cap: float, stall: float, endpoint: Endpoint) -> str:
     """What ran out, for the log: the cap on the whole call, or the wait for the answer or its next event."""
     if now >= cap:
         return f"the call to {endpoint.name} reached TEAMBOT_MAX_CALL_SECONDS"
-    if isinstance(exc, TimeoutError) and stall is not None:
-        return f"{endpoint.name} sent no answer, or no event for {stall:g} s (comment lines do not count)"
-    return f"{type(exc).__name__} talking to {endpoint.name}"
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        # Named as httpx named them, for the log lines people already search for.
+        kind = "ReadTimeout" if isinstance(exc, aiohttp.SocketTimeoutError) else "ConnectTimeout"
+        return f"{kind} talking to {endpoint.name}"
+    return f"{endpoint.name} sent no answer, or no event for {stall:g} s (comment lines do not count)"
 
 
 def _interrupted_or(result: StreamResult, exc: errors.LLMError) -> errors.LLMError:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import email.utils
 import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,7 +24,7 @@ CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error
 QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date).
 
     A value that cannot be read (not a number, not a date, negative, infinite) counts as absent: the header is
@@ -51,22 +54,30 @@ def _seconds(value: str | None) -> float | None:
     return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
-def error_from_response(response: httpx.Response, model: str, key: str | None) -> errors.LLMError:
+def error_from_response(
+    status: int, content: bytes, headers: Mapping[str, str], charset: str | None, url: str, model: str, key: str | None
+) -> errors.LLMError:
+    """The error a server's answer with an error status means; ``url`` is the one asked, as configured (it is shown
+    without user:password or query)."""
     try:
-        body = response.json()
+        body = json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        body = {"error": {"message": response.text[:200]}}
+        body = {"error": {"message": text(content, charset)[:200]}}
     if not isinstance(body, dict):
         body = {}
-    exc = error_from_body(
-        response.status_code,
-        body,
-        model=model,
-        retry_after=retry_after(response.headers),
-        url=shown_url(response.request.url),
-    )
-    log.debug("model endpoint answered HTTP %d: %s", response.status_code, redact(str(body)[:500], key))
+    exc = error_from_body(status, body, model=model, retry_after=retry_after(headers), url=shown_url(url))
+    log.debug("model endpoint answered HTTP %d: %s", status, redact(str(body)[:500], key))
     return exc
+
+
+def text(content: bytes, charset: str | None) -> str:
+    """A body as text, as httpx read it: in its declared charset if Python knows it, else UTF-8, and what does not
+    decode replaced rather than refused."""
+    encoding = "utf-8"
+    if charset:
+        with contextlib.suppress(LookupError):
+            encoding = codecs.lookup(charset).name
+    return content.decode(encoding, "replace")
 
 
 def error_from_body(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from bot import errors
@@ -190,8 +190,9 @@ class StreamResult:
 
 class SSEDecoder:
     """Splits a byte stream into the ``data`` of its server-sent events; comment lines (``: keep-alive``) are
-    skipped. Fed raw chunks, not lines: every token of a stream is a chunk, and one pass over its bytes costs a
-    fraction of httpx's text and line iterators stacked on each other."""
+    skipped. Fed raw chunks, line by line: any line ending (CRLF, CR, LF), several ``data`` lines to an event.
+    :func:`consume_sse` uses it only for what its faster split cannot take (a CR in the stream, an event of
+    several lines)."""
 
     def __init__(self) -> None:
         self._buffer = b""
@@ -229,38 +230,92 @@ class SSEDecoder:
         return events
 
 
-async def drain(chunks: AsyncIterator[bytes]) -> None:
+async def drain(content: aiohttp.StreamReader) -> None:
     """Read what follows ``[DONE]`` to the end of the body, so the connection goes back to the pool instead of
     being closed; a server that keeps the stream open after ``[DONE]`` gets a second, then is left alone."""
+    if content.is_eof():
+        return  # the usual case: the body's end came with [DONE]; no timer to set
     try:
         async with asyncio.timeout(1.0):
-            async for _ in chunks:
+            while await content.readany():
                 pass
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, aiohttp.ClientError):
         pass  # the answer is already whole; only the connection's reuse is lost
 
 
+_DATA = b"data: "
+_DONE = b"[DONE]"
+
+
 async def consume_sse(
-    chunks: AsyncIterator[bytes],
+    content: aiohttp.StreamReader,
     result: StreamResult,
     on_delta: OnDelta,
     progress: Callable[[], None],
     on_reasoning: OnDelta | None = None,
 ) -> None:
     """Read events into ``result`` up to ``[DONE]``; ``progress`` is called after each event, never for a comment
-    line, so the caller's time limits see a server that only keeps the connection busy as a stalled one."""
-    decoder = SSEDecoder()
-    async for chunk in chunks:
+    line, so the caller's time limits see a server that only keeps the connection busy as a stalled one.
+
+    Every token of every answer is an event, so the usual shape is taken on a short path: the bytes split on the
+    blank lines between events, an event of one ``data:`` line handed to orjson as bytes, as they came. Anything
+    else (a CR in the stream, an event of several lines or fields, bytes that are not UTF-8 JSON) goes through
+    :class:`SSEDecoder` and :func:`take_event`, as every event did before, with the same result.
+    """
+    read = content.readany
+    rest = b""
+    decoder: SSEDecoder | None = None
+    while chunk := await read():
+        if decoder is None and b"\r" not in chunk:
+            blocks = (rest + chunk).split(b"\n\n")
+            rest = blocks.pop()
+            for block in blocks:
+                if block.startswith(_DATA) and b"\n" not in block:
+                    if await take_data(block[6:], result, on_delta, on_reasoning):
+                        await result.close(on_delta, on_reasoning)
+                        return
+                    progress()
+                    continue
+                # A comment, an empty block (more blank lines than one), several lines: line by line.
+                for data in SSEDecoder().feed(block + b"\n\n"):
+                    if await take_event(data, result, on_delta, on_reasoning):
+                        await result.close(on_delta, on_reasoning)
+                        return
+                    progress()
+            continue
+        if decoder is None:
+            # A CR ends lines too (CRLF, or CR alone): from here on, the whole stream line by line.
+            decoder, chunk, rest = SSEDecoder(), rest + chunk, b""
         for data in decoder.feed(chunk):
             if await take_event(data, result, on_delta, on_reasoning):
                 await result.close(on_delta, on_reasoning)
                 return
             progress()
-    for data in decoder.close():
+    if decoder is None:
+        decoder = SSEDecoder()
+        tail = decoder.feed(rest)
+    else:
+        tail = []
+    for data in tail + decoder.close():
         if await take_event(data, result, on_delta, on_reasoning):
             break
     # Text held back as a possible tag is the answer's after all (or, in an unclosed block, thinking).
     await result.close(on_delta, on_reasoning)
+
+
+async def take_data(data: bytes, result: StreamResult, on_delta: OnDelta, on_reasoning: OnDelta | None) -> bool:
+    """:func:`take_event` for an event's data as it came off the wire: the same outcome, without decoding the bytes
+    first where they are JSON as they stand."""
+    if data == _DONE:
+        result.done = True
+        return True
+    try:
+        # orjson: every streamed token of every answer is one event to parse (BENCHMARKS.md).
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # Not UTF-8, a lone surrogate escaped (half an emoji), a [DONE] with spaces: as any event always was.
+        return await take_event(data.decode("utf-8", "replace"), result, on_delta, on_reasoning)
+    return await _take_chunk(chunk, result, on_delta, on_reasoning)
 
 
 async def take_event(data: str, result: StreamResult, on_delta: OnDelta, on_reasoning: OnDelta | None = None) -> bool:
@@ -269,7 +324,6 @@ async def take_event(data: str, result: StreamResult, on_delta: OnDelta, on_reas
         result.done = True
         return True
     try:
-        # orjson: every streamed token of every answer is one event to parse (BENCHMARKS.md).
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError:
         # orjson refuses what json accepts from some servers (a lone surrogate escaped: half an emoji).
@@ -277,6 +331,10 @@ async def take_event(data: str, result: StreamResult, on_delta: OnDelta, on_reas
             chunk = json.loads(data)
         except json.JSONDecodeError:
             raise errors.MalformedResponse("an SSE event was not JSON") from None
+    return await _take_chunk(chunk, result, on_delta, on_reasoning)
+
+
+async def _take_chunk(chunk: Any, result: StreamResult, on_delta: OnDelta, on_reasoning: OnDelta | None) -> bool:
     if not isinstance(chunk, dict):
         raise errors.MalformedResponse("an SSE event was not a JSON object")
     if "error" in chunk:
@@ -305,15 +363,20 @@ async def take_event(data: str, result: StreamResult, on_delta: OnDelta, on_reas
     return False
 
 
-def read_plain(response: httpx.Response, result: StreamResult) -> None:
+def read_plain(status: int, raw: bytes, result: StreamResult) -> None:
+    """A whole (non-streamed) answer's body into ``result``."""
     try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise errors.MalformedResponse("the response body was not JSON") from None
+        # orjson where it can: what it takes, json reads the same; what it refuses, json still may.
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise errors.MalformedResponse("the response body was not JSON") from None
     if not isinstance(body, dict):
         raise errors.MalformedResponse("the response body was not a JSON object")
     if "error" in body:
-        raise error_from_body(response.status_code, body, model=str(body.get("model", "")), retry_after=None)
+        raise error_from_body(status, body, model=str(body.get("model", "")), retry_after=None)
     try:
         choice = body["choices"][0]
         message = choice["message"]

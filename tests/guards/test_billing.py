@@ -5,14 +5,13 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bot import texts
 from bot.commands import CommandContext, Commands
 from bot.conversation import ConversationCore, TurnSettings
 from bot.guards import Accounting, Guards, PriceTable
-from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter
+from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter, model_http_client
 from bot.messages import ConversationKey, IncomingMessage, ReplyKind, Usage
 from bot.store import open_store
 from tests.fakes.openai import FakeOpenAI
@@ -55,7 +54,7 @@ async def _bot_turns(tmp_path: Path, fake: FakeOpenAI, texts_: list[str]) -> tup
     store = await open_store(str(tmp_path / "teambot.db"))
     try:
         accounting = Accounting(store, PriceTable({"fake-model": (1_000.0, 2_000.0, 100.0)}), [])
-        async with httpx.AsyncClient() as http:
+        async with model_http_client(5.0) as http:
             llm = ChatClient(http, Endpoint("primary", fake.base_url, "fake-model"), retry=RetryPolicy(max_retries=0))
             settings = TurnSettings(LONG_SYSTEM, 8000)
             core = ConversationCore(store, llm, TokenCounter.load(), settings, Guards(accounting=accounting))

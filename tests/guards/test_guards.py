@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bot import texts
@@ -29,7 +28,7 @@ from bot.guards import (
     ScopeKind,
     Unit,
 )
-from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter
+from bot.llm import ChatClient, Endpoint, RetryPolicy, TokenCounter, model_http_client
 from bot.messages import ConversationKey, IncomingMessage, ReplyKind, Usage
 from bot.store import Store, TokenBuckets, open_store
 from bot.store.sqlite import SQLiteStore
@@ -98,7 +97,7 @@ async def make_bot(tmp_path: Path, fake: FakeOpenAI, counter: TokenCounter, **kw
     )
     guards = Guards(accounting=accounting, **kw)  # type: ignore[arg-type]
     try:
-        async with httpx.AsyncClient() as http:
+        async with model_http_client(5.0) as http:
             llm = ChatClient(http, Endpoint("primary", fake.base_url, "fake-model"), retry=RetryPolicy(max_retries=0))
             core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000), guards)
             yield Bot(core, fake, store, db, clock)
@@ -430,7 +429,7 @@ async def test_a_rotated_key_file_takes_effect_on_the_next_call(tmp_path: Path, 
     key_file = tmp_path / "key"
     key_file.write_text("sk-first-key-000000")
     store = await open_store(str(tmp_path / "k.db"))
-    async with FakeOpenAI(api_key="sk-first-key-000000") as fake, httpx.AsyncClient() as http:
+    async with FakeOpenAI(api_key="sk-first-key-000000") as fake, model_http_client(5.0) as http:
         endpoint = Endpoint("primary", fake.base_url, "m", KeySource(file=key_file))
         core = ConversationCore(store, ChatClient(http, endpoint), counter, TurnSettings("s", 4000))
         assert (await core.handle(IncomingMessage(KEY, "a", "U1", "Ada", "hi"))).kind is ReplyKind.ANSWER

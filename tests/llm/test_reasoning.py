@@ -7,17 +7,17 @@ import asyncio
 import json
 import logging
 
-import httpx
 import pytest
 
 from bot import errors
-from bot.llm import ChatClient, Endpoint, GenerationParams, RetryPolicy, ThinkSplitter, model_http_client
+from bot.llm import ChatClient, Endpoint, GenerationParams, ModelHTTP, RetryPolicy, ThinkSplitter, model_http_client
 from tests.fakes.openai import THOUGHT, THOUGHT_MARK, FakeOpenAI
+from tests.llm.script import Reply, Script, Seen, json_reply
 
 PROMPT = [{"role": "user", "content": "Ada: hi"}]
 
 
-def _client(fake: FakeOpenAI, http: httpx.AsyncClient, model: str, **params: object) -> ChatClient:
+def _client(fake: FakeOpenAI, http: ModelHTTP, model: str, **params: object) -> ChatClient:
     return ChatClient(http, Endpoint("fake", fake.base_url, model), params=GenerationParams(**params))  # type: ignore[arg-type]
 
 
@@ -107,35 +107,35 @@ async def test_a_server_that_knows_only_max_tokens_gets_it_back() -> None:
         assert fake.requests[-1]["max_tokens"] == 1024 and "max_completion_tokens" not in fake.requests[-1]
 
 
-async def test_a_parameter_refused_under_both_names_is_reported_not_looped() -> None:
+async def test_a_parameter_refused_under_both_names_is_reported_not_looped(script: Script) -> None:
     refusal = {"message": "no", "type": "invalid_request_error", "code": "unsupported_parameter"}
     seen: list[dict[str, object]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         body = json.loads(request.content)
         seen.append(body)
         param = "max_tokens" if "max_tokens" in body else "max_completion_tokens"
-        return httpx.Response(400, json={"error": refusal | {"param": param}})
+        return json_reply(400, {"error": refusal | {"param": param}})
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        llm = ChatClient(http, Endpoint("mock", "http://model", "m"))
-        with pytest.raises(errors.BadRequest):
-            await llm.complete(PROMPT)
+    script.answer(*[handler] * 3)
+    llm = ChatClient(script.http, Endpoint("mock", f"{script.url}/v1", "m"))
+    with pytest.raises(errors.BadRequest):
+        await llm.complete(PROMPT)
     assert len(seen) == 2
 
 
-async def test_other_bad_requests_are_not_retried() -> None:
+async def test_other_bad_requests_are_not_retried(script: Script) -> None:
     seen: list[int] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         seen.append(1)
         body = {"error": {"message": "bad 'temperature'", "type": "invalid_request_error", "code": "invalid_value"}}
-        return httpx.Response(400, json=body | {"param": "temperature"})
+        return json_reply(400, body | {"param": "temperature"})
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        llm = ChatClient(http, Endpoint("mock", "http://model", "m"), params=GenerationParams(temperature=0.5))
-        with pytest.raises(errors.BadRequest):
-            await llm.complete(PROMPT)
+    script.answer(*[handler] * 3)
+    llm = ChatClient(script.http, Endpoint("mock", f"{script.url}/v1", "m"), params=GenerationParams(temperature=0.5))
+    with pytest.raises(errors.BadRequest):
+        await llm.complete(PROMPT)
     assert seen == [1]
 
 
@@ -209,23 +209,23 @@ async def test_a_long_thought_counts_as_progress_for_the_answer_deadline() -> No
     assert result.text == "echo: Ada: [[thinking]] hi"
 
 
-async def test_a_refusal_that_names_the_parameter_only_in_its_message_is_learned() -> None:
+async def test_a_refusal_that_names_the_parameter_only_in_its_message_is_learned(script: Script) -> None:
     """Some servers leave ``param`` out; the parameter is then read from the quoted name in the message."""
     seen: list[dict[str, object]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Seen) -> Reply:
         body = json.loads(request.content)
         seen.append(body)
         if "max_tokens" in body:
             message = "Unsupported parameter: 'max_tokens' is not supported with this model."
             error = {"message": message, "type": "invalid_request_error", "code": "unsupported_parameter"}
-            return httpx.Response(400, json={"error": error})
+            return json_reply(400, {"error": error})
         answer = {"role": "assistant", "content": "fine"}
-        return httpx.Response(200, json={"choices": [{"message": answer, "finish_reason": "stop"}]})
+        return json_reply(200, {"choices": [{"message": answer, "finish_reason": "stop"}]})
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        llm = ChatClient(http, Endpoint("mock", "http://model", "m"))
-        assert (await llm.complete(PROMPT)).text == "fine"
+    script.answer(*[handler] * 3)
+    llm = ChatClient(script.http, Endpoint("mock", f"{script.url}/v1", "m"))
+    assert (await llm.complete(PROMPT)).text == "fine"
     assert [sorted(b) for b in seen] == [
         ["max_tokens", "messages", "model"],
         ["max_completion_tokens", "messages", "model"],
