@@ -394,7 +394,7 @@ class ChatClient:
             # Refused, reset, an unknown host, a TLS failure, a server that hung up before it answered.
             raise _interrupted_or(
                 result,
-                errors.ConnectionFailed(f"{type(exc).__name__}: cannot reach {endpoint.name}: {redact(str(exc))}"),
+                errors.ConnectionFailed(f"{type(exc).__name__}: cannot reach {endpoint.name}: {_told(exc)}"),
             ) from None
         if on_delta is not None and result.finish_reason is None and not result.done:
             raise _interrupted_or(result, errors.ConnectionFailed("the stream ended before the answer was complete"))
@@ -429,6 +429,17 @@ def _which_limit(exc: TimeoutError, now: float, cap: float, stall: float, endpoi
         kind = "ReadTimeout" if isinstance(exc, aiohttp.SocketTimeoutError) else "ConnectTimeout"
         return f"{kind} talking to {endpoint.name}"
     return f"{endpoint.name} sent no answer, or no event for {stall:g} s (comment lines do not count)"
+
+
+def _told(exc: aiohttp.ClientError) -> str:
+    """What aiohttp says went wrong, without the URL that some of its errors name: a query there may carry a key
+    (see ``shown_url``), and the endpoint is named beside it anyway."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # An answer whose head could not be read, a proxy that refused: aiohttp's text, less its "url=...".
+        return redact(f"{exc.status}, message={exc.message!r}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"not a valid URL ({exc.description})" if exc.description else "not a valid URL"
+    return redact(str(exc))
 
 
 def _interrupted_or(result: StreamResult, exc: errors.LLMError) -> errors.LLMError:

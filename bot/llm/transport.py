@@ -145,4 +145,8 @@ def env_proxy(url: URL) -> URL | None:
         return None
     proxies = urllib.request.getproxies()
     proxy = proxies.get(url.scheme) or proxies.get("all")
-    return URL(proxy) if proxy else None
+    if not proxy:
+        return None
+    # A proxy named without a scheme (HTTP_PROXY=proxy:3128, common) is an HTTP proxy, as httpx read it: taken as
+    # it stands, aiohttp refuses it as an invalid URL on every call, and that error's text names it, password and all.
+    return URL(proxy if "://" in proxy else f"http://{proxy}")

@@ -605,6 +605,57 @@ async def test_no_proxy_exempts_a_host(script: Script, monkeypatch: pytest.Monke
     assert (await script.client(plain("direct")).complete(PROMPT)).text == "direct"
 
 
+async def test_a_proxy_named_without_a_scheme_is_an_http_proxy(script: Script, monkeypatch: pytest.MonkeyPatch) -> None:
+    # HTTP_PROXY=host:port (no http://) is common, and httpx read it as an HTTP proxy: so must the model calls, not
+    # fail every one of them with the proxy's URL, user:password and all, in the log line.
+    monkeypatch.setenv("HTTP_PROXY", script.url.replace("http://", "proxyuser:proxypw@"))
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    c = script.client(plain("through the proxy"), base_url="http://model.invalid/v1")
+    assert (await c.complete(PROMPT)).text == "through the proxy"
+    [request] = script.requests
+    assert (request.host, request.path) == ("model.invalid", "/v1/chat/completions")
+    assert request.headers["proxy-authorization"] == "Basic " + base64.b64encode(b"proxyuser:proxypw").decode()
+
+
+async def test_a_response_head_that_cannot_be_read_shows_no_query_of_the_url(caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp's error for an unreadable answer names the URL asked, query and all: the log text must not."""
+
+    async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    caplog.set_level(logging.DEBUG)
+    try:
+        async with model_http_client(5.0) as http:
+            c = ChatClient(
+                http,
+                Endpoint("primary", f"http://127.0.0.1:{port}/v1?token=secret-in-query", "m"),
+                retry=RetryPolicy(max_retries=1, base_delay=0.01),
+            )
+            with pytest.raises(errors.ConnectionFailed) as caught:
+                await c.complete(PROMPT)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert str(caught.value).startswith("ClientResponseError: cannot reach primary: 400, message=")
+    assert "secret-in-query" not in str(caught.value)
+    assert caplog.records and "secret-in-query" not in caplog.text
+
+
+async def test_a_base_url_without_a_host_shows_no_query_of_the_url(script: Script) -> None:
+    # aiohttp's InvalidURL is the URL itself: the log text says what is wrong with it, not the query it carries.
+    c = script.client(retry=RetryPolicy(max_retries=0), base_url="http:///v1?token=secret-in-query")
+    with pytest.raises(errors.ConnectionFailed) as caught:
+        await c.complete(PROMPT)
+    assert str(caught.value).startswith("InvalidUrlClientError: cannot reach primary: not a valid URL")
+    assert "secret-in-query" not in str(caught.value)
+
+
 async def test_what_broke_is_told_in_the_log_text(script: Script) -> None:
     """The detail of each failure as the log shows it (the person gets the one sentence of its type)."""
     one_try = RetryPolicy(max_retries=0)
