@@ -43,6 +43,8 @@ async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckRe
     model client the bot uses, over aiohttp, whose requests are watched for the status that refused it.
     """
     name = f"model endpoint ({endpoint.name})"
+    # As every other line of the check shows a URL: without a user:password (or query) the base URL may carry.
+    shown = shown_url(endpoint.base_url)
     key = endpoint.keys.get()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     models_url = f"{endpoint.base_url}/models"
@@ -57,7 +59,7 @@ async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckRe
     except (ValueError, AttributeError):
         listed = False
     if listed:
-        return CheckResult(name, True, f"{endpoint.base_url} lists {endpoint.model}")
+        return CheckResult(name, True, f"{shown} lists {endpoint.model}")
     answered: list[int] = []
 
     async def record(session: object, context: SimpleNamespace, params: aiohttp.TraceRequestEndParams) -> None:
@@ -77,12 +79,10 @@ async def check_endpoint(endpoint: Endpoint, http: httpx.AsyncClient) -> CheckRe
             return CheckResult(name, False, str(exc))
         except errors.LLMError as exc:
             if not answered or answered[-1] < 400:
-                return CheckResult(
-                    name, False, f"{endpoint.base_url} with model {endpoint.model}: {type(exc).__name__}"
-                )
+                return CheckResult(name, False, f"{shown} with model {endpoint.model}: {type(exc).__name__}")
             detail = f"HTTP {answered[-1]} from POST {shown_url(f'{endpoint.base_url}/chat/completions')}"
             return CheckResult(name, False, detail + _HINTS.get(type(exc), ""))
-    return CheckResult(name, True, f"{endpoint.base_url} answered a one-token request with {endpoint.model}")
+    return CheckResult(name, True, f"{shown} answered a one-token request with {endpoint.model}")
 
 
 #: What to look at after the model endpoint refused the one-token request, by the error the client made of it.

@@ -44,6 +44,16 @@ async def test_a_model_missing_from_the_list_is_tried_with_one_token() -> None:
     assert fake.requests[0]["max_tokens"] == 1
 
 
+@pytest.mark.parametrize("model", ["fake-model", "other"])
+async def test_a_password_in_the_base_url_is_never_shown(model: str) -> None:
+    # Listed, or tried with one token: either way the line names the endpoint without its user:password.
+    async with FakeOpenAI() as fake:
+        base_url = fake.base_url.replace("http://", "http://teambot:pw-never-shown@")
+        [result] = await check_model(settings(openai_base_url=base_url, openai_model=model))
+    assert result.ok and fake.base_url in result.detail
+    assert "pw-never-shown" not in result.line()
+
+
 async def test_a_bad_key_and_an_unreachable_fallback_fail() -> None:
     async with FakeOpenAI(api_key="sk-good-key-0000") as fake:
         results = await check_model(
