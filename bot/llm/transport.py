@@ -141,7 +141,12 @@ def env_proxy(url: URL) -> URL | None:
     """The proxy that ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY`` name for ``url``, unless ``NO_PROXY`` exempts
     its host: what httpx honoured. Looked up once per endpoint: aiohttp's own ``trust_env`` would look up the proxy
     and ``.netrc`` on a thread for every call."""
-    if url.host is None or urllib.request.proxy_bypass(url.host):
+    if url.host is None:
+        return None
+    # With the port when the URL names one: a NO_PROXY entry may name it too (localhost:11434), as httpx matched it;
+    # an entry without a port still matches the host alone.
+    host = url.host if url.explicit_port is None else f"{url.host}:{url.explicit_port}"
+    if urllib.request.proxy_bypass(host):
         return None
     proxies = urllib.request.getproxies()
     proxy = proxies.get(url.scheme) or proxies.get("all")

@@ -598,9 +598,11 @@ async def test_a_proxy_from_the_environment_carries_the_calls(script: Script, mo
     assert request.headers["authorization"] == f"Bearer {KEY}"
 
 
-async def test_no_proxy_exempts_a_host(script: Script, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("with_port", [False, True])
+async def test_no_proxy_exempts_a_host(script: Script, monkeypatch: pytest.MonkeyPatch, with_port: bool) -> None:
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there: used, it would refuse
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    # An entry may name the port too (NO_PROXY=localhost:11434), as httpx honoured it.
+    monkeypatch.setenv("NO_PROXY", script.url.removeprefix("http://") if with_port else "127.0.0.1")
     monkeypatch.delenv("no_proxy", raising=False)
     assert (await script.client(plain("direct")).complete(PROMPT)).text == "direct"
 
