@@ -52,7 +52,7 @@ from adapters.slack.approvals import ACTIONS as APPROVAL_ACTIONS
 from adapters.slack.approvals import APPROVE, SlackApprovalPrompt, SlackTurnView
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import escape_mrkdwn, markdown_to_mrkdwn, unescape_slack
-from adapters.slack.sdk import BoltApp, parse_envelope, web_client
+from adapters.slack.sdk import BoltApp, web_client
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
 from adapters.slack.thread import HISTORY_SCOPES, Identity, SlackThread, ThreadReader
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain, track
@@ -170,23 +170,6 @@ class _SocketModeClient(SocketModeClient):
         #: Set when Slack refused the app token while reconnecting: the adapter is down for good.
         self.refused: ConfigError | None = None
         self._backoff = Backoff()
-        #: The envelopes whose listeners are running (held so that none is collected half-way).
-        self._listening: set[asyncio.Future[None]] = set()
-
-    async def enqueue_message(self, message: str) -> None:
-        """Called by the SDK's receiver with each text frame: its listeners start at once.
-
-        slack_sdk queues the frame for a task of its own (``process_messages``), which decodes it with ``json`` and
-        starts a task to run the listeners: a hand-off between two tasks per envelope for nothing, since neither
-        step waits on anything. Here the frame is decoded (by orjson) and the listeners' task started right away;
-        the queue stays empty. A frame that is not JSON is logged and dropped, as the SDK's processor does."""
-        try:
-            envelope = parse_envelope(message)
-        except ValueError as exc:
-            self.logger.error("a Socket Mode frame that is not JSON was dropped: %s", type(exc).__name__)
-            return
-        self._listening.add(task := asyncio.ensure_future(self.run_message_listeners(envelope, message)))
-        task.add_done_callback(self._listening.discard)
 
     async def issue_new_wss_url(self) -> str:
         # The SDK's version logs an error of its own and sleeps through a rate limit it cannot be stopped from.

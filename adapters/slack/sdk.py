@@ -16,7 +16,6 @@ redo for each of them, with the same result every time, is done once here (BENCH
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from typing import Any, cast
 
@@ -147,12 +146,7 @@ class BoltApp(AsyncApp):
 
 
 def parse_envelope(raw: str) -> dict[str, Any]:
-    """A Socket Mode frame's JSON, by orjson (slack_sdk uses ``json``); a frame not starting with ``{``: ``{}``, as
-    slack_sdk has it. What orjson refuses and ``json`` takes (a lone surrogate escape, an integer past 64 bits)
-    is decoded by ``json``; raises ValueError for a frame that is not JSON at all."""
+    """A Socket Mode frame's JSON (slack_sdk uses ``json.loads``); not an object: ``{}``, as slack_sdk has it."""
     if not raw.startswith("{"):
         return {}
-    try:
-        return cast(dict[str, Any], orjson.loads(raw))
-    except orjson.JSONDecodeError:
-        return cast(dict[str, Any], json.loads(raw))
+    return cast(dict[str, Any], orjson.loads(raw))
