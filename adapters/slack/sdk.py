@@ -8,7 +8,6 @@ redo for each of them, with the same result every time, is done once here (BENCH
   call; arguments, headers, retries and the response stay slack_sdk's own.
 - :class:`BoltApp`: Bolt builds a new ``AsyncWebClient`` for every request (reading four proxy variables from the
   environment and the user agent again); here the request's client is a copy of the app's.
-- :func:`parse_envelope`: a Socket Mode envelope decoded by orjson.
 
 :class:`SdkLogger` keeps slack_sdk from building debug lines nobody logs.
 """
@@ -19,7 +18,6 @@ import copy
 import logging
 from typing import Any, cast
 
-import orjson
 from aiohttp import BasicAuth, FormData
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.logger import get_bolt_app_logger
@@ -143,10 +141,3 @@ class BoltApp(AsyncApp):
         client.retry_handlers = base.retry_handlers.copy() if base.retry_handlers is not None else None  # type: ignore[assignment]
         req.context["client"] = client
         req.context["listener_runner"] = self.listener_runner
-
-
-def parse_envelope(raw: str) -> dict[str, Any]:
-    """A Socket Mode frame's JSON (slack_sdk uses ``json.loads``); not an object: ``{}``, as slack_sdk has it."""
-    if not raw.startswith("{"):
-        return {}
-    return cast(dict[str, Any], orjson.loads(raw))
