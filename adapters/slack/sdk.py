@@ -1,27 +1,35 @@
 """slack_sdk and slack-bolt, driven with less work per call and per event.
 
 In a burst of mentions every event passes through Bolt and every answer through two Web API calls; what the SDKs
-redo for each of them, with the same result every time, is done once here (BENCHMARKS.md, "Round four"):
+redo for each of them, with the same result every time, is done once here:
 
 - :class:`WebClient`: slack_sdk joins the base URL and the method name (``urljoin``) and looks the method up
   among the deprecated ones (reading an environment variable) on every call. Here both happen on a method's first
   call; arguments, headers, retries and the response stay slack_sdk's own.
 - :class:`BoltApp`: Bolt builds a new ``AsyncWebClient`` for every request (reading four proxy variables from the
-  environment and the user agent again); here the request's client is a copy of the app's.
+  environment and the user agent again); here the request's client is a copy of the app's. And Bolt hands every
+  listener and built-in matcher a dict of some thirty arguments, building each (a ``say``, a ``respond``, the
+  payload in eight shapes) whatever the function takes; here a function gets the few it names.
 
 :class:`SdkLogger` keeps slack_sdk from building debug lines nobody logs.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from aiohttp import BasicAuth, FormData
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.listener.async_listener import AsyncCustomListener
+from slack_bolt.listener_matcher.async_builtins import AsyncBuiltinListenerMatcher
+from slack_bolt.listener_matcher.async_listener_matcher import AsyncListenerMatcher
 from slack_bolt.logger import get_bolt_app_logger
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.request.payload_utils import to_action, to_command, to_event, to_shortcut
+from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.web.deprecation import show_deprecation_warning_if_any
@@ -134,10 +142,104 @@ class BoltApp(AsyncApp):
         req.context["logger"] = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)
         req.context["token"] = self._token
         base = self._async_client
-        client = copy.copy(base)
+        # A shallow copy (copy.copy takes the long way, through __reduce_ex__).
+        client = object.__new__(type(base))
+        client.__dict__.update(base.__dict__)
         client.token = self._token
         team_id = req.context.team_id
         client.default_params = {} if team_id is None else {"team_id": team_id}
-        client.retry_handlers = base.retry_handlers.copy() if base.retry_handlers is not None else None  # type: ignore[assignment]
+        client.retry_handlers = base.retry_handlers.copy()
         req.context["client"] = client
         req.context["listener_runner"] = self.listener_runner
+
+    def _register_listener(
+        self,
+        functions: Sequence[Callable[..., Awaitable[BoltResponse | None]]],
+        primary_matcher: AsyncListenerMatcher,
+        matchers: Sequence[Callable[..., Awaitable[bool]]] | None,
+        middleware: Sequence[Callable[..., Any] | AsyncMiddleware] | None,
+        auto_acknowledgement: bool = False,
+        ack_timeout: int = 3,
+    ) -> Callable[..., Awaitable[BoltResponse | None]] | None:
+        # Bolt's registration, with its built-in matcher and its listener swapped for ones that hand their function
+        # only what it names, where Bolt would build all of it (each a request: app_mention, message, a command).
+        if type(primary_matcher) is AsyncBuiltinListenerMatcher:
+            primary_matcher = _LeanMatcher.of(primary_matcher, self._base_logger)
+        registered = super()._register_listener(
+            functions, primary_matcher, matchers, middleware, auto_acknowledgement, ack_timeout
+        )
+        listener = self._async_listeners[-1]
+        if type(listener) is AsyncCustomListener and _getters(listener.arg_names) is not None:
+            self._async_listeners[-1] = _LeanListener(
+                app_name=listener.app_name,
+                ack_function=listener.ack_function,
+                lazy_functions=listener.lazy_functions,
+                matchers=listener.matchers,
+                middleware=listener.middleware,
+                auto_acknowledgement=listener.auto_acknowledgement,
+                ack_timeout=listener.ack_timeout,
+                base_logger=self._base_logger,
+            )
+        return registered
+
+
+#: The arguments a listener or a built-in matcher of this adapter takes, each as Bolt's kwargs injection makes it
+#: (``build_async_required_kwargs``, slack-bolt 1.30). A function naming any other gets Bolt's whole set.
+_ARGUMENTS: dict[str, Callable[[AsyncBoltRequest], Any]] = {
+    "body": lambda req: req.body,
+    "event": lambda req: to_event(req.body),
+    "command": lambda req: to_command(req.body),
+    "action": lambda req: to_action(req.body),
+    "shortcut": lambda req: to_shortcut(req.body),
+    "context": lambda req: req.context,
+    "ack": lambda req: req.context.ack,
+    "respond": lambda req: req.context.respond,
+    "set_title": lambda req: req.context.set_title,
+    "set_suggested_prompts": lambda req: req.context.set_suggested_prompts,
+}
+
+Getters = tuple[tuple[str, Callable[[AsyncBoltRequest], Any]], ...]
+
+
+def _getters(names: Sequence[str]) -> Getters | None:
+    """How to make each of ``names`` from a request; None when one is not in :data:`_ARGUMENTS`."""
+    if not all(name in _ARGUMENTS for name in names):
+        return None
+    return tuple((name, _ARGUMENTS[name]) for name in names)
+
+
+def lean_arguments(names: Sequence[str], req: AsyncBoltRequest) -> dict[str, Any] | None:
+    """The arguments named, as :class:`BoltApp`'s listeners get them (None: Bolt's own injection is used)."""
+    getters = _getters(names)
+    return None if getters is None else {name: make(req) for name, make in getters}
+
+
+class _LeanMatcher(AsyncBuiltinListenerMatcher):
+    """A built-in matcher (event type, command name, action id...) called with only the arguments it names."""
+
+    _getters: Getters
+
+    @classmethod
+    def of(cls, matcher: AsyncBuiltinListenerMatcher, base_logger: logging.Logger | None) -> AsyncListenerMatcher:
+        getters = _getters(matcher.arg_names)
+        if getters is None:
+            return matcher
+        lean = cls(func=matcher.func, base_logger=base_logger)
+        lean._getters = getters
+        return lean
+
+    async def async_matches(self, req: AsyncBoltRequest, resp: BoltResponse) -> bool:
+        return bool(await self.func(**{name: make(req) for name, make in self._getters}))  # type: ignore[misc]
+
+
+class _LeanListener(AsyncCustomListener):
+    """A listener whose function gets only the arguments it names."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        getters = _getters(self.arg_names)
+        assert getters is not None  # BoltApp makes one only then
+        self._getters = getters
+
+    async def run_ack_function(self, *, request: AsyncBoltRequest, response: BoltResponse) -> BoltResponse | None:
+        return await self.ack_function(**{name: make(request) for name, make in self._getters})
