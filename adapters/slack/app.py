@@ -355,6 +355,10 @@ class SlackAdapter:
             request_verification_enabled=not socket_mode,
             process_before_response=False,
             logger=logging.getLogger("slack_bolt"),
+            # Bolt would run a middleware before each event listener to put an assistant's say/set_status/
+            # set_title into the context; ours read none of them (the pane's listeners, under _Assistant, get
+            # theirs from Bolt's assistant middleware as before).
+            attaching_conversation_kwargs_enabled=False,
         )
         # First of our middleware (after Bolt's own, which checks the signature): a replay goes no further.
         self.app.middleware(_RefuseReplays(self._refuse_replays))
