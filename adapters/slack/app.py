@@ -20,7 +20,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import orjson
@@ -52,6 +52,7 @@ from adapters.slack.approvals import ACTIONS as APPROVAL_ACTIONS
 from adapters.slack.approvals import APPROVE, SlackApprovalPrompt, SlackTurnView
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import escape_mrkdwn, markdown_to_mrkdwn, unescape_slack
+from adapters.slack.sdk import BoltApp, web_client
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
 from adapters.slack.thread import HISTORY_SCOPES, Identity, SlackThread, ThreadReader
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain, track
@@ -147,33 +148,6 @@ _STATUS_PAGE = "Slack's status page (https://slack-status.com)"
 def _refused(setting: str, error: str) -> ConfigError:
     what = texts.SLACK_APP_TOKEN_HINT if setting == "SLACK_APP_TOKEN" else texts.SLACK_BOT_TOKEN_HINT
     return ConfigError(texts.SLACK_TOKEN_REFUSED.format(setting=setting, error=error, hint=what))
-
-
-class SdkLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """slack_sdk's Web API logger, with a ``level`` that says what is really logged.
-
-    slack_sdk decides whether to build its debug lines (every request's arguments and headers, every answer's
-    headers and body, as f-strings) by ``logger.level <= DEBUG``; a logger left at NOTSET (0), as its own is,
-    passes that test however the logging is configured, so every call paid for two big strings that nobody
-    logged (about a tenth of a Web API call's CPU). Here ``level`` is the effective level, read at each call: set
-    ``slack_sdk`` to DEBUG and the lines come as before.
-    """
-
-    def __init__(self, name: str = "slack_sdk.web.async_client") -> None:
-        super().__init__(logging.getLogger(name), {})
-
-    @property
-    def level(self) -> int:
-        return self.logger.getEffectiveLevel()
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return msg, kwargs  # the adapter adds nothing to a record
-
-
-def web_client(token: str, base_url: str, retry_handlers: list[Any]) -> AsyncWebClient:
-    """slack_sdk's Web API client, logging through :class:`SdkLogger`."""
-    logger = cast(logging.Logger, SdkLogger())
-    return AsyncWebClient(token=token, base_url=base_url, retry_handlers=retry_handlers, logger=logger)
 
 
 class _SocketModeClient(SocketModeClient):
@@ -375,12 +349,16 @@ class SlackAdapter:
         )
         socket_mode = settings.slack_app_token is not None
         signing = settings.slack_signing_secret
-        self.app = AsyncApp(
+        self.app = BoltApp(
             client=self.client,
             signing_secret=signing.get_secret_value() if signing else None,
             request_verification_enabled=not socket_mode,
             process_before_response=False,
             logger=logging.getLogger("slack_bolt"),
+            # Bolt would run a middleware before each event listener to put an assistant's say/set_status/
+            # set_title into the context; ours read none of them (the pane's listeners, under _Assistant, get
+            # theirs from Bolt's assistant middleware as before).
+            attaching_conversation_kwargs_enabled=False,
         )
         # First of our middleware (after Bolt's own, which checks the signature): a replay goes no further.
         self.app.middleware(_RefuseReplays(self._refuse_replays))

@@ -1,0 +1,245 @@
+"""slack_sdk and slack-bolt, driven with less work per call and per event.
+
+In a burst of mentions every event passes through Bolt and every answer through two Web API calls; what the SDKs
+redo for each of them, with the same result every time, is done once here:
+
+- :class:`WebClient`: slack_sdk joins the base URL and the method name (``urljoin``) and looks the method up
+  among the deprecated ones (reading an environment variable) on every call. Here both happen on a method's first
+  call; arguments, headers, retries and the response stay slack_sdk's own.
+- :class:`BoltApp`: Bolt builds a new ``AsyncWebClient`` for every request (reading four proxy variables from the
+  environment and the user agent again); here the request's client is a copy of the app's. And Bolt hands every
+  listener and built-in matcher a dict of some thirty arguments, building each (a ``say``, a ``respond``, the
+  payload in eight shapes) whatever the function takes; here a function gets the few it names.
+
+:class:`SdkLogger` keeps slack_sdk from building debug lines nobody logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+from aiohttp import BasicAuth, FormData
+from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.listener.async_listener import AsyncCustomListener
+from slack_bolt.listener_matcher.async_builtins import AsyncBuiltinListenerMatcher
+from slack_bolt.listener_matcher.async_listener_matcher import AsyncListenerMatcher
+from slack_bolt.logger import get_bolt_app_logger
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.request.payload_utils import to_action, to_command, to_event, to_shortcut
+from slack_bolt.response import BoltResponse
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+from slack_sdk.web.deprecation import show_deprecation_warning_if_any
+from slack_sdk.web.internal_utils import _build_req_args, _get_url
+
+
+class SdkLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """slack_sdk's Web API logger, with a ``level`` that says what is really logged.
+
+    slack_sdk decides whether to build its debug lines (every request's arguments and headers, every answer's
+    headers and body, as f-strings) by ``logger.level <= DEBUG``; a logger left at NOTSET (0), as its own is,
+    passes that test however the logging is configured, so every call paid for two big strings that nobody
+    logged (about a tenth of a Web API call's CPU). Here ``level`` is the effective level, read at each call: set
+    ``slack_sdk`` to DEBUG and the lines come as before.
+    """
+
+    def __init__(self, name: str = "slack_sdk.web.async_client") -> None:
+        super().__init__(logging.getLogger(name), {})
+
+    @property
+    def level(self) -> int:
+        return self.logger.getEffectiveLevel()
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return msg, kwargs  # the adapter adds nothing to a record
+
+
+class WebClient(AsyncWebClient):
+    """slack_sdk's Web API client, with each method's URL made (and its deprecation checked) once.
+
+    Per call slack_sdk's ``api_call`` runs ``urljoin`` on the base URL and the method, and
+    ``show_deprecation_warning_if_any``, which reads ``SLACKCLIENT_SKIP_DEPRECATION`` from the environment and
+    compares the name with every deprecated prefix: together about 1.5 % of a burst mention's CPU, the same answer
+    every time. Calls with files or OAuth credentials take slack_sdk's own path unchanged.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._urls: dict[str, str] = {}
+        self._urls_base = self.base_url
+
+    async def api_call(
+        self,
+        api_method: str,
+        *,
+        http_verb: str = "POST",
+        files: dict[str, Any] | None = None,
+        data: dict[str, Any] | FormData | None = None,
+        params: dict[str, Any] | None = None,
+        json: dict[str, Any] | None = None,
+        headers: dict[str, Any] | None = None,
+        auth: dict[str, Any] | BasicAuth | None = None,
+    ) -> AsyncSlackResponse:
+        if files is not None or auth is not None:
+            return await super().api_call(
+                api_method,
+                http_verb=http_verb,
+                files=files,
+                data=data,
+                params=params,
+                json=json,
+                headers=headers,
+                auth=cast(Any, auth),
+            )
+        if self._urls_base != self.base_url:  # someone pointed the client elsewhere: the URLs made are stale
+            self._urls, self._urls_base = {}, self.base_url
+        url = self._urls.get(api_method)
+        if url is None:
+            # Warned about once per method; Python's warning filter shows a warning once per place anyway.
+            show_deprecation_warning_if_any(api_method)
+            url = self._urls[api_method] = _get_url(self.base_url, api_method)
+        # From here on as slack_sdk's api_call does it (slack_sdk 3.47-3.48).
+        headers = headers or {}
+        headers.update(self.headers)
+        req_args = _build_req_args(
+            token=self.token,
+            http_verb=http_verb,
+            files=cast(Any, None),
+            data=cast(Any, data),
+            default_params=self.default_params,
+            params=cast(Any, params),
+            json=cast(Any, json),
+            headers=headers,
+            auth=cast(Any, None),
+            ssl=self.ssl,
+            proxy=self.proxy,
+        )
+        return await self._send(http_verb=http_verb, api_url=url, req_args=req_args)
+
+
+def web_client(token: str, base_url: str, retry_handlers: list[Any]) -> WebClient:
+    """slack_sdk's Web API client (:class:`WebClient`), logging through :class:`SdkLogger`."""
+    logger = cast(logging.Logger, SdkLogger())
+    return WebClient(token=token, base_url=base_url, retry_handlers=retry_handlers, logger=logger)
+
+
+class BoltApp(AsyncApp):
+    """Bolt's app, giving each request a copy of the app's Web API client instead of a newly built one.
+
+    Bolt (since 1.15) makes every request a client of its own, so that a listener changing ``context.client``'s
+    token cannot touch another's; building it reads four proxy variables from the environment and makes the user
+    agent string again (about 1 % of a burst mention's CPU). A shallow copy of the app's client is the same client
+    (the same settings, session, headers and logger, read when the app's was made), its own object all the same,
+    with the request's ``team_id`` and its own list of retry handlers, as Bolt's. ``test_the_request_client`` holds
+    it against Bolt's own.
+    """
+
+    def _init_context(self, req: AsyncBoltRequest) -> None:
+        # As AsyncApp._init_context (slack-bolt 1.30), but for how the client is made.
+        req.context["logger"] = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)
+        req.context["token"] = self._token
+        base = self._async_client
+        # A shallow copy (copy.copy takes the long way, through __reduce_ex__).
+        client = object.__new__(type(base))
+        client.__dict__.update(base.__dict__)
+        client.token = self._token
+        team_id = req.context.team_id
+        client.default_params = {} if team_id is None else {"team_id": team_id}
+        client.retry_handlers = base.retry_handlers.copy()
+        req.context["client"] = client
+        req.context["listener_runner"] = self.listener_runner
+
+    def _register_listener(
+        self,
+        functions: Sequence[Callable[..., Awaitable[BoltResponse | None]]],
+        primary_matcher: AsyncListenerMatcher,
+        matchers: Sequence[Callable[..., Awaitable[bool]]] | None,
+        middleware: Sequence[Callable[..., Any] | AsyncMiddleware] | None,
+        auto_acknowledgement: bool = False,
+        ack_timeout: int = 3,
+    ) -> Callable[..., Awaitable[BoltResponse | None]] | None:
+        # Bolt's registration, with its built-in matcher and its listener swapped for ones that hand their function
+        # only what it names, where Bolt would build all of it (each a request: app_mention, message, a command).
+        if type(primary_matcher) is AsyncBuiltinListenerMatcher:
+            primary_matcher = _LeanMatcher.of(primary_matcher, self._base_logger)
+        registered = super()._register_listener(
+            functions, primary_matcher, matchers, middleware, auto_acknowledgement, ack_timeout
+        )
+        listener = self._async_listeners[-1]
+        if type(listener) is AsyncCustomListener and _getters(listener.arg_names) is not None:
+            self._async_listeners[-1] = _LeanListener(
+                app_name=listener.app_name,
+                ack_function=listener.ack_function,
+                lazy_functions=listener.lazy_functions,
+                matchers=listener.matchers,
+                middleware=listener.middleware,
+                auto_acknowledgement=listener.auto_acknowledgement,
+                ack_timeout=listener.ack_timeout,
+                base_logger=self._base_logger,
+            )
+        return registered
+
+
+#: The arguments a listener or a built-in matcher of this adapter takes, each as Bolt's kwargs injection makes it
+#: (``build_async_required_kwargs``, slack-bolt 1.30). A function naming any other gets Bolt's whole set.
+_ARGUMENTS: dict[str, Callable[[AsyncBoltRequest], Any]] = {
+    "body": lambda req: req.body,
+    "event": lambda req: to_event(req.body),
+    "command": lambda req: to_command(req.body),
+    "action": lambda req: to_action(req.body),
+    "shortcut": lambda req: to_shortcut(req.body),
+    "context": lambda req: req.context,
+    "ack": lambda req: req.context.ack,
+    "respond": lambda req: req.context.respond,
+    "set_title": lambda req: req.context.set_title,
+    "set_suggested_prompts": lambda req: req.context.set_suggested_prompts,
+}
+
+Getters = tuple[tuple[str, Callable[[AsyncBoltRequest], Any]], ...]
+
+
+def _getters(names: Sequence[str]) -> Getters | None:
+    """How to make each of ``names`` from a request; None when one is not in :data:`_ARGUMENTS`."""
+    if not all(name in _ARGUMENTS for name in names):
+        return None
+    return tuple((name, _ARGUMENTS[name]) for name in names)
+
+
+def lean_arguments(names: Sequence[str], req: AsyncBoltRequest) -> dict[str, Any] | None:
+    """The arguments named, as :class:`BoltApp`'s listeners get them (None: Bolt's own injection is used)."""
+    getters = _getters(names)
+    return None if getters is None else {name: make(req) for name, make in getters}
+
+
+class _LeanMatcher(AsyncBuiltinListenerMatcher):
+    """A built-in matcher (event type, command name, action id...) called with only the arguments it names."""
+
+    _getters: Getters
+
+    @classmethod
+    def of(cls, matcher: AsyncBuiltinListenerMatcher, base_logger: logging.Logger | None) -> AsyncListenerMatcher:
+        getters = _getters(matcher.arg_names)
+        if getters is None:
+            return matcher
+        lean = cls(func=matcher.func, base_logger=base_logger)
+        lean._getters = getters
+        return lean
+
+    async def async_matches(self, req: AsyncBoltRequest, resp: BoltResponse) -> bool:
+        return bool(await self.func(**{name: make(req) for name, make in self._getters}))  # type: ignore[misc]
+
+
+class _LeanListener(AsyncCustomListener):
+    """A listener whose function gets only the arguments it names."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        getters = _getters(self.arg_names)
+        assert getters is not None  # BoltApp makes one only then
+        self._getters = getters
+
+    async def run_ack_function(self, *, request: AsyncBoltRequest, response: BoltResponse) -> BoltResponse | None:
+        return await self.ack_function(**{name: make(request) for name, make in self._getters})
