@@ -240,6 +240,8 @@ _LAST_THREAD = LAST_THREAD_QUERY.format(platform="?1", workspace="?2", channel="
 HISTORY_SQL = HISTORY_QUERY.format(conversation="?1", before="?2", rows="?3", budget="?4", step="?5")
 _TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="?1")
 _SETTINGS_CACHE_SIZE = 10_000
+#: A history of up to this many rows is read inline (see load_history): at about 2.5 us a row, 0.3 ms at most.
+_INLINE_HISTORY_ROWS = 128
 #: The search_history query: the index finds the words, the conversation and the row bound keep it to what came
 #: before the question in this conversation.
 #: Takes out of the index the messages about to be deleted (``{where}``) that it holds, with the text it was given
@@ -288,6 +290,8 @@ class SQLiteStore:
         self._writer = writer
         self._reader = reader
         self._conversation_ids: dict[str, int] = {}
+        #: Conversations whose last history was longer than _INLINE_HISTORY_ROWS: read on the reader's thread.
+        self._long_histories: set[int] = set()
         self._channel_settings: dict[tuple[str, str, str], ChannelSettings] = {}
         # A SQLite file has one process (its writer lock is per machine): rate buckets need not be written down.
         self._buckets = TokenBuckets()
@@ -503,9 +507,18 @@ class SQLiteStore:
         conversation = await self._existing_conversation_id(key)
         if conversation is None or token_budget <= 0:
             return []
-        rows = await self._rows(
-            HISTORY_SQL, (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step))
-        )
+        args = (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step))
+        if conversation in self._long_histories:
+            rows = [tuple(row) for row in await self._reader.execute_fetchall(HISTORY_SQL, args)]
+        else:
+            rows = await self._rows(HISTORY_SQL, args)
+        # Read inline, a history blocks the event loop for all of its time; on the reader's thread, only for the
+        # part spent making Python rows of it (about a third: the rest is SQLite's walk, without the GIL). Past
+        # _INLINE_HISTORY_ROWS rows the thread's hop costs less than that; the next turn's history is about as long.
+        if len(rows) > _INLINE_HISTORY_ROWS:
+            self._long_histories.add(conversation)
+        else:
+            self._long_histories.discard(conversation)
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     async def reset(self, key: ConversationKey) -> int:
