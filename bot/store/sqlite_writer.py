@@ -51,10 +51,6 @@ _WRITER_PRAGMAS = ("PRAGMA busy_timeout = 0", "PRAGMA wal_autocheckpoint = 0")
 #: keeps it near SQLite's own default of 1,000 pages.
 CHECKPOINT_EVERY = 250
 
-#: After the checkpoint, a write that changes nothing, on the thread: with everything checkpointed it starts the
-#: WAL over from its beginning, and SQLite fsyncs the WAL's header when it does, which must not be in a turn's
-#: commit on the event loop's thread.
-_RESTART_WAL = "UPDATE messages_fts_state SET indexed_to = indexed_to"
 
 Work = Callable[[sqlite3.Connection], T]
 
@@ -188,15 +184,20 @@ class SQLiteWriter:
             log.warning("a WAL checkpoint failed: %s", exc)
 
     def _run_checkpoint(self) -> None:
-        """On the thread: the WAL into the database file, then a write that starts the WAL over (see
-        :data:`_RESTART_WAL`). PASSIVE: it never waits for other connections, it does what they leave to do."""
+        """On the thread: the WAL into the database file, then a write that starts the WAL over. PASSIVE: it never
+        waits for other connections, it does what they leave it to do."""
         # Counted again from here (an add on the loop's thread meanwhile may be lost: one checkpoint comes later).
         self._commits = 0
         [(busy, _, _)] = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         if not busy:
+            # With everything checkpointed, the next commit starts the WAL over from its beginning, and SQLite
+            # fsyncs the WAL's header when it does: not in a turn's commit on the event loop's thread, but here, by
+            # a write of the database's first page that leaves it as it was (an UPDATE of a row to the values it
+            # holds writes no page at all: SQLite compares the bytes first).
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.execute(_RESTART_WAL)
+                [(version,)] = self._conn.execute("PRAGMA user_version").fetchall()
+                self._conn.execute(f"PRAGMA user_version = {int(version)}")  # PRAGMA takes no parameters
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
