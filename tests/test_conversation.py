@@ -588,7 +588,7 @@ async def test_turns_cut_off_while_their_writes_wait_release_what_those_writes_d
             )
             core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000))
             queue = store._writer._executor._work_queue  # type: ignore[attr-defined]
-            blocker = asyncio.ensure_future(store._writer.transaction(lambda db: gate.wait(10)))  # type: ignore[attr-defined]
+            blocker = asyncio.ensure_future(store._writer.transaction(lambda db: gate.wait(10), inline=False))  # type: ignore[attr-defined]
             first = asyncio.create_task(core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first")))
             second = asyncio.create_task(core.handle(IncomingMessage(KEY, "m2", "U1", "Ada", "second")))
             async with asyncio.timeout(10):
