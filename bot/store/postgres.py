@@ -258,6 +258,18 @@ HANDLED_RETENTION_S = 7 * 24 * 3600
 #: A rate bucket idle this long is full again at any rate worth setting, so its row can go.
 RATE_BUCKET_IDLE_S = 24 * 3600
 _TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="$1")
+_ADD_REPLY = (
+    "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
+    "prompt_tokens, completion_tokens, usage_exact, created_at, tool_trace, tokens_before) "
+    f"VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {_TOKENS_BEFORE}) RETURNING id"
+)
+#: The reply with its ledger entry (parameters 12 on, in the order of USAGE_COLUMNS) in the same statement.
+_ADD_REPLY_CHARGED = (
+    f"WITH reply AS ({_ADD_REPLY}), charged AS ("
+    f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${n}' for n in range(12, 12 + len(USAGE_COLUMNS)))})"
+    ") SELECT id FROM reply"
+)
 _LAST_THREAD = LAST_THREAD_QUERY.format(platform="$1", workspace="$2", channel="$3", author="$4")
 _HISTORY = HISTORY_QUERY.format(conversation="$1", before="$2", rows="$3", budget="$4", step="$5")
 #: One request against several token buckets, in one statement: the rows are locked (in key order, so two takes
@@ -366,7 +378,12 @@ class PostgresStore:
     async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> PostgresStore:
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, timeout=_CONNECT_TIMEOUT_S, command_timeout=60
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                timeout=_CONNECT_TIMEOUT_S,
+                command_timeout=60,
+                reset=_keep_session,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise ConfigError(
@@ -594,12 +611,12 @@ class PostgresStore:
         ledger: UsageRecord | None,
         tool_trace: str | None,
     ) -> int:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn:
             conversation = await self._conversation_id(conn, key)
+            # One statement, so one transaction and one round trip: the reply and its ledger entry are stored
+            # together or not at all, without a BEGIN and a COMMIT of their own.
             row = await conn.fetchval(
-                "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
-                "prompt_tokens, completion_tokens, usage_exact, created_at, tool_trace, tokens_before) "
-                f"VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {_TOKENS_BEFORE}) RETURNING id",
+                _ADD_REPLY if ledger is None else _ADD_REPLY_CHARGED,
                 conversation,
                 text,
                 tokens,
@@ -611,9 +628,8 @@ class PostgresStore:
                 usage.exact if usage else None,
                 time.time(),
                 tool_trace,
+                *(() if ledger is None else ledger.values()),
             )
-            if ledger is not None:
-                await conn.execute(_INSERT_USAGE, *ledger.values())
             return int(row)
 
     async def load_history(
@@ -924,6 +940,17 @@ class PostgresStore:
         """A pooled connection, for ``teambot db`` commands that move data in bulk."""
         async with self._pool.acquire() as conn:
             yield conn
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset of a released connection: nothing to send.
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every release, a
+    round trip per store call (a third of a plain turn's). No pooled connection ever holds what it resets: the
+    conversation locks live on a connection of their own, the migration lock is a transaction's, and nothing
+    here sets, listens or leaves a cursor open. An open transaction is still rolled back (asyncpg does that before
+    calling this), and a connection whose query was cut off is still closed by the pool.
+    """
 
 
 async def _version(conn: asyncpg.Connection) -> int:
