@@ -258,6 +258,16 @@ HANDLED_RETENTION_S = 7 * 24 * 3600
 #: A rate bucket idle this long is full again at any rate worth setting, so its row can go.
 RATE_BUCKET_IDLE_S = 24 * 3600
 _TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="$1")
+#: A question and its conversation, created if it is new, in one statement (see _conversation_id).
+_ADD_FIRST_QUESTION = (
+    "WITH conversation AS ("
+    "  INSERT INTO conversations (key, platform, workspace, channel, thread, created_at) "
+    "  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO UPDATE SET key = excluded.key RETURNING id"
+    ") INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
+    "created_at, tokens_before) "
+    f"SELECT c.id, 'user', $7, $8, $9, $10, $11, $6, {TOKENS_BEFORE_QUERY.format(conversation='c.id')} "
+    "FROM conversation c RETURNING id, conversation_id"
+)
 _ADD_REPLY = (
     "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
     "prompt_tokens, completion_tokens, usage_exact, created_at, tool_trace, tokens_before) "
@@ -548,7 +558,29 @@ class PostgresStore:
 
     async def add_question(self, msg: IncomingMessage, tokens: int) -> int:
         async with self._pool.acquire() as conn:
-            conversation = await self._conversation_id(conn, msg.key)
+            text = str(msg.key)
+            conversation = self._conversation_ids.get(text)
+            if conversation is None:
+                # A conversation this process has not seen yet (every one's first turn): found or created in the
+                # same statement as its question, one round trip instead of two.
+                key = msg.key
+                found = await conn.fetchrow(
+                    _ADD_FIRST_QUESTION,
+                    text,
+                    key.platform,
+                    key.workspace,
+                    key.channel,
+                    key.thread,
+                    time.time(),
+                    msg.author_id,
+                    msg.author_name,
+                    msg.text,
+                    tokens,
+                    msg.message_id,
+                )
+                assert found is not None
+                self._conversation_ids[text] = int(found[1])
+                return int(found[0])
             row = await conn.fetchval(
                 "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
                 "platform_message_id, created_at, tokens_before) "

@@ -317,3 +317,29 @@ async def test_a_turn_cut_off_while_its_lock_is_taken_leaves_the_conversation_fr
             pass
 
     await asyncio.wait_for(asyncio.gather(*(free(key) for key in keys)), 10)
+
+
+async def test_a_question_in_a_conversation_another_replica_started_joins_it_on_its_token_line(
+    replicas: tuple[Store, Store],
+) -> None:
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    await first.add_question(incoming(1), 10)
+    await first.add_question(incoming(2), 20)
+    # The second replica has not seen the conversation: found, not made again, in the question's own statement.
+    await second.add_question(incoming(3), 30)
+    await second.add_question(incoming(4), 40)
+    await first.add_question(IncomingMessage(ConversationKey("slack", "T1", "C2"), "m5", "U1", "Ada", "elsewhere"), 5)
+    async with first.connection() as conn:
+        placed = await conn.fetch(
+            "SELECT c.key, m.content, m.tokens_before FROM messages m JOIN conversations c "
+            "ON c.id = m.conversation_id ORDER BY m.id"
+        )
+        assert await conn.fetchval("SELECT count(*) FROM conversations") == 2
+    assert [tuple(r) for r in placed] == [
+        (str(A), "message 1", 0),
+        (str(A), "message 2", 10),
+        (str(A), "message 3", 30),
+        (str(A), "message 4", 60),
+        ("slack:T1:C2", "elsewhere", 0),
+    ]
