@@ -366,6 +366,7 @@ _MIGRATION_LOCK = 0x7EB0
 _CONVERSATION_LOCK = 0x7EB1
 #: How long a turn waits between tries for a conversation another replica is answering: short first, then longer.
 _LOCK_POLL_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+_CONNECT_TIMEOUT_S = 10.0
 _TAKE_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
 _RELEASE_LOCK = "SELECT pg_advisory_unlock($1, hashtext($2))"
 #: Several lock calls in one round trip, in the order they were made (an output expression is computed in the
@@ -387,9 +388,6 @@ class _LockCall:
         self.name = name
         #: None for a release nobody waits for.
         self.done = done
-
-
-_CONNECT_TIMEOUT_S = 10.0
 
 
 class PostgresStore:
