@@ -258,6 +258,28 @@ HANDLED_RETENTION_S = 7 * 24 * 3600
 #: A rate bucket idle this long is full again at any rate worth setting, so its row can go.
 RATE_BUCKET_IDLE_S = 24 * 3600
 _TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="$1")
+#: A question and its conversation, created if it is new, in one statement (see _conversation_id).
+_ADD_FIRST_QUESTION = (
+    "WITH conversation AS ("
+    "  INSERT INTO conversations (key, platform, workspace, channel, thread, created_at) "
+    "  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO UPDATE SET key = excluded.key RETURNING id"
+    ") INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
+    "created_at, tokens_before) "
+    f"SELECT c.id, 'user', $7, $8, $9, $10, $11, $6, {TOKENS_BEFORE_QUERY.format(conversation='c.id')} "
+    "FROM conversation c RETURNING id, conversation_id"
+)
+_ADD_REPLY = (
+    "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
+    "prompt_tokens, completion_tokens, usage_exact, created_at, tool_trace, tokens_before) "
+    f"VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {_TOKENS_BEFORE}) RETURNING id"
+)
+#: The reply with its ledger entry (parameters 12 on, in the order of USAGE_COLUMNS) in the same statement.
+_ADD_REPLY_CHARGED = (
+    f"WITH reply AS ({_ADD_REPLY}), charged AS ("
+    f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${n}' for n in range(12, 12 + len(USAGE_COLUMNS)))})"
+    ") SELECT id FROM reply"
+)
 _LAST_THREAD = LAST_THREAD_QUERY.format(platform="$1", workspace="$2", channel="$3", author="$4")
 _HISTORY = HISTORY_QUERY.format(conversation="$1", before="$2", rows="$3", budget="$4", step="$5")
 #: One request against several token buckets, in one statement: the rows are locked (in key order, so two takes
@@ -345,6 +367,27 @@ _CONVERSATION_LOCK = 0x7EB1
 #: How long a turn waits between tries for a conversation another replica is answering: short first, then longer.
 _LOCK_POLL_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 _CONNECT_TIMEOUT_S = 10.0
+_TAKE_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
+_RELEASE_LOCK = "SELECT pg_advisory_unlock($1, hashtext($2))"
+#: Several lock calls in one round trip, in the order they were made (an output expression is computed in the
+#: ORDER BY's order): a release and a take of the same conversation in one batch release it first.
+_LOCK_CALLS = (
+    "SELECT CASE WHEN c.take THEN pg_try_advisory_lock($1, hashtext(c.name)) "
+    "ELSE pg_advisory_unlock($1, hashtext(c.name)) END "
+    "FROM unnest($2::bool[], $3::text[]) WITH ORDINALITY AS c(take, name, n) ORDER BY c.n"
+)
+
+
+class _LockCall:
+    """A take (try-lock) or release of a conversation's lock, waiting for the lock connection's next round trip."""
+
+    __slots__ = ("done", "name", "take")
+
+    def __init__(self, take: bool, name: str, done: asyncio.Future[bool] | None) -> None:
+        self.take = take
+        self.name = name
+        #: None for a release nobody waits for.
+        self.done = done
 
 
 class PostgresStore:
@@ -360,13 +403,23 @@ class PostgresStore:
         # Conversation locks live on one connection of their own: a turn holds its lock while it waits for the
         # model, and a pooled connection held that long would starve the queries of the turns it waits for.
         self._lock_conn: asyncpg.Connection | None = None
-        self._lock_conn_guard = asyncio.Lock()
+        # Every turn takes and releases its lock on that one connection, one query at a time: under load the turns
+        # queued for it, each a round trip behind the one before (a p50 of a second at 500 conversations on a busy
+        # machine). One task sends whatever calls are waiting as one statement instead.
+        self._lock_calls: list[_LockCall] = []
+        self._lock_wake = asyncio.Event()
+        self._lock_runner: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> PostgresStore:
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, timeout=_CONNECT_TIMEOUT_S, command_timeout=60
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                timeout=_CONNECT_TIMEOUT_S,
+                command_timeout=60,
+                reset=_keep_session,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise ConfigError(
@@ -430,6 +483,10 @@ class PostgresStore:
             return False
 
     async def close(self) -> None:
+        if self._lock_runner is not None:
+            self._lock_runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lock_runner
         if self._lock_conn is not None and not self._lock_conn.is_closed():
             await self._lock_conn.close()
         await self._pool.close()
@@ -499,7 +556,29 @@ class PostgresStore:
 
     async def add_question(self, msg: IncomingMessage, tokens: int) -> int:
         async with self._pool.acquire() as conn:
-            conversation = await self._conversation_id(conn, msg.key)
+            text = str(msg.key)
+            conversation = self._conversation_ids.get(text)
+            if conversation is None:
+                # A conversation this process has not seen yet (every one's first turn): found or created in the
+                # same statement as its question, one round trip instead of two.
+                key = msg.key
+                found = await conn.fetchrow(
+                    _ADD_FIRST_QUESTION,
+                    text,
+                    key.platform,
+                    key.workspace,
+                    key.channel,
+                    key.thread,
+                    time.time(),
+                    msg.author_id,
+                    msg.author_name,
+                    msg.text,
+                    tokens,
+                    msg.message_id,
+                )
+                assert found is not None
+                self._conversation_ids[text] = int(found[1])
+                return int(found[0])
             row = await conn.fetchval(
                 "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
                 "platform_message_id, created_at, tokens_before) "
@@ -594,12 +673,12 @@ class PostgresStore:
         ledger: UsageRecord | None,
         tool_trace: str | None,
     ) -> int:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn:
             conversation = await self._conversation_id(conn, key)
+            # One statement, so one transaction and one round trip: the reply and its ledger entry are stored
+            # together or not at all, without a BEGIN and a COMMIT of their own.
             row = await conn.fetchval(
-                "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
-                "prompt_tokens, completion_tokens, usage_exact, created_at, tool_trace, tokens_before) "
-                f"VALUES ($1, 'assistant', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {_TOKENS_BEFORE}) RETURNING id",
+                _ADD_REPLY if ledger is None else _ADD_REPLY_CHARGED,
                 conversation,
                 text,
                 tokens,
@@ -611,9 +690,8 @@ class PostgresStore:
                 usage.exact if usage else None,
                 time.time(),
                 tool_trace,
+                *(() if ledger is None else ledger.values()),
             )
-            if ledger is not None:
-                await conn.execute(_INSERT_USAGE, *ledger.values())
             return int(row)
 
     async def load_history(
@@ -879,33 +957,91 @@ class PostgresStore:
         # Polling with try-lock, not a blocking pg_advisory_lock: every turn of this process shares one lock
         # connection, and a blocking call would hold it for all of them.
         for delay in itertools.chain(_LOCK_POLL_S, itertools.repeat(_LOCK_POLL_S[-1])):
-            if await self._lock_call("SELECT pg_try_advisory_lock($1, hashtext($2))", name):
+            if await self._lock_call(True, name):
                 break
             await asyncio.sleep(delay)
         try:
             yield
         finally:
-            try:
-                await self._lock_call("SELECT pg_advisory_unlock($1, hashtext($2))", name)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # The lock went with its connection (the server releases a closed session's locks).
-                log.warning("could not release the lock of %s: %s", name, _reason(exc))
+            # Not waited for: the release goes out with the lock connection's next round trip, before any later
+            # take of this process (one connection, in order), and a failure is logged there. Another replica
+            # sees the conversation free as soon as it lands, as it would had the turn waited.
+            self._queue_lock_call(_LockCall(False, name, None))
 
-    async def _lock_call(self, query: str, name: str) -> bool:
-        async with self._lock_conn_guard:
-            for attempt in (1, 2):
-                if self._lock_conn is None or self._lock_conn.is_closed():
-                    self._lock_conn = await asyncpg.connect(self._dsn, timeout=_CONNECT_TIMEOUT_S)
+    async def _lock_call(self, take: bool, name: str) -> bool:
+        call = _LockCall(take, name, asyncio.get_running_loop().create_future())
+        self._queue_lock_call(call)
+        assert call.done is not None
+        return await call.done
+
+    def _queue_lock_call(self, call: _LockCall) -> None:
+        self._lock_calls.append(call)
+        self._lock_wake.set()
+        if self._lock_runner is None or self._lock_runner.done():
+            self._lock_runner = asyncio.get_running_loop().create_task(self._run_lock_calls())
+
+    async def _run_lock_calls(self) -> None:
+        """Sends the waiting lock calls, all of them in one round trip, for as long as the store is open."""
+        batch: list[_LockCall] = []
+        try:
+            while True:
+                await self._lock_wake.wait()
+                self._lock_wake.clear()
+                # A take whose turn was cut off before it went out is not sent: nobody would release it.
+                batch = [c for c in self._lock_calls if not (c.take and c.done is not None and c.done.cancelled())]
+                self._lock_calls = []
+                if not batch:
+                    continue
                 try:
-                    return bool(await self._lock_conn.fetchval(query, _CONVERSATION_LOCK, name))
-                except (OSError, asyncpg.InterfaceError, asyncpg.AdminShutdownError) as exc:
-                    # The session ended (server restart, a terminated backend): its locks are gone with it, and
-                    # a new session is as good as the old one. Once; a second failure is the caller's to see.
-                    log.warning("the lock connection to PostgreSQL was lost (%s); reconnecting", _reason(exc))
-                    self._lock_conn.terminate()
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+                    results = await self._send_lock_calls(batch)
+                except Exception as exc:  # whatever went wrong, it is each waiting caller's to see
+                    for call in batch:
+                        if call.done is None:
+                            # The lock went with its connection (the server releases a closed session's locks).
+                            log.warning("could not release the lock of %s: %s", call.name, _reason(exc))
+                        elif not call.done.done():
+                            call.done.set_exception(exc)
+                    batch = []
+                    continue
+                for call, result in zip(batch, results, strict=True):
+                    if call.done is None:
+                        continue
+                    if not call.done.done():
+                        call.done.set_result(result)
+                    elif call.take and result:
+                        # Taken for a turn cut off while it went out: given back, or it would be held for good.
+                        self._lock_calls.append(_LockCall(False, call.name, None))
+                        self._lock_wake.set()
+                batch = []
+        finally:
+            # The store is closing (or this task failed): no call waits for an answer that cannot come.
+            closed = asyncpg.InterfaceError("the lock connection to PostgreSQL is closed")
+            for call in [*batch, *self._lock_calls]:
+                if call.done is not None and not call.done.done():
+                    call.done.set_exception(closed)
+            self._lock_calls = []
+
+    async def _send_lock_calls(self, batch: Sequence[_LockCall]) -> list[bool]:
+        for attempt in (1, 2):
+            if self._lock_conn is None or self._lock_conn.is_closed():
+                self._lock_conn = await asyncpg.connect(self._dsn, timeout=_CONNECT_TIMEOUT_S)
+            try:
+                if len(batch) == 1:
+                    call = batch[0]
+                    query = _TAKE_LOCK if call.take else _RELEASE_LOCK
+                    return [bool(await self._lock_conn.fetchval(query, _CONVERSATION_LOCK, call.name))]
+                rows = await self._lock_conn.fetch(
+                    _LOCK_CALLS, _CONVERSATION_LOCK, [c.take for c in batch], [c.name for c in batch]
+                )
+                return [bool(r[0]) for r in rows]
+            except (OSError, asyncpg.InterfaceError, asyncpg.AdminShutdownError) as exc:
+                # The session ended (server restart, a terminated backend): its locks are gone with it, and
+                # a new session is as good as the old one. Once; a second failure is the callers' to see.
+                log.warning("the lock connection to PostgreSQL was lost (%s); reconnecting", _reason(exc))
+                self._lock_conn.terminate()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def purge_expired(self) -> int:
         async with self._pool.acquire() as conn:
@@ -924,6 +1060,17 @@ class PostgresStore:
         """A pooled connection, for ``teambot db`` commands that move data in bulk."""
         async with self._pool.acquire() as conn:
             yield conn
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset of a released connection: nothing to send.
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every release, a
+    round trip per store call (a third of a plain turn's). No pooled connection ever holds what it resets: the
+    conversation locks live on a connection of their own, the migration lock is a transaction's, and nothing
+    here sets, listens or leaves a cursor open. An open transaction is still rolled back (asyncpg does that before
+    calling this), and a connection whose query was cut off is still closed by the pool.
+    """
 
 
 async def _version(conn: asyncpg.Connection) -> int:

@@ -6,15 +6,17 @@ Each "replica" here is a store of its own with its own pool and lock connection,
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage
-from bot.store import RateBucket, Store, open_store
+from bot.store import RateBucket, Store, UsageRecord, open_store
 from bot.store.postgres import MIGRATIONS, RATE_BUCKET_IDLE_S, PostgresStore
 from tests.postgres_server import PostgresServer
 
@@ -231,3 +233,113 @@ async def test_replicas_taking_from_two_buckets_at_once_give_out_no_more_than_th
     assert sum(wait == 0 for wait in waits) == 5
     # The channel gave exactly the 5 tokens the person could use, and has 3 left.
     assert [await second.take_tokens([channel]) == 0 for _ in range(4)] == [True, True, True, False]
+
+
+async def test_a_reply_whose_ledger_entry_is_refused_is_not_kept_either(postgres_url: str) -> None:
+    # The other way round from the contract test (a refused reply keeps no ledger entry): one statement, so the
+    # reply is kept only with its charge.
+    store = await open_store(postgres_url)
+    try:
+        assert isinstance(store, PostgresStore)
+        row = await store.begin_turn(incoming(1), 10)
+        assert row is not None
+        async with store.connection() as conn:
+            await conn.execute(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'disk full' USING ERRCODE = 'disk_full'; END $$"
+            )
+            await conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON usage FOR EACH ROW EXECUTE FUNCTION refuse()")
+        cost = UsageRecord(time.time(), A, "U1", "m", 100, 7, True, 0.5, True)
+        with pytest.raises(StoreError, match="disk full"):
+            await store.add_reply(A, "an answer", 5, reply_to=row, usage=None, model="m", complete=True, ledger=cost)
+        assert await store.count_messages(A) == 1
+        # Without a charge the reply goes in alone.
+        await store.add_reply(A, "an answer", 5, reply_to=row, usage=None, model="m", complete=True)
+        assert await store.count_messages(A) == 2
+    finally:
+        await store.close()
+
+
+async def test_many_turns_of_one_replica_share_lock_round_trips_and_still_hold_a_conversation_one_at_a_time(
+    replicas: tuple[Store, Store],
+) -> None:
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    await _enter(first)  # the lock connection opened
+    statements: list[str] = []
+    assert first._lock_conn is not None
+    first._lock_conn.add_query_logger(lambda record: statements.append(record.query))
+    inside: Counter[str] = Counter()
+    overlaps: list[str] = []
+
+    async def turn(store: Store, channel: str) -> None:
+        async with store.conversation_lock(ConversationKey("slack", "T1", channel)):
+            inside[channel] += 1
+            if inside[channel] > 1:
+                overlaps.append(channel)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            inside[channel] -= 1
+
+    # Turns of other conversations on this replica, and of the same ones on the other, at once. (Within one
+    # replica the core's own lock keeps a conversation's turns apart: a session's advisory locks are re-entrant.)
+    channels = [f"C{n}" for n in range(80)]
+    await asyncio.wait_for(asyncio.gather(*(turn(s, c) for c in channels for s in (first, second))), 30)
+    assert not overlaps, f"conversations held by two turns at once: {sorted(set(overlaps))}"
+    # 80 takes and 80 releases on this replica (more takes where the other replica held the conversation).
+    assert 0 < len(statements) < 80, f"{len(statements)} round trips"
+
+
+async def test_a_turn_cut_off_while_its_lock_is_taken_leaves_the_conversation_free(
+    replicas: tuple[Store, Store],
+) -> None:
+    first, second = replicas
+    await _enter(first)
+    rng = random.Random(3)
+    keys = [ConversationKey("slack", "T1", f"C{n}") for n in range(200)]
+
+    async def held_forever(key: ConversationKey) -> None:
+        async with first.conversation_lock(key):
+            await asyncio.Event().wait()
+
+    # Cut off at every point of the way, one now and then: before the take goes out, while it is out (a round
+    # trip is many turns of the event loop), once it is held.
+    turns = [asyncio.create_task(held_forever(key)) for key in keys]
+    while not all(turn.done() for turn in turns):
+        for turn in turns:
+            if not turn.done() and rng.random() < 0.01:
+                turn.cancel()
+        await asyncio.sleep(0)
+    await asyncio.gather(*turns, return_exceptions=True)
+
+    async def free(key: ConversationKey) -> None:
+        async with second.conversation_lock(key):
+            pass
+
+    await asyncio.wait_for(asyncio.gather(*(free(key) for key in keys)), 10)
+
+
+async def test_a_question_in_a_conversation_another_replica_started_joins_it_on_its_token_line(
+    replicas: tuple[Store, Store],
+) -> None:
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    await first.add_question(incoming(1), 10)
+    await first.add_question(incoming(2), 20)
+    # The second replica has not seen the conversation: found, not made again, in the question's own statement.
+    await second.add_question(incoming(3), 30)
+    await second.add_question(incoming(4), 40)
+    await first.add_question(IncomingMessage(ConversationKey("slack", "T1", "C2"), "m5", "U1", "Ada", "elsewhere"), 5)
+    async with first.connection() as conn:
+        placed = await conn.fetch(
+            "SELECT c.key, m.content, m.tokens_before FROM messages m JOIN conversations c "
+            "ON c.id = m.conversation_id ORDER BY m.id"
+        )
+        assert await conn.fetchval("SELECT count(*) FROM conversations") == 2
+    assert [tuple(r) for r in placed] == [
+        (str(A), "message 1", 0),
+        (str(A), "message 2", 10),
+        (str(A), "message 3", 30),
+        (str(A), "message 4", 60),
+        ("slack:T1:C2", "elsewhere", 0),
+    ]
