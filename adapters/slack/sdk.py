@@ -203,6 +203,10 @@ Getters = tuple[tuple[str, Callable[[AsyncBoltRequest], Any]], ...]
 
 def _getters(names: Sequence[str]) -> Getters | None:
     """How to make each of ``names`` from a request; None when one is not in :data:`_ARGUMENTS`."""
+    if names and names[0] in ("self", "cls"):
+        # A method's own first parameter: Bolt drops it too (build_async_required_kwargs). Our listeners are bound
+        # methods, so without this none of them went the lean way.
+        names = names[1:]
     if not all(name in _ARGUMENTS for name in names):
         return None
     return tuple((name, _ARGUMENTS[name]) for name in names)

@@ -290,6 +290,10 @@ class SQLiteStore:
         self._writer = writer
         self._reader = reader
         self._conversation_ids: dict[str, int] = {}
+        #: The keys whose conversation row the writer's current transaction created (its number first): cached
+        #: already, and forgotten if it rolls back, since the row is gone then.
+        self._created: tuple[int, list[str]] = (0, [])
+        writer.on_rollback = self._forget_created
         #: Conversations whose last history was longer than _INLINE_HISTORY_ROWS: read on the reader's thread.
         self._long_histories: set[int] = set()
         self._channel_settings: dict[tuple[str, str, str], ChannelSettings] = {}
@@ -365,15 +369,29 @@ class SQLiteStore:
         cached = self._conversation_ids.get(text)
         if cached is not None:
             return cached
-        db.execute(
+        created = db.execute(
             "INSERT INTO conversations (key, platform, workspace, channel, thread, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
             (text, key.platform, key.workspace, key.channel, key.thread, time.time()),
-        )
+        ).rowcount
         [(conversation,)] = db.execute("SELECT id FROM conversations WHERE key = ?", (text,)).fetchall()
+        if created > 0:
+            transaction, keys = self._created
+            if transaction != self._writer.transactions:
+                keys = []
+                self._created = (self._writer.transactions, keys)
+            keys.append(text)
         # A plain dict store is atomic, and the id of a key never changes: the event loop may read it at any time.
         self._conversation_ids[text] = int(conversation)
         return int(conversation)
+
+    def _forget_created(self) -> None:
+        """The writer's transaction rolled back: the conversation rows it created are gone, so are their ids."""
+        transaction, keys = self._created
+        if transaction == self._writer.transactions:
+            for text in keys:
+                self._conversation_ids.pop(text, None)
+        self._created = (0, [])
 
     async def _existing_conversation_id(self, key: ConversationKey) -> int | None:
         text = str(key)

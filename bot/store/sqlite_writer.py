@@ -83,6 +83,11 @@ class SQLiteWriter:
         self._waits = False
         self._commits = 0
         self._checkpoint: asyncio.Future[None] | None = None
+        #: Transactions begun so far (one at a time, on whichever thread has the connection): tells a caller's
+        #: bookkeeping which transaction it is in.
+        self.transactions = 0
+        #: Called (on the thread that ran it) after a transaction rolled back, to forget what the caller noted of it.
+        self.on_rollback: Callable[[], None] | None = None
 
     @classmethod
     async def open(cls, path: str) -> SQLiteWriter:
@@ -165,18 +170,28 @@ class SQLiteWriter:
 
     def _run(self, work: Work[T], *, inline: bool, long: bool = False) -> T:
         self._begin(inline)
+        self.transactions += 1
         try:
             result = work(self._conn)
             self._conn.execute("COMMIT")
         except BaseException:
             # Some errors (a full disk, SQLITE_FULL) roll the transaction back themselves: a second ROLLBACK would
             # raise "no transaction is active" in place of the error that says what went wrong.
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+            try:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            finally:
+                if self.on_rollback is not None:
+                    self.on_rollback()
             raise
         if long:
-            # Off the loop already, and likely many pages: checkpoint now rather than on the next count.
-            self._run_checkpoint()
+            # Off the loop already, and likely many pages: checkpoint now rather than on the next count. The work
+            # has committed: a checkpoint that fails must not make its caller think it failed (a /reset that
+            # deleted everything reported as failed); the WAL only grows until the next one succeeds.
+            try:
+                self._run_checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("a WAL checkpoint failed: %s", exc)
         return result
 
     def _committed(self, commits: int) -> None:

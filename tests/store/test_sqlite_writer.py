@@ -140,3 +140,54 @@ async def test_a_long_history_is_read_on_the_readers_thread(tmp_path: Path, monk
         assert len(await store.load_history(A, 1000, before=5)) == 4 and len(inline) == 2  # short again
     finally:
         await store.close()
+
+
+async def test_a_long_job_that_committed_is_not_failed_by_the_checkpoint_after_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After a long job the thread checkpoints and restarts the WAL with a write. That write can fail (another
+    # process holds the lock past the busy timeout, a full disk); here SQLite's authorizer refuses it, the one way
+    # to make it fail on cue. The job has committed by then: its caller must get its result, not that error
+    # (a /reset that deleted everything must not say it failed), and the failure is a warning.
+    writer = await sqlite_writer.SQLiteWriter.open(str(tmp_path / "t.db"))
+    try:
+        await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
+
+        def refuse_the_restart_write(action: int, arg1: str | None, arg2: str | None, *_: object) -> int:
+            refused = action == sqlite3.SQLITE_PRAGMA and arg1 == "user_version" and arg2 is not None
+            return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+        def work(db: sqlite3.Connection) -> str:
+            db.execute("INSERT INTO t VALUES (1)")
+            db.set_authorizer(refuse_the_restart_write)
+            return "done"
+
+        with caplog.at_level("WARNING", logger=sqlite_writer.__name__):
+            assert await writer.transaction(work, inline=False) == "done"
+
+        def count(db: sqlite3.Connection) -> int:
+            db.set_authorizer(None)
+            return int(db.execute("SELECT count(*) FROM t").fetchone()[0])
+
+        assert await writer.transaction(count, inline=False) == 1
+        assert any("checkpoint" in r.getMessage() for r in caplog.records)
+    finally:
+        await writer.close()
+
+
+async def test_a_new_conversation_whose_first_write_rolled_back_can_be_written_later(tmp_path: Path) -> None:
+    # The first write of a new conversation creates its row; when that transaction rolls back (here a full disk:
+    # SQLite's page cap), the row is gone, and the next write must create it again rather than use its id.
+    store = await open_store(str(tmp_path / "t.db"))
+    assert isinstance(store, SQLiteStore)
+    conn = store._writer._conn
+    try:
+        [(pages,)] = conn.execute("PRAGMA page_count").fetchall()
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(sqlite3.Error):
+            await store.add_question(incoming(1, "x" * 100_000), 10)
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        row = await store.add_question(incoming(2), 10)
+        assert [m.content for m in await store.load_history(A, 1000, before=row + 1)] == ["message 2"]
+    finally:
+        await store.close()
