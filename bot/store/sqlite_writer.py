@@ -257,7 +257,9 @@ class SQLiteWriter:
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._conn.close)
+            # Through the count like any thread job: while the close waits behind queued work or runs, the loop's
+            # thread must not take the connection for an inline turn.
+            await self._on_thread(self._conn.close)
         finally:
             await loop.run_in_executor(None, functools.partial(self._executor.shutdown, wait=True))
 
