@@ -972,7 +972,15 @@ class PostgresStore:
         call = _LockCall(take, name, asyncio.get_running_loop().create_future())
         self._queue_lock_call(call)
         assert call.done is not None
-        return await call.done
+        try:
+            return await call.done
+        except asyncio.CancelledError:
+            # Cut off after the answer came back but before this turn resumed: the take is held and the turn
+            # never reaches the release in conversation_lock's finally, so give it back here.
+            done = call.done
+            if take and done.done() and not done.cancelled() and done.exception() is None and done.result():
+                self._queue_lock_call(_LockCall(False, name, None))
+            raise
 
     def _queue_lock_call(self, call: _LockCall) -> None:
         self._lock_calls.append(call)
