@@ -1001,17 +1001,24 @@ class PostgresStore:
                 if not batch:
                     continue
                 try:
-                    results = await self._send_lock_calls(batch)
+                    results: list[bool | BaseException] = list(await self._send_lock_calls(batch))
+                except asyncpg.PostgresError as exc:
+                    if len(batch) == 1 or self._lock_conn is None or self._lock_conn.is_closed():
+                        results = [exc] * len(batch)
+                    else:
+                        # The server refused the statement on a live connection (one call's bad name, say): one
+                        # call at a time, so the refusal stays that call's and the other releases still land.
+                        results = [await self._send_lock_call_alone(call) for call in batch]
                 except Exception as exc:  # whatever went wrong, it is each waiting caller's to see
-                    for call in batch:
+                    results = [exc] * len(batch)
+                for call, result in zip(batch, results, strict=True):
+                    if isinstance(result, BaseException):
                         if call.done is None:
                             # The lock went with its connection (the server releases a closed session's locks).
-                            log.warning("could not release the lock of %s: %s", call.name, _reason(exc))
+                            log.warning("could not release the lock of %s: %s", call.name, _reason(result))
                         elif not call.done.done():
-                            call.done.set_exception(exc)
-                    batch = []
-                    continue
-                for call, result in zip(batch, results, strict=True):
+                            call.done.set_exception(result)
+                        continue
                     if call.done is None:
                         continue
                     if not call.done.done():
@@ -1028,6 +1035,12 @@ class PostgresStore:
                 if call.done is not None and not call.done.done():
                     call.done.set_exception(closed)
             self._lock_calls = []
+
+    async def _send_lock_call_alone(self, call: _LockCall) -> bool | BaseException:
+        try:
+            return (await self._send_lock_calls([call]))[0]
+        except Exception as exc:
+            return exc
 
     async def _send_lock_calls(self, batch: Sequence[_LockCall]) -> list[bool]:
         for attempt in (1, 2):

@@ -382,3 +382,29 @@ async def test_a_turn_cut_off_as_its_lock_comes_back_taken_gives_it_back(replica
             pass
 
     await asyncio.wait_for(free(), 10)
+
+
+async def test_a_take_the_server_refuses_does_not_take_down_a_release_sent_with_it(
+    replicas: tuple[Store, Store],
+) -> None:
+    # A release and a take go out in one statement; the server refuses the take (a name it cannot store as
+    # text). The release must still land, or the conversation stays held for good on a live connection.
+    first, second = replicas
+    await _enter(first)
+    held = first.conversation_lock(A)
+    await held.__aenter__()
+    refused = asyncio.create_task(_enter_key(first, ConversationKey("slack", "T1", "C\x00")))
+    await held.__aexit__(None, None, None)  # the release waits for the lock connection beside the take
+    with pytest.raises(Exception, match="0x00"):
+        await refused
+
+    async def free() -> None:
+        async with second.conversation_lock(A):
+            pass
+
+    await asyncio.wait_for(free(), 10)
+
+
+async def _enter_key(store: Store, key: ConversationKey) -> None:
+    async with store.conversation_lock(key):
+        pass
