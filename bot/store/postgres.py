@@ -409,6 +409,7 @@ class PostgresStore:
         self._lock_calls: list[_LockCall] = []
         self._lock_wake = asyncio.Event()
         self._lock_runner: asyncio.Task[None] | None = None
+        self._closed = False
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> PostgresStore:
@@ -483,6 +484,8 @@ class PostgresStore:
             return False
 
     async def close(self) -> None:
+        # From here a lock call starts no new runner: it would open a lock connection nobody closes.
+        self._closed = True
         if self._lock_runner is not None:
             self._lock_runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -983,6 +986,11 @@ class PostgresStore:
             raise
 
     def _queue_lock_call(self, call: _LockCall) -> None:
+        if self._closed:
+            # A release needs nothing: the locks went with the closed lock connection.
+            if call.done is not None:
+                call.done.set_exception(asyncpg.InterfaceError("the lock connection to PostgreSQL is closed"))
+            return
         self._lock_calls.append(call)
         self._lock_wake.set()
         if self._lock_runner is None or self._lock_runner.done():

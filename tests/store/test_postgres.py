@@ -408,3 +408,15 @@ async def test_a_take_the_server_refuses_does_not_take_down_a_release_sent_with_
 async def _enter_key(store: Store, key: ConversationKey) -> None:
     async with store.conversation_lock(key):
         pass
+
+
+async def test_a_turn_that_ends_after_the_store_closed_leaves_nothing_running(postgres_url: str) -> None:
+    store = await open_store(postgres_url)
+    held = store.conversation_lock(A)
+    await held.__aenter__()
+    await store.close()
+    await held.__aexit__(None, None, None)  # its release: nothing to send, the locks went with the connection
+    runners = [t for t in asyncio.all_tasks() if "_run_lock_calls" in repr(t.get_coro())]
+    assert not runners, "a lock task outlived the store, with a connection nobody closes"
+    with pytest.raises(asyncpg.InterfaceError):
+        await _enter(store)
