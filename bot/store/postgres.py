@@ -409,6 +409,7 @@ class PostgresStore:
         self._lock_calls: list[_LockCall] = []
         self._lock_wake = asyncio.Event()
         self._lock_runner: asyncio.Task[None] | None = None
+        self._closed = False
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> PostgresStore:
@@ -483,6 +484,8 @@ class PostgresStore:
             return False
 
     async def close(self) -> None:
+        # From here a lock call starts no new runner: it would open a lock connection nobody closes.
+        self._closed = True
         if self._lock_runner is not None:
             self._lock_runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -972,9 +975,22 @@ class PostgresStore:
         call = _LockCall(take, name, asyncio.get_running_loop().create_future())
         self._queue_lock_call(call)
         assert call.done is not None
-        return await call.done
+        try:
+            return await call.done
+        except asyncio.CancelledError:
+            # Cut off after the answer came back but before this turn resumed: the take is held and the turn
+            # never reaches the release in conversation_lock's finally, so give it back here.
+            done = call.done
+            if take and done.done() and not done.cancelled() and done.exception() is None and done.result():
+                self._queue_lock_call(_LockCall(False, name, None))
+            raise
 
     def _queue_lock_call(self, call: _LockCall) -> None:
+        if self._closed:
+            # A release needs nothing: the locks went with the closed lock connection.
+            if call.done is not None:
+                call.done.set_exception(asyncpg.InterfaceError("the lock connection to PostgreSQL is closed"))
+            return
         self._lock_calls.append(call)
         self._lock_wake.set()
         if self._lock_runner is None or self._lock_runner.done():
@@ -993,17 +1009,24 @@ class PostgresStore:
                 if not batch:
                     continue
                 try:
-                    results = await self._send_lock_calls(batch)
+                    results: list[bool | BaseException] = list(await self._send_lock_calls(batch))
+                except asyncpg.PostgresError as exc:
+                    if len(batch) == 1 or self._lock_conn is None or self._lock_conn.is_closed():
+                        results = [exc] * len(batch)
+                    else:
+                        # The server refused the statement on a live connection (one call's bad name, say): one
+                        # call at a time, so the refusal stays that call's and the other releases still land.
+                        results = [await self._send_lock_call_alone(call) for call in batch]
                 except Exception as exc:  # whatever went wrong, it is each waiting caller's to see
-                    for call in batch:
+                    results = [exc] * len(batch)
+                for call, result in zip(batch, results, strict=True):
+                    if isinstance(result, BaseException):
                         if call.done is None:
                             # The lock went with its connection (the server releases a closed session's locks).
-                            log.warning("could not release the lock of %s: %s", call.name, _reason(exc))
+                            log.warning("could not release the lock of %s: %s", call.name, _reason(result))
                         elif not call.done.done():
-                            call.done.set_exception(exc)
-                    batch = []
-                    continue
-                for call, result in zip(batch, results, strict=True):
+                            call.done.set_exception(result)
+                        continue
                     if call.done is None:
                         continue
                     if not call.done.done():
@@ -1020,6 +1043,12 @@ class PostgresStore:
                 if call.done is not None and not call.done.done():
                     call.done.set_exception(closed)
             self._lock_calls = []
+
+    async def _send_lock_call_alone(self, call: _LockCall) -> bool | BaseException:
+        try:
+            return (await self._send_lock_calls([call]))[0]
+        except Exception as exc:
+            return exc
 
     async def _send_lock_calls(self, batch: Sequence[_LockCall]) -> list[bool]:
         for attempt in (1, 2):

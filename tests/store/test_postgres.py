@@ -343,3 +343,80 @@ async def test_a_question_in_a_conversation_another_replica_started_joins_it_on_
         (str(A), "message 4", 60),
         ("slack:T1:C2", "elsewhere", 0),
     ]
+
+
+async def test_a_turn_cut_off_as_its_lock_comes_back_taken_gives_it_back(replicas: tuple[Store, Store]) -> None:
+    # The take came back True and the turn was cancelled before it resumed (a shutdown, a timeout landing in the
+    # same turn of the event loop): the turn never enters its body, so nothing but the take itself can release.
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    await _enter(first)
+    key = ConversationKey("slack", "T1", "C9")
+    entered = asyncio.Event()
+
+    async def turn() -> None:
+        async with first.conversation_lock(key):
+            entered.set()
+            await asyncio.Event().wait()
+
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(turn())
+    seen: list[asyncio.Future[bool]] = []
+
+    def cancel_once_answered() -> None:
+        # Runs every turn of the event loop, so it runs after the answer lands and before the turn resumes.
+        if not seen and first._lock_calls and first._lock_calls[0].done is not None:
+            seen.append(first._lock_calls[0].done)
+        if seen and seen[0].done():
+            task.cancel()
+            return
+        loop.call_soon(cancel_once_answered)
+
+    loop.call_soon(cancel_once_answered)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen and seen[0].result() is True and not entered.is_set()
+
+    async def free() -> None:
+        async with second.conversation_lock(key):
+            pass
+
+    await asyncio.wait_for(free(), 10)
+
+
+async def test_a_take_the_server_refuses_does_not_take_down_a_release_sent_with_it(
+    replicas: tuple[Store, Store],
+) -> None:
+    # A release and a take go out in one statement; the server refuses the take (a name it cannot store as
+    # text). The release must still land, or the conversation stays held for good on a live connection.
+    first, second = replicas
+    await _enter(first)
+    held = first.conversation_lock(A)
+    await held.__aenter__()
+    refused = asyncio.create_task(_enter_key(first, ConversationKey("slack", "T1", "C\x00")))
+    await held.__aexit__(None, None, None)  # the release waits for the lock connection beside the take
+    with pytest.raises(Exception, match="0x00"):
+        await refused
+
+    async def free() -> None:
+        async with second.conversation_lock(A):
+            pass
+
+    await asyncio.wait_for(free(), 10)
+
+
+async def _enter_key(store: Store, key: ConversationKey) -> None:
+    async with store.conversation_lock(key):
+        pass
+
+
+async def test_a_turn_that_ends_after_the_store_closed_leaves_nothing_running(postgres_url: str) -> None:
+    store = await open_store(postgres_url)
+    held = store.conversation_lock(A)
+    await held.__aenter__()
+    await store.close()
+    await held.__aexit__(None, None, None)  # its release: nothing to send, the locks went with the connection
+    runners = [t for t in asyncio.all_tasks() if "_run_lock_calls" in repr(t.get_coro())]
+    assert not runners, "a lock task outlived the store, with a connection nobody closes"
+    with pytest.raises(asyncpg.InterfaceError):
+        await _enter(store)
