@@ -70,7 +70,14 @@ async def test_two_replicas_answer_each_of_1000_mentions_once_and_in_order(
     fakes, postgres_url: str, tmp_path: Path
 ) -> None:
     fake, slack, http = fakes
-    unlimited = {"TEAMBOT_USER_RATE_PER_MINUTE": "0", "TEAMBOT_CHANNEL_RATE_PER_MINUTE": "0"}
+    # Every mention of a channel goes to the same replica (n % 2), and on a loaded machine they may all wait there
+    # at once: the queues are sized for that, so a "busy" refusal never stands in for a lost answer here.
+    unlimited = {
+        "TEAMBOT_USER_RATE_PER_MINUTE": "0",
+        "TEAMBOT_CHANNEL_RATE_PER_MINUTE": "0",
+        "TEAMBOT_MAX_QUEUED_CALLS": str(MENTIONS),
+        "TEAMBOT_MAX_QUEUED_PER_CONVERSATION": str(MENTIONS // CHANNELS * 2),
+    }
     replicas = await start_replicas(fake, slack, http, postgres_url, tmp_path, unlimited)
     rng = random.Random(7)
     sends = asyncio.Semaphore(48)
