@@ -129,7 +129,8 @@ class FakeSlack(LoopbackServer):
         self.files_read = True
         self.bot_user_id = bot_user_id
         self.team_id = team_id
-        self.users = users if users is not None else {}
+        # A copy: a test that adds a person must not add them to the next test's fake through a shared dict.
+        self.users = dict(users) if users is not None else {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.limited: list[tuple[str, dict[str, Any]]] = []
         self.responses: list[dict[str, Any]] = []

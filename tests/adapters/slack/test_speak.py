@@ -136,6 +136,7 @@ async def test_only_admins_change_where_the_bot_speaks(slack: Slack) -> None:
     await slack.event(message("lunch anyone?", ts="1700000000.000200"))
     await settle(slack, "1700000000.000300", 1, thread_ts=None)
     assert asked(slack) == ["Ada: and now 1700000000.000300"]
+    slack.fake.users[ADMIN] = {"display_name": "Boss", "is_admin": True}
     wrong = await slash(slack, "/speak", "loud", user_id=ADMIN, rid="r3")
     assert wrong["text"] == texts.SPEAK_NOT_KNOWN.format(mode="loud")
 
