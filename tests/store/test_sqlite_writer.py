@@ -109,13 +109,14 @@ async def test_the_inline_connection_never_waits_nor_checkpoints_and_the_wal_sta
             await store.begin_turn(incoming(n, "a question of a few words " * 4), 30)
         # What a commit adds to the WAL, before any checkpoint came.
         per_commit = (wal_bytes(path) - 32) / (every // 2)
-        cap = int(2 * every * per_commit / frame)
+        # Half of what `every` commits add: the cap comes before the count of commits calls a checkpoint.
+        cap = int(every * per_commit / frame / 2)
         monkeypatch.setattr(sqlite_writer, "WAL_FRAMES_CAP", cap)
         for n in range(every // 2, 10 * every):
             await store.begin_turn(incoming(n, "a question of a few words " * 4), 30)
-        # Without checkpoints the WAL would hold all 10 * every commits; with them, at most the cap and the
-        # commit that crossed it.
-        assert wal_bytes(path) <= 32 + cap * frame + 2 * per_commit
+        # Without checkpoints the WAL would hold all 10 * every commits; with them, at most the cap, the inline
+        # commit that crossed it and the one that went to the thread next (a commit's pages vary a little).
+        assert wal_bytes(path) <= 32 + cap * frame + 4 * per_commit
         assert await store.count_messages(A) == 10 * every
     finally:
         await store.close()
