@@ -311,16 +311,21 @@ class SQLiteWriter:
         self._checkpoint_with(self._conn)
 
     def _checkpoint_with(self, conn: sqlite3.Connection) -> None:
-        """The WAL into the database file, then a write that starts the WAL over. PASSIVE: it never waits for other
-        connections, it does what they leave it to do. Again while something is left (up to CHECKPOINT_ROUNDS
-        times): frames that came meanwhile, or a restart that a read of the WAL's frames under way kept from
-        happening (the write then went at the WAL's end)."""
+        """The WAL into the database file, then at once a write that starts the WAL over (with everything copied,
+        the next commit does, and SQLite fsyncs the WAL's header then: not in a turn's commit on the event loop's
+        thread, but here). PASSIVE: it never waits for other connections, it does what they leave it to do. Again
+        while the WAL did not start over (up to CHECKPOINT_ROUNDS times): frames came during the checkpoint, or a
+        read of the WAL's frames under way kept it from restarting; the write then went at the WAL's end."""
+        [(version,)] = conn.execute("PRAGMA user_version").fetchall()
+        # The write leaves the database's first page as it was (an UPDATE of a row to the values it holds writes no
+        # page at all: SQLite compares the bytes first), in a transaction of its own: it holds the write lock only
+        # while SQLite runs it. One script: between the two statements the thread only takes the GIL back once, and
+        # meanwhile the loop's writes, which would start the WAL over, go to the thread.
+        script = f"PRAGMA wal_checkpoint(PASSIVE); PRAGMA user_version = {int(version)};"  # PRAGMA takes no parameters
         for _ in range(CHECKPOINT_ROUNDS):
-            [(busy, frames, copied)] = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            if busy:  # another process's checkpoint is under way
-                return
-            # frames: the WAL's end when the checkpoint began; more may have come since (the restart checks).
-            if frames == copied and _restart_wal(conn, self._wal):
+            conn.executescript(script)
+            # A restart counts the copied frames from 0 again, and the next checkpoint is this thread's.
+            if self._wal is None or self._wal.copied() == 0:
                 return
 
     def _on_thread(self, call: Callable[[], T]) -> asyncio.Future[T]:
@@ -369,29 +374,6 @@ class SQLiteWriter:
                     self._checkpointer.close()
             finally:
                 self._conn.close()
-
-
-def _restart_wal(conn: sqlite3.Connection, wal: _WalIndex | None) -> bool:
-    """With everything checkpointed, the next commit starts the WAL over from its beginning, and SQLite fsyncs the
-    WAL's header when it does: not in a turn's commit on the event loop's thread, but here, on the writer's thread,
-    by a write of the database's first page that leaves it as it was (an UPDATE of a row to the values it holds
-    writes no page at all: SQLite compares the bytes first). Whether the WAL started over, when ``wal`` tells: not
-    when frames came after the checkpoint (no write then), or when a read of the WAL's frames under way kept it
-    from restarting (the write went at the WAL's end)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if wal is not None and not wal.all_copied():
-            conn.execute("ROLLBACK")
-            return False
-        [(version,)] = conn.execute("PRAGMA user_version").fetchall()
-        conn.execute(f"PRAGMA user_version = {int(version)}")  # PRAGMA takes no parameters
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    # A restart counts the copied frames from 0 again, and the next checkpoint is this thread's.
-    return wal is None or wal.copied() == 0
 
 
 def _connect_all(path: str) -> tuple[sqlite3.Connection, sqlite3.Connection | None, _WalIndex | None]:
