@@ -33,6 +33,7 @@ import logging
 import mmap
 import os
 import sqlite3
+import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -88,49 +89,48 @@ class _WalIndex:
 
     #: The layout's version, at the head of each of the index header's two copies.
     VERSION = 3007000
-    #: 32-bit words: the header's two copies (12 words each, mxFrame the fifth), then nBackfill.
-    _FIRST, _SECOND, _FRAMES, _COPIED = 0, 12, 4, 24
+    #: The index header's two copies (48 bytes each: the version, then mxFrame, the frames in the WAL, at byte 16),
+    #: then nBackfill, the frames copied; in the machine's byte order.
+    _FIELDS = struct.Struct("@I12xI28xI12xI28xI")
 
     def __init__(self, path: str) -> None:
         fd = os.open(f"{path}-shm", os.O_RDONLY)
         try:
-            self._map = mmap.mmap(fd, 4 * (self._COPIED + 1), access=mmap.ACCESS_READ)
+            self._map = mmap.mmap(fd, self._FIELDS.size, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
-        self._words = memoryview(self._map).cast("I")
 
     def frames(self) -> int | None:
         """Frames in the WAL, or None when the index does not read as SQLite writes it."""
-        words, first, second = self._words, self._FIRST, self._SECOND
-        if words[first] != self.VERSION or words[second] != self.VERSION:
+        version, frames, version_again, frames_again, _ = self._FIELDS.unpack_from(self._map)
+        if version != self.VERSION or version_again != self.VERSION or frames != frames_again:
             return None
-        frames = words[first + self._FRAMES]
-        return frames if frames == words[second + self._FRAMES] else None
-
-    def all_copied(self) -> bool:
-        """Whether a write transaction begun now would start the WAL over, fsyncing its header when it commits:
-        every frame copied into the database (SQLite then reads the file alone, and the next writer restarts the
-        WAL), or an empty WAL (its first commit writes the header). True when unsure.
-
-        Exact for a connection that holds the write lock: no one else can add frames, and a checkpoint can copy
-        no further than the last one, so both numbers stay as they were when the transaction began."""
-        frames = self.frames()
-        return frames is None or self.copied() >= frames
-
-    def leave_to_thread(self) -> bool:
-        """For a connection holding the write lock on the loop's thread: whether its transaction must go to the
-        thread instead, because its commit would start the WAL over and fsync (a checkpoint on the other
-        connection just copied it all, or its write that restarts the WAL failed), or because the WAL holds
-        WAL_FRAMES_CAP frames (the thread's checkpoint must catch up with nothing added beside it)."""
-        frames = self.frames()
-        return frames is None or self.copied() >= frames or frames >= WAL_FRAMES_CAP
+        return int(frames)
 
     def copied(self) -> int:
         """Frames of the WAL that checkpoints have copied into the database file."""
-        return int(self._words[self._COPIED])
+        return int(self._FIELDS.unpack_from(self._map)[4])
+
+    def leave_to_thread(self) -> bool:
+        """For a connection holding the write lock on the loop's thread: whether its transaction must go to the
+        thread instead. True when unsure, and when its commit would start the WAL over, fsyncing its header: every
+        frame copied into the database (SQLite then reads the file alone, and the next writer restarts the WAL:
+        a checkpoint on the other connection just copied it all, or its write that restarts the WAL failed), or an
+        empty WAL (its first commit writes the header). True too when the WAL holds WAL_FRAMES_CAP frames: the
+        thread's checkpoint must catch up with nothing added beside it.
+
+        Exact for a connection that holds the write lock: no one else can add frames, and a checkpoint can copy
+        no further than the last one, so both numbers stay as they were when the transaction began."""
+        version, frames, version_again, frames_again, copied = self._FIELDS.unpack_from(self._map)
+        return (
+            copied >= frames
+            or frames >= WAL_FRAMES_CAP
+            or frames != frames_again
+            or version != self.VERSION
+            or version_again != self.VERSION
+        )
 
     def close(self) -> None:
-        self._words.release()
         self._map.close()
 
 
@@ -202,7 +202,7 @@ class SQLiteWriter:
                 self._on_thread(functools.partial(self._run, work, inline=False, long=not inline))
             )
         finally:
-            self._committed(1)
+            self._committed(1, on_thread=True)
 
     def rows(self, statement: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]] | None:
         """The rows of a short read, inline on this connection (which sees every commit at once); None when it
@@ -278,12 +278,14 @@ class SQLiteWriter:
                 log.warning("a WAL checkpoint failed: %s", exc)
         return result
 
-    def _committed(self, commits: int) -> None:
+    def _committed(self, commits: int, *, on_thread: bool = False) -> None:
         self._commits += commits
         if self._checkpoint is not None:
             return
         wal = self._wal
-        if self._commits >= CHECKPOINT_EVERY or (wal is not None and (wal.frames() or 0) >= WAL_FRAMES_CAP):
+        # Past the cap every write goes to the thread: only then is it worth reading the WAL's size.
+        over_cap = on_thread and wal is not None and (wal.frames() or 0) >= WAL_FRAMES_CAP
+        if self._commits >= CHECKPOINT_EVERY or over_cap:
             self._commits = 0
             if wal is not None:
                 # Not through the thread's count: the inline path keeps this connection meanwhile.

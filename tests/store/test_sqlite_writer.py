@@ -191,11 +191,11 @@ async def test_an_inline_write_never_starts_the_wal_over(tmp_path: Path) -> None
         for n in range(3):
             await store.begin_turn(incoming(n), 10)
         [(busy, frames, copied)] = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        assert (busy, copied) == (0, frames) and frames > 0 and wal_index(writer).all_copied()
+        assert (busy, copied) == (0, frames) and frames > 0 and wal_index(writer).leave_to_thread()
         handed = writer._submitted
         assert await store.begin_turn(incoming(3), 10) is not None
         assert writer._submitted == handed + 1  # to the thread
-        assert wal_index(writer).copied() == 0 and not wal_index(writer).all_copied()  # and the WAL started over
+        assert wal_index(writer).copied() == 0 and not wal_index(writer).leave_to_thread()  # and the WAL started over
         assert await store.begin_turn(incoming(4), 10) is not None
         assert writer._submitted == handed + 1  # inline again
         assert await store.count_messages(A) == 5
