@@ -9,6 +9,7 @@ lets it run beside the writer.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -537,7 +538,8 @@ class SQLiteStore:
             self._long_histories.add(conversation)
         else:
             self._long_histories.discard(conversation)
-        return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+        # The row's columns are StoredMessage's fields, in order: no indexing per column.
+        return list(itertools.starmap(StoredMessage, rows))
 
     async def reset(self, key: ConversationKey) -> int:
         args: tuple[str, ...]

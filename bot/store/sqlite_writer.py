@@ -13,7 +13,16 @@ to wait for another process's write lock (the inline connection has no busy time
 the thread, which waits up to :data:`BUSY_TIMEOUT_MS`), and every piece of work that comes while the thread has
 some (it keeps the connection until its queue is empty: never two users at once, and nothing overtakes queued
 work). WAL checkpoints fsync, so the connection never runs one by itself (``wal_autocheckpoint = 0``): every
-:data:`CHECKPOINT_EVERY` commits (and after each long job) one runs on the thread.
+:data:`CHECKPOINT_EVERY` commits one runs on the thread, on a connection of its own, while the loop's thread goes on
+reading and writing on this one (WAL lets a checkpoint copy frames while another connection appends); after each
+long job one runs on the thread with this connection.
+
+The commit that starts the WAL over, the first after a checkpoint copied all of it, fsyncs the WAL's header: so an
+inline transaction that would be that commit goes to the thread (:class:`_WalIndex` tells, from the WAL index that
+every connection to the file shares), and the checkpoint's own connection makes that write itself right after the
+checkpoint. Under writes that never pause, a checkpoint beside them seldom finds nothing new when it ends, and the
+WAL would only grow: past :data:`WAL_FRAMES_CAP` frames the inline path leaves its writes to the thread, behind a
+checkpoint that then has the WAL to itself and starts it over.
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import mmap
+import os
 import sqlite3
+import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -50,6 +62,12 @@ _WRITER_PRAGMAS = ("PRAGMA busy_timeout = 0", "PRAGMA wal_autocheckpoint = 0")
 #: Commits between two checkpoints. A plain turn's commit adds about 3-5 pages to the WAL (measured), so this
 #: keeps it near SQLite's own default of 1,000 pages.
 CHECKPOINT_EVERY = 250
+#: Frames in the WAL (about 16 MB of 4 KB pages, four times what CHECKPOINT_EVERY commits add) from which writes go
+#: to the thread, where the checkpoint runs with nothing added beside it, until it has started the WAL over.
+WAL_FRAMES_CAP = 4000
+#: Checkpoints one job runs beside the loop's writes before it leaves the rest for the next job: each one after the
+#: first copies only what came meanwhile (one fsync of a few pages), so one of them soon ends with nothing new.
+CHECKPOINT_ROUNDS = 4
 
 
 Work = Callable[[sqlite3.Connection], T]
@@ -64,13 +82,76 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+class _WalIndex:
+    """Two numbers of the WAL index (the ``-shm`` file that SQLite maps into every connection to the file, laid out
+    in https://www.sqlite.org/walformat.html, which every SQLite since 3.7.0 reads alike): the frames in the WAL,
+    and how many of them checkpoints have copied into the database file. Read-only, mapped like SQLite maps it."""
+
+    #: The layout's version, at the head of each of the index header's two copies.
+    VERSION = 3007000
+    #: The index header's two copies (48 bytes each: the version, then mxFrame, the frames in the WAL, at byte 16),
+    #: then nBackfill, the frames copied; in the machine's byte order.
+    _FIELDS = struct.Struct("@I12xI28xI12xI28xI")
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(f"{path}-shm", os.O_RDONLY)
+        try:
+            self._map = mmap.mmap(fd, self._FIELDS.size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+
+    def frames(self) -> int | None:
+        """Frames in the WAL, or None when the index does not read as SQLite writes it."""
+        version, frames, version_again, frames_again, _ = self._FIELDS.unpack_from(self._map)
+        if version != self.VERSION or version_again != self.VERSION or frames != frames_again:
+            return None
+        return int(frames)
+
+    def copied(self) -> int:
+        """Frames of the WAL that checkpoints have copied into the database file."""
+        return int(self._FIELDS.unpack_from(self._map)[4])
+
+    def leave_to_thread(self) -> bool:
+        """For a connection holding the write lock on the loop's thread: whether its transaction must go to the
+        thread instead. True when unsure, and when its commit would start the WAL over, fsyncing its header: every
+        frame copied into the database (SQLite then reads the file alone, and the next writer restarts the WAL:
+        a checkpoint on the other connection just copied it all, or its write that restarts the WAL failed), or an
+        empty WAL (its first commit writes the header). True too when the WAL holds WAL_FRAMES_CAP frames: the
+        thread's checkpoint must catch up with nothing added beside it.
+
+        Exact for a connection that holds the write lock: no one else can add frames, and a checkpoint can copy
+        no further than the last one, so both numbers stay as they were when the transaction began."""
+        version, frames, version_again, frames_again, copied = self._FIELDS.unpack_from(self._map)
+        return (
+            copied >= frames
+            or frames >= WAL_FRAMES_CAP
+            or frames != frames_again
+            or version != self.VERSION
+            or version_again != self.VERSION
+        )
+
+    def close(self) -> None:
+        self._map.close()
+
+
 class SQLiteWriter:
     """One ``sqlite3`` connection, used by one caller at a time: inline on the event loop's thread when the
     writer's thread has nothing to do, else on that thread; :meth:`transaction` runs a function in it."""
 
-    def __init__(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        executor: ThreadPoolExecutor,
+        conn: sqlite3.Connection,
+        checkpointer: sqlite3.Connection | None = None,
+        wal: _WalIndex | None = None,
+    ) -> None:
         self._executor = executor
         self._conn = conn
+        #: The checkpoints' own connection, used only on the writer's thread, and the WAL index that tells the
+        #: inline path when its commit would restart the WAL. Without either (the index could not be mapped), every
+        #: checkpoint takes this connection on the thread.
+        self._checkpointer = checkpointer
+        self._wal = wal
         #: Calls handed to the thread (counted on the loop's thread) and finished (counted on the writer's thread,
         #: its last step, after which it no longer touches the connection): while they differ, the connection is the
         #: thread's. Not counted down by the futures' callbacks: in a burst the loop runs those late, and every
@@ -93,11 +174,11 @@ class SQLiteWriter:
     async def open(cls, path: str) -> SQLiteWriter:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teambot-sqlite-writer")
         try:
-            conn = await asyncio.get_running_loop().run_in_executor(executor, _connect, path)
+            conn, checkpointer, wal = await asyncio.get_running_loop().run_in_executor(executor, _connect_all, path)
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(executor, conn)
+        return cls(executor, conn, checkpointer, wal)
 
     async def transaction(self, work: Work[T], *, inline: bool = True) -> T:
         """Run ``work(connection)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``; an exception rolls it back.
@@ -121,7 +202,7 @@ class SQLiteWriter:
                 self._on_thread(functools.partial(self._run, work, inline=False, long=not inline))
             )
         finally:
-            self._committed(1)
+            self._committed(1, on_thread=True)
 
     def rows(self, statement: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]] | None:
         """The rows of a short read, inline on this connection (which sees every commit at once); None when it
@@ -167,6 +248,9 @@ class SQLiteWriter:
             if _is_busy(exc):
                 raise _Busy from exc
             raise
+        if self._wal is not None and self._wal.leave_to_thread():
+            self._conn.execute("ROLLBACK")
+            raise _Busy
 
     def _run(self, work: Work[T], *, inline: bool, long: bool = False) -> T:
         self._begin(inline)
@@ -194,10 +278,21 @@ class SQLiteWriter:
                 log.warning("a WAL checkpoint failed: %s", exc)
         return result
 
-    def _committed(self, commits: int) -> None:
+    def _committed(self, commits: int, *, on_thread: bool = False) -> None:
         self._commits += commits
-        if self._commits >= CHECKPOINT_EVERY and self._checkpoint is None:
-            self._checkpoint = asyncio.ensure_future(self._on_thread(self._run_checkpoint))
+        if self._checkpoint is not None:
+            return
+        wal = self._wal
+        # Past the cap every write goes to the thread: only then is it worth reading the WAL's size.
+        over_cap = on_thread and wal is not None and (wal.frames() or 0) >= WAL_FRAMES_CAP
+        if self._commits >= CHECKPOINT_EVERY or over_cap:
+            self._commits = 0
+            if wal is not None:
+                # Not through the thread's count: the inline path keeps this connection meanwhile.
+                done = asyncio.get_running_loop().run_in_executor(self._executor, self._checkpoint_beside)
+            else:
+                done = self._on_thread(self._run_checkpoint)
+            self._checkpoint = asyncio.ensure_future(done)
             self._checkpoint.add_done_callback(self._checkpointed)
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
@@ -206,26 +301,34 @@ class SQLiteWriter:
             # Not a turn's failure: the WAL only grows until the next one succeeds.
             log.warning("a WAL checkpoint failed: %s", exc)
 
+    def _checkpoint_beside(self) -> None:
+        """On the thread, on the checkpoints' own connection, while the loop's thread may go on with this one."""
+        assert self._checkpointer is not None
+        self._checkpoint_with(self._checkpointer)
+
     def _run_checkpoint(self) -> None:
-        """On the thread: the WAL into the database file, then a write that starts the WAL over. PASSIVE: it never
-        waits for other connections, it does what they leave it to do."""
+        """On the thread, with this connection (the inline path waits)."""
         # Counted again from here (an add on the loop's thread meanwhile may be lost: one checkpoint comes later).
         self._commits = 0
-        [(busy, _, _)] = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        if not busy:
-            # With everything checkpointed, the next commit starts the WAL over from its beginning, and SQLite
-            # fsyncs the WAL's header when it does: not in a turn's commit on the event loop's thread, but here, by
-            # a write of the database's first page that leaves it as it was (an UPDATE of a row to the values it
-            # holds writes no page at all: SQLite compares the bytes first).
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                [(version,)] = self._conn.execute("PRAGMA user_version").fetchall()
-                self._conn.execute(f"PRAGMA user_version = {int(version)}")  # PRAGMA takes no parameters
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        self._checkpoint_with(self._conn)
+
+    def _checkpoint_with(self, conn: sqlite3.Connection) -> None:
+        """The WAL into the database file, then at once a write that starts the WAL over (with everything copied,
+        the next commit does, and SQLite fsyncs the WAL's header then: not in a turn's commit on the event loop's
+        thread, but here). PASSIVE: it never waits for other connections, it does what they leave it to do. Again
+        while the WAL did not start over (up to CHECKPOINT_ROUNDS times): frames came during the checkpoint, or a
+        read of the WAL's frames under way kept it from restarting; the write then went at the WAL's end."""
+        [(version,)] = conn.execute("PRAGMA user_version").fetchall()
+        # The write leaves the database's first page as it was (an UPDATE of a row to the values it holds writes no
+        # page at all: SQLite compares the bytes first), in a transaction of its own: it holds the write lock only
+        # while SQLite runs it. One script: between the two statements the thread only takes the GIL back once, and
+        # meanwhile the loop's writes, which would start the WAL over, go to the thread.
+        script = f"PRAGMA wal_checkpoint(PASSIVE); PRAGMA user_version = {int(version)};"  # PRAGMA takes no parameters
+        for _ in range(CHECKPOINT_ROUNDS):
+            conn.executescript(script)
+            # A restart counts the copied frames from 0 again, and the next checkpoint is this thread's.
+            if self._wal is None or self._wal.copied() == 0:
+                return
 
     def _on_thread(self, call: Callable[[], T]) -> asyncio.Future[T]:
         """``call()`` on the writer's thread, after what is queued there; the connection is the thread's until
@@ -259,18 +362,65 @@ class SQLiteWriter:
         try:
             # Through the count like any thread job: while the close waits behind queued work or runs, the loop's
             # thread must not take the connection for an inline turn.
-            await self._on_thread(self._conn.close)
+            await self._on_thread(self._close_all)
         finally:
             await loop.run_in_executor(None, functools.partial(self._executor.shutdown, wait=True))
 
+    def _close_all(self) -> None:
+        try:
+            if self._wal is not None:
+                self._wal.close()  # before the last connection goes: SQLite may then delete the file
+        finally:
+            try:
+                if self._checkpointer is not None:
+                    self._checkpointer.close()
+            finally:
+                self._conn.close()
 
-def _connect(path: str) -> sqlite3.Connection:
+
+def _connect_all(path: str) -> tuple[sqlite3.Connection, sqlite3.Connection | None, _WalIndex | None]:
+    """The writer's connection, the checkpoints' connection and the WAL index; on the writer's thread."""
+    conn = _connect(path, (*PRAGMAS, *_WRITER_PRAGMAS))
+    try:
+        wal = _open_wal_index(conn)
+        if wal is None:
+            return conn, None, None
+        try:
+            checkpointer = _connect(path, (*PRAGMAS, "PRAGMA wal_autocheckpoint = 0"))
+        except BaseException:
+            wal.close()
+            raise
+    except BaseException:
+        conn.close()
+        raise
+    return conn, checkpointer, wal
+
+
+def _open_wal_index(conn: sqlite3.Connection) -> _WalIndex | None:
+    # The file SQLite opened (its full path, links resolved): the index is beside it, made by the first read.
+    [file] = [str(row[2]) for row in conn.execute("PRAGMA database_list").fetchall() if row[1] == "main"]
+    try:
+        wal = _WalIndex(file)
+    except (OSError, ValueError) as exc:
+        problem = str(exc)
+    else:
+        if wal.frames() is not None:
+            return wal
+        wal.close()
+        problem = "it does not read as SQLite's"
+    # Correct without it, only slower: every checkpoint then stops the inline path while it runs.
+    log.warning("the SQLite WAL index cannot be read (%s): checkpoints will pause the inline writes", problem)
+    return None
+
+
+def _connect(path: str, pragmas: tuple[str, ...]) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves instead of sqlite3's implicit transactions.
     # check_same_thread=False: the event loop's thread and the writer's thread take turns (never both at once).
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        for pragma in (*PRAGMAS, *_WRITER_PRAGMAS):
+        for pragma in pragmas:
             conn.execute(pragma)
+        conn.execute("PRAGMA user_version").fetchall()  # the first read: the WAL and its index exist from here
     except BaseException:
         conn.close()
         raise

@@ -91,8 +91,10 @@ async def test_the_inline_connection_never_waits_nor_checkpoints_and_the_wal_sta
 ) -> None:
     # The connection that runs on the event loop's thread must never sleep in SQLite's busy handler (another
     # process's lock sends the work to the thread: test_another_writer_holding_the_write_lock_is_waited_out) nor
-    # start a checkpoint by itself (it fsyncs); the checkpoints run for it on the writer's thread must keep the WAL
-    # from growing with every commit.
+    # start a checkpoint by itself (it fsyncs). The checkpoints run beside it on their own connection, and writes
+    # that never pause (here not even for the loop: no inline call awaits anything) leave them always something
+    # new to copy, so they never start the WAL over by themselves: past WAL_FRAMES_CAP frames the writes go to
+    # the thread, behind a checkpoint that then catches up, and the WAL stays within the cap.
     every = 40
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", every)
     path = tmp_path / "t.db"
@@ -101,17 +103,151 @@ async def test_the_inline_connection_never_waits_nor_checkpoints_and_the_wal_sta
     try:
         assert store._writer.rows("PRAGMA busy_timeout") == [(0,)]
         assert store._writer.rows("PRAGMA wal_autocheckpoint") == [(0,)]
+        [(page,)] = store._writer.rows("PRAGMA page_size") or [(0,)]
+        frame = page + 24
         for n in range(every // 2):
             await store.begin_turn(incoming(n, "a question of a few words " * 4), 30)
         # What a commit adds to the WAL, before any checkpoint came.
         per_commit = (wal_bytes(path) - 32) / (every // 2)
+        # Half of what `every` commits add: the cap comes before the count of commits calls a checkpoint.
+        cap = int(every * per_commit / frame / 2)
+        monkeypatch.setattr(sqlite_writer, "WAL_FRAMES_CAP", cap)
         for n in range(every // 2, 10 * every):
             await store.begin_turn(incoming(n, "a question of a few words " * 4), 30)
-        # Without checkpoints the WAL would hold all 10 * every commits; with them, about the last `every`.
-        assert wal_bytes(path) < 3 * every * per_commit
+        # Without checkpoints the WAL would hold all 10 * every commits; with them, at most the cap, the inline
+        # commit that crossed it and the one that went to the thread next (a commit's pages vary a little).
+        assert wal_bytes(path) <= 32 + cap * frame + 4 * per_commit
         assert await store.count_messages(A) == 10 * every
     finally:
         await store.close()
+
+
+def wal_index(writer: sqlite_writer.SQLiteWriter) -> sqlite_writer._WalIndex:
+    assert writer._wal is not None
+    return writer._wal
+
+
+async def test_a_write_on_the_loop_goes_on_while_a_checkpoint_runs_on_its_own_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpoint (its fsyncs take milliseconds) runs on the writer's thread with a connection of its own: a
+    # turn's write on the loop's thread neither waits for it nor goes to the thread behind it. The checkpoint is
+    # held before its first step (SQLite's progress handler, called on the thread that runs it) while the turn
+    # writes; let go, it copies the WAL and starts it over.
+    every = 5
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", every)
+    store = await open_store(str(tmp_path / "t.db"))
+    assert isinstance(store, SQLiteStore)
+    writer = store._writer
+    assert writer._checkpointer is not None
+    inside, gate = threading.Event(), threading.Event()
+    copied_when_held: list[int] = []
+
+    def hold() -> int:
+        if not inside.is_set():
+            copied_when_held.append(wal_index(writer).copied())
+            inside.set()
+            gate.wait(10)
+        return 0
+
+    writer._checkpointer.set_progress_handler(hold, 1)
+    try:
+        for n in range(every):
+            await store.begin_turn(incoming(n), 10)
+        checkpoint = writer._checkpoint
+        assert checkpoint is not None
+        async with asyncio.timeout(5):
+            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
+                await asyncio.sleep(0.01)
+        handed = writer._submitted
+        frames = wal_index(writer).frames()
+        async with asyncio.timeout(5):
+            row = await store.begin_turn(incoming(every), 10)
+            history = await store.load_history(A, 1000, before=10_000)
+        assert row is not None and [m.content for m in history][-1] == f"message {every}"
+        assert writer._submitted == handed  # inline: nothing went to the thread
+        assert not checkpoint.done() and copied_when_held == [0]  # the checkpoint was held all along
+        assert (wal_index(writer).frames() or 0) > (frames or 0)
+        gate.set()
+        await checkpoint
+        # It copied everything, the turn's write too, and started the WAL over: nothing copied of the new WAL.
+        assert wal_index(writer).copied() == 0 and wal_index(writer).frames() == 1
+    finally:
+        gate.set()
+        await store.close()
+
+
+async def test_an_inline_write_never_starts_the_wal_over(tmp_path: Path) -> None:
+    # Once a checkpoint has copied the whole WAL, the next commit starts it over and fsyncs its header: that commit
+    # must not be a turn's on the loop's thread. Here another connection copies it all (as the checkpoints'
+    # connection does, before its own write restarts the WAL); the next write goes to the thread, which restarts
+    # the WAL, and the writes after it run inline again.
+    path = tmp_path / "t.db"
+    store = await open_store(str(path))
+    assert isinstance(store, SQLiteStore)
+    writer = store._writer
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        for n in range(3):
+            await store.begin_turn(incoming(n), 10)
+        [(busy, frames, copied)] = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        assert (busy, copied) == (0, frames) and frames > 0 and wal_index(writer).leave_to_thread()
+        handed = writer._submitted
+        assert await store.begin_turn(incoming(3), 10) is not None
+        assert writer._submitted == handed + 1  # to the thread
+        assert wal_index(writer).copied() == 0 and not wal_index(writer).leave_to_thread()  # and the WAL started over
+        assert await store.begin_turn(incoming(4), 10) is not None
+        assert writer._submitted == handed + 1  # inline again
+        assert await store.count_messages(A) == 5
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_failing_checkpoint_is_logged_and_fails_no_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A checkpoint that fails (here SQLite's authorizer refuses it on the checkpoints' connection: the one way to
+    # make it fail on cue) is a warning; the turns around it are stored, and the next checkpoint is tried later.
+    every = 5
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", every)
+    store = await open_store(str(tmp_path / "t.db"))
+    assert isinstance(store, SQLiteStore)
+    writer = store._writer
+    assert writer._checkpointer is not None
+
+    def refuse_checkpoints(action: int, arg1: str | None, *_: object) -> int:
+        refused = action == sqlite3.SQLITE_PRAGMA and arg1 == "wal_checkpoint"
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    writer._checkpointer.set_authorizer(refuse_checkpoints)
+    try:
+        with caplog.at_level("WARNING", logger=sqlite_writer.__name__):
+            for n in range(every):
+                assert await store.begin_turn(incoming(n), 10) is not None
+            checkpoint = writer._checkpoint
+            assert checkpoint is not None
+            await asyncio.wait([checkpoint])
+            assert writer._checkpoint is None
+            assert any("checkpoint failed" in r.getMessage() for r in caplog.records)
+            for n in range(every, 2 * every):
+                assert await store.begin_turn(incoming(n), 10) is not None
+        assert await store.count_messages(A) == 2 * every
+        assert wal_index(writer).copied() == 0 < (wal_index(writer).frames() or 0)  # never copied
+    finally:
+        await store.close()
+
+
+async def test_close_closes_both_connections_and_the_wal_index(tmp_path: Path) -> None:
+    writer = await sqlite_writer.SQLiteWriter.open(str(tmp_path / "t.db"))
+    checkpointer, wal = writer._checkpointer, writer._wal
+    assert checkpointer is not None and wal is not None
+    await writer.close()
+    for conn in (writer._conn, checkpointer):
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")
+    with pytest.raises(ValueError):
+        wal.frames()
 
 
 async def test_a_long_history_is_read_on_the_readers_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
