@@ -67,8 +67,10 @@ class TokenCounter:
     def truncate(self, text: str, max_tokens: int) -> str:
         """Keep the beginning of ``text`` within ``max_tokens``, marking the cut."""
         # Not counted where it cannot be too long: a token of either count (byte-level BPE, or four bytes) is at
-        # least one byte, a character at most four. Every question is cut to fit, most are far within.
-        if len(text) * 4 <= max_tokens or self.count(text) <= max_tokens:
+        # least one byte, a character at most four. Every question is cut to fit, most are far within. A text with
+        # a special token is counted, which raises as it always did.
+        short = len(text) * 4 <= max_tokens and _SPECIAL_START not in text
+        if short or self.count(text) <= max_tokens:
             return text
         keep = max(0, max_tokens - self.count(TRUNCATION_MARK))
         if self._encoding is None:

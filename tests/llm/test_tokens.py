@@ -70,6 +70,8 @@ def test_counts_without_the_special_token_search_are_the_same() -> None:
     # A text that holds one is refused as it always was (the encoder raises).
     with pytest.raises(ValueError, match="disallowed special token"):
         counter.count("say <|endoftext|> now")
+    with pytest.raises(ValueError, match="disallowed special token"):
+        counter.truncate("say <|endoftext|> now", 1000)  # short enough not to need a count, and counted all the same
 
 
 class OtherSpecials:
