@@ -521,13 +521,14 @@ class ConversationCore:
         started = time.monotonic()
         first_text: list[float] = []
 
-        async def timed(piece: str) -> None:
+        def timed(piece: str) -> Awaitable[None]:
+            # Not a coroutine itself: it hands back the sink's, so a streamed token makes one coroutine, not two.
             if not first_text:
                 first_text.append(time.monotonic())
                 self.metrics.first_token.observe(first_text[0] - started)
             assert on_text is not None
             progress.text.append(piece)
-            await on_text(piece)
+            return on_text(piece)
 
         halved = False
         # At most three calls: one may go again without images (once per model), one with half the history.

@@ -367,6 +367,7 @@ class ChatClient:
                     content_type = response.headers.get("content-type", "")
                     if on_delta is not None and content_type.startswith("text/event-stream"):
                         progress()
+                        _own_stall_limit(response)
                         await consume_sse(response.content, result, on_delta, progress, call.on_reasoning)
                         # The answer is whole; drain() has its own short limit, and must not turn into a timeout.
                         scope.reschedule(None)
@@ -418,6 +419,17 @@ class _Call:
     effort: str | None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | None = None
+
+
+def _own_stall_limit(response: aiohttp.ClientResponse) -> None:
+    """From here on the stream's silences are timed by ``progress`` (the stall limit, event by event): aiohttp's own
+    read limit on the connection is switched off for the rest of this body, as aiohttp does itself for a websocket.
+    It cancelled a timer and made a new one (a handle, a libuv timer, a copy of the context) for every piece of the
+    body, every token: the event loop's work and the collector's churn. The next request on the connection sets the
+    limit again. A timer already set (at the response's head) still runs until the next piece arrives."""
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.read_timeout = None
 
 
 def _which_limit(exc: TimeoutError, now: float, cap: float, stall: float, endpoint: Endpoint) -> str:
