@@ -1,11 +1,12 @@
 """discord.py driven with less work per answer, with the same requests as its own.
 
 ``Messageable.send`` (and ``Message.reply``, which calls it) builds a whole :class:`discord.Message` from Discord's
-answer: the author, the member, the reference, flags, components, ... about 3 % of the bot's CPU per burst mention
-(callgrind). An answer's message needs none of it: the streaming only ever edits it, and an edit needs its id and
-channel, a :class:`discord.PartialMessage`. :func:`send_message` sends the very request ``send`` sends (the same
-``handle_message_parameters`` and ``HTTPClient.send_message``, so the rate limits, retries and errors are
-discord.py's), and hands back that partial message.
+answer (the author, the member, the reference, flags, components, ...: about 3 % of the instructions per mention,
+callgrind, one mention at a time) and draws a nonce from the system's random source. An answer's message needs none
+of it: the streaming only ever edits it, and an edit needs its id and channel, a :class:`discord.PartialMessage`.
+:func:`send_message` sends the very request ``send`` sends (the same ``handle_message_parameters`` and
+``HTTPClient.send_message``, so the rate limits, retries and errors are discord.py's), and hands back that partial
+message.
 
 These are discord.py internals (pinned in pyproject.toml): tests/adapters/discord/test_sdk.py compares the requests
 with discord.py's own ``send`` and ``reply`` and fails when they differ.
