@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 Keys = Callable[[object, int, int | None, int], Awaitable[ConversationKey]]
 
 
-class ActionSink(MessageSink[discord.Message], Protocol):
+class ActionSink(MessageSink[discord.PartialMessage], Protocol):
     """Where the answer goes: a reply to the message clicked on (the adapter's DiscordSink, typing meanwhile)."""
 
     def stop_typing(self) -> None: ...

@@ -33,6 +33,7 @@ from adapters.approvals import Approvals, Click, Outcome, outcome_line, shown_ar
 from adapters.connection import CHECK_NETWORK, Backoff, describe, failed_attempt
 from adapters.discord.actions import DiscordActions
 from adapters.discord.context import Seen, ThreadSource, message_files, message_text, reply_chain
+from adapters.discord.sdk import NO_MENTIONS, send_message
 from adapters.downloads import FileHosts, download
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain, track
 from bot import logcontext, texts
@@ -98,26 +99,27 @@ class DiscordSink:
         else:
             await self._trigger.reply(content, mention_author=False, allowed_mentions=discord.AllowedMentions.none())
 
-    async def post(self, text: str, feedback: int | None = None) -> discord.Message:
-        none = discord.AllowedMentions.none()
+    async def post(self, text: str, feedback: int | None = None) -> discord.PartialMessage:
         # Only the last message of a finished answer carries the buttons; the others are sent as before.
-        extra: dict[str, Any] = {"view": feedback_view(feedback)} if feedback is not None else {}
+        view = feedback_view(feedback) if feedback is not None else None
         status, self._status = self._status, None
         if status is not None:
             # The status line was the reply to the trigger: the answer takes its place.
             self.stop_typing()
             self._typing = None
-            await status.edit(content=text, allowed_mentions=none, **extra)
+            extra: dict[str, Any] = {"view": view} if view is not None else {}
+            await status.edit(content=text, allowed_mentions=NO_MENTIONS, **extra)
             return status
-        if self._typing is not None:
-            self._typing.stop(posting=True)
-            self._typing = None
-            return await self._trigger.reply(text, mention_author=False, allowed_mentions=none, **extra)
-        return await self._trigger.channel.send(text, allowed_mentions=none, **extra)
+        # The answer's first message replies to the trigger; those after it continue in the channel. Sent as
+        # discord.py's reply and send send them, without the Message it would build from Discord's answer (sdk.py).
+        typing, self._typing = self._typing, None
+        if typing is not None:
+            typing.stop(posting=True)
+        return await send_message(self._trigger, text, reply=typing is not None, view=view)
 
-    async def edit(self, handle: discord.Message, text: str, feedback: int | None = None) -> None:
+    async def edit(self, handle: discord.PartialMessage, text: str, feedback: int | None = None) -> None:
         extra: dict[str, Any] = {"view": feedback_view(feedback)} if feedback is not None else {}
-        await handle.edit(content=text, allowed_mentions=discord.AllowedMentions.none(), **extra)
+        await handle.edit(content=text, allowed_mentions=NO_MENTIONS, **extra)
 
     def stop_typing(self) -> None:
         if self._typing is not None:
