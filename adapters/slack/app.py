@@ -243,6 +243,13 @@ class _SocketModeClient(SocketModeClient):
         self.message_receiver = asyncio.ensure_future(self.receive_messages())
 
 
+#: What Bolt's ack of an event carries: ``BoltResponse(status=200, body="")``'s own headers (slack-bolt 1.30).
+_PLAIN_ACK_HEADERS = {"content-type": ["text/plain;charset=utf-8"]}
+#: The event types Bolt's assistant middleware can take (``is_assistant_event``,
+#: ``is_other_message_sub_event_in_assistant_thread``, slack-bolt 1.30); ``test_assistant_event_types`` holds it.
+_ASSISTANT_EVENT_TYPES = frozenset({"assistant_thread_started", "assistant_thread_context_changed", "message"})
+
+
 class _Assistant(AsyncAssistant):
     """Bolt's assistant middleware, passing by what is not the pane's at once.
 
@@ -256,7 +263,14 @@ class _Assistant(AsyncAssistant):
         self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]
     ) -> BoltResponse | None:
         body = req.body
-        if is_assistant_event(body) or is_other_message_sub_event_in_assistant_thread(body):
+        event = body.get("event")
+        # Both of Bolt's checks take only these event types: anything else (a mention, a command, a click) goes on
+        # without them.
+        if (
+            isinstance(event, dict)
+            and event.get("type") in _ASSISTANT_EVENT_TYPES
+            and (is_assistant_event(body) or is_other_message_sub_event_in_assistant_thread(body))
+        ):
             return await super().async_process(req=req, resp=resp, next=next)
         await next()
         return None
@@ -501,6 +515,10 @@ class SlackAdapter:
     async def _on_http(self, request: web.Request) -> web.Response:
         bolt_request = await to_bolt_request(request)
         bolt_response = await self.app.async_dispatch(bolt_request)
+        if bolt_response.status == 200 and not bolt_response.body and bolt_response.headers == _PLAIN_ACK_HEADERS:
+            # An event's ack, every mention's answer to Slack: the response Bolt's conversion makes of it
+            # (``test_the_plain_ack``), without its header copies, regex and cookie parsing.
+            return web.Response(body="", content_type="text/plain")
         return await to_aiohttp_response(bolt_response)
 
     async def _refuse_replays(
