@@ -514,12 +514,7 @@ class SlackAdapter:
 
     async def _on_http(self, request: web.Request) -> web.Response:
         bolt_request = await to_bolt_request(request)
-        bolt_response = await self.app.async_dispatch(bolt_request)
-        if bolt_response.status == 200 and not bolt_response.body and bolt_response.headers == _PLAIN_ACK_HEADERS:
-            # An event's ack, every mention's answer to Slack: the response Bolt's conversion makes of it
-            # (``test_the_plain_ack``), without its header copies, regex and cookie parsing.
-            return web.Response(body="", content_type="text/plain")
-        return await to_aiohttp_response(bolt_response)
+        return await _aiohttp_response(await self.app.async_dispatch(bolt_request))
 
     async def _refuse_replays(
         self, req: AsyncBoltRequest, resp: BoltResponse, body: dict[str, Any], next: Callable[[], Awaitable[Any]]
@@ -969,6 +964,15 @@ class SlackAdapter:
         if len(self._names) > _NAME_CACHE_SIZE:
             self._names.popitem(last=False)
         return str(name)
+
+
+async def _aiohttp_response(bolt_response: BoltResponse) -> web.Response:
+    """Bolt's response as aiohttp's (``to_aiohttp_response``). An event's ack, every mention's answer to Slack, is
+    made here as Bolt's conversion makes it (``test_the_plain_ack``), without its header copies, regex and cookie
+    parsing."""
+    if bolt_response.status == 200 and not bolt_response.body and bolt_response.headers == _PLAIN_ACK_HEADERS:
+        return web.Response(body="", content_type="text/plain")
+    return await to_aiohttp_response(bolt_response)
 
 
 def _json_dumps(value: Any) -> str:
