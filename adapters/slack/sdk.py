@@ -5,7 +5,8 @@ redo for each of them, with the same result every time, is done once here:
 
 - :class:`WebClient`: slack_sdk joins the base URL and the method name (``urljoin``) and looks the method up
   among the deprecated ones (reading an environment variable) on every call. Here both happen on a method's first
-  call; arguments, headers, retries and the response stay slack_sdk's own.
+  call; arguments, headers, retries and the response stay slack_sdk's own. Its retry handlers are asked about an
+  answer only when they can retry it (a 429, a 500 or 503, an exception), not about every answer.
 - :class:`BoltApp`: Bolt builds a new ``AsyncWebClient`` for every request (reading four proxy variables from the
   environment and the user agent again); here the request's client is a copy of the app's. And Bolt hands every
   listener and built-in matcher a dict of some thirty arguments, building each (a ``say``, a ``respond``, the
