@@ -25,15 +25,11 @@ from typing import Any, cast
 import aiohttp
 from aiohttp import BasicAuth, FormData
 from slack_bolt.app.async_app import AsyncApp
-from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.listener.async_listener import AsyncCustomListener
 from slack_bolt.listener_matcher.async_builtins import AsyncBuiltinListenerMatcher
 from slack_bolt.listener_matcher.async_listener_matcher import AsyncListenerMatcher
 from slack_bolt.logger import get_bolt_app_logger
 from slack_bolt.middleware.async_middleware import AsyncMiddleware
-from slack_bolt.middleware.authorization.async_internals import _is_no_auth_required
-from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
-from slack_bolt.middleware.authorization.internals import _is_no_auth_test_call_required, _to_authorize_result
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.request.payload_utils import to_action, to_command, to_event, to_shortcut
 from slack_bolt.response import BoltResponse
@@ -260,13 +256,6 @@ class BoltApp(AsyncApp):
     it against Bolt's own.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        middleware = self._async_middleware_list
-        for i, each in enumerate(middleware):
-            if type(each) is AsyncSingleTeamAuthorization:
-                middleware[i] = _Authorization(each, self._base_logger)
-
     def _init_context(self, req: AsyncBoltRequest) -> None:
         # As AsyncApp._init_context (slack-bolt 1.30), but for how the client is made.
         req.context["logger"] = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)
@@ -311,52 +300,6 @@ class BoltApp(AsyncApp):
                 base_logger=self._base_logger,
             )
         return registered
-
-
-class _Authorization(AsyncSingleTeamAuthorization):
-    """Bolt's authorization for one workspace, with its ``auth.test`` answer made an ``AuthorizeResult`` once.
-
-    Bolt asks ``auth.test`` once, then for every request makes the same ``AuthorizeResult`` of its answer again (the
-    bot's ids and token, the token's scopes split out of a header), with only the request's user id changing. Here
-    it is made once per answer and token, and each request gets a copy of it with its own user id, as Bolt's would
-    be (``test_authorization_as_bolts``). Requests Bolt authorizes otherwise, and the first, take Bolt's path.
-    """
-
-    def __init__(self, bolts: AsyncSingleTeamAuthorization, base_logger: logging.Logger | None) -> None:
-        super().__init__(
-            base_logger=base_logger, user_facing_authorize_error_message=bolts.user_facing_authorize_error_message
-        )
-        self.auth_test_result = bolts.auth_test_result
-        self._made: tuple[object, str | None, AuthorizeResult] | None = None
-
-    async def async_process(
-        self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]
-    ) -> BoltResponse:
-        answer = self.auth_test_result
-        if not answer or _is_no_auth_required(req) or _is_no_auth_test_call_required(req):
-            return await super().async_process(req=req, resp=resp, next=next)
-        token = req.context.client.token
-        made = self._made
-        if made is None or made[0] is not answer or made[1] != token:
-            result = _to_authorize_result(auth_test_result=answer, token=token, request_user_id=None)
-            made = self._made = (answer, token, result)
-        req.context.set_authorize_result(_for_user(made[2], req.context.user_id))
-        return await next()
-
-
-def _for_user(made: AuthorizeResult, user_id: str | None) -> AuthorizeResult:
-    """A copy of ``made`` (its entries and attributes, its scope lists copied too) for the request's user."""
-    result = AuthorizeResult.__new__(AuthorizeResult)
-    dict.update(result, made)
-    result.__dict__.update(made.__dict__)
-    for name in ("bot_scopes", "user_scopes"):
-        scopes = made[name]
-        if isinstance(scopes, list):
-            result[name] = scopes.copy()
-            setattr(result, name, result[name])
-    if user_id:
-        result["user_id"] = result.user_id = user_id
-    return result
 
 
 #: The arguments a listener or a built-in matcher of this adapter takes, each as Bolt's kwargs injection makes it

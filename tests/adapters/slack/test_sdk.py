@@ -18,7 +18,6 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.kwargs_injection.async_utils import build_async_required_kwargs
 from slack_bolt.listener_matcher.async_builtins import AsyncBuiltinListenerMatcher
-from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.request.payload_utils import is_assistant_event, is_other_message_sub_event_in_assistant_thread
 from slack_bolt.response import BoltResponse
@@ -43,7 +42,6 @@ from adapters.slack.sdk import (
     _RETRIED_STATUSES,
     BoltApp,
     WebClient,
-    _Authorization,
     _LeanListener,
     lean_arguments,
     web_client,
@@ -317,43 +315,3 @@ def test_assistant_event_types() -> None:
         if is_assistant_event(body) or is_other_message_sub_event_in_assistant_thread(body):
             taken.add(body["event"]["type"])
     assert taken == _ASSISTANT_EVENT_TYPES
-
-
-async def _authorized(middleware: AsyncSingleTeamAuthorization, app: BoltApp, body: Any) -> AsyncBoltRequest:
-    req = _request(body)
-    app._init_context(req)
-    passed = []
-
-    async def next_() -> BoltResponse:
-        passed.append(True)
-        return BoltResponse(status=200)
-
-    await middleware.async_process(req=req, resp=BoltResponse(status=200), next=next_)
-    assert passed == [True]
-    return req
-
-
-AUTHORIZED = {
-    **REQUESTS,
-    "no user": event_envelope({"type": "channel_created", "channel": {"id": "C9"}}),
-    "another person": event_envelope(mention("<@UBOT> hi", user="U7", ts="1.4")),
-}
-
-
-async def test_authorization_as_bolts(adapter: SlackAdapter) -> None:
-    app = adapter.app
-    ours = [m for m in app._async_middleware_list if isinstance(m, AsyncSingleTeamAuthorization)]
-    assert len(ours) == 1 and isinstance(ours[0], _Authorization)
-    bolts = AsyncSingleTeamAuthorization()
-    for _ in range(2):  # the first request asks auth.test, the rest use the result made of its answer
-        for kind, body in AUTHORIZED.items():
-            mine, theirs = await _authorized(ours[0], app, body), await _authorized(bolts, app, body)
-            for key in ("authorize_result", "bot_id", "bot_user_id", "bot_token", "user_id", "user_token"):
-                assert mine.context.get(key) == theirs.context.get(key), (kind, key)
-            made, bolt_made = mine.context["authorize_result"], theirs.context["authorize_result"]
-            assert type(made) is type(bolt_made) and vars(made) == vars(bolt_made), kind
-            assert made["bot_user_id"] == "UBOT" and made["bot_scopes"], kind
-            # Each request's result is its own: changing one changes no other.
-            made["bot_scopes"].append("changed")
-            made.bot_scopes.append("changed too")
-            made["user_id"] = "someone else"
