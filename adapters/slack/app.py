@@ -20,7 +20,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -52,7 +52,7 @@ from adapters.slack.approvals import ACTIONS as APPROVAL_ACTIONS
 from adapters.slack.approvals import APPROVE, SlackApprovalPrompt, SlackTurnView
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import escape_mrkdwn, markdown_to_mrkdwn, unescape_slack
-from adapters.slack.sdk import BoltApp, web_client
+from adapters.slack.sdk import BoltApp, SdkLogger, web_client
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
 from adapters.slack.thread import HISTORY_SCOPES, Identity, SlackThread, ThreadReader
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain, track
@@ -163,7 +163,8 @@ class _SocketModeClient(SocketModeClient):
     def __init__(self, app_token: str, web_client: AsyncWebClient) -> None:
         super().__init__(
             app_token=app_token,
-            logger=logging.getLogger("slack_sdk.socket_mode"),
+            # Bolt builds a debug line per ack when its client logger's own level reads NOTSET (see SdkLogger).
+            logger=cast(logging.Logger, SdkLogger("slack_sdk.socket_mode")),
             web_client=web_client,
             ping_interval=10,
         )
