@@ -20,7 +20,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -52,7 +52,7 @@ from adapters.slack.approvals import ACTIONS as APPROVAL_ACTIONS
 from adapters.slack.approvals import APPROVE, SlackApprovalPrompt, SlackTurnView
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import escape_mrkdwn, markdown_to_mrkdwn, unescape_slack
-from adapters.slack.sdk import BoltApp, web_client
+from adapters.slack.sdk import BoltApp, SdkLogger, web_client
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
 from adapters.slack.thread import HISTORY_SCOPES, Identity, SlackThread, ThreadReader
 from adapters.streaming import ReplyStream, StreamingReply, deliver, drain, track
@@ -163,7 +163,8 @@ class _SocketModeClient(SocketModeClient):
     def __init__(self, app_token: str, web_client: AsyncWebClient) -> None:
         super().__init__(
             app_token=app_token,
-            logger=logging.getLogger("slack_sdk.socket_mode"),
+            # Bolt builds a debug line per ack when its client logger's own level reads NOTSET (see SdkLogger).
+            logger=cast(logging.Logger, SdkLogger("slack_sdk.socket_mode")),
             web_client=web_client,
             ping_interval=10,
         )
@@ -243,6 +244,13 @@ class _SocketModeClient(SocketModeClient):
         self.message_receiver = asyncio.ensure_future(self.receive_messages())
 
 
+#: What Bolt's ack of an event carries: ``BoltResponse(status=200, body="")``'s own headers (slack-bolt 1.30).
+_PLAIN_ACK_HEADERS = {"content-type": ["text/plain;charset=utf-8"]}
+#: The event types Bolt's assistant middleware can take (``is_assistant_event``,
+#: ``is_other_message_sub_event_in_assistant_thread``, slack-bolt 1.30); ``test_assistant_event_types`` holds it.
+_ASSISTANT_EVENT_TYPES = frozenset({"assistant_thread_started", "assistant_thread_context_changed", "message"})
+
+
 class _Assistant(AsyncAssistant):
     """Bolt's assistant middleware, passing by what is not the pane's at once.
 
@@ -256,7 +264,14 @@ class _Assistant(AsyncAssistant):
         self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]
     ) -> BoltResponse | None:
         body = req.body
-        if is_assistant_event(body) or is_other_message_sub_event_in_assistant_thread(body):
+        event = body.get("event")
+        # Both of Bolt's checks take only these event types: anything else (a mention, a command, a click) goes on
+        # without them.
+        if (
+            isinstance(event, dict)
+            and event.get("type") in _ASSISTANT_EVENT_TYPES
+            and (is_assistant_event(body) or is_other_message_sub_event_in_assistant_thread(body))
+        ):
             return await super().async_process(req=req, resp=resp, next=next)
         await next()
         return None
@@ -500,8 +515,7 @@ class SlackAdapter:
 
     async def _on_http(self, request: web.Request) -> web.Response:
         bolt_request = await to_bolt_request(request)
-        bolt_response = await self.app.async_dispatch(bolt_request)
-        return await to_aiohttp_response(bolt_response)
+        return await _aiohttp_response(await self.app.async_dispatch(bolt_request))
 
     async def _refuse_replays(
         self, req: AsyncBoltRequest, resp: BoltResponse, body: dict[str, Any], next: Callable[[], Awaitable[Any]]
@@ -951,6 +965,15 @@ class SlackAdapter:
         if len(self._names) > _NAME_CACHE_SIZE:
             self._names.popitem(last=False)
         return str(name)
+
+
+async def _aiohttp_response(bolt_response: BoltResponse) -> web.Response:
+    """Bolt's response as aiohttp's (``to_aiohttp_response``). An event's ack, every mention's answer to Slack, is
+    made here as Bolt's conversion makes it (``test_the_plain_ack``), without its header copies, regex and cookie
+    parsing."""
+    if bolt_response.status == 200 and not bolt_response.body and bolt_response.headers == _PLAIN_ACK_HEADERS:
+        return web.Response(body="", content_type="text/plain")
+    return await to_aiohttp_response(bolt_response)
 
 
 def _json_dumps(value: Any) -> str:

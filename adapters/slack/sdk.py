@@ -5,7 +5,8 @@ redo for each of them, with the same result every time, is done once here:
 
 - :class:`WebClient`: slack_sdk joins the base URL and the method name (``urljoin``) and looks the method up
   among the deprecated ones (reading an environment variable) on every call. Here both happen on a method's first
-  call; arguments, headers, retries and the response stay slack_sdk's own.
+  call; arguments, headers, retries and the response stay slack_sdk's own. Its retry handlers are asked about an
+  answer only when they can retry it (a 429, a 500 or 503, an exception), not about every answer.
 - :class:`BoltApp`: Bolt builds a new ``AsyncWebClient`` for every request (reading four proxy variables from the
   environment and the user agent again); here the request's client is a copy of the app's. And Bolt hands every
   listener and built-in matcher a dict of some thirty arguments, building each (a ``say``, a ``respond``, the
@@ -16,10 +17,12 @@ redo for each of them, with the same result every time, is done once here:
 
 from __future__ import annotations
 
+import json as stdlib_json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
+import aiohttp
 from aiohttp import BasicAuth, FormData
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.listener.async_listener import AsyncCustomListener
@@ -30,10 +33,20 @@ from slack_bolt.middleware.async_middleware import AsyncMiddleware
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.request.payload_utils import to_action, to_command, to_event, to_shortcut
 from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.request import HttpRequest as RetryHttpRequest
+from slack_sdk.http_retry.response import HttpResponse as RetryHttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.web.deprecation import show_deprecation_warning_if_any
-from slack_sdk.web.internal_utils import _build_req_args, _get_url
+from slack_sdk.web.internal_utils import _build_req_args, _build_unexpected_body_error_message, _get_url
 
 
 class SdkLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -118,6 +131,113 @@ class WebClient(AsyncWebClient):
             proxy=self.proxy,
         )
         return await self._send(http_verb=http_verb, api_url=url, req_args=req_args)
+
+    async def _request(self, *, http_verb: str, api_url: str, req_args: dict[str, Any]) -> dict[str, Any]:
+        """slack_sdk's request with its retry handlers (``_request_with_session``), asking them only when they can
+        retry.
+
+        slack_sdk describes every attempt to its retry handlers (the request's and the answer's headers copied into
+        dicts of lists, a retry state) and awaits each handler's verdict, also for an answer no handler retries: 7 %
+        of a Web API call's instructions (callgrind, users.info and chat.postMessage against the fake). slack_sdk's
+        own handlers retry only an exception (the connection's), a 429 or a 500/503; for any other answer they all
+        say no, so here they are asked, with the same descriptions, only for those, and the answer is returned at
+        once otherwise. A client with a handler of another kind, no session of its own, or slack_sdk's debug
+        logging on, takes slack_sdk's path unchanged.
+        """
+        session = self.session
+        if (
+            session is None
+            or session.closed
+            or self._logger.level <= logging.DEBUG
+            or not all(type(handler) in _ASKED_ONLY_ON_FAILURE for handler in self.retry_handlers)
+        ):
+            return await super()._request(http_verb=http_verb, api_url=api_url, req_args=req_args)
+        # From here on as _request_with_session (slack_sdk 3.48) with a running session, less its debug lines.
+        retry_handlers: list[AsyncRetryHandler] = self.retry_handlers
+        retry_request: RetryHttpRequest | None = None
+        retry_state = RetryState()
+        last_error: Exception | None = None
+        counter_for_safety = 0
+        while counter_for_safety < 100:
+            counter_for_safety += 1
+            retry_state.next_attempt_requested = False
+            retry_response: RetryHttpResponse | None = None
+            try:
+                async with session.request(http_verb, api_url, **req_args) as res:
+                    data: dict[str, Any] | bytes | str = {}
+                    status = res.status
+                    content_type = res.content_type
+                    if content_type == "application/gzip":
+                        data = await res.read()
+                        body: dict[str, Any] | None = None
+                    elif content_type == "text/plain":
+                        data = await res.text()
+                        body = None
+                    else:
+                        try:
+                            body = data = await res.json()
+                        except aiohttp.ContentTypeError:
+                            data, body = {}, None
+                        except stdlib_json.JSONDecodeError:
+                            try:
+                                text = await res.text()
+                                raise SlackApiError(_build_unexpected_body_error_message(text), res)
+                            except Exception as e:
+                                message = f"Unexpectedly failed to read the response body: {e}"
+                                raise SlackApiError(message, res)  # noqa: B904 (as slack_sdk raises it)
+                    if status in _RETRIED_STATUSES:
+                        raw_data = None if body is not None else data if isinstance(data, bytes | str) else None
+                        retry_response = RetryHttpResponse(
+                            status_code=status,
+                            headers=res.headers,  # type: ignore[arg-type]
+                            body=body,
+                            data=cast(Any, raw_data),
+                        )
+                        if retry_request is None:
+                            retry_request = _retry_request(http_verb, api_url, req_args)
+                        for handler in retry_handlers:
+                            if await handler.can_retry_async(
+                                state=retry_state, request=retry_request, response=retry_response
+                            ):
+                                await handler.prepare_for_next_attempt_async(
+                                    state=retry_state, request=retry_request, response=retry_response
+                                )
+                                break
+                    if retry_state.next_attempt_requested is False:
+                        return {"data": data, "headers": res.headers, "status_code": status}
+            except Exception as e:
+                last_error = e
+                if retry_request is None:
+                    retry_request = _retry_request(http_verb, api_url, req_args)
+                for handler in retry_handlers:
+                    if await handler.can_retry_async(
+                        state=retry_state, request=retry_request, response=retry_response, error=e
+                    ):
+                        await handler.prepare_for_next_attempt_async(
+                            state=retry_state, request=retry_request, response=retry_response, error=e
+                        )
+                        break
+                if retry_state.next_attempt_requested is False:
+                    raise last_error  # noqa: B904 (as slack_sdk raises it)
+        raise cast(Exception, last_error)
+
+
+#: slack_sdk's retry handlers that retry only an exception, a 429 (rate limited) or a 500/503: for any other answer
+#: each says no whatever the state (``test_the_builtin_handlers_pass_by_other_answers`` holds it).
+_ASKED_ONLY_ON_FAILURE = frozenset(
+    {AsyncConnectionErrorRetryHandler, AsyncRateLimitErrorRetryHandler, AsyncServerErrorRetryHandler}
+)
+_RETRIED_STATUSES = frozenset({429, 500, 503})
+
+
+def _retry_request(http_verb: str, api_url: str, req_args: dict[str, Any]) -> RetryHttpRequest:
+    return RetryHttpRequest(
+        method=http_verb,
+        url=api_url,
+        headers=req_args.get("headers", {}),
+        body_params=req_args.get("params"),
+        data=req_args.get("data"),
+    )
 
 
 def web_client(token: str, base_url: str, retry_handlers: list[Any]) -> WebClient:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import warnings
 from collections.abc import AsyncIterator
@@ -10,17 +12,40 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.payload import Payload, StringPayload
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.kwargs_injection.async_utils import build_async_required_kwargs
 from slack_bolt.listener_matcher.async_builtins import AsyncBuiltinListenerMatcher
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.request.payload_utils import is_assistant_event, is_other_message_sub_event_in_assistant_thread
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.request import HttpRequest as RetryHttpRequest
+from slack_sdk.http_retry.response import HttpResponse as RetryHttpResponse
+from slack_sdk.http_retry.state import RetryState
+from slack_sdk.web.async_base_client import AsyncBaseClient
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_internal_utils import _request_with_session
 
 from adapters.slack import SlackAdapter
-from adapters.slack.sdk import BoltApp, WebClient, _LeanListener, lean_arguments, web_client
+from adapters.slack.app import _ASSISTANT_EVENT_TYPES, _PLAIN_ACK_HEADERS, _aiohttp_response
+from adapters.slack.sdk import (
+    _ASKED_ONLY_ON_FAILURE,
+    _RETRIED_STATUSES,
+    BoltApp,
+    WebClient,
+    _LeanListener,
+    lean_arguments,
+    web_client,
+)
 from bot.config import Settings
 from bot.runtime import open_core
 from tests.fakes.slack import (
@@ -165,3 +190,128 @@ async def test_listeners_get_and_match_what_bolt_gives_them(adapter: SlackAdapte
         assert verdict == await bolts.async_matches(req, resp)
         matched.append(verdict)
     assert any(matched), f"no listener takes a {kind}"
+
+
+def _source_digest(function: Any) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+
+
+def test_the_copied_request_loop_is_slack_sdks() -> None:
+    # WebClient._request is slack_sdk's _request_with_session (3.48) asking its handlers less often: a slack_sdk that
+    # changes that loop, or how its client calls it, must be read against the copy before this digest is updated.
+    assert _source_digest(_request_with_session) == "64b6e97f294ff6ca"
+    assert _source_digest(AsyncBaseClient._request) == "21bb87ee0e6c1b8d"
+
+
+@pytest.mark.parametrize("handler", sorted(_ASKED_ONLY_ON_FAILURE, key=lambda cls: cls.__name__))
+async def test_the_builtin_handlers_pass_by_other_answers(handler: type[AsyncRetryHandler]) -> None:
+    # The lean path skips asking these handlers about any answer but 429, 500 and 503: each must say no to every
+    # other answer, and to those three only as _RETRIED_STATUSES says, at any attempt.
+    instance = handler(max_retry_count=5)  # type: ignore[call-arg]
+    request = RetryHttpRequest(method="POST", url="https://slack.com/api/x", headers={})
+    for attempt in range(5):
+        state = RetryState(current_attempt=attempt)
+        for status in (200, 201, 204, 301, 400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504):
+            response = RetryHttpResponse(status_code=status, headers={"Retry-After": "0"}, body={"ok": True})
+            retries = await instance.can_retry_async(state=state, request=request, response=response)
+            if retries:
+                assert status in _RETRIED_STATUSES, (handler.__name__, status)
+    limited = RetryHttpResponse(status_code=429, headers={}, body={})
+    assert await AsyncRateLimitErrorRetryHandler().can_retry_async(
+        state=RetryState(), request=request, response=limited
+    )
+
+
+def _outcome(result: Any) -> Any:
+    if isinstance(result, BaseException):
+        return type(result).__name__, str(result)
+    return result.status_code, result.data
+
+
+FAILURES = {
+    "answered": lambda fake: None,
+    "rate limited": lambda fake: fake.rate_limit("users.info", times=1, retry_after=0),
+    "error page": lambda fake: fake.error_page("users.info", status=500),
+    "error pages": lambda fake: fake.error_page("users.info", status=503, times=5),
+    "HTML said to be JSON": lambda fake: fake.error_page("users.info", status=502, content_type="application/json"),
+    "plain text 503": lambda fake: fake.error_page("users.info", status=503, content_type="text/plain"),
+    "dropped": lambda fake: fake.drop("users.info", times=1),
+    "dropped for good": lambda fake: fake.drop("users.info", times=10),
+    "refused": lambda fake: fake.refuse("users.info", "user_not_found", times=1),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_answers_and_failures_as_slack_sdk_gives_them(failure: str) -> None:
+    # The same answer, error or exception from our client as from slack_sdk's own, with the same retries.
+    outcomes, calls = [], []
+    async with FakeSlack(users={"U1": {"display_name": "Ada"}}) as fake, aiohttp.ClientSession() as session:
+        for ours in (True, False):
+            handlers = [
+                AsyncConnectionErrorRetryHandler(),
+                AsyncRateLimitErrorRetryHandler(max_retry_count=1),
+                AsyncServerErrorRetryHandler(max_retry_count=1),
+            ]
+            if ours:
+                client: AsyncWebClient = web_client(fake.bot_token, fake.api_url, handlers)
+            else:
+                client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url, retry_handlers=handlers)
+            client.session = session
+            before = len(fake.calls_to("users.info"))
+            FAILURES[failure](fake)
+            try:
+                result: Any = await client.users_info(user="U1")
+            except Exception as exc:  # compared below: the same exception, or the same answer
+                result = exc
+            outcomes.append(_outcome(result))
+            calls.append(len(fake.calls_to("users.info")) - before)
+    assert outcomes[0] == outcomes[1]
+    assert calls[0] == calls[1]
+
+
+def _aiohttp_view(response: web.Response) -> tuple[Any, ...]:
+    body = response.body
+    assert isinstance(body, Payload)
+    return response.status, type(body), body.decode(), response.content_type, response.charset, dict(response.headers)
+
+
+async def test_the_plain_ack() -> None:
+    # Bolt's ack of an event is what the fast path recognises, and the response made of it is the one Bolt makes.
+    assert BoltResponse(status=200, body="").headers == _PLAIN_ACK_HEADERS
+    ours = await _aiohttp_response(BoltResponse(status=200, body=""))
+    theirs = await to_aiohttp_response(BoltResponse(status=200, body=""))
+    assert _aiohttp_view(ours) == _aiohttp_view(theirs)
+    # Anything else is Bolt's own conversion.
+    for other in (BoltResponse(status=200, body='{"text": "hi"}'), BoltResponse(status=401, body="")):
+        made = await _aiohttp_response(other)
+        assert _aiohttp_view(made)[:2] == (other.status, StringPayload)
+
+
+def _events() -> list[dict[str, Any]]:
+    bodies = []
+    types = ["app_mention", "message", "assistant_thread_started", "assistant_thread_context_changed", "reaction_added"]
+    types += ["member_joined_channel", "app_home_opened", "link_shared", "file_shared", "function_executed"]
+    for event_type in types:
+        for channel_type in ("im", "channel", None):
+            for thread_ts in (None, "1.0"):
+                for subtype in (None, "file_share", "message_changed", "message_deleted", "bot_message"):
+                    for bot_id in (None, "B1"):
+                        event: dict[str, Any] = {"type": event_type, "channel": "D1", "ts": "1.1", "user": "U1"}
+                        extra = {"channel_type": channel_type, "thread_ts": thread_ts, "subtype": subtype}
+                        event.update({k: v for k, v in extra.items() if v is not None})
+                        if bot_id:
+                            event["bot_id"] = bot_id
+                        if subtype == "message_changed":
+                            event["message"] = {"thread_ts": "1.0", "user": "U1"}
+                            event["previous_message"] = {"thread_ts": "1.0", "user": "U1"}
+                        bodies.append(event_envelope(event))
+    return bodies
+
+
+def test_assistant_event_types() -> None:
+    # The assistant middleware's quick pass: Bolt's checks take no event outside _ASSISTANT_EVENT_TYPES.
+    taken = set()
+    for body in _events():
+        if is_assistant_event(body) or is_other_message_sub_event_in_assistant_thread(body):
+            taken.add(body["event"]["type"])
+    assert taken == _ASSISTANT_EVENT_TYPES
