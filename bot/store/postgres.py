@@ -396,8 +396,9 @@ class _Borrowed:
     asyncpg hands a connection back in a task of its own (shielded from cancellation), and ``async with
     pool.acquire()`` resumes its caller only once that task is done: two more passes of the event loop per store
     call, each as long as the loop is busy (at 500 conversations, with every other turn's streamed tokens). Here
-    the release runs on without the caller; the store keeps it, so that closing waits for it and a failure is
-    logged. The turn's next statement takes whichever connection is free.
+    the release runs on without the caller (the pool's close still waits for it); the store holds the task, so
+    that it is not collected half way and a failure is logged. The turn's next statement takes whichever
+    connection is free.
     """
 
     __slots__ = ("_conn", "_store")
@@ -437,7 +438,7 @@ class PostgresStore:
         self._lock_wake = asyncio.Event()
         self._lock_runner: asyncio.Task[None] | None = None
         self._closed = False
-        #: Connections being handed back to the pool (see _Borrowed).
+        #: Connections being handed back to the pool (see _Borrowed): the loop keeps only weak references to tasks.
         self._releases: set[asyncio.Future[None]] = set()
 
     @classmethod
@@ -526,8 +527,6 @@ class PostgresStore:
                 await self._lock_runner
         if self._lock_conn is not None and not self._lock_conn.is_closed():
             await self._lock_conn.close()
-        if self._releases:
-            await asyncio.wait(self._releases)
         await self._pool.close()
 
     def _released(self, release: asyncio.Future[None]) -> None:
