@@ -390,34 +390,6 @@ class _LockCall:
         self.done = done
 
 
-class _Borrowed:
-    """A pooled connection for one of a turn's statements, handed back without the turn waiting for it.
-
-    asyncpg hands a connection back in a task of its own (shielded from cancellation), and ``async with
-    pool.acquire()`` resumes its caller only once that task is done: two more passes of the event loop per store
-    call, each as long as the loop is busy (at 500 conversations, with every other turn's streamed tokens). Here
-    the release runs on without the caller (the pool's close still waits for it); the store holds the task, so
-    that it is not collected half way and a failure is logged. The turn's next statement takes whichever
-    connection is free.
-    """
-
-    __slots__ = ("_conn", "_store")
-
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
-        self._conn: asyncpg.Connection | None = None
-
-    async def __aenter__(self) -> asyncpg.Connection:
-        self._conn = await self._store._pool.acquire()
-        return self._conn
-
-    async def __aexit__(self, *exc: object) -> None:
-        conn, self._conn = self._conn, None
-        release = asyncio.ensure_future(self._store._pool.release(conn))
-        self._store._releases.add(release)
-        release.add_done_callback(self._store._released)
-
-
 class PostgresStore:
     """The :class:`bot.store.Store` on a PostgreSQL database shared by any number of teambot processes."""
 
@@ -438,8 +410,6 @@ class PostgresStore:
         self._lock_wake = asyncio.Event()
         self._lock_runner: asyncio.Task[None] | None = None
         self._closed = False
-        #: Connections being handed back to the pool (see _Borrowed): the loop keeps only weak references to tasks.
-        self._releases: set[asyncio.Future[None]] = set()
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> PostgresStore:
@@ -529,12 +499,6 @@ class PostgresStore:
             await self._lock_conn.close()
         await self._pool.close()
 
-    def _released(self, release: asyncio.Future[None]) -> None:
-        """A connection is back in the pool, or closed by it (it then opens another when one is needed)."""
-        self._releases.discard(release)
-        if not release.cancelled() and (exc := release.exception()) is not None:
-            log.warning("a connection to PostgreSQL could not be handed back to the pool: %s", _reason(exc))
-
     async def _conversation_id(self, conn: asyncpg.Connection, key: ConversationKey) -> int:
         text = str(key)
         cached = self._conversation_ids.get(text)
@@ -589,7 +553,7 @@ class PostgresStore:
         return None if row is None else int(row)
 
     async def claim_message(self, message_id: str) -> bool:
-        async with _Borrowed(self) as conn:
+        async with self._pool.acquire() as conn:
             # The primary key decides: a second replica inserting the same id waits for the first to commit.
             status = await conn.execute(
                 "INSERT INTO handled_messages (message_id, handled_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -599,7 +563,7 @@ class PostgresStore:
         return _count(status) == 1
 
     async def add_question(self, msg: IncomingMessage, tokens: int) -> int:
-        async with _Borrowed(self) as conn:
+        async with self._pool.acquire() as conn:
             text = str(msg.key)
             conversation = self._conversation_ids.get(text)
             if conversation is None:
@@ -717,7 +681,7 @@ class PostgresStore:
         ledger: UsageRecord | None,
         tool_trace: str | None,
     ) -> int:
-        async with _Borrowed(self) as conn:
+        async with self._pool.acquire() as conn:
             conversation = await self._conversation_id(conn, key)
             # One statement, so one transaction and one round trip: the reply and its ledger entry are stored
             # together or not at all, without a BEGIN and a COMMIT of their own.
@@ -743,7 +707,7 @@ class PostgresStore:
     ) -> list[StoredMessage]:
         if token_budget <= 0:
             return []
-        async with _Borrowed(self) as conn:
+        async with self._pool.acquire() as conn:
             conversation = await self._existing_conversation_id(conn, key)
             if conversation is None:
                 return []
@@ -946,7 +910,7 @@ class PostgresStore:
 
     async def channel_settings(self, key: ConversationKey) -> ChannelSettings:
         # Not cached, unlike SQLite: another replica may have changed them.
-        async with _Borrowed(self) as conn:
+        async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT system_prompt, model, speak, scope FROM channel_settings WHERE platform = $1 "
                 "AND workspace = $2 "
@@ -985,7 +949,7 @@ class PostgresStore:
         keys = [b.key for b in buckets]
         capacities = [b.capacity for b in buckets]
         rates = [b.per_second for b in buckets]
-        async with _Borrowed(self) as conn:
+        async with self._pool.acquire() as conn:
             for _ in range(3):
                 wait = await conn.fetchval(_TAKE_TOKENS, keys, capacities, rates)
                 if wait is not None:

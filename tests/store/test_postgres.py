@@ -436,21 +436,3 @@ async def test_the_pools_connections_are_open_before_the_first_turn(postgres_url
         assert sessions == 4
     finally:
         await store.close()
-
-
-async def test_a_turns_statement_does_not_wait_for_its_connection_to_be_handed_back(postgres_url: str) -> None:
-    store = await open_store(postgres_url, pool_size=2)
-    try:
-        assert isinstance(store, PostgresStore)
-        assert await store.claim_message("m1")
-        # Back from the call while its connection is still on its way to the pool: the turn went on without
-        # waiting for asyncpg's release (a task of its own, two more passes of the event loop).
-        assert store._pool.get_idle_size() == 1
-        # A pool of two serves far more calls at once than it has connections, each taking one as it comes back.
-        claimed = await asyncio.wait_for(asyncio.gather(*(store.claim_message(f"n{n}") for n in range(50))), 30)
-        assert all(claimed)
-        assert not await store.claim_message("m1")
-    finally:
-        await store.close()
-    releases = [t for t in asyncio.all_tasks() if "release" in repr(t.get_coro())]
-    assert not releases, "a connection was still being handed back after the store closed"
