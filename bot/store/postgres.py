@@ -414,10 +414,15 @@ class PostgresStore:
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> PostgresStore:
         try:
+            # Every connection opened here, before the first turn, and kept: a pool growing on demand opened its
+            # connections on the first turns under load, each such turn waiting for a server process to start and
+            # a session to be set up (tens of ms on a busy machine). No idle timer either: with all of them kept
+            # it would only be armed and cancelled on every release.
             pool = await asyncpg.create_pool(
                 dsn,
-                min_size=1,
+                min_size=pool_size,
                 max_size=pool_size,
+                max_inactive_connection_lifetime=0,
                 timeout=_CONNECT_TIMEOUT_S,
                 command_timeout=60,
                 reset=_keep_session,

@@ -420,3 +420,19 @@ async def test_a_turn_that_ends_after_the_store_closed_leaves_nothing_running(po
     assert not runners, "a lock task outlived the store, with a connection nobody closes"
     with pytest.raises(asyncpg.InterfaceError):
         await _enter(store)
+
+
+async def test_the_pools_connections_are_open_before_the_first_turn(postgres_url: str) -> None:
+    # A pool growing on demand opened them on the first turns under load, each such turn waiting for a server
+    # process to start.
+    store = await open_store(postgres_url, pool_size=4)
+    try:
+        assert isinstance(store, PostgresStore)
+        async with store.connection() as conn:
+            sessions = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend'"
+            )
+        assert sessions == 4
+    finally:
+        await store.close()
