@@ -164,6 +164,9 @@ class SQLiteWriter:
         self._waits = False
         self._commits = 0
         self._checkpoint: asyncio.Future[None] | None = None
+        #: Set when close() begins: a write that ends after it schedules no checkpoint (its executor and connections
+        #: are going) and reads no WAL index (unmapped by the close).
+        self._closing = False
         #: Transactions begun so far (one at a time, on whichever thread has the connection): tells a caller's
         #: bookkeeping which transaction it is in.
         self.transactions = 0
@@ -280,7 +283,7 @@ class SQLiteWriter:
 
     def _committed(self, commits: int, *, on_thread: bool = False) -> None:
         self._commits += commits
-        if self._checkpoint is not None:
+        if self._checkpoint is not None or self._closing:
             return
         wal = self._wal
         # Past the cap every write goes to the thread: only then is it worth reading the WAL's size.
@@ -318,14 +321,21 @@ class SQLiteWriter:
         thread, but here). PASSIVE: it never waits for other connections, it does what they leave it to do. Again
         while the WAL did not start over (up to CHECKPOINT_ROUNDS times): frames came during the checkpoint, or a
         read of the WAL's frames under way kept it from restarting; the write then went at the WAL's end."""
-        [(version,)] = conn.execute("PRAGMA user_version").fetchall()
-        # The write leaves the database's first page as it was (an UPDATE of a row to the values it holds writes no
-        # page at all: SQLite compares the bytes first), in a transaction of its own: it holds the write lock only
-        # while SQLite runs it. One script: between the two statements the thread only takes the GIL back once, and
-        # meanwhile the loop's writes, which would start the WAL over, go to the thread.
-        script = f"PRAGMA wal_checkpoint(PASSIVE); PRAGMA user_version = {int(version)};"  # PRAGMA takes no parameters
         for _ in range(CHECKPOINT_ROUNDS):
-            conn.executescript(script)
+            # The write leaves the database's first page as it was (an UPDATE of a row to the values it holds writes
+            # no page at all: SQLite compares the bytes first), in a transaction of its own. The version is read
+            # under the same write lock: read before it, another process's migration meanwhile would be undone.
+            # Between the checkpoint and the write the loop's writes, which would start the WAL over, go to the
+            # thread (the WAL index shows it all copied), or find the write lock taken.
+            conn.executescript("PRAGMA wal_checkpoint(PASSIVE); BEGIN IMMEDIATE;")
+            try:
+                [(version,)] = conn.execute("PRAGMA user_version").fetchall()
+                conn.execute(f"PRAGMA user_version = {int(version)}")  # PRAGMA takes no parameters
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             # A restart counts the copied frames from 0 again, and the next checkpoint is this thread's.
             if self._wal is None or self._wal.copied() == 0:
                 return
@@ -359,6 +369,7 @@ class SQLiteWriter:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        self._closing = True
         try:
             # Through the count like any thread job: while the close waits behind queued work or runs, the loop's
             # thread must not take the connection for an inline turn.

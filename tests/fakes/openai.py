@@ -250,6 +250,8 @@ class FakeOpenAI:
     ) -> None:
         self.api_key = api_key
         self.chunk_delay = chunk_delay
+        #: The text piece after which ``[[stall:S]]`` falls silent (0: the first, sent with the stream's head).
+        self.stall_at = 0
         self.first_byte_delay = first_byte_delay
         self.context_limit_chars = context_limit_chars
         self.reply = reply
@@ -625,7 +627,7 @@ class FakeOpenAI:
             await response.write(chunk({"content": piece}))
             if "keepalive" in faults:
                 return await self._keep_alive_for_ever(request, response, faults["keepalive"] or 0.05)
-            if "stall" in faults and index == 0:
+            if "stall" in faults and index == self.stall_at:
                 await asyncio.sleep(faults["stall"])
             elif self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)

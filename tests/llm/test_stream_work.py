@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from bot.llm import ChatClient, Endpoint, model_http_client
+from bot import errors
+from bot.llm import ChatClient, Endpoint, RetryPolicy, model_http_client
 from bot.llm.sse import StreamResult, consume_sse, take_event
 from tests.fakes.openai import FakeOpenAI
 
@@ -55,6 +56,32 @@ async def test_a_streamed_answer_sets_no_read_timer_per_token(
     assert first.text == second.text == f"echo: {words}" and "".join(pieces) == first.text * 2
     # Set for the response's head (the limit on waiting for an answer stays), not once more per token.
     assert 1 <= len(read_timers) <= 2 and read_timers[0] == 30
+
+
+async def test_a_stream_that_falls_silent_after_its_first_text_still_times_out(fake: FakeOpenAI) -> None:
+    # aiohttp's read timer is off for a streamed body: silence (no bytes at all, not even comments) after the first
+    # text must still end the call at the stall limit (0.5 s), long before the deadline and the cap (60 s). Text
+    # comes in pieces after the head, so aiohttp's timer, set again when the head came, is gone when it falls silent.
+    fake.chunk_delay = 0.05
+    fake.stall_at = 2
+    async with model_http_client(0.5) as http:
+        c = ChatClient(http, Endpoint("primary", fake.base_url, "m"), retry=RetryPolicy(deadline=60, max_call=60))
+        pieces: list[str] = []
+
+        async def on_delta(piece: str) -> None:
+            pieces.append(piece)
+
+        loop_time = asyncio.get_running_loop().time
+        began = loop_time()
+        with pytest.raises(errors.StreamInterrupted) as caught:
+            async with asyncio.timeout(10):
+                await c.stream([{"role": "user", "content": "[[stall:30]] a b c"}], on_delta)
+        assert loop_time() - began < 3.0
+        assert isinstance(caught.value.cause, errors.Timeout) and caught.value.partial == "".join(pieces) != ""
+        assert fake.calls == 1  # text had reached the user: no retry
+        # The stalled connection was let go: the next call on the same client is answered.
+        again = await c.stream([{"role": "user", "content": "hi"}], on_delta)
+    assert again.text == "echo: hi"
 
 
 #: Events of every shape the short path must leave to the general one, between plain tokens.

@@ -327,3 +327,68 @@ async def test_a_new_conversation_whose_first_write_rolled_back_can_be_written_l
         assert [m.content for m in await store.load_history(A, 1000, before=row + 1)] == ["message 2"]
     finally:
         await store.close()
+
+
+async def test_a_checkpoint_never_undoes_another_processs_schema_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpoint's own write rewrites PRAGMA user_version (the schema's version) to the value it holds: read
+    # and written under one write lock, so another process that migrates the file meanwhile (a newer bot started
+    # beside this one) keeps its version. Here the other process writes while the checkpoint is held before its
+    # first step.
+    every = 5
+    monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", every)
+    path = tmp_path / "t.db"
+    store = await open_store(str(path))
+    assert isinstance(store, SQLiteStore)
+    writer = store._writer
+    assert writer._checkpointer is not None
+    inside, gate = threading.Event(), threading.Event()
+
+    def hold(statement: str) -> None:
+        # Called on the thread that runs the statement, as it starts: the checkpoint waits here.
+        if "wal_checkpoint" in statement and not inside.is_set():
+            inside.set()
+            gate.wait(10)
+
+    writer._checkpointer.set_trace_callback(hold)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        [(version,)] = other.execute("PRAGMA user_version").fetchall()
+        for n in range(every):
+            await store.begin_turn(incoming(n), 10)
+        checkpoint = writer._checkpoint
+        assert checkpoint is not None
+        async with asyncio.timeout(5):
+            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
+                await asyncio.sleep(0.01)
+        other.execute(f"PRAGMA user_version = {version + 1}")  # the other process's migration
+        gate.set()
+        await checkpoint
+        assert other.execute("PRAGMA user_version").fetchall() == [(version + 1,)]
+    finally:
+        gate.set()
+        other.close()
+        await store.close()
+
+
+async def test_a_write_on_the_thread_that_ends_as_the_writer_closes_is_not_reported_failed(tmp_path: Path) -> None:
+    # A turn's write handed to the thread commits; before its caller resumes, the store closes (a shutdown).
+    # The caller must get the write's result, not an error from the WAL index the close has let go.
+    store = await open_store(str(tmp_path / "t.db"))
+    assert isinstance(store, SQLiteStore)
+    writer = store._writer
+    handed = writer._submitted
+    write = asyncio.create_task(
+        writer.transaction(lambda db: db.execute("PRAGMA user_version").fetchall(), inline=False)
+    )
+    close = asyncio.create_task(writer.close())
+    await asyncio.sleep(0)  # both handed to the thread, the write first
+    assert writer._submitted == handed + 2
+    # The loop's thread waits here, without running either caller, until the thread has run both jobs.
+    async with asyncio.timeout(5):
+        while writer._finished != writer._submitted:  # noqa: ASYNC110 - the thread's count: nothing to notify
+            await asyncio.sleep(0.01)
+    assert len(await write) == 1
+    await close
+    await store._reader.close()
