@@ -416,13 +416,13 @@ class PostgresStore:
         try:
             # Every connection opened here, before the first turn, and kept: a pool growing on demand opened its
             # connections on the first turns under load, each such turn waiting for a server process to start and
-            # a session to be set up (tens of ms on a busy machine). No idle timer either: with all of them kept
-            # it would only be armed and cancelled on every release.
+            # a session to be set up (tens of ms on a busy machine). asyncpg's idle limit (300 s) stays: a
+            # connection idle for longer is closed and opened again when next needed, so one that a firewall or
+            # NAT dropped silently while the team was quiet is not what the next turn waits 60 s on.
             pool = await asyncpg.create_pool(
                 dsn,
                 min_size=pool_size,
                 max_size=pool_size,
-                max_inactive_connection_lifetime=0,
                 timeout=_CONNECT_TIMEOUT_S,
                 command_timeout=60,
                 reset=_keep_session,
