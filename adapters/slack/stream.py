@@ -273,6 +273,8 @@ class NativeReply:
         self._wake = asyncio.Event()
         self._last_send = 0.0
         self._pump: asyncio.Task[None] | None = None
+        #: The pump is to start at the loop's next turn (:meth:`_start_soon`).
+        self._starting = False
         #: Task cards (``task_update`` chunks) waiting to go out before any more text, and the one in progress.
         self._chunks: list[dict[str, Any]] = []
         self._task: tuple[str, str] | None = None
@@ -293,7 +295,8 @@ class NativeReply:
             return
         self._end_task()  # the answer goes on: the step before it is done
         self._wake.set()
-        self._ensure_pump()
+        if self._pump is None and not self._starting:
+            self._start_soon()
 
     async def status(self, text: str | None) -> None:
         """A step of the turn (a tool at work, the model thinking) as a task card in the stream: in progress
@@ -325,8 +328,12 @@ class NativeReply:
         self._final, self._feedback = final_text, feedback
         if self._fallback is None:
             self._wake.set()
-            pump = self._ensure_pump()
-            await pump
+            if self._pump is not None:
+                await self._pump
+            elif not self._closing:
+                # No pump under way (a fast answer, whole before one started): what it would do now, done here.
+                with contextlib.suppress(_FellBack):
+                    await self._flush(final_text, final=True)
         if self._fallback is not None:
             await self._fallback.finish(self._unsent(final_text), feedback)
 
@@ -340,6 +347,21 @@ class NativeReply:
         if self._fallback is not None:
             await self._fallback.cancel()
         await self._close_open_stream()
+
+    def _start_soon(self) -> None:
+        """Start the pump at the loop's next turn, as ``adapters.streaming.StreamingReply`` does: an answer whole by
+        then (:meth:`complete`, an instant model's stream read at once) and not yet shown needs no pump, since
+        :meth:`finish` posts it; the task and its wake-ups are saved for most answers in a burst."""
+        self._starting = True
+        asyncio.get_running_loop().call_soon(self._start_pump)
+
+    def _start_pump(self) -> None:
+        self._starting = False
+        if self._pump is not None or self._closing or self._final is not None:
+            return  # started meanwhile (a task card), or finish/cancel came first and does the rest
+        if self._complete and self._ts is None and not self._sent and not self._chunks:
+            return  # whole and nothing shown: finish posts it at once
+        self._ensure_pump()
 
     def _ensure_pump(self) -> asyncio.Task[None]:
         if self._pump is None:

@@ -7,6 +7,7 @@ import inspect
 import json
 import warnings
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.http_retry.request import HttpRequest as RetryHttpRequest
 from slack_sdk.http_retry.response import HttpResponse as RetryHttpResponse
 from slack_sdk.http_retry.state import RetryState
+from slack_sdk.models.blocks import SectionBlock
 from slack_sdk.web.async_base_client import AsyncBaseClient
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_internal_utils import _request_with_session
@@ -102,6 +104,90 @@ async def test_calls_carry_what_slack_sdk_sends(fake: FakeSlack) -> None:
     half = len(sent) // 2
     assert sent[:half] == sent[half:]
     assert all(method and args for method, args in sent)
+
+
+@asynccontextmanager
+async def _recorder() -> AsyncIterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """A Web API that answers ok to everything and keeps each request as sent: path, content type, body bytes."""
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("Content-Type", ""), await request.read()))
+        return web.json_response({"ok": True, "ts": "1.2"})
+
+    app = web.Application()
+    app.router.add_post("/api/{method}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/api/", seen
+    finally:
+        await runner.cleanup()
+
+
+BLOCKS = [
+    {"type": "markdown", "text": "hi *there*"},
+    {"type": "context", "elements": [{"type": "mrkdwn", "text": "x"}]},
+]
+#: chat.postMessage and chat.update as this adapter makes them (SlackSink, NativeReply, approvals, reasoning), and
+#: some it does not (blank text, a model object, a JSON string, an argument more): those take slack_sdk's own way.
+MESSAGE_CALLS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "chat_postMessage",
+        {
+            "channel": "C1",
+            "thread_ts": None,
+            "text": "hi",
+            "blocks": None,
+            "unfurl_links": False,
+            "unfurl_media": False,
+        },
+    ),
+    (
+        "chat_postMessage",
+        {
+            "channel": "C1",
+            "thread_ts": "1.1",
+            "text": "hi",
+            "blocks": BLOCKS,
+            "unfurl_links": False,
+            "unfurl_media": False,
+        },
+    ),
+    ("chat_postMessage", {"channel": "C1", "text": "hi", "blocks": tuple(BLOCKS)}),
+    ("chat_postMessage", {"channel": "C1", "text": "hi", "blocks": []}),
+    ("chat_postMessage", {"channel": "C1", "text": "hi", "unfurl_links": True}),
+    ("chat_postMessage", {"channel": "C1", "text": " ", "blocks": BLOCKS}),
+    ("chat_postMessage", {"channel": "C1", "text": "hi", "blocks": [SectionBlock(text="hi")]}),
+    ("chat_postMessage", {"channel": "C1", "text": "hi", "blocks": json.dumps(BLOCKS)}),
+    ("chat_postMessage", {"channel": "C1", "text": "hi", "mrkdwn": False, "thread_ts": "1.1"}),
+    ("chat_update", {"channel": "C1", "ts": "1.2", "text": "hi", "blocks": None}),
+    ("chat_update", {"channel": "C1", "ts": "1.2", "text": "hi", "blocks": BLOCKS}),
+    ("chat_update", {"channel": "C1", "ts": "1.2", "text": "hi", "blocks": [SectionBlock(text="hi")]}),
+    ("chat_update", {"channel": "C1", "ts": "1.2", "text": "hi", "file_ids": ["F1", "F2"]}),
+]
+
+
+async def test_message_calls_send_what_slack_sdk_sends() -> None:
+    # The same request, byte for byte (JSON keys in slack_sdk's order), and the same answer, from our client's
+    # chat_postMessage and chat_update as from slack_sdk's, also through a Bolt request's copy (its team_id).
+    async with _recorder() as (url, seen), aiohttp.ClientSession() as session:
+        for team in (None, "T1"):
+            ours = web_client("xoxb-1", url, [])
+            theirs = AsyncWebClient(token="xoxb-1", base_url=url, session=session)
+            ours.session = session
+            if team is not None:
+                ours.default_params = theirs.default_params = {"team_id": team}
+            for method, args in MESSAGE_CALLS:
+                answers = []
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # slack_sdk's warning about a blank text: the same for both
+                    for client in (ours, theirs):
+                        answers.append((await getattr(client, method)(**args)).data)
+                assert seen[-2] == seen[-1], (method, args)
+                assert answers[0] == answers[1] == {"ok": True, "ts": "1.2"}
+        assert len(seen) == 4 * len(MESSAGE_CALLS)
 
 
 def _request(body: dict[str, Any] | str, team: str | None = "T1") -> AsyncBoltRequest:

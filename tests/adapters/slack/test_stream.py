@@ -3,6 +3,7 @@ a stream that breaks off midway, a stream left open by a failed turn."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -126,3 +127,45 @@ async def test_a_whole_answer_slack_will_not_post_goes_out_through_the_fallback(
     assert [b["type"] for b in second["blocks"]] == ["section", "actions"]
     [message] = fake.posted
     assert message.text == "short answer"
+
+
+def pumps() -> list[asyncio.Task[object]]:
+    return [task for task in asyncio.all_tasks() if task.get_name() == "slack-native-stream"]
+
+
+async def test_an_answer_whole_before_the_loop_turns_needs_no_pump(fake: FakeSlack) -> None:
+    reply = native(fake)
+    await reply.feed("Hi <!here>, ")
+    await reply.feed("**all** done")
+    reply.complete()  # in the same turn of the loop as its words: an instant model's stream read at once
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert pumps() == [] and fake.calls == []
+    await reply.finish("Hi <!here>, **all** done", feedback=7)
+    assert pumps() == []
+    [post] = fake.calls_to("chat.postMessage")
+    assert post["text"] == "Hi <\u2060!here>, **all** done" and fake.calls_to("chat.startStream") == []
+    [message] = fake.posted
+    assert message.blocks is not None and message.blocks[-1]["block_id"] == "teambot_feedback:7"
+
+
+async def test_a_reply_cancelled_before_its_pump_started_shows_nothing(fake: FakeSlack) -> None:
+    reply = native(fake)
+    await reply.feed("the first words")
+    await reply.cancel()  # the turn failed or was refused before the loop turned
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert pumps() == [] and fake.calls == []
+
+
+async def test_a_reply_finished_before_its_pump_started_is_shown_once(fake: FakeSlack) -> None:
+    # The pump's start was already due when finish came: finish shows the reply, and the pump does not start.
+    reply = native(fake)
+    await reply.feed("the whole ")
+    await reply.feed("answer")
+    await reply.finish("the whole answer")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert pumps() == []
+    [message] = fake.posted
+    assert message.text == "the whole answer" and len(fake.calls) == 1
