@@ -367,27 +367,48 @@ _CONVERSATION_LOCK = 0x7EB1
 #: How long a turn waits between tries for a conversation another replica is answering: short first, then longer.
 _LOCK_POLL_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 _CONNECT_TIMEOUT_S = 10.0
-_TAKE_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
+#: A take brings its channel's settings along (NULLs where the channel has none; see _SETTINGS_FRESH_S): the turn
+#: reads them next, and this way it needs no round trip of its own for them.
+_TAKE_LOCK = (
+    "SELECT pg_try_advisory_lock($1, hashtext($2)), s.system_prompt, s.model, s.speak, s.scope "
+    "FROM (SELECT) one LEFT JOIN channel_settings s ON s.platform = $3 AND s.workspace = $4 AND s.channel = $5"
+)
 _RELEASE_LOCK = "SELECT pg_advisory_unlock($1, hashtext($2))"
 #: Several lock calls in one round trip, in the order they were made (an output expression is computed in the
-#: ORDER BY's order): a release and a take of the same conversation in one batch release it first.
+#: ORDER BY's order; a volatile one after the sort): a release and a take of the same conversation in one batch
+#: release it first. Each take brings its channel's settings, as _TAKE_LOCK.
 _LOCK_CALLS = (
     "SELECT CASE WHEN c.take THEN pg_try_advisory_lock($1, hashtext(c.name)) "
-    "ELSE pg_advisory_unlock($1, hashtext(c.name)) END "
-    "FROM unnest($2::bool[], $3::text[]) WITH ORDINALITY AS c(take, name, n) ORDER BY c.n"
+    "ELSE pg_advisory_unlock($1, hashtext(c.name)) END, s.system_prompt, s.model, s.speak, s.scope "
+    "FROM unnest($2::bool[], $3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY "
+    "AS c(take, name, platform, workspace, channel, n) LEFT JOIN channel_settings s "
+    "ON c.take AND s.platform = c.platform AND s.workspace = c.workspace AND s.channel = c.channel ORDER BY c.n"
 )
+#: How long the settings a take brought stand for the channel's own read (channel_settings) in the turn that holds
+#: the lock. The turn asks right after taking it; one that waited longer (for a call slot, say) reads them again,
+#: as they are then. Within that second a change made on another replica races the turn as it did before.
+_SETTINGS_FRESH_S = 1.0
 
 
 class _LockCall:
     """A take (try-lock) or release of a conversation's lock, waiting for the lock connection's next round trip."""
 
-    __slots__ = ("done", "name", "take")
+    __slots__ = ("channel", "done", "name", "settings", "take")
 
-    def __init__(self, take: bool, name: str, done: asyncio.Future[bool] | None) -> None:
+    def __init__(
+        self,
+        take: bool,
+        name: str,
+        done: asyncio.Future[bool] | None,
+        channel: tuple[str, str, str] | None = None,
+    ) -> None:
         self.take = take
         self.name = name
         #: None for a release nobody waits for.
         self.done = done
+        #: A take's (platform, workspace, channel), whose settings it brings back into ``settings``.
+        self.channel = channel
+        self.settings: ChannelSettings | None = None
 
 
 class PostgresStore:
@@ -410,6 +431,9 @@ class PostgresStore:
         self._lock_wake = asyncio.Event()
         self._lock_runner: asyncio.Task[None] | None = None
         self._closed = False
+        # The channel settings each held conversation's take brought, and when (monotonic), for the turn's own
+        # read (see _SETTINGS_FRESH_S). An entry lives as long as its lock is held by this process.
+        self._taken_settings: dict[str, tuple[ChannelSettings, float]] = {}
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> PostgresStore:
@@ -909,7 +933,11 @@ class PostgresStore:
         return bool(claimed)
 
     async def channel_settings(self, key: ConversationKey) -> ChannelSettings:
-        # Not cached, unlike SQLite: another replica may have changed them.
+        # Not cached, unlike SQLite: another replica may have changed them. The turn holding the conversation reads
+        # them once, as its take brought them a moment ago (one round trip less per turn).
+        taken = self._taken_settings.pop(str(key), None)
+        if taken is not None and time.monotonic() - taken[1] <= _SETTINGS_FRESH_S:
+            return taken[0]
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT system_prompt, model, speak, scope FROM channel_settings WHERE platform = $1 "
@@ -922,6 +950,8 @@ class PostgresStore:
         return ChannelSettings(row[0], row[1], row[2], row[3]) if row else ChannelSettings()
 
     async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None:
+        # What a take brought before this change no longer stands (rare: an admin's command).
+        self._taken_settings.clear()
         async with self._pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model, speak, scope) "
@@ -962,22 +992,26 @@ class PostgresStore:
     @contextlib.asynccontextmanager
     async def conversation_lock(self, key: ConversationKey) -> AsyncIterator[None]:
         name = str(key)
+        channel = (key.platform, key.workspace, key.channel)
         # Polling with try-lock, not a blocking pg_advisory_lock: every turn of this process shares one lock
         # connection, and a blocking call would hold it for all of them.
         for delay in itertools.chain(_LOCK_POLL_S, itertools.repeat(_LOCK_POLL_S[-1])):
-            if await self._lock_call(True, name):
+            call = _LockCall(True, name, asyncio.get_running_loop().create_future(), channel)
+            if await self._lock_call(call):
                 break
             await asyncio.sleep(delay)
+        if call.settings is not None:
+            self._taken_settings[name] = (call.settings, time.monotonic())
         try:
             yield
         finally:
+            self._taken_settings.pop(name, None)
             # Not waited for: the release goes out with the lock connection's next round trip, before any later
             # take of this process (one connection, in order), and a failure is logged there. Another replica
             # sees the conversation free as soon as it lands, as it would had the turn waited.
             self._queue_lock_call(_LockCall(False, name, None))
 
-    async def _lock_call(self, take: bool, name: str) -> bool:
-        call = _LockCall(take, name, asyncio.get_running_loop().create_future())
+    async def _lock_call(self, call: _LockCall) -> bool:
         self._queue_lock_call(call)
         assert call.done is not None
         try:
@@ -986,8 +1020,8 @@ class PostgresStore:
             # Cut off after the answer came back but before this turn resumed: the take is held and the turn
             # never reaches the release in conversation_lock's finally, so give it back here.
             done = call.done
-            if take and done.done() and not done.cancelled() and done.exception() is None and done.result():
-                self._queue_lock_call(_LockCall(False, name, None))
+            if call.take and done.done() and not done.cancelled() and done.exception() is None and done.result():
+                self._queue_lock_call(_LockCall(False, call.name, None))
             raise
 
     def _queue_lock_call(self, call: _LockCall) -> None:
@@ -1062,11 +1096,25 @@ class PostgresStore:
             try:
                 if len(batch) == 1:
                     call = batch[0]
-                    query = _TAKE_LOCK if call.take else _RELEASE_LOCK
-                    return [bool(await self._lock_conn.fetchval(query, _CONVERSATION_LOCK, call.name))]
-                rows = await self._lock_conn.fetch(
-                    _LOCK_CALLS, _CONVERSATION_LOCK, [c.take for c in batch], [c.name for c in batch]
-                )
+                    if not call.take or call.channel is None:
+                        return [bool(await self._lock_conn.fetchval(_RELEASE_LOCK, _CONVERSATION_LOCK, call.name))]
+                    row = await self._lock_conn.fetchrow(_TAKE_LOCK, _CONVERSATION_LOCK, call.name, *call.channel)
+                    assert row is not None
+                    rows = [row]
+                else:
+                    channels = [c.channel or ("", "", "") for c in batch]
+                    rows = await self._lock_conn.fetch(
+                        _LOCK_CALLS,
+                        _CONVERSATION_LOCK,
+                        [c.take for c in batch],
+                        [c.name for c in batch],
+                        [c[0] for c in channels],
+                        [c[1] for c in channels],
+                        [c[2] for c in channels],
+                    )
+                for call, row in zip(batch, rows, strict=True):
+                    if call.channel is not None:
+                        call.settings = ChannelSettings(row[1], row[2], row[3], row[4])
                 return [bool(r[0]) for r in rows]
             except (OSError, asyncpg.InterfaceError, asyncpg.AdminShutdownError) as exc:
                 # The session ended (server restart, a terminated backend): its locks are gone with it, and

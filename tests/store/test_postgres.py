@@ -16,8 +16,8 @@ import pytest
 
 from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage
-from bot.store import RateBucket, Store, UsageRecord, open_store
-from bot.store.postgres import MIGRATIONS, RATE_BUCKET_IDLE_S, PostgresStore
+from bot.store import ChannelSettings, RateBucket, Store, UsageRecord, open_store
+from bot.store.postgres import _SETTINGS_FRESH_S, MIGRATIONS, RATE_BUCKET_IDLE_S, PostgresStore
 from tests.postgres_server import PostgresServer
 
 A = ConversationKey("slack", "T1", "C1")
@@ -436,3 +436,64 @@ async def test_the_pools_connections_are_open_before_the_first_turn(postgres_url
         assert sessions == 4
     finally:
         await store.close()
+
+
+async def test_a_turn_reads_its_channels_settings_as_its_take_brought_them(replicas: tuple[Store, Store]) -> None:
+    # The take brings the settings along (one round trip less per turn): as another replica last set them, read
+    # once from what the take brought and from the database after.
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    await second.set_channel_settings(A, ChannelSettings("Be brief.", "gpt-x"))
+    async with first.conversation_lock(A):
+        assert str(A) in first._taken_settings
+        assert await first.channel_settings(A) == ChannelSettings("Be brief.", "gpt-x")
+        assert str(A) not in first._taken_settings
+        await second.set_channel_settings(A, ChannelSettings("Be long.", None))
+        assert await first.channel_settings(A) == ChannelSettings("Be long.", None)
+    # A hold that never reads them (a /reset) leaves nothing behind either.
+    async with first.conversation_lock(A):
+        assert str(A) in first._taken_settings
+    assert not first._taken_settings
+
+
+async def test_takes_sent_together_each_bring_their_own_channels_settings(replicas: tuple[Store, Store]) -> None:
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    keys = [ConversationKey("slack", "T1", f"C{n}") for n in range(6)]
+    for n, key in enumerate(keys[:4]):
+        await second.set_channel_settings(key, ChannelSettings(f"prompt {n}", None, speak="all" if n % 2 else None))
+    seen: dict[ConversationKey, ChannelSettings] = {}
+    entered = asyncio.Event()
+
+    async def turn(key: ConversationKey) -> None:
+        async with first.conversation_lock(key):
+            seen[key] = await first.channel_settings(key)
+            if len(seen) == len(keys):
+                entered.set()
+            await asyncio.wait_for(entered.wait(), 10)
+
+    await asyncio.gather(*(turn(k) for k in keys))
+    assert seen == {
+        **{k: ChannelSettings(f"prompt {n}", None, speak="all" if n % 2 else None) for n, k in enumerate(keys[:4])},
+        keys[4]: ChannelSettings(),
+        keys[5]: ChannelSettings(),
+    }
+
+
+async def test_a_settings_change_in_a_held_conversation_is_read_back_at_once(replicas: tuple[Store, Store]) -> None:
+    first, _ = replicas
+    async with first.conversation_lock(A):
+        await first.set_channel_settings(A, ChannelSettings(None, "gpt-y"))
+        assert await first.channel_settings(A) == ChannelSettings(None, "gpt-y")
+
+
+async def test_settings_a_take_brought_long_before_are_read_again(replicas: tuple[Store, Store]) -> None:
+    # A turn that waited (for a call slot, say) after taking its conversation reads the settings as they are now.
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    async with first.conversation_lock(A):
+        await second.set_channel_settings(A, ChannelSettings("changed meanwhile", None))
+        settings, taken_at = first._taken_settings[str(A)]
+        assert settings == ChannelSettings()
+        first._taken_settings[str(A)] = (settings, taken_at - 2 * _SETTINGS_FRESH_S)
+        assert await first.channel_settings(A) == ChannelSettings("changed meanwhile", None)
