@@ -284,6 +284,8 @@ class ConversationCore:
                     try:
                         stored = await self._question(msg)
                         progress.tokens = self._counter.count_message(f"{msg.author_name}: {stored.text}")
+                        # A future already done where the store wrote inline (SQLite): neither ensure_future nor
+                        # shield makes a task of it, and awaiting it gives up no turn of the loop (three before).
                         write = asyncio.ensure_future(
                             self.store.begin_turn(_with_text(msg, stored.text), progress.tokens)
                         )
