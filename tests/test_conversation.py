@@ -629,6 +629,20 @@ async def test_lock_table_is_bounded_to_active_conversations() -> None:
     async with locks.hold("a"), locks.hold("b"):
         assert len(locks) == 2
     assert len(locks) == 0
+    # A waiter cut off while it waits, and a block that fails, leave nothing behind either.
+    async with locks.hold("a"):
+        waiter = asyncio.create_task(locks.hold("a").__aenter__())
+        await asyncio.sleep(0)
+        assert locks.waiting == 1 and not waiter.done()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert locks.waiting == 0
+    assert len(locks) == 0
+    with pytest.raises(KeyError):
+        async with locks.hold("a"):
+            raise KeyError("a")
+    assert len(locks) == 0 and locks.idle("a")
 
 
 async def _ignore(piece: str) -> None:
