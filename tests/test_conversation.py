@@ -473,14 +473,19 @@ async def test_a_question_refused_by_the_rate_limit_leaves_no_trace(
 def count_writes(core: ConversationCore) -> list[str]:
     """The write transactions the core's SQLite store makes from now on, by the name of the work done in each."""
     writer = core.store._writer  # type: ignore[attr-defined]
-    transaction = writer.transaction
+    transaction, begin = writer.transaction, writer.begin
     writes: list[str] = []
 
     async def counted(work: Callable[[sqlite3.Connection], object]) -> object:
         writes.append(getattr(work, "__qualname__", "?"))
         return await transaction(work)
 
-    writer.transaction = counted
+    def counted_begin(work: Callable[[sqlite3.Connection], object]) -> object:
+        # The transactions begun at once (the plain turn's claim and question: SQLiteWriter.begin).
+        writes.append(getattr(work, "__qualname__", "?"))
+        return begin(work)
+
+    writer.transaction, writer.begin = counted, counted_begin
     return writes
 
 
@@ -560,12 +565,18 @@ async def test_a_turn_cut_off_before_its_one_write_releases_no_claim(
             )
             core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000))
             assert (await core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first"))).kind is ReplyKind.ANSWER
+            # The writer's thread holds the connection: the write goes there, so the turn waits at it (inline it
+            # would not wait at all, and could not be cut off in between).
+            gate = threading.Event()
+            held = store._writer._on_thread(gate.wait)  # type: ignore[attr-defined]
             again = asyncio.create_task(core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first")))
             await asyncio.sleep(0)  # the redelivery runs up to its write: it holds the conversation
             assert len(core._locks) == 1 and not again.done()
             again.cancel()
+            gate.set()
             with pytest.raises(asyncio.CancelledError):
                 await again
+            await held
             assert (await core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first"))).kind is ReplyKind.DUPLICATE
             assert fake.calls == 1 and await store.count_messages(KEY) == 2
     finally:
@@ -618,6 +629,20 @@ async def test_lock_table_is_bounded_to_active_conversations() -> None:
     async with locks.hold("a"), locks.hold("b"):
         assert len(locks) == 2
     assert len(locks) == 0
+    # A waiter cut off while it waits, and a block that fails, leave nothing behind either.
+    async with locks.hold("a"):
+        waiter = asyncio.create_task(locks.hold("a").__aenter__())
+        await asyncio.sleep(0)
+        assert locks.waiting == 1 and not waiter.done()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert locks.waiting == 0
+    assert len(locks) == 0
+    with pytest.raises(KeyError):
+        async with locks.hold("a"):
+            raise KeyError("a")
+    assert len(locks) == 0 and locks.idle("a")
 
 
 async def _ignore(piece: str) -> None:

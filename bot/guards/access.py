@@ -20,6 +20,15 @@ class AccessPolicy:
     refuse_silently: bool = False
 
     def allows(self, msg: IncomingMessage) -> bool:
+        if not (
+            self.allow_workspaces
+            or self.deny_workspaces
+            or self.allow_channels
+            or self.deny_channels
+            or self.allow_users
+            or self.deny_users
+        ):
+            return True  # no lists (the default): nothing to build sets for on every turn
         workspace = msg.key.workspace
         # One person's DMs (``dm-<user id>``) are also named by ``dm``, every person's DMs.
         workspaces = {workspace, DM_WORKSPACES} if workspace.startswith(f"{DM_WORKSPACES}-") else {workspace}

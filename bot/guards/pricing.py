@@ -35,6 +35,10 @@ DEFAULT_PRICES: Mapping[str, tuple[float, float, float]] = {
 }
 
 
+#: Model names whose price lookup is remembered (see PriceTable.lookup).
+_FOUND_SIZE = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Price:
     cost: float
@@ -54,9 +58,20 @@ class PriceTable:
     def __init__(self, overrides: Mapping[str, Sequence[float]] | None = None) -> None:
         self._prices = {**DEFAULT_PRICES, **{name: _row(p) for name, p in (overrides or {}).items()}}
         self._by_length = sorted(self._prices, key=len, reverse=True)
+        #: What :meth:`lookup` found per model name: every call is charged, and a name the table lacks (a local
+        #: model) was a walk over every prefix each time. Bounded: the names come from the servers' answers.
+        self._found: dict[str, tuple[float, float, float] | None] = {}
 
     def lookup(self, model: str) -> tuple[float, float, float] | None:
         """(input, output, cached input) dollars per million tokens, or None for a model the table lacks."""
+        if model in self._found:
+            return self._found[model]
+        if len(self._found) >= _FOUND_SIZE:
+            self._found.clear()
+        found = self._found[model] = self._lookup(model)
+        return found
+
+    def _lookup(self, model: str) -> tuple[float, float, float] | None:
         name = model.rsplit("/", 1)[-1]  # OpenRouter names models "openai/gpt-4o"
         if name in self._prices:
             return self._prices[name]

@@ -26,6 +26,11 @@ class Guards:
     max_queued_per_conversation: int = 1_000_000
     accounting: Accounting | None = None
 
+    @property
+    def limits_rates(self) -> bool:
+        """Whether a rate limit is on: without one a turn need not ask (no await, no bucket names built)."""
+        return self.user_rate.enabled or self.channel_rate.enabled
+
     async def rate_wait(self, msg: IncomingMessage) -> int:
         """Whole seconds until this person and channel may ask again; 0 when they may now.
 

@@ -7,7 +7,7 @@ sharing one database. Both implement the :class:`Store` protocol and pass the sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -302,11 +302,13 @@ class Store(Protocol):
     #: conversation. False where replicas share the database: the claim comes first, on its own.
     single_process: bool
 
-    async def begin_turn(self, msg: IncomingMessage, tokens: int) -> int | None:
+    def begin_turn(self, msg: IncomingMessage, tokens: int) -> Awaitable[int | None]:
         """Store the user's message and claim its ``message_id``, atomically.
 
-        Returns the new message's row id, or None when that ``message_id`` was handled before (a platform
-        redelivery): then nothing is written and the caller must not answer.
+        Awaits to the new message's row id, or None when that ``message_id`` was handled before (a platform
+        redelivery): then nothing is written and the caller must not answer. An ``async def`` does; SQLite begins
+        the write when called and hands back a future, already done where it wrote on the event loop's thread, so
+        that the plain turn awaits it without a task or a turn of the loop.
         """
         ...
 

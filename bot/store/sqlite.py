@@ -8,6 +8,7 @@ lets it run beside the writer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -404,14 +405,15 @@ class SQLiteStore:
         self._conversation_ids[text] = int(rows[0][0])
         return int(rows[0][0])
 
-    async def begin_turn(self, msg: IncomingMessage, tokens: int) -> int | None:
+    def begin_turn(self, msg: IncomingMessage, tokens: int) -> asyncio.Future[int | None]:
         def work(db: sqlite3.Connection) -> int | None:
             now = time.time()
             if not self._claim(db, msg.message_id, now):
                 return None
             return self._add_question(db, msg, tokens, now)
 
-        return await self._writer.transaction(work)
+        # Begun at once: inline, the turn gets a future already done and goes on without a turn of the loop.
+        return self._writer.begin(work)
 
     async def claim_message(self, message_id: str) -> bool:
         return await self._writer.transaction(lambda db: self._claim(db, message_id, time.time()))

@@ -200,10 +200,33 @@ class SQLiteWriter:
             else:
                 self._committed(1)
                 return result
+        return await self._thread_transaction(work, long=not inline)
+
+    def begin(self, work: Work[T]) -> asyncio.Future[T]:
+        """:meth:`transaction` of short work, begun at once: where it runs inline, a future already done (with its
+        result or its error), which its caller awaits without giving up the event loop and needs no task to
+        shield; else a task for the thread's transaction, which commits or rolls back whole whatever happens to
+        the caller. A caller that must know the outcome even when cut off (a turn's claim and question) takes it
+        from the future; through :meth:`transaction` that took a task, a shield and three turns of the loop."""
+        loop = asyncio.get_running_loop()
+        if self._inline_ready():
+            done: asyncio.Future[T] = loop.create_future()
+            try:
+                result = self._run(work, inline=True)
+            except _Busy:
+                pass
+            except Exception as exc:
+                done.set_exception(exc)
+                return done
+            else:
+                self._committed(1)
+                done.set_result(result)
+                return done
+        return loop.create_task(self._thread_transaction(work, long=False))
+
+    async def _thread_transaction(self, work: Work[T], *, long: bool) -> T:
         try:
-            return await asyncio.shield(
-                self._on_thread(functools.partial(self._run, work, inline=False, long=not inline))
-            )
+            return await asyncio.shield(self._on_thread(functools.partial(self._run, work, inline=False, long=long)))
         finally:
             self._committed(1, on_thread=True)
 

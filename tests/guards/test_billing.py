@@ -34,6 +34,22 @@ def test_cached_input_is_charged_at_its_own_price_instead_of_the_input_price() -
     assert table.cost("gpt-4o-mini", 100, 0, cached_tokens=10_000).cost == pytest.approx(100 * 0.075 / 1e6)
 
 
+def test_a_models_price_is_looked_up_once_and_what_is_remembered_stays_bounded() -> None:
+    from bot.guards import pricing
+
+    table = PriceTable()
+    # The same answers a second time, from what the first lookup remembered (prefix match and unknown included).
+    for _ in range(2):
+        assert table.lookup("gpt-4o-mini-2024-07-18") == table.lookup("gpt-4o-mini") is not None
+        assert table.lookup("openai/gpt-4o-mini") == table.lookup("gpt-4o-mini")
+        assert table.lookup("llama3:8b") is None
+    # Model names come from the servers' answers: however many there are, the memo stays within its size.
+    for n in range(3 * pricing._FOUND_SIZE):
+        table.lookup(f"local-model-{n}")
+        assert len(table._found) <= pricing._FOUND_SIZE
+    assert table.cost("gpt-4o-mini", 1_000_000, 0).cost == pytest.approx(0.15)
+
+
 def test_price_overrides_take_two_or_three_numbers() -> None:
     table = PriceTable({"old-style": (1.0, 2.0), "new-style": (1.0, 2.0, 0.1)})
     # Two numbers, as TEAMBOT_PRICES always took: cached input costs what input costs (an estimate never too low).

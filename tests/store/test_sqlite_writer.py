@@ -392,3 +392,41 @@ async def test_a_write_on_the_thread_that_ends_as_the_writer_closes_is_not_repor
     assert len(await write) == 1
     await close
     await store._reader.close()
+
+
+async def test_a_turns_first_write_is_done_when_begun_inline_and_runs_whole_on_the_thread(tmp_path: Path) -> None:
+    # The plain turn's claim and question (begin_turn): inline, the write is done by the time the call returns, so
+    # the turn awaits a finished future (no task, no turn of the loop); its failure comes out of that await. With
+    # the write lock taken elsewhere, a task for the thread's write, which commits whatever happens to its caller.
+    path = tmp_path / "t.db"
+    store = await open_store(str(path))
+    assert isinstance(store, SQLiteStore)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        begun = store.begin_turn(incoming(1), 10)
+        assert isinstance(begun, asyncio.Future) and begun.done() and not isinstance(begun, asyncio.Task)
+        row = await begun
+        assert row is not None and [m.id for m in await store.load_history(A, 1000, before=row + 1)] == [row]
+        again = store.begin_turn(incoming(1), 10)
+        assert again.done() and await again is None  # a redelivery: nothing written
+
+        def broken(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO no_such_table VALUES (1)")
+
+        failed = store._writer.begin(broken)
+        assert failed.done()
+        with pytest.raises(sqlite3.OperationalError):
+            await failed
+
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock: the write goes to the thread
+        waiting = store.begin_turn(incoming(2), 10)
+        assert isinstance(waiting, asyncio.Task) and not waiting.done()
+        cut = asyncio.ensure_future(asyncio.shield(waiting))
+        await asyncio.sleep(0)
+        cut.cancel()  # the turn is cut off: the write still runs, and its outcome stays readable
+        other.execute("ROLLBACK")
+        assert await waiting is not None
+        assert await store.claim_message("m2") is False
+    finally:
+        other.close()
+        await store.close()
