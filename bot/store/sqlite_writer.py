@@ -344,21 +344,18 @@ class SQLiteWriter:
         thread, but here). PASSIVE: it never waits for other connections, it does what they leave it to do. Again
         while the WAL did not start over (up to CHECKPOINT_ROUNDS times): frames came during the checkpoint, or a
         read of the WAL's frames under way kept it from restarting; the write then went at the WAL's end."""
+        # The write sets the header's application id to what it holds: it writes the database's first page (a
+        # header field is written whatever its value; an UPDATE of a row to the values it holds writes no page),
+        # in a transaction of its own, so it holds the write lock only while SQLite runs it. Not the schema
+        # version: read before the write, another process's migration meanwhile would be undone, and read under
+        # a lock taken for it, the lock is held while the thread waits for the GIL between statements, and the
+        # loop's writes meanwhile find it taken and go to the thread (two thirds of them, at an instant model).
+        # Nothing in teambot sets the application id. One script: between the two statements the thread takes the
+        # GIL back once, and meanwhile the loop's writes, which would start the WAL over, go to the thread.
+        [(application_id,)] = conn.execute("PRAGMA application_id").fetchall()
+        script = f"PRAGMA wal_checkpoint(PASSIVE); PRAGMA application_id = {int(application_id)};"  # no parameters
         for _ in range(CHECKPOINT_ROUNDS):
-            # The write leaves the database's first page as it was (an UPDATE of a row to the values it holds writes
-            # no page at all: SQLite compares the bytes first), in a transaction of its own. The version is read
-            # under the same write lock: read before it, another process's migration meanwhile would be undone.
-            # Between the checkpoint and the write the loop's writes, which would start the WAL over, go to the
-            # thread (the WAL index shows it all copied), or find the write lock taken.
-            conn.executescript("PRAGMA wal_checkpoint(PASSIVE); BEGIN IMMEDIATE;")
-            try:
-                [(version,)] = conn.execute("PRAGMA user_version").fetchall()
-                conn.execute(f"PRAGMA user_version = {int(version)}")  # PRAGMA takes no parameters
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            conn.executescript(script)
             # A restart counts the copied frames from 0 again, and the next checkpoint is this thread's.
             if self._wal is None or self._wal.copied() == 0:
                 return

@@ -290,7 +290,7 @@ async def test_a_long_job_that_committed_is_not_failed_by_the_checkpoint_after_i
         await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
 
         def refuse_the_restart_write(action: int, arg1: str | None, arg2: str | None, *_: object) -> int:
-            refused = action == sqlite3.SQLITE_PRAGMA and arg1 == "user_version" and arg2 is not None
+            refused = action == sqlite3.SQLITE_PRAGMA and arg1 == "application_id" and arg2 is not None
             return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
 
         def work(db: sqlite3.Connection) -> str:
