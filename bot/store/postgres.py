@@ -13,6 +13,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -431,9 +432,13 @@ class PostgresStore:
         self._lock_wake = asyncio.Event()
         self._lock_runner: asyncio.Task[None] | None = None
         self._closed = False
-        # The channel settings each held conversation's take brought, and when (monotonic), for the turn's own
-        # read (see _SETTINGS_FRESH_S). An entry lives as long as its lock is held by this process.
-        self._taken_settings: dict[str, tuple[ChannelSettings, float]] = {}
+        # The channel settings each held conversation's take brought, when (monotonic) and for which task (the
+        # turn's), for that turn's own read (see _SETTINGS_FRESH_S). An entry lives as long as its lock is held by
+        # this process.
+        self._taken_settings: dict[str, tuple[ChannelSettings, float, asyncio.Task[Any] | None]] = {}
+        #: Counts this process's settings changes, begun and ended: a take that went out while one was under way
+        #: may have read the settings before the change committed, so what it brought is not kept.
+        self._settings_changes = 0
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = 10, migrate: bool = True, purge: bool = True) -> PostgresStore:
@@ -934,10 +939,14 @@ class PostgresStore:
 
     async def channel_settings(self, key: ConversationKey) -> ChannelSettings:
         # Not cached, unlike SQLite: another replica may have changed them. The turn holding the conversation reads
-        # them once, as its take brought them a moment ago (one round trip less per turn).
-        taken = self._taken_settings.pop(str(key), None)
-        if taken is not None and time.monotonic() - taken[1] <= _SETTINGS_FRESH_S:
-            return taken[0]
+        # them once, as its take brought them a moment ago (one round trip less per turn). Anyone else (a command
+        # that writes them back changed) reads them as they are, and leaves the copy to the turn.
+        name = str(key)
+        taken = self._taken_settings.get(name)
+        if taken is not None and taken[2] is asyncio.current_task():
+            del self._taken_settings[name]
+            if time.monotonic() - taken[1] <= _SETTINGS_FRESH_S:
+                return taken[0]
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT system_prompt, model, speak, scope FROM channel_settings WHERE platform = $1 "
@@ -950,22 +959,31 @@ class PostgresStore:
         return ChannelSettings(row[0], row[1], row[2], row[3]) if row else ChannelSettings()
 
     async def set_channel_settings(self, key: ConversationKey, settings: ChannelSettings) -> None:
-        # What a take brought before this change no longer stands (rare: an admin's command).
+        # What a take brought before this change no longer stands (rare: an admin's command), nor what one brings
+        # while it is written: it may read them before the change commits, and come back after (counted again and
+        # cleared at the end).
+        self._settings_changed()
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model, speak, scope) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (platform, workspace, channel) "
+                    "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model, "
+                    "speak = excluded.speak, scope = excluded.scope",
+                    key.platform,
+                    key.workspace,
+                    key.channel,
+                    settings.system_prompt,
+                    settings.model,
+                    settings.speak,
+                    settings.scope,
+                )
+        finally:
+            self._settings_changed()
+
+    def _settings_changed(self) -> None:
+        self._settings_changes += 1
         self._taken_settings.clear()
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "INSERT INTO channel_settings (platform, workspace, channel, system_prompt, model, speak, scope) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (platform, workspace, channel) "
-                "DO UPDATE SET system_prompt = excluded.system_prompt, model = excluded.model, "
-                "speak = excluded.speak, scope = excluded.scope",
-                key.platform,
-                key.workspace,
-                key.channel,
-                settings.system_prompt,
-                settings.model,
-                settings.speak,
-                settings.scope,
-            )
 
     async def speaking_channels(self) -> dict[tuple[str, str, str], ChannelSettings]:
         async with self._pool.acquire() as conn:
@@ -996,12 +1014,14 @@ class PostgresStore:
         # Polling with try-lock, not a blocking pg_advisory_lock: every turn of this process shares one lock
         # connection, and a blocking call would hold it for all of them.
         for delay in itertools.chain(_LOCK_POLL_S, itertools.repeat(_LOCK_POLL_S[-1])):
+            changes = self._settings_changes
             call = _LockCall(True, name, asyncio.get_running_loop().create_future(), channel)
             if await self._lock_call(call):
                 break
             await asyncio.sleep(delay)
-        if call.settings is not None:
-            self._taken_settings[name] = (call.settings, time.monotonic())
+        # Kept only if no settings change of this process began or ended while the take was out.
+        if call.settings is not None and changes == self._settings_changes:
+            self._taken_settings[name] = (call.settings, time.monotonic(), asyncio.current_task())
         try:
             yield
         finally:

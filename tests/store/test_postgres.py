@@ -493,7 +493,47 @@ async def test_settings_a_take_brought_long_before_are_read_again(replicas: tupl
     assert isinstance(first, PostgresStore)
     async with first.conversation_lock(A):
         await second.set_channel_settings(A, ChannelSettings("changed meanwhile", None))
-        settings, taken_at = first._taken_settings[str(A)]
+        settings, taken_at, holder = first._taken_settings[str(A)]
         assert settings == ChannelSettings()
-        first._taken_settings[str(A)] = (settings, taken_at - 2 * _SETTINGS_FRESH_S)
+        first._taken_settings[str(A)] = (settings, taken_at - 2 * _SETTINGS_FRESH_S, holder)
         assert await first.channel_settings(A) == ChannelSettings("changed meanwhile", None)
+
+
+async def test_a_change_this_replica_made_while_a_take_was_out_stands_for_the_turn(
+    replicas: tuple[Store, Store], postgres_url: str
+) -> None:
+    # A take that reads the settings while this replica's own change (an admin's /model) is being written brings
+    # them as they were. The turn reading them once that change is done (the admin has been told so) must see it,
+    # as its own read of them did before takes brought them.
+    first, _ = replicas
+    await first.set_channel_settings(A, ChannelSettings("before", None))
+    blocker = await asyncpg.connect(postgres_url)
+    try:
+        writes_wait = blocker.transaction()
+        await writes_wait.start()
+        # Writes to the table wait for this transaction; reads (the take's) go on.
+        await blocker.execute("LOCK TABLE channel_settings IN SHARE MODE")
+        change = asyncio.create_task(first.set_channel_settings(A, ChannelSettings("after", None)))
+        waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'channel_settings'::regclass AND NOT granted"
+        async with asyncio.timeout(5):
+            while not await blocker.fetchval(waiting):  # noqa: ASYNC110 - the server tells nobody it waits
+                await asyncio.sleep(0.01)
+        async with first.conversation_lock(A):
+            await writes_wait.commit()
+            await asyncio.wait_for(change, 5)
+            assert await first.channel_settings(A) == ChannelSettings("after", None)
+    finally:
+        await blocker.close()
+
+
+async def test_the_settings_a_take_brought_are_the_holding_turns_alone(replicas: tuple[Store, Store]) -> None:
+    # A command in the held conversation (/model, /system: they read the settings, then write them back with their
+    # change) reads them as they are, not as the turn's take brought them: it would write back, undone, what
+    # another replica changed meanwhile. Nor does it take the copy from the turn.
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    async with first.conversation_lock(A):
+        await second.set_channel_settings(A, ChannelSettings("set on the other replica", None))
+        command = asyncio.create_task(first.channel_settings(A))
+        assert await command == ChannelSettings("set on the other replica", None)
+        assert str(A) in first._taken_settings
