@@ -27,6 +27,12 @@ def incoming(n: int, text: str = "") -> IncomingMessage:
     return IncomingMessage(A, f"m{n}", "U1", "Ada", text or f"message {n}")
 
 
+async def sqlite_store(path: Path) -> SQLiteStore:
+    store = await open_store(str(path))
+    assert isinstance(store, SQLiteStore)
+    return store
+
+
 async def test_a_write_cancelled_while_it_waits_for_the_writer_still_runs(tmp_path: Path) -> None:
     # A turn cut off after the model answered must still store the reply the person saw: its write may be queued
     # behind another transaction when the cancellation comes.
@@ -55,8 +61,7 @@ async def test_while_the_writers_thread_has_the_connection_nothing_else_uses_it(
     # Long work holds the connection on the writer's thread, mid-transaction: a read must neither see its
     # uncommitted rows nor wait for it (the reader's connection serves it), and a short write waits its turn
     # behind it on the thread instead of running inline inside that open transaction.
-    store = await open_store(str(tmp_path / "t.db"))
-    assert isinstance(store, SQLiteStore)
+    store = await sqlite_store(tmp_path / "t.db")
     inside, gate = threading.Event(), threading.Event()
     statement = "INSERT INTO channel_settings (platform, workspace, channel, model) VALUES (?, ?, ?, ?)"
 
@@ -98,8 +103,7 @@ async def test_the_inline_connection_never_waits_nor_checkpoints_and_the_wal_sta
     every = 40
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", every)
     path = tmp_path / "t.db"
-    store = await open_store(str(path))
-    assert isinstance(store, SQLiteStore)
+    store = await sqlite_store(path)
     try:
         assert store._writer.rows("PRAGMA busy_timeout") == [(0,)]
         assert store._writer.rows("PRAGMA wal_autocheckpoint") == [(0,)]
@@ -136,8 +140,7 @@ async def test_a_write_on_the_loop_goes_on_while_a_checkpoint_runs_on_its_own_co
     # writes; let go, it copies the WAL and starts it over.
     every = 5
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", every)
-    store = await open_store(str(tmp_path / "t.db"))
-    assert isinstance(store, SQLiteStore)
+    store = await sqlite_store(tmp_path / "t.db")
     writer = store._writer
     assert writer._checkpointer is not None
     inside, gate = threading.Event(), threading.Event()
@@ -183,8 +186,7 @@ async def test_an_inline_write_never_starts_the_wal_over(tmp_path: Path) -> None
     # connection does, before its own write restarts the WAL); the next write goes to the thread, which restarts
     # the WAL, and the writes after it run inline again.
     path = tmp_path / "t.db"
-    store = await open_store(str(path))
-    assert isinstance(store, SQLiteStore)
+    store = await sqlite_store(path)
     writer = store._writer
     other = sqlite3.connect(path, isolation_level=None)
     try:
@@ -211,8 +213,7 @@ async def test_a_failing_checkpoint_is_logged_and_fails_no_turn(
     # make it fail on cue) is a warning; the turns around it are stored, and the next checkpoint is tried later.
     every = 5
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", every)
-    store = await open_store(str(tmp_path / "t.db"))
-    assert isinstance(store, SQLiteStore)
+    store = await sqlite_store(tmp_path / "t.db")
     writer = store._writer
     assert writer._checkpointer is not None
 
@@ -254,8 +255,7 @@ async def test_a_long_history_is_read_on_the_readers_thread(tmp_path: Path, monk
     # Read inline, a long history would hold the event loop for all of SQLite's walk through it: past a few
     # hundred rows it goes to the reader's thread, and a conversation whose history is short again comes back.
     monkeypatch.setattr(sqlite_engine, "_INLINE_HISTORY_ROWS", 10)
-    store = await open_store(str(tmp_path / "t.db"))
-    assert isinstance(store, SQLiteStore)
+    store = await sqlite_store(tmp_path / "t.db")
     inline: list[str] = []
     rows = store._writer.rows
 
@@ -314,8 +314,7 @@ async def test_a_long_job_that_committed_is_not_failed_by_the_checkpoint_after_i
 async def test_a_new_conversation_whose_first_write_rolled_back_can_be_written_later(tmp_path: Path) -> None:
     # The first write of a new conversation creates its row; when that transaction rolls back (here a full disk:
     # SQLite's page cap), the row is gone, and the next write must create it again rather than use its id.
-    store = await open_store(str(tmp_path / "t.db"))
-    assert isinstance(store, SQLiteStore)
+    store = await sqlite_store(tmp_path / "t.db")
     conn = store._writer._conn
     try:
         [(pages,)] = conn.execute("PRAGMA page_count").fetchall()
@@ -332,15 +331,14 @@ async def test_a_new_conversation_whose_first_write_rolled_back_can_be_written_l
 async def test_a_checkpoint_never_undoes_another_processs_schema_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The checkpoint's own write rewrites PRAGMA user_version (the schema's version) to the value it holds: read
-    # and written under one write lock, so another process that migrates the file meanwhile (a newer bot started
-    # beside this one) keeps its version. Here the other process writes while the checkpoint is held before its
-    # first step.
+    # The checkpoint's own write (the one that starts the WAL over) must leave PRAGMA user_version (the schema's
+    # version) alone: another process that migrates the file meanwhile (a newer bot started beside this one) keeps
+    # its version. Here the other process writes while the checkpoint is held before its first step; a restart
+    # write that rewrote the version it read before would undo it.
     every = 5
     monkeypatch.setattr(sqlite_writer, "CHECKPOINT_EVERY", every)
     path = tmp_path / "t.db"
-    store = await open_store(str(path))
-    assert isinstance(store, SQLiteStore)
+    store = await sqlite_store(path)
     writer = store._writer
     assert writer._checkpointer is not None
     inside, gate = threading.Event(), threading.Event()
@@ -375,8 +373,7 @@ async def test_a_checkpoint_never_undoes_another_processs_schema_version(
 async def test_a_write_on_the_thread_that_ends_as_the_writer_closes_is_not_reported_failed(tmp_path: Path) -> None:
     # A turn's write handed to the thread commits; before its caller resumes, the store closes (a shutdown).
     # The caller must get the write's result, not an error from the WAL index the close has let go.
-    store = await open_store(str(tmp_path / "t.db"))
-    assert isinstance(store, SQLiteStore)
+    store = await sqlite_store(tmp_path / "t.db")
     writer = store._writer
     handed = writer._submitted
     write = asyncio.create_task(
@@ -399,8 +396,7 @@ async def test_a_turns_first_write_is_done_when_begun_inline_and_runs_whole_on_t
     # the turn awaits a finished future (no task, no turn of the loop); its failure comes out of that await. With
     # the write lock taken elsewhere, a task for the thread's write, which commits whatever happens to its caller.
     path = tmp_path / "t.db"
-    store = await open_store(str(path))
-    assert isinstance(store, SQLiteStore)
+    store = await sqlite_store(path)
     other = sqlite3.connect(path, isolation_level=None)
     try:
         begun = store.begin_turn(incoming(1), 10)
