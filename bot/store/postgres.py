@@ -1116,8 +1116,9 @@ class PostgresStore:
             try:
                 if len(batch) == 1:
                     call = batch[0]
-                    if not call.take or call.channel is None:
+                    if not call.take:
                         return [bool(await self._lock_conn.fetchval(_RELEASE_LOCK, _CONVERSATION_LOCK, call.name))]
+                    assert call.channel is not None  # every take names its channel (conversation_lock)
                     row = await self._lock_conn.fetchrow(_TAKE_LOCK, _CONVERSATION_LOCK, call.name, *call.channel)
                     assert row is not None
                     rows = [row]
