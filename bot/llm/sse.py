@@ -275,7 +275,7 @@ async def consume_sse(
                 if block.startswith(_DATA) and block.find(b"\n") < 0:
                     try:
                         # orjson: every streamed token of every answer is one event to parse (BENCHMARKS.md).
-                        chunk = orjson.loads(block[6:])
+                        event = orjson.loads(block[6:])
                     except orjson.JSONDecodeError:
                         # [DONE], or bytes that are not JSON as they stand (not UTF-8, a lone surrogate escaped).
                         if await take_data(block[6:], result, on_delta, on_reasoning):
@@ -283,13 +283,13 @@ async def consume_sse(
                             return
                         progress()
                         continue
-                    piece = None if result.splitter.undecided else _token(chunk, result)
+                    piece = None if result.splitter.undecided else _token(event, result)
                     if piece is not None:
                         # A token of an answer under way, the event of every token: read without a coroutine
                         # of its own (two fewer per token, BENCHMARKS.md); anything else as below, the same.
                         result.text += piece
                         await on_delta(piece)
-                    elif await _take_chunk(chunk, result, on_delta, on_reasoning):
+                    elif await _take_chunk(event, result, on_delta, on_reasoning):
                         await result.close(on_delta, on_reasoning)
                         return
                     progress()
