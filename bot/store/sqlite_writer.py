@@ -28,6 +28,7 @@ checkpoint that then has the WAL to itself and starts it over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import mmap
@@ -192,14 +193,9 @@ class SQLiteWriter:
         would drop work still queued behind another transaction: a reply the person has seen would then never be
         stored.) Inline work cannot be cancelled at all: it is one synchronous call.
         """
-        if inline and self._inline_ready():
-            try:
-                result = self._run(work, inline=True)
-            except _Busy:
-                pass
-            else:
-                self._committed(1)
-                return result
+        if inline:
+            with contextlib.suppress(_Busy):
+                return self._inline(work)
         return await self._thread_transaction(work, long=not inline)
 
     def begin(self, work: Work[T]) -> asyncio.Future[T]:
@@ -209,20 +205,23 @@ class SQLiteWriter:
         the caller. A caller that must know the outcome even when cut off (a turn's claim and question) takes it
         from the future; through :meth:`transaction` that took a task, a shield and three turns of the loop."""
         loop = asyncio.get_running_loop()
-        if self._inline_ready():
-            done: asyncio.Future[T] = loop.create_future()
-            try:
-                result = self._run(work, inline=True)
-            except _Busy:
-                pass
-            except Exception as exc:
-                done.set_exception(exc)
-                return done
-            else:
-                self._committed(1)
-                done.set_result(result)
-                return done
-        return loop.create_task(self._thread_transaction(work, long=False))
+        done: asyncio.Future[T] = loop.create_future()
+        try:
+            done.set_result(self._inline(work))
+        except _Busy:
+            return loop.create_task(self._thread_transaction(work, long=False))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def _inline(self, work: Work[T]) -> T:
+        """``work`` in a transaction on the loop's thread; _Busy when it cannot run there now (the thread has the
+        connection, another connection holds the lock, or its commit would start the WAL over)."""
+        if not self._inline_ready():
+            raise _Busy
+        result = self._run(work, inline=True)
+        self._committed(1)
+        return result
 
     async def _thread_transaction(self, work: Work[T], *, long: bool) -> T:
         try:
