@@ -52,6 +52,7 @@ from adapters.slack.approvals import ACTIONS as APPROVAL_ACTIONS
 from adapters.slack.approvals import APPROVE, SlackApprovalPrompt, SlackTurnView
 from adapters.slack.feedback import ACTIONS, parse, with_buttons
 from adapters.slack.format import escape_mrkdwn, markdown_to_mrkdwn, unescape_slack
+from adapters.slack.names import SlackNames
 from adapters.slack.sdk import BoltApp, SdkLogger, web_client
 from adapters.slack.stream import STATUS, STREAM, NativeReply, Refusals, SlackReasoning, ThinkingStatus, error_code
 from adapters.slack.thread import HISTORY_SCOPES, Identity, SlackThread, ThreadReader
@@ -74,7 +75,6 @@ TEXT_LIMIT = 3900
 SIGNATURE_LIFETIME_S = 5 * 60
 #: A claimed request is remembered this much longer, for replicas whose clocks run apart.
 _CLOCK_SKEW_S = 60
-_NAME_CACHE_SIZE = 10_000
 _THREAD_CACHE_SIZE = 10_000
 
 _USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
@@ -349,6 +349,10 @@ class SlackAdapter:
             settings.slack_api_url,
             [AsyncConnectionErrorRetryHandler(), AsyncRateLimitErrorRetryHandler(max_retry_count=5)],
         )
+        #: People's names: the workspace's loaded at start (users.list), kept fresh by user_change and team_join,
+        #: anyone else looked up once (users.info).
+        self.names = SlackNames(self.client)
+        self._name = self.names.name
         #: Reads threads for the core (adapters.slack.thread). With a client of its own that leaves 429s to the
         #: reader: the one above would sleep through a Retry-After of a minute (conversations.replies' limit for
         #: apps outside the Marketplace) while the turn, and its conversation, wait.
@@ -380,6 +384,9 @@ class SlackAdapter:
         self.app.assistant(self._assistant())
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
+        # Where the app subscribes to them (deploy/slack-manifest-*.yml): a renamed person, a newcomer.
+        self.app.event("user_change")(self._on_user_change)
+        self.app.event("team_join")(self._on_user_change)
         self._commands = commands(settings, core)
         self._command_names = {f"/{slash}": name for name, slash in settings.command_names().items()}
         for slash in self._command_names:
@@ -402,7 +409,6 @@ class SlackAdapter:
         # Always registered: a click on an approval request from before a restart is told it expired.
         self.app.action(APPROVAL_ACTIONS)(self._on_approval)
         self._approvals = Approvals()
-        self._names: OrderedDict[str, str] = OrderedDict()
         self._file_hosts = file_hosts(settings.slack_api_url)
         self._refusals = Refusals()
         # The assistant thread each person last used, per DM: slash commands there carry no thread.
@@ -458,6 +464,8 @@ class SlackAdapter:
             # Made before anything is awaited, so that a stop during the token check finds it to close.
             self._socket = _SocketModeHandler(self.app, self._settings.slack_app_token.get_secret_value(), self.client)
         await self._authenticate()
+        # Beside the adapter, once Slack took the token: a mention never waits for it.
+        self.names.start()
         if self._socket is not None:
             await self._socket.client.connect()
             log.info("Slack adapter connected in Socket Mode")
@@ -485,6 +493,7 @@ class SlackAdapter:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.names.stop()
         await drain(self._inflight, drain_seconds)
         if self._session is not None:
             self.client.session = None
@@ -574,6 +583,15 @@ class SlackAdapter:
         if thread_ts is None and self._settings.slack_reply_in_thread:
             thread_ts = event["ts"]
         await self._answer(body, event, context, thread_ts)
+
+    async def _on_user_change(self, event: dict[str, Any]) -> None:
+        """``user_change`` (a person's name or profile changed) and ``team_join`` (a newcomer)."""
+        self.names.changed(event.get("user"))
+
+    async def names_ready(self) -> None:
+        """Until the workspace's people loaded at start are in (or their load failed, or stopped at the cache's
+        bound): for the benchmark, whose burst is by members of the workspace, as in a company."""
+        await self.names.loaded()
 
     # --- the assistant pane -------------------------------------------------------------------------------
 
@@ -937,34 +955,6 @@ class SlackAdapter:
             text = _GROUP_MENTION.sub(lambda m: "@" + (m.group(1) or "group").lstrip("@"), text)
             text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})" if m.group(2) else m.group(1), text)
         return unescape_slack(text).strip()
-
-    async def _name(self, user_id: str) -> str:
-        if not user_id:
-            return "someone"
-        if user_id in self._names:
-            self._names.move_to_end(user_id)
-            return self._names[user_id]
-        try:
-            response = await self.client.users_info(user=user_id)
-            user = response["user"] or {}
-            profile = user.get("profile") or {}
-            name = profile.get("display_name") or profile.get("real_name") or user.get("name") or user_id
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # The network or a proxy failed, or Slack did not answer in time. The event is acked already and Slack
-            # will not resend it: the id stands in for the name, and the next message asks again.
-            log.warning("users.info for %s failed: %s", user_id, _reason(exc))
-            return user_id
-        except SlackApiError as exc:
-            error = error_code(exc)
-            log.warning("users.info for %s failed: %s", user_id, error)
-            if error.startswith("http_"):
-                return user_id  # Slack or a proxy in between had trouble: ask again next time
-            # Slack's own answer (an unknown id) is remembered like a name, so it does not cost a call every time.
-            name = user_id
-        self._names[user_id] = str(name)
-        if len(self._names) > _NAME_CACHE_SIZE:
-            self._names.popitem(last=False)
-        return str(name)
 
 
 async def _aiohttp_response(bolt_response: BoltResponse) -> web.Response:

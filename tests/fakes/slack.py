@@ -8,8 +8,11 @@ are served by ``conversations.replies`` as Slack does: root first, ``oldest``/``
 ``limit`` (at most ``replies_page_cap``) with a ``next_cursor``, and ``missing_scope`` where the token lacks the
 channel type's history scope (``scopes``, also listed in every answer's ``x-oauth-scopes`` header). It checks the
 arguments Slack requires of the AI-app methods (``assistant.threads.*``, ``chat.startStream``/``appendStream``/
-``stopStream``) and answers ``invalid_arguments`` without them. Helpers build what Slack sends to an app:
-``event_envelope``, ``assistant_thread_started``, ``slash_command_form``, signed with ``signed_headers``.
+``stopStream``) and answers ``invalid_arguments`` without them. The people in ``users`` (copied: a test adds people to
+its own fake) answer ``users.info``, and ``users.list`` lists those of the workspace in pages of ``limit`` with a
+``next_cursor`` (``missing_scope`` without ``users:read``); ``member`` describes one as Slack does, also for the
+``user_change`` and ``team_join`` events a test sends. Helpers build what Slack sends to an app: ``event_envelope``,
+``assistant_thread_started``, ``slash_command_form``, signed with ``signed_headers``.
 ``watchers`` are called with each message whose text was just set, for callers that count replies as they come
 rather than scanning ``posted`` (the benchmark).
 
@@ -381,20 +384,9 @@ class FakeSlack(LoopbackServer):
             user = self.users.get(str(args.get("user")))
             if user is None:
                 return {"ok": False, "error": "user_not_found"}
-            profile = {"display_name": user.get("display_name", ""), "real_name": user.get("real_name", "")}
-            return {
-                "ok": True,
-                "user": {
-                    "id": args["user"],
-                    # The person's own workspace: another one's for someone in a Slack Connect channel.
-                    "team_id": user.get("team_id", self.team_id),
-                    "name": user.get("name", str(args["user"]).lower()),
-                    "is_bot": user.get("is_bot", False),
-                    "is_admin": user.get("is_admin", False),
-                    "is_owner": user.get("is_owner", False),
-                    "profile": profile,
-                },
-            }
+            return {"ok": True, "user": self.member(str(args["user"]))}
+        if method == "users.list":
+            return self._members(args)
         if method == "conversations.replies":
             return self._replies(args)
         if method == "chat.postMessage":
@@ -424,6 +416,40 @@ class FakeSlack(LoopbackServer):
         if method == "conversations.info":
             return {"ok": True, "channel": {"id": args.get("channel"), "name": "general", "is_im": False}}
         return {"ok": True}
+
+    def member(self, user_id: str) -> dict[str, Any]:
+        """The person ``user_id`` of ``users`` as Slack describes them (users.info, users.list, user_change)."""
+        user = self.users[user_id]
+        return {
+            "id": user_id,
+            # The person's own workspace: another one's for someone in a Slack Connect channel.
+            "team_id": user.get("team_id", self.team_id),
+            "name": user.get("name", user_id.lower()),
+            "deleted": user.get("deleted", False),
+            "is_bot": user.get("is_bot", False),
+            "is_admin": user.get("is_admin", False),
+            "is_owner": user.get("is_owner", False),
+            "profile": {"display_name": user.get("display_name", ""), "real_name": user.get("real_name", "")},
+        }
+
+    def _members(self, args: dict[str, Any]) -> dict[str, Any]:
+        """users.list: the people of ``users`` less those of other workspaces, as Slack lists a workspace's
+        members, in pages of ``limit`` (Slack's default and most: 1,000 here) with a ``next_cursor``."""
+        if "users:read" not in self.scopes:
+            return {"ok": False, "error": "missing_scope", "needed": "users:read", "provided": ",".join(self.scopes)}
+        ids = [uid for uid, user in self.users.items() if user.get("team_id", self.team_id) == self.team_id]
+        limit = min(int(args.get("limit") or 1000), 1000)
+        cursor = str(args.get("cursor") or "")
+        if cursor and not cursor.startswith("people:"):
+            return {"ok": False, "error": "invalid_cursor"}
+        offset = int(cursor.removeprefix("people:") or 0)
+        more = offset + limit < len(ids)
+        return {
+            "ok": True,
+            "members": [self.member(uid) for uid in ids[offset : offset + limit]],
+            "cache_ts": int(time.time()),
+            "response_metadata": {"next_cursor": f"people:{offset + limit}" if more else ""},
+        }
 
     def _in_thread(self, message: Posted) -> None:
         """The bot's reply in a thread is one of the thread's messages, its text as last set."""

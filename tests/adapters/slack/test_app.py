@@ -124,10 +124,19 @@ async def slack(
     async with open_core(settings) as core, httpx.AsyncClient() as http:
         adapter = SlackAdapter(core, settings)
         await adapter.start()
+        # As a bot that has been up a while: the workspace's people are known (the load at start has ended).
+        await asyncio.wait_for(adapter.names_ready(), 10)
         try:
             yield Slack(fake, model, adapter, http, tmp_path / "teambot.db")
         finally:
             await adapter.stop()
+
+
+def newcomer(slack: Slack, user_id: str = "U3", name: str = "Lin") -> str:
+    """Someone who joined the workspace after the bot started (and whose team_join it did not get): not among the
+    names loaded at start, so their name is looked up with users.info when they write."""
+    slack.fake.users[user_id] = {"display_name": name}
+    return user_id
 
 
 def final_text(slack: Slack, post_index: int = 0) -> str:
@@ -190,15 +199,16 @@ async def test_bots_self_and_subtypes_are_ignored(slack: Slack) -> None:
 async def test_an_error_page_from_users_info_still_gets_an_answer(
     slack: Slack, content_type: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    user = newcomer(slack)
     slack.fake.error_page("users.info", content_type=content_type)
-    await slack.event(mention("<@UBOT> hello", ts="1.1"))
+    await slack.event(mention("<@UBOT> hello", ts="1.1", user=user))
     await slack.wait_posts(1)
-    assert final_text(slack) == "echo: U1: hello"  # the id stands in for the name
-    assert "users.info for U1 failed: http_500" in caplog.text
+    assert final_text(slack) == "echo: U3: hello"  # the id stands in for the name
+    assert "users.info for U3 failed: http_500" in caplog.text
     # A passing failure is not remembered as the name: the next message asks again.
-    await slack.event(mention("<@UBOT> again", ts="1.2"))
+    await slack.event(mention("<@UBOT> again", ts="1.2", user=user))
     await slack.wait_posts(2)
-    assert slack.fake.posted[1].text == "echo: Ada: again"
+    assert slack.fake.posted[1].text == "echo: Lin: again"
     assert len(slack.fake.calls_to("users.info")) == 2
 
 
@@ -213,12 +223,13 @@ async def test_the_event_is_acknowledged_before_the_work_is_done(slack: Slack) -
 
 
 async def test_names_are_looked_up_once_per_person(slack: Slack) -> None:
-    await slack.event(mention("<@UBOT> one", ts="1.1"))
+    user = newcomer(slack)
+    await slack.event(mention("<@UBOT> one", ts="1.1", user=user))
     await slack.wait_posts(1)
-    await slack.event(mention("<@UBOT> two, ask <@U1>", ts="1.2"))
+    await slack.event(mention("<@UBOT> two, ask <@U3>", ts="1.2", user=user))
     await slack.wait_posts(2)
-    assert slack.fake.posted[1].text == "echo: Ada: two, ask @Ada"
-    assert [c["user"] for c in slack.fake.calls_to("users.info")] == ["U1"]
+    assert slack.fake.posted[1].text == "echo: Lin: two, ask @Lin"
+    assert [c["user"] for c in slack.fake.calls_to("users.info")] == ["U3"]
 
 
 @pytest.mark.parametrize(("overrides", "answered"), [({"ignore_bots": False}, True), ({}, False)])
@@ -541,9 +552,9 @@ async def test_every_log_line_of_a_turn_names_it(slack: Slack, caplog: pytest.Lo
     caplog.handler.addFilter(TurnFilter())  # what cli.py puts on the real handler
     slack.fake.error_page("users.info")  # logged before the core sees the message
     slack.fake.refuse("assistant.threads.setStatus", "internal_error", times=1)  # logged in a background task
-    await slack.event(mention("<@UBOT> hi", ts="1.2", thread_ts="1.1"))
+    await slack.event(mention("<@UBOT> hi", ts="1.2", thread_ts="1.1", user=newcomer(slack)))
     await slack.wait_replies(1)
-    loggers = {"adapters.slack.app", "adapters.slack.stream", "bot.conversation"}
+    loggers = {"adapters.slack.names", "adapters.slack.stream", "bot.conversation"}
     await slack.fake.wait_for(lambda: loggers <= {r.name for r in caplog.records})
     ours = [r for r in caplog.records if r.name.startswith(("adapters.", "bot."))]
     assert {getattr(r, "turn", None) for r in ours} == {"slack:T1:C1:1.1 slack:T1:C1:1.2"}
@@ -579,14 +590,15 @@ async def test_a_network_failure_of_users_info_still_gets_an_answer(
         await slack.adapter.stop()
         slack.adapter.client.timeout = 1
         await slack.adapter.start()
+        await asyncio.wait_for(slack.adapter.names_ready(), 10)
         slack.fake.stall("users.info", 3)
     else:
         slack.fake.error_page("users.info", status=502)
-    await slack.event(mention("<@UBOT> hello", ts="1.1"))
+    await slack.event(mention("<@UBOT> hello", ts="1.1", user=newcomer(slack)))
     await slack.wait_posts(1)
-    assert final_text(slack) == "echo: U1: hello"  # the id stands in for the name it could not get
+    assert final_text(slack) == "echo: U3: hello"  # the id stands in for the name it could not get
     assert slack.model.calls == 1
-    assert "users.info for U1 failed" in caplog.text
+    assert "users.info for U3 failed" in caplog.text
 
 
 def signed_command(slack: Slack, command: str, rid: str, *, timestamp: int) -> tuple[str, dict[str, str]]:
