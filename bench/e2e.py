@@ -5,6 +5,7 @@ bot's work."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -91,6 +92,8 @@ async def _bot(
             await slack.start()
             try:
                 await platform.connect(None if socket_mode else f"http://127.0.0.1:{slack.http_port}/slack/events")
+                # The workspace's people, listed at start, are known before the measured rows: a bot up for a while.
+                await asyncio.wait_for(slack.names_ready(), 120)
                 heap.settle()
                 yield platform
             finally:

@@ -14,7 +14,10 @@ app beside it, and prints one JSON line: ``{"url": the fake, "control": the cont
   [...], "final_ms": [...]}``: from the mention to the first text of its reply a person can see (the first post or
   the first streamed text), and to the final text.
 
-Mention i goes to channel i % 100, from person i. Every time is taken here, on one clock, from just before a mention
+Mention i goes to channel i % 100, from person i. The fake Slack's workspace is the people the loads use
+(:data:`PEOPLE`): the burst's people are members, as in a company, so ``users.list`` lists every one of them and the
+bot, which reads the list at start, knows their names before the first mention (``users.info`` answers for them
+too). Every time is taken here, on one clock, from just before a mention
 is sent until the fake records a reply text ending in ``LAST_TOKEN``: replies are counted, so the n-th final reply
 means all of the first n mentions are answered. :class:`PlatformProcess` runs it for the benchmark, as
 :class:`bench.model.ModelProcess` runs the model.
@@ -41,8 +44,10 @@ KINDS: tuple[Kind, ...] = ("slack-http", "slack-socket", "discord")
 SLACK_BOT_TOKEN = "xoxb-bench"
 CHANNELS = 100
 #: Mention i comes from person i (a different person each, so the per-person rate limit at its default never
-#: refuses one); the fake Slack knows this many by name, as a workspace knows its members.
-PEOPLE = 20_000
+#: refuses one). The fake Slack's workspace has this many members, listed by users.list: everyone the loads use (the
+#: end-to-end rows' 200 single mentions and burst of 1,000, bench.compare's 50 and 1,000, the replicas rows' 500
+#: conversations), with room to spare; fewer than the bot's 10,000 names, so it lists them all.
+PEOPLE = 2_000
 #: The fake guild's text channels, announced when the client connects, as Discord announces every channel it can see.
 DISCORD_CHANNELS = [CHANNEL_ID, *(str(5000 + n) for n in range(CHANNELS - 1))]
 
