@@ -165,7 +165,8 @@ class SlackNames:
             # A bug or an answer of an unexpected shape: names come from users.info as before, whatever it was.
             self._failed(type(exc).__name__, loaded)
         else:
-            log.info("loaded the names of %d people of the workspace (users.list)", loaded)
+            # Not INFO: it comes whenever the list is in, in the middle of the first turns' lines.
+            log.debug("loaded the names of %d people of the workspace (users.list)", loaded)
 
     @staticmethod
     def _failed(reason: str, loaded: int) -> None:

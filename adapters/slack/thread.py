@@ -3,10 +3,10 @@
 The core reads a conversation's thread once (bot.context): from the cursor it keeps (the ``ts`` read up to), under
 the conversation's lock, storing what comes back. This module only reads: the messages after the cursor up to the
 mention (``oldest``/``latest``), page by page (``cursor``/``limit``; Slack gives the oldest first, so every page is
-read and the newest kept until the budget is full), with each author's name (people through the adapter's cached
-``users.info``, bots by their profile's name). Left out: the mention itself (its turn stores it) and this bot's own
-replies (the conversation stored them), except a thread's root written by this bot (a thread started under one of
-its channel answers, which the thread's conversation never stored). A message's ``files`` become its attachments,
+read and the newest kept until the budget is full), with each author's name (people by the adapter's names,
+bots by their profile's name). Left out: the mention itself (its turn stores it) and this bot's own replies (the
+conversation stored them), except a thread's root written by this bot (a thread started under one of its channel
+answers, which the thread's conversation never stored). A message's ``files`` become its attachments,
 made by the adapter as the question's are (fetched only if the core reads them, from Slack's file host only).
 
 Slack's limits: ``conversations.replies`` is Tier 3 (50+ a minute) for internal apps, and about one a minute with at
@@ -86,8 +86,8 @@ class ThreadReader:
 
     def __init__(self, client: AsyncWebClient, names: Names, text_in: TextIn, files_in: FilesIn = _no_files) -> None:
         self.client = client
-        #: The adapter's own: cached ``users.info`` names, Slack's markup turned into plain text, and files made
-        #: into attachments.
+        #: The adapter's own: people's names (loaded at start, else ``users.info`` once), Slack's markup turned into
+        #: plain text, and files made into attachments.
         self.names = names
         self.text_in = text_in
         self.files_in = files_in

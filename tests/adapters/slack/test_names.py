@@ -89,7 +89,7 @@ async def test_a_thread_of_listed_people_is_read_without_users_info(slack: Slack
 async def test_the_people_are_read_page_by_page(
     model: FakeOpenAI, tmp_path: Path, count: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, "adapters.slack.names")
     workspace = people(count) | {"U9": {"display_name": "Gone", "deleted": True}}
     async with FakeSlack(users=workspace) as fake, running(fake, model, tmp_path) as slack:
         await asyncio.wait_for(slack.adapter.names_ready(), 10)
