@@ -58,8 +58,12 @@ async def test_health_readiness_metrics_and_log_context(fakes, tmp_path: Path) -
     }
     bot = await start_bot(fake, slack, tmp_path / "teambot.db", http, env=env)
     try:
-        ready = await http.get(f"{bot.url}/readyz")
-        assert ready.status_code == 200 and ready.json() == {"database": True, "slack": True}
+        # /healthz answers once the server is up; /readyz waits for Slack's auth.test too, which a loaded machine
+        # can answer a moment later.
+        async with asyncio.timeout(15):
+            while (ready := await http.get(f"{bot.url}/readyz")).status_code != 200:  # noqa: ASYNC110 - another process
+                await asyncio.sleep(0.05)
+        assert ready.json() == {"database": True, "slack": True}
         await bot.send(http, event_envelope(mention("<@UBOT> count me", ts="1.1")))
         await slack.wait_for(lambda: bool(slack.posted) and slack.posted[0].text == "echo: Ada: count me", 15)
         answered = ("teambot_replies_total", (("kind", "answer"), ("platform", "slack")))
