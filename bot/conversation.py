@@ -672,6 +672,10 @@ class ConversationCore:
         it is cut to fit, as an incoming message is, instead of leaving the prompt with no history at all.
         """
         history = await self.store.load_history(key, budget, before=row, step=step)
+        if not history and budget > 0:
+            # Empty with a positive budget only when the conversation holds nothing before ``row`` (the Store's
+            # promise): a later turn's window starts at this question, with nothing for the summary to fold in.
+            self.memory.nothing_before(key, row)
         if len(history) != 1 or history[0].tokens <= budget:
             chat = [_to_chat(m) for m in history]
             if self.tools is not None:

@@ -140,6 +140,14 @@ class Memory:
         self._tasks[key] = task
         task.add_done_callback(lambda done: self._done(key, done))
 
+    def nothing_before(self, key: ConversationKey, row: int) -> None:
+        """``key`` holds no message before its stored message ``row`` (a prompt's history with room for some came
+        back empty): nothing below it can fall out of a window, so the next turns start no refresh only to find that
+        out (a task and a read per conversation, on its second turn)."""
+        known = self._known.get(str(key)) if self.enabled else None
+        if known is not None and known.covered < row - 1:
+            known.covered = row - 1
+
     def forget(self, key: ConversationKey) -> None:
         """``/reset`` deleted the summary of ``key`` (and, for a channel, of its threads): forget it here too."""
         for known in [k for k in self._known if _covers(key, k)]:

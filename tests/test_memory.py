@@ -267,3 +267,28 @@ async def test_shutdown_cancels_a_summary_under_way_and_charges_it(tmp_path: Pat
         after = await store.usage_since(UsageScope("slack", "T1"), 0)
         assert after.calls == before.calls + 1
         assert await store.summary(KEY) is None
+
+
+async def test_a_new_conversation_starts_no_refresh_until_something_falls_out(memory: Memory) -> None:
+    # Another conversation first, so this one's first message is not the database's first (id 1 needs no refresh).
+    await memory.say("a question elsewhere", key=THREAD)
+    for i in range(3):
+        await memory.say(f"short question {i}")
+        # Its first turn's history came back empty: nothing before that question can fall out of a window, so no
+        # turn starts a refresh (a task and a read of the store) only to find nothing to fold in.
+        assert memory.core.memory.refreshing == 0
+    assert memory.summary_requests() == []
+
+
+async def test_an_empty_history_for_want_of_room_is_not_taken_for_a_new_conversation(memory: Memory) -> None:
+    await memory.say("remember this: the code word is PLUM")
+    # A question as long as a question may be, refused once as too long: asked again with half the budget, which
+    # leaves no room for any history. Its empty history says nothing about what came before it.
+    reply = await memory.say(f"[[contextx1]] {FILLER * 4}")
+    assert reply.kind is ReplyKind.ANSWER
+    assert memory.turn_requests()[-1]["messages"][1:-1] == []
+    for i in range(12):
+        await memory.say(f"{FILLER} ({i})")
+        await memory.core.memory.wait_idle()
+    await memory.say("what was the code word?")
+    assert f"{MARKER}: the code word is PLUM" in memory.turn_requests()[-1]["messages"][0]["content"]

@@ -18,24 +18,49 @@ _SECRET_PATTERNS = re.compile(
     re.VERBOSE,
 )
 
+#: Every match of _SECRET_PATTERNS holds one of these literals, or (a Discord token) a dot, six token characters and a
+#: dot. Most log lines hold none, and looking costs a tenth of the whole pattern, which tries its five alternatives
+#: at every position of the text (15-18 us for a 100-character line, on every record the bot logs).
+_DISCORD_MIDDLE = re.compile(r"\.[A-Za-z\d_\-]{6}\.")
+
+
+def _may_hold_token(text: str) -> bool:
+    return (
+        "sk-" in text
+        or "xox" in text
+        or "xapp-" in text
+        or "Bearer" in text
+        or ("." in text and _DISCORD_MIDDLE.search(text) is not None)
+    )
+
 
 #: Secrets learned while running (a key read from OPENAI_API_KEY_FILE, and each rotation of it): every redaction
 #: masks them too, since the filter was installed before the file was read.
 _learned: set[str] = set()
+#: Per tuple of secrets a caller passes (the filter's configured ones, an endpoint's key), those and the learned ones,
+#: longest first: sorted again when one is learned, not on every record. Callers pass a handful of tuples.
+_ordered: dict[tuple[str | None, ...], tuple[str, ...]] = {}
+_ORDERED_SIZE = 64
 
 
 def remember(secret: str | None) -> None:
     """Mask ``secret`` from now on, wherever :func:`redact` or a :class:`RedactingFilter` runs."""
-    if secret and len(secret) >= 4:
+    if secret and len(secret) >= 4 and secret not in _learned:
         _learned.add(secret)
+        _ordered.clear()
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    # Longest first, so a secret that contains another is masked whole.
-    known = {s for s in (*secrets, *_learned) if s and len(s) >= 4}
-    for secret in sorted(known, key=len, reverse=True):
+    ordered = _ordered.get(secrets)
+    if ordered is None:
+        if len(_ordered) >= _ORDERED_SIZE:
+            _ordered.clear()
+        # Longest first, so a secret that contains another is masked whole.
+        known = {s for s in (*secrets, *_learned) if s and len(s) >= 4}
+        ordered = _ordered[secrets] = tuple(sorted(known, key=len, reverse=True))
+    for secret in ordered:
         text = text.replace(secret, MASK)
-    return _SECRET_PATTERNS.sub(MASK, text)
+    return _SECRET_PATTERNS.sub(MASK, text) if _may_hold_token(text) else text
 
 
 class RedactingFilter(logging.Filter):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot.guards import MASK, KeySource, RedactingFilter, redact
+from bot.guards.redaction import _SECRET_PATTERNS
 from bot.llm import ChatClient, Endpoint, RetryPolicy, model_http_client
 from tests.bot_process import SECRET, start_bot
 from tests.fakes.openai import FakeOpenAI
@@ -72,6 +74,20 @@ def test_an_unreadable_key_file_keeps_the_last_key(tmp_path: Path) -> None:
 )
 def test_redact_masks_anything_shaped_like_a_token(secret: str) -> None:
     assert redact(f"oops {secret} leaked") == f"oops {MASK} leaked"
+
+
+def test_redact_masks_what_the_whole_pattern_masks_and_looks_only_where_a_token_may_be() -> None:
+    # The cheap look for a token's start (most log lines have none) must never skip a text the pattern would change.
+    rng = random.Random(17)
+    pieces = ["sk-", "xox", "xoxb-", "xapp-", "Bearer ", "Bearer\t", ".", "GAbCdE", "M", "N", "O", "abcdefgh", "-"]
+    pieces += ["0123456789", "_", " ", ":", "/", "MTAwMDAwMDAwMDAwMDAwMDAw", "abcdefghijklmnopqrstuvwxyz0123"]
+    masked = 0
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 14)))
+        expected = _SECRET_PATTERNS.sub(MASK, text)
+        assert redact(text) == expected, text
+        masked += expected != text
+    assert masked > 500  # the sample holds tokens of every kind, not only text the pattern leaves alone
 
 
 def test_redact_masks_bearer_and_known_values() -> None:
