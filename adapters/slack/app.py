@@ -172,6 +172,18 @@ class _SocketModeClient(SocketModeClient):
         self.refused: ConfigError | None = None
         self._backoff = Backoff()
 
+    async def enqueue_message(self, message: str) -> None:
+        """slack_sdk puts each message in a queue, which one task of its own empties only to start a task per
+        message (``process_message``); here that task starts at once, in the same order, without the queue's hop and
+        the wake-up of a task per event. A message that is not JSON is logged and dropped, as there."""
+        try:
+            parsed: dict[str, Any] = json.loads(message) if message.startswith("{") else {}
+        except ValueError as exc:
+            self.logger.exception(f"Failed to process a message: {exc}")
+            return
+        # Unreferenced, as slack_sdk leaves it: the listeners' turns are tracked (``track``) once they start.
+        asyncio.ensure_future(self.run_message_listeners(parsed, message))  # noqa: RUF006 (as slack_sdk starts it)
+
     async def issue_new_wss_url(self) -> str:
         # The SDK's version logs an error of its own and sleeps through a rate limit it cannot be stopped from.
         response = await self.web_client.apps_connections_open(app_token=self.app_token)
@@ -509,6 +521,8 @@ class SlackAdapter:
                 failed_attempt(log, "Slack", what, exc, where, delay := backoff.next())
             else:
                 self._authenticated = True
+                # Bolt's authorization would ask the same on the first event, and that event would wait for it.
+                self.app.authenticated(me)
                 log.info("Slack accepted the bot token: @%s in %s", me.get("user"), me.get("team"))
                 return
             await asyncio.sleep(delay)

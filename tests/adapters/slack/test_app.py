@@ -145,6 +145,15 @@ async def test_channel_mention_is_answered_in_the_channel(slack: Slack) -> None:
     assert prompt[-1] == {"role": "user", "content": "Ada: what is *HTTP* 429?"}
 
 
+async def test_the_first_event_waits_for_no_auth_test(slack: Slack) -> None:
+    # The adapter asks Slack who it is at start; Bolt's authorization takes that answer instead of asking again on
+    # the first event, which would wait for the round trip before the event went any further.
+    await slack.event(mention("<@UBOT> hello", ts="1700000000.000100"))
+    await slack.wait_posts(1)
+    assert len(slack.fake.calls_to("auth.test")) == 1
+    assert slack.model.requests[0]["messages"][-1] == {"role": "user", "content": "Ada: hello"}  # the bot's id known
+
+
 async def test_thread_mention_is_answered_in_the_thread_with_its_own_history(slack: Slack) -> None:
     await slack.event(mention("<@UBOT> in the channel", ts="1700000000.000100"))
     await slack.wait_replies(1)
@@ -267,9 +276,9 @@ async def test_a_redelivered_event_is_answered_once_also_after_a_restart(
             try:
                 assert (await slack.send(envelope)).status_code == 200
                 assert (await slack.send(envelope, retry=1)).status_code == 200
-                # Each process asks Slack who it is on start (readiness follows the answer) and once more on its
-                # first request (Bolt's own): this one's calls are new.
-                await fake.wait_for(lambda: len(fake.calls_to("auth.test")) == 2 * run)  # noqa: B023
+                # Each process asks Slack who it is on start (readiness follows the answer; Bolt's authorization
+                # takes that answer): this one's call is new.
+                await fake.wait_for(lambda: len(fake.calls_to("auth.test")) == run)  # noqa: B023
                 # Both deliveries reached this process's core: the first run answers one and skips the other,
                 # the restarted one skips both, because the database remembers the message.
                 await fake.wait_for(lambda: duplicates(core) == run)  # noqa: B023

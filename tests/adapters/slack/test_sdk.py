@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,8 +18,11 @@ from aiohttp import web
 from aiohttp.payload import Payload, StringPayload
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.kwargs_injection.async_utils import build_async_required_kwargs
 from slack_bolt.listener_matcher.async_builtins import AsyncBuiltinListenerMatcher
+from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
+from slack_bolt.middleware.authorization.internals import _to_authorize_result
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.request.payload_utils import is_assistant_event, is_other_message_sub_event_in_assistant_thread
 from slack_bolt.response import BoltResponse
@@ -45,6 +49,7 @@ from adapters.slack.sdk import (
     BoltApp,
     WebClient,
     _LeanListener,
+    _SingleTeamAuthorization,
     lean_arguments,
     web_client,
 )
@@ -401,3 +406,57 @@ def test_assistant_event_types() -> None:
         if is_assistant_event(body) or is_other_message_sub_event_in_assistant_thread(body):
             taken.add(body["event"]["type"])
     assert taken == _ASSISTANT_EVENT_TYPES
+
+
+@pytest.mark.parametrize("token", ["xoxb-bot", "xoxp-user"])
+@pytest.mark.parametrize("user", ["U2", None])
+async def test_the_authorization_is_bolts(fake: FakeSlack, token: str, user: str | None) -> None:
+    # Each request's AuthorizeResult is copied from one made once per auth.test answer and token: it must be what
+    # Bolt makes for that request, attribute for attribute, and a new object each time.
+    async with aiohttp.ClientSession() as session:
+        base = _client(fake)
+        base.session = session
+        auth_test = await base.auth_test()
+        app = BoltApp(client=base, request_verification_enabled=False)
+        lean = next(m for m in app._async_middleware_list if isinstance(m, AsyncSingleTeamAuthorization))
+        assert type(lean) is _SingleTeamAuthorization
+        app.authenticated(auth_test)
+        results = []
+        for _ in range(2):
+            req = _request({"team_id": "T1", "event": {"type": "app_mention", **({"user": user} if user else {})}})
+            app._init_context(req)
+            req.context.client.token = token
+            passed = []
+
+            async def next_() -> None:
+                passed.append(True)  # noqa: B023
+
+            await lean.async_process(req=req, resp=BoltResponse(status=200), next=next_)
+            assert passed
+            results.append(req.context)
+        expected = _to_authorize_result(auth_test, token, user)
+        for context in results:
+            got = context["authorize_result"]
+            assert type(got) is AuthorizeResult and got == expected and vars(got) == vars(expected)
+            for key in ("bot_id", "bot_user_id", "bot_token", "user_id", "user_token"):
+                assert context.get(key) == getattr(expected, key) or key not in context, key
+        first, second = (context["authorize_result"] for context in results)
+        scopes = "bot_scopes" if token.startswith("xoxb-") else "user_scopes"
+        assert first is not second and first[scopes] is not second[scopes] and first[scopes]
+
+
+async def test_bolt_builds_its_debug_lines_only_for_a_debug_log(fake: FakeSlack) -> None:
+    # Bolt builds an "Applying <middleware>" line per middleware and request when its logger's level reads DEBUG
+    # or NOTSET: the app's framework logger gives the effective level, so only a debug log pays for them.
+    app = BoltApp(client=_client(fake), request_verification_enabled=False)
+    bolt, framework = logging.getLogger("slack_bolt"), logging.getLogger(app._framework_logger.name)
+    levels = bolt.level, framework.level
+    try:
+        framework.setLevel(logging.NOTSET)  # as Bolt leaves it, copied from a base logger at NOTSET
+        bolt.setLevel(logging.INFO)
+        assert app._framework_logger.level == logging.INFO
+        bolt.setLevel(logging.DEBUG)
+        assert app._framework_logger.level == logging.DEBUG
+    finally:
+        bolt.setLevel(levels[0])
+        framework.setLevel(levels[1])
