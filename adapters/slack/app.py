@@ -983,10 +983,11 @@ class SlackAdapter:
 
 async def _aiohttp_response(bolt_response: BoltResponse) -> web.Response:
     """Bolt's response as aiohttp's (``to_aiohttp_response``). An event's ack, every mention's answer to Slack, is
-    made here as Bolt's conversion makes it (``test_the_plain_ack``), without its header copies, regex and cookie
-    parsing."""
+    made here as the same bytes on the wire as Bolt's conversion (``test_the_plain_ack``), without its header
+    copies, regex and cookie parsing, and without a body: aiohttp then writes ``Content-Length: 0`` as it does for
+    Bolt's empty one, but makes and writes no payload object for it."""
     if bolt_response.status == 200 and not bolt_response.body and bolt_response.headers == _PLAIN_ACK_HEADERS:
-        return web.Response(body="", content_type="text/plain")
+        return web.Response(content_type="text/plain")
     return await to_aiohttp_response(bolt_response)
 
 
