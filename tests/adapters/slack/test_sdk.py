@@ -42,6 +42,8 @@ from slack_sdk.models.blocks import SectionBlock
 from slack_sdk.web.async_base_client import AsyncBaseClient
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_internal_utils import _request_with_session
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+from slack_sdk.web.internal_utils import _build_req_args, _get_url
 
 from adapters.slack import SlackAdapter
 from adapters.slack.app import _ASSISTANT_EVENT_TYPES, _PLAIN_ACK_HEADERS, _aiohttp_response
@@ -486,3 +488,58 @@ async def test_bolt_builds_its_debug_lines_only_for_a_debug_log(fake: FakeSlack)
     finally:
         bolt.setLevel(levels[0])
         framework.setLevel(levels[1])
+
+
+def test_the_copied_answer_is_slack_sdks() -> None:
+    # WebClient._send sets the attributes AsyncSlackResponse.__init__ sets, after what slack_sdk's _send does to the
+    # arguments: a slack_sdk that changes either must be read against the copy before these digests are updated.
+    assert _source_digest(AsyncSlackResponse.__init__) == "7e57640ac927a286"
+    assert _source_digest(AsyncBaseClient._send) == "4fb879aac9187934"
+
+
+@pytest.mark.parametrize("method", ["users.info", "chat.postMessage", "chat.update"])
+async def test_the_answer_is_slack_sdks(fake: FakeSlack, method: str) -> None:
+    # The same call through slack_sdk's _send and ours: answers equal attribute for attribute, the same logger.
+    async with aiohttp.ClientSession() as session:
+        client = _client(fake)
+        client.session = session
+        calls = {
+            "users.info": lambda: {"http_verb": "GET", "params": {"user": "U1", "include_locale": True}},
+            "chat.postMessage": lambda: {"json": {"channel": "C1", "text": "hi"}},
+            "chat.update": lambda: {"json": {"channel": "C1", "ts": "1.1", "text": "x"}},
+        }
+        answers = []
+        for send in (AsyncBaseClient._send, WebClient._send):
+            call = calls[method]()
+            verb = call.pop("http_verb", "POST")
+            req_args = _build_req_args(
+                token=client.token,
+                http_verb=verb,
+                files=None,  # type: ignore[arg-type]
+                data=None,  # type: ignore[arg-type]
+                default_params=client.default_params,
+                params=call.get("params"),  # type: ignore[arg-type]
+                json=call.get("json"),  # type: ignore[arg-type]
+                headers=dict(client.headers),
+                auth=None,  # type: ignore[arg-type]
+                ssl=client.ssl,
+                proxy=client.proxy,
+            )
+            url = _get_url(client.base_url, method)
+            try:
+                answers.append(vars(await send(client, http_verb=verb, api_url=url, req_args=req_args)))
+            except SlackApiError as exc:
+                answers.append({"error": str(exc), **vars(exc.response)})
+        ours, theirs = answers[1], answers[0]
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            if key in ("data", "_initial_data"):  # each post is a new message: its ts differs
+                ts = re.compile(r"\b1700000\d+\.\d+")
+                assert ts.sub("ts", json.dumps(ours[key])) == ts.sub("ts", json.dumps(theirs[key])), key
+                assert (ours["data"] is ours["_initial_data"]) == (theirs["data"] is theirs["_initial_data"])
+            elif key != "headers":
+                assert ours[key] == theirs[key], key
+        assert ours["_logger"] is theirs["_logger"]
+        assert {k: v for k, v in ours["headers"].items() if k != "Date"} == {
+            k: v for k, v in theirs["headers"].items() if k != "Date"
+        }
