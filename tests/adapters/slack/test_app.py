@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import TEXT_LIMIT, SlackAdapter
+from adapters.slack.app import _SocketModeClient
 from adapters.slack.format import markdown_to_mrkdwn
 from bot import texts
 from bot.config import DEFAULT_SYSTEM_PROMPT, Settings
@@ -717,3 +719,30 @@ async def test_web_api_debug_lines_follow_the_logging_configuration(
     sent = [r.getMessage() for r in caplog.records if r.name == "slack_sdk.web.async_client"]
     assert any(line.startswith("Sending a request - url: ") and "users.info" in line for line in sent)
     assert all("xoxb" not in line for line in sent)  # the token stays redacted, as slack_sdk does it
+
+
+async def test_socket_mode_messages_go_to_the_listeners_in_order_and_bad_json_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The client starts each message's listeners at once, without slack_sdk's queue: in the order received, a
+    # message that is not JSON logged and dropped (as slack_sdk's queue task does), the next ones still served.
+    client = _SocketModeClient("xapp-1", AsyncWebClient(token="xoxb-1"))
+    seen: list[dict[str, Any]] = []
+    done = asyncio.Event()
+
+    async def listener(_client: Any, message: dict[str, Any], raw: str) -> None:
+        seen.append(message)
+        if len(seen) == 3:
+            done.set()
+
+    client.message_listeners.append(listener)
+    try:
+        with caplog.at_level(logging.ERROR, logger="slack_sdk.socket_mode"):
+            for raw in ('{"n": 1}', "{not json", '{"n": 2}', "hello"):
+                await client.enqueue_message(raw)
+            async with asyncio.timeout(10):
+                await done.wait()
+        assert seen == [{"n": 1}, {"n": 2}, {}]  # a text that is not an object reaches them empty, as in slack_sdk
+        assert "Failed to process a message" in caplog.text
+    finally:
+        await client.close()
