@@ -172,6 +172,18 @@ class _SocketModeClient(SocketModeClient):
         self.refused: ConfigError | None = None
         self._backoff = Backoff()
 
+    async def enqueue_message(self, message: str) -> None:
+        """slack_sdk puts each message in a queue, which one task of its own empties only to start a task per
+        message (``process_message``); here that task starts at once, in the same order, without the queue's hop and
+        the wake-up of a task per event. A message that is not JSON is logged and dropped, as there."""
+        try:
+            parsed: dict[str, Any] = json.loads(message) if message.startswith("{") else {}
+        except ValueError as exc:
+            self.logger.exception(f"Failed to process a message: {exc}")
+            return
+        # Unreferenced, as slack_sdk leaves it: the listeners' turns are tracked (``track``) once they start.
+        asyncio.ensure_future(self.run_message_listeners(parsed, message))  # noqa: RUF006 (as slack_sdk starts it)
+
     async def issue_new_wss_url(self) -> str:
         # The SDK's version logs an error of its own and sleeps through a rate limit it cannot be stopped from.
         response = await self.web_client.apps_connections_open(app_token=self.app_token)
@@ -518,6 +530,8 @@ class SlackAdapter:
                 failed_attempt(log, "Slack", what, exc, where, delay := backoff.next())
             else:
                 self._authenticated = True
+                # Bolt's authorization would ask the same on the first event, and that event would wait for it.
+                self.app.authenticated(me)
                 log.info("Slack accepted the bot token: @%s in %s", me.get("user"), me.get("team"))
                 return
             await asyncio.sleep(delay)
@@ -959,10 +973,11 @@ class SlackAdapter:
 
 async def _aiohttp_response(bolt_response: BoltResponse) -> web.Response:
     """Bolt's response as aiohttp's (``to_aiohttp_response``). An event's ack, every mention's answer to Slack, is
-    made here as Bolt's conversion makes it (``test_the_plain_ack``), without its header copies, regex and cookie
-    parsing."""
+    made here as the same bytes on the wire as Bolt's conversion (``test_the_plain_ack``), without its header
+    copies, regex and cookie parsing, and without a body: aiohttp then writes ``Content-Length: 0`` as it does for
+    Bolt's empty one, but makes and writes no payload object for it."""
     if bolt_response.status == 200 and not bolt_response.body and bolt_response.headers == _PLAIN_ACK_HEADERS:
-        return web.Response(body="", content_type="text/plain")
+        return web.Response(content_type="text/plain")
     return await to_aiohttp_response(bolt_response)
 
 

@@ -27,11 +27,15 @@ from typing import Any, cast
 import aiohttp
 from aiohttp import BasicAuth, FormData
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.listener.async_listener import AsyncCustomListener
 from slack_bolt.listener_matcher.async_builtins import AsyncBuiltinListenerMatcher
 from slack_bolt.listener_matcher.async_listener_matcher import AsyncListenerMatcher
-from slack_bolt.logger import get_bolt_app_logger
+from slack_bolt.logger import _configure_from_base_logger, get_bolt_app_logger
 from slack_bolt.middleware.async_middleware import AsyncMiddleware
+from slack_bolt.middleware.authorization.async_internals import _is_no_auth_required
+from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
+from slack_bolt.middleware.authorization.internals import _is_no_auth_test_call_required, _to_authorize_result
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.request.payload_utils import to_action, to_command, to_event, to_shortcut
 from slack_bolt.response import BoltResponse
@@ -48,7 +52,12 @@ from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.web.deprecation import show_deprecation_warning_if_any
-from slack_sdk.web.internal_utils import _build_req_args, _build_unexpected_body_error_message, _get_url
+from slack_sdk.web.internal_utils import (
+    _build_req_args,
+    _build_unexpected_body_error_message,
+    _get_url,
+    convert_bool_to_0_or_1,
+)
 
 
 class SdkLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -187,6 +196,31 @@ class WebClient(AsyncWebClient):
             body["blocks"] = list(blocks)
         return await self.api_call("chat.update", json=body)
 
+    async def _send(self, http_verb: str, api_url: str, req_args: dict[str, Any]) -> AsyncSlackResponse:
+        """slack_sdk's ``_send`` (3.48) for a call without files, its answer made without a ``logging.getLogger``
+        (under logging's lock) and two dict merges into keyword arguments per answer: the same attributes, set
+        directly. ``test_the_answer_is_slack_sdks`` holds the two answers equal; a call with files is slack_sdk's."""
+        if req_args.get("files") is not None:
+            return await super()._send(http_verb=http_verb, api_url=api_url, req_args=req_args)
+        req_args.pop("files", None)  # as slack_sdk's _files_to_data
+        if "params" in req_args:
+            req_args["params"] = convert_bool_to_0_or_1(req_args["params"])
+        res = await self._request(http_verb=http_verb, api_url=api_url, req_args=req_args)
+        response: AsyncSlackResponse = AsyncSlackResponse.__new__(AsyncSlackResponse)
+        response.__dict__.update(
+            http_verb=http_verb,
+            api_url=api_url,
+            req_args=req_args,
+            data=res["data"],
+            headers=res["headers"],
+            status_code=res["status_code"],
+            _initial_data=res["data"],
+            _iteration=None,
+            _client=self,
+            _logger=_RESPONSE_LOGGER,
+        )
+        return response.validate()
+
     async def _request(self, *, http_verb: str, api_url: str, req_args: dict[str, Any]) -> dict[str, Any]:
         """slack_sdk's request with its retry handlers (``_request_with_session``), asking them only when they can
         retry.
@@ -277,6 +311,10 @@ class WebClient(AsyncWebClient):
         raise cast(Exception, last_error)
 
 
+#: The logger slack_sdk's AsyncSlackResponse looks up for each answer (``logging.getLogger(__name__)``).
+_RESPONSE_LOGGER = logging.getLogger("slack_sdk.web.async_slack_response")
+
+
 def _plain(text: str | None, blocks: Any) -> bool:
     """A message slack_sdk would send as given: a text that is not blank (else slack_sdk may warn about it) and
     blocks, if any, a list or tuple of dicts (no model objects to convert, no JSON string)."""
@@ -320,9 +358,39 @@ class BoltApp(AsyncApp):
     it against Bolt's own.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Bolt asks ``self._framework_logger.level <= DEBUG`` before building an "Applying <middleware>" line for
+        # each of its eight middleware on every request: a logger left at NOTSET, as Bolt's is, passes it whatever
+        # the logging says, as slack_sdk's did (see SdkLogger). The same logger, with its effective level.
+        framework = self._framework_logger
+        self._framework_logger = cast(logging.Logger, SdkLogger(framework.name))
+        # Bolt's single-workspace authorization, building each request's AuthorizeResult from one made once.
+        self._async_middleware_list[:] = [
+            _SingleTeamAuthorization.of(middleware, self._base_logger)
+            if type(middleware) is AsyncSingleTeamAuthorization
+            else middleware
+            for middleware in self._async_middleware_list
+        ]
+        #: The request's logger (Bolt gets it by name, under logging's lock, for every request).
+        self._app_logger: logging.Logger | None = None
+
+    def authenticated(self, auth_test: AsyncSlackResponse) -> None:
+        """Slack's ``auth.test`` answer for the app's token, asked for at start: Bolt's authorization takes it
+        instead of calling ``auth.test`` itself on the first request (a round trip the first mention waited on)."""
+        for middleware in self._async_middleware_list:
+            if isinstance(middleware, AsyncSingleTeamAuthorization) and middleware.auth_test_result is None:
+                middleware.auth_test_result = auth_test
+
     def _init_context(self, req: AsyncBoltRequest) -> None:
-        # As AsyncApp._init_context (slack-bolt 1.30), but for how the client is made.
-        req.context["logger"] = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)
+        # As AsyncApp._init_context (slack-bolt 1.30), but for how the client is made, and the logger found once
+        # (configured from the base logger on every request all the same, as get_bolt_app_logger does).
+        logger = self._app_logger
+        if logger is None:
+            logger = self._app_logger = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)
+        elif self._base_logger is not None:
+            _configure_from_base_logger(logger, self._base_logger)
+        req.context["logger"] = logger
         req.context["token"] = self._token
         base = self._async_client
         # A shallow copy (copy.copy takes the long way, through __reduce_ex__).
@@ -364,6 +432,51 @@ class BoltApp(AsyncApp):
                 base_logger=self._base_logger,
             )
         return registered
+
+
+class _SingleTeamAuthorization(AsyncSingleTeamAuthorization):
+    """Bolt's single-workspace authorization, with each request's ``AuthorizeResult`` copied from one made once.
+
+    Bolt makes it anew for every request from the same ``auth.test`` answer and token (five reads of the answer,
+    the token's kind asked five times, its scopes split from their header), the request's person the only part
+    that changes. Here it is made once per answer and token and copied, a new object each time, with the request's
+    person; anything but an authorized request with an answer in hand goes through Bolt's own steps.
+    ``test_the_authorization_is_bolts`` holds the results equal.
+    """
+
+    _made: tuple[Any, str | None, AuthorizeResult] | None = None
+
+    @classmethod
+    def of(cls, bolts: AsyncSingleTeamAuthorization, base_logger: logging.Logger | None) -> _SingleTeamAuthorization:
+        message = bolts.user_facing_authorize_error_message
+        lean = cls(base_logger=base_logger, user_facing_authorize_error_message=message)
+        lean.auth_test_result = bolts.auth_test_result
+        return lean
+
+    async def async_process(
+        self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]
+    ) -> BoltResponse:
+        auth_test = self.auth_test_result
+        if not auth_test or _is_no_auth_required(req) or _is_no_auth_test_call_required(req):
+            return await super().async_process(req=req, resp=resp, next=next)
+        req.context.set_authorize_result(self._result(auth_test, req.context.client.token, req.context.user_id))
+        return await next()
+
+    def _result(self, auth_test: Any, token: str | None, user_id: str | None) -> AuthorizeResult:
+        made = self._made
+        if made is None or made[0] is not auth_test or made[1] != token:
+            made = self._made = (auth_test, token, _to_authorize_result(auth_test, token, None))
+        template = made[2]
+        result: AuthorizeResult = AuthorizeResult.__new__(AuthorizeResult)
+        dict.update(result, template)
+        result.__dict__.update(template.__dict__)
+        for name in ("bot_scopes", "user_scopes"):  # lists: each request its own, as Bolt's
+            scopes = template.__dict__[name]
+            if scopes is not None:
+                result[name] = result.__dict__[name] = list(scopes)
+        if user_id:  # Bolt: the request's person, else the token's own when it is a user token
+            result["user_id"] = result.user_id = user_id
+        return result
 
 
 #: The arguments a listener or a built-in matcher of this adapter takes, each as Bolt's kwargs injection makes it

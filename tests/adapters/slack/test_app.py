@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import TEXT_LIMIT, SlackAdapter
+from adapters.slack.app import _SocketModeClient
 from adapters.slack.format import markdown_to_mrkdwn
 from bot import texts
 from bot.config import DEFAULT_SYSTEM_PROMPT, Settings
@@ -154,6 +156,15 @@ async def test_channel_mention_is_answered_in_the_channel(slack: Slack) -> None:
     assert prompt[-1] == {"role": "user", "content": "Ada: what is *HTTP* 429?"}
 
 
+async def test_the_first_event_waits_for_no_auth_test(slack: Slack) -> None:
+    # The adapter asks Slack who it is at start; Bolt's authorization takes that answer instead of asking again on
+    # the first event, which would wait for the round trip before the event went any further.
+    await slack.event(mention("<@UBOT> hello", ts="1700000000.000100"))
+    await slack.wait_posts(1)
+    assert len(slack.fake.calls_to("auth.test")) == 1
+    assert slack.model.requests[0]["messages"][-1] == {"role": "user", "content": "Ada: hello"}  # the bot's id known
+
+
 async def test_thread_mention_is_answered_in_the_thread_with_its_own_history(slack: Slack) -> None:
     await slack.event(mention("<@UBOT> in the channel", ts="1700000000.000100"))
     await slack.wait_replies(1)
@@ -278,9 +289,9 @@ async def test_a_redelivered_event_is_answered_once_also_after_a_restart(
             try:
                 assert (await slack.send(envelope)).status_code == 200
                 assert (await slack.send(envelope, retry=1)).status_code == 200
-                # Each process asks Slack who it is on start (readiness follows the answer) and once more on its
-                # first request (Bolt's own): this one's calls are new.
-                await fake.wait_for(lambda: len(fake.calls_to("auth.test")) == 2 * run)  # noqa: B023
+                # Each process asks Slack who it is on start (readiness follows the answer; Bolt's authorization
+                # takes that answer): this one's call is new.
+                await fake.wait_for(lambda: len(fake.calls_to("auth.test")) == run)  # noqa: B023
                 # Both deliveries reached this process's core: the first run answers one and skips the other,
                 # the restarted one skips both, because the database remembers the message.
                 await fake.wait_for(lambda: duplicates(core) == run)  # noqa: B023
@@ -720,3 +731,30 @@ async def test_web_api_debug_lines_follow_the_logging_configuration(
     sent = [r.getMessage() for r in caplog.records if r.name == "slack_sdk.web.async_client"]
     assert any(line.startswith("Sending a request - url: ") and "users.info" in line for line in sent)
     assert all("xoxb" not in line for line in sent)  # the token stays redacted, as slack_sdk does it
+
+
+async def test_socket_mode_messages_go_to_the_listeners_in_order_and_bad_json_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The client starts each message's listeners at once, without slack_sdk's queue: in the order received, a
+    # message that is not JSON logged and dropped (as slack_sdk's queue task does), the next ones still served.
+    client = _SocketModeClient("xapp-1", AsyncWebClient(token="xoxb-1"))
+    seen: list[dict[str, Any]] = []
+    done = asyncio.Event()
+
+    async def listener(_client: Any, message: dict[str, Any], raw: str) -> None:
+        seen.append(message)
+        if len(seen) == 3:
+            done.set()
+
+    client.message_listeners.append(listener)
+    try:
+        with caplog.at_level(logging.ERROR, logger="slack_sdk.socket_mode"):
+            for raw in ('{"n": 1}', "{not json", '{"n": 2}', "hello"):
+                await client.enqueue_message(raw)
+            async with asyncio.timeout(10):
+                await done.wait()
+        assert seen == [{"n": 1}, {"n": 2}, {}]  # a text that is not an object reaches them empty, as in slack_sdk
+        assert "Failed to process a message" in caplog.text
+    finally:
+        await client.close()

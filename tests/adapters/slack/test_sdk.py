@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import json
+import logging
+import re
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,8 +20,11 @@ from aiohttp import web
 from aiohttp.payload import Payload, StringPayload
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.kwargs_injection.async_utils import build_async_required_kwargs
 from slack_bolt.listener_matcher.async_builtins import AsyncBuiltinListenerMatcher
+from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
+from slack_bolt.middleware.authorization.internals import _to_authorize_result
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.request.payload_utils import is_assistant_event, is_other_message_sub_event_in_assistant_thread
 from slack_bolt.response import BoltResponse
@@ -36,6 +42,8 @@ from slack_sdk.models.blocks import SectionBlock
 from slack_sdk.web.async_base_client import AsyncBaseClient
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_internal_utils import _request_with_session
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+from slack_sdk.web.internal_utils import _build_req_args, _get_url
 
 from adapters.slack import SlackAdapter
 from adapters.slack.app import _ASSISTANT_EVENT_TYPES, _PLAIN_ACK_HEADERS, _aiohttp_response
@@ -45,6 +53,7 @@ from adapters.slack.sdk import (
     BoltApp,
     WebClient,
     _LeanListener,
+    _SingleTeamAuthorization,
     lean_arguments,
     web_client,
 )
@@ -361,12 +370,36 @@ def _aiohttp_view(response: web.Response) -> tuple[Any, ...]:
     return response.status, type(body), body.decode(), response.content_type, response.charset, dict(response.headers)
 
 
+async def _on_the_wire(response: web.Response) -> bytes:
+    """What a client reads of ``response`` served by aiohttp (its Date header masked)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return response
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await runner.cleanup()
+    return re.sub(rb"Date: [^\r]*", b"Date: -", head)
+
+
 async def test_the_plain_ack() -> None:
-    # Bolt's ack of an event is what the fast path recognises, and the response made of it is the one Bolt makes.
+    # Bolt's ack of an event is what the fast path recognises, and the response made of it is, byte for byte, the
+    # one Bolt makes (an empty body: Content-Length 0, nothing after the headers).
     assert BoltResponse(status=200, body="").headers == _PLAIN_ACK_HEADERS
-    ours = await _aiohttp_response(BoltResponse(status=200, body=""))
-    theirs = await to_aiohttp_response(BoltResponse(status=200, body=""))
-    assert _aiohttp_view(ours) == _aiohttp_view(theirs)
+    ours = await _on_the_wire(await _aiohttp_response(BoltResponse(status=200, body="")))
+    theirs = await _on_the_wire(await to_aiohttp_response(BoltResponse(status=200, body="")))
+    assert ours == theirs and b"Content-Length: 0\r\n" in ours
     # Anything else is Bolt's own conversion.
     for other in (BoltResponse(status=200, body='{"text": "hi"}'), BoltResponse(status=401, body="")):
         made = await _aiohttp_response(other)
@@ -401,3 +434,112 @@ def test_assistant_event_types() -> None:
         if is_assistant_event(body) or is_other_message_sub_event_in_assistant_thread(body):
             taken.add(body["event"]["type"])
     assert taken == _ASSISTANT_EVENT_TYPES
+
+
+@pytest.mark.parametrize("token", ["xoxb-bot", "xoxp-user"])
+@pytest.mark.parametrize("user", ["U2", None])
+async def test_the_authorization_is_bolts(fake: FakeSlack, token: str, user: str | None) -> None:
+    # Each request's AuthorizeResult is copied from one made once per auth.test answer and token: it must be what
+    # Bolt makes for that request, attribute for attribute, and a new object each time.
+    async with aiohttp.ClientSession() as session:
+        base = _client(fake)
+        base.session = session
+        auth_test = await base.auth_test()
+        app = BoltApp(client=base, request_verification_enabled=False)
+        lean = next(m for m in app._async_middleware_list if isinstance(m, AsyncSingleTeamAuthorization))
+        assert type(lean) is _SingleTeamAuthorization
+        app.authenticated(auth_test)
+        results = []
+        for _ in range(2):
+            req = _request({"team_id": "T1", "event": {"type": "app_mention", **({"user": user} if user else {})}})
+            app._init_context(req)
+            req.context.client.token = token
+            passed = []
+
+            async def next_() -> None:
+                passed.append(True)  # noqa: B023
+
+            await lean.async_process(req=req, resp=BoltResponse(status=200), next=next_)
+            assert passed
+            results.append(req.context)
+        expected = _to_authorize_result(auth_test, token, user)
+        for context in results:
+            got = context["authorize_result"]
+            assert type(got) is AuthorizeResult and got == expected and vars(got) == vars(expected)
+            for key in ("bot_id", "bot_user_id", "bot_token", "user_id", "user_token"):
+                assert context.get(key) == getattr(expected, key) or key not in context, key
+        first, second = (context["authorize_result"] for context in results)
+        scopes = "bot_scopes" if token.startswith("xoxb-") else "user_scopes"
+        assert first is not second and first[scopes] is not second[scopes] and first[scopes]
+
+
+async def test_bolt_builds_its_debug_lines_only_for_a_debug_log(fake: FakeSlack) -> None:
+    # Bolt builds an "Applying <middleware>" line per middleware and request when its logger's level reads DEBUG
+    # or NOTSET: the app's framework logger gives the effective level, so only a debug log pays for them.
+    app = BoltApp(client=_client(fake), request_verification_enabled=False)
+    bolt, framework = logging.getLogger("slack_bolt"), logging.getLogger(app._framework_logger.name)
+    levels = bolt.level, framework.level
+    try:
+        framework.setLevel(logging.NOTSET)  # as Bolt leaves it, copied from a base logger at NOTSET
+        bolt.setLevel(logging.INFO)
+        assert app._framework_logger.level == logging.INFO
+        bolt.setLevel(logging.DEBUG)
+        assert app._framework_logger.level == logging.DEBUG
+    finally:
+        bolt.setLevel(levels[0])
+        framework.setLevel(levels[1])
+
+
+def test_the_copied_answer_is_slack_sdks() -> None:
+    # WebClient._send sets the attributes AsyncSlackResponse.__init__ sets, after what slack_sdk's _send does to the
+    # arguments: a slack_sdk that changes either must be read against the copy before these digests are updated.
+    assert _source_digest(AsyncSlackResponse.__init__) == "7e57640ac927a286"
+    assert _source_digest(AsyncBaseClient._send) == "4fb879aac9187934"
+
+
+@pytest.mark.parametrize("method", ["users.info", "chat.postMessage", "chat.update"])
+async def test_the_answer_is_slack_sdks(fake: FakeSlack, method: str) -> None:
+    # The same call through slack_sdk's _send and ours: answers equal attribute for attribute, the same logger.
+    async with aiohttp.ClientSession() as session:
+        client = _client(fake)
+        client.session = session
+        calls = {
+            "users.info": lambda: {"http_verb": "GET", "params": {"user": "U1", "include_locale": True}},
+            "chat.postMessage": lambda: {"json": {"channel": "C1", "text": "hi"}},
+            "chat.update": lambda: {"json": {"channel": "C1", "ts": "1.1", "text": "x"}},
+        }
+        answers = []
+        for send in (AsyncBaseClient._send, WebClient._send):
+            call = calls[method]()
+            verb = call.pop("http_verb", "POST")
+            req_args = _build_req_args(
+                token=client.token,
+                http_verb=verb,
+                files=None,  # type: ignore[arg-type]
+                data=None,  # type: ignore[arg-type]
+                default_params=client.default_params,
+                params=call.get("params"),  # type: ignore[arg-type]
+                json=call.get("json"),  # type: ignore[arg-type]
+                headers=dict(client.headers),
+                auth=None,  # type: ignore[arg-type]
+                ssl=client.ssl,
+                proxy=client.proxy,
+            )
+            url = _get_url(client.base_url, method)
+            try:
+                answers.append(vars(await send(client, http_verb=verb, api_url=url, req_args=req_args)))
+            except SlackApiError as exc:
+                answers.append({"error": str(exc), **vars(exc.response)})
+        ours, theirs = answers[1], answers[0]
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            if key in ("data", "_initial_data"):  # each post is a new message: its ts differs
+                ts = re.compile(r"\b1700000\d+\.\d+")
+                assert ts.sub("ts", json.dumps(ours[key])) == ts.sub("ts", json.dumps(theirs[key])), key
+                assert (ours["data"] is ours["_initial_data"]) == (theirs["data"] is theirs["_initial_data"])
+            elif key != "headers":
+                assert ours[key] == theirs[key], key
+        assert ours["_logger"] is theirs["_logger"]
+        assert {k: v for k, v in ours["headers"].items() if k != "Date"} == {
+            k: v for k, v in theirs["headers"].items() if k != "Date"
+        }
