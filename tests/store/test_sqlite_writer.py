@@ -426,3 +426,85 @@ async def test_a_turns_first_write_is_done_when_begun_inline_and_runs_whole_on_t
     finally:
         other.close()
         await store.close()
+
+
+async def test_short_writes_queued_behind_the_thread_run_on_the_loops_thread_in_order_once_it_is_done(
+    tmp_path: Path,
+) -> None:
+    # A short write that finds the writer's thread using the connection queues behind it. Once the thread's job
+    # ends, the queued short writes run on the loop's thread, in the order they came, rather than one by one on
+    # the thread (which, while the loop is busy, waits for the GIL between every two statements).
+    writer = await sqlite_writer.SQLiteWriter.open(str(tmp_path / "t.db"))
+    inside, gate = threading.Event(), threading.Event()
+    ran_on: list[int] = []
+
+    def long_work(db: sqlite3.Connection) -> None:
+        inside.set()
+        gate.wait(10)
+
+    def short(n: int) -> sqlite_writer.Work[int]:
+        def work(db: sqlite3.Connection) -> int:
+            ran_on.append(threading.get_ident())
+            db.execute("INSERT INTO t VALUES (?)", (n,))
+            return n
+
+        return work
+
+    try:
+        await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
+        blocker = asyncio.ensure_future(writer.transaction(long_work, inline=False))
+        async with asyncio.timeout(5):
+            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
+                await asyncio.sleep(0.01)
+        writes = [asyncio.ensure_future(writer.transaction(short(n))) for n in range(5)]
+        await asyncio.sleep(0)  # each tried inline, found the connection taken and queued
+        assert len(writer._queue) == 5 and not any(w.done() for w in writes)
+        gate.set()
+        await blocker
+        assert [await w for w in writes] == list(range(5))
+        assert ran_on == [threading.get_ident()] * 5
+        rows = writer.rows("SELECT x FROM t ORDER BY rowid")
+        assert rows == [(n,) for n in range(5)]
+    finally:
+        gate.set()
+        await writer.close()
+
+
+async def test_long_work_queued_for_the_thread_runs_there_and_nothing_overtakes_it(tmp_path: Path) -> None:
+    # Long work waits for the writer's thread even when the loop's thread could take the connection: a short
+    # write queued behind it runs after it, never before.
+    writer = await sqlite_writer.SQLiteWriter.open(str(tmp_path / "t.db"))
+    inside, gate = threading.Event(), threading.Event()
+    order: list[tuple[str, int]] = []
+
+    def first(db: sqlite3.Connection) -> None:
+        inside.set()
+        gate.wait(10)
+
+    def long_work(db: sqlite3.Connection) -> None:
+        order.append(("long", threading.get_ident()))
+        db.execute("INSERT INTO t VALUES (1)")
+
+    def short(db: sqlite3.Connection) -> None:
+        order.append(("short", threading.get_ident()))
+        db.execute("INSERT INTO t VALUES (2)")
+
+    try:
+        await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
+        blocker = asyncio.ensure_future(writer.transaction(first, inline=False))
+        async with asyncio.timeout(5):
+            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
+                await asyncio.sleep(0.01)
+        long = asyncio.ensure_future(writer.transaction(long_work, inline=False))
+        await asyncio.sleep(0)
+        write = asyncio.ensure_future(writer.transaction(short))
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(blocker, long, write)
+        loop_thread = threading.get_ident()
+        assert [what for what, _ in order] == ["long", "short"]
+        assert order[0][1] != loop_thread
+        assert writer.rows("SELECT x FROM t ORDER BY rowid") == [(1,), (2,)]
+    finally:
+        gate.set()
+        await writer.close()
