@@ -296,6 +296,10 @@ class SQLiteStore:
         #: already, and forgotten if it rolls back, since the row is gone then.
         self._created: tuple[int, list[str]] = (0, [])
         writer.on_rollback = self._forget_created
+        #: For conversations created here in the transaction that stored their first message: that message's id.
+        #: Ids only grow (AUTOINCREMENT), so the history before it is empty: a new conversation's first turn (every
+        #: mention in a burst, with replies in threads) reads no history it knows is not there.
+        self._first_rows: dict[int, int] = {}
         #: Conversations whose last history was longer than _INLINE_HISTORY_ROWS: read on the reader's thread.
         self._long_histories: set[int] = set()
         self._channel_settings: dict[tuple[str, str, str], ChannelSettings] = {}
@@ -371,13 +375,18 @@ class SQLiteStore:
         cached = self._conversation_ids.get(text)
         if cached is not None:
             return cached
-        created = db.execute(
+        cur = db.execute(
             "INSERT INTO conversations (key, platform, workspace, channel, thread, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
             (text, key.platform, key.workspace, key.channel, key.thread, time.time()),
-        ).rowcount
-        [(conversation,)] = db.execute("SELECT id FROM conversations WHERE key = ?", (text,)).fetchall()
-        if created > 0:
+        )
+        created = cur.rowcount > 0
+        if created:
+            # The row just inserted: its id is the rowid the insert reports, no query needed.
+            conversation = _row_id(cur)
+        else:
+            [(conversation,)] = db.execute("SELECT id FROM conversations WHERE key = ?", (text,)).fetchall()
+        if created:
             transaction, keys = self._created
             if transaction != self._writer.transactions:
                 keys = []
@@ -392,8 +401,15 @@ class SQLiteStore:
         transaction, keys = self._created
         if transaction == self._writer.transactions:
             for text in keys:
-                self._conversation_ids.pop(text, None)
+                conversation = self._conversation_ids.pop(text, None)
+                if conversation is not None:
+                    self._first_rows.pop(conversation, None)
         self._created = (0, [])
+
+    def _created_now(self, key: ConversationKey) -> bool:
+        """Whether the writer's current transaction created the conversation ``key``."""
+        transaction, keys = self._created
+        return transaction == self._writer.transactions and str(key) in keys
 
     async def _existing_conversation_id(self, key: ConversationKey) -> int | None:
         text = str(key)
@@ -429,13 +445,20 @@ class SQLiteStore:
         return cur.rowcount == 1
 
     def _add_question(self, db: sqlite3.Connection, msg: IncomingMessage, tokens: int, now: float) -> int:
+        conversation = self._conversation_id(db, msg.key)
         cur = db.execute(
             "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
             "platform_message_id, created_at, tokens_before) "
             f"VALUES (?1, 'user', ?2, ?3, ?4, ?5, ?6, ?7, {_TOKENS_BEFORE})",
-            (self._conversation_id(db, msg.key), msg.author_id, msg.author_name, msg.text, tokens, msg.message_id, now),
+            (conversation, msg.author_id, msg.author_name, msg.text, tokens, msg.message_id, now),
         )
-        return _row_id(cur)
+        row = _row_id(cur)
+        if self._created_now(msg.key):
+            # Created in this transaction, right before its first message: nothing of it comes before this row.
+            if len(self._first_rows) >= _SETTINGS_CACHE_SIZE:
+                self._first_rows.clear()
+            self._first_rows[conversation] = row
+        return row
 
     async def context_cursor(self, key: ConversationKey) -> str | None:
         conversation = await self._existing_conversation_id(key)
@@ -528,6 +551,12 @@ class SQLiteStore:
         conversation = await self._existing_conversation_id(key)
         if conversation is None or token_budget <= 0:
             return []
+        first = self._first_rows.get(conversation)
+        if first is not None:
+            if before <= first:
+                return []
+            # Past its first turn: the history is in the database from now on.
+            del self._first_rows[conversation]
         args = (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step))
         if conversation in self._long_histories:
             rows = [tuple(row) for row in await self._reader.execute_fetchall(HISTORY_SQL, args)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.messages import ConversationKey, IncomingMessage
-from bot.store import ChannelSettings, open_store, sqlite_writer
+from bot.store import ChannelSettings, ContextEntry, open_store, sqlite_writer
 from bot.store import sqlite as sqlite_engine
 from bot.store.sqlite import SQLiteStore
 
@@ -508,3 +508,47 @@ async def test_long_work_queued_for_the_thread_runs_there_and_nothing_overtakes_
     finally:
         gate.set()
         await writer.close()
+
+
+async def test_a_new_conversations_first_history_is_not_read_and_every_later_one_is(tmp_path: Path) -> None:
+    # A conversation created in the transaction that stores its first question has no history before it (ids only
+    # grow): the store answers that without a query. Its next turn reads the history as always, and so does the
+    # first turn of a conversation that already had messages (context stored before the question, or another
+    # store on the same file before a restart).
+    path = tmp_path / "t.db"
+    store = await sqlite_store(path)
+    statements: list[str] = []
+    store._writer._conn.set_trace_callback(statements.append)
+    key = ConversationKey("slack", "T1", "C1", "1700.1")
+    try:
+        first = await store.begin_turn(IncomingMessage(key, "m1", "U1", "Ada", "first"), 10)
+        assert first is not None
+        statements.clear()
+        assert await store.load_history(key, 1000, before=first) == []
+        assert not any("FROM messages" in s for s in statements)
+        await store.add_reply(key, "answer", 5, reply_to=first, usage=None, model=None, complete=True)
+        second = await store.begin_turn(IncomingMessage(key, "m2", "U1", "Ada", "second"), 10)
+        assert second is not None
+        statements.clear()
+        history = await store.load_history(key, 1000, before=second)
+        assert [m.content for m in history] == ["first", "answer"]
+        assert any("FROM messages" in s for s in statements)
+
+        # Context stored first (its own transaction creates the conversation): the question is not the first.
+        threaded = ConversationKey("slack", "T1", "C1", "1700.2")
+        entry = ContextEntry("c1", "user", "U2", "Bob", "earlier in the thread", 5)
+        assert await store.add_context(threaded, [entry], None) == 1
+        row = await store.add_question(IncomingMessage(threaded, "m3", "U1", "Ada", "question"), 10)
+        assert [m.content for m in await store.load_history(threaded, 1000, before=row)] == ["earlier in the thread"]
+    finally:
+        await store.close()
+
+    # Another store on the file (a restart): the conversation exists, and its first turn here reads its history.
+    again = await sqlite_store(path)
+    try:
+        third = await again.begin_turn(IncomingMessage(key, "m4", "U1", "Ada", "third"), 10)
+        assert third is not None
+        history = await again.load_history(key, 1000, before=third)
+        assert [m.content for m in history] == ["first", "answer", "second"]
+    finally:
+        await again.close()
