@@ -291,10 +291,12 @@ class SQLiteStore:
     def __init__(self, writer: SQLiteWriter, reader: aiosqlite.Connection, path: str) -> None:
         self._writer = writer
         self._reader = reader
-        self._conversation_ids: dict[str, int] = {}
+        #: By the key itself, not its text: a hit costs no str(key) (two to four a turn). Two keys of one text (a
+        #: thread of None and of "") are two entries with the same id.
+        self._conversation_ids: dict[ConversationKey, int] = {}
         #: The keys whose conversation row the writer's current transaction created (its number first): cached
         #: already, and forgotten if it rolls back, since the row is gone then.
-        self._created: tuple[int, list[str]] = (0, [])
+        self._created: tuple[int, list[ConversationKey]] = (0, [])
         writer.on_rollback = self._forget_created
         #: For conversations created here in the transaction that stored their first message: that message's id.
         #: Ids only grow (AUTOINCREMENT), so the history before it is empty: a new conversation's first turn (every
@@ -371,10 +373,10 @@ class SQLiteStore:
 
     def _conversation_id(self, db: sqlite3.Connection, key: ConversationKey) -> int:
         """The conversation's row id, created if new; runs inside a writer transaction."""
-        text = str(key)
-        cached = self._conversation_ids.get(text)
+        cached = self._conversation_ids.get(key)
         if cached is not None:
             return cached
+        text = str(key)
         cur = db.execute(
             "INSERT INTO conversations (key, platform, workspace, channel, thread, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
@@ -391,17 +393,17 @@ class SQLiteStore:
             if transaction != self._writer.transactions:
                 keys = []
                 self._created = (self._writer.transactions, keys)
-            keys.append(text)
+            keys.append(key)
         # A plain dict store is atomic, and the id of a key never changes: the event loop may read it at any time.
-        self._conversation_ids[text] = int(conversation)
+        self._conversation_ids[key] = int(conversation)
         return int(conversation)
 
     def _forget_created(self) -> None:
         """The writer's transaction rolled back: the conversation rows it created are gone, so are their ids."""
         transaction, keys = self._created
         if transaction == self._writer.transactions:
-            for text in keys:
-                conversation = self._conversation_ids.pop(text, None)
+            for created in keys:
+                conversation = self._conversation_ids.pop(created, None)
                 if conversation is not None:
                     self._first_rows.pop(conversation, None)
         self._created = (0, [])
@@ -409,16 +411,16 @@ class SQLiteStore:
     def _created_now(self, key: ConversationKey) -> bool:
         """Whether the writer's current transaction created the conversation ``key``."""
         transaction, keys = self._created
-        return transaction == self._writer.transactions and str(key) in keys
+        return transaction == self._writer.transactions and key in keys
 
     async def _existing_conversation_id(self, key: ConversationKey) -> int | None:
-        text = str(key)
-        if text in self._conversation_ids:
-            return self._conversation_ids[text]
-        rows = await self._rows("SELECT id FROM conversations WHERE key = ?", (text,))
+        cached = self._conversation_ids.get(key)
+        if cached is not None:
+            return cached
+        rows = await self._rows("SELECT id FROM conversations WHERE key = ?", (str(key),))
         if not rows:
             return None
-        self._conversation_ids[text] = int(rows[0][0])
+        self._conversation_ids[key] = int(rows[0][0])
         return int(rows[0][0])
 
     def begin_turn(self, msg: IncomingMessage, tokens: int) -> asyncio.Future[int | None]:
