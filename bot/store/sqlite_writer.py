@@ -163,7 +163,8 @@ def _settle(future: asyncio.Future[T], result: T, error: BaseException | None) -
 
 class SQLiteWriter:
     """One ``sqlite3`` connection, used by one caller at a time: inline on the event loop's thread when the
-    writer's thread has nothing to do, else on that thread; :meth:`transaction` runs a function in it."""
+    writer's thread is not using it and nothing queued must run there first, else on that thread;
+    :meth:`transaction` runs a function in it."""
 
     def __init__(
         self,
