@@ -382,18 +382,16 @@ class SQLiteStore:
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
             (text, key.platform, key.workspace, key.channel, key.thread, time.time()),
         )
-        created = cur.rowcount > 0
-        if created:
+        if cur.rowcount > 0:
             # The row just inserted: its id is the rowid the insert reports, no query needed.
             conversation = _row_id(cur)
-        else:
-            [(conversation,)] = db.execute("SELECT id FROM conversations WHERE key = ?", (text,)).fetchall()
-        if created:
             transaction, keys = self._created
             if transaction != self._writer.transactions:
                 keys = []
                 self._created = (self._writer.transactions, keys)
             keys.append(key)
+        else:
+            [(conversation,)] = db.execute("SELECT id FROM conversations WHERE key = ?", (text,)).fetchall()
         # A plain dict store is atomic, and the id of a key never changes: the event loop may read it at any time.
         self._conversation_ids[key] = int(conversation)
         return int(conversation)
@@ -402,8 +400,11 @@ class SQLiteStore:
         """The writer's transaction rolled back: the conversation rows it created are gone, so are their ids."""
         transaction, keys = self._created
         if transaction == self._writer.transactions:
-            for created in keys:
-                conversation = self._conversation_ids.pop(created, None)
+            gone = {self._conversation_ids.pop(created, None) for created in keys}
+            # Another key of the same text (a thread of "" for one of None) may have found the row meanwhile.
+            for other in [k for k, conversation in self._conversation_ids.items() if conversation in gone]:
+                del self._conversation_ids[other]
+            for conversation in gone:
                 if conversation is not None:
                     self._first_rows.pop(conversation, None)
         self._created = (0, [])

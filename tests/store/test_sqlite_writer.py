@@ -552,3 +552,25 @@ async def test_a_new_conversations_first_history_is_not_read_and_every_later_one
         assert [m.content for m in history] == ["first", "answer", "second"]
     finally:
         await again.close()
+
+
+async def test_a_rolled_back_conversation_is_forgotten_under_every_key_of_its_text(tmp_path: Path) -> None:
+    # The ids are cached by key; two keys of one text (a thread of None and of "") name one row. A transaction that
+    # created the row under one and found it under the other, then rolled back, must leave neither cached: the row
+    # is gone, and a write under either key creates it again.
+    store = await sqlite_store(tmp_path / "t.db")
+    plain, empty_thread = ConversationKey("slack", "T1", "C9"), ConversationKey("slack", "T1", "C9", "")
+    assert str(plain) == str(empty_thread) and plain != empty_thread
+
+    def work(db: sqlite3.Connection) -> None:
+        store._conversation_id(db, plain)
+        store._conversation_id(db, empty_thread)
+        raise RuntimeError("rolled back")
+
+    try:
+        with pytest.raises(RuntimeError):
+            await store._writer.transaction(work)
+        row = await store.add_question(IncomingMessage(empty_thread, "m1", "U1", "Ada", "again"), 10)
+        assert [m.content for m in await store.load_history(plain, 1000, before=row + 1)] == ["again"]
+    finally:
+        await store.close()
