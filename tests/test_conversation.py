@@ -598,13 +598,13 @@ async def test_turns_cut_off_while_their_writes_wait_release_what_those_writes_d
                 http, Endpoint("primary", fake.base_url, "fake-model", KeySource(SecretStr("sk-test-key-123456")))
             )
             core = ConversationCore(store, llm, counter, TurnSettings("You are a test bot.", 4000))
-            queue = store._writer._executor._work_queue  # type: ignore[attr-defined]
+            queue = store._writer._queue  # type: ignore[attr-defined]
             blocker = asyncio.ensure_future(store._writer.transaction(lambda db: gate.wait(10), inline=False))  # type: ignore[attr-defined]
             first = asyncio.create_task(core.handle(IncomingMessage(KEY, "m1", "U1", "Ada", "first")))
             second = asyncio.create_task(core.handle(IncomingMessage(KEY, "m2", "U1", "Ada", "second")))
             async with asyncio.timeout(10):
                 # The first turn's one write and the second's claim wait behind the blocker: on the writer's thread.
-                while queue.qsize() < 2:  # noqa: ASYNC110 - a thread's queue: nothing to be notified by
+                while len(queue) < 2:  # noqa: ASYNC110 - a thread's queue: nothing to be notified by
                     await asyncio.sleep(0.01)
             first.cancel()
             second.cancel()

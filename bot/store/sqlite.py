@@ -291,11 +291,17 @@ class SQLiteStore:
     def __init__(self, writer: SQLiteWriter, reader: aiosqlite.Connection, path: str) -> None:
         self._writer = writer
         self._reader = reader
-        self._conversation_ids: dict[str, int] = {}
+        #: By the key itself, not its text: a hit costs no str(key) (two to four a turn). Two keys of one text (a
+        #: thread of None and of "") are two entries with the same id.
+        self._conversation_ids: dict[ConversationKey, int] = {}
         #: The keys whose conversation row the writer's current transaction created (its number first): cached
         #: already, and forgotten if it rolls back, since the row is gone then.
-        self._created: tuple[int, list[str]] = (0, [])
+        self._created: tuple[int, list[ConversationKey]] = (0, [])
         writer.on_rollback = self._forget_created
+        #: For conversations created here in the transaction that stored their first message: that message's id.
+        #: Ids only grow (AUTOINCREMENT), so the history before it is empty: a new conversation's first turn (every
+        #: mention in a burst, with replies in threads) reads no history it knows is not there.
+        self._first_rows: dict[int, int] = {}
         #: Conversations whose last history was longer than _INLINE_HISTORY_ROWS: read on the reader's thread.
         self._long_histories: set[int] = set()
         self._channel_settings: dict[tuple[str, str, str], ChannelSettings] = {}
@@ -367,42 +373,55 @@ class SQLiteStore:
 
     def _conversation_id(self, db: sqlite3.Connection, key: ConversationKey) -> int:
         """The conversation's row id, created if new; runs inside a writer transaction."""
-        text = str(key)
-        cached = self._conversation_ids.get(text)
+        cached = self._conversation_ids.get(key)
         if cached is not None:
             return cached
-        created = db.execute(
+        text = str(key)
+        cur = db.execute(
             "INSERT INTO conversations (key, platform, workspace, channel, thread, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
             (text, key.platform, key.workspace, key.channel, key.thread, time.time()),
-        ).rowcount
-        [(conversation,)] = db.execute("SELECT id FROM conversations WHERE key = ?", (text,)).fetchall()
-        if created > 0:
+        )
+        if cur.rowcount > 0:
+            # The row just inserted: its id is the rowid the insert reports, no query needed.
+            conversation = _row_id(cur)
             transaction, keys = self._created
             if transaction != self._writer.transactions:
                 keys = []
                 self._created = (self._writer.transactions, keys)
-            keys.append(text)
+            keys.append(key)
+        else:
+            [(conversation,)] = db.execute("SELECT id FROM conversations WHERE key = ?", (text,)).fetchall()
         # A plain dict store is atomic, and the id of a key never changes: the event loop may read it at any time.
-        self._conversation_ids[text] = int(conversation)
+        self._conversation_ids[key] = int(conversation)
         return int(conversation)
 
     def _forget_created(self) -> None:
         """The writer's transaction rolled back: the conversation rows it created are gone, so are their ids."""
         transaction, keys = self._created
         if transaction == self._writer.transactions:
-            for text in keys:
-                self._conversation_ids.pop(text, None)
+            gone = {self._conversation_ids.pop(created, None) for created in keys}
+            # Another key of the same text (a thread of "" for one of None) may have found the row meanwhile.
+            for other in [k for k, conversation in self._conversation_ids.items() if conversation in gone]:
+                del self._conversation_ids[other]
+            for conversation in gone:
+                if conversation is not None:
+                    self._first_rows.pop(conversation, None)
         self._created = (0, [])
 
+    def _created_now(self, key: ConversationKey) -> bool:
+        """Whether the writer's current transaction created the conversation ``key``."""
+        transaction, keys = self._created
+        return transaction == self._writer.transactions and key in keys
+
     async def _existing_conversation_id(self, key: ConversationKey) -> int | None:
-        text = str(key)
-        if text in self._conversation_ids:
-            return self._conversation_ids[text]
-        rows = await self._rows("SELECT id FROM conversations WHERE key = ?", (text,))
+        cached = self._conversation_ids.get(key)
+        if cached is not None:
+            return cached
+        rows = await self._rows("SELECT id FROM conversations WHERE key = ?", (str(key),))
         if not rows:
             return None
-        self._conversation_ids[text] = int(rows[0][0])
+        self._conversation_ids[key] = int(rows[0][0])
         return int(rows[0][0])
 
     def begin_turn(self, msg: IncomingMessage, tokens: int) -> asyncio.Future[int | None]:
@@ -429,13 +448,20 @@ class SQLiteStore:
         return cur.rowcount == 1
 
     def _add_question(self, db: sqlite3.Connection, msg: IncomingMessage, tokens: int, now: float) -> int:
+        conversation = self._conversation_id(db, msg.key)
         cur = db.execute(
             "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
             "platform_message_id, created_at, tokens_before) "
             f"VALUES (?1, 'user', ?2, ?3, ?4, ?5, ?6, ?7, {_TOKENS_BEFORE})",
-            (self._conversation_id(db, msg.key), msg.author_id, msg.author_name, msg.text, tokens, msg.message_id, now),
+            (conversation, msg.author_id, msg.author_name, msg.text, tokens, msg.message_id, now),
         )
-        return _row_id(cur)
+        row = _row_id(cur)
+        if self._created_now(msg.key):
+            # Created in this transaction, right before its first message: nothing of it comes before this row.
+            if len(self._first_rows) >= _SETTINGS_CACHE_SIZE:
+                self._first_rows.clear()
+            self._first_rows[conversation] = row
+        return row
 
     async def context_cursor(self, key: ConversationKey) -> str | None:
         conversation = await self._existing_conversation_id(key)
@@ -528,6 +554,12 @@ class SQLiteStore:
         conversation = await self._existing_conversation_id(key)
         if conversation is None or token_budget <= 0:
             return []
+        first = self._first_rows.get(conversation)
+        if first is not None:
+            if before <= first:
+                return []
+            # Past its first turn: the history is in the database from now on.
+            del self._first_rows[conversation]
         args = (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step))
         if conversation in self._long_histories:
             rows = [tuple(row) for row in await self._reader.execute_fetchall(HISTORY_SQL, args)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.messages import ConversationKey, IncomingMessage
-from bot.store import ChannelSettings, open_store, sqlite_writer
+from bot.store import ChannelSettings, ContextEntry, open_store, sqlite_writer
 from bot.store import sqlite as sqlite_engine
 from bot.store.sqlite import SQLiteStore
 
@@ -425,4 +425,152 @@ async def test_a_turns_first_write_is_done_when_begun_inline_and_runs_whole_on_t
         assert await store.claim_message("m2") is False
     finally:
         other.close()
+        await store.close()
+
+
+async def test_short_writes_queued_behind_the_thread_run_on_the_loops_thread_in_order_once_it_is_done(
+    tmp_path: Path,
+) -> None:
+    # A short write that finds the writer's thread using the connection queues behind it. Once the thread's job
+    # ends, the queued short writes run on the loop's thread, in the order they came, rather than one by one on
+    # the thread (which, while the loop is busy, waits for the GIL between every two statements).
+    writer = await sqlite_writer.SQLiteWriter.open(str(tmp_path / "t.db"))
+    inside, gate = threading.Event(), threading.Event()
+    ran_on: list[int] = []
+
+    def long_work(db: sqlite3.Connection) -> None:
+        inside.set()
+        gate.wait(10)
+
+    def short(n: int) -> sqlite_writer.Work[int]:
+        def work(db: sqlite3.Connection) -> int:
+            ran_on.append(threading.get_ident())
+            db.execute("INSERT INTO t VALUES (?)", (n,))
+            return n
+
+        return work
+
+    try:
+        await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
+        blocker = asyncio.ensure_future(writer.transaction(long_work, inline=False))
+        async with asyncio.timeout(5):
+            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
+                await asyncio.sleep(0.01)
+        writes = [asyncio.ensure_future(writer.transaction(short(n))) for n in range(5)]
+        await asyncio.sleep(0)  # each tried inline, found the connection taken and queued
+        assert len(writer._queue) == 5 and not any(w.done() for w in writes)
+        gate.set()
+        await blocker
+        assert [await w for w in writes] == list(range(5))
+        assert ran_on == [threading.get_ident()] * 5
+        rows = writer.rows("SELECT x FROM t ORDER BY rowid")
+        assert rows == [(n,) for n in range(5)]
+    finally:
+        gate.set()
+        await writer.close()
+
+
+async def test_long_work_queued_for_the_thread_runs_there_and_nothing_overtakes_it(tmp_path: Path) -> None:
+    # Long work waits for the writer's thread even when the loop's thread could take the connection: a short
+    # write queued behind it runs after it, never before.
+    writer = await sqlite_writer.SQLiteWriter.open(str(tmp_path / "t.db"))
+    inside, gate = threading.Event(), threading.Event()
+    order: list[tuple[str, int]] = []
+
+    def first(db: sqlite3.Connection) -> None:
+        inside.set()
+        gate.wait(10)
+
+    def long_work(db: sqlite3.Connection) -> None:
+        order.append(("long", threading.get_ident()))
+        db.execute("INSERT INTO t VALUES (1)")
+
+    def short(db: sqlite3.Connection) -> None:
+        order.append(("short", threading.get_ident()))
+        db.execute("INSERT INTO t VALUES (2)")
+
+    try:
+        await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
+        blocker = asyncio.ensure_future(writer.transaction(first, inline=False))
+        async with asyncio.timeout(5):
+            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
+                await asyncio.sleep(0.01)
+        long = asyncio.ensure_future(writer.transaction(long_work, inline=False))
+        await asyncio.sleep(0)
+        write = asyncio.ensure_future(writer.transaction(short))
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(blocker, long, write)
+        loop_thread = threading.get_ident()
+        assert [what for what, _ in order] == ["long", "short"]
+        assert order[0][1] != loop_thread
+        assert writer.rows("SELECT x FROM t ORDER BY rowid") == [(1,), (2,)]
+    finally:
+        gate.set()
+        await writer.close()
+
+
+async def test_a_new_conversations_first_history_is_not_read_and_every_later_one_is(tmp_path: Path) -> None:
+    # A conversation created in the transaction that stores its first question has no history before it (ids only
+    # grow): the store answers that without a query. Its next turn reads the history as always, and so does the
+    # first turn of a conversation that already had messages (context stored before the question, or another
+    # store on the same file before a restart).
+    path = tmp_path / "t.db"
+    store = await sqlite_store(path)
+    statements: list[str] = []
+    store._writer._conn.set_trace_callback(statements.append)
+    key = ConversationKey("slack", "T1", "C1", "1700.1")
+    try:
+        first = await store.begin_turn(IncomingMessage(key, "m1", "U1", "Ada", "first"), 10)
+        assert first is not None
+        statements.clear()
+        assert await store.load_history(key, 1000, before=first) == []
+        assert not any("FROM messages" in s for s in statements)
+        await store.add_reply(key, "answer", 5, reply_to=first, usage=None, model=None, complete=True)
+        second = await store.begin_turn(IncomingMessage(key, "m2", "U1", "Ada", "second"), 10)
+        assert second is not None
+        statements.clear()
+        history = await store.load_history(key, 1000, before=second)
+        assert [m.content for m in history] == ["first", "answer"]
+        assert any("FROM messages" in s for s in statements)
+
+        # Context stored first (its own transaction creates the conversation): the question is not the first.
+        threaded = ConversationKey("slack", "T1", "C1", "1700.2")
+        entry = ContextEntry("c1", "user", "U2", "Bob", "earlier in the thread", 5)
+        assert await store.add_context(threaded, [entry], None) == 1
+        row = await store.add_question(IncomingMessage(threaded, "m3", "U1", "Ada", "question"), 10)
+        assert [m.content for m in await store.load_history(threaded, 1000, before=row)] == ["earlier in the thread"]
+    finally:
+        await store.close()
+
+    # Another store on the file (a restart): the conversation exists, and its first turn here reads its history.
+    again = await sqlite_store(path)
+    try:
+        third = await again.begin_turn(IncomingMessage(key, "m4", "U1", "Ada", "third"), 10)
+        assert third is not None
+        history = await again.load_history(key, 1000, before=third)
+        assert [m.content for m in history] == ["first", "answer", "second"]
+    finally:
+        await again.close()
+
+
+async def test_a_rolled_back_conversation_is_forgotten_under_every_key_of_its_text(tmp_path: Path) -> None:
+    # The ids are cached by key; two keys of one text (a thread of None and of "") name one row. A transaction that
+    # created the row under one and found it under the other, then rolled back, must leave neither cached: the row
+    # is gone, and a write under either key creates it again.
+    store = await sqlite_store(tmp_path / "t.db")
+    plain, empty_thread = ConversationKey("slack", "T1", "C9"), ConversationKey("slack", "T1", "C9", "")
+    assert str(plain) == str(empty_thread) and plain != empty_thread
+
+    def work(db: sqlite3.Connection) -> None:
+        store._conversation_id(db, plain)
+        store._conversation_id(db, empty_thread)
+        raise RuntimeError("rolled back")
+
+    try:
+        with pytest.raises(RuntimeError):
+            await store._writer.transaction(work)
+        row = await store.add_question(IncomingMessage(empty_thread, "m1", "U1", "Ada", "again"), 10)
+        assert [m.content for m in await store.load_history(plain, 1000, before=row + 1)] == ["again"]
+    finally:
         await store.close()
