@@ -6,6 +6,7 @@ Each "replica" here is a store of its own with its own pool and lock connection,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -537,3 +538,55 @@ async def test_the_settings_a_take_brought_are_the_holding_turns_alone(replicas:
         command = asyncio.create_task(first.channel_settings(A))
         assert await command == ChannelSettings("set on the other replica", None)
         assert str(A) in first._taken_settings
+
+
+async def _history_reads(store: PostgresStore) -> list[str]:
+    """The history reads of its own (not with a question) ``store``'s pool sends from now on."""
+    reads: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        # Every pooled connection at once, so each one gets the logger.
+        for _ in range(store._pool.get_size()):
+            conn = await stack.enter_async_context(store.connection())
+            conn.add_query_logger(lambda record: reads.append(record.query) if record.query.startswith(_READ) else None)
+    return reads
+
+
+_READ = "SELECT id, role, author_name, content, tokens, created_at, tool_trace FROM messages"
+
+
+async def test_a_turns_history_comes_with_its_question_as_a_read_of_its_own_finds_it(
+    replicas: tuple[Store, Store],
+) -> None:
+    # The question's statement reads the history with the budget and step the conversation's last read would make
+    # of it: the turn's read then needs no round trip, and finds what the other replica reads the usual way.
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    reads = await _history_reads(first)
+    rng = random.Random(7)
+    alone: list[int] = []
+    for n in range(40):
+        tokens = rng.randint(5, 60)
+        row = await first.add_question(incoming(n), tokens)
+        # At 20 the system prompt grew (a summary, a channel's new prompt): the budget left is not the one guessed.
+        room, step = (300, 1) if n < 20 else (240, 50)
+        budget = room - tokens
+        for attempt in (budget, budget // 2) if n == 30 else (budget,):
+            was = len(reads)
+            history = await first.load_history(A, attempt, before=row, step=step)
+            if len(reads) > was:
+                alone.append(n)
+            assert history == await second.load_history(A, attempt, before=row, step=step), n
+        if n == 35:
+            # A read of another question's history (an earlier row) is not this question's read-ahead.
+            earlier = await first.add_question(incoming(100), tokens)
+            row = await first.add_question(incoming(101), tokens)
+            was = len(reads)
+            assert await first.load_history(A, budget, before=earlier, step=step) == await second.load_history(
+                A, budget, before=earlier, step=step
+            )
+            assert len(reads) == was + 1
+        await first.add_reply(A, f"reply {n}", rng.randint(5, 60), reply_to=row, usage=None, model=None, complete=True)
+    assert len(await first.load_history(A, 300, before=10**9)) < 30  # trimmed: the budget held a part of it
+    # The first question had no history (none at any budget); the read at 20 and the second at 30 (half the budget,
+    # as after a "context too long") went on their own.
+    assert alone == [20, 30], alone
