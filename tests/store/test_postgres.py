@@ -540,14 +540,20 @@ async def test_the_settings_a_take_brought_are_the_holding_turns_alone(replicas:
         assert str(A) in first._taken_settings
 
 
-async def _history_reads(store: PostgresStore) -> list[str]:
-    """The history reads of its own (not with a question) ``store``'s pool sends from now on."""
-    reads: list[str] = []
+async def _history_reads(store: PostgresStore) -> list[int]:
+    """The ``before`` of each history read of its own (not with a question) ``store``'s pool sends from now on (the
+    query loggers run at the loop's next turn, after the statement)."""
+    reads: list[int] = []
+
+    def logged(record: asyncpg.connection.LoggedQuery) -> None:
+        if record.query.startswith(_READ):
+            reads.append(record.args[1])
+
     async with contextlib.AsyncExitStack() as stack:
         # Every pooled connection at once, so each one gets the logger.
         for _ in range(store._pool.get_size()):
             conn = await stack.enter_async_context(store.connection())
-            conn.add_query_logger(lambda record: reads.append(record.query) if record.query.startswith(_READ) else None)
+            conn.add_query_logger(logged)
     return reads
 
 
@@ -563,30 +569,51 @@ async def test_a_turns_history_comes_with_its_question_as_a_read_of_its_own_find
     assert isinstance(first, PostgresStore)
     reads = await _history_reads(first)
     rng = random.Random(7)
-    alone: list[int] = []
+    asked: dict[int, int] = {}
     for n in range(40):
         tokens = rng.randint(5, 60)
-        row = await first.add_question(incoming(n), tokens)
+        row = asked[n] = await first.add_question(incoming(n), tokens)
         # At 20 the system prompt grew (a summary, a channel's new prompt): the budget left is not the one guessed.
         room, step = (300, 1) if n < 20 else (240, 50)
         budget = room - tokens
+        # At 30 a second read with half the budget, as after a "context too long".
         for attempt in (budget, budget // 2) if n == 30 else (budget,):
-            was = len(reads)
             history = await first.load_history(A, attempt, before=row, step=step)
-            if len(reads) > was:
-                alone.append(n)
             assert history == await second.load_history(A, attempt, before=row, step=step), n
         if n == 35:
             # A read of another question's history (an earlier row) is not this question's read-ahead.
-            earlier = await first.add_question(incoming(100), tokens)
+            earlier = asked[100] = await first.add_question(incoming(100), tokens)
             row = await first.add_question(incoming(101), tokens)
-            was = len(reads)
             assert await first.load_history(A, budget, before=earlier, step=step) == await second.load_history(
                 A, budget, before=earlier, step=step
             )
-            assert len(reads) == was + 1
         await first.add_reply(A, f"reply {n}", rng.randint(5, 60), reply_to=row, usage=None, model=None, complete=True)
     assert len(await first.load_history(A, 300, before=10**9)) < 30  # trimmed: the budget held a part of it
-    # The first question had no history (none at any budget); the read at 20 and the second at 30 (half the budget,
-    # as after a "context too long") went on their own.
-    assert alone == [20, 30], alone
+    # The first question had no history (none at any budget); the read at 20, the second at 30 and the earlier
+    # row's at 35 went on their own.
+    by_row = {row: n for n, row in asked.items()}
+    assert [by_row.get(before) for before in reads if before != 10**9] == [20, 30, 100], reads
+
+
+async def test_connections_come_back_to_the_pool_after_statements_that_fail_or_are_cut_off(postgres_url: str) -> None:
+    # A statement that went well gives its connection back without the turn waiting; one that failed or was cut off
+    # gives it back before the store call ends. None is kept: two connections serve every call here.
+    store = await open_store(postgres_url, pool_size=2)
+    try:
+        assert isinstance(store, PostgresStore)
+        for n in range(6):
+            with pytest.raises(asyncpg.PostgresError):
+                await asyncio.wait_for(store.claim_message(f"bad\x00{n}"), 10)  # the server refuses a NUL in text
+        rng = random.Random(11)
+        for n in range(60):
+            claim = asyncio.create_task(store.claim_message(f"cut-{n}"))
+            for _ in range(rng.randrange(6)):
+                await asyncio.sleep(0)
+            claim.cancel()
+            await asyncio.gather(claim, return_exceptions=True)
+        row = await asyncio.wait_for(store.add_question(incoming(1), 10), 10)
+        assert await asyncio.wait_for(store.claim_message("after"), 10)
+        await store.add_reply(A, "fine", 3, reply_to=row, usage=None, model=None, complete=True)
+        assert [m.content for m in await store.load_history(A, 100, before=10**9)] == ["message 1", "fine"]
+    finally:
+        await asyncio.wait_for(store.close(), 10)
