@@ -617,3 +617,33 @@ async def test_connections_come_back_to_the_pool_after_statements_that_fail_or_a
         assert [m.content for m in await store.load_history(A, 100, before=10**9)] == ["message 1", "fine"]
     finally:
         await asyncio.wait_for(store.close(), 10)
+
+
+async def test_turns_taking_a_conversation_in_turn_on_two_replicas_read_each_others_messages_with_their_question(
+    replicas: tuple[Store, Store],
+) -> None:
+    # Each replica's read-ahead is read in its question's statement, under the conversation's lock: it holds what
+    # the other replica stored in its turns before, as a read of its own would.
+    first, second = replicas
+    assert isinstance(first, PostgresStore) and isinstance(second, PostgresStore)
+    reads = {first: await _history_reads(first), second: await _history_reads(second)}
+    checked: dict[Store, set[int]] = {first: set(), second: set()}
+    rng = random.Random(5)
+    for n in range(24):
+        # The first question on the first replica, the second on the second, then either.
+        ours = n == 0 or (n > 1 and rng.random() < 0.5)
+        store, other = (first, second) if ours else (second, first)
+        async with store.conversation_lock(A):
+            tokens = rng.randint(5, 40)
+            row = await store.add_question(incoming(n), tokens)
+            history = await store.load_history(A, 400 - tokens, before=row, step=20)
+            checked[other].add(row)
+            assert history == await other.load_history(A, 400 - tokens, before=row, step=20), n
+            await store.add_reply(
+                A, f"reply {n}", rng.randint(5, 40), reply_to=row, usage=None, model=None, complete=True
+            )
+        assert [m.content for m in history][-2:] == ([f"message {n - 1}", f"reply {n - 1}"] if n else [])
+    # The first replica's first question had no history; the second's (at 1) read it alone: it knew no budget yet.
+    # After that, every turn's read came with its question.
+    assert [b for b in reads[first] if b not in checked[first]] == []
+    assert len([b for b in reads[second] if b not in checked[second]]) == 1
