@@ -464,7 +464,7 @@ class _Lease:
         if kind is not None:
             await store._pool.release(self._conn)
             return
-        release = asyncio.get_running_loop().create_task(store._pool.release(self._conn))
+        release = store._loop.create_task(store._pool.release(self._conn))
         store._releases.add(release)
         release.add_done_callback(store._released)
 
@@ -493,6 +493,9 @@ class PostgresStore:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._dsn = dsn
+        # The loop the pool's connections belong to (the store is opened in it), kept: on Python 3.11 every
+        # asyncio.get_running_loop() is a getpid() system call, and a turn asks for it several times.
+        self._loop = asyncio.get_running_loop()
         self._conversation_ids: dict[str, int] = {}
         # Releases of the connections the turn's statements used, under way (see _Lease).
         self._releases: set[asyncio.Task[None]] = set()
@@ -1127,7 +1130,7 @@ class PostgresStore:
         # connection, and a blocking call would hold it for all of them.
         for delay in itertools.chain(_LOCK_POLL_S, itertools.repeat(_LOCK_POLL_S[-1])):
             changes = self._settings_changes
-            call = _LockCall(True, name, asyncio.get_running_loop().create_future(), channel)
+            call = _LockCall(True, name, self._loop.create_future(), channel)
             if await self._lock_call(call):
                 break
             await asyncio.sleep(delay)
@@ -1165,7 +1168,7 @@ class PostgresStore:
         self._lock_calls.append(call)
         self._lock_wake.set()
         if self._lock_runner is None or self._lock_runner.done():
-            self._lock_runner = asyncio.get_running_loop().create_task(self._run_lock_calls())
+            self._lock_runner = self._loop.create_task(self._run_lock_calls())
 
     async def _run_lock_calls(self) -> None:
         """Sends the waiting lock calls, all of them in one round trip, for as long as the store is open."""
