@@ -439,36 +439,6 @@ class _LockCall:
         self.settings: ChannelSettings | None = None
 
 
-class _Lease:
-    """A pooled connection for one statement of a turn, given back without the turn waiting for it.
-
-    asyncpg's release runs in a task of its own behind ``asyncio.shield``: a caller awaiting it resumes three turns
-    of the event loop after its statement's answer came (the task's step, the shield's callback, the wake-up), and
-    under load each turn of the loop is many other turns' work. After a statement that went well the connection
-    goes back through the same release, started here and not awaited; one that failed or was cut off is released
-    as asyncpg's own context does, awaited, so the pool has dealt with it (a rollback, a close) before anyone else
-    asks for a connection.
-    """
-
-    __slots__ = ("_conn", "_store")
-
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
-
-    async def __aenter__(self) -> asyncpg.Connection:
-        self._conn: asyncpg.Connection = await self._store._pool.acquire()
-        return self._conn
-
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        store = self._store
-        if kind is not None:
-            await store._pool.release(self._conn)
-            return
-        release = store._loop.create_task(store._pool.release(self._conn))
-        store._releases.add(release)
-        release.add_done_callback(store._released)
-
-
 class _ReadAhead:
     """The history before the question ``row`` (of ``tokens``), read in the statement that stored it with ``budget``
     and ``step``: what ``load_history(budget, before=row, step)`` returns while the conversation is held, as no one
@@ -494,11 +464,9 @@ class PostgresStore:
         self._pool = pool
         self._dsn = dsn
         # The loop the pool's connections belong to (the store is opened in it), kept: on Python 3.11 every
-        # asyncio.get_running_loop() is a getpid() system call, and a turn asks for it several times.
+        # asyncio.get_running_loop() is a getpid() system call, and a turn's lock calls ask for it.
         self._loop = asyncio.get_running_loop()
         self._conversation_ids: dict[str, int] = {}
-        # Releases of the connections the turn's statements used, under way (see _Lease).
-        self._releases: set[asyncio.Task[None]] = set()
         # Per conversation: the history read with its newest question, for the turn's own read of it next.
         self._read_ahead: dict[str, _ReadAhead] = {}
         # Per conversation: its last history read's budget plus its question's tokens, and its step. The budget a
@@ -609,15 +577,7 @@ class PostgresStore:
                 await self._lock_runner
         if self._lock_conn is not None and not self._lock_conn.is_closed():
             await self._lock_conn.close()
-        # The pool waits for its connections to come back: these are on their way.
-        await asyncio.gather(*self._releases, return_exceptions=True)
         await self._pool.close()
-
-    def _released(self, release: asyncio.Task[None]) -> None:
-        self._releases.discard(release)
-        if not release.cancelled() and (exc := release.exception()) is not None:
-            # asyncpg closed the connection (its reset failed): the pool opens a new one when it is next needed.
-            log.warning("a connection to PostgreSQL could not be given back to the pool: %s", _reason(exc))
 
     async def _conversation_id(self, conn: asyncpg.Connection, key: ConversationKey) -> int:
         text = str(key)
@@ -673,7 +633,7 @@ class PostgresStore:
         return None if row is None else int(row)
 
     async def claim_message(self, message_id: str) -> bool:
-        async with _Lease(self) as conn:
+        async with self._pool.acquire() as conn:
             # The primary key decides: a second replica inserting the same id waits for the first to commit.
             status = await conn.execute(
                 "INSERT INTO handled_messages (message_id, handled_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -691,7 +651,7 @@ class PostgresStore:
         if room is not None and room[0] - tokens > 0:
             budget, step = room[0] - tokens, room[1]
         rows_wanted = budget // MIN_MESSAGE_TOKENS + 1
-        async with _Lease(self) as conn:
+        async with self._pool.acquire() as conn:
             conversation = self._conversation_ids.get(text)
             if conversation is None:
                 key = msg.key
@@ -816,7 +776,7 @@ class PostgresStore:
         ledger: UsageRecord | None,
         tool_trace: str | None,
     ) -> int:
-        async with _Lease(self) as conn:
+        async with self._pool.acquire() as conn:
             conversation = await self._conversation_id(conn, key)
             # One statement, so one transaction and one round trip: the reply and its ledger entry are stored
             # together or not at all, without a BEGIN and a COMMIT of their own.
@@ -851,7 +811,7 @@ class PostgresStore:
             # No history is no history at any budget (HISTORY_QUERY is empty only when nothing came before).
             if not ahead.history or (ahead.budget, ahead.step) == (token_budget, step):
                 return ahead.history
-        async with _Lease(self) as conn:
+        async with self._pool.acquire() as conn:
             conversation = await self._existing_conversation_id(conn, key)
             if conversation is None:
                 return []

@@ -596,8 +596,8 @@ async def test_a_turns_history_comes_with_its_question_as_a_read_of_its_own_find
 
 
 async def test_connections_come_back_to_the_pool_after_statements_that_fail_or_are_cut_off(postgres_url: str) -> None:
-    # A statement that went well gives its connection back without the turn waiting; one that failed or was cut off
-    # gives it back before the store call ends. None is kept: two connections serve every call here.
+    # A statement that failed or was cut off gives its connection back (the pool rolls back or closes it as needed):
+    # none is kept, and two connections serve every call here.
     store = await open_store(postgres_url, pool_size=2)
     try:
         assert isinstance(store, PostgresStore)
