@@ -259,15 +259,36 @@ HANDLED_RETENTION_S = 7 * 24 * 3600
 #: A rate bucket idle this long is full again at any rate worth setting, so its row can go.
 RATE_BUCKET_IDLE_S = 24 * 3600
 _TOKENS_BEFORE = TOKENS_BEFORE_QUERY.format(conversation="$1")
-#: A question and its conversation, created if it is new, in one statement (see _conversation_id).
+#: A question, and its conversation's history before it (HISTORY_QUERY for the budget and step given), in one
+#: statement: the history read rides with the question's write instead of a round trip of its own (see
+#: PostgresStore._read_ahead). One row per history message, oldest first, each beside the question's id and its
+#: conversation; one row with a NULL message where there is no history. The history sees the statement's snapshot,
+#: taken before the question is written: the same messages a read after it finds, as the conversation is held.
+#: ``{n}`` is the number of its first parameter (the rows, then the budget and the step, as _HISTORY's 3 to 5).
+_WITH_HISTORY = (
+    "SELECT q.id, q.conversation_id, h.* FROM question q LEFT JOIN LATERAL ("
+    + HISTORY_QUERY.format(conversation="q.conversation_id", before="q.id", rows="${0}", budget="${1}", step="${2}")
+    + ") h ON true ORDER BY h.id"
+)
+_ADD_QUESTION = (
+    "WITH question AS ("
+    "  INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
+    "  created_at, tokens_before) "
+    f"  VALUES ($1, 'user', $2, $3, $4, $5, $6, $7, {_TOKENS_BEFORE}) RETURNING id, conversation_id"
+    f") {_WITH_HISTORY.format(8, 9, 10)}"
+)
+#: The same, for a conversation this process has not seen yet (every one's first turn): found or created in the same
+#: statement as its question, one round trip instead of two.
 _ADD_FIRST_QUESTION = (
     "WITH conversation AS ("
     "  INSERT INTO conversations (key, platform, workspace, channel, thread, created_at) "
     "  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO UPDATE SET key = excluded.key RETURNING id"
-    ") INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
-    "created_at, tokens_before) "
-    f"SELECT c.id, 'user', $7, $8, $9, $10, $11, $6, {TOKENS_BEFORE_QUERY.format(conversation='c.id')} "
-    "FROM conversation c RETURNING id, conversation_id"
+    "), question AS ("
+    "  INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, platform_message_id, "
+    "  created_at, tokens_before) "
+    f"  SELECT c.id, 'user', $7, $8, $9, $10, $11, $6, {TOKENS_BEFORE_QUERY.format(conversation='c.id')} "
+    "  FROM conversation c RETURNING id, conversation_id"
+    f") {_WITH_HISTORY.format(12, 13, 14)}"
 )
 _ADD_REPLY = (
     "INSERT INTO messages (conversation_id, role, content, tokens, reply_to, complete, model, "
@@ -385,6 +406,12 @@ _LOCK_CALLS = (
     "AS c(take, name, platform, workspace, channel, n) LEFT JOIN channel_settings s "
     "ON c.take AND s.platform = c.platform AND s.workspace = c.workspace AND s.channel = c.channel ORDER BY c.n"
 )
+#: The history read with a question when the conversation has no read to go by (its first turn in this process): one
+#: row at most, which says whether there is any history; none is the answer at every budget.
+_GUESS_NONE = (1, 1)
+#: Read-aheads kept for turns that have not read them yet (one per conversation; a turn that failed between its
+#: question and its read leaves one behind until the conversation's next question).
+_READ_AHEAD_KEPT = 4096
 #: How long the settings a take brought stand for the channel's own read (channel_settings) in the turn that holds
 #: the lock. The turn asks right after taking it; one that waited longer (for a call slot, say) reads them again,
 #: as they are then. Within that second a change made on another replica races the turn as it did before.
@@ -412,6 +439,21 @@ class _LockCall:
         self.settings: ChannelSettings | None = None
 
 
+class _ReadAhead:
+    """The history before the question ``row`` (of ``tokens``), read in the statement that stored it with ``budget``
+    and ``step``: what ``load_history(budget, before=row, step)`` returns while the conversation is held, as no one
+    else writes to it meanwhile. Used once, by that read, which saves a round trip of the turn's five."""
+
+    __slots__ = ("budget", "history", "row", "step", "tokens")
+
+    def __init__(self, row: int, tokens: int, budget: int, step: int, history: list[StoredMessage]) -> None:
+        self.row = row
+        self.tokens = tokens
+        self.budget = budget
+        self.step = step
+        self.history = history
+
+
 class PostgresStore:
     """The :class:`bot.store.Store` on a PostgreSQL database shared by any number of teambot processes."""
 
@@ -421,7 +463,16 @@ class PostgresStore:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._dsn = dsn
+        # The loop the pool's connections belong to (the store is opened in it), kept: on Python 3.11 every
+        # asyncio.get_running_loop() is a getpid() system call, and a turn's lock calls ask for it.
+        self._loop = asyncio.get_running_loop()
         self._conversation_ids: dict[str, int] = {}
+        # Per conversation: the history read with its newest question, for the turn's own read of it next.
+        self._read_ahead: dict[str, _ReadAhead] = {}
+        # Per conversation: its last history read's budget plus its question's tokens, and its step. The budget a
+        # turn gives its history is what the system prompt leaves less the question, so with the same system prompt
+        # the next question's read is this less that question's tokens.
+        self._history_room: dict[str, tuple[int, int]] = {}
         # Conversation locks live on one connection of their own: a turn holds its lock while it waits for the
         # model, and a pooled connection held that long would starve the queries of the turns it waits for.
         self._lock_conn: asyncpg.Connection | None = None
@@ -592,14 +643,19 @@ class PostgresStore:
         return _count(status) == 1
 
     async def add_question(self, msg: IncomingMessage, tokens: int) -> int:
+        text = str(msg.key)
+        # The turn reads the history before this question next: read in the same statement, with the budget and
+        # step the conversation's last read would make of this question (see _ReadAhead).
+        budget, step = _GUESS_NONE
+        room = self._history_room.get(text)
+        if room is not None and room[0] - tokens > 0:
+            budget, step = room[0] - tokens, room[1]
+        rows_wanted = budget // MIN_MESSAGE_TOKENS + 1
         async with self._pool.acquire() as conn:
-            text = str(msg.key)
             conversation = self._conversation_ids.get(text)
             if conversation is None:
-                # A conversation this process has not seen yet (every one's first turn): found or created in the
-                # same statement as its question, one round trip instead of two.
                 key = msg.key
-                found = await conn.fetchrow(
+                rows = await conn.fetch(
                     _ADD_FIRST_QUESTION,
                     text,
                     key.platform,
@@ -612,23 +668,33 @@ class PostgresStore:
                     msg.text,
                     tokens,
                     msg.message_id,
+                    rows_wanted,
+                    budget,
+                    step,
                 )
-                assert found is not None
-                self._conversation_ids[text] = int(found[1])
-                return int(found[0])
-            row = await conn.fetchval(
-                "INSERT INTO messages (conversation_id, role, author_id, author_name, content, tokens, "
-                "platform_message_id, created_at, tokens_before) "
-                f"VALUES ($1, 'user', $2, $3, $4, $5, $6, $7, {_TOKENS_BEFORE}) RETURNING id",
-                conversation,
-                msg.author_id,
-                msg.author_name,
-                msg.text,
-                tokens,
-                msg.message_id,
-                time.time(),
-            )
-        return int(row)
+            else:
+                rows = await conn.fetch(
+                    _ADD_QUESTION,
+                    conversation,
+                    msg.author_id,
+                    msg.author_name,
+                    msg.text,
+                    tokens,
+                    msg.message_id,
+                    time.time(),
+                    rows_wanted,
+                    budget,
+                    step,
+                )
+        row = int(rows[0][0])
+        self._conversation_ids[text] = int(rows[0][1])
+        history = [StoredMessage(r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows if r[2] is not None]
+        self._read_ahead.pop(text, None)
+        if len(self._read_ahead) >= _READ_AHEAD_KEPT:
+            # Never read (the turn failed between): the oldest goes.
+            del self._read_ahead[next(iter(self._read_ahead))]
+        self._read_ahead[text] = _ReadAhead(row, tokens, budget, step, history)
+        return row
 
     async def context_cursor(self, key: ConversationKey) -> str | None:
         async with self._pool.acquire() as conn:
@@ -736,12 +802,21 @@ class PostgresStore:
     ) -> list[StoredMessage]:
         if token_budget <= 0:
             return []
+        step = max(1, step)
+        text = str(key)
+        ahead = self._read_ahead.pop(text, None)
+        if ahead is not None and ahead.row == before:
+            # What this conversation's next question will leave for its history, with the same system prompt.
+            self._history_room[text] = (token_budget + ahead.tokens, step)
+            # No history is no history at any budget (HISTORY_QUERY is empty only when nothing came before).
+            if not ahead.history or (ahead.budget, ahead.step) == (token_budget, step):
+                return ahead.history
         async with self._pool.acquire() as conn:
             conversation = await self._existing_conversation_id(conn, key)
             if conversation is None:
                 return []
             rows = await conn.fetch(
-                _HISTORY, conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step)
+                _HISTORY, conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, step
             )
         return [StoredMessage(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
@@ -1015,7 +1090,7 @@ class PostgresStore:
         # connection, and a blocking call would hold it for all of them.
         for delay in itertools.chain(_LOCK_POLL_S, itertools.repeat(_LOCK_POLL_S[-1])):
             changes = self._settings_changes
-            call = _LockCall(True, name, asyncio.get_running_loop().create_future(), channel)
+            call = _LockCall(True, name, self._loop.create_future(), channel)
             if await self._lock_call(call):
                 break
             await asyncio.sleep(delay)
@@ -1053,7 +1128,7 @@ class PostgresStore:
         self._lock_calls.append(call)
         self._lock_wake.set()
         if self._lock_runner is None or self._lock_runner.done():
-            self._lock_runner = asyncio.get_running_loop().create_task(self._run_lock_calls())
+            self._lock_runner = self._loop.create_task(self._run_lock_calls())
 
     async def _run_lock_calls(self) -> None:
         """Sends the waiting lock calls, all of them in one round trip, for as long as the store is open."""

@@ -6,6 +6,7 @@ Each "replica" here is a store of its own with its own pool and lock connection,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -537,3 +538,112 @@ async def test_the_settings_a_take_brought_are_the_holding_turns_alone(replicas:
         command = asyncio.create_task(first.channel_settings(A))
         assert await command == ChannelSettings("set on the other replica", None)
         assert str(A) in first._taken_settings
+
+
+async def _history_reads(store: PostgresStore) -> list[int]:
+    """The ``before`` of each history read of its own (not with a question) ``store``'s pool sends from now on (the
+    query loggers run at the loop's next turn, after the statement)."""
+    reads: list[int] = []
+
+    def logged(record: asyncpg.connection.LoggedQuery) -> None:
+        if record.query.startswith(_READ):
+            reads.append(record.args[1])
+
+    async with contextlib.AsyncExitStack() as stack:
+        # Every pooled connection at once, so each one gets the logger.
+        for _ in range(store._pool.get_size()):
+            conn = await stack.enter_async_context(store.connection())
+            conn.add_query_logger(logged)
+    return reads
+
+
+_READ = "SELECT id, role, author_name, content, tokens, created_at, tool_trace FROM messages"
+
+
+async def test_a_turns_history_comes_with_its_question_as_a_read_of_its_own_finds_it(
+    replicas: tuple[Store, Store],
+) -> None:
+    # The question's statement reads the history with the budget and step the conversation's last read would make
+    # of it: the turn's read then needs no round trip, and finds what the other replica reads the usual way.
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    reads = await _history_reads(first)
+    rng = random.Random(7)
+    asked: dict[int, int] = {}
+    for n in range(40):
+        tokens = rng.randint(5, 60)
+        row = asked[n] = await first.add_question(incoming(n), tokens)
+        # At 20 the system prompt grew (a summary, a channel's new prompt): the budget left is not the one guessed.
+        room, step = (300, 1) if n < 20 else (240, 50)
+        budget = room - tokens
+        # At 30 a second read with half the budget, as after a "context too long".
+        for attempt in (budget, budget // 2) if n == 30 else (budget,):
+            history = await first.load_history(A, attempt, before=row, step=step)
+            assert history == await second.load_history(A, attempt, before=row, step=step), n
+        if n == 35:
+            # A read of another question's history (an earlier row) is not this question's read-ahead.
+            earlier = asked[100] = await first.add_question(incoming(100), tokens)
+            row = await first.add_question(incoming(101), tokens)
+            assert await first.load_history(A, budget, before=earlier, step=step) == await second.load_history(
+                A, budget, before=earlier, step=step
+            )
+        await first.add_reply(A, f"reply {n}", rng.randint(5, 60), reply_to=row, usage=None, model=None, complete=True)
+    assert len(await first.load_history(A, 300, before=10**9)) < 30  # trimmed: the budget held a part of it
+    # The first question had no history (none at any budget); the read at 20, the second at 30 and the earlier
+    # row's at 35 went on their own.
+    by_row = {row: n for n, row in asked.items()}
+    assert [by_row.get(before) for before in reads if before != 10**9] == [20, 30, 100], reads
+
+
+async def test_connections_come_back_to_the_pool_after_statements_that_fail_or_are_cut_off(postgres_url: str) -> None:
+    # A statement that failed or was cut off gives its connection back (the pool rolls back or closes it as needed):
+    # none is kept, and two connections serve every call here.
+    store = await open_store(postgres_url, pool_size=2)
+    try:
+        assert isinstance(store, PostgresStore)
+        for n in range(6):
+            with pytest.raises(asyncpg.PostgresError):
+                await asyncio.wait_for(store.claim_message(f"bad\x00{n}"), 10)  # the server refuses a NUL in text
+        rng = random.Random(11)
+        for n in range(60):
+            claim = asyncio.create_task(store.claim_message(f"cut-{n}"))
+            for _ in range(rng.randrange(6)):
+                await asyncio.sleep(0)
+            claim.cancel()
+            await asyncio.gather(claim, return_exceptions=True)
+        row = await asyncio.wait_for(store.add_question(incoming(1), 10), 10)
+        assert await asyncio.wait_for(store.claim_message("after"), 10)
+        await store.add_reply(A, "fine", 3, reply_to=row, usage=None, model=None, complete=True)
+        assert [m.content for m in await store.load_history(A, 100, before=10**9)] == ["message 1", "fine"]
+    finally:
+        await asyncio.wait_for(store.close(), 10)
+
+
+async def test_turns_taking_a_conversation_in_turn_on_two_replicas_read_each_others_messages_with_their_question(
+    replicas: tuple[Store, Store],
+) -> None:
+    # Each replica's read-ahead is read in its question's statement, under the conversation's lock: it holds what
+    # the other replica stored in its turns before, as a read of its own would.
+    first, second = replicas
+    assert isinstance(first, PostgresStore) and isinstance(second, PostgresStore)
+    reads = {first: await _history_reads(first), second: await _history_reads(second)}
+    checked: dict[Store, set[int]] = {first: set(), second: set()}
+    rng = random.Random(5)
+    for n in range(24):
+        # The first question on the first replica, the second on the second, then either.
+        ours = n == 0 or (n > 1 and rng.random() < 0.5)
+        store, other = (first, second) if ours else (second, first)
+        async with store.conversation_lock(A):
+            tokens = rng.randint(5, 40)
+            row = await store.add_question(incoming(n), tokens)
+            history = await store.load_history(A, 400 - tokens, before=row, step=20)
+            checked[other].add(row)
+            assert history == await other.load_history(A, 400 - tokens, before=row, step=20), n
+            await store.add_reply(
+                A, f"reply {n}", rng.randint(5, 40), reply_to=row, usage=None, model=None, complete=True
+            )
+        assert [m.content for m in history][-2:] == ([f"message {n - 1}", f"reply {n - 1}"] if n else [])
+    # The first replica's first question had no history; the second's (at 1) read it alone: it knew no budget yet.
+    # After that, every turn's read came with its question.
+    assert [b for b in reads[first] if b not in checked[first]] == []
+    assert len([b for b in reads[second] if b not in checked[second]]) == 1
