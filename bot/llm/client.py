@@ -326,25 +326,12 @@ class ChatClient:
             content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         result = StreamResult()
         loop = asyncio.get_running_loop()
-        # The read timeout counts bytes, and a comment line is bytes: between events it is applied again here,
-        # to events only, so a stream that sends nothing but ": keep-alive" stalls out like a silent one.
+        # The read timeout counts bytes, and a comment line is bytes: between events it is applied again, to events
+        # only, so a stream that sends nothing but ": keep-alive" stalls out like a silent one.
         stall = self._http.read_timeout
-        # Each reschedule makes a new timer (about 3 µs); for every token that is waste, and moving the limit in
-        # steps of a twentieth of the stall time is as good.
-        step = stall / 20
+        watch = _Watch(loop, result, deadline, cap, stall)
         try:
-            async with asyncio.timeout_at(deadline) as scope:
-
-                def progress() -> None:
-                    # Once text flows (thinking counts: the model is at work), the deadline for the answer to start is
-                    # met; the cap on the call remains.
-                    limit = min(cap if result.text or result.reasoning else deadline, loop.time() + stall)
-                    when = scope.when()
-                    later = limit - when if when is not None else -1.0  # None is no limit: any is earlier
-                    # Earlier always; later in steps, except to a hard limit, which is kept to the letter.
-                    if later < 0 or later > step or (later > 0 and limit in (deadline, cap)):
-                        scope.reschedule(limit)
-
+            try:
                 async with self._http.session.request(
                     "POST",
                     where.url,
@@ -366,11 +353,11 @@ class ChatClient:
                         )
                     content_type = response.headers.get("content-type", "")
                     if on_delta is not None and content_type.startswith("text/event-stream"):
-                        progress()
+                        result.seen = loop.time()
                         _own_stall_limit(response)
-                        await consume_sse(response.content, result, on_delta, progress, call.on_reasoning)
+                        await consume_sse(response.content, result, on_delta, loop.time, call.on_reasoning)
                         # The answer is whole; drain() has its own short limit, and must not turn into a timeout.
-                        scope.reschedule(None)
+                        watch.disarm()
                         await drain(response.content)
                     else:
                         read_plain(response.status, await response.read(), result)
@@ -378,6 +365,12 @@ class ChatClient:
                             await call.on_reasoning(result.reasoning)
                         if on_delta is not None and result.text:
                             await on_delta(result.text)
+            except asyncio.CancelledError:
+                if watch.close():
+                    raise TimeoutError from None  # the watch's own cancellation: a limit ran out
+                raise
+            finally:
+                watch.close()
         except errors.LLMError as exc:
             if result.text and on_delta is not None:
                 raise errors.StreamInterrupted(str(exc), partial=result.text, cause=exc) from None
@@ -421,8 +414,82 @@ class _Call:
     tool_choice: str | None = None
 
 
+class _Watch:
+    """The time limits of one attempt on one loop timer: the deadline for the answer to start, then the cap on the
+    whole call, and the stall limit (no event for ``stall`` seconds, once the stream has begun).
+
+    A stream's events only note the time they came (``StreamResult.seen``, a float): the timer looks at it when it
+    fires and sets itself again for the limit as it stands then, or cancels the task, as ``asyncio.timeout`` does
+    (and :meth:`close` turns that cancellation into a ``TimeoutError``, as ``asyncio.timeout`` does). Moving a
+    timer at every event cost a timer's cancelling and making (a handle, a copy of the context) per token, and an
+    ``asyncio.timeout`` its own coroutines for every call."""
+
+    __slots__ = (
+        "_cancelling",
+        "_cap",
+        "_deadline",
+        "_fired",
+        "_handle",
+        "_loop",
+        "_result",
+        "_stall",
+        "_task",
+        "_when",
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, result: StreamResult, deadline: float, cap: float, stall: float
+    ) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a model call runs in a task")
+        self._loop = loop
+        self._task = task
+        # Cancellations asked for before this one are not ours to take back (as asyncio.timeout counts them).
+        self._cancelling = task.cancelling()
+        self._result = result
+        self._deadline = deadline
+        self._cap = cap
+        self._stall = stall
+        self._fired = False
+        # No limit is ever earlier than this one: a stream's stall limit counts from its head, which comes later;
+        # the timer finds out then which limit holds.
+        self._when = min(deadline, loop.time() + stall)
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self._when, self._check)
+
+    def _check(self) -> None:
+        result = self._result
+        # Once text flows (thinking counts: the model is at work), the deadline for the answer to start is met; the
+        # cap on the call remains.
+        limit = self._cap if result.text or result.reasoning else self._deadline
+        if result.seen is not None:
+            limit = min(limit, result.seen + self._stall)
+        if limit > self._when:
+            # An event came (or the answer began) since the timer was set: not yet.
+            self._when = limit
+            self._handle = self._loop.call_at(limit, self._check)
+            return
+        self._handle = None
+        self._fired = True
+        self._task.cancel()
+
+    def disarm(self) -> None:
+        """No limit from here on (what the timer already did stands)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def close(self) -> bool:
+        """Stop the timer; True once if it ran out and the task's cancellation was its alone (then taken back)."""
+        self.disarm()
+        if not self._fired:
+            return False
+        self._fired = False
+        return self._task.uncancel() <= self._cancelling
+
+
 def _own_stall_limit(response: aiohttp.ClientResponse) -> None:
-    """From here on the stream's silences are timed by ``progress`` (the stall limit, event by event): aiohttp's own
+    """From here on the stream's silences are timed by :class:`_Watch` (the stall limit, event by event): aiohttp's own
     read limit on the connection is switched off for the rest of this body, as aiohttp does itself for a websocket.
     It cancelled a timer and made a new one (a handle, a libuv timer, a copy of the context) for every piece of the
     body, every token: the event loop's work and the collector's churn. The next request on the connection sets the

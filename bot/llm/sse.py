@@ -135,6 +135,8 @@ class StreamResult:
     tool_parts: dict[int, list[Any]] | None = None
     #: The tool calls of a whole (non-streamed) message.
     whole_tool_calls: tuple[ToolCall, ...] = ()
+    #: When the stream's head or its last event came (the event loop's clock), for the stall limit; None before.
+    seen: float | None = None
 
     def add_tool_deltas(self, deltas: object) -> None:
         """Join streamed ``delta.tool_calls`` fragments by their ``index``: the id and the name come once, the
@@ -251,11 +253,12 @@ async def consume_sse(
     content: aiohttp.StreamReader,
     result: StreamResult,
     on_delta: OnDelta,
-    progress: Callable[[], None],
+    clock: Callable[[], float],
     on_reasoning: OnDelta | None = None,
 ) -> None:
-    """Read events into ``result`` up to ``[DONE]``; ``progress`` is called after each event, never for a comment
-    line, so the caller's time limits see a server that only keeps the connection busy as a stalled one.
+    """Read events into ``result`` up to ``[DONE]``; after each event ``result.seen`` is set to ``clock()``, never
+    for a comment line, so the caller's time limits see a server that only keeps the connection busy as a stalled
+    one.
 
     Every token of every answer is an event, so the usual shape is taken on a short path: the bytes split on the
     blank lines between events, an event of one ``data:`` line handed to orjson as bytes, as they came. Anything
@@ -281,7 +284,7 @@ async def consume_sse(
                         if await take_data(block[6:], result, on_delta, on_reasoning):
                             await result.close(on_delta, on_reasoning)
                             return
-                        progress()
+                        result.seen = clock()
                         continue
                     piece = None if result.splitter.undecided else _token(event, result)
                     if piece is not None:
@@ -292,14 +295,14 @@ async def consume_sse(
                     elif await _take_chunk(event, result, on_delta, on_reasoning):
                         await result.close(on_delta, on_reasoning)
                         return
-                    progress()
+                    result.seen = clock()
                     continue
                 # A comment, an empty block (more blank lines than one), several lines: line by line.
                 for data in SSEDecoder().feed(block + b"\n\n"):
                     if await take_event(data, result, on_delta, on_reasoning):
                         await result.close(on_delta, on_reasoning)
                         return
-                    progress()
+                    result.seen = clock()
             continue
         if decoder is None:
             # A CR ends lines too (CRLF, or CR alone): from here on, the whole stream line by line.
@@ -308,7 +311,7 @@ async def consume_sse(
             if await take_event(data, result, on_delta, on_reasoning):
                 await result.close(on_delta, on_reasoning)
                 return
-            progress()
+            result.seen = clock()
     if decoder is None:
         decoder = SSEDecoder()
         tail = decoder.feed(rest)
