@@ -11,7 +11,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +147,7 @@ class ChatClient:
         """The configured effort (TEAMBOT_REASONING_EFFORT), for calls that name none."""
         return self._params.reasoning_effort
 
-    async def complete(
+    def complete(
         self,
         messages: list[ChatMessage],
         *,
@@ -156,12 +156,14 @@ class ChatClient:
         on_reasoning: OnDelta | None = None,
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
-    ) -> Completion:
+    ) -> Coroutine[Any, Any, Completion]:
         """One plain (non-streaming) call; ``on_reasoning`` gets the model's thinking, if any, in one piece.
         ``tools`` (OpenAI's function format) and ``tool_choice`` are sent only when given."""
-        return await self._with_fallback(messages, model, _Call(None, on_reasoning, effort, tools, tool_choice))
+        # The call's coroutine itself, not one around it: each coroutine between the task and the stream is passed
+        # through again every time the task wakes (at each piece of the answer).
+        return self._call(messages, model, _Call(None, on_reasoning, effort, tools, tool_choice))
 
-    async def stream(
+    def stream(
         self,
         messages: list[ChatMessage],
         on_delta: OnDelta,
@@ -171,24 +173,36 @@ class ChatClient:
         on_reasoning: OnDelta | None = None,
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
-    ) -> Completion:
+    ) -> Coroutine[Any, Any, Completion]:
         """A streaming call; ``on_delta`` gets each piece of the answer as it arrives, ``on_reasoning`` each piece of
         the model's thinking (never part of the answer). ``effort`` overrides the configured reasoning effort;
         ``tools`` and ``tool_choice`` are sent only when given, and the calls streamed back come in
         :attr:`Completion.tool_calls`."""
-        return await self._with_fallback(messages, model, _Call(on_delta, on_reasoning, effort, tools, tool_choice))
+        return self._call(messages, model, _Call(on_delta, on_reasoning, effort, tools, tool_choice))
 
-    async def _with_fallback(self, messages: list[ChatMessage], model: str | None, call: _Call) -> Completion:
+    async def _call(self, messages: list[ChatMessage], model: str | None, call: _Call) -> Completion:
+        """The primary endpoint with its retries, then the fallback with its own, all within the cap on the call."""
         loop = asyncio.get_running_loop()
-        cap = loop.time() + self._retry.max_call
+        now = loop.time()
+        cap = now + self._retry.max_call
+        primary = self.primary
+        deadline = min(now + self._retry.deadline, cap)
         try:
-            return await self._with_retries(self.primary, messages, model, call, cap)
+            if now >= deadline:
+                raise errors.Timeout("deadline passed before the model answered")
+            try:
+                # The first attempt, and most calls' only one, awaited from here: a coroutine fewer to pass through
+                # at every piece of the answer. What it raises goes to the retries, as if raised there.
+                return await self._attempt(primary, messages, model or primary.model, call, deadline, cap)
+            except errors.LLMError as exc:
+                failed = exc  # retried outside this handler: what the retries raise is not chained to it
+            return await self._with_retries(primary, messages, model, call, cap, deadline, failed)
         except errors.LLMError as exc:
             if self.fallback is None or not exc.fallback_worthy or loop.time() >= cap:
                 raise
             log.warning(
                 "model endpoint %s failed after retries (%s); using fallback endpoint %s",
-                self.primary.name,
+                primary.name,
                 type(exc).__name__,
                 self.fallback.name,
             )
@@ -201,16 +215,24 @@ class ChatClient:
         model: str | None,
         call: _Call,
         cap: float,
+        deadline: float | None = None,
+        failed: errors.LLMError | None = None,
     ) -> Completion:
+        """Attempts on ``endpoint`` until one answers or the errors say stop; ``failed`` is the first attempt's
+        error when that attempt was made by the caller (within ``deadline``)."""
         policy = self._retry
         loop = asyncio.get_running_loop()
-        deadline = min(loop.time() + policy.deadline, cap)
+        if deadline is None:
+            deadline = min(loop.time() + policy.deadline, cap)
         reloaded_key = False
         attempt = 0
         while True:
-            if loop.time() >= deadline:
+            if failed is None and loop.time() >= deadline:
                 raise errors.Timeout("deadline passed before the model answered")
             try:
+                if failed is not None:
+                    first, failed = failed, None
+                    raise first
                 return await self._attempt(endpoint, messages, model or endpoint.model, call, deadline, cap)
             except errors.BadRequest as exc:
                 # A refused parameter is learned, and the call made again at once without it; each parameter once.

@@ -247,6 +247,7 @@ async def drain(content: aiohttp.StreamReader) -> None:
 
 _DATA = b"data: "
 _DONE = b"[DONE]"
+_DONE_EVENT = _DATA + _DONE
 
 
 async def consume_sse(
@@ -268,6 +269,9 @@ async def consume_sse(
     read = content.readany
     rest = b""
     decoder: SSEDecoder | None = None
+    # Whether the answer is known not to start with a <think> block (then never again in doubt): read from the
+    # splitter only until then, not once per token.
+    decided = False
     # ``find`` and not ``in``: for bytes, ``in`` first tries its operand as an integer and builds (and drops) a
     # TypeError's message before it searches, about 2,000 instructions each time (callgrind), twice per token.
     while chunk := await read():
@@ -276,6 +280,12 @@ async def consume_sse(
             rest = blocks.pop()
             for block in blocks:
                 if block.startswith(_DATA) and block.find(b"\n") < 0:
+                    if block == _DONE_EVENT:
+                        # Every stream's end: compared, not handed to orjson, whose refusal (an exception built
+                        # and caught) cost more than all the comparisons of a stream's events.
+                        result.done = True
+                        await result.close(on_delta, on_reasoning)
+                        return
                     try:
                         # orjson: every streamed token of every answer is one event to parse (BENCHMARKS.md).
                         event = orjson.loads(block[6:])
@@ -286,15 +296,17 @@ async def consume_sse(
                             return
                         result.seen = clock()
                         continue
-                    piece = None if result.splitter.undecided else _token(event, result)
+                    piece = _token(event, result) if decided else None
                     if piece is not None:
                         # A token of an answer under way, the event of every token: read without a coroutine
                         # of its own (two fewer per token, BENCHMARKS.md); anything else as below, the same.
                         result.text += piece
                         await on_delta(piece)
-                    elif await _take_chunk(event, result, on_delta, on_reasoning):
-                        await result.close(on_delta, on_reasoning)
-                        return
+                    else:
+                        if await _take_chunk(event, result, on_delta, on_reasoning):
+                            await result.close(on_delta, on_reasoning)
+                            return
+                        decided = not result.splitter.undecided
                     result.seen = clock()
                     continue
                 # A comment, an empty block (more blank lines than one), several lines: line by line.
