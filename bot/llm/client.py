@@ -354,7 +354,9 @@ class ChatClient:
         watch = _Watch(loop, result, deadline, cap, stall)
         try:
             try:
-                async with self._http.session.request(
+                # Awaited rather than entered: ``async with`` adds a coroutine around the request and three to leave
+                # it (aiohttp's own and the response's); release() in the finally below is what leaving does.
+                response = await self._http.session.request(
                     "POST",
                     where.url,
                     data=content,
@@ -362,7 +364,8 @@ class ChatClient:
                     allow_redirects=False,
                     proxy=where.proxy,
                     proxy_headers=where.proxy_headers,
-                ) as response:
+                )
+                try:
                     if response.status >= 400:
                         raise error_from_response(
                             response.status,
@@ -380,13 +383,17 @@ class ChatClient:
                         await consume_sse(response.content, result, on_delta, loop.time, call.on_reasoning)
                         # The answer is whole; drain() has its own short limit, and must not turn into a timeout.
                         watch.disarm()
-                        await drain(response.content)
+                        if not response.content.is_eof():
+                            await drain(response.content)
                     else:
                         read_plain(response.status, await response.read(), result)
                         if call.on_reasoning is not None and result.reasoning:
                             await call.on_reasoning(result.reasoning)
                         if on_delta is not None and result.text:
                             await on_delta(result.text)
+                finally:
+                    # The connection back to the pool, or closed if the body was not read to its end.
+                    response.release()
             except asyncio.CancelledError:
                 if watch.close():
                     raise TimeoutError from None  # the watch's own cancellation: a limit ran out
@@ -425,7 +432,7 @@ class ChatClient:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Call:
     """What one call asks for besides the prompt: where its answer and thinking go, and its reasoning effort."""
 

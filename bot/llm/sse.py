@@ -177,7 +177,8 @@ class StreamResult:
 
     async def close(self, on_delta: OnDelta | None, on_reasoning: OnDelta | None) -> None:
         thinking, answer = self.splitter.close()
-        await self._take(thinking, answer, on_delta, on_reasoning)
+        if thinking or answer:  # mostly nothing is held back: no coroutine for it
+            await self._take(thinking, answer, on_delta, on_reasoning)
 
     async def _take(self, thinking: str, answer: str, on_delta: OnDelta | None, on_reasoning: OnDelta | None) -> None:
         if thinking:
@@ -236,7 +237,7 @@ async def drain(content: aiohttp.StreamReader) -> None:
     """Read what follows ``[DONE]`` to the end of the body, so the connection goes back to the pool instead of
     being closed; a server that keeps the stream open after ``[DONE]`` gets a second, then is left alone."""
     if content.is_eof():
-        return  # the usual case: the body's end came with [DONE]; no timer to set
+        return  # the body's end came with [DONE] (the caller looks first, the usual case); no timer to set
     try:
         async with asyncio.timeout(1.0):
             while await content.readany():
