@@ -11,7 +11,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +147,7 @@ class ChatClient:
         """The configured effort (TEAMBOT_REASONING_EFFORT), for calls that name none."""
         return self._params.reasoning_effort
 
-    async def complete(
+    def complete(
         self,
         messages: list[ChatMessage],
         *,
@@ -156,12 +156,14 @@ class ChatClient:
         on_reasoning: OnDelta | None = None,
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
-    ) -> Completion:
+    ) -> Coroutine[Any, Any, Completion]:
         """One plain (non-streaming) call; ``on_reasoning`` gets the model's thinking, if any, in one piece.
         ``tools`` (OpenAI's function format) and ``tool_choice`` are sent only when given."""
-        return await self._with_fallback(messages, model, _Call(None, on_reasoning, effort, tools, tool_choice))
+        # The call's coroutine itself, not one around it: each coroutine between the task and the stream is passed
+        # through again every time the task wakes (at each piece of the answer).
+        return self._call(messages, model, _Call(None, on_reasoning, effort, tools, tool_choice))
 
-    async def stream(
+    def stream(
         self,
         messages: list[ChatMessage],
         on_delta: OnDelta,
@@ -171,24 +173,36 @@ class ChatClient:
         on_reasoning: OnDelta | None = None,
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | None = None,
-    ) -> Completion:
+    ) -> Coroutine[Any, Any, Completion]:
         """A streaming call; ``on_delta`` gets each piece of the answer as it arrives, ``on_reasoning`` each piece of
         the model's thinking (never part of the answer). ``effort`` overrides the configured reasoning effort;
         ``tools`` and ``tool_choice`` are sent only when given, and the calls streamed back come in
         :attr:`Completion.tool_calls`."""
-        return await self._with_fallback(messages, model, _Call(on_delta, on_reasoning, effort, tools, tool_choice))
+        return self._call(messages, model, _Call(on_delta, on_reasoning, effort, tools, tool_choice))
 
-    async def _with_fallback(self, messages: list[ChatMessage], model: str | None, call: _Call) -> Completion:
+    async def _call(self, messages: list[ChatMessage], model: str | None, call: _Call) -> Completion:
+        """The primary endpoint with its retries, then the fallback with its own, all within the cap on the call."""
         loop = asyncio.get_running_loop()
-        cap = loop.time() + self._retry.max_call
+        now = loop.time()
+        cap = now + self._retry.max_call
+        primary = self.primary
+        deadline = min(now + self._retry.deadline, cap)
         try:
-            return await self._with_retries(self.primary, messages, model, call, cap)
+            if now >= deadline:
+                raise errors.Timeout("deadline passed before the model answered")
+            try:
+                # The first attempt, and most calls' only one, awaited from here: a coroutine fewer to pass through
+                # at every piece of the answer. What it raises goes to the retries, as if raised there.
+                return await self._attempt(primary, messages, model or primary.model, call, deadline, cap)
+            except errors.LLMError as exc:
+                failed = exc  # retried outside this handler: what the retries raise is not chained to it
+            return await self._with_retries(primary, messages, model, call, cap, deadline, failed)
         except errors.LLMError as exc:
             if self.fallback is None or not exc.fallback_worthy or loop.time() >= cap:
                 raise
             log.warning(
                 "model endpoint %s failed after retries (%s); using fallback endpoint %s",
-                self.primary.name,
+                primary.name,
                 type(exc).__name__,
                 self.fallback.name,
             )
@@ -201,16 +215,24 @@ class ChatClient:
         model: str | None,
         call: _Call,
         cap: float,
+        deadline: float | None = None,
+        failed: errors.LLMError | None = None,
     ) -> Completion:
+        """Attempts on ``endpoint`` until one answers or the errors say stop; ``failed`` is the first attempt's
+        error when that attempt was made by the caller (within ``deadline``)."""
         policy = self._retry
         loop = asyncio.get_running_loop()
-        deadline = min(loop.time() + policy.deadline, cap)
+        if deadline is None:
+            deadline = min(loop.time() + policy.deadline, cap)
         reloaded_key = False
         attempt = 0
         while True:
-            if loop.time() >= deadline:
+            if failed is None and loop.time() >= deadline:
                 raise errors.Timeout("deadline passed before the model answered")
             try:
+                if failed is not None:
+                    first, failed = failed, None
+                    raise first
                 return await self._attempt(endpoint, messages, model or endpoint.model, call, deadline, cap)
             except errors.BadRequest as exc:
                 # A refused parameter is learned, and the call made again at once without it; each parameter once.
@@ -326,26 +348,15 @@ class ChatClient:
             content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         result = StreamResult()
         loop = asyncio.get_running_loop()
-        # The read timeout counts bytes, and a comment line is bytes: between events it is applied again here,
-        # to events only, so a stream that sends nothing but ": keep-alive" stalls out like a silent one.
+        # The read timeout counts bytes, and a comment line is bytes: between events it is applied again, to events
+        # only, so a stream that sends nothing but ": keep-alive" stalls out like a silent one.
         stall = self._http.read_timeout
-        # Each reschedule makes a new timer (about 3 µs); for every token that is waste, and moving the limit in
-        # steps of a twentieth of the stall time is as good.
-        step = stall / 20
+        watch = _Watch(loop, result, deadline, cap, stall)
         try:
-            async with asyncio.timeout_at(deadline) as scope:
-
-                def progress() -> None:
-                    # Once text flows (thinking counts: the model is at work), the deadline for the answer to start is
-                    # met; the cap on the call remains.
-                    limit = min(cap if result.text or result.reasoning else deadline, loop.time() + stall)
-                    when = scope.when()
-                    later = limit - when if when is not None else -1.0  # None is no limit: any is earlier
-                    # Earlier always; later in steps, except to a hard limit, which is kept to the letter.
-                    if later < 0 or later > step or (later > 0 and limit in (deadline, cap)):
-                        scope.reschedule(limit)
-
-                async with self._http.session.request(
+            try:
+                # Awaited rather than entered: ``async with`` adds a coroutine around the request and three to leave
+                # it (aiohttp's own and the response's); release() in the finally below is what leaving does.
+                response = await self._http.session.request(
                     "POST",
                     where.url,
                     data=content,
@@ -353,7 +364,8 @@ class ChatClient:
                     allow_redirects=False,
                     proxy=where.proxy,
                     proxy_headers=where.proxy_headers,
-                ) as response:
+                )
+                try:
                     if response.status >= 400:
                         raise error_from_response(
                             response.status,
@@ -366,18 +378,28 @@ class ChatClient:
                         )
                     content_type = response.headers.get("content-type", "")
                     if on_delta is not None and content_type.startswith("text/event-stream"):
-                        progress()
+                        result.seen = loop.time()
                         _own_stall_limit(response)
-                        await consume_sse(response.content, result, on_delta, progress, call.on_reasoning)
+                        await consume_sse(response.content, result, on_delta, loop.time, call.on_reasoning)
                         # The answer is whole; drain() has its own short limit, and must not turn into a timeout.
-                        scope.reschedule(None)
-                        await drain(response.content)
+                        watch.disarm()
+                        if not response.content.is_eof():
+                            await drain(response.content)
                     else:
                         read_plain(response.status, await response.read(), result)
                         if call.on_reasoning is not None and result.reasoning:
                             await call.on_reasoning(result.reasoning)
                         if on_delta is not None and result.text:
                             await on_delta(result.text)
+                finally:
+                    # The connection back to the pool, or closed if the body was not read to its end.
+                    response.release()
+            except asyncio.CancelledError:
+                if watch.close():
+                    raise TimeoutError from None  # the watch's own cancellation: a limit ran out
+                raise
+            finally:
+                watch.close()
         except errors.LLMError as exc:
             if result.text and on_delta is not None:
                 raise errors.StreamInterrupted(str(exc), partial=result.text, cause=exc) from None
@@ -410,7 +432,7 @@ class ChatClient:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Call:
     """What one call asks for besides the prompt: where its answer and thinking go, and its reasoning effort."""
 
@@ -421,8 +443,82 @@ class _Call:
     tool_choice: str | None = None
 
 
+class _Watch:
+    """The time limits of one attempt on one loop timer: the deadline for the answer to start, then the cap on the
+    whole call, and the stall limit (no event for ``stall`` seconds, once the stream has begun).
+
+    A stream's events only note the time they came (``StreamResult.seen``, a float): the timer looks at it when it
+    fires and sets itself again for the limit as it stands then, or cancels the task, as ``asyncio.timeout`` does
+    (and :meth:`close` turns that cancellation into a ``TimeoutError``, as ``asyncio.timeout`` does). Moving a
+    timer at every event cost a timer's cancelling and making (a handle, a copy of the context) per token, and an
+    ``asyncio.timeout`` its own coroutines for every call."""
+
+    __slots__ = (
+        "_cancelling",
+        "_cap",
+        "_deadline",
+        "_fired",
+        "_handle",
+        "_loop",
+        "_result",
+        "_stall",
+        "_task",
+        "_when",
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, result: StreamResult, deadline: float, cap: float, stall: float
+    ) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a model call runs in a task")
+        self._loop = loop
+        self._task = task
+        # Cancellations asked for before this one are not ours to take back (as asyncio.timeout counts them).
+        self._cancelling = task.cancelling()
+        self._result = result
+        self._deadline = deadline
+        self._cap = cap
+        self._stall = stall
+        self._fired = False
+        # No limit is ever earlier than this one: a stream's stall limit counts from its head, which comes later;
+        # the timer finds out then which limit holds.
+        self._when = min(deadline, loop.time() + stall)
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self._when, self._check)
+
+    def _check(self) -> None:
+        result = self._result
+        # Once text flows (thinking counts: the model is at work), the deadline for the answer to start is met; the
+        # cap on the call remains.
+        limit = self._cap if result.text or result.reasoning else self._deadline
+        if result.seen is not None:
+            limit = min(limit, result.seen + self._stall)
+        if limit > self._when:
+            # An event came (or the answer began) since the timer was set: not yet.
+            self._when = limit
+            self._handle = self._loop.call_at(limit, self._check)
+            return
+        self._handle = None
+        self._fired = True
+        self._task.cancel()
+
+    def disarm(self) -> None:
+        """No limit from here on (what the timer already did stands)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def close(self) -> bool:
+        """Stop the timer; True once if it ran out and the task's cancellation was its alone (then taken back)."""
+        self.disarm()
+        if not self._fired:
+            return False
+        self._fired = False
+        return self._task.uncancel() <= self._cancelling
+
+
 def _own_stall_limit(response: aiohttp.ClientResponse) -> None:
-    """From here on the stream's silences are timed by ``progress`` (the stall limit, event by event): aiohttp's own
+    """From here on the stream's silences are timed by :class:`_Watch` (the stall limit, event by event): aiohttp's own
     read limit on the connection is switched off for the rest of this body, as aiohttp does itself for a websocket.
     It cancelled a timer and made a new one (a handle, a libuv timer, a copy of the context) for every piece of the
     body, every token: the event loop's work and the collector's churn. The next request on the connection sets the

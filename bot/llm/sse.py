@@ -135,6 +135,8 @@ class StreamResult:
     tool_parts: dict[int, list[Any]] | None = None
     #: The tool calls of a whole (non-streamed) message.
     whole_tool_calls: tuple[ToolCall, ...] = ()
+    #: When the stream's head or its last event came (the event loop's clock), for the stall limit; None before.
+    seen: float | None = None
 
     def add_tool_deltas(self, deltas: object) -> None:
         """Join streamed ``delta.tool_calls`` fragments by their ``index``: the id and the name come once, the
@@ -175,7 +177,8 @@ class StreamResult:
 
     async def close(self, on_delta: OnDelta | None, on_reasoning: OnDelta | None) -> None:
         thinking, answer = self.splitter.close()
-        await self._take(thinking, answer, on_delta, on_reasoning)
+        if thinking or answer:  # mostly nothing is held back: no coroutine for it
+            await self._take(thinking, answer, on_delta, on_reasoning)
 
     async def _take(self, thinking: str, answer: str, on_delta: OnDelta | None, on_reasoning: OnDelta | None) -> None:
         if thinking:
@@ -234,7 +237,7 @@ async def drain(content: aiohttp.StreamReader) -> None:
     """Read what follows ``[DONE]`` to the end of the body, so the connection goes back to the pool instead of
     being closed; a server that keeps the stream open after ``[DONE]`` gets a second, then is left alone."""
     if content.is_eof():
-        return  # the usual case: the body's end came with [DONE]; no timer to set
+        return  # the body's end came with [DONE] (the caller looks first, the usual case); no timer to set
     try:
         async with asyncio.timeout(1.0):
             while await content.readany():
@@ -245,17 +248,19 @@ async def drain(content: aiohttp.StreamReader) -> None:
 
 _DATA = b"data: "
 _DONE = b"[DONE]"
+_DONE_EVENT = _DATA + _DONE
 
 
 async def consume_sse(
     content: aiohttp.StreamReader,
     result: StreamResult,
     on_delta: OnDelta,
-    progress: Callable[[], None],
+    clock: Callable[[], float],
     on_reasoning: OnDelta | None = None,
 ) -> None:
-    """Read events into ``result`` up to ``[DONE]``; ``progress`` is called after each event, never for a comment
-    line, so the caller's time limits see a server that only keeps the connection busy as a stalled one.
+    """Read events into ``result`` up to ``[DONE]``; after each event ``result.seen`` is set to ``clock()``, never
+    for a comment line, so the caller's time limits see a server that only keeps the connection busy as a stalled
+    one.
 
     Every token of every answer is an event, so the usual shape is taken on a short path: the bytes split on the
     blank lines between events, an event of one ``data:`` line handed to orjson as bytes, as they came. Anything
@@ -265,6 +270,9 @@ async def consume_sse(
     read = content.readany
     rest = b""
     decoder: SSEDecoder | None = None
+    # Whether the answer is known not to start with a <think> block (then never again in doubt): read from the
+    # splitter only until then, not once per token.
+    decided = False
     # ``find`` and not ``in``: for bytes, ``in`` first tries its operand as an integer and builds (and drops) a
     # TypeError's message before it searches, about 2,000 instructions each time (callgrind), twice per token.
     while chunk := await read():
@@ -273,6 +281,12 @@ async def consume_sse(
             rest = blocks.pop()
             for block in blocks:
                 if block.startswith(_DATA) and block.find(b"\n") < 0:
+                    if block == _DONE_EVENT:
+                        # Every stream's end: compared, not handed to orjson, whose refusal (an exception built
+                        # and caught) cost more than all the comparisons of a stream's events.
+                        result.done = True
+                        await result.close(on_delta, on_reasoning)
+                        return
                     try:
                         # orjson: every streamed token of every answer is one event to parse (BENCHMARKS.md).
                         event = orjson.loads(block[6:])
@@ -281,25 +295,27 @@ async def consume_sse(
                         if await take_data(block[6:], result, on_delta, on_reasoning):
                             await result.close(on_delta, on_reasoning)
                             return
-                        progress()
+                        result.seen = clock()
                         continue
-                    piece = None if result.splitter.undecided else _token(event, result)
+                    piece = _token(event, result) if decided else None
                     if piece is not None:
                         # A token of an answer under way, the event of every token: read without a coroutine
                         # of its own (two fewer per token, BENCHMARKS.md); anything else as below, the same.
                         result.text += piece
                         await on_delta(piece)
-                    elif await _take_chunk(event, result, on_delta, on_reasoning):
-                        await result.close(on_delta, on_reasoning)
-                        return
-                    progress()
+                    else:
+                        if await _take_chunk(event, result, on_delta, on_reasoning):
+                            await result.close(on_delta, on_reasoning)
+                            return
+                        decided = not result.splitter.undecided
+                    result.seen = clock()
                     continue
                 # A comment, an empty block (more blank lines than one), several lines: line by line.
                 for data in SSEDecoder().feed(block + b"\n\n"):
                     if await take_event(data, result, on_delta, on_reasoning):
                         await result.close(on_delta, on_reasoning)
                         return
-                    progress()
+                    result.seen = clock()
             continue
         if decoder is None:
             # A CR ends lines too (CRLF, or CR alone): from here on, the whole stream line by line.
@@ -308,7 +324,7 @@ async def consume_sse(
             if await take_event(data, result, on_delta, on_reasoning):
                 await result.close(on_delta, on_reasoning)
                 return
-            progress()
+            result.seen = clock()
     if decoder is None:
         decoder = SSEDecoder()
         tail = decoder.feed(rest)
@@ -454,15 +470,21 @@ def usage_from(raw: dict[str, Any]) -> Usage | None:
         return None
     # Both are parts of the totals above. A server that leaves them out (llama.cpp, older vLLM) says nothing about
     # them: None, not 0, so a report never claims "no cache hits" for a server that cannot tell.
-    cached = _detail(raw, "prompt_tokens_details", "cached_tokens", prompt)
-    reasoning = _detail(raw, "completion_tokens_details", "reasoning_tokens", completion)
-    return Usage(prompt, completion, cached_tokens=cached, reasoning_tokens=reasoning)
+    cached = _detail(raw.get("prompt_tokens_details"), "cached_tokens", prompt)
+    reasoning = _detail(raw.get("completion_tokens_details"), "reasoning_tokens", completion)
+    # Positional: a frozen dataclass called with keywords costs about half again as much (timeit).
+    return Usage(prompt, completion, True, cached, reasoning)
 
 
-def _detail(raw: dict[str, Any], group: str, name: str, total: int) -> int | None:
-    details = raw.get(group)
-    value = details.get(name) if isinstance(details, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+#: A tuple, not ``int | float``: that union is an object built anew each time the expression runs.
+_NUMBERS = (int, float)
+
+
+def _detail(details: object, name: str, total: int) -> int | None:
+    if not isinstance(details, dict):
+        return None  # absent (many servers send no details): unknown
+    value = details.get(name)
+    if isinstance(value, bool) or not isinstance(value, _NUMBERS) or value < 0:
         return None  # absent, null or garbled: unknown
     # Never more than the total it is part of: a cached count above the prompt would price the prompt below zero.
     return min(int(value), total)

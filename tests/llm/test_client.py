@@ -713,7 +713,7 @@ async def test_the_stream_gives_the_same_answer_however_its_bytes_are_cut(size: 
         pieces.append(piece)
 
     result = StreamResult()
-    await consume_sse(Pieces(stream, size), result, on_delta, lambda: progress.append(None))  # type: ignore[arg-type]
+    await consume_sse(Pieces(stream, size), result, on_delta, lambda: progress.append(None) or 0.0)  # type: ignore[arg-type]
     assert pieces == LF_PIECES and result.text == "".join(LF_PIECES)
     assert result.done and result.finish_reason == "stop"
     assert len(progress) == 5  # one per event before [DONE]; none for a comment or a blank line
@@ -729,5 +729,5 @@ async def test_a_stream_without_a_last_blank_line_still_gives_its_last_event() -
     stream = (
         sse(chunk("first ")).replace(b"data: [DONE]\n\n", b"") + b'data: {"choices": [{"delta": {"content": "last"}}]}'
     )
-    await consume_sse(Pieces(stream, 4), result, on_delta, lambda: None)  # type: ignore[arg-type]
+    await consume_sse(Pieces(stream, 4), result, on_delta, lambda: 0.0)  # type: ignore[arg-type]
     assert pieces == ["first ", "last"]

@@ -157,7 +157,7 @@ async def test_the_short_path_for_tokens_gives_what_the_general_path_gives(
 
     body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
     result = StreamResult()
-    await consume_sse(Pieces(body, size), result, on_delta, lambda: None, on_reasoning)  # type: ignore[arg-type]
+    await consume_sse(Pieces(body, size), result, on_delta, lambda: 0.0, on_reasoning)  # type: ignore[arg-type]
     assert said == expected
     assert (result.text, result.reasoning, result.model, result.finish_reason, result.usage) == (
         general.text,

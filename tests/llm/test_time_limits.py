@@ -134,3 +134,18 @@ async def test_a_held_stream_gives_back_the_slot_and_the_lock(fake: FakeOpenAI, 
 
 async def _ignore(piece: str) -> None:
     return None
+
+
+async def test_a_cancellation_from_outside_is_not_taken_for_a_time_limit(fake: FakeOpenAI) -> None:
+    # The call's own timer cancels the task when a limit runs out, and only that cancellation becomes a Timeout:
+    # a turn cancelled from outside (shutdown, /reset) is cancelled, and the same client serves the next call.
+    async with model_http_client(0.5) as http:
+        c = ChatClient(http, Endpoint("primary", fake.base_url, "m"), retry=RetryPolicy(deadline=60, max_call=60))
+        call = asyncio.create_task(stream(c, KEEPALIVE))
+        await fake.wait_for_requests(1)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(10):
+                await call
+        text, _ = await stream(c, "hi")
+    assert text == "echo: hi"
