@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 
 MASK = "[REDACTED]"
 
@@ -41,23 +42,29 @@ _learned: set[str] = set()
 #: longest first: sorted again when one is learned, not on every record. Callers pass a handful of tuples.
 _ordered: dict[tuple[str | None, ...], tuple[str, ...]] = {}
 _ORDERED_SIZE = 64
+#: remember() runs on the loop's thread, redact() on every thread that logs: an order computed from the learned
+#: secrets while another was being learned must not be kept, or it would leave that secret out for good. Taken only
+#: when a secret is learned and when an order is computed (a cache miss), never per record.
+_learning = threading.Lock()
 
 
 def remember(secret: str | None) -> None:
     """Mask ``secret`` from now on, wherever :func:`redact` or a :class:`RedactingFilter` runs."""
     if secret and len(secret) >= 4 and secret not in _learned:
-        _learned.add(secret)
-        _ordered.clear()
+        with _learning:
+            _learned.add(secret)
+            _ordered.clear()
 
 
 def redact(text: str, *secrets: str | None) -> str:
     ordered = _ordered.get(secrets)
     if ordered is None:
-        if len(_ordered) >= _ORDERED_SIZE:
-            _ordered.clear()
-        # Longest first, so a secret that contains another is masked whole.
-        known = {s for s in (*secrets, *_learned) if s and len(s) >= 4}
-        ordered = _ordered[secrets] = tuple(sorted(known, key=len, reverse=True))
+        with _learning:
+            if len(_ordered) >= _ORDERED_SIZE:
+                _ordered.clear()
+            # Longest first, so a secret that contains another is masked whole.
+            known = {s for s in (*secrets, *_learned) if s and len(s) >= 4}
+            ordered = _ordered[secrets] = tuple(sorted(known, key=len, reverse=True))
     for secret in ordered:
         text = text.replace(secret, MASK)
     return _SECRET_PATTERNS.sub(MASK, text) if _may_hold_token(text) else text

@@ -402,7 +402,9 @@ class SQLiteStore:
         if transaction == self._writer.transactions:
             gone = {self._conversation_ids.pop(created, None) for created in keys}
             # Another key of the same text (a thread of "" for one of None) may have found the row meanwhile.
-            for other in [k for k, conversation in self._conversation_ids.items() if conversation in gone]:
+            # A copy first (one C call, which the loop's thread cannot come into): this may run on the writer's
+            # thread while the loop's thread caches other conversations' ids.
+            for other in [k for k, conversation in list(self._conversation_ids.items()) if conversation in gone]:
                 del self._conversation_ids[other]
             for conversation in gone:
                 if conversation is not None:
@@ -559,7 +561,7 @@ class SQLiteStore:
             if before <= first:
                 return []
             # Past its first turn: the history is in the database from now on.
-            del self._first_rows[conversation]
+            self._first_rows.pop(conversation, None)  # the writer's thread may clear them meanwhile
         args = (conversation, before, token_budget // MIN_MESSAGE_TOKENS + 1, token_budget, max(1, step))
         if conversation in self._long_histories:
             rows = [tuple(row) for row in await self._reader.execute_fetchall(HISTORY_SQL, args)]

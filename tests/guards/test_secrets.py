@@ -6,13 +6,14 @@ import logging
 import os
 import random
 import signal
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from bot.guards import MASK, KeySource, RedactingFilter, redact
+from bot.guards import MASK, KeySource, RedactingFilter, redact, redaction
 from bot.guards.redaction import _SECRET_PATTERNS
 from bot.llm import ChatClient, Endpoint, RetryPolicy, model_http_client
 from tests.bot_process import SECRET, start_bot
@@ -183,3 +184,27 @@ async def test_the_running_bot_masks_every_kind_of_secret_in_its_log(tmp_path: P
     assert not leaked and rotated not in log
     prompts = [line for line in bot.stderr if " prompt for slack:T1:C1" in line]
     assert len(prompts) == 3 and prompts[0].count(MASK) >= len(pasted) and MASK in prompts[2]
+
+
+def test_a_secret_learned_while_another_thread_orders_the_known_ones_is_still_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # remember() runs on the loop's thread (a key file re-read); redact() on every thread that logs (the SQLite
+    # writer's, the executor's). Here a remember() on another thread comes while one redact() reads the learned
+    # secrets to order them: that order must not be kept without the new secret.
+    learner: list[threading.Thread] = []
+
+    class Learned(set[str]):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            snapshot = list(set.__iter__(self))
+            if not learner:
+                learner.append(threading.Thread(target=redaction.remember, args=("rotated-key-value-123",)))
+                learner[0].start()
+                learner[0].join(0.5)  # done at once unless the ordering holds it off
+            return iter(snapshot)
+
+    monkeypatch.setattr(redaction, "_learned", Learned(redaction._learned))
+    monkeypatch.setattr(redaction, "_ordered", {})
+    redaction.redact("a log line", "configured-secret")
+    learner[0].join(5)
+    assert "rotated-key-value-123" not in redaction.redact("key rotated-key-value-123 used", "configured-secret")

@@ -5,6 +5,7 @@ and the WAL stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -574,3 +575,36 @@ async def test_a_rolled_back_conversation_is_forgotten_under_every_key_of_its_te
         assert [m.content for m in await store.load_history(plain, 1000, before=row + 1)] == ["again"]
     finally:
         await store.close()
+
+
+async def test_a_write_queued_behind_close_gets_an_error_not_a_hang(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # close() queues behind the thread's job; a write that comes meanwhile queues behind close(). Once the close
+    # has run, that write must be told (an error, as before the queue: the executor ran it on the closed connection),
+    # not left waiting forever with a traceback from the loop's callback in the log.
+    writer = await sqlite_writer.SQLiteWriter.open(str(tmp_path / "t.db"))
+    inside, gate = threading.Event(), threading.Event()
+
+    def long_work(db: sqlite3.Connection) -> None:
+        inside.set()
+        gate.wait(10)
+
+    await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
+    blocker = asyncio.ensure_future(writer.transaction(long_work, inline=False))
+    async with asyncio.timeout(5):
+        while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
+            await asyncio.sleep(0.01)
+    closing = asyncio.ensure_future(writer.close())
+    await asyncio.sleep(0)  # close() queued behind the blocker
+    write = asyncio.ensure_future(writer.transaction(lambda db: db.execute("INSERT INTO t VALUES (1)")))
+    await asyncio.sleep(0)  # the write found the thread busy: queued behind close()
+    gate.set()
+    await blocker
+    await asyncio.wait_for(closing, 10)
+    try:
+        with pytest.raises(sqlite3.ProgrammingError):
+            await asyncio.wait_for(write, 5)
+    finally:
+        callbacks = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+        assert callbacks == [], [r.getMessage() for r in callbacks]
