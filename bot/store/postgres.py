@@ -412,6 +412,10 @@ _GUESS_NONE = (1, 1)
 #: Read-aheads kept for turns that have not read them yet (one per conversation; a turn that failed between its
 #: question and its read leaves one behind until the conversation's next question).
 _READ_AHEAD_KEPT = 4096
+#: Conversations whose last read's budget is kept (PostgresStore._history_room), the least recently read dropped
+#: first: one a conversation would grow with every conversation this process ever answered. A dropped one's next
+#: question reads its history with the turn's own read, as on its first turn here.
+_HISTORY_ROOM_KEPT = 10_000
 #: How long the settings a take brought stand for the channel's own read (channel_settings) in the turn that holds
 #: the lock. The turn asks right after taking it; one that waited longer (for a call slot, say) reads them again,
 #: as they are then. Within that second a change made on another replica races the turn as it did before.
@@ -807,7 +811,11 @@ class PostgresStore:
         ahead = self._read_ahead.pop(text, None)
         if ahead is not None and ahead.row == before:
             # What this conversation's next question will leave for its history, with the same system prompt.
-            self._history_room[text] = (token_budget + ahead.tokens, step)
+            room = self._history_room
+            room.pop(text, None)
+            if len(room) >= _HISTORY_ROOM_KEPT:
+                del room[next(iter(room))]
+            room[text] = (token_budget + ahead.tokens, step)
             # No history is no history at any budget (HISTORY_QUERY is empty only when nothing came before).
             if not ahead.history or (ahead.budget, ahead.step) == (token_budget, step):
                 return ahead.history

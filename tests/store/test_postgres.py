@@ -18,6 +18,7 @@ import pytest
 from bot.errors import ConfigError, StoreError
 from bot.messages import ConversationKey, IncomingMessage
 from bot.store import ChannelSettings, RateBucket, Store, UsageRecord, open_store
+from bot.store import postgres as postgres_engine
 from bot.store.postgres import _SETTINGS_FRESH_S, MIGRATIONS, RATE_BUCKET_IDLE_S, PostgresStore
 from tests.postgres_server import PostgresServer
 
@@ -647,3 +648,22 @@ async def test_turns_taking_a_conversation_in_turn_on_two_replicas_read_each_oth
     # After that, every turn's read came with its question.
     assert [b for b in reads[first] if b not in checked[first]] == []
     assert len([b for b in reads[second] if b not in checked[second]]) == 1
+
+
+async def test_the_budgets_kept_for_the_next_questions_read_are_bounded(
+    replicas: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One entry per conversation read would grow with every conversation the process ever answered: the least
+    # recently read go first, and a conversation dropped reads its history as on its first turn, the same history.
+    first, second = replicas
+    assert isinstance(first, PostgresStore)
+    monkeypatch.setattr(postgres_engine, "_HISTORY_ROOM_KEPT", 3)
+    keys = [ConversationKey("slack", "T1", f"C{n}") for n in range(6)]
+    for turn in range(3):
+        for n, key in enumerate(keys):
+            row = await first.add_question(IncomingMessage(key, f"m{n}-{turn}", "U1", "Ada", f"q {turn}"), 10)
+            history = await first.load_history(key, 300, before=row)
+            assert history == await second.load_history(key, 300, before=row)
+            assert len(history) == 2 * turn
+            await first.add_reply(key, f"a {turn}", 10, reply_to=row, usage=None, model=None, complete=True)
+    assert list(first._history_room) == [str(key) for key in keys[-3:]]
