@@ -17,23 +17,15 @@ from adapters.slack import SlackAdapter
 from adapters.slack.app import REQUIRED_SCOPES, check_slack
 from bot import texts
 from bot.runtime import open_core
-from tests.adapters.slack.test_app import USERS, Slack, settings_for
+from tests.adapters.slack import test_app as base
+from tests.adapters.slack.test_app import Slack, settings_for
 from tests.context import samples
 from tests.fakes.elsewhere import Elsewhere
 from tests.fakes.openai import FakeOpenAI, image_parts
 from tests.fakes.slack import FakeSlack, direct_message, mention
 
-
-@pytest.fixture
-async def model() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(users=USERS) as server:
-        yield server
+# The Slack fixtures of test_app: a fake Slack (with its people) and a fake model.
+fake, model = base.fake, base.model
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from adapters.slack import SlackAdapter
 from adapters.slack.names import CACHE_SIZE, PAGE_SIZE, SlackNames
 from adapters.slack.sdk import web_client
 from bot.runtime import open_core
-from tests.adapters.slack.test_app import USERS, Slack, settings_for
+from tests.adapters.slack import test_app as base
+from tests.adapters.slack.test_app import Slack, settings_for
 from tests.adapters.slack.test_threads import a_thread, ask, prompt
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import SCOPES, FakeSlack, mention
@@ -29,16 +30,8 @@ LIST = "users.list"
 INFO = "users.info"
 
 
-@pytest.fixture
-async def model() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    async with FakeSlack(users=USERS) as server:
-        yield server
+# The Slack fixtures of test_app: a fake Slack (with its people) and a fake model.
+fake, model = base.fake, base.model
 
 
 @contextlib.asynccontextmanager
