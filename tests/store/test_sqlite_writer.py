@@ -74,9 +74,8 @@ async def test_while_the_writers_thread_has_the_connection_nothing_else_uses_it(
 
     try:
         blocker = asyncio.ensure_future(store._writer.transaction(long_work, inline=False))
+        await _until_set(inside)
         async with asyncio.timeout(5):
-            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
-                await asyncio.sleep(0.01)
             assert await store.channel_settings(A) == ChannelSettings()
             claim = asyncio.ensure_future(store.claim_message("m1"))
             await asyncio.sleep(0.05)
@@ -127,6 +126,28 @@ async def test_the_inline_connection_never_waits_nor_checkpoints_and_the_wal_sta
         await store.close()
 
 
+async def _until_set(event: threading.Event) -> None:
+    """Until another thread sets ``event``: a thread's event, nothing to be notified by."""
+    async with asyncio.timeout(5):
+        while not event.is_set():  # noqa: ASYNC110 - see above
+            await asyncio.sleep(0.01)
+
+
+async def _thread_held(writer: sqlite_writer.SQLiteWriter, gate: threading.Event) -> asyncio.Future[None]:
+    """A table ``t``, then a job on the writer's thread that holds the connection until ``gate`` is set: what
+    comes meanwhile queues. The job, running."""
+    inside = threading.Event()
+
+    def hold(db: sqlite3.Connection) -> None:
+        inside.set()
+        gate.wait(10)
+
+    await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
+    job = asyncio.ensure_future(writer.transaction(hold, inline=False))
+    await _until_set(inside)
+    return job
+
+
 def wal_index(writer: sqlite_writer.SQLiteWriter) -> sqlite_writer._WalIndex:
     assert writer._wal is not None
     return writer._wal
@@ -160,9 +181,7 @@ async def test_a_write_on_the_loop_goes_on_while_a_checkpoint_runs_on_its_own_co
             await store.begin_turn(incoming(n), 10)
         checkpoint = writer._checkpoint
         assert checkpoint is not None
-        async with asyncio.timeout(5):
-            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
-                await asyncio.sleep(0.01)
+        await _until_set(inside)
         handed = writer._submitted
         frames = wal_index(writer).frames()
         async with asyncio.timeout(5):
@@ -358,9 +377,7 @@ async def test_a_checkpoint_never_undoes_another_processs_schema_version(
             await store.begin_turn(incoming(n), 10)
         checkpoint = writer._checkpoint
         assert checkpoint is not None
-        async with asyncio.timeout(5):
-            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
-                await asyncio.sleep(0.01)
+        await _until_set(inside)
         other.execute(f"PRAGMA user_version = {version + 1}")  # the other process's migration
         gate.set()
         await checkpoint
@@ -436,12 +453,8 @@ async def test_short_writes_queued_behind_the_thread_run_on_the_loops_thread_in_
     # ends, the queued short writes run on the loop's thread, in the order they came, rather than one by one on
     # the thread (which, while the loop is busy, waits for the GIL between every two statements).
     writer = await sqlite_writer.SQLiteWriter.open(str(tmp_path / "t.db"))
-    inside, gate = threading.Event(), threading.Event()
+    gate = threading.Event()
     ran_on: list[int] = []
-
-    def long_work(db: sqlite3.Connection) -> None:
-        inside.set()
-        gate.wait(10)
 
     def short(n: int) -> sqlite_writer.Work[int]:
         def work(db: sqlite3.Connection) -> int:
@@ -452,11 +465,7 @@ async def test_short_writes_queued_behind_the_thread_run_on_the_loops_thread_in_
         return work
 
     try:
-        await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
-        blocker = asyncio.ensure_future(writer.transaction(long_work, inline=False))
-        async with asyncio.timeout(5):
-            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
-                await asyncio.sleep(0.01)
+        blocker = await _thread_held(writer, gate)
         writes = [asyncio.ensure_future(writer.transaction(short(n))) for n in range(5)]
         await asyncio.sleep(0)  # each tried inline, found the connection taken and queued
         assert len(writer._queue) == 5 and not any(w.done() for w in writes)
@@ -475,12 +484,8 @@ async def test_long_work_queued_for_the_thread_runs_there_and_nothing_overtakes_
     # Long work waits for the writer's thread even when the loop's thread could take the connection: a short
     # write queued behind it runs after it, never before.
     writer = await sqlite_writer.SQLiteWriter.open(str(tmp_path / "t.db"))
-    inside, gate = threading.Event(), threading.Event()
+    gate = threading.Event()
     order: list[tuple[str, int]] = []
-
-    def first(db: sqlite3.Connection) -> None:
-        inside.set()
-        gate.wait(10)
 
     def long_work(db: sqlite3.Connection) -> None:
         order.append(("long", threading.get_ident()))
@@ -491,11 +496,7 @@ async def test_long_work_queued_for_the_thread_runs_there_and_nothing_overtakes_
         db.execute("INSERT INTO t VALUES (2)")
 
     try:
-        await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
-        blocker = asyncio.ensure_future(writer.transaction(first, inline=False))
-        async with asyncio.timeout(5):
-            while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
-                await asyncio.sleep(0.01)
+        blocker = await _thread_held(writer, gate)
         long = asyncio.ensure_future(writer.transaction(long_work, inline=False))
         await asyncio.sleep(0)
         write = asyncio.ensure_future(writer.transaction(short))
@@ -584,17 +585,8 @@ async def test_a_write_queued_behind_close_gets_an_error_not_a_hang(
     # has run, that write must be told (an error, as before the queue: the executor ran it on the closed connection),
     # not left waiting forever with a traceback from the loop's callback in the log.
     writer = await sqlite_writer.SQLiteWriter.open(str(tmp_path / "t.db"))
-    inside, gate = threading.Event(), threading.Event()
-
-    def long_work(db: sqlite3.Connection) -> None:
-        inside.set()
-        gate.wait(10)
-
-    await writer.transaction(lambda db: db.execute("CREATE TABLE t (x INTEGER)"), inline=False)
-    blocker = asyncio.ensure_future(writer.transaction(long_work, inline=False))
-    async with asyncio.timeout(5):
-        while not inside.is_set():  # noqa: ASYNC110 - a thread's event: nothing to be notified by
-            await asyncio.sleep(0.01)
+    gate = threading.Event()
+    blocker = await _thread_held(writer, gate)
     closing = asyncio.ensure_future(writer.close())
     await asyncio.sleep(0)  # close() queued behind the blocker
     write = asyncio.ensure_future(writer.transaction(lambda db: db.execute("INSERT INTO t VALUES (1)")))
