@@ -115,15 +115,9 @@ class SlackNames:
     async def stop(self) -> None:
         """Cancel the load if it is still under way."""
         load, self._load = self._load, None
-        if load is not None and not load.done():
+        if load is not None:
             load.cancel()
-            try:
-                await load
-            except asyncio.CancelledError:
-                # Ours, not the caller's: the caller being cancelled meanwhile is told by the next await.
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            await asyncio.gather(load, return_exceptions=True)
 
     async def loaded(self) -> None:
         """Until the load has ended (done, stopped at the bound, failed or cancelled); at once if never started."""
