@@ -191,7 +191,8 @@ class SQLiteWriter:
         self._drains = 0
         self._drains_begun = 0
         #: Jobs handed over (counted on the loop's thread) and done (counted by whichever thread ran them, under
-        #: the lock).
+        #: the lock). Counts only, since the queue decides: the tests and the measurements of writes sent to the
+        #: thread read them.
         self._submitted = 0
         self._finished = 0
         #: The connection's busy timeout is the thread's (BUSY_TIMEOUT_MS), not the inline path's (0). Switched
